@@ -1,0 +1,28 @@
+"""Handover's connector SDK: what an integrator imports to add a processor.
+
+Everything public is listed in ``__all__``; a test keeps it from drifting.
+"""
+
+from connectors.base import Connector
+from connectors.errors import (
+    ConnectorError,
+    ConnectorLoadError,
+    PermanentError,
+    RateLimited,
+    TransientError,
+)
+from connectors.items import Dataset, File, Item, Record, Subject
+
+__all__ = [
+    "Connector",
+    "ConnectorError",
+    "ConnectorLoadError",
+    "Dataset",
+    "File",
+    "Item",
+    "PermanentError",
+    "RateLimited",
+    "Record",
+    "Subject",
+    "TransientError",
+]

@@ -1,0 +1,64 @@
+"""The ``Connector`` base class: the contract between Handover and one processor."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, ClassVar
+
+from connectors.errors import PermanentError
+from connectors.items import Dataset, Item, Subject
+
+
+class Connector(ABC):
+    """One downstream processor that holds personal data.
+
+    Subclasses declare ``categories`` and ``datasets`` and implement :meth:`export`.
+    Resources shared across jobs (pools, clients) are created in :meth:`open` and
+    released in :meth:`close`; everything about one request arrives as arguments,
+    so one instance serves many jobs at once and holds no per-job state.
+
+    Errors are reported with the classes in :mod:`connectors.errors`; anything else
+    that escapes is treated as a permanent failure of this connector.
+    """
+
+    categories: ClassVar[frozenset[str]] = frozenset()
+    datasets: ClassVar[tuple[Dataset, ...]] = ()
+
+    def __init__(self, name: str, **options: Any) -> None:
+        if options:
+            unknown = ", ".join(sorted(options))
+            raise PermanentError(f"connector {name!r}: unknown option(s) {unknown}")
+        self.name = name
+
+    def dataset(self, name: str) -> Dataset:
+        """The declaration of dataset ``name``; an undeclared dataset is a contract breach."""
+        for dataset in self.datasets:
+            if dataset.name == name:
+                return dataset
+        raise PermanentError(f"connector {self.name!r} yielded undeclared dataset {name!r}")
+
+    def describe(self) -> Mapping[str, Any]:
+        """What this connector tells subjects about itself (shown in archives and the API)."""
+        return {
+            "name": self.name,
+            "type": type(self).__name__,
+            "categories": sorted(self.categories),
+            "datasets": [
+                {"name": d.name, "category": d.category, "description": d.description}
+                for d in self.datasets
+            ],
+        }
+
+    async def open(self) -> None:
+        """Acquire shared resources; called once before the first job."""
+
+    async def close(self) -> None:
+        """Release what :meth:`open` acquired."""
+
+    async def check(self) -> None:
+        """Raise a :class:`~connectors.errors.ConnectorError` when the processor is unusable."""
+
+    @abstractmethod
+    def export(self, subject: Subject) -> AsyncIterator[Item]:
+        """Yield every record and file this processor holds on ``subject``."""

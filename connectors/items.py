@@ -1,0 +1,61 @@
+"""What a connector is asked about (``Subject``) and what it answers with (items)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """The person a request is about.
+
+    ``id`` is the platform's user id (the token's ``sub``); ``email`` and the further
+    ``identities`` (e.g. ``{"hubspot_contact_id": "901"}``) help processors that key
+    their data differently.
+    """
+
+    id: str
+    email: str | None = None
+    identities: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Dataset:
+    """A kind of record a connector holds, declared up front.
+
+    ``category`` is the GDPR category of personal data (identification, contact,
+    economic, device, telemetry, usage, cookies, ...). ``fields`` fixes the column
+    order of the CSV rendering; when empty, the first record's keys are used.
+    """
+
+    name: str
+    category: str
+    description: str = ""
+    fields: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record of ``dataset`` held on the subject: a JSON-serialisable mapping."""
+
+    dataset: str
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class File:
+    """A binary file held on the subject (an upload, an image).
+
+    It lands in the archive at ``<connector>/files/<path>``; ``content`` is the whole
+    body or an async stream of chunks, so large files never sit whole in memory.
+    """
+
+    path: str
+    content: bytes | AsyncIterable[bytes]
+    media_type: str = "application/octet-stream"
+    dataset: str = "files"
+
+
+Item = Record | File

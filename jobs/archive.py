@@ -1,0 +1,205 @@
+"""The export archive: staged parts bundled into one signed, streamed ZIP.
+
+::
+
+    handover-export-<job id>.zip
+      index.html           a readable overview of everything inside
+      manifest.json        job, subject, dates, connectors, and per file: path,
+                           connector, dataset, category, format, records, bytes, sha256
+      manifest.json.sig    Ed25519 signature of manifest.json's exact bytes, with key id
+      <connector>/<dataset>.<json|csv|ndjson>
+      <connector>/files/…
+
+The data files were deflated in staging; here their bytes are copied from the
+staged objects straight into the output stream, which goes to object storage
+through a multipart upload. Nothing is held whole in memory or on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import jinja2
+import orjson
+
+from jobs.model import Job, StagedPart
+from jobs.signing import Signer
+from jobs.storage import ObjectStore, ObjectWriter, StorageError
+from jobs.zipwriter import DEFLATED, ZipWriter
+
+FORMAT = "handover-export"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.json.sig"
+INDEX = "index.html"
+
+
+@dataclass(frozen=True)
+class StagedFile:
+    """A part and the staged object that holds its chunks."""
+
+    staged_key: str
+    part: StagedPart
+
+
+@dataclass(frozen=True)
+class WrittenArchive:
+    """What was uploaded."""
+
+    size: int
+    sha256: str
+    files: list[dict[str, Any]]
+
+
+class _HashingWriter:
+    def __init__(self, target: ObjectWriter) -> None:
+        self.target = target
+        self.sha256 = hashlib.sha256()
+        self.size = 0
+
+    async def write(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.size += len(data)
+        await self.target.write(data)
+
+
+def _file_entry(part: StagedPart) -> dict[str, Any]:
+    return {
+        "path": part.path,
+        "connector": part.connector,
+        "dataset": part.dataset,
+        "category": part.category,
+        "format": part.format,
+        "records": part.records,
+        "bytes": part.bytes,
+        "sha256": part.sha256,
+    }
+
+
+def _iso(value: datetime) -> str:
+    return value.isoformat().replace("+00:00", "Z")
+
+
+_TEMPLATES = jinja2.Environment(
+    loader=jinja2.PackageLoader("jobs", "templates"),
+    autoescape=True,
+    undefined=jinja2.StrictUndefined,
+)
+_PROCESSING_DETAILS = (
+    ("purposes", "Purposes"),
+    ("legal_basis", "Legal basis"),
+    ("recipient", "Recipient"),
+    ("retention", "Retention"),
+    ("source", "Source"),
+)
+
+
+def _index_html(
+    job: Job,
+    generated_at: datetime,
+    expires_at: datetime,
+    connectors: Sequence[Mapping[str, Any]],
+    files: Sequence[Mapping[str, Any]],
+) -> bytes:
+    page = _TEMPLATES.get_template("export_index.html").render(
+        job=job,
+        created_at=_iso(job.created_at),
+        generated_at=_iso(generated_at),
+        expires_at=_iso(expires_at),
+        manifest=MANIFEST,
+        signature=SIGNATURE,
+        connectors=[{key: None for key, _ in _PROCESSING_DETAILS} | dict(c) for c in connectors],
+        details=_PROCESSING_DETAILS,
+        files=files,
+    )
+    return page.encode("utf-8")
+
+
+def _deflate(data: bytes) -> bytes:
+    compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
+    return compressor.compress(data) + compressor.flush()
+
+
+async def _write_small(zip_writer: ZipWriter, out: _HashingWriter, name: str, data: bytes) -> None:
+    compressed = _deflate(data)
+    await out.write(zip_writer.member_header(name, zlib.crc32(data), len(data), len(compressed)))
+    await out.write(compressed)
+
+
+def _merged_ranges(chunks: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    merged: list[tuple[int, int]] = []
+    for start, length in chunks:
+        if merged and merged[-1][0] + merged[-1][1] == start:
+            merged[-1] = (merged[-1][0], merged[-1][1] + length)
+        else:
+            merged.append((start, length))
+    return merged
+
+
+async def write_archive(
+    *,
+    job: Job,
+    staged: Sequence[StagedFile],
+    storage: ObjectStore,
+    destination: ObjectWriter,
+    signer: Signer,
+    connectors: Sequence[Mapping[str, Any]],
+    generated_at: datetime,
+    expires_at: datetime,
+    force_zip64: bool = False,
+) -> WrittenArchive:
+    """Stream the archive for ``job`` into ``destination`` (completed by the caller)."""
+    out = _HashingWriter(destination)
+    zip_writer = ZipWriter(generated_at, force_zip64=force_zip64)
+    data_files = [_file_entry(item.part) for item in staged]
+    index = _index_html(job, generated_at, expires_at, connectors, data_files)
+    index_entry = {
+        "path": INDEX,
+        "connector": None,
+        "dataset": None,
+        "category": None,
+        "format": "html",
+        "records": None,
+        "bytes": len(index),
+        "sha256": hashlib.sha256(index).hexdigest(),
+    }
+    files = [index_entry, *data_files]
+    manifest = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "job": {"id": job.id, "kind": job.kind.value, "created_at": _iso(job.created_at)},
+        "subject": {"id": job.subject},
+        "generated_at": _iso(generated_at),
+        "expires_at": _iso(expires_at),
+        "signing_key_id": signer.key_id,
+        "connectors": list(connectors),
+        "files": files,
+    }
+    manifest_bytes = orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
+    await _write_small(zip_writer, out, INDEX, index)
+    await _write_small(zip_writer, out, MANIFEST, manifest_bytes)
+    await _write_small(zip_writer, out, SIGNATURE, signer.sign(manifest_bytes))
+    for item in staged:
+        part = item.part
+        await out.write(
+            zip_writer.member_header(
+                part.path, part.crc32, part.bytes, part.compressed_size, DEFLATED
+            )
+        )
+        copied = 0
+        for start, length in _merged_ranges(part.chunks):
+            async for chunk in storage.read(item.staged_key, start, length):
+                copied += len(chunk)
+                await out.write(chunk)
+        if copied != part.compressed_size:
+            raise StorageError(
+                f"staged object {item.staged_key!r} gave {copied} bytes of {part.path!r}, "
+                f"expected {part.compressed_size}"
+            )
+    await out.write(zip_writer.central_directory())
+    return WrittenArchive(size=out.size, sha256=out.sha256.hexdigest(), files=files)

@@ -1,0 +1,321 @@
+"""The job: a request by or about one subject, its per-connector progress and its result.
+
+States and the only moves between them::
+
+    awaiting_confirmation ─▶ queued ─▶ running ─▶ succeeded ─▶ expired
+            │                  │  ▲       │
+            └──────────────────┴──┼───────┴─▶ failed ─┐      (any live state ─▶ canceled)
+                                  └───────────────────┘ retry
+
+:func:`check_transition` is the one place that says which moves are legal; the
+store calls it inside the same Redis transaction that writes the move and its event.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class JobKind(StrEnum):
+    """What the subject asked for."""
+
+    EXPORT = "export"
+
+
+class JobStatus(StrEnum):
+    """Where a job stands."""
+
+    AWAITING_CONFIRMATION = "awaiting_confirmation"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        """No work will happen on the job any more (short of a retry)."""
+        return self in {
+            JobStatus.SUCCEEDED,
+            JobStatus.FAILED,
+            JobStatus.CANCELED,
+            JobStatus.EXPIRED,
+        }
+
+
+class RunStatus(StrEnum):
+    """Where one connector's part of a job stands."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def finished(self) -> bool:
+        """The run will not change unless the job is retried."""
+        return self in {RunStatus.SUCCEEDED, RunStatus.FAILED}
+
+
+_LEGAL: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.AWAITING_CONFIRMATION: frozenset({JobStatus.QUEUED, JobStatus.CANCELED}),
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.SUCCEEDED: frozenset({JobStatus.EXPIRED}),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.CANCELED: frozenset(),
+    JobStatus.EXPIRED: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    """A move the state machine does not allow, e.g. ``succeeded → running``."""
+
+    def __init__(self, job_id: str, current: JobStatus, target: JobStatus) -> None:
+        super().__init__(f"job {job_id} cannot go from {current} to {target}")
+        self.job_id = job_id
+        self.current = current
+        self.target = target
+
+
+def check_transition(job_id: str, current: JobStatus, target: JobStatus) -> None:
+    """Raise :class:`IllegalTransition` unless ``current → target`` is a legal move."""
+    if target not in _LEGAL[current]:
+        raise IllegalTransition(job_id, current, target)
+
+
+@dataclass
+class StagedPart:
+    """One file of the archive-to-be, already encoded and deflated in staging.
+
+    ``chunks`` are ``(offset, length)`` ranges of the connector's staged object whose
+    concatenation is this file's deflate stream.
+    """
+
+    path: str
+    connector: str
+    dataset: str
+    category: str
+    format: str
+    records: int
+    bytes: int
+    sha256: str
+    crc32: int
+    compressed_size: int
+    chunks: list[tuple[int, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "path": self.path,
+            "connector": self.connector,
+            "dataset": self.dataset,
+            "category": self.category,
+            "format": self.format,
+            "records": self.records,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "crc32": self.crc32,
+            "compressed_size": self.compressed_size,
+            "chunks": [list(c) for c in self.chunks],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StagedPart:
+        """Inverse of :meth:`to_dict`."""
+        values = dict(data)
+        values["chunks"] = [(int(a), int(b)) for a, b in data["chunks"]]
+        return cls(**values)
+
+
+@dataclass
+class ConnectorRun:
+    """One connector's share of a job."""
+
+    status: RunStatus = RunStatus.PENDING
+    attempts: int = 0
+    records: int = 0
+    bytes: int = 0
+    error: str | None = None
+    error_class: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    staged_key: str | None = None
+    parts: list[StagedPart] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "records": self.records,
+            "bytes": self.bytes,
+            "error": self.error,
+            "error_class": self.error_class,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+            "staged_key": self.staged_key,
+            "parts": [p.to_dict() for p in self.parts],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ConnectorRun:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            status=RunStatus(data["status"]),
+            attempts=data["attempts"],
+            records=data["records"],
+            bytes=data["bytes"],
+            error=data.get("error"),
+            error_class=data.get("error_class"),
+            started_at=_from_iso(data.get("started_at")),
+            finished_at=_from_iso(data.get("finished_at")),
+            staged_key=data.get("staged_key"),
+            parts=[StagedPart.from_dict(p) for p in data.get("parts", [])],
+        )
+
+
+@dataclass
+class ArchiveResult:
+    """Where the finished archive lives and how to check it."""
+
+    key: str
+    size: int
+    sha256: str
+    expires_at: datetime
+    key_id: str
+    files: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "key": self.key,
+            "size": self.size,
+            "sha256": self.sha256,
+            "expires_at": _iso(self.expires_at),
+            "key_id": self.key_id,
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ArchiveResult:
+        """Inverse of :meth:`to_dict`."""
+        expires_at = _from_iso(data["expires_at"])
+        assert expires_at is not None
+        return cls(
+            key=data["key"],
+            size=data["size"],
+            sha256=data["sha256"],
+            expires_at=expires_at,
+            key_id=data["key_id"],
+            files=data["files"],
+        )
+
+
+@dataclass
+class Job:
+    """A request and everything known about its progress."""
+
+    id: str
+    kind: JobKind
+    subject: str
+    status: JobStatus
+    requested_by: str
+    created_at: datetime
+    updated_at: datetime
+    due_at: datetime
+    options: dict[str, Any]
+    generation: int = 1
+    connectors: dict[str, ConnectorRun] = field(default_factory=dict)
+    result: ArchiveResult | None = None
+    error: str | None = None
+
+    def core_dict(self) -> dict[str, Any]:
+        """Everything but the per-connector runs, which are stored separately."""
+        return {
+            "id": self.id,
+            "kind": self.kind.value,
+            "subject": self.subject,
+            "status": self.status.value,
+            "requested_by": self.requested_by,
+            "created_at": _iso(self.created_at),
+            "updated_at": _iso(self.updated_at),
+            "due_at": _iso(self.due_at),
+            "options": self.options,
+            "generation": self.generation,
+            "result": self.result.to_dict() if self.result else None,
+            "error": self.error,
+        }
+
+    @classmethod
+    def from_parts(cls, core: dict[str, Any], runs: dict[str, ConnectorRun]) -> Job:
+        """Rebuild a job from its stored core and runs."""
+        created_at = _from_iso(core["created_at"])
+        updated_at = _from_iso(core["updated_at"])
+        due_at = _from_iso(core["due_at"])
+        assert created_at
+        assert updated_at
+        assert due_at
+        return cls(
+            id=core["id"],
+            kind=JobKind(core["kind"]),
+            subject=core["subject"],
+            status=JobStatus(core["status"]),
+            requested_by=core["requested_by"],
+            created_at=created_at,
+            updated_at=updated_at,
+            due_at=due_at,
+            options=core["options"],
+            generation=core["generation"],
+            connectors=runs,
+            result=ArchiveResult.from_dict(core["result"]) if core.get("result") else None,
+            error=core.get("error"),
+        )
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def _from_iso(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of a job's append-only timeline."""
+
+    id: str
+    at: datetime
+    type: str
+    actor: str
+    data: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "id": self.id,
+            "at": _iso(self.at),
+            "type": self.type,
+            "actor": self.actor,
+            **self.data,
+        }
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware UTC, to the millisecond (what JSON round-trips)."""
+    now = datetime.now(UTC)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+class InvalidRequest(Exception):
+    """A request names something that does not exist or cannot be done; ``field`` says where."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message

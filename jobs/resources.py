@@ -1,0 +1,122 @@
+"""What a Handover process shares between requests and jobs, opened and closed in one place."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+from arq.connections import ArqRedis
+
+from connectors.base import Connector
+from connectors.demo import seed_demo_database
+from connectors.registry import ConnectorConfig, build_connectors
+from jobs.keyring import KeyRing
+from jobs.localstore import LocalStore, load_link_secret
+from jobs.queue import connect, embedded_redis
+from jobs.settings import Settings
+from jobs.signing import Signer
+from jobs.storage import ObjectStore, S3Store
+from jobs.store import JobStore
+
+DEMO_DATABASE = "demo-platform.sqlite3"
+
+
+def demo_connector_configs(settings: Settings) -> tuple[ConnectorConfig, ...]:
+    """The demo connectors over the sample platform database in the data dir."""
+    database = str(settings.data_dir / DEMO_DATABASE)
+    return (
+        ConnectorConfig("profile", "demo-profile", {"database": database}),
+        ConnectorConfig("devices", "demo-devices", {"database": database}),
+        ConnectorConfig("billing", "demo-billing", {"database": database}),
+    )
+
+
+def connector_configs(settings: Settings) -> tuple[ConnectorConfig, ...]:
+    """The configured connectors, or the demo set when none are configured."""
+    if settings.connectors:
+        return settings.connectors
+    seed_demo_database(settings.data_dir / DEMO_DATABASE)
+    return demo_connector_configs(settings)
+
+
+def open_storage(settings: Settings) -> ObjectStore:
+    """The object store the settings name."""
+    if settings.s3_bucket is None:
+        return LocalStore(
+            settings.data_dir / "objects",
+            link_secret=load_link_secret(settings.data_dir / "link-secret"),
+            base_url=settings.public_url or "http://127.0.0.1:8080",
+        )
+    return S3Store(
+        settings.s3_bucket,
+        endpoint_url=settings.s3_endpoint_url,
+        public_endpoint_url=settings.s3_public_endpoint_url,
+        part_size=settings.s3_part_size,
+        server_side_encryption=settings.s3_sse,
+    )
+
+
+@dataclass
+class Resources:
+    """Redis, the job store, object storage, connectors and the signing key of one process."""
+
+    settings: Settings
+    redis: ArqRedis
+    store: JobStore
+    storage: ObjectStore
+    connectors: Mapping[str, Connector]
+    signer: Signer
+    keyring: KeyRing
+
+    @property
+    def prefix(self) -> str:
+        """Key prefix of every object Handover writes."""
+        return self.settings.s3_prefix
+
+    def staging_prefix(self, job_id: str) -> str:
+        """Where a job's staged parts live."""
+        return f"{self.prefix}staging/{job_id}/"
+
+    def archive_key(self, job_id: str) -> str:
+        """Where a job's archive lives."""
+        return f"{self.prefix}archives/{job_id}/handover-export-{job_id}.zip"
+
+
+@asynccontextmanager
+async def open_resources(
+    settings: Settings,
+    *,
+    redis: ArqRedis | None = None,
+    storage: ObjectStore | None = None,
+    connectors: Mapping[str, Connector] | None = None,
+    namespace: str = "handover:",
+) -> AsyncIterator[Resources]:
+    """Open everything from ``settings``; parts passed in are used as they are and not closed."""
+    async with AsyncExitStack() as stack:
+        if redis is None:
+            if settings.redis_url is None:
+                redis = embedded_redis()
+            else:
+                redis = await connect(settings.redis_url.reveal())
+            stack.push_async_callback(redis.aclose)
+        if storage is None:
+            storage = open_storage(settings)
+            stack.push_async_callback(storage.close)
+        if connectors is None:
+            connectors = build_connectors(list(connector_configs(settings)))
+            for connector in connectors.values():
+                await connector.open()
+                stack.push_async_callback(connector.close)
+        key_file = settings.signing_key_file or settings.data_dir / "signing-key.pem"
+        signer = Signer.from_file(key_file, create=settings.signing_key_file is None)
+        keyring = KeyRing(redis, namespace, settings.archive_ttl)
+        yield Resources(
+            settings=settings,
+            redis=redis,
+            store=JobStore(redis, namespace),
+            storage=storage,
+            connectors=connectors,
+            signer=signer,
+            keyring=keyring,
+        )

@@ -1,0 +1,399 @@
+"""Object storage: where staged parts and finished archives live.
+
+:class:`ObjectStore` is the seam; :class:`S3Store` speaks S3 through boto3 (AWS,
+MinIO, moto) and the embedded mode has a local-disk store of the same shape.
+Writes stream through :class:`ObjectWriter`: S3 multipart with a bounded number
+of parts in flight, aborted on failure, so nothing is ever held whole in memory.
+
+Errors::
+
+    StorageError            the store failed or could not be reached
+     └── ObjectMissing      the key does not exist
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any, Protocol
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+READ_CHUNK = 1 << 20
+
+
+class StorageError(Exception):
+    """The object store failed or could not be reached."""
+
+
+class ObjectMissing(StorageError):
+    """No object at this key."""
+
+
+class ObjectWriter(Protocol):
+    """A streaming upload: ``write`` pieces, then ``complete`` (or ``abort``)."""
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data`` to the object."""
+
+    async def complete(self) -> int:
+        """Make the object visible; returns its size."""
+
+    async def abort(self) -> None:
+        """Drop everything written; the key is left as it was."""
+
+
+class ObjectStore(Protocol):
+    """The storage operations Handover needs."""
+
+    def writer(self, key: str, content_type: str = "application/octet-stream") -> ObjectWriter:
+        """A streaming writer for ``key``."""
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The object's bytes (or a range of them), in chunks."""
+
+    async def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Store a small object in one call."""
+
+    async def get(self, key: str) -> bytes:
+        """A small object's bytes."""
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds an object."""
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; no error when it is already gone."""
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under ``prefix``; returns how many."""
+
+    async def download_url(self, key: str, *, ttl: timedelta, filename: str) -> str:
+        """A URL that downloads ``key`` as an attachment for ``ttl``."""
+
+    async def check(self) -> None:
+        """Raise :class:`StorageError` when the store is unusable."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def _error(exc: Exception, key: str) -> StorageError:
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in {"NoSuchKey", "404", "NotFound"}:
+            return ObjectMissing(f"no object at {key!r}")
+        return StorageError(f"S3 {code or 'error'} on {key!r}: {exc}")
+    return StorageError(f"S3 unreachable on {key!r}: {exc}")
+
+
+class S3MultipartWriter:
+    """Buffers one part at a time; up to ``max_in_flight`` parts upload meanwhile."""
+
+    def __init__(
+        self,
+        store: S3Store,
+        key: str,
+        content_type: str,
+        *,
+        max_in_flight: int = 2,
+    ) -> None:
+        self._store = store
+        self._key = key
+        self._content_type = content_type
+        self._buffer = bytearray()
+        self._upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._in_flight: set[asyncio.Task[None]] = set()
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._size = 0
+
+    async def write(self, data: bytes) -> None:
+        self._buffer += data
+        self._size += len(data)
+        part_size = self._store.part_size
+        while len(self._buffer) >= part_size:
+            body = bytes(self._buffer[:part_size])
+            del self._buffer[:part_size]
+            await self._start_part(body)
+
+    async def _start_part(self, body: bytes) -> None:
+        client = self._store.client
+        if self._upload_id is None:
+            try:
+                response = await asyncio.to_thread(
+                    client.create_multipart_upload,
+                    Bucket=self._store.bucket,
+                    Key=self._key,
+                    ContentType=self._content_type,
+                    **self._store.put_extra,
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise _error(exc, self._key) from exc
+            self._upload_id = response["UploadId"]
+        await self._slots.acquire()
+        self._raise_failed()
+        number = len(self._parts) + 1
+        entry: dict[str, Any] = {"PartNumber": number}
+        self._parts.append(entry)
+        task = asyncio.create_task(self._upload_part(number, body, entry))
+        self._in_flight.add(task)
+        task.add_done_callback(self._in_flight.discard)
+
+    async def _upload_part(self, number: int, body: bytes, entry: dict[str, Any]) -> None:
+        try:
+            response = await asyncio.to_thread(
+                self._store.client.upload_part,
+                Bucket=self._store.bucket,
+                Key=self._key,
+                UploadId=self._upload_id or "",
+                PartNumber=number,
+                Body=body,
+            )
+            entry["ETag"] = response["ETag"]
+        except (ClientError, BotoCoreError) as exc:
+            entry["error"] = _error(exc, self._key)
+        finally:
+            self._slots.release()
+
+    def _raise_failed(self) -> None:
+        for entry in self._parts:
+            if "error" in entry:
+                raise entry["error"]
+
+    async def complete(self) -> int:
+        try:
+            if self._upload_id is None:
+                await self._store.put(self._key, bytes(self._buffer), self._content_type)
+                return self._size
+            if self._buffer or not self._parts:
+                await self._start_part(bytes(self._buffer))
+                self._buffer.clear()
+            await asyncio.gather(*self._in_flight)
+            self._raise_failed()
+            await asyncio.to_thread(
+                self._store.client.complete_multipart_upload,
+                Bucket=self._store.bucket,
+                Key=self._key,
+                UploadId=self._upload_id,
+                MultipartUpload={
+                    "Parts": [
+                        {"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in self._parts
+                    ]
+                },
+            )
+        except (ClientError, BotoCoreError) as exc:
+            await self.abort()
+            raise _error(exc, self._key) from exc
+        except BaseException:
+            await self.abort()
+            raise
+        return self._size
+
+    async def abort(self) -> None:
+        for task in list(self._in_flight):
+            task.cancel()
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+        self._buffer.clear()
+        if self._upload_id is None:
+            return
+        upload_id, self._upload_id = self._upload_id, None
+        # If this fails too, the bucket's AbortIncompleteMultipartUpload rule is the backstop.
+        with contextlib.suppress(ClientError, BotoCoreError):
+            await asyncio.to_thread(
+                self._store.client.abort_multipart_upload,
+                Bucket=self._store.bucket,
+                Key=self._key,
+                UploadId=upload_id,
+            )
+
+
+class S3Store:
+    """An S3 bucket (or a prefix of one) through boto3, run in worker threads."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None = None,
+        public_endpoint_url: str | None = None,
+        part_size: int = 8 << 20,
+        server_side_encryption: str | None = None,
+    ) -> None:
+        config = Config(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"} if endpoint_url else {},
+            retries={"max_attempts": 5, "mode": "adaptive"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+            max_pool_connections=20,
+        )
+        session = boto3.session.Session()
+        self.client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
+        self._presigner: S3Client = (
+            session.client("s3", endpoint_url=public_endpoint_url, config=config)
+            if public_endpoint_url
+            else self.client
+        )
+        self.bucket = bucket
+        self.part_size = part_size
+        self.put_extra: dict[str, Any] = (
+            {"ServerSideEncryption": server_side_encryption} if server_side_encryption else {}
+        )
+
+    def writer(self, key: str, content_type: str = "application/octet-stream") -> ObjectWriter:
+        return S3MultipartWriter(self, key, content_type)
+
+    async def read(
+        self, key: str, start: int = 0, length: int | None = None
+    ) -> AsyncIterator[bytes]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
+        if start or length is not None:
+            end = "" if length is None else str(start + length - 1)
+            params["Range"] = f"bytes={start}-{end}"
+        try:
+            response = await asyncio.to_thread(self.client.get_object, **params)
+            body = response["Body"]
+            while True:
+                chunk = await asyncio.to_thread(body.read, READ_CHUNK)
+                if not chunk:
+                    break
+                yield chunk
+            body.close()
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, key) from exc
+
+    async def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        try:
+            await asyncio.to_thread(
+                self.client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                **self.put_extra,
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, key) from exc
+
+    async def get(self, key: str) -> bytes:
+        return b"".join([chunk async for chunk in self.read(key)])
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await asyncio.to_thread(self.client.head_object, Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            error = _error(exc, key)
+            if isinstance(error, ObjectMissing):
+                return False
+            raise error from exc
+        return True
+
+    async def delete(self, key: str) -> None:
+        try:
+            await asyncio.to_thread(self.client.delete_object, Bucket=self.bucket, Key=key)
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, key) from exc
+
+    async def delete_prefix(self, prefix: str) -> int:
+        if not prefix:
+            raise StorageError("refusing to delete an empty prefix (the whole bucket)")
+        deleted = 0
+        try:
+            paginator = self.client.get_paginator("list_objects_v2")
+            pages = await asyncio.to_thread(
+                lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
+            )
+            for page in pages:
+                keys: list[Any] = [{"Key": item["Key"]} for item in page.get("Contents", [])]
+                if keys:
+                    await asyncio.to_thread(
+                        self.client.delete_objects,
+                        Bucket=self.bucket,
+                        Delete={"Objects": keys, "Quiet": True},
+                    )
+                    deleted += len(keys)
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, prefix) from exc
+        return deleted
+
+    async def download_url(self, key: str, *, ttl: timedelta, filename: str) -> str:
+        return await asyncio.to_thread(
+            self._presigner.generate_presigned_url,
+            "get_object",
+            Params={
+                "Bucket": self.bucket,
+                "Key": key,
+                "ResponseContentDisposition": f'attachment; filename="{filename}"',
+                "ResponseContentType": "application/zip",
+            },
+            ExpiresIn=max(1, math.floor(ttl.total_seconds())),
+        )
+
+    async def check(self) -> None:
+        try:
+            await asyncio.to_thread(self.client.head_bucket, Bucket=self.bucket)
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, self.bucket) from exc
+
+    async def ensure_lifecycle(self, prefix: str, archive_ttl: timedelta) -> None:
+        """Merge Handover's lifecycle rules into the bucket's, keeping the operator's own.
+
+        The rules are a backstop behind the cleanup job: archives expire a day after
+        their TTL, staging data after two days, unfinished multipart uploads after one.
+        """
+        days = math.ceil(archive_ttl.total_seconds() / 86400) + 1
+        ours = [
+            {
+                "ID": f"handover-archives-{prefix or 'root'}",
+                "Filter": {"Prefix": f"{prefix}archives/"},
+                "Status": "Enabled",
+                "Expiration": {"Days": days},
+            },
+            {
+                "ID": f"handover-staging-{prefix or 'root'}",
+                "Filter": {"Prefix": f"{prefix}staging/"},
+                "Status": "Enabled",
+                "Expiration": {"Days": 2},
+            },
+            {
+                "ID": f"handover-multipart-{prefix or 'root'}",
+                "Filter": {"Prefix": prefix},
+                "Status": "Enabled",
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+            },
+        ]
+        ids = {rule["ID"] for rule in ours}
+        try:
+            current = await asyncio.to_thread(
+                self.client.get_bucket_lifecycle_configuration, Bucket=self.bucket
+            )
+            kept = [rule for rule in current.get("Rules", []) if rule.get("ID") not in ids]
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchLifecycleConfiguration":
+                raise _error(exc, self.bucket) from exc
+            kept = []
+        try:
+            await asyncio.to_thread(
+                self.client.put_bucket_lifecycle_configuration,
+                Bucket=self.bucket,
+                LifecycleConfiguration={"Rules": [*kept, *ours]},  # type: ignore[list-item]
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, self.bucket) from exc
+
+    async def close(self) -> None:
+        self.client.close()
+        if self._presigner is not self.client:
+            self._presigner.close()

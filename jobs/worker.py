@@ -1,0 +1,143 @@
+"""The arq worker: task functions, their typed context, and the worker's wiring.
+
+``ctx`` is arq's per-worker dict; :func:`pipeline` is the one way tasks read it.
+Resources open in ``on_startup`` and close in ``on_shutdown``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from contextlib import AsyncExitStack, suppress
+from datetime import timedelta
+from typing import Any
+
+from arq import cron
+from arq.connections import ArqRedis
+from arq.worker import Worker, func
+
+from connectors.base import Connector
+from jobs.export import ExportPipeline
+from jobs.model import JobStatus, utcnow
+from jobs.queue import QUEUE_NAME, deserialize, serialize
+from jobs.resources import Resources, open_resources
+from jobs.settings import Settings
+from jobs.storage import ObjectMissing, S3Store
+
+log = logging.getLogger("handover.worker")
+
+_PIPELINE = "handover_pipeline"
+_STACK = "handover_stack"
+HEALTH_CHECK_KEY = "handover:worker:health"
+BUNDLE_TIMEOUT = timedelta(hours=6)
+
+
+def pipeline(ctx: Mapping[str, Any]) -> ExportPipeline:
+    """The export pipeline this worker built at start-up."""
+    value = ctx[_PIPELINE]
+    assert isinstance(value, ExportPipeline)
+    return value
+
+
+async def run_connector(ctx: dict[str, Any], job_id: str, connector: str, generation: int) -> None:
+    """Task: stage one connector's share of an export."""
+    await pipeline(ctx).run_connector(job_id, connector, generation, attempt=ctx["job_try"])
+
+
+async def bundle(ctx: dict[str, Any], job_id: str, generation: int) -> None:
+    """Task: bundle the staged parts of an export into its signed archive."""
+    await pipeline(ctx).bundle(job_id, generation)
+
+
+async def expire_archives(ctx: dict[str, Any]) -> int:
+    """Cron: delete archives past their expiry and move their jobs to ``expired``."""
+    resources = pipeline(ctx).resources
+    store = resources.store
+    now = utcnow()
+    expired = 0
+    for job_id in await store.ids_by_status(JobStatus.SUCCEEDED, limit=10_000):
+        job = await store.get(job_id)
+        if job.result is None or job.result.expires_at > now:
+            continue
+        with suppress(ObjectMissing):
+            await resources.storage.delete(job.result.key)
+        moved = await store.transition(
+            job_id, JobStatus.EXPIRED, actor="cleanup", expect={JobStatus.SUCCEEDED}
+        )
+        expired += moved is not None
+    if expired:
+        log.info("expired %d archive(s)", expired)
+    return expired
+
+
+class WorkerContext:
+    """Builds the ``on_startup`` / ``on_shutdown`` pair for given settings."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        redis: ArqRedis | None = None,
+        connectors: Mapping[str, Connector] | None = None,
+        resources: Resources | None = None,
+    ) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.connectors = connectors
+        self.resources = resources
+
+    async def on_startup(self, ctx: dict[str, Any]) -> None:
+        stack = AsyncExitStack()
+        resources = self.resources
+        if resources is None:
+            resources = await stack.enter_async_context(
+                open_resources(self.settings, redis=self.redis, connectors=self.connectors)
+            )
+        if isinstance(resources.storage, S3Store):
+            await resources.storage.ensure_lifecycle(resources.prefix, self.settings.archive_ttl)
+        await resources.keyring.publish(resources.signer)
+        ctx[_STACK] = stack
+        ctx[_PIPELINE] = ExportPipeline(resources)
+
+    async def on_shutdown(self, ctx: dict[str, Any]) -> None:
+        stack = ctx.pop(_STACK, None)
+        if stack is not None:
+            await stack.aclose()
+
+
+def create_worker(
+    settings: Settings,
+    *,
+    redis: ArqRedis,
+    connectors: Mapping[str, Connector] | None = None,
+    resources: Resources | None = None,
+    burst: bool = False,
+    poll_delay: float = 0.5,
+    handle_signals: bool = True,
+) -> Worker:
+    """An arq worker for Handover's tasks on ``redis``."""
+    context = WorkerContext(settings, redis=redis, connectors=connectors, resources=resources)
+    connector_timeout = settings.connector_timeout.total_seconds() + 60
+    return Worker(
+        functions=[
+            func(run_connector, name="run_connector", timeout=connector_timeout, max_tries=8),
+            func(bundle, name="bundle", timeout=BUNDLE_TIMEOUT.total_seconds(), max_tries=5),
+        ],
+        cron_jobs=[
+            cron(expire_archives, name="expire_archives", minute=set(range(0, 60, 5)), unique=True)
+        ],
+        queue_name=QUEUE_NAME,
+        redis_pool=redis,
+        on_startup=context.on_startup,
+        on_shutdown=context.on_shutdown,
+        max_jobs=settings.worker_concurrency,
+        burst=burst,
+        poll_delay=poll_delay,
+        handle_signals=handle_signals,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        health_check_key=HEALTH_CHECK_KEY,
+        health_check_interval=30,
+        keep_result=3600,
+        allow_abort_jobs=True,
+    )

@@ -1,0 +1,1 @@
+"""Handover's HTTP edge: app factory, routes, auth, problem responses, OpenAPI, CLI."""
