@@ -75,7 +75,7 @@ class LocalWriter:
 
 
 class LocalStore:
-    """Objects as files under ``root``; links signed with ``link_secret``, served at ``base_url``."""
+    """Objects as files under ``root``; links signed with ``link_secret``, served by the API."""
 
     def __init__(self, root: Path, *, link_secret: bytes, base_url: str) -> None:
         self.root = root.resolve()

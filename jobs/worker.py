@@ -12,9 +12,11 @@ from contextlib import AsyncExitStack, suppress
 from datetime import timedelta
 from typing import Any
 
+import arq.worker
 from arq import cron
-from arq.connections import ArqRedis
+from arq.connections import ArqRedis, log_redis_info
 from arq.worker import Worker, func
+from redis.exceptions import ResponseError
 
 from connectors.base import Connector
 from jobs.export import ExportPipeline
@@ -30,6 +32,17 @@ _PIPELINE = "handover_pipeline"
 _STACK = "handover_stack"
 HEALTH_CHECK_KEY = "handover:worker:health"
 BUNDLE_TIMEOUT = timedelta(hours=6)
+
+
+async def _log_redis_info(redis: ArqRedis, log_func: Any) -> None:
+    """arq's start-up INFO log, tolerating the embedded store, which has no INFO command."""
+    try:
+        await log_redis_info(redis, log_func)
+    except ResponseError:
+        log_func("redis: embedded in-process store")
+
+
+arq.worker.log_redis_info = _log_redis_info  # type: ignore[attr-defined,assignment]
 
 
 def pipeline(ctx: Mapping[str, Any]) -> ExportPipeline:

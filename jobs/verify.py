@@ -1,0 +1,132 @@
+"""Checking an export archive: every file against the manifest, the manifest against its signature.
+
+Used by ``handover verify``; needs only the archive and the service's public keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import urllib.request
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from jobs.archive import FORMAT, MANIFEST, SIGNATURE
+from jobs.signing import SignatureError, jwk_public_key, verify
+
+READ_CHUNK = 1 << 20
+
+
+@dataclass
+class Verification:
+    """The outcome: ``problems`` is empty when the archive is intact and authentic."""
+
+    files: int = 0
+    key_id: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """Nothing wrong was found."""
+        return not self.problems
+
+
+def parse_keys(data: bytes, source: str) -> list[Ed25519PublicKey]:
+    """Public keys from a PEM file, one JWK, or a JWK set (``{"keys": [...]}``)."""
+    if data.lstrip().startswith(b"-----BEGIN"):
+        key = serialization.load_pem_public_key(data)
+        if not isinstance(key, Ed25519PublicKey):
+            raise SignatureError(f"{source}: not an Ed25519 public key")
+        return [key]
+    try:
+        document: Any = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise SignatureError(f"{source}: neither PEM nor JSON ({exc})") from None
+    entries = (
+        document.get("keys") if isinstance(document, dict) and "keys" in document else [document]
+    )
+    if not isinstance(entries, list) or not entries:
+        raise SignatureError(f"{source}: holds no keys")
+    return [jwk_public_key(entry) for entry in entries]
+
+
+def load_keys(path: Path) -> list[Ed25519PublicKey]:
+    """Public keys from a file."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SignatureError(f"cannot read key file {path}: {exc.strerror}") from None
+    return parse_keys(data, str(path))
+
+
+def fetch_keys(url: str, timeout: float = 10.0) -> list[Ed25519PublicKey]:
+    """Public keys from a service's ``/v1/keys``."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            data = response.read()
+    except OSError as exc:
+        raise SignatureError(f"cannot fetch keys from {url}: {exc}") from None
+    return parse_keys(data, url)
+
+
+def _digest(archive: zipfile.ZipFile, name: str) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    with archive.open(name) as member:
+        while chunk := member.read(READ_CHUNK):
+            sha.update(chunk)
+            size += len(chunk)
+    return sha.hexdigest(), size
+
+
+def verify_archive(path: Path, keys: list[Ed25519PublicKey]) -> Verification:
+    """Check the archive at ``path``; every problem found is listed, not just the first."""
+    result = Verification()
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        result.problems.append(f"not a readable ZIP archive: {exc}")
+        return result
+    with archive:
+        names = set(archive.namelist())
+        if MANIFEST not in names or SIGNATURE not in names:
+            result.problems.append(f"{MANIFEST} or {SIGNATURE} is missing: not a Handover export")
+            return result
+        manifest_bytes = archive.read(MANIFEST)
+        try:
+            result.key_id = verify(manifest_bytes, archive.read(SIGNATURE), keys)
+        except SignatureError as exc:
+            result.problems.append(f"{SIGNATURE}: {exc}")
+        try:
+            manifest = orjson.loads(manifest_bytes)
+            listed = manifest["files"]
+            if manifest.get("format") != FORMAT:
+                result.problems.append(f"{MANIFEST}: format is {manifest.get('format')!r}")
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            result.problems.append(f"{MANIFEST} is malformed: {exc}")
+            return result
+        for entry in listed:
+            name = entry.get("path")
+            if name not in names:
+                result.problems.append(f"{name}: listed in the manifest but missing")
+                continue
+            try:
+                digest, size = _digest(archive, name)
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                result.problems.append(f"{name}: unreadable ({exc})")
+                continue
+            if digest != entry.get("sha256"):
+                result.problems.append(f"{name}: SHA-256 does not match the manifest")
+            elif size != entry.get("bytes"):
+                result.problems.append(f"{name}: size {size} does not match the manifest")
+            else:
+                result.files += 1
+        unlisted = names - {entry.get("path") for entry in listed} - {MANIFEST, SIGNATURE}
+        for name in sorted(unlisted):
+            result.problems.append(f"{name}: in the archive but not in the manifest")
+    return result

@@ -1,0 +1,82 @@
+"""The application factory: ``create_app(settings)`` and nothing global."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from importlib.metadata import version
+
+from aiohttp import web
+
+from jobs.export import ExportPipeline
+from jobs.resources import Resources, open_resources
+from jobs.settings import Settings, SettingsError
+from jobs.worker import create_worker
+from service.appkeys import AUTHORITY, PIPELINE, RESOURCES, SETTINGS
+from service.auth import TokenAuthority, load_or_create_secret
+from service.docs import add_doc_routes
+from service.problems import problem_middleware
+from service.routes import MAX_BODY_BYTES, add_routes
+
+
+def jwt_secret(settings: Settings) -> str:
+    """The configured JWT secret; in the embedded mode, one kept in the data dir."""
+    if settings.jwt_secret is not None:
+        return settings.jwt_secret.reveal()
+    if settings.embedded_redis:
+        return load_or_create_secret(settings.data_dir / "jwt-secret")
+    raise SettingsError("HANDOVER_JWT_SECRET: required when Handover runs on a shared Redis")
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    resources: Resources | None = None,
+    run_worker: bool = False,
+) -> web.Application:
+    """The Handover API; with ``run_worker`` a worker runs inside the same process."""
+    settings = settings or Settings.load()
+    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    app[SETTINGS] = settings
+    app[AUTHORITY] = TokenAuthority(jwt_secret(settings))
+    app.cleanup_ctx.append(_resources_ctx(resources))
+    if run_worker:
+        app.cleanup_ctx.append(_worker_ctx)
+    add_routes(app)
+    add_doc_routes(app, version("handover"))
+    return app
+
+
+def _resources_ctx(
+    given: Resources | None,
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
+        if given is not None:
+            app[RESOURCES] = given
+            app[PIPELINE] = ExportPipeline(given)
+            yield
+            return
+        async with open_resources(app[SETTINGS]) as resources:
+            app[RESOURCES] = resources
+            app[PIPELINE] = ExportPipeline(resources)
+            yield
+
+    return resources_ctx
+
+
+async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
+    resources = app[RESOURCES]
+    worker = create_worker(
+        app[SETTINGS],
+        redis=resources.redis,
+        resources=resources,
+        handle_signals=False,
+        poll_delay=0.1,
+    )
+    task = asyncio.create_task(worker.async_run())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await worker.close()

@@ -1,0 +1,181 @@
+"""The API's request and response shapes.
+
+Request models validate what clients send (unknown fields rejected); response
+models document what the API answers. Both feed ``/openapi.json``, and the tests
+check real responses against these schemas, so documentation and code agree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Format = Literal["json", "csv", "ndjson"]
+JobStatusName = Literal[
+    "awaiting_confirmation", "queued", "running", "succeeded", "failed", "canceled", "expired"
+]
+RunStatusName = Literal["pending", "running", "succeeded", "failed"]
+
+
+class Strict(BaseModel):
+    """A request body: unknown fields are an error, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ExportRequest(Strict):
+    """Ask for a copy of everything held on a subject (GDPR Art. 15 and 20)."""
+
+    subject: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Whose data. A subject may only name themself (or omit it); "
+        "support and admin must name the subject.",
+        examples=["alice"],
+    )
+    formats: list[Format] | None = Field(
+        None,
+        min_length=1,
+        max_length=3,
+        description="Renderings of each dataset; default: the service's default formats (json).",
+        examples=[["json", "csv"]],
+    )
+    connectors: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Only these connectors; default: every configured connector.",
+    )
+    categories: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=50,
+        description="Only datasets of these categories (identification, device, telemetry, ...).",
+    )
+
+
+class ConnectorProgress(BaseModel):
+    """One connector's share of a job."""
+
+    status: RunStatusName
+    records: int
+    bytes: int
+    attempts: int
+    error: str | None
+    error_class: Literal["transient", "permanent", "internal"] | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ArchiveFile(BaseModel):
+    """One file inside the archive."""
+
+    path: str
+    connector: str | None
+    format: str
+    records: int | None
+    bytes: int
+
+
+class ArchiveInfo(BaseModel):
+    """The finished archive."""
+
+    size: int
+    sha256: str
+    expires_at: datetime
+    key_id: str = Field(description="Id of the key in GET /v1/keys that signed the manifest.")
+    files: list[ArchiveFile]
+
+
+class JobLinks(BaseModel):
+    """Where to go next."""
+
+    self: str
+    events: str
+    download: str | None
+
+
+class JobOut(BaseModel):
+    """A request and its progress."""
+
+    id: str = Field(description="Sortable id (ULID).", examples=["01JD2Z6S41ABCDEFGHJKMNPQRS"])
+    kind: Literal["export"]
+    status: JobStatusName
+    subject: str
+    requested_by: str
+    created_at: datetime
+    updated_at: datetime
+    due_at: datetime = Field(description="The legal deadline: one month from receipt (Art. 12(3)).")
+    options: dict[str, object]
+    generation: int = Field(description="Incremented by each retry.")
+    connectors: dict[str, ConnectorProgress]
+    result: ArchiveInfo | None
+    error: str | None
+    links: JobLinks
+
+
+class EventOut(BaseModel):
+    """One entry of a job's timeline."""
+
+    model_config = ConfigDict(extra="allow")
+
+    id: str
+    at: datetime
+    type: str
+    actor: str
+
+
+class EventList(BaseModel):
+    """A job's timeline, oldest first."""
+
+    events: list[EventOut]
+
+
+class ConnectorOut(BaseModel):
+    """A configured connector and what it holds."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    type: str
+    categories: list[str]
+    datasets: list[dict[str, str]]
+
+
+class ConnectorList(BaseModel):
+    """Every configured connector."""
+
+    connectors: list[ConnectorOut]
+
+
+class Jwk(BaseModel):
+    """An Ed25519 public key (RFC 8037) that verifies archive signatures."""
+
+    kty: Literal["OKP"]
+    crv: Literal["Ed25519"]
+    x: str
+    kid: str
+    alg: Literal["EdDSA"]
+    use: Literal["sig"]
+    needed_until: datetime = Field(description="The last archive it signed expires before this.")
+
+
+class KeySet(BaseModel):
+    """Every public key still needed to verify a live archive."""
+
+    keys: list[Jwk]
+
+
+class ProblemOut(BaseModel):
+    """An RFC 9457 problem detail."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    instance: str

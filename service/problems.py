@@ -1,0 +1,161 @@
+"""RFC 9457 problem responses, and the one middleware that maps every error to one.
+
+Handlers raise; they never build error responses themselves. Domain errors from
+``jobs`` and aiohttp's own HTTP errors become ``application/problem+json``; an
+unexpected exception becomes a 500 problem with no traceback in the body.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from jobs.model import IllegalTransition, InvalidRequest
+from jobs.storage import StorageError
+from jobs.store import IdempotencyConflict, JobNotFound
+
+log = logging.getLogger("handover.api")
+
+PROBLEM_TYPE = "https://handover.dev/problems/"
+PROBLEM_JSON = "application/problem+json"
+
+
+class Problem(Exception):
+    """An error to answer with: HTTP status, a short title and a specific detail."""
+
+    def __init__(
+        self,
+        status: int,
+        title: str,
+        detail: str,
+        *,
+        slug: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extra: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.slug = slug or title.lower().replace(" ", "-")
+        self.headers = headers or {}
+        self.extra = extra
+
+    def response(self, instance: str) -> web.Response:
+        """The problem as a response."""
+        body = {
+            "type": PROBLEM_TYPE + self.slug,
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "instance": instance,
+            **self.extra,
+        }
+        return web.Response(
+            status=self.status,
+            body=orjson.dumps(body),
+            content_type=PROBLEM_JSON,
+            headers=self.headers,
+        )
+
+
+def _validation_problem(exc: ValidationError) -> Problem:
+    errors = [
+        {
+            "field": ".".join(str(part) for part in error["loc"]) or "(body)",
+            "message": error["msg"],
+        }
+        for error in exc.errors(include_url=False, include_input=False)
+    ]
+    detail = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+    return Problem(422, "Invalid request", detail, errors=errors)
+
+
+_HTTP_TITLES = {
+    400: "Bad request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not found",
+    405: "Method not allowed",
+    406: "Not acceptable",
+    409: "Conflict",
+    410: "Gone",
+    413: "Request too large",
+    415: "Unsupported media type",
+    429: "Too many requests",
+}
+
+
+def to_problem(exc: BaseException) -> Problem | None:
+    """The problem an exception stands for, or ``None`` for an unexpected one."""
+    if isinstance(exc, Problem):
+        return exc
+    if isinstance(exc, ValidationError):
+        return _validation_problem(exc)
+    if isinstance(exc, InvalidRequest):
+        return Problem(
+            422, "Invalid request", str(exc), errors=[{"field": exc.field, "message": exc.message}]
+        )
+    if isinstance(exc, JobNotFound):
+        return Problem(404, "Not found", f"no job {exc.job_id}")
+    if isinstance(exc, IllegalTransition):
+        return Problem(409, "Conflict", str(exc), status_now=exc.current.value)
+    if isinstance(exc, IdempotencyConflict):
+        return Problem(422, "Idempotency key reused", str(exc), slug="idempotency-key-reused")
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        return Problem(
+            503,
+            "Service unavailable",
+            "the job store cannot be reached; try again shortly",
+            headers={"Retry-After": "5"},
+        )
+    if isinstance(exc, StorageError):
+        return Problem(
+            503,
+            "Service unavailable",
+            "object storage cannot be reached; try again shortly",
+            headers={"Retry-After": "5"},
+        )
+    if isinstance(exc, web.HTTPException) and exc.status >= 400:
+        title = _HTTP_TITLES.get(exc.status, exc.reason)
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else title
+        if exc.status == 404:
+            detail = "no such resource"
+        elif exc.status == 405:
+            detail = f"this resource does not allow {getattr(exc, 'method', 'that method')}"
+        elif exc.status == 413:
+            detail = "the request body is larger than this API accepts"
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
+        return Problem(exc.status, title, detail, headers=headers)
+    return None
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answer every error as problem+json."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        problem = to_problem(exc)
+        assert problem is not None
+        return problem.response(request.path)
+    except Exception as exc:
+        problem = to_problem(exc)
+        if problem is None:
+            log.exception("unexpected error on %s %s", request.method, request.path)
+            problem = Problem(
+                500, "Internal error", "the server failed to answer; it has been logged"
+            )
+        return problem.response(request.path)

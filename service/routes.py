@@ -1,0 +1,418 @@
+"""The HTTP API's operations: one table that both routes requests and documents them.
+
+Each :class:`Operation` names its method, path, handler, request model and
+responses; ``create_app`` registers them and ``/openapi.json`` is built from the
+same table, so what is documented is what is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel
+
+from jobs.localstore import LINK_PATH, LocalStore
+from jobs.model import Job, JobStatus, utcnow
+from jobs.storage import StorageError
+from jobs.worker import HEALTH_CHECK_KEY
+from service import models
+from service.appkeys import AUTHORITY, PIPELINE, RESOURCES
+from service.auth import Principal, Role
+from service.problems import Problem
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", bound=BaseModel)
+MAX_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One documented API operation."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    tag: str
+    responses: dict[int, tuple[str, type[BaseModel] | None]]
+    request: type[BaseModel] | None = None
+    auth: bool = True
+    description: str = ""
+    parameters: list[dict[str, Any]] = field(default_factory=list)
+    media_type: str = "application/json"
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response encoded with orjson."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+async def read_body(request: web.Request, model: type[M]) -> M:
+    """The request's JSON body, validated by ``model``; problems for anything else."""
+    if request.content_type != "application/json":
+        raise Problem(415, "Unsupported media type", "send the body as application/json")
+    raw = await request.read()
+    try:
+        data = orjson.loads(raw or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise Problem(
+            400, "Malformed JSON", f"the body is not valid JSON: {exc}", slug="malformed-json"
+        ) from None
+    if not isinstance(data, dict):
+        raise Problem(
+            400, "Malformed JSON", "the body must be a JSON object", slug="malformed-json"
+        )
+    return model.model_validate(data)
+
+
+def principal(request: web.Request) -> Principal:
+    """The authenticated caller."""
+    return request.app[AUTHORITY].authenticate(request)
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job as the API shows it: no storage keys, no staged parts."""
+    base = f"/v1/jobs/{job.id}"
+    result = None
+    if job.result is not None:
+        result = {k: v for k, v in job.result.to_dict().items() if k != "key"}
+    return {
+        "id": job.id,
+        "kind": job.kind.value,
+        "status": job.status.value,
+        "subject": job.subject,
+        "requested_by": job.requested_by,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "due_at": job.due_at,
+        "options": job.options,
+        "generation": job.generation,
+        "connectors": {
+            name: {
+                "status": run.status.value,
+                "records": run.records,
+                "bytes": run.bytes,
+                "attempts": run.attempts,
+                "error": run.error,
+                "error_class": run.error_class,
+                "started_at": run.started_at,
+                "finished_at": run.finished_at,
+            }
+            for name, run in job.connectors.items()
+        },
+        "result": result,
+        "error": job.error,
+        "links": {
+            "self": base,
+            "events": f"{base}/events",
+            "download": f"{base}/download" if job.status is JobStatus.SUCCEEDED else None,
+        },
+    }
+
+
+async def visible_job(request: web.Request, who: Principal) -> Job:
+    """The job in the path, if ``who`` may see it; another subject's job is a 404."""
+    job_id = request.match_info["job_id"]
+    job = await request.app[RESOURCES].store.get(job_id)
+    if not who.may_see(job.subject):
+        raise Problem(404, "Not found", f"no job {job_id}")
+    return job
+
+
+async def create_export(request: web.Request) -> web.Response:
+    who = principal(request)
+    body = await read_body(request, models.ExportRequest)
+    subject = body.subject
+    if subject is None:
+        if Role.SUBJECT not in who.roles:
+            raise Problem(
+                422, "Invalid request", "subject: support and admin must name the subject"
+            )
+        subject = who.sub
+    if subject != who.sub and not who.is_staff:
+        raise Problem(403, "Forbidden", "a subject may only ask for an export of their own data")
+    fingerprint = hashlib.sha256(
+        orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS) + subject.encode()
+    ).hexdigest()
+    job, _ = await request.app[PIPELINE].create(
+        subject=subject,
+        requested_by=who.sub,
+        formats=body.formats,
+        connectors=body.connectors,
+        categories=body.categories,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        fingerprint=fingerprint,
+    )
+    location = f"/v1/jobs/{job.id}"
+    return json_response(job_view(job), status=202, headers={"Location": location})
+
+
+async def get_job(request: web.Request) -> web.Response:
+    job = await visible_job(request, principal(request))
+    return json_response(job_view(job))
+
+
+async def list_events(request: web.Request) -> web.Response:
+    job = await visible_job(request, principal(request))
+    events = await request.app[RESOURCES].store.events(job.id)
+    return json_response({"events": [event.to_dict() for event in events]})
+
+
+async def download(request: web.Request) -> web.Response:
+    who = principal(request)
+    job = await visible_job(request, who)
+    if who.sub != job.subject and not who.is_admin:
+        raise Problem(403, "Forbidden", "support staff see requests, never their data")
+    now = utcnow()
+    if job.status is JobStatus.EXPIRED or (job.result is not None and job.result.expires_at <= now):
+        raise Problem(410, "Gone", f"the archive of job {job.id} has expired and was deleted")
+    if job.status is not JobStatus.SUCCEEDED or job.result is None:
+        raise Problem(
+            409,
+            "Not ready",
+            f"job {job.id} is {job.status.value}; no archive to download",
+            slug="not-ready",
+            status_now=job.status.value,
+        )
+    resources = request.app[RESOURCES]
+    ttl = min(resources.settings.link_ttl, job.result.expires_at - now)
+    url = await resources.storage.download_url(
+        job.result.key, ttl=ttl, filename=f"handover-export-{job.id}.zip"
+    )
+    await resources.store.add_event(
+        job.id, "downloaded", who.sub, {"link_ttl_seconds": int(ttl.total_seconds())}
+    )
+    return web.Response(status=303, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+async def serve_object(request: web.Request) -> web.StreamResponse:
+    storage = request.app[RESOURCES].storage
+    if not isinstance(storage, LocalStore):
+        raise Problem(404, "Not found", "no such resource")
+    query = request.query
+    try:
+        path = storage.check_link(
+            request.match_info["key"],
+            query.get("expires", ""),
+            query.get("filename", ""),
+            query.get("signature", ""),
+        )
+    except StorageError as exc:
+        raise Problem(403, "Forbidden", f"this download link is not valid: {exc}") from None
+    filename = query["filename"].replace('"', "")
+    return web.FileResponse(
+        path,
+        headers={
+            "Content-Disposition": f'attachment; filename="{filename}"',
+            "Content-Type": "application/zip",
+            "Cache-Control": "no-store",
+        },
+    )
+
+
+async def list_connectors(request: web.Request) -> web.Response:
+    principal(request)
+    connectors = request.app[RESOURCES].connectors
+    return json_response({"connectors": [dict(c.describe()) for c in connectors.values()]})
+
+
+async def list_keys(request: web.Request) -> web.Response:
+    resources = request.app[RESOURCES]
+    return json_response(
+        {"keys": await resources.keyring.active()}, headers={"Cache-Control": "max-age=300"}
+    )
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    resources = request.app[RESOURCES]
+    checks: dict[str, str] = {}
+    try:
+        await resources.redis.ping()
+        policy = (await resources.redis.config_get("maxmemory-policy")).get("maxmemory-policy")
+        checks["redis"] = (
+            "ok"
+            if policy in (None, "noeviction")
+            else f"maxmemory-policy is {policy}, must be noeviction"
+        )
+        heartbeat = await resources.redis.get(HEALTH_CHECK_KEY)
+        checks["worker"] = "ok" if heartbeat else "no worker has reported in the last 60 s"
+    except Exception as exc:
+        checks["redis"] = f"unreachable: {type(exc).__name__}: {exc}"
+    try:
+        await resources.storage.check()
+        checks["storage"] = "ok"
+    except StorageError as exc:
+        checks["storage"] = f"unusable: {exc}"
+    ready = all(value == "ok" for value in checks.values())
+    return json_response(
+        {"status": "ready" if ready else "not ready", "checks": checks},
+        status=200 if ready else 503,
+    )
+
+
+_JOB_ID = {
+    "name": "job_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "The job's id.",
+}
+_PROBLEMS: dict[int, tuple[str, type[BaseModel] | None]] = {
+    401: ("No valid bearer token.", models.ProblemOut),
+}
+
+OPERATIONS: list[Operation] = [
+    Operation(
+        "POST",
+        "/v1/exports",
+        create_export,
+        "Ask for an export",
+        "jobs",
+        request=models.ExportRequest,
+        description="Queues an export of everything held on the subject, by every processor "
+        "(GDPR Art. 15, 20). Honours `Idempotency-Key`: the same key and body return the same job.",
+        parameters=[
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "maxLength": 255},
+            }
+        ],
+        responses={
+            202: ("The job, queued. `Location` names it.", models.JobOut),
+            400: ("The body is not JSON.", models.ProblemOut),
+            403: ("A subject asked for someone else's data.", models.ProblemOut),
+            415: ("The body is not application/json.", models.ProblemOut),
+            422: ("An unknown field, format, connector or category.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/jobs/{job_id}",
+        get_job,
+        "A job and its progress",
+        "jobs",
+        parameters=[_JOB_ID],
+        responses={
+            200: ("The job.", models.JobOut),
+            404: ("No such job (or not yours).", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/jobs/{job_id}/events",
+        list_events,
+        "A job's timeline",
+        "jobs",
+        parameters=[_JOB_ID],
+        responses={
+            200: ("The events, oldest first.", models.EventList),
+            404: ("No such job (or not yours).", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/jobs/{job_id}/download",
+        download,
+        "Download a finished export",
+        "jobs",
+        parameters=[_JOB_ID],
+        description="Answers 303 with a fresh, short-lived link to the archive "
+        "(`HANDOVER_LINK_TTL`, never past the archive's expiry), served as an attachment.",
+        responses={
+            303: ("See the `Location` header: the download link.", None),
+            403: ("Support staff may not download subjects' data.", models.ProblemOut),
+            404: ("No such job (or not yours).", models.ProblemOut),
+            409: ("The job has no archive (yet).", models.ProblemOut),
+            410: ("The archive has expired and was deleted.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
+        LINK_PATH + "{key}",
+        serve_object,
+        "Follow a download link (embedded storage)",
+        "downloads",
+        auth=False,
+        parameters=[
+            {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
+            {"name": "expires", "in": "query", "required": True, "schema": {"type": "string"}},
+            {"name": "filename", "in": "query", "required": True, "schema": {"type": "string"}},
+            {"name": "signature", "in": "query", "required": True, "schema": {"type": "string"}},
+        ],
+        media_type="application/zip",
+        responses={
+            200: ("The archive.", None),
+            403: ("A changed or expired link.", models.ProblemOut),
+            404: ("Not served here.", models.ProblemOut),
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/connectors",
+        list_connectors,
+        "The configured connectors",
+        "connectors",
+        responses={
+            200: ("Every connector and the data it holds.", models.ConnectorList),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/keys",
+        list_keys,
+        "Public keys that verify archives",
+        "keys",
+        auth=False,
+        responses={200: ("Ed25519 JWKs still needed to verify a live archive.", models.KeySet)},
+    ),
+    Operation(
+        "GET",
+        "/healthz",
+        healthz,
+        "The process is up",
+        "health",
+        auth=False,
+        responses={200: ("Always, while the process serves.", None)},
+    ),
+    Operation(
+        "GET",
+        "/readyz",
+        readyz,
+        "Ready to take work",
+        "health",
+        auth=False,
+        description="Redis and object storage reachable, a worker reported recently, "
+        "and Redis keeps everything (`maxmemory-policy noeviction`).",
+        responses={200: ("Ready.", None), 503: ("Not ready; `checks` says what failed.", None)},
+    ),
+]
+
+
+def add_routes(app: web.Application) -> None:
+    """Register every operation."""
+    for operation in OPERATIONS:
+        path = operation.path.replace("{key}", "{key:.+}")
+        app.router.add_route(operation.method, path, operation.handler)
+
+
+__all__ = ["MAX_BODY_BYTES", "OPERATIONS", "Operation", "add_routes"]

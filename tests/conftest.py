@@ -1,0 +1,131 @@
+"""Shared fixtures: a real Redis server, moto's S3 server over real HTTP, settings and resources.
+
+Redis: ``HANDOVER_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/13``); each test
+gets the database flushed. ``make test`` starts a server when none answers. With
+no server the tests fail with a message saying so; they never skip.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from arq.connections import ArqRedis
+
+from connectors.base import Connector
+from jobs.queue import connect
+from jobs.resources import Resources, open_resources
+from jobs.settings import Settings
+from jobs.storage import S3Store
+
+REDIS_URL = os.environ.get("HANDOVER_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+os.environ.update(AWS_ENV)
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, deadline_seconds: float = 20.0) -> None:
+    """Poll until something accepts connections on ``port``, or fail."""
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port} after {deadline_seconds}s")
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server, in its own process, over real HTTP."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@pytest.fixture
+def bucket(s3_endpoint: str) -> str:
+    """A fresh, empty bucket for this test."""
+    name = f"handover-test-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+async def redis() -> AsyncIterator[ArqRedis]:
+    """A client of the real Redis server, on a flushed test database."""
+    try:
+        client = await connect(REDIS_URL)
+    except Exception as exc:
+        pytest.fail(f"no Redis server at {REDIS_URL} ({exc}); `make test` starts one")
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path, s3_endpoint: str, bucket: str) -> Callable[..., Settings]:
+    """Settings for a test: real Redis, the moto bucket, a temporary data dir."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "data_dir": tmp_path / "data",
+            "s3_bucket": bucket,
+            "s3_endpoint_url": s3_endpoint,
+            "s3_part_size": 5 * 2**20,
+        }
+        values.update(overrides)
+        return Settings(**values)
+
+    return make
+
+
+@pytest.fixture
+def resources_factory(
+    redis: ArqRedis, settings_factory: Callable[..., Settings]
+) -> Callable[..., Any]:
+    """Opens :class:`Resources` over the test Redis and bucket with the given connectors."""
+
+    def make(connectors: Mapping[str, Connector] | None = None, **overrides: Any) -> Any:
+        return open_resources(settings_factory(**overrides), redis=redis, connectors=connectors)
+
+    return make
+
+
+@pytest.fixture
+def s3_store(s3_endpoint: str, bucket: str) -> S3Store:
+    """An :class:`S3Store` on the test bucket with the smallest part size S3 allows."""
+    return S3Store(bucket, endpoint_url=s3_endpoint, part_size=5 * 2**20)
+
+
+__all__ = ["Resources", "free_port", "wait_for_port"]
