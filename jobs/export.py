@@ -195,20 +195,18 @@ class ExportPipeline:
         except TransientError as exc:
             delay = self.retry_policy.delay(attempt, exc)
             if delay is not None:
-                await store.update_run(
+                await store.add_event(
                     job_id,
-                    name,
-                    lambda run: None,
-                    generation=generation,
-                    event="connector.retrying",
-                    data={"error": _error_text(exc), "delay": round(delay, 3)},
+                    "connector.retrying",
+                    "worker",
+                    {"connector": name, "error": _error_text(exc), "delay": round(delay, 3)},
                 )
                 raise Retry(defer=delay) from exc
             await self._fail_run(job_id, name, generation, exc)
             return
-        except TimeoutError as exc:
+        except TimeoutError:
             message = f"timed out after {self.resources.settings.connector_timeout}"
-            await self._fail_run(job_id, name, generation, TransientError(message), cause=exc)
+            await self._fail_run(job_id, name, generation, TransientError(message))
             return
         except Exception as exc:
             await self._fail_run(job_id, name, generation, exc)
@@ -239,15 +237,8 @@ class ExportPipeline:
         name: str,
         generation: int,
         exc: BaseException,
-        cause: BaseException | None = None,
     ) -> None:
-        error_class = (
-            "permanent"
-            if not isinstance(exc, ConnectorError) or isinstance(exc, PermanentError)
-            else "transient"
-        )
-        if not isinstance(exc, ConnectorError):
-            error_class = "internal"
+        error_class = _classify(exc)
         message = _error_text(exc)
 
         def failed(run: ConnectorRun) -> None:
@@ -398,6 +389,15 @@ class ExportPipeline:
                 for f in written.files
             ],
         )
+
+
+def _classify(exc: BaseException) -> str:
+    """The error classes the API reports: transient, permanent, or internal (a bug)."""
+    if isinstance(exc, TransientError):
+        return "transient"
+    if isinstance(exc, ConnectorError):
+        return "permanent"
+    return "internal"
 
 
 def _record_count(parts: Sequence[StagedPart]) -> int:

@@ -19,7 +19,7 @@ from arq.worker import Worker, func
 from redis.exceptions import ResponseError
 
 from connectors.base import Connector
-from jobs.export import ExportPipeline
+from jobs.export import ExportPipeline, RetryPolicy
 from jobs.model import JobStatus, utcnow
 from jobs.queue import QUEUE_NAME, deserialize, serialize
 from jobs.resources import Resources, open_resources
@@ -93,11 +93,13 @@ class WorkerContext:
         redis: ArqRedis | None = None,
         connectors: Mapping[str, Connector] | None = None,
         resources: Resources | None = None,
+        retry_policy: RetryPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.connectors = connectors
         self.resources = resources
+        self.retry_policy = retry_policy
 
     async def on_startup(self, ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
@@ -110,7 +112,7 @@ class WorkerContext:
             await resources.storage.ensure_lifecycle(resources.prefix, self.settings.archive_ttl)
         await resources.keyring.publish(resources.signer)
         ctx[_STACK] = stack
-        ctx[_PIPELINE] = ExportPipeline(resources)
+        ctx[_PIPELINE] = ExportPipeline(resources, self.retry_policy)
 
     async def on_shutdown(self, ctx: dict[str, Any]) -> None:
         stack = ctx.pop(_STACK, None)
@@ -124,12 +126,15 @@ def create_worker(
     redis: ArqRedis,
     connectors: Mapping[str, Connector] | None = None,
     resources: Resources | None = None,
+    retry_policy: RetryPolicy | None = None,
     burst: bool = False,
     poll_delay: float = 0.5,
     handle_signals: bool = True,
 ) -> Worker:
     """An arq worker for Handover's tasks on ``redis``."""
-    context = WorkerContext(settings, redis=redis, connectors=connectors, resources=resources)
+    context = WorkerContext(
+        settings, redis=redis, connectors=connectors, resources=resources, retry_policy=retry_policy
+    )
     connector_timeout = settings.connector_timeout.total_seconds() + 60
     return Worker(
         functions=[

@@ -4,7 +4,7 @@
 
     handover serve   [--host H] [--port P]   API and worker in one process (embedded default)
     handover api     [--host H] [--port P]   the API alone, on shared Redis and S3
-    handover worker                          a worker alone, on shared Redis and S3
+    handover worker  [--burst]               a worker alone, on shared Redis and S3
     handover token   --sub S [--role R] [--ttl 1h]
     handover verify  ARCHIVE (--key FILE | --keys-url URL)
 
@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8080)
-    commands.add_parser("worker", help="run a worker (needs HANDOVER_REDIS_URL)")
+    worker = commands.add_parser("worker", help="run a worker (needs HANDOVER_REDIS_URL)")
+    worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     token = commands.add_parser("token", help="print a signed bearer token")
     token.add_argument("--sub", required=True, help="the subject (token's sub claim)")
     token.add_argument(
@@ -106,11 +107,11 @@ def _serve(settings: Settings, host: str, port: int, *, with_worker: bool) -> No
     web.run_app(app, host=host, port=port, print=None)
 
 
-async def _run_worker(settings: Settings) -> None:
+async def _run_worker(settings: Settings, burst: bool) -> None:
     if settings.redis_url is None:
         raise CommandError("HANDOVER_REDIS_URL: a worker needs the shared Redis the API uses")
     redis = await connect(settings.redis_url.reveal())
-    worker = create_worker(settings, redis=redis)
+    worker = create_worker(settings, redis=redis, burst=burst)
     try:
         await worker.async_run()
     finally:
@@ -155,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "api":
             _serve(settings, args.host, args.port, with_worker=False)
         elif args.command == "worker":
-            asyncio.run(_run_worker(settings))
+            asyncio.run(_run_worker(settings, args.burst))
         elif args.command == "token":
             _token(settings, args.sub, args.role, args.ttl)
     except (SettingsError, CommandError, SignatureError) as exc:

@@ -1,0 +1,283 @@
+"""Staging: items deflated once into one staged object, each file indexed by its chunks."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import random
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from connectors.errors import PermanentError
+from connectors.items import Record
+from connectors.testing import MemoryConnector
+from jobs.formats import FORMATS
+from jobs.model import StagedPart
+from jobs.staging import Stager
+
+CONNECTOR = "shop"
+ORDER_FIELDS = ("id", "total", "note")
+ROUNDS = 12
+BATCH = 300
+FILE_PIECE = 48 * 1024
+
+
+@dataclass
+class Staged:
+    """What the pipeline would have uploaded: the staged object and its parts by path."""
+
+    data: bytes
+    parts: dict[str, StagedPart]
+
+
+@pytest.fixture
+def connector() -> MemoryConnector:
+    return MemoryConnector(
+        CONNECTOR,
+        datasets=[
+            {"name": "orders", "category": "economic", "fields": ORDER_FIELDS},
+            {"name": "visits", "category": "usage"},
+            {"name": "uploads", "category": "contact"},
+        ],
+    )
+
+
+@pytest.fixture
+def stager_factory(connector: MemoryConnector) -> Callable[..., Stager]:
+    def make(formats: Sequence[str] = FORMATS, chunk_size: int = 1024) -> Stager:
+        return Stager(connector.name, connector.dataset, formats, chunk_size=chunk_size)
+
+    return make
+
+
+def order(index: int) -> dict[str, Any]:
+    note = hashlib.sha256(f"order {index}".encode()).hexdigest()
+    return {"id": index, "total": f"{index * 7 % 1000}.{index % 100:02d}", "note": note}
+
+
+def visit(index: int) -> dict[str, Any]:
+    digest = hashlib.sha256(f"visit {index}".encode()).hexdigest()
+    return {"page": f"/p/{digest[:12]}", "at": index * 1000, "ua": digest}
+
+
+def file_bytes(size: int) -> bytes:
+    return random.Random(size).randbytes(size)
+
+
+def inflate(data: bytes) -> bytes:
+    decompressor = zlib.decompressobj(-15)
+    content = decompressor.decompress(data) + decompressor.flush()
+    assert decompressor.eof, "the chunks hold a complete deflate stream"
+    assert decompressor.unused_data == b""
+    return content
+
+
+def content_of(staged: Staged, part: StagedPart) -> bytes:
+    return inflate(b"".join(staged.data[start : start + length] for start, length in part.chunks))
+
+
+@pytest.fixture
+def interleaved(stager_factory: Callable[..., Stager]) -> Staged:
+    """Two datasets and a binary file, fed in alternation like a real connector."""
+    stager = stager_factory()
+    out: list[bytes] = []
+    upload = stager.open_file("photos/me.bin", "uploads")
+    content = file_bytes(ROUNDS * FILE_PIECE)
+    for round_ in range(ROUNDS):
+        first = round_ * BATCH
+        out.extend(
+            stager.add_records([Record("orders", order(i)) for i in range(first, first + BATCH)])
+        )
+        mixed = [Record("visits", visit(first + i)) for i in range(BATCH)]
+        mixed.insert(BATCH // 2, Record("orders", order(10_000 + round_)))
+        out.extend(stager.add_records(mixed))
+        out.extend(
+            stager.add_file_data(upload, content[round_ * FILE_PIECE : (round_ + 1) * FILE_PIECE])
+        )
+    out.extend(stager.close_file(upload))
+    last, parts = stager.finish()
+    out.extend(last)
+    data = b"".join(out)
+    assert stager.staged_size == len(data)
+    return Staged(data, {part.path: part for part in parts})
+
+
+def expected_orders() -> list[dict[str, Any]]:
+    rows = []
+    for round_ in range(ROUNDS):
+        rows.extend(order(i) for i in range(round_ * BATCH, (round_ + 1) * BATCH))
+        rows.append(order(10_000 + round_))
+    return rows
+
+
+def expected_visits() -> list[dict[str, Any]]:
+    return [visit(i) for i in range(ROUNDS * BATCH)]
+
+
+def test_every_file_of_the_export_is_staged(interleaved: Staged) -> None:
+    assert list(interleaved.parts) == [
+        f"{CONNECTOR}/files/photos/me.bin",
+        *(f"{CONNECTOR}/orders.{fmt}" for fmt in FORMATS),
+        *(f"{CONNECTOR}/visits.{fmt}" for fmt in FORMATS),
+    ]
+    upload = interleaved.parts[f"{CONNECTOR}/files/photos/me.bin"]
+    assert (upload.connector, upload.dataset, upload.category, upload.format) == (
+        CONNECTOR,
+        "uploads",
+        "contact",
+        "binary",
+    )
+    orders_csv = interleaved.parts[f"{CONNECTOR}/orders.csv"]
+    assert (orders_csv.dataset, orders_csv.category, orders_csv.format) == (
+        "orders",
+        "economic",
+        "csv",
+    )
+
+
+def test_every_part_inflates_to_its_checksummed_bytes(interleaved: Staged) -> None:
+    for part in interleaved.parts.values():
+        content = content_of(interleaved, part)
+        assert len(content) == part.bytes, part.path
+        assert hashlib.sha256(content).hexdigest() == part.sha256, part.path
+        assert zlib.crc32(content) == part.crc32, part.path
+        assert part.compressed_size == sum(length for _, length in part.chunks), part.path
+
+
+def test_parts_tile_the_staged_object(interleaved: Staged) -> None:
+    ranges = sorted(chunk for part in interleaved.parts.values() for chunk in part.chunks)
+    position = 0
+    for start, length in ranges:
+        assert start == position, "chunks neither overlap nor leave gaps"
+        assert length > 0
+        position += length
+    assert position == len(interleaved.data)
+
+
+def test_interleaved_parts_have_several_unmerged_chunks(interleaved: Staged) -> None:
+    many = [part for part in interleaved.parts.values() if len(part.chunks) > 1]
+    assert len(many) >= 3, "the fixture interleaves several streams"
+    for part in many:
+        for (start, length), (next_start, _) in zip(part.chunks, part.chunks[1:], strict=False):
+            assert start + length < next_start, f"{part.path}: adjacent chunks are merged"
+
+
+def test_record_parts_render_every_record(interleaved: Staged) -> None:
+    orders, visits = expected_orders(), expected_visits()
+    for dataset, rows in (("orders", orders), ("visits", visits)):
+        json_part = interleaved.parts[f"{CONNECTOR}/{dataset}.json"]
+        assert json.loads(content_of(interleaved, json_part)) == rows
+        ndjson_part = interleaved.parts[f"{CONNECTOR}/{dataset}.ndjson"]
+        lines = content_of(interleaved, ndjson_part).decode().splitlines()
+        assert [json.loads(line) for line in lines] == rows
+        csv_part = interleaved.parts[f"{CONNECTOR}/{dataset}.csv"]
+        text = content_of(interleaved, csv_part).decode()
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        typed = [{k: int(v) if k in {"id", "at"} else v for k, v in r.items()} for r in reader]
+        assert typed == rows
+        for part in (json_part, ndjson_part, csv_part):
+            assert part.records == len(rows), part.path
+
+
+def test_csv_part_uses_the_declared_fields(interleaved: Staged) -> None:
+    text = content_of(interleaved, interleaved.parts[f"{CONNECTOR}/orders.csv"]).decode()
+    assert text.split("\r\n", 1)[0] == ",".join(ORDER_FIELDS)
+
+
+def test_binary_part_holds_the_file(interleaved: Staged) -> None:
+    upload = interleaved.parts[f"{CONNECTOR}/files/photos/me.bin"]
+    assert content_of(interleaved, upload) == file_bytes(ROUNDS * FILE_PIECE)
+    assert upload.records == 1
+
+
+def test_a_stream_drained_twice_in_a_row_keeps_one_chunk(
+    stager_factory: Callable[..., Stager],
+) -> None:
+    stager = stager_factory()
+    content = file_bytes(1 << 20)
+    path = stager.open_file("big.bin", "uploads")
+    out: list[bytes] = []
+    drains = 0
+    for start in range(0, len(content), 64 * 1024):
+        pieces = stager.add_file_data(path, content[start : start + 64 * 1024])
+        drains += bool(pieces)
+        out.extend(pieces)
+    out.extend(stager.close_file(path))
+    _, [part] = stager.finish()
+
+    assert drains > 1
+    assert part.chunks == [(0, len(b"".join(out)))]
+    assert inflate(b"".join(out)) == content
+
+
+def test_only_the_requested_formats_are_staged(stager_factory: Callable[..., Stager]) -> None:
+    stager = stager_factory(formats=["ndjson"])
+    out = stager.add_records([Record("visits", visit(1)), Record("visits", visit(2))])
+    last, parts = stager.finish()
+
+    assert [part.path for part in parts] == [f"{CONNECTOR}/visits.ndjson"]
+    staged = Staged(b"".join(out + last), {parts[0].path: parts[0]})
+    lines = content_of(staged, parts[0]).splitlines()
+    assert [json.loads(line) for line in lines] == [visit(1), visit(2)]
+    assert parts[0].records == 2
+
+
+def test_empty_file_is_a_valid_part(stager_factory: Callable[..., Stager]) -> None:
+    stager = stager_factory()
+    path = stager.open_file("empty.txt", "uploads")
+    out = stager.close_file(path)
+    _, [part] = stager.finish()
+
+    staged = Staged(b"".join(out), {path: part})
+    assert content_of(staged, part) == b""
+    assert (part.bytes, part.crc32, part.records) == (0, 0, 1)
+    assert part.sha256 == hashlib.sha256(b"").hexdigest()
+
+
+@pytest.mark.parametrize(
+    ("given", "archive_path"),
+    [
+        ("a.txt", "shop/files/a.txt"),
+        ("./docs//a.txt", "shop/files/docs/a.txt"),
+        ("/abs/a.txt", "shop/files/abs/a.txt"),
+        ("docs\\scan.pdf", "shop/files/docs/scan.pdf"),
+        ("docs/old/../a.txt", "shop/files/docs/a.txt"),
+    ],
+)
+def test_file_paths_are_normalised(
+    stager_factory: Callable[..., Stager], given: str, archive_path: str
+) -> None:
+    assert stager_factory().open_file(given, "uploads") == archive_path
+
+
+@pytest.mark.parametrize("path", ["../x", "/", "", ".", "..", "a/../../x", "..\\x"])
+def test_bad_file_path_is_refused(stager_factory: Callable[..., Stager], path: str) -> None:
+    with pytest.raises(PermanentError, match="bad file path"):
+        stager_factory().open_file(path, "uploads")
+
+
+def test_undeclared_dataset_of_records_is_refused(stager_factory: Callable[..., Stager]) -> None:
+    with pytest.raises(PermanentError, match="undeclared dataset 'secrets'"):
+        stager_factory().add_records([Record("secrets", {"x": 1})])
+
+
+def test_undeclared_dataset_of_a_file_is_refused(stager_factory: Callable[..., Stager]) -> None:
+    with pytest.raises(PermanentError, match="undeclared dataset 'secrets'"):
+        stager_factory().open_file("a.bin", "secrets")
+
+
+@pytest.mark.parametrize("second", ["a.bin", "./a.bin", "/a.bin"])
+def test_same_file_path_twice_is_refused(
+    stager_factory: Callable[..., Stager], second: str
+) -> None:
+    stager = stager_factory()
+    stager.open_file("a.bin", "uploads")
+
+    with pytest.raises(PermanentError, match="produced 'shop/files/a.bin' twice"):
+        stager.open_file(second, "uploads")

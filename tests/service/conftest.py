@@ -1,0 +1,134 @@
+"""An API served over real HTTP, with a worker, on the real Redis and moto's S3 server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp import ClientSession, web
+from aiohttp.test_utils import TestServer
+from arq.connections import ArqRedis
+
+from connectors.base import Connector
+from jobs.resources import Resources
+from jobs.settings import Secret
+from jobs.worker import create_worker
+from service.app import create_app
+from service.auth import TokenAuthority
+
+JWT_SECRET = "test-secret-" + "x" * 40
+
+
+@dataclass
+class Api:
+    """A running API and what a test needs to talk to it."""
+
+    base: str
+    session: ClientSession
+    resources: Resources
+    authority: TokenAuthority
+
+    def token(self, sub: str = "alice", *roles: str, ttl: int = 3600) -> str:
+        return self.authority.issue(sub, list(roles) or ["subject"], ttl)
+
+    def auth(self, sub: str = "alice", *roles: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(sub, *roles)}"}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        sub: str | None = "alice",
+        roles: tuple[str, ...] = (),
+        **kwargs: Any,
+    ) -> tuple[int, dict[str, str], Any]:
+        headers = dict(kwargs.pop("headers", {}))
+        if sub is not None:
+            headers.update(self.auth(sub, *roles))
+        async with self.session.request(
+            method, self.base + path, headers=headers, allow_redirects=False, **kwargs
+        ) as response:
+            body: Any = await response.read()
+            if response.content_type in {"application/json", "application/problem+json"}:
+                body = await response.json(content_type=None)
+            return response.status, dict(response.headers), body
+
+    async def export(self, sub: str = "alice", **body: Any) -> dict[str, Any]:
+        status, headers, job = await self.request("POST", "/v1/exports", sub=sub, json=body)
+        assert status == 202, job
+        assert headers["Location"] == f"/v1/jobs/{job['id']}"
+        return job  # type: ignore[no-any-return]
+
+    async def wait(
+        self,
+        job_id: str,
+        *statuses: str,
+        sub: str = "alice",
+        roles: tuple[str, ...] = (),
+        deadline: float = 30.0,
+    ) -> dict[str, Any]:
+        """Poll the job until it reaches one of ``statuses`` (default: any end state)."""
+        wanted = set(statuses) or {"succeeded", "failed", "canceled", "expired"}
+        end = time.monotonic() + deadline
+        while True:
+            status, _, job = await self.request("GET", f"/v1/jobs/{job_id}", sub=sub, roles=roles)
+            assert status == 200, job
+            if job["status"] in wanted:
+                return job  # type: ignore[no-any-return]
+            assert time.monotonic() < end, f"job still {job['status']} after {deadline}s: {job}"
+            await asyncio.sleep(0.02)
+
+
+ApiFactory = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture
+async def api_factory(
+    resources_factory: Callable[..., Any], redis: ArqRedis
+) -> AsyncIterator[ApiFactory]:
+    """Starts the API (and, unless told not to, a worker) with the given connectors."""
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def start(
+            connectors: Mapping[str, Connector], *, worker: bool = True, **overrides: Any
+        ) -> Api:
+            overrides.setdefault("jwt_secret", Secret(JWT_SECRET))
+            resources = await stack.enter_async_context(resources_factory(connectors, **overrides))
+            app = create_app(resources.settings, resources=resources)
+            server = TestServer(app, host="127.0.0.1")
+            await server.start_server()
+            stack.push_async_callback(server.close)
+            if worker:
+                arq_worker = create_worker(
+                    resources.settings,
+                    redis=redis,
+                    resources=resources,
+                    poll_delay=0.01,
+                    handle_signals=False,
+                )
+                task = asyncio.create_task(arq_worker.async_run())
+
+                async def stop() -> None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+
+                stack.push_async_callback(stop)
+            session = await stack.enter_async_context(ClientSession())
+            return Api(
+                base=str(server.make_url("")).rstrip("/"),
+                session=session,
+                resources=resources,
+                authority=TokenAuthority(JWT_SECRET),
+            )
+
+        yield start
+
+
+__all__ = ["Api", "ApiFactory", "web"]
