@@ -11,6 +11,7 @@ exactly like third-party connectors, and serve as the worked example of the SDK.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -88,7 +89,16 @@ def seed_demo_database(path: Path) -> None:
     The content is the same on every run (a fixed seed, no clock), written in one
     transaction, so re-running on a seeded file changes nothing.
     """
-    connection = sqlite3.connect(path, isolation_level=None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (API and workers) may seed the same file at once; switching
+    # to WAL needs the database to themselves, so they take turns on a lock file.
+    with path.with_name(f"{path.name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        _seed(path)
+
+
+def _seed(path: Path) -> None:
+    connection = sqlite3.connect(path, isolation_level=None, timeout=30)
     try:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("BEGIN IMMEDIATE")

@@ -11,7 +11,6 @@ import csv
 import io
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -88,17 +87,16 @@ class JsonRenderer(Renderer):
 
 
 def _cell(value: Any) -> str:
+    """A CSV cell: text as itself, scalars as their JSON text, nested values as JSON."""
     if value is None:
         return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float | Decimal):
-        return str(value)
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    return dumps(value).decode()
+    encoded = dumps(value)
+    if encoded.startswith(b'"'):
+        text: str = orjson.loads(encoded)
+        return text
+    return encoded.decode()
 
 
 class CsvRenderer(Renderer):

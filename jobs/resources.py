@@ -93,6 +93,7 @@ async def open_resources(
     namespace: str = "handover:",
 ) -> AsyncIterator[Resources]:
     """Open everything from ``settings``; parts passed in are used as they are and not closed."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         if redis is None:
             if settings.redis_url is None:

@@ -50,7 +50,7 @@ class Secret:
         return hash(self._value)
 
 
-_DURATION = re.compile(r"(\d+)\s*(d|h|m|s|ms)")
+_DURATION = re.compile(r"(\d+)\s*(ms|d|h|m|s)")
 _DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 _SIZE = re.compile(r"(\d+)\s*(KiB|MiB|GiB|KB|MB|GB|B)?")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
@@ -265,7 +265,7 @@ class Settings:
             connector_tables = document.pop("connectors", {})
             for key, value in document.items():
                 if key not in _PARSERS:
-                    raise SettingsError(f"{config_path}: unknown setting {key!r}")
+                    raise SettingsError(f"HANDOVER_CONFIG: {config_path}: unknown setting {key!r}")
                 raw[key] = value
         for name in _PARSERS:
             env_name = f"{ENV_PREFIX}{name.upper()}"
@@ -291,7 +291,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise SettingsError(f"HANDOVER_CONFIG: {path} is not valid TOML: {exc}") from None
 
 
-def _connector_configs(tables: object, source: str) -> tuple[ConnectorConfig, ...]:
+def _connector_configs(tables: object, path: str) -> tuple[ConnectorConfig, ...]:
+    source = f"HANDOVER_CONFIG: {path}"
     if not isinstance(tables, dict):
         raise SettingsError(f"{source}: [connectors] must be a table of tables")
     configs = []

@@ -256,6 +256,8 @@ class S3Store:
     async def read(
         self, key: str, start: int = 0, length: int | None = None
     ) -> AsyncIterator[bytes]:
+        if length == 0:
+            return
         params: dict[str, Any] = {"Bucket": self.bucket, "Key": key}
         if start or length is not None:
             end = "" if length is None else str(start + length - 1)

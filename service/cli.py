@@ -114,6 +114,8 @@ async def _run_worker(settings: Settings, burst: bool) -> None:
     worker = create_worker(settings, redis=redis, burst=burst)
     try:
         await worker.async_run()
+    except asyncio.CancelledError:
+        pass  # SIGTERM/SIGINT: arq cancelled its main task after re-queueing running jobs
     finally:
         await worker.close()
 

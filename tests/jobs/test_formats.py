@@ -97,7 +97,7 @@ def test_ndjson_of_an_empty_dataset_is_empty(render: Callable[..., bytes]) -> No
     assert render("ndjson", [[]]) == b""
 
 
-def test_renderers_count_records(render: Callable[..., bytes]) -> None:
+def test_renderers_count_records() -> None:
     for fmt in FORMATS:
         renderer = RENDERERS[fmt]("contacts")
         for batch in BATCHES:

@@ -1,0 +1,445 @@
+"""Object stores: S3Store against moto's server over HTTP, and the embedded LocalStore."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import urllib.request
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import boto3
+import pytest
+
+from jobs.localstore import LINK_PATH, LocalStore
+from jobs.storage import READ_CHUNK, ObjectMissing, ObjectStore, S3Store, StorageError
+
+MiB = 2**20
+BIG = 12 * MiB
+
+
+def payload(size: int) -> bytes:
+    return random.Random(size).randbytes(size)
+
+
+def uneven_pieces(data: bytes) -> list[bytes]:
+    """``data`` cut at irregular points, from one byte to a few MiB."""
+    sizes = random.Random(1).choices([1, 17, 4095, 65_537, MiB + 3, 3 * MiB - 1], k=len(data))
+    pieces, position = [], 0
+    for size in sizes:
+        if position >= len(data):
+            break
+        pieces.append(data[position : position + size])
+        position += size
+    return pieces
+
+
+async def read_all(
+    store: ObjectStore, key: str, start: int = 0, length: int | None = None
+) -> bytes:
+    return b"".join([chunk async for chunk in store.read(key, start, length)])
+
+
+async def write_object(store: ObjectStore, key: str, data: bytes) -> int:
+    writer = store.writer(key, "application/zip")
+    for piece in uneven_pieces(data):
+        await writer.write(piece)
+    return await writer.complete()
+
+
+@pytest.fixture
+def s3_client(s3_endpoint: str) -> Any:
+    return boto3.client("s3", endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def local_store(tmp_path: Path) -> LocalStore:
+    return LocalStore(tmp_path / "objects", link_secret=b"k" * 32, base_url="http://127.0.0.1:9")
+
+
+@pytest.fixture(params=["s3", "local"])
+def store(request: pytest.FixtureRequest) -> ObjectStore:
+    """Each store in turn, for the behaviour both must share."""
+    name = "s3_store" if request.param == "s3" else "local_store"
+    store: ObjectStore = request.getfixturevalue(name)
+    return store
+
+
+@pytest.fixture
+def calls(s3_store: S3Store, monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the S3 store's upload calls by operation."""
+    counts: dict[str, int] = {}
+    for operation in ("put_object", "create_multipart_upload", "upload_part"):
+        original = getattr(s3_store.client, operation)
+
+        def counted(
+            *args: Any, _original: Any = original, _name: str = operation, **kw: Any
+        ) -> Any:
+            counts[_name] = counts.get(_name, 0) + 1
+            return _original(*args, **kw)
+
+        monkeypatch.setattr(s3_store.client, operation, counted)
+    return counts
+
+
+async def test_streamed_object_reads_back_whole(store: ObjectStore) -> None:
+    data = payload(BIG)
+
+    assert await write_object(store, "archives/big.zip", data) == len(data)
+
+    assert await store.get("archives/big.zip") == data
+    assert await store.exists("archives/big.zip")
+
+
+async def test_s3_writer_uses_multipart_for_a_big_object(
+    s3_store: S3Store, s3_client: Any, bucket: str, calls: dict[str, int]
+) -> None:
+    await write_object(s3_store, "archives/big.zip", payload(BIG))
+
+    assert calls == {"create_multipart_upload": 1, "upload_part": 3}
+    head = s3_client.head_object(Bucket=bucket, Key="archives/big.zip")
+    assert head["ETag"].strip('"').endswith("-3")
+    assert head["ContentLength"] == BIG
+    assert head["ContentType"] == "application/zip"
+
+
+async def test_s3_writer_of_whole_parts_sends_no_empty_part(
+    s3_store: S3Store, s3_client: Any, bucket: str, calls: dict[str, int]
+) -> None:
+    data = payload(2 * s3_store.part_size)
+
+    assert await write_object(s3_store, "exact.bin", data) == len(data)
+
+    assert calls == {"create_multipart_upload": 1, "upload_part": 2}
+    assert s3_client.head_object(Bucket=bucket, Key="exact.bin")["ETag"].strip('"').endswith("-2")
+    assert await s3_store.get("exact.bin") == data
+
+
+@pytest.mark.parametrize("size", [0, 1, 5 * MiB - 1])
+async def test_s3_writer_puts_a_small_object_in_one_call(
+    s3_store: S3Store, s3_client: Any, bucket: str, calls: dict[str, int], size: int
+) -> None:
+    data = payload(size)
+
+    assert await write_object(s3_store, "small.json", data) == size
+
+    assert calls == {"put_object": 1}
+    assert "-" not in s3_client.head_object(Bucket=bucket, Key="small.json")["ETag"]
+    assert await s3_store.get("small.json") == data
+
+
+async def test_s3_abort_leaves_no_object_nor_upload(
+    s3_store: S3Store, s3_client: Any, bucket: str, calls: dict[str, int]
+) -> None:
+    writer = s3_store.writer("archives/aborted.zip")
+    await writer.write(payload(6 * MiB))
+    assert calls["create_multipart_upload"] == 1
+    assert s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads"), "an upload started"
+
+    await writer.abort()
+
+    assert not await s3_store.exists("archives/aborted.zip")
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_s3_failed_upload_aborts_itself(
+    s3_store: S3Store, s3_client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = s3_store.client.upload_part
+    done = 0
+
+    def second_part_fails(**kwargs: Any) -> Any:
+        nonlocal done
+        done += 1
+        if done == 2:
+            kwargs["UploadId"] = "no-such-upload"
+        return original(**kwargs)
+
+    monkeypatch.setattr(s3_store.client, "upload_part", second_part_fails)
+    writer = s3_store.writer("archives/broken.zip")
+    await writer.write(payload(11 * MiB))
+
+    with pytest.raises(StorageError):
+        await writer.complete()
+
+    assert not await s3_store.exists("archives/broken.zip")
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_abort_leaves_nothing(store: ObjectStore) -> None:
+    await store.put("kept.txt", b"unrelated")
+    writer = store.writer("archives/aborted.zip")
+    await writer.write(payload(6 * MiB))
+
+    await writer.abort()
+
+    assert not await store.exists("archives/aborted.zip")
+    with pytest.raises(ObjectMissing):
+        await store.get("archives/aborted.zip")
+    assert await store.get("kept.txt") == b"unrelated"
+
+
+async def test_local_abort_and_complete_leave_no_partial_file(local_store: LocalStore) -> None:
+    aborted = local_store.writer("archives/a.zip")
+    await aborted.write(b"half")
+    await aborted.abort()
+    completed = local_store.writer("archives/b.zip")
+    await completed.write(b"whole")
+    await completed.complete()
+
+    assert [p.name for p in (local_store.root / "archives").iterdir()] == ["b.zip"]
+
+
+async def test_local_object_is_invisible_until_complete(local_store: LocalStore) -> None:
+    writer = local_store.writer("archives/pending.zip")
+    await writer.write(b"not yet")
+
+    assert not await local_store.exists("archives/pending.zip")
+    await writer.complete()
+    assert await local_store.get("archives/pending.zip") == b"not yet"
+
+
+@pytest.mark.parametrize(
+    ("start", "length"),
+    [(0, 10), (5, 100), (READ_CHUNK - 3, 7), (0, None), (1234, None), (3 * MiB - 1, 2 * MiB + 5)],
+)
+async def test_range_reads(store: ObjectStore, start: int, length: int | None) -> None:
+    data = payload(4 * MiB)
+    await store.put("staging/job/crm", data)
+
+    end = None if length is None else start + length
+    assert await read_all(store, "staging/job/crm", start, length) == data[start:end]
+
+
+async def test_reads_come_in_bounded_chunks(store: ObjectStore) -> None:
+    await store.put("big.bin", payload(3 * MiB + 5))
+
+    chunks = [chunk async for chunk in store.read("big.bin")]
+
+    assert len(chunks) >= 4
+    assert max(len(chunk) for chunk in chunks) <= READ_CHUNK
+
+
+async def test_missing_object(store: ObjectStore) -> None:
+    assert not await store.exists("nothing/here")
+    with pytest.raises(ObjectMissing, match="nothing/here"):
+        await store.get("nothing/here")
+    await store.delete("nothing/here")
+
+
+async def test_delete(store: ObjectStore) -> None:
+    await store.put("a/1", b"one")
+    await store.put("a/2", b"two")
+
+    await store.delete("a/1")
+
+    assert not await store.exists("a/1")
+    assert await store.exists("a/2")
+
+
+async def test_delete_prefix(store: ObjectStore) -> None:
+    for key in ("staging/job1/crm", "staging/job1/billing", "staging/job1/x/y", "staging/job10/a"):
+        await store.put(key, key.encode())
+
+    assert await store.delete_prefix("staging/job1/") == 3
+
+    for key in ("staging/job1/crm", "staging/job1/billing", "staging/job1/x/y"):
+        assert not await store.exists(key)
+    assert await store.get("staging/job10/a") == b"staging/job10/a"
+    assert await store.delete_prefix("staging/job1/") == 0
+
+
+async def test_empty_prefix_is_refused(store: ObjectStore) -> None:
+    await store.put("keep", b"me")
+
+    with pytest.raises(StorageError, match="empty prefix"):
+        await store.delete_prefix("")
+
+    assert await store.exists("keep")
+
+
+async def test_s3_download_url_serves_an_attachment(s3_store: S3Store) -> None:
+    data = payload(70_000)
+    await s3_store.put("archives/job.zip", data)
+
+    url = await s3_store.download_url(
+        "archives/job.zip", ttl=timedelta(minutes=5), filename="handover-export-01H.zip"
+    )
+
+    query = parse_qs(urlsplit(url).query)
+    assert query["response-content-disposition"] == [
+        'attachment; filename="handover-export-01H.zip"'
+    ]
+    assert query["X-Amz-Expires"] == ["300"]
+    with await asyncio.to_thread(urllib.request.urlopen, url, timeout=10) as response:
+        body = response.read()
+        disposition = response.headers["Content-Disposition"]
+    assert body == data
+    assert disposition.startswith("attachment")
+
+
+async def test_s3_check(s3_store: S3Store, s3_endpoint: str) -> None:
+    await s3_store.check()
+
+    with pytest.raises(StorageError):
+        await S3Store("no-such-bucket-here", endpoint_url=s3_endpoint).check()
+
+
+def lifecycle_rules(client: Any, bucket: str) -> dict[str, dict[str, Any]]:
+    rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    by_id = {rule["ID"]: rule for rule in rules}
+    assert len(by_id) == len(rules), "rule ids are unique"
+    return by_id
+
+
+async def test_ensure_lifecycle_on_a_bare_bucket(
+    s3_store: S3Store, s3_client: Any, bucket: str
+) -> None:
+    await s3_store.ensure_lifecycle("handover/", timedelta(days=7))
+
+    rules = lifecycle_rules(s3_client, bucket)
+    assert set(rules) == {
+        "handover-archives-handover/",
+        "handover-staging-handover/",
+        "handover-multipart-handover/",
+    }
+    assert rules["handover-archives-handover/"]["Expiration"] == {"Days": 8}
+    assert rules["handover-staging-handover/"]["Expiration"] == {"Days": 2}
+    assert rules["handover-multipart-handover/"]["AbortIncompleteMultipartUpload"] == {
+        "DaysAfterInitiation": 1
+    }
+
+
+async def test_ensure_lifecycle_keeps_the_operators_rule(
+    s3_store: S3Store, s3_client: Any, bucket: str
+) -> None:
+    operator_rule = {
+        "ID": "operator-logs",
+        "Filter": {"Prefix": "logs/"},
+        "Status": "Enabled",
+        "Expiration": {"Days": 30},
+    }
+    s3_client.put_bucket_lifecycle_configuration(
+        Bucket=bucket, LifecycleConfiguration={"Rules": [operator_rule]}
+    )
+
+    await s3_store.ensure_lifecycle("handover/", timedelta(days=7))
+    await s3_store.ensure_lifecycle("handover/", timedelta(days=14))
+
+    rules = lifecycle_rules(s3_client, bucket)
+    assert set(rules) == {
+        "operator-logs",
+        "handover-archives-handover/",
+        "handover-staging-handover/",
+        "handover-multipart-handover/",
+    }
+    assert rules["operator-logs"]["Expiration"] == {"Days": 30}
+    assert rules["operator-logs"]["Filter"] == {"Prefix": "logs/"}
+    assert rules["handover-archives-handover/"]["Expiration"] == {"Days": 15}
+
+
+@pytest.fixture
+def link_params(local_store: LocalStore) -> Callable[..., Any]:
+    """The (key, expires, filename, signature) a LocalStore download link carries."""
+
+    async def make(key: str, ttl: timedelta = timedelta(minutes=5)) -> dict[str, str]:
+        url = await local_store.download_url(key, ttl=ttl, filename="handover-export.zip")
+        parts = urlsplit(url)
+        assert url.startswith(f"http://127.0.0.1:9{LINK_PATH}")
+        query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+        return {"key": unquote(parts.path[len(LINK_PATH) :]), **query}
+
+    return make
+
+
+async def test_local_link_checks_out(
+    local_store: LocalStore, link_params: Callable[..., Any]
+) -> None:
+    await local_store.put("archives/export 1.zip", b"zip bytes")
+    params = await link_params("archives/export 1.zip")
+
+    path = local_store.check_link(**params)
+
+    assert params["key"] == "archives/export 1.zip"
+    assert params["filename"] == "handover-export.zip"
+    assert path.read_bytes() == b"zip bytes"
+
+
+async def test_local_link_with_changed_signature_is_refused(
+    local_store: LocalStore, link_params: Callable[..., Any]
+) -> None:
+    await local_store.put("archives/a.zip", b"a")
+    params = await link_params("archives/a.zip")
+    params["signature"] = params["signature"][:-1] + (
+        "0" if params["signature"][-1] != "0" else "1"
+    )
+
+    with pytest.raises(StorageError, match="signature"):
+        local_store.check_link(**params)
+
+
+@pytest.mark.parametrize("field", ["key", "filename", "expires"])
+async def test_local_link_with_changed_field_is_refused(
+    local_store: LocalStore, link_params: Callable[..., Any], field: str
+) -> None:
+    await local_store.put("archives/a.zip", b"a")
+    await local_store.put("archives/b.zip", b"b")
+    params = await link_params("archives/a.zip")
+    params[field] = {
+        "key": "archives/b.zip",
+        "filename": "other.zip",
+        "expires": str(int(params["expires"]) + 3600),
+    }[field]
+
+    with pytest.raises(StorageError, match="signature"):
+        local_store.check_link(**params)
+
+
+async def test_local_link_from_another_secret_is_refused(local_store: LocalStore) -> None:
+    await local_store.put("archives/a.zip", b"a")
+    other = LocalStore(local_store.root, link_secret=b"j" * 32, base_url="http://127.0.0.1:9")
+    url = await other.download_url("archives/a.zip", ttl=timedelta(minutes=5), filename="a.zip")
+    query = {name: values[0] for name, values in parse_qs(urlsplit(url).query).items()}
+
+    with pytest.raises(StorageError, match="signature"):
+        local_store.check_link("archives/a.zip", **query)
+
+
+async def test_expired_local_link_is_refused(
+    local_store: LocalStore, link_params: Callable[..., Any]
+) -> None:
+    await local_store.put("archives/a.zip", b"a")
+    params = await link_params("archives/a.zip", ttl=timedelta(seconds=-60))
+
+    with pytest.raises(StorageError, match="expired"):
+        local_store.check_link(**params)
+
+
+async def test_local_link_with_malformed_expiry_is_refused(local_store: LocalStore) -> None:
+    with pytest.raises(StorageError, match="malformed"):
+        local_store.check_link("archives/a.zip", "soon", "a.zip", "00")
+
+
+async def test_local_link_to_a_deleted_object_is_missing(
+    local_store: LocalStore, link_params: Callable[..., Any]
+) -> None:
+    await local_store.put("archives/a.zip", b"a")
+    params = await link_params("archives/a.zip")
+    await local_store.delete("archives/a.zip")
+
+    with pytest.raises(ObjectMissing):
+        local_store.check_link(**params)
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "", "."])
+async def test_local_key_escaping_the_root_is_refused(local_store: LocalStore, key: str) -> None:
+    with pytest.raises(StorageError, match="leaves the store"):
+        local_store.writer(key)
+    with pytest.raises(StorageError, match="leaves the store"):
+        await local_store.exists(key)
+    with pytest.raises(StorageError, match="leaves the store"):
+        await read_all(local_store, key)
+    assert not (local_store.root.parent / "x").exists()

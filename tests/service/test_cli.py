@@ -1,0 +1,171 @@
+"""The ``handover`` command line, run as a real process, the way operators run it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import jwt
+import pytest
+
+from jobs.signing import Signer, public_jwk
+from tests.service.conftest import Api, ApiFactory
+from tests.service.test_api import crm, download_archive
+
+JWT = "cli-test-secret-" + "z" * 40
+
+
+def handover(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+async def archive(api_factory: ApiFactory, tmp_path: Path) -> tuple[Path, Api]:
+    api = await api_factory({"crm": crm()})
+    job = await api.export(formats=["json", "csv"])
+    await api.wait(job["id"], "succeeded")
+    data, _ = await download_archive(api, job["id"])
+    path = tmp_path / "export.zip"
+    path.write_bytes(data)
+    return path, api
+
+
+def write_key(tmp_path: Path, signer: Signer) -> Path:
+    import orjson
+
+    key = tmp_path / "key.jwk"
+    key.write_bytes(orjson.dumps({"keys": [public_jwk(signer.public_key)]}))
+    return key
+
+
+async def test_verify_accepts_an_intact_archive(archive: tuple[Path, Api], tmp_path: Path) -> None:
+    path, api = archive
+    result = handover("verify", str(path), "--key", str(write_key(tmp_path, api.resources.signer)))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"OK: {path}: 6 files match the manifest")
+
+
+async def test_verify_accepts_keys_from_the_service_url(archive: tuple[Path, Api]) -> None:
+    path, api = archive
+    # The API serves on this event loop: run the command from a thread so it can answer.
+    result = await asyncio.to_thread(
+        handover, "verify", str(path), "--keys-url", f"{api.base}/v1/keys"
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def test_verify_detects_a_changed_byte(archive: tuple[Path, Api], tmp_path: Path) -> None:
+    path, api = archive
+    key = write_key(tmp_path, api.resources.signer)
+    with zipfile.ZipFile(path) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    contacts = bytearray(members["crm/contacts.json"])
+    contacts[5] ^= 0x01
+    members["crm/contacts.json"] = bytes(contacts)
+    tampered = tmp_path / "tampered.zip"
+    with zipfile.ZipFile(tampered, "w") as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    result = handover("verify", str(tampered), "--key", str(key))
+    assert result.returncode == 1
+    assert "crm/contacts.json: SHA-256 does not match the manifest" in result.stderr
+
+
+async def test_verify_detects_a_changed_manifest_and_a_foreign_key(
+    archive: tuple[Path, Api], tmp_path: Path
+) -> None:
+    path, api = archive
+    with zipfile.ZipFile(path) as source:
+        members = {name: source.read(name) for name in source.namelist()}
+    members["manifest.json"] = members["manifest.json"].replace(b'"alice"', b'"mallory"')
+    forged = tmp_path / "forged.zip"
+    with zipfile.ZipFile(forged, "w") as target:
+        for name, data in members.items():
+            target.writestr(name, data)
+    key = write_key(tmp_path, api.resources.signer)
+    result = handover("verify", str(forged), "--key", str(key))
+    assert result.returncode == 1
+    assert "does not match the signed bytes" in result.stderr
+
+    stranger = Signer.from_file(tmp_path / "other.pem", create=True)
+    (tmp_path / "o").mkdir()
+    result = handover("verify", str(path), "--key", str(write_key(tmp_path / "o", stranger)))
+    assert result.returncode == 1
+    assert "not among the trusted keys" in result.stderr
+
+
+def test_verify_rejects_a_file_that_is_no_archive(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.zip"
+    junk.write_bytes(b"not a zip")
+    key = write_key(tmp_path, Signer.from_file(tmp_path / "k.pem", create=True))
+    result = handover("verify", str(junk), "--key", str(key))
+    assert result.returncode == 1
+    assert "not a readable ZIP archive" in result.stderr
+
+
+def test_verify_with_a_missing_key_file_is_one_line(tmp_path: Path) -> None:
+    result = handover("verify", str(tmp_path / "a.zip"), "--key", str(tmp_path / "none.pem"))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "cannot read key file" in result.stderr
+
+
+def test_token_is_signed_with_the_configured_secret() -> None:
+    result = handover(
+        "token",
+        "--sub",
+        "alice",
+        "--role",
+        "support",
+        "--ttl",
+        "15m",
+        env={"HANDOVER_JWT_SECRET": JWT},
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), JWT, algorithms=["HS256"])
+    assert claims["sub"] == "alice"
+    assert claims["roles"] == ["support"]
+    assert claims["exp"] - claims["iat"] == 900
+
+
+def test_embedded_token_secret_is_kept_in_the_data_dir(tmp_path: Path) -> None:
+    env = {"HANDOVER_DATA_DIR": str(tmp_path)}
+    first = handover("token", "--sub", "alice", env=env)
+    second = handover("token", "--sub", "alice", env=env)
+    secret = (tmp_path / "jwt-secret").read_text()
+    for result in (first, second):
+        assert jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])["sub"] == "alice"
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "message"),
+    [
+        ({"HANDOVER_ARCHIVE_TTL": "soon"}, ["token", "--sub", "a"], "HANDOVER_ARCHIVE_TTL:"),
+        ({"HANDOVER_JWT_SECRET": "short"}, ["token", "--sub", "a"], "HANDOVER_JWT_SECRET:"),
+        ({"HANDOVER_REDIS_URL": "http://x"}, ["worker"], "HANDOVER_REDIS_URL:"),
+        ({}, ["worker"], "HANDOVER_REDIS_URL: a worker needs"),
+        ({}, ["api"], "HANDOVER_REDIS_URL: `handover api` needs"),
+        ({"HANDOVER_JWT_SECRET": JWT}, ["token", "--sub", "a", "--ttl", "x"], "--ttl:"),
+        ({"HANDOVER_CONFIG": "/nonexistent.toml"}, ["token", "--sub", "a"], "HANDOVER_CONFIG:"),
+    ],
+)
+def test_bad_settings_stop_with_one_line(
+    tmp_path: Path, env: dict[str, str], args: list[str], message: str
+) -> None:
+    result = handover(*args, env={"HANDOVER_DATA_DIR": str(tmp_path), **env})
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"handover: {message}")
+    assert result.stderr.count("\n") == 1
