@@ -12,17 +12,22 @@ from connectors.errors import (
     TransientError,
 )
 from connectors.items import Dataset, File, Item, Record, Subject
+from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
 __all__ = [
     "Connector",
     "ConnectorError",
     "ConnectorLoadError",
     "Dataset",
+    "DatasetErasure",
+    "ErasureReport",
     "File",
     "Item",
     "PermanentError",
     "RateLimited",
     "Record",
+    "RestrictionReport",
+    "RetentionRule",
     "Subject",
     "TransientError",
 ]

@@ -8,12 +8,14 @@ from typing import Any, ClassVar
 
 from connectors.errors import PermanentError
 from connectors.items import Dataset, Item, Subject
+from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
 
 
 class Connector(ABC):
     """One downstream processor that holds personal data.
 
-    Subclasses declare ``categories`` and ``datasets`` and implement :meth:`export`.
+    Subclasses declare ``categories`` and ``datasets`` and implement :meth:`export`
+    and :meth:`erase`; :meth:`restrict` where the processor can restrict processing.
     Resources shared across jobs (pools, clients) are created in :meth:`open` and
     released in :meth:`close`; everything about one request arrives as arguments,
     so one instance serves many jobs at once and holds no per-job state.
@@ -24,6 +26,9 @@ class Connector(ABC):
 
     categories: ClassVar[frozenset[str]] = frozenset()
     datasets: ClassVar[tuple[Dataset, ...]] = ()
+    #: What GDPR Art. 15(1) asks the platform to tell about this processing (purposes,
+    #: legal_basis, recipient, retention, source); set from configuration.
+    processing: Mapping[str, str] = {}
 
     def __init__(self, name: str, **options: Any) -> None:
         if options:
@@ -43,6 +48,7 @@ class Connector(ABC):
         return {
             "name": self.name,
             "type": type(self).__name__,
+            **self.processing,
             "categories": sorted(self.categories),
             "datasets": [
                 {"name": d.name, "category": d.category, "description": d.description}
@@ -61,4 +67,29 @@ class Connector(ABC):
 
     @abstractmethod
     def export(self, subject: Subject) -> AsyncIterator[Item]:
-        """Yield every record and file this processor holds on ``subject``."""
+        """Yield every record and file this processor holds on ``subject``.
+
+        Retained (blocked) records are included: the subject has a right to see them.
+        """
+
+    @abstractmethod
+    async def erase(
+        self,
+        subject: Subject,
+        *,
+        dry_run: bool,
+        retention: Mapping[str, RetentionRule],
+    ) -> ErasureReport:
+        """Erase or anonymise what this processor holds on ``subject``.
+
+        Datasets named in ``retention`` are not erased but blocked (kept, marked
+        restricted) and reported as retained with the rule's legal basis. With
+        ``dry_run`` nothing changes and the report says what would happen. Must be
+        idempotent: a repeat reports zero new deletions and succeeds.
+        """
+
+    async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
+        """Mark the subject's data restricted (Art. 18) where the processor supports it."""
+        return RestrictionReport(
+            supported=False, note=f"{type(self).__name__} offers no way to restrict processing"
+        )

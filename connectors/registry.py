@@ -18,6 +18,8 @@ from connectors.base import Connector
 from connectors.errors import ConnectorLoadError
 
 ENTRY_POINT_GROUP = "handover.connectors"
+#: Options every connector accepts: the Art. 15(1) information about its processing.
+PROCESSING_FIELDS = ("purposes", "legal_basis", "recipient", "retention", "source")
 
 
 @dataclass(frozen=True)

@@ -1,110 +1,42 @@
-"""The export pipeline: fan out to every connector, stage, fan in, bundle, sign.
+"""The export pipeline: each connector's records staged, then bundled into a signed archive.
 
-::
-
-    create ──▶ run_connector(job, c₁, gen) ─┐   each stages its own output, then marks
-           ├─▶ run_connector(job, c₂, gen) ─┼─▶ its run finished; the one that finishes
-           └─▶ run_connector(job, cₙ, gen) ─┘   last enqueues bundle(job, gen)
-                                                    │
-                          archive in object storage ◀┘ job succeeded (or failed, naming
-                                                       the connectors that failed)
-
-arq runs every task at least once, so each step checks before it writes: a
-finished run is never redone, a bundled job is never rebundled, staged objects
-and archives live at deterministic keys, and a stale generation (the job was
-retried meanwhile) changes nothing.
+Each run encodes and deflates its connector's items into one staged object
+(:mod:`jobs.staging`); the finish step copies those bytes into the archive
+(:mod:`jobs.archive`) without recompressing, signs the manifest and uploads the
+archive with a multipart upload. Staged objects live at deterministic keys, so a
+run that arq executes twice overwrites its own output and duplicates nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
-from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from arq.worker import Retry
-
 from connectors.base import Connector
-from connectors.errors import ConnectorError, PermanentError, RateLimited, TransientError
+from connectors.errors import PermanentError
 from connectors.items import File, Record, Subject
 from jobs.archive import StagedFile, write_archive
 from jobs.formats import FORMATS
-from jobs.ids import new_ulid
 from jobs.model import (
     ArchiveResult,
-    ConnectorRun,
     InvalidRequest,
     Job,
     JobKind,
-    JobStatus,
-    RunStatus,
     StagedPart,
     utcnow,
 )
-from jobs.resources import Resources
+from jobs.pipeline import Outcome, Pipeline
 from jobs.staging import Stager
 
 BATCH_RECORDS = 2000
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How transient connector failures are retried: exponential backoff with full jitter."""
+class ExportPipeline(Pipeline):
+    """Creates export jobs (GDPR Art. 15 and 20) and does their work."""
 
-    max_tries: int = 5
-    base_delay: float = 1.0
-    max_delay: float = 60.0
-
-    def delay(self, attempt: int, error: TransientError) -> float | None:
-        """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up."""
-        if attempt >= self.max_tries:
-            return None
-        if isinstance(error, RateLimited):
-            return min(max(error.retry_after, 0.0), self.max_delay * 10)
-        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
-
-
-def _error_text(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text if len(text) <= 500 else text[:497] + "..."
-
-
-class ExportPipeline:
-    """Creates export jobs and does their work; one per process, shared by tasks."""
-
-    def __init__(self, resources: Resources, retry_policy: RetryPolicy | None = None) -> None:
-        self.resources = resources
-        self.retry_policy = retry_policy or RetryPolicy()
-
-    def select_connectors(
-        self, names: Sequence[str] | None, categories: Sequence[str] | None
-    ) -> list[str]:
-        """The connectors an export asks for, checked against what is configured."""
-        available = self.resources.connectors
-        if names:
-            unknown = sorted(set(names) - set(available))
-            if unknown:
-                raise InvalidRequest(
-                    "connectors",
-                    f"unknown connector(s) {', '.join(unknown)}; known: {', '.join(available)}",
-                )
-            chosen = [name for name in available if name in set(names)]
-        else:
-            chosen = list(available)
-        if categories:
-            wanted = set(categories)
-            chosen = [
-                name for name in chosen if wanted & {d.category for d in available[name].datasets}
-            ]
-            if not chosen:
-                raise InvalidRequest(
-                    "categories", f"no connector holds data in {', '.join(sorted(wanted))}"
-                )
-        if not chosen:
-            raise InvalidRequest("connectors", "no connector is configured")
-        return chosen
+    kinds = (JobKind.EXPORT,)
 
     async def create(
         self,
@@ -124,139 +56,25 @@ class ExportPipeline:
             raise InvalidRequest(
                 "formats", f"unknown format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}"
             )
-        chosen = self.select_connectors(connectors, categories)
-        now = utcnow()
-        job = Job(
-            id=new_ulid(),
-            kind=JobKind.EXPORT,
+        job = self.new_job(
+            JobKind.EXPORT,
             subject=subject,
-            status=JobStatus.QUEUED,
             requested_by=requested_by,
-            created_at=now,
-            updated_at=now,
-            due_at=now + self.resources.settings.deadline,
+            connectors=self.select_connectors(connectors, categories),
             options={"formats": formats, "categories": sorted(set(categories or []))},
-            connectors={name: ConnectorRun() for name in chosen},
         )
-        job, created = await self.resources.store.create(
-            job, idempotency_key=idempotency_key, fingerprint=fingerprint
+        return await self.submit(job, idempotency_key=idempotency_key, fingerprint=fingerprint)
+
+    async def work(self, connector: Connector, job: Job) -> Outcome:
+        """Stage the connector's records and files for the archive."""
+        staged_key = f"{self.resources.staging_prefix(job.id)}{job.generation}/{connector.name}.bin"
+        parts = await self._stage(connector, job, staged_key)
+        return Outcome(
+            records=_record_count(parts),
+            bytes=sum(p.bytes for p in parts),
+            staged_key=staged_key,
+            parts=parts,
         )
-        if created:
-            await self.enqueue_runs(job)
-        return job, created
-
-    async def enqueue_runs(self, job: Job) -> None:
-        """Queue every unfinished connector run of the job's current generation."""
-        for name, run in job.connectors.items():
-            if not run.status.finished:
-                await self.resources.redis.enqueue_job(
-                    "run_connector",
-                    job.id,
-                    name,
-                    job.generation,
-                    _job_id=f"run:{job.id}:{job.generation}:{name}",
-                )
-
-    async def run_connector(
-        self, job_id: str, name: str, generation: int, attempt: int = 1
-    ) -> None:
-        """Stage one connector's export for the job; the last run to finish queues the bundle."""
-        store = self.resources.store
-        job = await store.get(job_id)
-        if job.generation != generation or job.status.terminal:
-            return
-        run = job.connectors[name]
-        if run.status.finished:
-            await self._fan_in(job)
-            return
-        await store.transition(
-            job_id, JobStatus.RUNNING, actor="worker", event="started", expect={JobStatus.QUEUED}
-        )
-
-        def started(run: ConnectorRun) -> None:
-            run.status = RunStatus.RUNNING
-            run.attempts += 1
-            run.started_at = utcnow()
-            run.error = run.error_class = None
-
-        if (
-            await store.update_run(
-                job_id, name, started, generation=generation, event="connector.started"
-            )
-            is None
-        ):
-            return
-        connector = self.resources.connectors[name]
-        staged_key = f"{self.resources.staging_prefix(job_id)}{generation}/{name}.bin"
-        timeout = self.resources.settings.connector_timeout.total_seconds()
-        try:
-            async with asyncio.timeout(timeout):
-                parts = await self._stage(connector, job, staged_key)
-        except TransientError as exc:
-            delay = self.retry_policy.delay(attempt, exc)
-            if delay is not None:
-                await store.add_event(
-                    job_id,
-                    "connector.retrying",
-                    "worker",
-                    {"connector": name, "error": _error_text(exc), "delay": round(delay, 3)},
-                )
-                raise Retry(defer=delay) from exc
-            await self._fail_run(job_id, name, generation, exc)
-            return
-        except TimeoutError:
-            message = f"timed out after {self.resources.settings.connector_timeout}"
-            await self._fail_run(job_id, name, generation, TransientError(message))
-            return
-        except Exception as exc:
-            await self._fail_run(job_id, name, generation, exc)
-            return
-
-        def succeeded(run: ConnectorRun) -> None:
-            run.status = RunStatus.SUCCEEDED
-            run.finished_at = utcnow()
-            run.staged_key = staged_key
-            run.parts = parts
-            run.records = _record_count(parts)
-            run.bytes = sum(p.bytes for p in parts)
-
-        after = await store.update_run(
-            job_id,
-            name,
-            succeeded,
-            generation=generation,
-            event="connector.succeeded",
-            data={"records": _record_count(parts), "files": len(parts)},
-        )
-        if after is not None:
-            await self._fan_in(after)
-
-    async def _fail_run(
-        self,
-        job_id: str,
-        name: str,
-        generation: int,
-        exc: BaseException,
-    ) -> None:
-        error_class = _classify(exc)
-        message = _error_text(exc)
-
-        def failed(run: ConnectorRun) -> None:
-            run.status = RunStatus.FAILED
-            run.finished_at = utcnow()
-            run.error = message
-            run.error_class = error_class
-
-        after = await self.resources.store.update_run(
-            job_id,
-            name,
-            failed,
-            generation=generation,
-            event="connector.failed",
-            data={"error": message, "error_class": error_class},
-        )
-        if after is not None:
-            await self._fan_in(after)
 
     async def _stage(self, connector: Connector, job: Job, staged_key: str) -> list[StagedPart]:
         categories = set(job.options.get("categories") or [])
@@ -297,53 +115,18 @@ class ExportPipeline:
         for chunk in await asyncio.to_thread(stager.close_file, path):
             await writer.write(chunk)
 
-    async def _fan_in(self, job: Job) -> None:
-        if all(run.status.finished for run in job.connectors.values()):
-            await self.resources.redis.enqueue_job(
-                "bundle", job.id, job.generation, _job_id=f"bundle:{job.id}:{job.generation}"
-            )
-
-    async def bundle(self, job_id: str, generation: int) -> None:
-        """Build, sign and upload the archive once every run finished; or fail the job."""
-        store = self.resources.store
-        job = await store.get(job_id)
-        if job.generation != generation or job.status is not JobStatus.RUNNING:
-            return
-        failed = {
-            name: run for name, run in job.connectors.items() if run.status is RunStatus.FAILED
-        }
-        if failed:
-            summary = "; ".join(f"{name}: {run.error}" for name, run in failed.items())
-
-            def record_failure(job: Job) -> None:
-                job.error = f"connector(s) failed: {summary}"
-
-            await store.transition(
-                job_id,
-                JobStatus.FAILED,
-                actor="worker",
-                expect={JobStatus.RUNNING},
-                change=record_failure,
-                data={"connectors": sorted(failed)},
-            )
-            return
-        if not all(run.status is RunStatus.SUCCEEDED for run in job.connectors.values()):
-            return
+    async def complete(self, job: Job) -> Callable[[Job], None]:
+        """Write the signed archive; the change records where it is."""
         result = await self._write_archive(job)
 
         def record_result(job: Job) -> None:
             job.result = result
 
-        done = await store.transition(
-            job_id,
-            JobStatus.SUCCEEDED,
-            actor="worker",
-            expect={JobStatus.RUNNING},
-            change=record_result,
-            data={"size": result.size, "sha256": result.sha256},
-        )
-        if done is not None:
-            await self.resources.storage.delete_prefix(self.resources.staging_prefix(job_id))
+        return record_result
+
+    async def cleanup(self, job: Job) -> None:
+        """Staged parts are no longer needed once the archive exists (or the job was canceled)."""
+        await self.resources.storage.delete_prefix(self.resources.staging_prefix(job.id))
 
     async def _write_archive(self, job: Job) -> ArchiveResult:
         resources = self.resources
@@ -389,15 +172,6 @@ class ExportPipeline:
                 for f in written.files
             ],
         )
-
-
-def _classify(exc: BaseException) -> str:
-    """The error classes the API reports: transient, permanent, or internal (a bug)."""
-    if isinstance(exc, TransientError):
-        return "transient"
-    if isinstance(exc, ConnectorError):
-        return "permanent"
-    return "internal"
 
 
 def _record_count(parts: Sequence[StagedPart]) -> int:

@@ -23,6 +23,8 @@ class JobKind(StrEnum):
     """What the subject asked for."""
 
     EXPORT = "export"
+    ERASURE = "erasure"
+    RESTRICTION = "restriction"
 
 
 class JobStatus(StrEnum):
@@ -146,6 +148,7 @@ class ConnectorRun:
     finished_at: datetime | None = None
     staged_key: str | None = None
     parts: list[StagedPart] = field(default_factory=list)
+    report: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -160,6 +163,7 @@ class ConnectorRun:
             "finished_at": _iso(self.finished_at),
             "staged_key": self.staged_key,
             "parts": [p.to_dict() for p in self.parts],
+            "report": self.report,
         }
 
     @classmethod
@@ -176,6 +180,7 @@ class ConnectorRun:
             finished_at=_from_iso(data.get("finished_at")),
             staged_key=data.get("staged_key"),
             parts=[StagedPart.from_dict(p) for p in data.get("parts", [])],
+            report=data.get("report"),
         )
 
 
@@ -232,6 +237,8 @@ class Job:
     generation: int = 1
     connectors: dict[str, ConnectorRun] = field(default_factory=dict)
     result: ArchiveResult | None = None
+    receipt: dict[str, Any] | None = None
+    not_before: datetime | None = None
     error: str | None = None
 
     def core_dict(self) -> dict[str, Any]:
@@ -248,6 +255,8 @@ class Job:
             "options": self.options,
             "generation": self.generation,
             "result": self.result.to_dict() if self.result else None,
+            "receipt": self.receipt,
+            "not_before": _iso(self.not_before),
             "error": self.error,
         }
 
@@ -273,6 +282,8 @@ class Job:
             generation=core["generation"],
             connectors=runs,
             result=ArchiveResult.from_dict(core["result"]) if core.get("result") else None,
+            receipt=core.get("receipt"),
+            not_before=_from_iso(core.get("not_before")),
             error=core.get("error"),
         )
 

@@ -13,9 +13,18 @@ from redis.exceptions import ConnectionError, TimeoutError
 QUEUE_NAME = "handover:queue"
 
 
+def _fallback(value: Any) -> Any:
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
 def serialize(payload: dict[str, Any]) -> bytes:
-    """arq payloads as JSON: readable in Redis, and no pickle to execute."""
-    return orjson.dumps(payload)
+    """arq payloads as JSON: readable in Redis, and no pickle to execute.
+
+    A failed task's result is its exception, kept as its type and message.
+    """
+    return orjson.dumps(payload, default=_fallback)
 
 
 def deserialize(data: bytes) -> dict[str, Any]:

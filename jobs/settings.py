@@ -50,15 +50,23 @@ class Secret:
         return hash(self._value)
 
 
-_DURATION = re.compile(r"(\d+)\s*(ms|d|h|m|s)")
-_DURATION_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION = re.compile(r"(\d+)\s*(ms|y|w|d|h|m|s)")
+_DURATION_UNITS = {
+    "y": 365 * 86400.0,
+    "w": 7 * 86400.0,
+    "d": 86400.0,
+    "h": 3600.0,
+    "m": 60.0,
+    "s": 1.0,
+    "ms": 0.001,
+}
 _SIZE = re.compile(r"(\d+)\s*(KiB|MiB|GiB|KB|MB|GB|B)?")
 _SIZE_UNITS = {None: 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9}
 _SIZE_UNITS.update({"KiB": 2**10, "MiB": 2**20, "GiB": 2**30})
 
 
 def parse_duration(value: object) -> timedelta:
-    """``"7d"``, ``"1h30m"``, ``"900s"``, ``"250ms"`` or a number of seconds."""
+    """``"10y"``, ``"7d"``, ``"1h30m"``, ``"900s"``, ``"250ms"`` or a number of seconds."""
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 7d, 15m or 900s")
     if isinstance(value, int | float):
@@ -188,6 +196,8 @@ _PARSERS: dict[str, Any] = {
     "connector_timeout": parse_duration,
     "default_formats": _formats,
     "public_url": _url,
+    "erasure_grace": parse_duration,
+    "reauth_max_age": parse_duration,
 }
 
 
@@ -222,7 +232,10 @@ class Settings:
     connector_timeout: timedelta = timedelta(hours=1)
     default_formats: tuple[str, ...] = ("json",)
     public_url: str | None = None
+    erasure_grace: timedelta | None = None
+    reauth_max_age: timedelta = timedelta(minutes=10)
     connectors: tuple[ConnectorConfig, ...] = field(default=(), repr=False)
+    retention: tuple[RetentionConfig, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         if self.s3_part_size < 5 * 2**20:
@@ -244,6 +257,13 @@ class Settings:
         return f"Settings({', '.join(shown)})"
 
     @property
+    def grace(self) -> timedelta:
+        """The wait between confirming an erasure and doing it: 24 h, none when embedded."""
+        if self.erasure_grace is not None:
+            return self.erasure_grace
+        return timedelta(0) if self.embedded_redis else timedelta(hours=24)
+
+    @property
     def embedded_redis(self) -> bool:
         """No Redis URL configured: run on the in-process store."""
         return self.redis_url is None
@@ -260,9 +280,11 @@ class Settings:
         raw: dict[str, object] = {}
         config_path = environ.get(f"{ENV_PREFIX}CONFIG")
         connector_tables: Mapping[str, Any] = {}
+        retention_tables: Mapping[str, Any] = {}
         if config_path:
             document = _read_toml(Path(config_path))
             connector_tables = document.pop("connectors", {})
+            retention_tables = document.pop("retention", {})
             for key, value in document.items():
                 if key not in _PARSERS:
                     raise SettingsError(f"HANDOVER_CONFIG: {config_path}: unknown setting {key!r}")
@@ -278,7 +300,60 @@ class Settings:
             except (ValueError, TypeError) as exc:
                 raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
         values["connectors"] = _connector_configs(connector_tables, config_path or "")
+        values["retention"] = _retention_configs(retention_tables, config_path or "")
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    """A legal duty to keep data of a dataset (``connector/dataset``, ``dataset``) or category."""
+
+    name: str
+    legal_basis: str
+    duration: timedelta
+    dataset: str | None = None
+    category: str | None = None
+
+    def applies_to(self, connector: str, dataset: str, category: str) -> bool:
+        """Whether this rule covers ``connector``'s ``dataset`` of ``category``."""
+        if self.dataset is not None:
+            return self.dataset in {dataset, f"{connector}/{dataset}"}
+        return self.category == category
+
+
+def _retention_configs(tables: object, path: str) -> tuple[RetentionConfig, ...]:
+    source = f"HANDOVER_CONFIG: {path}"
+    if not isinstance(tables, dict):
+        raise SettingsError(f"{source}: [retention] must be a table of tables")
+    rules = []
+    for name, table in tables.items():
+        where = f"{source}: [retention.{name}]"
+        if not isinstance(table, dict):
+            raise SettingsError(f"{where} must be a table")
+        unknown = set(table) - {"dataset", "category", "legal_basis", "duration"}
+        if unknown:
+            raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        if ("dataset" in table) == ("category" in table):
+            raise SettingsError(f"{where} needs exactly one of dataset or category")
+        basis = table.get("legal_basis")
+        if not isinstance(basis, str) or not basis.strip():
+            raise SettingsError(f"{where} needs a legal_basis")
+        try:
+            duration = parse_duration(table.get("duration", ""))
+        except ValueError as exc:
+            raise SettingsError(f"{where}: duration: {exc}") from None
+        if duration <= timedelta(0):
+            raise SettingsError(f"{where}: duration must be longer than zero")
+        rules.append(
+            RetentionConfig(
+                name=name,
+                legal_basis=basis.strip(),
+                duration=duration,
+                dataset=table.get("dataset"),
+                category=table.get("category"),
+            )
+        )
+    return tuple(rules)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -265,3 +265,58 @@ class JobStore:
         """Ids of jobs in ``status``, oldest first."""
         raw = await self.redis.zrange(self._status_key(status), 0, limit - 1)
         return [item.decode() for item in raw]
+
+    def _gate_key(self, subject: str) -> str:
+        return f"{self.ns}gate:{subject}"
+
+    async def claim_subject(self, subject: str, job_id: str) -> str | None:
+        """Let ``job_id`` run for ``subject``, or queue it behind the job that runs.
+
+        One job per subject runs at a time (an export never overlaps an erasure).
+        Returns ``None`` when ``job_id`` holds the subject; otherwise the id of the
+        live job that does, and ``job_id`` is recorded as waiting for it. A holder
+        that has ended without releasing (its worker died) no longer counts.
+        """
+        gate = self._gate_key(subject)
+        pipe: Any
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(gate)
+                    raw = await pipe.hget(gate, "holder")
+                    holder: str | None = raw.decode() if raw else None
+                    if holder and holder != job_id and await self._is_live(holder):
+                        pipe.multi()
+                        pipe.sadd(f"{gate}:waiting", job_id)
+                        await pipe.execute()
+                        return holder
+                    pipe.multi()
+                    pipe.hset(gate, "holder", job_id)
+                    pipe.srem(f"{gate}:waiting", job_id)
+                    await pipe.execute()
+                    return None
+                except WatchError:
+                    continue
+
+    async def _is_live(self, job_id: str) -> bool:
+        raw = await self.redis.hget(self._job_key(job_id), "core")
+        return raw is not None and not JobStatus(orjson.loads(raw)["status"]).terminal
+
+    async def release_subject(self, subject: str, job_id: str) -> list[str]:
+        """``job_id`` has ended: free the subject; returns the jobs that were waiting."""
+        gate = self._gate_key(subject)
+        pipe: Any
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(gate)
+                    raw = await pipe.hget(gate, "holder")
+                    pipe.multi()
+                    if raw is not None and raw.decode() == job_id:
+                        pipe.hdel(gate, "holder")
+                    pipe.smembers(f"{gate}:waiting")
+                    pipe.delete(f"{gate}:waiting")
+                    results = await pipe.execute()
+                    return sorted(member.decode() for member in results[-2])
+                except WatchError:
+                    continue

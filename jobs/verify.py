@@ -1,6 +1,9 @@
-"""Checking an export archive: every file against the manifest, the manifest against its signature.
+"""Checking what Handover hands out, with nothing but the service's public keys.
 
-Used by ``handover verify``; needs only the archive and the service's public keys.
+- an export archive: every file against the manifest, the manifest against its signature;
+- an erasure or restriction receipt: its signature over its canonical bytes.
+
+Used by ``handover verify``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from jobs.archive import FORMAT, MANIFEST, SIGNATURE
+from jobs.receipt import verify_receipt
 from jobs.signing import SignatureError, jwk_public_key, verify
 
 READ_CHUNK = 1 << 20
@@ -24,11 +28,12 @@ READ_CHUNK = 1 << 20
 
 @dataclass
 class Verification:
-    """The outcome: ``problems`` is empty when the archive is intact and authentic."""
+    """The outcome: ``problems`` is empty when the archive or receipt is intact and authentic."""
 
     files: int = 0
     key_id: str | None = None
     problems: list[str] = field(default_factory=list)
+    receipt: dict[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -130,3 +135,25 @@ def verify_archive(path: Path, keys: list[Ed25519PublicKey]) -> Verification:
         for name in sorted(unlisted):
             result.problems.append(f"{name}: in the archive but not in the manifest")
     return result
+
+
+def verify_receipt_file(path: Path, keys: list[Ed25519PublicKey]) -> Verification:
+    """Check the receipt at ``path``."""
+    result = Verification()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        result.problems.append(f"cannot read: {exc.strerror}")
+        return result
+    try:
+        result.key_id, result.receipt = verify_receipt(data, keys)
+    except SignatureError as exc:
+        result.problems.append(str(exc))
+    return result
+
+
+def verify_file(path: Path, keys: list[Ed25519PublicKey]) -> Verification:
+    """Check an archive or a receipt, whichever ``path`` holds."""
+    if path.is_file() and not zipfile.is_zipfile(path) and path.read_bytes()[:1] == b"{":
+        return verify_receipt_file(path, keys)
+    return verify_archive(path, keys)

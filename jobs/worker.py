@@ -19,8 +19,10 @@ from arq.worker import Worker, func
 from redis.exceptions import ResponseError
 
 from connectors.base import Connector
-from jobs.export import ExportPipeline, RetryPolicy
-from jobs.model import JobStatus, utcnow
+from jobs.erasure import ErasurePipeline
+from jobs.export import ExportPipeline
+from jobs.model import JobKind, JobStatus, utcnow
+from jobs.pipeline import FINISH_TASK, RUN_TASK, Pipeline, RetryPolicy
 from jobs.queue import QUEUE_NAME, deserialize, serialize
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
@@ -28,10 +30,10 @@ from jobs.storage import ObjectMissing, S3Store
 
 log = logging.getLogger("handover.worker")
 
-_PIPELINE = "handover_pipeline"
+_PIPELINES = "handover_pipelines"
 _STACK = "handover_stack"
 HEALTH_CHECK_KEY = "handover:worker:health"
-BUNDLE_TIMEOUT = timedelta(hours=6)
+FINISH_TIMEOUT = timedelta(hours=6)
 
 
 async def _log_redis_info(redis: ArqRedis, log_func: Any) -> None:
@@ -45,26 +47,39 @@ async def _log_redis_info(redis: ArqRedis, log_func: Any) -> None:
 arq.worker.log_redis_info = _log_redis_info  # type: ignore[attr-defined,assignment]
 
 
-def pipeline(ctx: Mapping[str, Any]) -> ExportPipeline:
-    """The export pipeline this worker built at start-up."""
-    value = ctx[_PIPELINE]
-    assert isinstance(value, ExportPipeline)
+def pipelines(ctx: Mapping[str, Any]) -> dict[JobKind, Pipeline]:
+    """The pipeline of each job kind, built at start-up."""
+    value: dict[JobKind, Pipeline] = ctx[_PIPELINES]
     return value
 
 
-async def run_connector(ctx: dict[str, Any], job_id: str, connector: str, generation: int) -> None:
-    """Task: stage one connector's share of an export."""
-    await pipeline(ctx).run_connector(job_id, connector, generation, attempt=ctx["job_try"])
+def build_pipelines(
+    resources: Resources, retry_policy: RetryPolicy | None = None
+) -> dict[JobKind, Pipeline]:
+    """One pipeline per job kind over shared resources."""
+    built: dict[JobKind, Pipeline] = {}
+    for cls in (ExportPipeline, ErasurePipeline):
+        instance = cls(resources, retry_policy)
+        built.update({kind: instance for kind in cls.kinds})
+    return built
 
 
-async def bundle(ctx: dict[str, Any], job_id: str, generation: int) -> None:
-    """Task: bundle the staged parts of an export into its signed archive."""
-    await pipeline(ctx).bundle(job_id, generation)
+async def run_connector(
+    ctx: dict[str, Any], kind: str, job_id: str, connector: str, generation: int
+) -> None:
+    """Task: one connector's share of a job."""
+    pipeline = pipelines(ctx)[JobKind(kind)]
+    await pipeline.run_connector(job_id, connector, generation, attempt=ctx["job_try"])
+
+
+async def finish(ctx: dict[str, Any], kind: str, job_id: str, generation: int) -> None:
+    """Task: end a job whose connector runs have all finished."""
+    await pipelines(ctx)[JobKind(kind)].finish(job_id, generation)
 
 
 async def expire_archives(ctx: dict[str, Any]) -> int:
     """Cron: delete archives past their expiry and move their jobs to ``expired``."""
-    resources = pipeline(ctx).resources
+    resources = pipelines(ctx)[JobKind.EXPORT].resources
     store = resources.store
     now = utcnow()
     expired = 0
@@ -112,7 +127,7 @@ class WorkerContext:
             await resources.storage.ensure_lifecycle(resources.prefix, self.settings.archive_ttl)
         await resources.keyring.publish(resources.signer)
         ctx[_STACK] = stack
-        ctx[_PIPELINE] = ExportPipeline(resources, self.retry_policy)
+        ctx[_PIPELINES] = build_pipelines(resources, self.retry_policy)
 
     async def on_shutdown(self, ctx: dict[str, Any]) -> None:
         stack = ctx.pop(_STACK, None)
@@ -138,8 +153,11 @@ def create_worker(
     connector_timeout = settings.connector_timeout.total_seconds() + 60
     return Worker(
         functions=[
-            func(run_connector, name="run_connector", timeout=connector_timeout, max_tries=8),
-            func(bundle, name="bundle", timeout=BUNDLE_TIMEOUT.total_seconds(), max_tries=5),
+            # keep_result=0: a run that found its subject busy can be queued again when woken.
+            func(
+                run_connector, name=RUN_TASK, timeout=connector_timeout, max_tries=8, keep_result=0
+            ),
+            func(finish, name=FINISH_TASK, timeout=FINISH_TIMEOUT.total_seconds(), keep_result=0),
         ],
         cron_jobs=[
             cron(expire_archives, name="expire_archives", minute=set(range(0, 60, 5)), unique=True)

@@ -9,11 +9,12 @@ from importlib.metadata import version
 
 from aiohttp import web
 
+from jobs.erasure import ErasurePipeline
 from jobs.export import ExportPipeline
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings, SettingsError
 from jobs.worker import create_worker
-from service.appkeys import AUTHORITY, PIPELINE, RESOURCES, SETTINGS
+from service.appkeys import AUTHORITY, ERASURES, EXPORTS, RESOURCES, SETTINGS
 from service.auth import TokenAuthority, load_or_create_secret
 from service.docs import add_doc_routes
 from service.problems import problem_middleware
@@ -52,14 +53,13 @@ def _resources_ctx(
     given: Resources | None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def resources_ctx(app: web.Application) -> AsyncIterator[None]:
-        if given is not None:
-            app[RESOURCES] = given
-            app[PIPELINE] = ExportPipeline(given)
-            yield
-            return
-        async with open_resources(app[SETTINGS]) as resources:
+        async with contextlib.AsyncExitStack() as stack:
+            resources = given
+            if resources is None:
+                resources = await stack.enter_async_context(open_resources(app[SETTINGS]))
             app[RESOURCES] = resources
-            app[PIPELINE] = ExportPipeline(resources)
+            app[EXPORTS] = ExportPipeline(resources)
+            app[ERASURES] = ErasurePipeline(resources)
             yield
 
     return resources_ctx

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from jobs.erasure import ErasurePipeline
 from jobs.export import ExportPipeline
 from jobs.resources import Resources
 from jobs.settings import Settings
@@ -11,5 +12,6 @@ from service.auth import TokenAuthority
 
 SETTINGS = web.AppKey("settings", Settings)
 RESOURCES = web.AppKey("resources", Resources)
-PIPELINE = web.AppKey("pipeline", ExportPipeline)
+EXPORTS = web.AppKey("exports", ExportPipeline)
+ERASURES = web.AppKey("erasures", ErasurePipeline)
 AUTHORITY = web.AppKey("authority", TokenAuthority)

@@ -36,6 +36,7 @@ class Principal:
 
     sub: str
     roles: frozenset[Role]
+    auth_time: int | None = None
 
     @property
     def is_staff(self) -> bool:
@@ -46,6 +47,10 @@ class Principal:
     def is_admin(self) -> bool:
         """May do everything, audited."""
         return Role.ADMIN in self.roles
+
+    def authenticated_within(self, seconds: float) -> bool:
+        """Whether the holder signed in (``auth_time``) no longer than ``seconds`` ago."""
+        return self.auth_time is not None and time.time() - self.auth_time <= seconds
 
     def may_see(self, subject: str) -> bool:
         """Whether this principal may see jobs about ``subject``."""
@@ -61,7 +66,14 @@ class TokenAuthority:
     def issue(self, sub: str, roles: list[str], ttl_seconds: int = 3600) -> str:
         """A signed token for ``sub`` with ``roles``, valid ``ttl_seconds``."""
         now = int(time.time())
-        claims = {"sub": sub, "roles": roles, "iat": now, "nbf": now, "exp": now + ttl_seconds}
+        claims = {
+            "sub": sub,
+            "roles": roles,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ttl_seconds,
+            "auth_time": now,
+        }
         return jwt.encode(claims, self._secret, algorithm="HS256")
 
     def verify(self, token: str) -> Principal:
@@ -89,7 +101,10 @@ class TokenAuthority:
         sub = claims["sub"]
         if not isinstance(sub, str) or not sub:
             raise _unauthorized("the token's sub claim must be a non-empty string")
-        return Principal(sub=sub, roles=roles)
+        auth_time = claims.get("auth_time")
+        if auth_time is not None and not isinstance(auth_time, int):
+            raise _unauthorized("the token's auth_time claim must be a number of seconds")
+        return Principal(sub=sub, roles=roles, auth_time=auth_time)
 
     def authenticate(self, request: web.Request) -> Principal:
         """The principal behind the request's bearer token; 401 if there is none."""

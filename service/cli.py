@@ -6,7 +6,7 @@
     handover api     [--host H] [--port P]   the API alone, on shared Redis and S3
     handover worker  [--burst]               a worker alone, on shared Redis and S3
     handover token   --sub S [--role R] [--ttl 1h]
-    handover verify  ARCHIVE (--key FILE | --keys-url URL)
+    handover verify  FILE (--key FILE | --keys-url URL)   an export archive or a receipt
 
 A bad setting or argument prints one line naming it and exits non-zero.
 """
@@ -26,7 +26,7 @@ from aiohttp import web
 from jobs.queue import connect
 from jobs.settings import Settings, SettingsError, parse_duration
 from jobs.signing import SignatureError
-from jobs.verify import fetch_keys, load_keys, verify_archive
+from jobs.verify import fetch_keys, load_keys, verify_file
 from jobs.worker import create_worker
 from service.app import create_app, jwt_secret
 from service.auth import Role, TokenAuthority
@@ -56,8 +56,10 @@ def _parser() -> argparse.ArgumentParser:
         "--role", action="append", choices=[r.value for r in Role], help="repeatable"
     )
     token.add_argument("--ttl", default="1h", help="lifetime, e.g. 15m, 1h, 7d (default 1h)")
-    verify = commands.add_parser("verify", help="check an export archive's checksums and signature")
-    verify.add_argument("archive", type=Path)
+    verify = commands.add_parser(
+        "verify", help="check an export archive's checksums and signature, or a receipt's"
+    )
+    verify.add_argument("archive", type=Path, metavar="FILE")
     source = verify.add_mutually_exclusive_group(required=True)
     source.add_argument("--key", type=Path, help="public key file: PEM, JWK or JWK set")
     source.add_argument("--keys-url", help="the service's /v1/keys URL")
@@ -132,7 +134,12 @@ def _token(settings: Settings, sub: str, roles: list[str] | None, ttl: str) -> N
 
 def _verify(archive: Path, key: Path | None, keys_url: str | None) -> int:
     keys = load_keys(key) if key is not None else fetch_keys(keys_url or "")
-    result = verify_archive(archive, keys)
+    result = verify_file(archive, keys)
+    if result.ok and result.receipt is not None:
+        job = result.receipt["job"]["id"]
+        kind = result.receipt["kind"]
+        print(f"OK: {archive}: {kind} receipt of job {job}, signed by key {result.key_id}")
+        return 0
     if result.ok:
         print(
             f"OK: {archive}: {result.files} files match the manifest, signed by key {result.key_id}"

@@ -22,7 +22,7 @@ RunStatusName = Literal["pending", "running", "succeeded", "failed"]
 class Strict(BaseModel):
     """A request body: unknown fields are an error, not ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ExportRequest(Strict):
@@ -57,6 +57,37 @@ class ExportRequest(Strict):
     )
 
 
+class ErasureRequest(Strict):
+    """Ask for erasure (GDPR Art. 17) at every processor, or a dry run of it."""
+
+    subject: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Whose data. A subject may only name themself (or omit it).",
+        examples=["alice"],
+    )
+    connectors: list[str] | None = Field(
+        None, min_length=1, max_length=200, description="Only these connectors; default: all."
+    )
+    dry_run: bool = Field(
+        False, description="Report what would happen and change nothing (needs no confirmation)."
+    )
+    reason: str | None = Field(
+        None, max_length=1000, description="Why, in the requester's words; kept on the job."
+    )
+
+
+class RestrictionRequest(ErasureRequest):
+    """Ask for processing of the subject's data to be restricted (GDPR Art. 18)."""
+
+
+class CancelRequest(Strict):
+    """Why a job is being canceled."""
+
+    reason: str | None = Field(None, max_length=1000)
+
+
 class ConnectorProgress(BaseModel):
     """One connector's share of a job."""
 
@@ -68,6 +99,9 @@ class ConnectorProgress(BaseModel):
     error_class: Literal["transient", "permanent", "internal"] | None
     started_at: datetime | None
     finished_at: datetime | None
+    report: dict[str, object] | None = Field(
+        description="Erasure or restriction jobs: what this processor did (counts, no data)."
+    )
 
 
 class ArchiveFile(BaseModel):
@@ -96,13 +130,14 @@ class JobLinks(BaseModel):
     self: str
     events: str
     download: str | None
+    receipt: str | None
 
 
 class JobOut(BaseModel):
     """A request and its progress."""
 
     id: str = Field(description="Sortable id (ULID).", examples=["01JD2Z6S41ABCDEFGHJKMNPQRS"])
-    kind: Literal["export"]
+    kind: Literal["export", "erasure", "restriction"]
     status: JobStatusName
     subject: str
     requested_by: str
@@ -111,6 +146,7 @@ class JobOut(BaseModel):
     due_at: datetime = Field(description="The legal deadline: one month from receipt (Art. 12(3)).")
     options: dict[str, object]
     generation: int = Field(description="Incremented by each retry.")
+    not_before: datetime | None = Field(description="A confirmed erasure runs after this.")
     connectors: dict[str, ConnectorProgress]
     result: ArchiveInfo | None
     error: str | None
@@ -167,6 +203,21 @@ class KeySet(BaseModel):
     """Every public key still needed to verify a live archive."""
 
     keys: list[Jwk]
+
+
+class ReceiptOut(BaseModel):
+    """A signed erasure or restriction receipt; `handover verify` checks it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: Literal["handover-receipt"]
+    format_version: int
+    kind: Literal["erasure", "restriction"]
+    job: dict[str, object]
+    subject: dict[str, str]
+    issued_at: datetime
+    connectors: list[dict[str, object]]
+    signature: dict[str, str]
 
 
 class ProblemOut(BaseModel):

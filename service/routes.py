@@ -17,11 +17,11 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from jobs.localstore import LINK_PATH, LocalStore
-from jobs.model import Job, JobStatus, utcnow
+from jobs.model import Job, JobKind, JobStatus, utcnow
 from jobs.storage import StorageError
 from jobs.worker import HEALTH_CHECK_KEY
 from service import models
-from service.appkeys import AUTHORITY, PIPELINE, RESOURCES
+from service.appkeys import AUTHORITY, ERASURES, EXPORTS, RESOURCES, SETTINGS
 from service.auth import Principal, Role
 from service.problems import Problem
 
@@ -106,15 +106,18 @@ def job_view(job: Job) -> dict[str, Any]:
                 "error_class": run.error_class,
                 "started_at": run.started_at,
                 "finished_at": run.finished_at,
+                "report": run.report,
             }
             for name, run in job.connectors.items()
         },
+        "not_before": job.not_before,
         "result": result,
         "error": job.error,
         "links": {
             "self": base,
             "events": f"{base}/events",
-            "download": f"{base}/download" if job.status is JobStatus.SUCCEEDED else None,
+            "download": f"{base}/download" if job.result is not None else None,
+            "receipt": f"{base}/receipt" if job.receipt is not None else None,
         },
     }
 
@@ -128,32 +131,115 @@ async def visible_job(request: web.Request, who: Principal) -> Job:
     return job
 
 
-async def create_export(request: web.Request) -> web.Response:
-    who = principal(request)
-    body = await read_body(request, models.ExportRequest)
-    subject = body.subject
-    if subject is None:
+def requested_subject(who: Principal, named: str | None, what: str) -> str:
+    """Whose data a request is about: subjects ask for themselves, staff name someone."""
+    if named is None:
         if Role.SUBJECT not in who.roles:
             raise Problem(
                 422, "Invalid request", "subject: support and admin must name the subject"
             )
-        subject = who.sub
-    if subject != who.sub and not who.is_staff:
-        raise Problem(403, "Forbidden", "a subject may only ask for an export of their own data")
-    fingerprint = hashlib.sha256(
-        orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS) + subject.encode()
-    ).hexdigest()
-    job, _ = await request.app[PIPELINE].create(
+        return who.sub
+    if named != who.sub and not who.is_staff:
+        raise Problem(403, "Forbidden", f"a subject may only ask for {what} of their own data")
+    return named
+
+
+def fingerprint(body: BaseModel, subject: str) -> str:
+    """What makes two requests the same, for Idempotency-Key."""
+    canonical = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical + b"\0" + subject.encode()).hexdigest()
+
+
+def accepted(job: Job) -> web.Response:
+    """202 with the job and its Location."""
+    return json_response(job_view(job), status=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+async def create_export(request: web.Request) -> web.Response:
+    who = principal(request)
+    body = await read_body(request, models.ExportRequest)
+    subject = requested_subject(who, body.subject, "an export")
+    job, _ = await request.app[EXPORTS].create(
         subject=subject,
         requested_by=who.sub,
         formats=body.formats,
         connectors=body.connectors,
         categories=body.categories,
         idempotency_key=request.headers.get("Idempotency-Key"),
-        fingerprint=fingerprint,
+        fingerprint=fingerprint(body, subject),
     )
-    location = f"/v1/jobs/{job.id}"
-    return json_response(job_view(job), status=202, headers={"Location": location})
+    return accepted(job)
+
+
+async def _create_erasure_job(request: web.Request, kind: JobKind) -> web.Response:
+    who = principal(request)
+    model = models.ErasureRequest if kind is JobKind.ERASURE else models.RestrictionRequest
+    body = await read_body(request, model)
+    subject = requested_subject(who, body.subject, f"an {kind.value}")
+    job, _ = await request.app[ERASURES].create(
+        kind,
+        subject=subject,
+        requested_by=who.sub,
+        connectors=body.connectors,
+        dry_run=body.dry_run,
+        reason=body.reason,
+        idempotency_key=request.headers.get("Idempotency-Key"),
+        fingerprint=fingerprint(body, subject),
+    )
+    return accepted(job)
+
+
+async def create_erasure(request: web.Request) -> web.Response:
+    return await _create_erasure_job(request, JobKind.ERASURE)
+
+
+async def create_restriction(request: web.Request) -> web.Response:
+    return await _create_erasure_job(request, JobKind.RESTRICTION)
+
+
+async def confirm_job(request: web.Request) -> web.Response:
+    who = principal(request)
+    job = await visible_job(request, who)
+    if not who.is_admin:
+        if who.sub != job.subject:
+            raise Problem(403, "Forbidden", "only the subject or an admin may confirm an erasure")
+        max_age = request.app[SETTINGS].reauth_max_age
+        if not who.authenticated_within(max_age.total_seconds()):
+            raise Problem(
+                401,
+                "Fresh sign-in needed",
+                f"confirming an erasure needs a token from a sign-in no older than {max_age} "
+                "(its auth_time claim)",
+                slug="reauthentication-required",
+                headers={"WWW-Authenticate": 'Bearer error="insufficient_user_authentication"'},
+            )
+    confirmed = await request.app[ERASURES].confirm(job.id, who.sub)
+    return json_response(job_view(confirmed))
+
+
+async def cancel_job(request: web.Request) -> web.Response:
+    who = principal(request)
+    job = await visible_job(request, who)
+    body = await read_body(request, models.CancelRequest) if request.body_exists else None
+    pipeline = request.app[EXPORTS] if job.kind is JobKind.EXPORT else request.app[ERASURES]
+    canceled = await pipeline.cancel(job.id, who.sub, body.reason if body else None)
+    return json_response(job_view(canceled))
+
+
+async def get_receipt(request: web.Request) -> web.Response:
+    who = principal(request)
+    job = await visible_job(request, who)
+    if who.sub != job.subject and not who.is_admin:
+        raise Problem(403, "Forbidden", "only the subject or an admin may read a receipt")
+    if job.receipt is None:
+        raise Problem(
+            409,
+            "Not ready",
+            f"job {job.id} ({job.kind.value}, {job.status.value}) has no receipt",
+            slug="not-ready",
+            status_now=job.status.value,
+        )
+    return json_response(job.receipt)
 
 
 async def get_job(request: web.Request) -> web.Response:
@@ -273,6 +359,21 @@ _JOB_ID = {
 _PROBLEMS: dict[int, tuple[str, type[BaseModel] | None]] = {
     401: ("No valid bearer token.", models.ProblemOut),
 }
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "The same key and body return the same job; another body is a 422.",
+}
+_CREATE_RESPONSES: dict[int, tuple[str, type[BaseModel] | None]] = {
+    202: ("The job. `Location` names it.", models.JobOut),
+    400: ("The body is not JSON.", models.ProblemOut),
+    403: ("A subject asked about someone else's data.", models.ProblemOut),
+    415: ("The body is not application/json.", models.ProblemOut),
+    422: ("An unknown field, value or connector.", models.ProblemOut),
+    **_PROBLEMS,
+}
 
 OPERATIONS: list[Operation] = [
     Operation(
@@ -284,20 +385,80 @@ OPERATIONS: list[Operation] = [
         request=models.ExportRequest,
         description="Queues an export of everything held on the subject, by every processor "
         "(GDPR Art. 15, 20). Honours `Idempotency-Key`: the same key and body return the same job.",
-        parameters=[
-            {
-                "name": "Idempotency-Key",
-                "in": "header",
-                "required": False,
-                "schema": {"type": "string", "maxLength": 255},
-            }
-        ],
+        parameters=[_IDEMPOTENCY_KEY],
+        responses=_CREATE_RESPONSES,
+    ),
+    Operation(
+        "POST",
+        "/v1/erasures",
+        create_erasure,
+        "Ask for erasure",
+        "jobs",
+        request=models.ErasureRequest,
+        description="Erasure (GDPR Art. 17) at every processor, telling each recipient "
+        "(Art. 19). Waits in `awaiting_confirmation` until confirmed, then for the grace "
+        "period (`HANDOVER_ERASURE_GRACE`), during which it can be canceled. What law obliges "
+        "the platform to keep is blocked, not erased. A dry run needs no confirmation.",
+        parameters=[_IDEMPOTENCY_KEY],
+        responses=_CREATE_RESPONSES,
+    ),
+    Operation(
+        "POST",
+        "/v1/restrictions",
+        create_restriction,
+        "Ask for restriction",
+        "jobs",
+        request=models.RestrictionRequest,
+        description="Restriction of processing (GDPR Art. 18) at every processor that "
+        "supports it; the receipt records those that cannot.",
+        parameters=[_IDEMPOTENCY_KEY],
+        responses=_CREATE_RESPONSES,
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/confirm",
+        confirm_job,
+        "Confirm an erasure",
+        "jobs",
+        parameters=[_JOB_ID],
+        description="By the subject with a token from a fresh sign-in (`auth_time` no older "
+        "than `HANDOVER_REAUTH_MAX_AGE`), or by an admin.",
         responses={
-            202: ("The job, queued. `Location` names it.", models.JobOut),
-            400: ("The body is not JSON.", models.ProblemOut),
-            403: ("A subject asked for someone else's data.", models.ProblemOut),
-            415: ("The body is not application/json.", models.ProblemOut),
-            422: ("An unknown field, format, connector or category.", models.ProblemOut),
+            200: ("The job, queued to run after the grace period.", models.JobOut),
+            401: ("No valid token, or the sign-in is not fresh.", models.ProblemOut),
+            403: ("Neither the subject nor an admin.", models.ProblemOut),
+            404: ("No such job (or not yours).", models.ProblemOut),
+            409: ("The job is not awaiting confirmation.", models.ProblemOut),
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/cancel",
+        cancel_job,
+        "Cancel a job",
+        "jobs",
+        parameters=[_JOB_ID],
+        description="Stops a job that has not ended; running connector work is aborted. "
+        'The body (`{"reason": ...}`) is optional.',
+        responses={
+            200: ("The job, canceled.", models.JobOut),
+            404: ("No such job (or not yours).", models.ProblemOut),
+            409: ("The job has already ended.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/jobs/{job_id}/receipt",
+        get_receipt,
+        "The signed receipt of an erasure or restriction",
+        "jobs",
+        parameters=[_JOB_ID],
+        responses={
+            200: ("The receipt; `handover verify RECEIPT` checks it.", models.ReceiptOut),
+            403: ("Support staff may not read receipts.", models.ProblemOut),
+            404: ("No such job (or not yours).", models.ProblemOut),
+            409: ("The job has no receipt (yet).", models.ProblemOut),
             **_PROBLEMS,
         },
     ),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar
 
 import orjson
@@ -15,9 +15,11 @@ from arq.connections import ArqRedis
 from connectors.base import Connector
 from connectors.errors import PermanentError, RateLimited, TransientError
 from connectors.items import Dataset, Item, Record, Subject
+from connectors.reports import ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector, SyntheticConnector
-from jobs.export import ExportPipeline, RetryPolicy
+from jobs.export import ExportPipeline
 from jobs.model import InvalidRequest, JobStatus, RunStatus
+from jobs.pipeline import RetryPolicy
 from jobs.resources import Resources
 from jobs.worker import create_worker
 
@@ -47,7 +49,16 @@ async def archive_of(resources: Resources, job_id: str) -> zipfile.ZipFile:
     return zipfile.ZipFile(io.BytesIO(await resources.storage.get(job.result.key)))
 
 
-class Barrier(Connector):
+class ExportOnly(Connector):
+    """A test connector that holds nothing to erase."""
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        return ErasureReport()
+
+
+class Barrier(ExportOnly):
     """Finishes only if its partner starts while it is running: proof of concurrency."""
 
     datasets: ClassVar[tuple[Dataset, ...]] = (Dataset("seen", "usage"),)
@@ -68,7 +79,7 @@ class Barrier(Connector):
         yield Record("seen", {"by": self.name})
 
 
-class Flaky(Connector):
+class Flaky(ExportOnly):
     """Fails with ``errors`` in turn, then answers."""
 
     datasets: ClassVar[tuple[Dataset, ...]] = (Dataset("events", "usage"),)
@@ -116,7 +127,7 @@ async def test_a_job_executed_twice_yields_one_archive_without_duplicates(
             pipeline.run_connector(job.id, "telemetry", 1),
         )
         await pipeline.run_connector(job.id, "telemetry", 1)
-        await asyncio.gather(pipeline.bundle(job.id, 1), pipeline.bundle(job.id, 1))
+        await asyncio.gather(pipeline.finish(job.id, 1), pipeline.finish(job.id, 1))
         first = await resources.store.get(job.id)
         assert first.status is JobStatus.SUCCEEDED
         worker = await drain(redis, resources)  # the queued duplicates run too, and change nothing

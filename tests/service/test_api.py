@@ -17,7 +17,7 @@ from aiohttp import ClientSession
 from connectors.testing import MemoryConnector, SyntheticConnector
 from jobs.signing import jwk_public_key
 from jobs.verify import verify_archive
-from jobs.worker import expire_archives
+from jobs.worker import build_pipelines, expire_archives
 from tests.service.conftest import Api, ApiFactory
 
 ALICE = {
@@ -144,9 +144,7 @@ async def test_download_before_ready_is_409_and_after_expiry_410(api_factory: Ap
     await store.redis.hset(f"handover:job:{job['id']}", "core", orjson.dumps(stored.core_dict()))
     status, _, problem = await api.request("GET", f"/v1/jobs/{job['id']}/download")
     assert status == 410
-    from jobs.export import ExportPipeline
-
-    assert await expire_archives({"handover_pipeline": ExportPipeline(api.resources)}) == 1
+    assert await expire_archives({"handover_pipelines": build_pipelines(api.resources)}) == 1
     assert not await api.resources.storage.exists(stored.result.key)
     assert (await api.wait(job["id"], "expired"))["status"] == "expired"
     status, _, problem = await api.request("GET", f"/v1/jobs/{job['id']}/download")

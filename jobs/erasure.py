@@ -1,0 +1,172 @@
+"""Erasure (GDPR Art. 17, with Art. 19) and restriction (Art. 18) jobs.
+
+An erasure cannot be undone, so it waits in ``awaiting_confirmation`` until the
+subject (with a freshly authenticated token) or an admin confirms it, then for a
+grace period during which it can still be canceled. Each connector then erases or
+anonymises what its processor holds — telling that recipient, Art. 19 — except
+what a retention rule obliges the platform to keep, which is blocked instead.
+After erasing, the connector's export runs again: anything found beyond what was
+retained or anonymised fails the run, naming the leftovers. The finished job
+carries a signed receipt (:mod:`jobs.receipt`).
+
+A restriction marks the subject's data restricted at every processor that can;
+one that cannot says so, and the receipt records it. A dry run of either reports
+what would happen and changes nothing, so it needs no confirmation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
+
+from connectors.base import Connector
+from connectors.errors import PermanentError
+from connectors.items import File, Record, Subject
+from connectors.reports import ErasureReport, RetentionRule
+from jobs.model import IllegalTransition, InvalidRequest, Job, JobKind, JobStatus, utcnow
+from jobs.pipeline import Outcome, Pipeline
+from jobs.receipt import build_receipt
+
+
+def _iso(value: Any) -> Any:
+    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
+
+
+def erasure_entries(report: ErasureReport) -> list[dict[str, Any]]:
+    """A report's datasets as JSON-ready dicts."""
+    return [{k: _iso(v) for k, v in asdict(entry).items()} for entry in report.datasets]
+
+
+class ErasurePipeline(Pipeline):
+    """Creates, confirms and runs erasure and restriction jobs."""
+
+    kinds = (JobKind.ERASURE, JobKind.RESTRICTION)
+
+    async def create(
+        self,
+        kind: JobKind,
+        *,
+        subject: str,
+        requested_by: str,
+        connectors: Sequence[str] | None = None,
+        dry_run: bool = False,
+        reason: str | None = None,
+        idempotency_key: str | None = None,
+        fingerprint: str = "",
+    ) -> tuple[Job, bool]:
+        """Record an erasure or restriction; a real erasure then awaits confirmation."""
+        if kind not in self.kinds:
+            raise InvalidRequest("kind", f"{kind.value} is not an erasure or a restriction")
+        confirm = kind is JobKind.ERASURE and not dry_run
+        job = self.new_job(
+            kind,
+            subject=subject,
+            requested_by=requested_by,
+            connectors=self.select_connectors(connectors),
+            options={"dry_run": dry_run, "reason": reason},
+            status=JobStatus.AWAITING_CONFIRMATION if confirm else JobStatus.QUEUED,
+        )
+        return await self.submit(job, idempotency_key=idempotency_key, fingerprint=fingerprint)
+
+    async def confirm(self, job_id: str, actor: str) -> Job:
+        """Confirm an erasure: it runs once the grace period has passed."""
+        now = utcnow()
+        grace = self.resources.settings.grace
+
+        def confirmed(job: Job) -> None:
+            job.options["confirmed_at"] = now.isoformat().replace("+00:00", "Z")
+            job.options["confirmed_by"] = actor
+            job.not_before = now + grace
+
+        job = await self.resources.store.transition(
+            job_id,
+            JobStatus.QUEUED,
+            actor=actor,
+            event="confirmed",
+            expect={JobStatus.AWAITING_CONFIRMATION},
+            change=confirmed,
+            data={"runs_after": (now + grace).isoformat()},
+        )
+        if job is None:
+            current = await self.resources.store.get(job_id)
+            raise IllegalTransition(job_id, current.status, JobStatus.QUEUED)
+        await self.enqueue_runs(job, defer=grace)
+        return job
+
+    def retention_for(self, connector: Connector) -> dict[str, RetentionRule]:
+        """The retention rules that apply to each of the connector's datasets."""
+        rules: dict[str, RetentionRule] = {}
+        for dataset in connector.datasets:
+            for rule in self.resources.settings.retention:
+                if rule.applies_to(connector.name, dataset.name, dataset.category):
+                    rules[dataset.name] = RetentionRule(rule.legal_basis, rule.duration)
+                    break
+        return rules
+
+    async def work(self, connector: Connector, job: Job) -> Outcome:
+        """Erase (and verify) or restrict at one processor."""
+        subject = Subject(job.subject)
+        dry_run = bool(job.options.get("dry_run"))
+        if job.kind is JobKind.RESTRICTION:
+            restriction = await connector.restrict(subject, dry_run=dry_run)
+            return Outcome(
+                records=sum(restriction.restricted.values()),
+                report={
+                    "supported": restriction.supported,
+                    "restricted": dict(restriction.restricted),
+                    "note": restriction.note,
+                },
+            )
+        retention = self.retention_for(connector)
+        report = await connector.erase(subject, dry_run=dry_run, retention=retention)
+        entries = erasure_entries(report)
+        result: dict[str, Any] = {"datasets": entries, "note": report.note}
+        if not dry_run:
+            result["verification"] = await self._verify(connector, subject, report, retention)
+        changed = sum(e["deleted"] + e["anonymised"] for e in entries)
+        return Outcome(records=changed, report=result)
+
+    async def _verify(
+        self,
+        connector: Connector,
+        subject: Subject,
+        report: ErasureReport,
+        retention: Mapping[str, RetentionRule],
+    ) -> dict[str, Any]:
+        """Export again: only retained (or reported anonymised) records may remain."""
+        found: dict[str, int] = {}
+        async for item in connector.export(subject):
+            if isinstance(item, Record | File):
+                found[item.dataset] = found.get(item.dataset, 0) + 1
+        leftovers = {}
+        for dataset, count in found.items():
+            if dataset in retention:
+                continue
+            allowed = report.dataset(dataset).anonymised
+            if count > allowed:
+                leftovers[dataset] = count - allowed
+        if leftovers:
+            listed = ", ".join(
+                f"{count} in {dataset}" for dataset, count in sorted(leftovers.items())
+            )
+            raise PermanentError(f"verification failed: record(s) left after erasure: {listed}")
+        return {
+            "checked_at": _iso(utcnow()),
+            "passed": True,
+            "remaining": {dataset: count for dataset, count in sorted(found.items())},
+        }
+
+    async def complete(self, job: Job) -> Callable[[Job], None]:
+        """Sign the receipt."""
+        resources = self.resources
+        await resources.keyring.publish(resources.signer)
+        described = {name: connector.describe() for name, connector in resources.connectors.items()}
+        receipt = build_receipt(
+            job, connectors=described, signer=resources.signer, issued_at=utcnow()
+        )
+
+        def record_receipt(job: Job) -> None:
+            job.receipt = receipt
+
+        return record_receipt

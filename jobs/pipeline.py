@@ -1,0 +1,398 @@
+"""What every job kind shares: one task per connector, a gate per subject, fan-in, finish.
+
+::
+
+    submit ──▶ run_connector(job, c₁, gen) ─┐   each does its connector's work, then
+           ├─▶ run_connector(job, c₂, gen) ─┼─▶ marks its run finished; the one that
+           └─▶ run_connector(job, cₙ, gen) ─┘   finishes last queues finish(job, gen)
+                                                    │
+                      succeeded (with the kind's result) ◀┘ or failed, naming the
+                                                           connectors that failed
+
+arq runs every task at least once, so each step checks before it writes: a
+finished run is never redone, a finished job is never refinished, and a stale
+generation (the job was retried meanwhile) changes nothing. One job per subject
+runs at a time (an export never overlaps an erasure): a job that finds the subject
+busy waits and is woken when the running job ends.
+
+Subclasses say what a connector's work is (:meth:`Pipeline.work`) and what a
+finished job's result is (:meth:`Pipeline.complete`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from arq.jobs import Job as ArqJob
+from arq.worker import Retry
+
+from connectors.base import Connector
+from connectors.errors import ConnectorError, RateLimited, TransientError
+from jobs.ids import new_ulid
+from jobs.model import (
+    ConnectorRun,
+    IllegalTransition,
+    InvalidRequest,
+    Job,
+    JobKind,
+    JobStatus,
+    RunStatus,
+    StagedPart,
+    utcnow,
+)
+from jobs.queue import QUEUE_NAME, deserialize
+from jobs.resources import Resources
+
+log = logging.getLogger("handover.pipeline")
+
+RUN_TASK = "run_connector"
+FINISH_TASK = "finish"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How transient connector failures are retried: exponential backoff with full jitter."""
+
+    max_tries: int = 5
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, attempt: int, error: TransientError) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up."""
+        if attempt >= self.max_tries:
+            return None
+        if isinstance(error, RateLimited):
+            return min(max(error.retry_after, 0.0), self.max_delay * 10)
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2 ** (attempt - 1)))
+
+
+@dataclass
+class Outcome:
+    """What one connector's work produced, recorded on its run."""
+
+    records: int = 0
+    bytes: int = 0
+    staged_key: str | None = None
+    parts: list[StagedPart] = field(default_factory=list)
+    report: dict[str, Any] | None = None
+
+
+def error_text(exc: BaseException) -> str:
+    """An error as one bounded line for the job record."""
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+def classify(exc: BaseException) -> str:
+    """The error classes the API reports: transient, permanent, or internal (a bug)."""
+    if isinstance(exc, TransientError):
+        return "transient"
+    if isinstance(exc, ConnectorError):
+        return "permanent"
+    return "internal"
+
+
+def run_task_id(job: Job, connector: str) -> str:
+    """arq's id for a connector run: deterministic, so a run is queued once at a time."""
+    return f"run:{job.id}:{job.generation}:{connector}"
+
+
+class Pipeline(ABC):
+    """The work of one or more job kinds; one instance per process, shared by tasks."""
+
+    kinds: ClassVar[tuple[JobKind, ...]]
+
+    def __init__(self, resources: Resources, retry_policy: RetryPolicy | None = None) -> None:
+        self.resources = resources
+        self.retry_policy = retry_policy or RetryPolicy()
+
+    def select_connectors(
+        self, names: Sequence[str] | None, categories: Sequence[str] | None = None
+    ) -> list[str]:
+        """The connectors a request asks for, checked against what is configured."""
+        available = self.resources.connectors
+        if names:
+            unknown = sorted(set(names) - set(available))
+            if unknown:
+                raise InvalidRequest(
+                    "connectors",
+                    f"unknown connector(s) {', '.join(unknown)}; known: {', '.join(available)}",
+                )
+            chosen = [name for name in available if name in set(names)]
+        else:
+            chosen = list(available)
+        if categories:
+            wanted = set(categories)
+            chosen = [
+                name for name in chosen if wanted & {d.category for d in available[name].datasets}
+            ]
+            if not chosen:
+                raise InvalidRequest(
+                    "categories", f"no connector holds data in {', '.join(sorted(wanted))}"
+                )
+        if not chosen:
+            raise InvalidRequest("connectors", "no connector is configured")
+        return chosen
+
+    def new_job(
+        self,
+        kind: JobKind,
+        *,
+        subject: str,
+        requested_by: str,
+        connectors: Sequence[str],
+        options: dict[str, Any],
+        status: JobStatus = JobStatus.QUEUED,
+    ) -> Job:
+        """A job received now, due one month from now (Art. 12(3))."""
+        now = utcnow()
+        return Job(
+            id=new_ulid(),
+            kind=kind,
+            subject=subject,
+            status=status,
+            requested_by=requested_by,
+            created_at=now,
+            updated_at=now,
+            due_at=now + self.resources.settings.deadline,
+            options=options,
+            connectors={name: ConnectorRun() for name in connectors},
+        )
+
+    async def submit(
+        self, job: Job, *, idempotency_key: str | None = None, fingerprint: str = ""
+    ) -> tuple[Job, bool]:
+        """Store a new job and, if it is queued, queue its runs; returns ``(job, created)``."""
+        job, created = await self.resources.store.create(
+            job, idempotency_key=idempotency_key, fingerprint=fingerprint
+        )
+        if created and job.status is JobStatus.QUEUED:
+            await self.enqueue_runs(job)
+        return job, created
+
+    async def enqueue_runs(self, job: Job, defer: timedelta | None = None) -> None:
+        """Queue every unfinished connector run of the job's current generation."""
+        for name, run in job.connectors.items():
+            if not run.status.finished:
+                await self.resources.redis.enqueue_job(
+                    RUN_TASK,
+                    job.kind.value,
+                    job.id,
+                    name,
+                    job.generation,
+                    _job_id=run_task_id(job, name),
+                    _defer_by=defer,
+                )
+
+    @abstractmethod
+    async def work(self, connector: Connector, job: Job) -> Outcome:
+        """One connector's share of the job. Raise to fail it (transient errors retry)."""
+
+    @abstractmethod
+    async def complete(self, job: Job) -> Callable[[Job], None]:
+        """Produce the finished job's result; returns the change that records it."""
+
+    async def cleanup(self, job: Job) -> None:
+        """Remove what the job no longer needs once it has ended (nothing by default)."""
+
+    async def run_connector(
+        self, job_id: str, name: str, generation: int, attempt: int = 1
+    ) -> None:
+        """Do one connector's work for the job; the last run to finish queues the finish."""
+        store = self.resources.store
+        job = await store.get(job_id)
+        if job.generation != generation or job.status.terminal:
+            return
+        if job.not_before is not None and utcnow() < job.not_before:
+            return  # a run woken early; the deferred one will come
+        if job.connectors[name].status.finished:
+            await self._fan_in(job)
+            return
+        if job.status is JobStatus.QUEUED:
+            holder = await store.claim_subject(job.subject, job.id)
+            if holder is not None:
+                await store.add_event(
+                    job_id, "waiting", "worker", {"connector": name, "for": holder}
+                )
+                return
+            await store.transition(
+                job_id,
+                JobStatus.RUNNING,
+                actor="worker",
+                event="started",
+                expect={JobStatus.QUEUED},
+            )
+
+        def started(run: ConnectorRun) -> None:
+            run.status = RunStatus.RUNNING
+            run.attempts += 1
+            run.started_at = utcnow()
+            run.error = run.error_class = None
+
+        if (
+            await store.update_run(
+                job_id, name, started, generation=generation, event="connector.started"
+            )
+            is None
+        ):
+            return
+        connector = self.resources.connectors[name]
+        timeout = self.resources.settings.connector_timeout
+        try:
+            async with asyncio.timeout(timeout.total_seconds()):
+                outcome = await self.work(connector, job)
+        except TransientError as exc:
+            delay = self.retry_policy.delay(attempt, exc)
+            if delay is None:
+                await self._fail_run(job_id, name, generation, exc)
+                return
+            await store.add_event(
+                job_id,
+                "connector.retrying",
+                "worker",
+                {"connector": name, "error": error_text(exc), "delay": round(delay, 3)},
+            )
+            raise Retry(defer=delay) from exc
+        except TimeoutError:
+            await self._fail_run(
+                job_id, name, generation, TransientError(f"timed out after {timeout}")
+            )
+            return
+        except Exception as exc:
+            await self._fail_run(job_id, name, generation, exc)
+            return
+
+        def succeeded(run: ConnectorRun) -> None:
+            run.status = RunStatus.SUCCEEDED
+            run.finished_at = utcnow()
+            run.records = outcome.records
+            run.bytes = outcome.bytes
+            run.staged_key = outcome.staged_key
+            run.parts = outcome.parts
+            run.report = outcome.report
+
+        after = await store.update_run(
+            job_id,
+            name,
+            succeeded,
+            generation=generation,
+            event="connector.succeeded",
+            data={"records": outcome.records},
+        )
+        if after is not None:
+            await self._fan_in(after)
+
+    async def _fail_run(self, job_id: str, name: str, generation: int, exc: BaseException) -> None:
+        error_class = classify(exc)
+        message = error_text(exc)
+        if error_class == "internal":
+            log.error("connector %s failed unexpectedly in job %s", name, job_id, exc_info=exc)
+
+        def failed(run: ConnectorRun) -> None:
+            run.status = RunStatus.FAILED
+            run.finished_at = utcnow()
+            run.error = message
+            run.error_class = error_class
+
+        after = await self.resources.store.update_run(
+            job_id,
+            name,
+            failed,
+            generation=generation,
+            event="connector.failed",
+            data={"error": message, "error_class": error_class},
+        )
+        if after is not None:
+            await self._fan_in(after)
+
+    async def _fan_in(self, job: Job) -> None:
+        if all(run.status.finished for run in job.connectors.values()):
+            await self.resources.redis.enqueue_job(
+                FINISH_TASK,
+                job.kind.value,
+                job.id,
+                job.generation,
+                _job_id=f"finish:{job.id}:{job.generation}",
+            )
+
+    async def finish(self, job_id: str, generation: int) -> None:
+        """End the job once every run has finished: its result, or a failure naming why."""
+        store = self.resources.store
+        job = await store.get(job_id)
+        if job.generation != generation or job.status is not JobStatus.RUNNING:
+            return
+        failed = {
+            name: run for name, run in job.connectors.items() if run.status is RunStatus.FAILED
+        }
+        if failed:
+            summary = "; ".join(f"{name}: {run.error}" for name, run in failed.items())
+
+            def record_failure(job: Job) -> None:
+                job.error = f"connector(s) failed: {summary}"
+
+            ended = await store.transition(
+                job_id,
+                JobStatus.FAILED,
+                actor="worker",
+                expect={JobStatus.RUNNING},
+                change=record_failure,
+                data={"connectors": sorted(failed)},
+            )
+        elif all(run.status is RunStatus.SUCCEEDED for run in job.connectors.values()):
+            change = await self.complete(job)
+            ended = await store.transition(
+                job_id,
+                JobStatus.SUCCEEDED,
+                actor="worker",
+                expect={JobStatus.RUNNING},
+                change=change,
+            )
+            if ended is not None:
+                await self.cleanup(ended)
+        else:
+            return
+        if ended is not None:
+            await self.ended(ended)
+
+    async def ended(self, job: Job) -> None:
+        """The job has ended: free its subject and wake the jobs waiting for it."""
+        store = self.resources.store
+        for waiting_id in await store.release_subject(job.subject, job.id):
+            with contextlib.suppress(Exception):
+                waiting = await store.get(waiting_id)
+                if waiting.status is JobStatus.QUEUED:
+                    await self.enqueue_runs(waiting)
+
+    async def cancel(self, job_id: str, actor: str, reason: str | None = None) -> Job:
+        """Stop a job that has not ended; running connector work is aborted within seconds."""
+        live = {JobStatus.AWAITING_CONFIRMATION, JobStatus.QUEUED, JobStatus.RUNNING}
+        job = await self.resources.store.transition(
+            job_id,
+            JobStatus.CANCELED,
+            actor=actor,
+            expect=live,
+            data={"reason": reason} if reason else None,
+        )
+        if job is None:
+            current = await self.resources.store.get(job_id)
+            raise IllegalTransition(job_id, current.status, JobStatus.CANCELED)
+        for name in job.connectors:
+            arq_job = ArqJob(
+                run_task_id(job, name),
+                self.resources.redis,
+                _queue_name=QUEUE_NAME,
+                _deserializer=deserialize,
+            )
+            with contextlib.suppress(TimeoutError):
+                await arq_job.abort(timeout=0)
+        await self.cleanup(job)
+        await self.ended(job)
+        return job

@@ -1,0 +1,91 @@
+"""Erasure and restriction receipts: what was done where, signed like an archive manifest.
+
+A receipt is one JSON document carrying its own signature::
+
+    {"format": "handover-receipt", ..., "signature": {"alg": "EdDSA", "kid": ..., "signature": ...}}
+
+The signature covers the document without its ``signature`` field, serialised
+canonically (keys sorted, no spaces). It holds no personal data beyond the
+subject's id: counts, dataset names, legal bases, dates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from jobs.model import Job
+from jobs.signing import SignatureError, Signer, verify
+
+FORMAT = "handover-receipt"
+FORMAT_VERSION = 1
+
+
+def canonical(document: Mapping[str, Any]) -> bytes:
+    """The bytes a receipt's signature covers."""
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def build_receipt(
+    job: Job,
+    *,
+    connectors: Mapping[str, Mapping[str, Any]],
+    signer: Signer,
+    issued_at: datetime,
+) -> dict[str, Any]:
+    """The signed receipt for a finished erasure or restriction job."""
+    entries = []
+    for name, run in job.connectors.items():
+        described = connectors.get(name, {})
+        entries.append(
+            {
+                "connector": name,
+                "type": described.get("type"),
+                "recipient": described.get("recipient"),
+                "status": run.status.value,
+                "finished_at": _iso(run.finished_at),
+                **(run.report or {}),
+            }
+        )
+    document: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "kind": job.kind.value,
+        "job": {
+            "id": job.id,
+            "requested_at": _iso(job.created_at),
+            "confirmed_at": job.options.get("confirmed_at"),
+            "dry_run": bool(job.options.get("dry_run")),
+        },
+        "subject": {"id": job.subject},
+        "issued_at": _iso(issued_at),
+        "connectors": entries,
+    }
+    document["signature"] = orjson.loads(signer.sign(canonical(document)))
+    return document
+
+
+def verify_receipt(data: bytes, keys: Iterable[Ed25519PublicKey]) -> tuple[str, dict[str, Any]]:
+    """Check a receipt's signature; returns the signing key id and the receipt."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise SignatureError(f"not a JSON receipt: {exc}") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise SignatureError(f"not a Handover receipt (format is not {FORMAT!r})")
+    signature = document.pop("signature", None)
+    if not isinstance(signature, dict):
+        raise SignatureError("the receipt carries no signature")
+    kid = verify(canonical(document), orjson.dumps(signature), keys)
+    return kid, document
+
+
+__all__ = ["FORMAT", "build_receipt", "canonical", "verify_receipt"]
