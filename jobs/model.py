@@ -84,6 +84,15 @@ class IllegalTransition(Exception):
         self.target = target
 
 
+class JobEnded(Exception):
+    """The job has ended; what was asked only applies to a live job."""
+
+    def __init__(self, job_id: str, status: JobStatus, action: str) -> None:
+        super().__init__(f"job {job_id} has ended ({status.value}); cannot {action}")
+        self.job_id = job_id
+        self.status = status
+
+
 def check_transition(job_id: str, current: JobStatus, target: JobStatus) -> None:
     """Raise :class:`IllegalTransition` unless ``current → target`` is a legal move."""
     if target not in _LEGAL[current]:

@@ -42,6 +42,7 @@ from jobs.model import (
     IllegalTransition,
     InvalidRequest,
     Job,
+    JobEnded,
     JobKind,
     JobStatus,
     RunStatus,
@@ -55,6 +56,8 @@ log = logging.getLogger("handover.pipeline")
 
 RUN_TASK = "run_connector"
 FINISH_TASK = "finish"
+MONTH = timedelta(days=30)
+MAX_EXTENSION_MONTHS = 2
 
 
 @dataclass(frozen=True)
@@ -395,4 +398,61 @@ class Pipeline(ABC):
                 await arq_job.abort(timeout=0)
         await self.cleanup(job)
         await self.ended(job)
+        return job
+
+    async def retry(self, job_id: str, actor: str) -> Job:
+        """Run a failed job again: only its failed connectors; finished ones keep their output."""
+
+        def again(job: Job) -> None:
+            job.generation += 1
+            job.error = None
+            for name, run in job.connectors.items():
+                if run.status is not RunStatus.SUCCEEDED:
+                    job.connectors[name] = ConnectorRun(attempts=run.attempts)
+
+        job = await self.resources.store.transition(
+            job_id,
+            JobStatus.QUEUED,
+            actor=actor,
+            event="retried",
+            expect={JobStatus.FAILED},
+            change=again,
+        )
+        if job is None:
+            current = await self.resources.store.get(job_id)
+            raise IllegalTransition(job_id, current.status, JobStatus.QUEUED)
+        if job.connectors and all(run.status.finished for run in job.connectors.values()):
+            await self._fan_in(job)
+        else:
+            await self.enqueue_runs(job)
+        return job
+
+    async def extend(self, job_id: str, actor: str, *, months: int, reason: str) -> Job:
+        """Extend the deadline by ``months`` (Art. 12(3): two further months at most)."""
+        if months < 1:
+            raise InvalidRequest("months", "extend by at least one month")
+
+        def extended(job: Job) -> None:
+            used = int(job.options.get("extended_months", 0))
+            if used + months > MAX_EXTENSION_MONTHS:
+                raise InvalidRequest(
+                    "months",
+                    f"the deadline may be extended by {MAX_EXTENSION_MONTHS} months in all; "
+                    f"{used} already used",
+                )
+            job.options["extended_months"] = used + months
+            job.due_at += months * MONTH
+
+        live = {JobStatus.AWAITING_CONFIRMATION, JobStatus.QUEUED, JobStatus.RUNNING}
+        job = await self.resources.store.modify(
+            job_id,
+            extended,
+            actor=actor,
+            event="extended",
+            data={"months": months, "reason": reason},
+            expect=live,
+        )
+        if job is None:
+            current = await self.resources.store.get(job_id)
+            raise JobEnded(job_id, current.status, "extend its deadline")
         return job

@@ -6,20 +6,28 @@ Layout (``ns`` is the key namespace, ``handover:`` by default)::
     {ns}job:{id}:events          stream: the append-only timeline
     {ns}idx:created              zset: job id → created_at (ms)
     {ns}idx:due                  zset: job id → due_at (ms)
+    {ns}idx:open                 zset: job id → due_at (ms), live jobs only
     {ns}idx:status:{status}      zset: job id → created_at (ms)
     {ns}idx:kind:{kind}          zset: job id → created_at (ms)
     {ns}idx:subject:{subject}    zset: job id → created_at (ms)
+    {ns}idx:connector:{name}     zset: job id → created_at (ms)
+    {ns}counts                   hash: "{kind}:{status}" → number of jobs
     {ns}idem:{actor}:{key}       string: idempotency record, kept 24 h
+    {ns}gate:{subject}           hash: the job running for the subject; set ":waiting"
 
-Job records carry no TTL: a live job is never lost to expiry. Every change of a
-job's status happens in :meth:`JobStore.transition`, inside one optimistic Redis
-transaction that checks the move, writes it, moves the indexes and appends the event.
+Job records carry no TTL: a live job is never lost to expiry. Every change to a
+job happens in :meth:`JobStore.modify` (status moves through
+:meth:`JobStore.transition`), inside one optimistic Redis transaction that checks
+the change, writes it, keeps the indexes and counts right and appends the event.
+Searches (:meth:`JobStore.search`) walk these indexes, never the key space.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -31,6 +39,7 @@ from jobs.model import (
     ConnectorRun,
     Event,
     Job,
+    JobKind,
     JobStatus,
     check_transition,
     utcnow,
@@ -101,18 +110,19 @@ class JobStore:
                     if earlier["fingerprint"] != fingerprint:
                         raise IdempotencyConflict(idempotency_key, earlier["job_id"])
                     return await self.get(earlier["job_id"]), False
-        created_ms = _ms(job.created_at)
         async with self.redis.pipeline(transaction=True) as pipe:
             mapping = {"core": orjson.dumps(job.core_dict())}
             mapping.update(
                 {f"run:{n}": orjson.dumps(r.to_dict()) for n, r in job.connectors.items()}
             )
             pipe.hset(self._job_key(job.id), mapping=mapping)
+            created_ms = _ms(job.created_at)
             pipe.zadd(f"{self.ns}idx:created", {job.id: created_ms})
-            pipe.zadd(f"{self.ns}idx:due", {job.id: _ms(job.due_at)})
-            pipe.zadd(self._status_key(job.status), {job.id: created_ms})
             pipe.zadd(f"{self.ns}idx:kind:{job.kind.value}", {job.id: created_ms})
             pipe.zadd(f"{self.ns}idx:subject:{job.subject}", {job.id: created_ms})
+            for name in job.connectors:
+                pipe.zadd(f"{self.ns}idx:connector:{name}", {job.id: created_ms})
+            self._index(pipe, job, None, None)
             self._queue_event(
                 pipe, job.id, "created", job.requested_by, {"status": job.status.value}
             )
@@ -135,24 +145,40 @@ class JobStore:
         }
         return Job.from_parts(core, runs)
 
-    async def transition(
+    def _index(
+        self, pipe: Any, job: Job, previous: JobStatus | None, previous_due: datetime | None
+    ) -> None:
+        """Queue the index and count changes that take the job from its previous state."""
+        created_ms = _ms(job.created_at)
+        if previous != job.status:
+            if previous is not None:
+                pipe.zrem(self._status_key(previous), job.id)
+                pipe.hincrby(f"{self.ns}counts", f"{job.kind.value}:{previous.value}", -1)
+            pipe.zadd(self._status_key(job.status), {job.id: created_ms})
+            pipe.hincrby(f"{self.ns}counts", f"{job.kind.value}:{job.status.value}", 1)
+        if previous != job.status or previous_due != job.due_at:
+            due_ms = _ms(job.due_at)
+            pipe.zadd(f"{self.ns}idx:due", {job.id: due_ms})
+            if job.status.terminal:
+                pipe.zrem(f"{self.ns}idx:open", job.id)
+            else:
+                pipe.zadd(f"{self.ns}idx:open", {job.id: due_ms})
+
+    async def modify(
         self,
         job_id: str,
-        target: JobStatus,
+        change: Callable[[Job], None],
         *,
         actor: str,
-        event: str | None = None,
+        event: str,
         data: dict[str, Any] | None = None,
         expect: Iterable[JobStatus] | None = None,
-        change: Callable[[Job], None] | None = None,
     ) -> Job | None:
-        """Move the job to ``target``, writing the event, atomically.
+        """Apply ``change`` to the job and append ``event``, atomically.
 
-        ``expect`` lists the states this caller moves from; from any other state the
-        call changes nothing and returns ``None`` (another worker got there first).
-        A move the state machine forbids raises
-        :class:`~jobs.model.IllegalTransition`. ``change`` may edit the job (result,
-        error, generation) in the same transaction.
+        ``expect`` lists the states the caller acts from; from any other state the
+        call changes nothing and returns ``None`` (another actor got there first).
+        ``change`` may raise to refuse; nothing is written then.
         """
         expected = frozenset(expect) if expect is not None else None
         key = self._job_key(job_id)
@@ -167,24 +193,51 @@ class JobStore:
                     job = self._decode(raw)
                     if expected is not None and job.status not in expected:
                         return None
-                    previous = job.status
-                    check_transition(job_id, previous, target)
-                    job.status = target
+                    previous, previous_due = job.status, job.due_at
+                    runs_before = {n: r.to_dict() for n, r in job.connectors.items()}
+                    change(job)
                     job.updated_at = utcnow()
-                    if change is not None:
-                        change(job)
                     pipe.multi()
-                    pipe.hset(key, "core", orjson.dumps(job.core_dict()))
-                    if previous != target:
-                        created_ms = _ms(job.created_at)
-                        pipe.zrem(self._status_key(previous), job_id)
-                        pipe.zadd(self._status_key(target), {job_id: created_ms})
-                    event_data = {"status": target.value, "from": previous.value, **(data or {})}
-                    self._queue_event(pipe, job_id, event or target.value, actor, event_data)
+                    mapping = {"core": orjson.dumps(job.core_dict())}
+                    for name, run in job.connectors.items():
+                        if run.to_dict() != runs_before.get(name):
+                            mapping[f"run:{name}"] = orjson.dumps(run.to_dict())
+                    pipe.hset(key, mapping=mapping)
+                    self._index(pipe, job, previous, previous_due)
+                    self._queue_event(pipe, job_id, event, actor, data or {})
                     await pipe.execute()
                     return job
                 except WatchError:
                     continue
+
+    async def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        actor: str,
+        event: str | None = None,
+        data: dict[str, Any] | None = None,
+        expect: Iterable[JobStatus] | None = None,
+        change: Callable[[Job], None] | None = None,
+    ) -> Job | None:
+        """Move the job to ``target`` (a legal move, or :class:`~jobs.model.IllegalTransition`).
+
+        As :meth:`modify`; ``change`` may also edit the job (result, error,
+        generation) in the same transaction. The event records both states.
+        """
+        event_data: dict[str, Any] = {"status": target.value, **(data or {})}
+
+        def move(job: Job) -> None:
+            check_transition(job_id, job.status, target)
+            event_data["from"] = job.status.value
+            job.status = target
+            if change is not None:
+                change(job)
+
+        return await self.modify(
+            job_id, move, actor=actor, event=event or target.value, data=event_data, expect=expect
+        )
 
     async def update_run(
         self,
@@ -250,15 +303,17 @@ class JobStore:
         """The job's timeline, oldest first, from after event id ``after``."""
         start = after if after == "-" else f"({after}"
         entries = await self.redis.xrange(self._events_key(job_id), min=start, count=count)
+        return [_event(entry_id, fields) for entry_id, fields in entries]
+
+    async def wait_for_events(self, job_id: str, after: str, block: float) -> list[Event]:
+        """Events after ``after``, blocking up to ``block`` seconds for the first one."""
+        answer = await self.redis.xread(
+            {self._events_key(job_id): after if after != "-" else "0-0"},
+            block=max(1, int(block * 1000)),
+            count=100,
+        )
         return [
-            Event(
-                id=entry_id.decode(),
-                at=datetime.fromisoformat(fields[b"at"].decode()),
-                type=fields[b"type"].decode(),
-                actor=fields[b"actor"].decode(),
-                data=orjson.loads(fields[b"data"]),
-            )
-            for entry_id, fields in entries
+            _event(entry_id, fields) for _, entries in answer or [] for entry_id, fields in entries
         ]
 
     async def ids_by_status(self, status: JobStatus, limit: int = 1000) -> list[str]:
@@ -320,3 +375,222 @@ class JobStore:
                     return sorted(member.decode() for member in results[-2])
                 except WatchError:
                     continue
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """How many jobs there are of each kind in each status."""
+        raw = await self.redis.hgetall(f"{self.ns}counts")
+        counts: dict[str, dict[str, int]] = {}
+        for field, value in raw.items():
+            kind, status = field.decode().split(":", 1)
+            if int(value):
+                counts.setdefault(kind, {})[status] = int(value)
+        return counts
+
+    async def count_overdue(self, now: datetime) -> int:
+        """Live jobs past their deadline."""
+        count: int = await self.redis.zcount(f"{self.ns}idx:open", "-inf", f"({_ms(now)}")
+        return count
+
+    async def search(self, query: JobQuery, now: datetime | None = None) -> JobPage:
+        """Jobs matching ``query``, one page at a time, walking the indexes.
+
+        The walk is driven by the most selective index for the query and ordered
+        by creation (newest first) or by due date (soonest first); a page's cursor
+        names the last job seen, so pages stay stable while new jobs arrive.
+        """
+        now = now or utcnow()
+        filters = [
+            f"{self.ns}idx:{name}:{value}"
+            for name, value in (
+                ("status", query.status.value if query.status else None),
+                ("kind", query.kind.value if query.kind else None),
+                ("subject", query.subject),
+                ("connector", query.connector),
+            )
+            if value is not None
+        ]
+        low, high = "-inf", "+inf"
+        if query.overdue or query.at_risk or query.due_before is not None:
+            drive = f"{self.ns}idx:open"
+            descending = False
+            if query.overdue:
+                high = f"({_ms(now)}"
+            else:
+                if query.at_risk:
+                    low = str(_ms(now))
+                if query.due_before is not None:
+                    high = f"({_ms(query.due_before)}"
+        elif query.sort == "due":
+            drive, descending = f"{self.ns}idx:due", False
+        else:
+            descending = True
+            sizes = [await self.redis.zcard(key) for key in filters]
+            drive = f"{self.ns}idx:created"
+            if filters:
+                smallest = min(range(len(filters)), key=sizes.__getitem__)
+                drive = filters.pop(smallest)
+            if query.created_after is not None:
+                low = f"({_ms(query.created_after)}"
+            if query.created_before is not None:
+                high = f"({_ms(query.created_before)}"
+        checks_created = drive.endswith(("idx:open", "idx:due")) and (
+            query.created_after is not None or query.created_before is not None or query.at_risk
+        )
+        after = _decode_cursor(query.cursor) if query.cursor else None
+        if after is not None:
+            score = str(after[0])
+            if descending:
+                high = score
+            else:
+                low = score
+        found: list[tuple[float, str]] = []
+        scanned = 0
+        exhausted = False
+        batch = max(query.limit * 2, 100)
+        while len(found) < query.limit and scanned < SEARCH_SCAN_LIMIT:
+            if descending:
+                raw = await self.redis.zrevrangebyscore(
+                    drive, high, low, start=0, num=batch, withscores=True
+                )
+            else:
+                raw = await self.redis.zrangebyscore(
+                    drive, low, high, start=0, num=batch, withscores=True
+                )
+            fetched = [(float(score), member.decode()) for member, score in raw]
+            candidates = [
+                c for c in fetched if after is None or not _at_or_before(c, after, descending)
+            ]
+            if candidates:
+                scanned += len(candidates)
+                found.extend(await self._matching(candidates, filters, query, now, checks_created))
+                after = candidates[-1]
+                if descending:
+                    high = str(after[0])
+                else:
+                    low = str(after[0])
+            if len(fetched) < batch or not candidates:
+                exhausted = len(fetched) < batch
+                if not candidates and len(fetched) == batch:
+                    # A whole batch of one score already seen: step past that score.
+                    if descending:
+                        high = f"({after[0]}" if after else high
+                    else:
+                        low = f"({after[0]}" if after else low
+                    continue
+                break
+        page = found[: query.limit]
+        next_cursor = None
+        if len(found) > query.limit or (len(found) == query.limit and not exhausted):
+            next_cursor = _encode_cursor(page[-1])
+        elif not exhausted and after is not None:
+            next_cursor = _encode_cursor(after)
+        jobs = await self._load([job_id for _, job_id in page])
+        return JobPage(jobs=jobs, next_cursor=next_cursor)
+
+    async def _matching(
+        self,
+        candidates: list[tuple[float, str]],
+        filters: list[str],
+        query: JobQuery,
+        now: datetime,
+        checks_created: bool,
+    ) -> list[tuple[float, str]]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for _, job_id in candidates:
+                for key in filters:
+                    pipe.zscore(key, job_id)
+                if checks_created:
+                    pipe.zscore(f"{self.ns}idx:created", job_id)
+            answers = await pipe.execute()
+        per = len(filters) + (1 if checks_created else 0)
+        keep = []
+        for index, (score, job_id) in enumerate(candidates):
+            row = answers[index * per : (index + 1) * per]
+            if any(value is None for value in row[: len(filters)]):
+                continue
+            if checks_created:
+                created_ms = row[-1]
+                if created_ms is None:
+                    continue
+                if query.created_after is not None and created_ms <= _ms(query.created_after):
+                    continue
+                if query.created_before is not None and created_ms >= _ms(query.created_before):
+                    continue
+                if query.at_risk:
+                    remaining = score - _ms(now)
+                    if remaining < 0 or remaining >= (score - created_ms) / 4:
+                        continue
+            keep.append((score, job_id))
+        return keep
+
+    async def _load(self, job_ids: list[str]) -> list[Job]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(self._job_key(job_id))
+            raws = await pipe.execute()
+        return [self._decode(raw) for raw in raws if raw]
+
+
+SEARCH_SCAN_LIMIT = 20_000
+
+
+def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
+    return Event(
+        id=entry_id.decode(),
+        at=datetime.fromisoformat(fields[b"at"].decode()),
+        type=fields[b"type"].decode(),
+        actor=fields[b"actor"].decode(),
+        data=orjson.loads(fields[b"data"]),
+    )
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """What support staff (or a subject, for their own jobs) look for."""
+
+    kind: JobKind | None = None
+    status: JobStatus | None = None
+    subject: str | None = None
+    connector: str | None = None
+    overdue: bool = False
+    at_risk: bool = False
+    due_before: datetime | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    sort: str = "created"
+    limit: int = 50
+    cursor: str | None = None
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of a search; ``next_cursor`` is ``None`` on the last page."""
+
+    jobs: list[Job]
+    next_cursor: str | None
+
+
+class BadCursor(ValueError):
+    """A search cursor that this service did not make."""
+
+
+def _encode_cursor(position: tuple[float, str]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([position[0], position[1]])).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[float, str]:
+    try:
+        score, job_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return float(score), str(job_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+        raise BadCursor(f"cursor {cursor!r} is not one this service made") from exc
+
+
+def _at_or_before(
+    candidate: tuple[float, str], cursor: tuple[float, str], descending: bool
+) -> bool:
+    """Whether ``candidate`` was already on an earlier page."""
+    score, job_id = candidate
+    if score != cursor[0]:
+        return score > cursor[0] if descending else score < cursor[0]
+    return job_id >= cursor[1] if descending else job_id <= cursor[1]

@@ -88,6 +88,36 @@ class CancelRequest(Strict):
     reason: str | None = Field(None, max_length=1000)
 
 
+class ExtendRequest(Strict):
+    """Extend a request's deadline (GDPR Art. 12(3): by two further months at most)."""
+
+    months: int = Field(1, ge=1, le=2, description="How many months to add.")
+    reason: str = Field(
+        min_length=3, max_length=1000, description="Why; the subject must be told (Art. 12(3))."
+    )
+
+
+class JobSearch(BaseModel):
+    """Query parameters of GET /v1/jobs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["export", "erasure", "restriction"] | None = None
+    status: JobStatusName | None = None
+    subject: str | None = Field(None, min_length=1, max_length=256)
+    connector: str | None = Field(None, min_length=1, max_length=64)
+    overdue: bool = Field(False, description="Live jobs past their deadline.")
+    at_risk: bool = Field(False, description="Live jobs with under a quarter of their time left.")
+    due_before: datetime | None = None
+    created_after: datetime | None = None
+    created_before: datetime | None = None
+    sort: Literal["created", "due"] = Field(
+        "created", description="created: newest first; due: soonest deadline first."
+    )
+    limit: int = Field(50, ge=1, le=200)
+    cursor: str | None = Field(None, max_length=200, description="next_cursor of the last page.")
+
+
 class ConnectorProgress(BaseModel):
     """One connector's share of a job."""
 
@@ -151,6 +181,23 @@ class JobOut(BaseModel):
     result: ArchiveInfo | None
     error: str | None
     links: JobLinks
+
+
+class JobList(BaseModel):
+    """One page of jobs."""
+
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )
+
+
+class Stats(BaseModel):
+    """Where requests stand, for support staff."""
+
+    counts: dict[str, dict[str, int]] = Field(description="Jobs by kind, then status.")
+    overdue: int = Field(description="Live jobs past their deadline.")
+    queue_depth: int = Field(description="Tasks waiting in the work queue.")
 
 
 class EventOut(BaseModel):

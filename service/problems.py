@@ -17,9 +17,9 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobs.model import IllegalTransition, InvalidRequest
+from jobs.model import IllegalTransition, InvalidRequest, JobEnded
 from jobs.storage import StorageError
-from jobs.store import IdempotencyConflict, JobNotFound
+from jobs.store import BadCursor, IdempotencyConflict, JobNotFound
 
 log = logging.getLogger("handover.api")
 
@@ -107,6 +107,12 @@ def to_problem(exc: BaseException) -> Problem | None:
         return Problem(404, "Not found", f"no job {exc.job_id}")
     if isinstance(exc, IllegalTransition):
         return Problem(409, "Conflict", str(exc), status_now=exc.current.value)
+    if isinstance(exc, JobEnded):
+        return Problem(409, "Conflict", str(exc), status_now=exc.status.value)
+    if isinstance(exc, BadCursor):
+        return Problem(
+            422, "Invalid request", str(exc), errors=[{"field": "cursor", "message": str(exc)}]
+        )
     if isinstance(exc, IdempotencyConflict):
         return Problem(422, "Idempotency key reused", str(exc), slug="idempotency-key-reused")
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):

@@ -18,7 +18,10 @@ from pydantic import BaseModel
 
 from jobs.localstore import LINK_PATH, LocalStore
 from jobs.model import Job, JobKind, JobStatus, utcnow
+from jobs.pipeline import Pipeline
+from jobs.queue import QUEUE_NAME
 from jobs.storage import StorageError
+from jobs.store import JobQuery
 from jobs.worker import HEALTH_CHECK_KEY
 from service import models
 from service.appkeys import AUTHORITY, ERASURES, EXPORTS, RESOURCES, SETTINGS
@@ -221,8 +224,9 @@ async def cancel_job(request: web.Request) -> web.Response:
     who = principal(request)
     job = await visible_job(request, who)
     body = await read_body(request, models.CancelRequest) if request.body_exists else None
-    pipeline = request.app[EXPORTS] if job.kind is JobKind.EXPORT else request.app[ERASURES]
-    canceled = await pipeline.cancel(job.id, who.sub, body.reason if body else None)
+    canceled = await pipeline_for(request, job).cancel(
+        job.id, who.sub, body.reason if body else None
+    )
     return json_response(job_view(canceled))
 
 
@@ -247,10 +251,113 @@ async def get_job(request: web.Request) -> web.Response:
     return json_response(job_view(job))
 
 
-async def list_events(request: web.Request) -> web.Response:
+async def list_events(request: web.Request) -> web.StreamResponse:
     job = await visible_job(request, principal(request))
-    events = await request.app[RESOURCES].store.events(job.id)
+    store = request.app[RESOURCES].store
+    if "text/event-stream" in request.headers.get("Accept", ""):
+        return await stream_events(request, job.id, request.headers.get("Last-Event-ID", "-"))
+    events = await store.events(job.id)
     return json_response({"events": [event.to_dict() for event in events]})
+
+
+ENDING_STATUSES = {s.value for s in JobStatus if s.terminal}
+KEEPALIVE_SECONDS = 15.0
+
+
+async def stream_events(request: web.Request, job_id: str, after: str) -> web.StreamResponse:
+    """Server-sent events: the timeline so far, then each new event until the job ends."""
+    store = request.app[RESOURCES].store
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    events = await store.events(job_id, after=after)
+    while True:
+        for event in events:
+            body = orjson.dumps(event.to_dict()).decode()
+            await response.write(f"id: {event.id}\nevent: {event.type}\ndata: {body}\n\n".encode())
+            after = event.id
+        if any(e.data.get("status") in ENDING_STATUSES for e in events):
+            break
+        if not events and (await store.get(job_id)).status.terminal:
+            break
+        events = await store.wait_for_events(job_id, after, KEEPALIVE_SECONDS)
+        if not events:
+            await response.write(b": keep-alive\n\n")
+    await response.write_eof()
+    return response
+
+
+def require_staff(who: Principal) -> None:
+    """Support and admin only."""
+    if not who.is_staff:
+        raise Problem(403, "Forbidden", "support or admin only")
+
+
+async def list_jobs(request: web.Request) -> web.Response:
+    who = principal(request)
+    params = models.JobSearch.model_validate(dict(request.query))
+    if not who.is_staff:
+        if params.subject not in (None, who.sub):
+            raise Problem(403, "Forbidden", "a subject may only list their own jobs")
+        params = params.model_copy(update={"subject": who.sub})
+    query = JobQuery(
+        kind=JobKind(params.kind) if params.kind else None,
+        status=JobStatus(params.status) if params.status else None,
+        subject=params.subject,
+        connector=params.connector,
+        overdue=params.overdue,
+        at_risk=params.at_risk,
+        due_before=params.due_before,
+        created_after=params.created_after,
+        created_before=params.created_before,
+        sort=params.sort,
+        limit=params.limit,
+        cursor=params.cursor,
+    )
+    page = await request.app[RESOURCES].store.search(query)
+    return json_response(
+        {"jobs": [job_view(j) for j in page.jobs], "next_cursor": page.next_cursor}
+    )
+
+
+async def stats(request: web.Request) -> web.Response:
+    require_staff(principal(request))
+    resources = request.app[RESOURCES]
+    return json_response(
+        {
+            "counts": await resources.store.counts(),
+            "overdue": await resources.store.count_overdue(utcnow()),
+            "queue_depth": await resources.redis.zcard(QUEUE_NAME),
+        }
+    )
+
+
+def pipeline_for(request: web.Request, job: Job) -> Pipeline:
+    """The pipeline that runs jobs of this kind."""
+    return request.app[EXPORTS] if job.kind is JobKind.EXPORT else request.app[ERASURES]
+
+
+async def retry_job(request: web.Request) -> web.Response:
+    who = principal(request)
+    require_staff(who)
+    job = await visible_job(request, who)
+    return json_response(job_view(await pipeline_for(request, job).retry(job.id, who.sub)))
+
+
+async def extend_job(request: web.Request) -> web.Response:
+    who = principal(request)
+    require_staff(who)
+    job = await visible_job(request, who)
+    body = await read_body(request, models.ExtendRequest)
+    extended = await pipeline_for(request, job).extend(
+        job.id, who.sub, months=body.months, reason=body.reason
+    )
+    return json_response(job_view(extended))
 
 
 async def download(request: web.Request) -> web.Response:
@@ -464,6 +571,72 @@ OPERATIONS: list[Operation] = [
     ),
     Operation(
         "GET",
+        "/v1/jobs",
+        list_jobs,
+        "Search jobs",
+        "support",
+        description="Filtered, cursor-paginated, from Redis indexes. Support and admin see "
+        "every job; a subject sees their own. Sorted newest first, or by deadline.",
+        parameters=[
+            {"name": name, "in": "query", "required": False, "schema": schema}
+            for name, schema in models.JobSearch.model_json_schema()["properties"].items()
+        ],
+        responses={
+            200: ("A page of jobs.", models.JobList),
+            403: ("A subject asked for another subject's jobs.", models.ProblemOut),
+            422: ("A bad filter or cursor.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/stats",
+        stats,
+        "Where requests stand",
+        "support",
+        responses={
+            200: ("Counts by kind and status, overdue, queue depth.", models.Stats),
+            403: ("Support or admin only.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/retry",
+        retry_job,
+        "Retry a failed job",
+        "support",
+        parameters=[_JOB_ID],
+        description="Re-runs only the connectors that did not succeed; the others keep "
+        "their staged output. Support and admin.",
+        responses={
+            200: ("The job, queued again (its generation incremented).", models.JobOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            404: ("No such job.", models.ProblemOut),
+            409: ("The job has not failed.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/extend",
+        extend_job,
+        "Extend a job's deadline",
+        "support",
+        parameters=[_JOB_ID],
+        request=models.ExtendRequest,
+        description="By up to two further months in all (GDPR Art. 12(3)); the reason is required.",
+        responses={
+            200: ("The job with its new due date.", models.JobOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            404: ("No such job.", models.ProblemOut),
+            409: ("The job has ended.", models.ProblemOut),
+            422: ("No reason, or past two months.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
         "/v1/jobs/{job_id}",
         get_job,
         "A job and its progress",
@@ -479,11 +652,15 @@ OPERATIONS: list[Operation] = [
         "GET",
         "/v1/jobs/{job_id}/events",
         list_events,
-        "A job's timeline",
+        "A job's timeline (JSON, or live as server-sent events)",
         "jobs",
         parameters=[_JOB_ID],
+        description="Created, confirmed, connector started / retrying / succeeded / failed, "
+        "retried, extended, downloaded, and every status change, each with actor and time. "
+        "With `Accept: text/event-stream` the events stream live (each SSE `id` is the "
+        "event id; `Last-Event-ID` resumes) until the job ends.",
         responses={
-            200: ("The events, oldest first.", models.EventList),
+            200: ("The events, oldest first (or an event stream).", models.EventList),
             404: ("No such job (or not yours).", models.ProblemOut),
             **_PROBLEMS,
         },
