@@ -28,12 +28,16 @@ class Dataset:
     ``category`` is the GDPR category of personal data (identification, contact,
     economic, device, telemetry, usage, cookies, ...). ``fields`` fixes the column
     order of the CSV rendering; when empty, the first record's keys are used.
+    ``notice`` marks a dataset that is a statement about the processing rather than
+    data held on the subject (e.g. "this processor offers no per-user export"): it
+    is exported for everyone and is not something an erasure removes.
     """
 
     name: str
     category: str
     description: str = ""
     fields: tuple[str, ...] = ()
+    notice: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -134,10 +134,14 @@ class ErasurePipeline(Pipeline):
         report: ErasureReport,
         retention: Mapping[str, RetentionRule],
     ) -> dict[str, Any]:
-        """Export again: only retained (or reported anonymised) records may remain."""
+        """Export again: only retained (or reported anonymised) records may remain.
+
+        Notice datasets (statements about the processing, the same for everyone) are
+        not data held on the subject and do not count.
+        """
         found: dict[str, int] = {}
         async for item in connector.export(subject):
-            if isinstance(item, Record | File):
+            if isinstance(item, Record | File) and not connector.dataset(item.dataset).notice:
                 found[item.dataset] = found.get(item.dataset, 0) + 1
         leftovers = {}
         for dataset, count in found.items():

@@ -118,6 +118,7 @@ class ExportPipeline(Pipeline):
     async def complete(self, job: Job) -> Callable[[Job], None]:
         """Write the signed archive; the change records where it is."""
         result = await self._write_archive(job)
+        await self.resources.metrics.count("handover_archive_bytes_total", result.size)
 
         def record_result(job: Job) -> None:
             job.result = result

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import random
 from abc import ABC, abstractmethod
@@ -36,7 +37,9 @@ from arq.worker import Retry
 
 from connectors.base import Connector
 from connectors.errors import ConnectorError, RateLimited, TransientError
+from jobs import webhooks
 from jobs.ids import new_ulid
+from jobs.metrics import seconds_between
 from jobs.model import (
     ConnectorRun,
     IllegalTransition,
@@ -51,6 +54,7 @@ from jobs.model import (
 )
 from jobs.queue import QUEUE_NAME, deserialize
 from jobs.resources import Resources
+from jobs.webhooks import DELIVER_TASK
 
 log = logging.getLogger("handover.pipeline")
 
@@ -177,9 +181,22 @@ class Pipeline(ABC):
         job, created = await self.resources.store.create(
             job, idempotency_key=idempotency_key, fingerprint=fingerprint
         )
-        if created and job.status is JobStatus.QUEUED:
-            await self.enqueue_runs(job)
+        if created:
+            await self.notify(job, "job.created")
+            if job.status is JobStatus.QUEUED:
+                await self.enqueue_runs(job)
         return job, created
+
+    async def notify(self, job: Job, event: str) -> None:
+        """Queue a signed webhook to every configured URL (once per job, event and generation)."""
+        for url in self.resources.settings.webhook_urls:
+            digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+            await self.resources.redis.enqueue_job(
+                DELIVER_TASK,
+                url,
+                webhooks.encode(webhooks.payload(job, event)).decode(),
+                _job_id=f"webhook:{digest}:{job.id}:{event}:{job.generation}",
+            )
 
     async def enqueue_runs(self, job: Job, defer: timedelta | None = None) -> None:
         """Queue every unfinished connector run of the job's current generation."""
@@ -291,6 +308,13 @@ class Pipeline(ABC):
             data={"records": outcome.records},
         )
         if after is not None:
+            run = after.connectors[name]
+            await self.resources.metrics.observe(
+                "handover_connector_duration_seconds",
+                seconds_between(run.started_at, run.finished_at),
+                connector=name,
+                status="succeeded",
+            )
             await self._fan_in(after)
 
     async def _fail_run(self, job_id: str, name: str, generation: int, exc: BaseException) -> None:
@@ -314,6 +338,17 @@ class Pipeline(ABC):
             data={"error": message, "error_class": error_class},
         )
         if after is not None:
+            metrics = self.resources.metrics
+            run = after.connectors[name]
+            await metrics.count(
+                "handover_connector_errors_total", connector=name, error_class=error_class
+            )
+            await metrics.observe(
+                "handover_connector_duration_seconds",
+                seconds_between(run.started_at, run.finished_at),
+                connector=name,
+                status="failed",
+            )
             await self._fan_in(after)
 
     async def _fan_in(self, job: Job) -> None:
@@ -366,7 +401,14 @@ class Pipeline(ABC):
             await self.ended(ended)
 
     async def ended(self, job: Job) -> None:
-        """The job has ended: free its subject and wake the jobs waiting for it."""
+        """The job has ended: tell the platform, free its subject, wake the jobs waiting for it."""
+        await self.resources.metrics.observe(
+            "handover_job_duration_seconds",
+            seconds_between(job.created_at, job.updated_at),
+            kind=job.kind.value,
+            status=job.status.value,
+        )
+        await self.notify(job, f"job.{job.status.value}")
         store = self.resources.store
         for waiting_id in await store.release_subject(job.subject, job.id):
             with contextlib.suppress(Exception):

@@ -13,6 +13,7 @@ from connectors.demo import seed_demo_database
 from connectors.registry import ConnectorConfig, build_connectors
 from jobs.keyring import KeyRing
 from jobs.localstore import LocalStore, load_link_secret
+from jobs.metrics import Metrics
 from jobs.queue import connect, embedded_redis
 from jobs.settings import Settings
 from jobs.signing import Signer
@@ -68,6 +69,7 @@ class Resources:
     connectors: Mapping[str, Connector]
     signer: Signer
     keyring: KeyRing
+    metrics: Metrics
 
     @property
     def prefix(self) -> str:
@@ -120,4 +122,5 @@ async def open_resources(
             connectors=connectors,
             signer=signer,
             keyring=keyring,
+            metrics=Metrics(redis, namespace),
         )

@@ -135,6 +135,17 @@ def _url(value: object) -> str | None:
     return text
 
 
+def _url_list(value: object) -> tuple[str, ...]:
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected a list of URLs")
+    urls = tuple(url for item in items if (url := _url(item)) is not None)
+    bad = [url for url in urls if urlsplit(url).scheme not in {"http", "https"}]
+    if bad:
+        raise ValueError(f"expected http(s) URLs, got {bad[0]!r}")
+    return urls
+
+
 def _redis_url(value: object) -> Secret | None:
     url = _url(value)
     if url is None:
@@ -196,6 +207,8 @@ _PARSERS: dict[str, Any] = {
     "connector_timeout": parse_duration,
     "default_formats": _formats,
     "public_url": _url,
+    "webhook_urls": _url_list,
+    "webhook_secret": _secret,
     "erasure_grace": parse_duration,
     "reauth_max_age": parse_duration,
 }
@@ -232,6 +245,8 @@ class Settings:
     connector_timeout: timedelta = timedelta(hours=1)
     default_formats: tuple[str, ...] = ("json",)
     public_url: str | None = None
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: Secret | None = None
     erasure_grace: timedelta | None = None
     reauth_max_age: timedelta = timedelta(minutes=10)
     connectors: tuple[ConnectorConfig, ...] = field(default=(), repr=False)
@@ -244,6 +259,10 @@ class Settings:
             raise SettingsError("HANDOVER_LINK_TTL: must be longer than zero")
         if self.archive_ttl <= timedelta(0):
             raise SettingsError("HANDOVER_ARCHIVE_TTL: must be longer than zero")
+        if self.webhook_urls and self.webhook_secret is None:
+            raise SettingsError(
+                "HANDOVER_WEBHOOK_SECRET: required when HANDOVER_WEBHOOK_URLS is set"
+            )
 
     def __repr__(self) -> str:
         shown = []

@@ -11,6 +11,7 @@ Layout (``ns`` is the key namespace, ``handover:`` by default)::
     {ns}idx:kind:{kind}          zset: job id → created_at (ms)
     {ns}idx:subject:{subject}    zset: job id → created_at (ms)
     {ns}idx:connector:{name}     zset: job id → created_at (ms)
+    {ns}idx:expires              zset: job id → archive expires_at (ms), until it expires
     {ns}counts                   hash: "{kind}:{status}" → number of jobs
     {ns}idem:{actor}:{key}       string: idempotency record, kept 24 h
     {ns}gate:{subject}           hash: the job running for the subject; set ":waiting"
@@ -156,6 +157,10 @@ class JobStore:
                 pipe.hincrby(f"{self.ns}counts", f"{job.kind.value}:{previous.value}", -1)
             pipe.zadd(self._status_key(job.status), {job.id: created_ms})
             pipe.hincrby(f"{self.ns}counts", f"{job.kind.value}:{job.status.value}", 1)
+        if job.result is not None and job.status is JobStatus.SUCCEEDED:
+            pipe.zadd(f"{self.ns}idx:expires", {job.id: _ms(job.result.expires_at)})
+        elif previous is JobStatus.SUCCEEDED:
+            pipe.zrem(f"{self.ns}idx:expires", job.id)
         if previous != job.status or previous_due != job.due_at:
             due_ms = _ms(job.due_at)
             pipe.zadd(f"{self.ns}idx:due", {job.id: due_ms})
@@ -320,6 +325,18 @@ class JobStore:
         """Ids of jobs in ``status``, oldest first."""
         raw = await self.redis.zrange(self._status_key(status), 0, limit - 1)
         return [item.decode() for item in raw]
+
+    async def archives_expiring_before(self, moment: datetime, limit: int = 1000) -> list[str]:
+        """Ids of succeeded exports whose archive expires before ``moment``, soonest first."""
+        raw = await self.redis.zrangebyscore(
+            f"{self.ns}idx:expires", "-inf", f"({_ms(moment)}", start=0, num=limit
+        )
+        return [item.decode() for item in raw]
+
+    async def first_time(self, topic: str, job_id: str) -> bool:
+        """True the first time it is asked for this topic and job (notify-once bookkeeping)."""
+        added: int = await self.redis.sadd(f"{self.ns}once:{topic}", job_id)
+        return added == 1
 
     def _gate_key(self, subject: str) -> str:
         return f"{self.ns}gate:{subject}"

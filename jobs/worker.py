@@ -12,10 +12,11 @@ from contextlib import AsyncExitStack, suppress
 from datetime import timedelta
 from typing import Any
 
+import aiohttp
 import arq.worker
 from arq import cron
 from arq.connections import ArqRedis, log_redis_info
-from arq.worker import Worker, func
+from arq.worker import Retry, Worker, func
 from redis.exceptions import ResponseError
 
 from connectors.base import Connector
@@ -27,6 +28,10 @@ from jobs.queue import QUEUE_NAME, deserialize, serialize
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
 from jobs.storage import ObjectMissing, S3Store
+from jobs.store import JobQuery
+from jobs.webhooks import DELIVER_TASK, DeliveryFailed, Sender
+from jobs.webhooks import MAX_TRIES as WEBHOOK_TRIES
+from jobs.webhooks import backoff as webhook_backoff
 
 log = logging.getLogger("handover.worker")
 
@@ -34,6 +39,8 @@ _PIPELINES = "handover_pipelines"
 _STACK = "handover_stack"
 HEALTH_CHECK_KEY = "handover:worker:health"
 FINISH_TIMEOUT = timedelta(hours=6)
+EXPIRING_SOON = timedelta(days=1)
+EVERY_5_MINUTES = set(range(0, 60, 5))
 
 
 async def _log_redis_info(redis: ArqRedis, log_func: Any) -> None:
@@ -77,18 +84,20 @@ async def finish(ctx: dict[str, Any], kind: str, job_id: str, generation: int) -
     await pipelines(ctx)[JobKind(kind)].finish(job_id, generation)
 
 
+def _resources(ctx: Mapping[str, Any]) -> Resources:
+    return pipelines(ctx)[JobKind.EXPORT].resources
+
+
 async def expire_archives(ctx: dict[str, Any]) -> int:
     """Cron: delete archives past their expiry and move their jobs to ``expired``."""
-    resources = pipelines(ctx)[JobKind.EXPORT].resources
+    resources = _resources(ctx)
     store = resources.store
-    now = utcnow()
     expired = 0
-    for job_id in await store.ids_by_status(JobStatus.SUCCEEDED, limit=10_000):
+    for job_id in await store.archives_expiring_before(utcnow(), limit=10_000):
         job = await store.get(job_id)
-        if job.result is None or job.result.expires_at > now:
-            continue
-        with suppress(ObjectMissing):
-            await resources.storage.delete(job.result.key)
+        if job.result is not None:
+            with suppress(ObjectMissing):
+                await resources.storage.delete(job.result.key)
         moved = await store.transition(
             job_id, JobStatus.EXPIRED, actor="cleanup", expect={JobStatus.SUCCEEDED}
         )
@@ -96,6 +105,50 @@ async def expire_archives(ctx: dict[str, Any]) -> int:
     if expired:
         log.info("expired %d archive(s)", expired)
     return expired
+
+
+async def watch_deadlines(ctx: dict[str, Any]) -> int:
+    """Cron: notify once per job when a request is at risk or an archive expires within a day."""
+    resources = _resources(ctx)
+    store = resources.store
+    notifier = pipelines(ctx)[JobKind.EXPORT]
+    now = utcnow()
+    sent = 0
+    cursor = None
+    while True:
+        page = await store.search(JobQuery(at_risk=True, limit=200, cursor=cursor), now=now)
+        for job in page.jobs:
+            if await store.first_time("job.at_risk", job.id):
+                await notifier.notify(job, "job.at_risk")
+                sent += 1
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    for job_id in await store.archives_expiring_before(now + EXPIRING_SOON):
+        events = await store.events(job_id)
+        if any(event.type == "downloaded" for event in events):
+            continue
+        if await store.first_time("job.expiring_soon", job_id):
+            await notifier.notify(await store.get(job_id), "job.expiring_soon")
+            sent += 1
+    return sent
+
+
+async def deliver_webhook(ctx: dict[str, Any], url: str, body: str) -> None:
+    """Task: one webhook delivery, retried with backoff until the receiver accepts it."""
+    secret = _resources(ctx).settings.webhook_secret
+    if secret is None:
+        log.error("webhook to %s dropped: HANDOVER_WEBHOOK_SECRET is not set", url)
+        return
+    try:
+        async with aiohttp.ClientSession() as session:
+            await Sender(session, secret.reveal()).send(url, body.encode())
+    except DeliveryFailed as exc:
+        attempt = ctx["job_try"]
+        if attempt >= WEBHOOK_TRIES:
+            log.error("webhook to %s given up after %d attempts: %s", url, attempt, exc)
+            return
+        raise Retry(defer=webhook_backoff(attempt)) from exc
 
 
 class WorkerContext:
@@ -158,9 +211,11 @@ def create_worker(
                 run_connector, name=RUN_TASK, timeout=connector_timeout, max_tries=8, keep_result=0
             ),
             func(finish, name=FINISH_TASK, timeout=FINISH_TIMEOUT.total_seconds(), keep_result=0),
+            func(deliver_webhook, name=DELIVER_TASK, timeout=60, max_tries=WEBHOOK_TRIES + 1),
         ],
         cron_jobs=[
-            cron(expire_archives, name="expire_archives", minute=set(range(0, 60, 5)), unique=True)
+            cron(expire_archives, name="expire_archives", minute=EVERY_5_MINUTES, unique=True),
+            cron(watch_deadlines, name="watch_deadlines", minute=EVERY_5_MINUTES, unique=True),
         ],
         queue_name=QUEUE_NAME,
         redis_pool=redis,

@@ -7,6 +7,7 @@
     handover worker  [--burst]               a worker alone, on shared Redis and S3
     handover token   --sub S [--role R] [--ttl 1h]
     handover verify  FILE (--key FILE | --keys-url URL)   an export archive or a receipt
+    handover connectors new NAME [--dir DIR] | list | check   see service/connectors_cli.py
 
 A bad setting or argument prints one line naming it and exits non-zero.
 """
@@ -28,6 +29,7 @@ from jobs.settings import Settings, SettingsError, parse_duration
 from jobs.signing import SignatureError
 from jobs.verify import fetch_keys, load_keys, verify_file
 from jobs.worker import create_worker
+from service import connectors_cli
 from service.app import create_app, jwt_secret
 from service.auth import Role, TokenAuthority
 
@@ -63,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     source = verify.add_mutually_exclusive_group(required=True)
     source.add_argument("--key", type=Path, help="public key file: PEM, JWK or JWK set")
     source.add_argument("--keys-url", help="the service's /v1/keys URL")
+    connectors_cli.add_parser(commands)
     return parser
 
 
@@ -159,6 +162,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "verify":
             return _verify(args.archive, args.key, args.keys_url)
+        if args.command == "connectors":
+            return connectors_cli.run(args)
         settings = Settings.load()
         if args.command == "serve":
             _serve(settings, args.host, args.port, with_worker=True)

@@ -337,6 +337,21 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
+async def metrics(request: web.Request) -> web.Response:
+    resources = request.app[RESOURCES]
+    text = await resources.metrics.render(
+        await resources.store.counts(),
+        await resources.store.count_overdue(utcnow()),
+        await resources.redis.zcard(QUEUE_NAME),
+    )
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Content-Version": "0.0.4"},
+    )
+
+
 def pipeline_for(request: web.Request, job: Job) -> Pipeline:
     """The pipeline that runs jobs of this kind."""
     return request.app[EXPORTS] if job.kind is JobKind.EXPORT else request.app[ERASURES]
@@ -722,6 +737,19 @@ OPERATIONS: list[Operation] = [
         "keys",
         auth=False,
         responses={200: ("Ed25519 JWKs still needed to verify a live archive.", models.KeySet)},
+    ),
+    Operation(
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics",
+        "health",
+        auth=False,
+        media_type="text/plain",
+        description="Jobs by kind and status, overdue jobs, queue depth, job and connector "
+        "durations (histograms), connector errors by class, archive bytes; across every "
+        "worker (kept in Redis). Expose it on an internal network only.",
+        responses={200: ("Prometheus text format 0.0.4.", None)},
     ),
     Operation(
         "GET",

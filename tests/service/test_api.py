@@ -140,8 +140,11 @@ async def test_download_before_ready_is_409_and_after_expiry_410(api_factory: Ap
     assert stored.result is not None
     assert await api.resources.storage.exists(stored.result.key)
     # The archive's time is up: move its expiry into the past, then let the cleanup run.
-    stored.result.expires_at -= timedelta(days=8)
-    await store.redis.hset(f"handover:job:{job['id']}", "core", orjson.dumps(stored.core_dict()))
+
+    def past(job: Any) -> None:
+        job.result.expires_at -= timedelta(days=8)
+
+    await store.modify(job["id"], past, actor="test", event="test")
     status, _, problem = await api.request("GET", f"/v1/jobs/{job['id']}/download")
     assert status == 410
     assert await expire_archives({"handover_pipelines": build_pipelines(api.resources)}) == 1

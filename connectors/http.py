@@ -1,0 +1,984 @@
+"""Generic REST processors declared in configuration, and the HTTP plumbing they all share.
+
+:class:`HttpConnector` (type ``http``) speaks to a processor whose API is described
+in TOML rather than in code::
+
+    [connectors.tickets]
+    type = "http"
+    base_url = "https://api.example.com/v2"
+    auth = { type = "bearer", token = "..." }    # or basic (username, password)
+                                                 # or header (name, value)
+    rate_limit = 5           # requests per second, client side (token bucket); 0 = off
+    burst = 5                # requests the bucket allows at once (default: rate_limit)
+    timeout = 30             # seconds per request
+
+    [[connectors.tickets.datasets]]
+    name = "tickets"
+    category = "contact"
+    path = "/users/{id}/tickets"                 # {id}, {email}, {identities.KEY}
+    params = { state = "all" }                   # query parameters, templated the same way
+    records = "/data/items"                      # JSON pointer (RFC 6901) or dotted path
+    pagination = { style = "page", param = "page", size_param = "per_page", size = 100 }
+
+    [connectors.tickets.erase]                   # removes the whole subject
+    method = "DELETE"
+    path = "/users/{id}"
+    body = { reason = "gdpr", user = "{id}" }   # optional JSON body template
+    success = [200, 202, 204]
+    absent = [404]                               # statuses meaning "nothing held"
+
+Pagination styles: ``none``; ``page`` (a page-number parameter, ``start`` at 1 by
+default, optional ``size_param``/``size``; ends on an empty or short page);
+``cursor`` (the next cursor read at ``next`` in the body and sent back as ``param``);
+``link`` (the ``Link: <…>; rel="next"`` header, RFC 8288); ``next_url`` (the next
+page's URL read at ``next`` in the body). Next-page URLs must stay on ``base_url``'s
+origin, so credentials never travel to another host.
+
+Erasure counts what each dataset holds first (one export pass), then calls the
+erase endpoints; a repeat finds nothing and reports zero. A dataset may carry its
+own ``erase`` table (same keys) for a processor that deletes collection by
+collection; the top-level ``erase`` removes the whole subject and is required
+unless every dataset has its own. A dataset named in the job's retention rules is
+kept and reported with its legal basis: datasets with their own endpoint are still
+erased around it, but the subject-wide endpoint is then not called (it would take
+the kept data too), and the optional ``restrict`` endpoint (same keys) blocks the
+subject.
+
+Errors are classified once, in :class:`HttpClient`: 429 (and 503 with
+``Retry-After``) becomes :class:`~connectors.errors.RateLimited` with the
+``Retry-After`` delay (RFC 9110 §10.2.3, seconds or an HTTP date); 408, 5xx,
+timeouts and dropped connections become :class:`~connectors.errors.TransientError`;
+any other 4xx a :class:`~connectors.errors.PermanentError` naming the status and
+an excerpt of the body. Credentials are held as :class:`Secret` and scrubbed from
+every message; they are never part of a ``repr``.
+
+References: RFC 9110 (HTTP semantics, Retry-After), RFC 8288 (Link header),
+RFC 6901 (JSON Pointer), RFC 6750 (bearer tokens), RFC 7617 (basic auth).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import aiohttp
+import orjson
+
+from connectors.base import Connector
+from connectors.errors import ConnectorError, PermanentError, RateLimited, TransientError
+from connectors.items import Dataset, Item, Record, Subject
+from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
+
+Clock = Callable[[], float]
+"""Seconds on a monotonic scale (``time.monotonic`` unless a test injects its own)."""
+
+Sleep = Callable[[float], Awaitable[None]]
+"""Waits that many seconds (``asyncio.sleep`` unless a test injects its own)."""
+
+_EXCERPT_CHARS = 200
+_MASK = "**********"
+
+
+class Secret:
+    """A credential that never shows itself in ``repr``, ``str`` or error messages."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The credential itself, for the one header that carries it."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret('{_MASK}')"
+
+    __str__ = __repr__
+
+
+class TokenBucket:
+    """A client-side rate limit: ``rate`` requests per second, bursts of up to ``capacity``.
+
+    The bucket starts full. ``clock`` and ``sleep`` are injectable so that a test can
+    drive time by hand and count what the bucket lets through.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        capacity: float | None = None,
+        *,
+        clock: Clock = time.monotonic,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError("a token bucket needs a rate above zero")
+        self.rate = rate
+        self.capacity = max(1.0, rate if capacity is None else capacity)
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = self.capacity
+        self._updated = clock()
+
+    def try_take(self) -> float:
+        """Take a token and return 0.0, or return the seconds until one will be free."""
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self._tokens >= 1.0 - 1e-9:
+            self._tokens = max(0.0, self._tokens - 1.0)
+            return 0.0
+        return (1.0 - self._tokens) / self.rate
+
+    async def take(self) -> None:
+        """Wait until a token is free, then take it."""
+        while (wait := self.try_take()) > 0:
+            await self._sleep(wait)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delay-seconds or HTTP-date), or None."""
+    if value is None:
+        return None
+    text = value.strip()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
+
+
+@dataclass(frozen=True, slots=True)
+class HttpResponse:
+    """A processor's answer, read whole: status, headers, body and the next-page link."""
+
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+    url: str
+    next_link: str | None
+    source: str
+
+    def json(self) -> Any:
+        """The body as JSON (None when empty); anything else is a permanent error."""
+        if not self.body.strip():
+            return None
+        try:
+            return orjson.loads(self.body)
+        except orjson.JSONDecodeError as exc:
+            raise PermanentError(
+                f"{self.source}: HTTP {self.status} body is not JSON: {_excerpt(self.body)}"
+            ) from exc
+
+
+def _excerpt(body: bytes, secrets: Sequence[Secret] = ()) -> str:
+    text = " ".join(body.decode("utf-8", errors="replace").split())
+    for secret in secrets:
+        if secret.reveal():
+            text = text.replace(secret.reveal(), _MASK)
+    if not text:
+        return "(empty body)"
+    return text if len(text) <= _EXCERPT_CHARS else text[:_EXCERPT_CHARS] + "…"
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+class HttpClient:
+    """One processor's HTTP API: a pooled session, a rate limit, and errors classified once.
+
+    Built with the connector from its configuration; :meth:`open` creates the one
+    ``aiohttp.ClientSession`` its requests share and :meth:`close` releases it.
+    Everything about one request arrives as arguments. ``secrets`` are scrubbed from
+    every error message; ``limiter`` may be replaced (tests inject a clock).
+    """
+
+    def __init__(
+        self,
+        processor: str,
+        base_url: str,
+        *,
+        secrets: Sequence[Secret] = (),
+        headers: Mapping[str, str] | None = None,
+        rate_limit: float = 0.0,
+        burst: float | None = None,
+        timeout: float = 30.0,
+        default_retry_after: float = 1.0,
+    ) -> None:
+        self.processor = processor
+        self.base_url = base_url.rstrip("/")
+        self.secrets = list(secrets)
+        self.headers = dict(headers or {})
+        self.limiter = TokenBucket(rate_limit, burst) if rate_limit > 0 else None
+        self.timeout = timeout
+        self.default_retry_after = default_retry_after
+        self._session: aiohttp.ClientSession | None = None
+
+    def __repr__(self) -> str:
+        return f"HttpClient({self.processor!r}, {self.base_url!r})"
+
+    async def open(self) -> None:
+        """Create the shared session (once)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.timeout), headers=self.headers
+            )
+
+    async def close(self) -> None:
+        """Close the shared session."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def url(self, target: str) -> str:
+        """``target`` joined to the base URL; an absolute URL must stay on the base's origin."""
+        if urlsplit(target).scheme:
+            if _origin(target) != _origin(self.base_url):
+                raise PermanentError(
+                    f"{self.processor}: refusing to follow a URL off {self.base_url}'s origin"
+                )
+            return target
+        return f"{self.base_url}/{target.lstrip('/')}"
+
+    async def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        operation: str,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        form: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        secrets: Sequence[Secret] = (),
+        accept: Collection[int] = (),
+    ) -> HttpResponse:
+        """Send one request; a 2xx or a status in ``accept`` is returned, anything else raised.
+
+        ``operation`` names the request in error messages (URLs are left out: they
+        may carry the subject's email). ``secrets`` are scrubbed besides the client's.
+        """
+        if self._session is None:
+            raise PermanentError(f"{self.processor}: connector used before open()")
+        source = f"{self.processor}: {operation}"
+        url = self.url(target)
+        if self.limiter is not None:
+            await self.limiter.take()
+        try:
+            async with self._session.request(
+                method,
+                url,
+                params=params,
+                json=json,
+                data=form,
+                headers=headers,
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                link = response.links.get("next")
+                next_link = None if link is None else link.get("url")
+                result = HttpResponse(
+                    status=response.status,
+                    headers=response.headers,
+                    body=body,
+                    url=str(response.url),
+                    next_link=None if next_link is None else str(next_link),
+                    source=source,
+                )
+        except TimeoutError as exc:
+            raise TransientError(f"{source}: no answer within {self.timeout:g}s") from exc
+        except aiohttp.ClientError as exc:
+            raise TransientError(f"{source}: {type(exc).__name__}: {exc}") from exc
+        if 200 <= result.status < 300 or result.status in accept:
+            return result
+        raise self._failure(result, [*self.secrets, *secrets])
+
+    def _failure(self, response: HttpResponse, secrets: Sequence[Secret]) -> ConnectorError:
+        status = response.status
+        where = f"{response.source}: HTTP {status}"
+        excerpt = _excerpt(response.body, secrets)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 429 or (status == 503 and retry_after is not None):
+            wait = self.default_retry_after if retry_after is None else retry_after
+            return RateLimited(f"{where} (retry after {wait:g}s): {excerpt}", retry_after=wait)
+        if status >= 500 or status == 408:
+            return TransientError(f"{where}: {excerpt}")
+        if status in (401, 403):
+            return PermanentError(f"{where}, credentials refused: {excerpt}")
+        return PermanentError(f"{where}: {excerpt}")
+
+
+def bearer(token: Secret) -> dict[str, str]:
+    """The ``Authorization`` header for a bearer token (RFC 6750)."""
+    return {"Authorization": f"Bearer {token.reveal()}"}
+
+
+class Options:
+    """Checks one connector's options, each failure a one-line PermanentError naming it.
+
+    TOML hands options over untyped; connectors read each through here at construction.
+    """
+
+    def __init__(self, connector: str) -> None:
+        self.connector = connector
+
+    def error(self, option: str, problem: str) -> PermanentError:
+        """The error for a bad ``option``."""
+        return PermanentError(f"connector {self.connector!r}: {option} {problem}")
+
+    def text(self, option: str, value: object) -> str:
+        """Non-empty text."""
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(option, "must be non-empty text")
+        return value.strip()
+
+    def optional_text(self, option: str, value: object) -> str | None:
+        """Non-empty text, or None when absent."""
+        return None if value is None else self.text(option, value)
+
+    def identifier(self, option: str, value: object) -> str:
+        """Text or a whole number (ids are often written either way in TOML)."""
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        return self.text(option, value)
+
+    def secret(self, option: str, value: object) -> Secret:
+        """A credential: non-empty text, kept as a :class:`Secret`."""
+        if not isinstance(value, str) or not value:
+            raise self.error(option, "is required (non-empty text)")
+        return Secret(value)
+
+    def number(self, option: str, value: object, *, minimum: float = 0.0) -> float:
+        """A number no smaller than ``minimum``."""
+        if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+            raise self.error(option, f"must be a number of at least {minimum:g}")
+        return float(value)
+
+    def positive(self, option: str, value: object) -> float:
+        """A number above zero."""
+        number = self.number(option, value)
+        if number <= 0:
+            raise self.error(option, "must be a number above 0")
+        return number
+
+    def whole(self, option: str, value: object, *, minimum: int = 1) -> int:
+        """A whole number no smaller than ``minimum``."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.error(option, f"must be a whole number of at least {minimum}")
+        return value
+
+    def url(self, option: str, value: object) -> str:
+        """An absolute http(s) URL without credentials in it."""
+        text = self.text(option, value)
+        parts = urlsplit(text)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise self.error(option, f"must be an absolute http(s) URL, got {text!r}")
+        if parts.username is not None or parts.password is not None:
+            raise self.error(option, "must not carry credentials; configure auth instead")
+        if parts.query or parts.fragment:
+            raise self.error(option, "must not carry a query or fragment")
+        return text.rstrip("/")
+
+    def table(self, option: str, value: object) -> Mapping[str, Any]:
+        """A TOML table."""
+        if not isinstance(value, Mapping):
+            raise self.error(option, "must be a table")
+        return value
+
+    def text_list(self, option: str, value: object) -> tuple[str, ...]:
+        """A list of non-empty text items (whole numbers are taken as text)."""
+        if not isinstance(value, list | tuple):
+            raise self.error(option, "must be a list")
+        return tuple(self.identifier(f"{option}[{i}]", item) for i, item in enumerate(value))
+
+    def statuses(self, option: str, value: object) -> frozenset[int]:
+        """A list of HTTP status codes."""
+        if not isinstance(value, list | tuple) or not all(
+            isinstance(code, int) and not isinstance(code, bool) and 100 <= code <= 599
+            for code in value
+        ):
+            raise self.error(option, "must be a list of HTTP status codes")
+        return frozenset(value)
+
+    def unknown(self, where: str, table: Mapping[str, Any], known: Collection[str]) -> None:
+        """Refuse keys of ``table`` outside ``known``."""
+        extra = sorted(set(table) - set(known))
+        if extra:
+            raise self.error(where, f"has unknown key(s) {', '.join(extra)}")
+
+
+def _parse_path(text: str) -> tuple[str, ...]:
+    """A JSON pointer (``/data/items``) or dotted path (``data.items``) as its keys."""
+    if text in ("", "/", "."):
+        return ()
+    if text.startswith("/"):
+        return tuple(part.replace("~1", "/").replace("~0", "~") for part in text[1:].split("/"))
+    return tuple(text.split("."))
+
+
+_MISSING = object()
+
+
+def _resolve_path(document: Any, keys: Sequence[str]) -> Any:
+    """The value at ``keys`` in ``document``, or the ``_MISSING`` marker."""
+    value = document
+    for key in keys:
+        if isinstance(value, Mapping) and key in value:
+            value = value[key]
+        elif isinstance(value, list) and key.isdigit() and int(key) < len(value):
+            value = value[int(key)]
+        else:
+            return _MISSING
+    return value
+
+
+_VARIABLE = re.compile(r"\{([^{}]*)\}")
+
+
+def _subject_values(subject: Subject) -> dict[str, str]:
+    """The template variables a subject offers: ``id``, ``email``, ``identities.KEY``."""
+    values = {"id": subject.id}
+    if subject.email:
+        values["email"] = subject.email
+    values.update({f"identities.{key}": value for key, value in subject.identities.items()})
+    return values
+
+
+@dataclass(frozen=True, slots=True)
+class _Template:
+    text: str
+    where: str
+
+    @classmethod
+    def checked(cls, text: str, where: str, options: Options) -> _Template:
+        for name in _VARIABLE.findall(text):
+            if name not in ("id", "email") and not re.fullmatch(r"identities\.[\w.-]+", name):
+                raise options.error(
+                    where, f"uses unknown variable {{{name}}} (id, email, identities.KEY)"
+                )
+        return cls(text, where)
+
+    def render(self, values: Mapping[str, str], connector: str, *, in_path: bool) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            value = values.get(match.group(1))
+            if value is None:
+                raise PermanentError(
+                    f"connector {connector!r}: the subject has no {match.group(1)}, "
+                    f"which {self.where} needs"
+                )
+            return quote(value, safe="") if in_path else value
+
+        return _VARIABLE.sub(substitute, self.text)
+
+
+def _body_template(value: Any, where: str, options: Options) -> Any:
+    """Check every string in a JSON body template."""
+    if isinstance(value, str):
+        return _Template.checked(value, where, options)
+    if isinstance(value, Mapping):
+        return {key: _body_template(item, f"{where}.{key}", options) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_body_template(item, f"{where}[{i}]", options) for i, item in enumerate(value)]
+    return value
+
+
+def _render_body(value: Any, values: Mapping[str, str], connector: str) -> Any:
+    if isinstance(value, _Template):
+        return value.render(values, connector, in_path=False)
+    if isinstance(value, dict):
+        return {key: _render_body(item, values, connector) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_render_body(item, values, connector) for item in value]
+    return value
+
+
+_PAGINATION_STYLES = ("none", "page", "cursor", "link", "next_url")
+
+
+@dataclass(frozen=True, slots=True)
+class _Pagination:
+    style: str = "none"
+    param: str = ""
+    start: int = 1
+    size_param: str | None = None
+    size: int | None = None
+    next: tuple[str, ...] = ()
+    max_pages: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class _DatasetSpec:
+    dataset: Dataset
+    path: _Template
+    params: tuple[tuple[str, _Template], ...]
+    records: tuple[str, ...]
+    records_text: str
+    pagination: _Pagination
+    absent: frozenset[int]
+    erase: _Endpoint | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Endpoint:
+    method: str
+    path: _Template
+    params: tuple[tuple[str, _Template], ...]
+    body: Any
+    success: frozenset[int]
+    absent: frozenset[int]
+
+
+@dataclass(frozen=True, slots=True)
+class _Auth:
+    header: str
+    value: Secret
+    secrets: tuple[Secret, ...]
+
+
+class HttpConnector(Connector):
+    """A REST processor described in configuration (see the module docstring for the keys).
+
+    Options: ``base_url``, ``datasets`` (list of tables), ``erase`` (table),
+    optional ``restrict`` (table), ``auth`` (table), ``headers``, ``rate_limit``,
+    ``burst``, ``timeout`` and ``check_path`` (a GET that proves the API answers).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        base_url: object = None,
+        datasets: object = None,
+        erase: object = None,
+        restrict: object = None,
+        auth: object = None,
+        headers: object = None,
+        rate_limit: object = 5.0,
+        burst: object = None,
+        timeout: object = 30.0,
+        check_path: object = None,
+        **unknown: Any,
+    ) -> None:
+        super().__init__(name, **unknown)
+        options = Options(name)
+        url = options.url("base_url", base_url)
+        self._auth = self._read_auth(options, auth)
+        static_headers = {
+            key: options.text(f"headers.{key}", value)
+            for key, value in options.table("headers", headers or {}).items()
+        }
+        if self._auth is not None:
+            static_headers.pop(self._auth.header, None)
+        if not isinstance(datasets, list | tuple) or not datasets:
+            raise options.error("datasets", "must be a list of one or more dataset tables")
+        self._specs = tuple(
+            self._read_dataset(options, f"datasets[{i}]", table) for i, table in enumerate(datasets)
+        )
+        names = [spec.dataset.name for spec in self._specs]
+        if len(set(names)) != len(names):
+            raise options.error("datasets", "must have distinct names")
+        if erase is None and any(spec.erase is None for spec in self._specs):
+            raise options.error(
+                "erase", "is required unless every dataset has an erase table of its own"
+            )
+        self._erase = None if erase is None else self._read_endpoint(options, "erase", erase)
+        self._restrict = (
+            None if restrict is None else self._read_endpoint(options, "restrict", restrict)
+        )
+        self._check_path = (
+            None
+            if check_path is None
+            else _Template.checked(options.text("check_path", check_path), "check_path", options)
+        )
+        self.datasets = tuple(spec.dataset for spec in self._specs)  # type: ignore[misc]
+        self.categories = frozenset(d.category for d in self.datasets)  # type: ignore[misc]
+        self.client = HttpClient(
+            name,
+            url,
+            secrets=() if self._auth is None else self._auth.secrets,
+            headers=static_headers,
+            rate_limit=options.number("rate_limit", rate_limit),
+            burst=None if burst is None else options.positive("burst", burst),
+            timeout=options.positive("timeout", timeout),
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpConnector(name={self.name!r}, base_url={self.client.base_url!r})"
+
+    @staticmethod
+    def _read_auth(options: Options, value: object) -> _Auth | None:
+        if value is None:
+            return None
+        table = options.table("auth", value)
+        kind = table.get("type")
+        if kind == "bearer":
+            options.unknown("auth", table, ("type", "token"))
+            token = options.secret("auth.token", table.get("token"))
+            return _Auth("Authorization", Secret(f"Bearer {token.reveal()}"), (token,))
+        if kind == "basic":
+            options.unknown("auth", table, ("type", "username", "password"))
+            username = options.text("auth.username", table.get("username"))
+            password = options.secret("auth.password", table.get("password"))
+            if ":" in username:
+                raise options.error("auth.username", "must not contain a colon (RFC 7617)")
+            pair = f"{username}:{password.reveal()}".encode()
+            encoded = Secret(f"Basic {base64.b64encode(pair).decode('ascii')}")
+            return _Auth("Authorization", encoded, (password, encoded))
+        if kind == "header":
+            options.unknown("auth", table, ("type", "name", "value"))
+            header = options.text("auth.name", table.get("name"))
+            secret = options.secret("auth.value", table.get("value"))
+            return _Auth(header, secret, (secret,))
+        raise options.error("auth.type", "must be bearer, basic or header")
+
+    @staticmethod
+    def _read_params(
+        options: Options, where: str, value: object
+    ) -> tuple[tuple[str, _Template], ...]:
+        table = options.table(where, value or {})
+        return tuple(
+            (
+                key,
+                _Template.checked(
+                    options.identifier(f"{where}.{key}", item), f"{where}.{key}", options
+                ),
+            )
+            for key, item in table.items()
+        )
+
+    def _read_dataset(self, options: Options, where: str, value: object) -> _DatasetSpec:
+        table = options.table(where, value)
+        options.unknown(
+            where,
+            table,
+            (
+                "name",
+                "category",
+                "description",
+                "fields",
+                "path",
+                "params",
+                "records",
+                "pagination",
+                "absent",
+                "erase",
+            ),
+        )
+        dataset = Dataset(
+            name=options.text(f"{where}.name", table.get("name")),
+            category=options.text(f"{where}.category", table.get("category")),
+            description=str(table.get("description", "")),
+            fields=options.text_list(f"{where}.fields", table.get("fields", [])),
+        )
+        records_text = table.get("records", "")
+        if not isinstance(records_text, str):
+            raise options.error(f"{where}.records", "must be a JSON pointer or dotted path")
+        return _DatasetSpec(
+            dataset=dataset,
+            path=_Template.checked(
+                options.text(f"{where}.path", table.get("path")), f"{where}.path", options
+            ),
+            params=self._read_params(options, f"{where}.params", table.get("params")),
+            records=_parse_path(records_text),
+            records_text=records_text or "/",
+            pagination=self._read_pagination(
+                options, f"{where}.pagination", table.get("pagination")
+            ),
+            absent=options.statuses(f"{where}.absent", table.get("absent", [404])),
+            erase=None
+            if table.get("erase") is None
+            else self._read_endpoint(options, f"{where}.erase", table["erase"]),
+        )
+
+    @staticmethod
+    def _read_pagination(options: Options, where: str, value: object) -> _Pagination:
+        if value is None:
+            return _Pagination()
+        table = options.table(where, value)
+        style = table.get("style")
+        if style not in _PAGINATION_STYLES:
+            raise options.error(f"{where}.style", f"must be one of {', '.join(_PAGINATION_STYLES)}")
+        max_pages = options.whole(f"{where}.max_pages", table.get("max_pages", 10_000))
+        if style == "none" or style == "link":
+            options.unknown(where, table, ("style", "max_pages"))
+            return _Pagination(style=style, max_pages=max_pages)
+        if style == "page":
+            options.unknown(
+                where, table, ("style", "param", "start", "size_param", "size", "max_pages")
+            )
+            size_param = options.optional_text(f"{where}.size_param", table.get("size_param"))
+            size = table.get("size")
+            return _Pagination(
+                style=style,
+                param=options.text(f"{where}.param", table.get("param", "page")),
+                start=options.whole(f"{where}.start", table.get("start", 1), minimum=0),
+                size_param=size_param,
+                size=None if size is None else options.whole(f"{where}.size", size),
+                max_pages=max_pages,
+            )
+        known = (
+            ("style", "param", "next", "max_pages")
+            if style == "cursor"
+            else ("style", "next", "max_pages")
+        )
+        options.unknown(where, table, known)
+        return _Pagination(
+            style=style,
+            param=options.text(f"{where}.param", table.get("param", "cursor"))
+            if style == "cursor"
+            else "",
+            next=_parse_path(options.text(f"{where}.next", table.get("next"))),
+            max_pages=max_pages,
+        )
+
+    def _read_endpoint(self, options: Options, where: str, value: object) -> _Endpoint:
+        table = options.table(where, value)
+        options.unknown(where, table, ("method", "path", "params", "body", "success", "absent"))
+        method = options.text(f"{where}.method", table.get("method", "DELETE")).upper()
+        if method not in {"DELETE", "POST", "PUT", "PATCH", "GET"}:
+            raise options.error(f"{where}.method", "must be DELETE, POST, PUT, PATCH or GET")
+        return _Endpoint(
+            method=method,
+            path=_Template.checked(
+                options.text(f"{where}.path", table.get("path")), f"{where}.path", options
+            ),
+            params=self._read_params(options, f"{where}.params", table.get("params")),
+            body=None
+            if table.get("body") is None
+            else _body_template(table["body"], f"{where}.body", options),
+            success=options.statuses(f"{where}.success", table.get("success", [200, 202, 204])),
+            absent=options.statuses(f"{where}.absent", table.get("absent", [404])),
+        )
+
+    async def open(self) -> None:
+        """Create the shared HTTP session."""
+        await self.client.open()
+
+    async def close(self) -> None:
+        """Close the shared HTTP session."""
+        await self.client.close()
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {} if self._auth is None else {self._auth.header: self._auth.value.reveal()}
+
+    async def check(self) -> None:
+        """GET ``check_path`` when configured; any classified error says what is wrong."""
+        if self._check_path is not None:
+            await self.client.request(
+                "GET",
+                self._check_path.render({}, self.name, in_path=True),
+                operation="check",
+                headers=self._auth_headers(),
+            )
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        """Every record of every configured dataset, page by page."""
+        values = _subject_values(subject)
+        for spec in self._specs:
+            async for rows in self._pages(spec, values):
+                for row in rows:
+                    yield Record(spec.dataset.name, row)
+
+    async def _pages(
+        self, spec: _DatasetSpec, values: Mapping[str, str]
+    ) -> AsyncIterator[list[Mapping[str, Any]]]:
+        paging = spec.pagination
+        target = spec.path.render(values, self.name, in_path=True)
+        params = {key: t.render(values, self.name, in_path=False) for key, t in spec.params}
+        page_number, cursor = paging.start, None
+        for page in range(1, paging.max_pages + 1):
+            query = dict(params)
+            if paging.style == "page":
+                query[paging.param] = str(page_number)
+                if paging.size_param and paging.size:
+                    query[paging.size_param] = str(paging.size)
+            elif paging.style == "cursor" and cursor is not None:
+                query[paging.param] = cursor
+            response = await self.client.request(
+                "GET",
+                target,
+                operation=f"export {spec.dataset.name} page {page}",
+                params=query,
+                headers=self._auth_headers(),
+                accept=spec.absent,
+            )
+            if response.status in spec.absent:
+                return
+            document = response.json()
+            rows = self._rows(spec, document, page)
+            yield rows
+            if paging.style == "none":
+                return
+            if paging.style == "page":
+                if not rows or (paging.size is not None and len(rows) < paging.size):
+                    return
+                page_number += 1
+                continue
+            following = self._next(spec, response, document)
+            if following is None:
+                return
+            if paging.style == "cursor":
+                if following == cursor:
+                    raise PermanentError(
+                        f"{self.name}: export {spec.dataset.name}: the cursor repeats itself"
+                    )
+                cursor = following
+                continue
+            following = urljoin(response.url, following)
+            if following == response.url:
+                raise PermanentError(
+                    f"{self.name}: export {spec.dataset.name}: the next page is the same page"
+                )
+            target, params = following, {}
+        raise PermanentError(
+            f"{self.name}: export {spec.dataset.name}: more than {paging.max_pages} pages"
+        )
+
+    def _next(self, spec: _DatasetSpec, response: HttpResponse, document: Any) -> str | None:
+        if spec.pagination.style == "link":
+            return response.next_link
+        value = _resolve_path(document, spec.pagination.next)
+        if value is _MISSING or value is None or value == "" or isinstance(value, bool):
+            return None
+        return str(value)
+
+    def _rows(self, spec: _DatasetSpec, document: Any, page: int) -> list[Mapping[str, Any]]:
+        where = f"{self.name}: export {spec.dataset.name} page {page}"
+        found = _resolve_path(document, spec.records)
+        if found is _MISSING:
+            raise PermanentError(f"{where}: no records at {spec.records_text!r}")
+        if found is None:
+            return []
+        if not isinstance(found, list):
+            raise PermanentError(f"{where}: {spec.records_text!r} is not a list")
+        for row in found:
+            if not isinstance(row, dict):
+                raise PermanentError(f"{where}: records must be JSON objects, got {row!r:.60}")
+        return found
+
+    async def _counts(self, values: Mapping[str, str]) -> dict[str, int]:
+        counts = {}
+        for spec in self._specs:
+            counts[spec.dataset.name] = 0
+            async for rows in self._pages(spec, values):
+                counts[spec.dataset.name] += len(rows)
+        return counts
+
+    async def _call(self, endpoint: _Endpoint, values: Mapping[str, str], operation: str) -> bool:
+        """Call ``endpoint`` for the subject; False when the processor says it holds nothing."""
+        response = await self.client.request(
+            endpoint.method,
+            endpoint.path.render(values, self.name, in_path=True),
+            operation=operation,
+            params={key: t.render(values, self.name, in_path=False) for key, t in endpoint.params},
+            json=_render_body(endpoint.body, values, self.name),
+            headers=self._auth_headers(),
+            accept=endpoint.success | endpoint.absent,
+        )
+        if response.status in endpoint.absent:
+            return False
+        if response.status not in endpoint.success:
+            raise PermanentError(
+                f"{self.name}: {operation}: HTTP {response.status} is not one of the "
+                f"configured success statuses {sorted(endpoint.success)}"
+            )
+        return True
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        """Count what each dataset holds, then call the erase endpoints (see the module doc)."""
+        values = _subject_values(subject)
+        counts = await self._counts(values)
+        kept = [name for name, count in counts.items() if count and name in retention]
+        subject_wide = None if kept else self._erase
+        deleted: dict[str, int] = {}
+        stuck: list[str] = []
+        for spec in self._specs:
+            name = spec.dataset.name
+            if name in kept:
+                continue
+            if spec.erase is None and subject_wide is None:
+                deleted[name] = 0
+                if counts[name]:
+                    stuck.append(name)
+                continue
+            deleted[name] = counts[name]
+        if not dry_run:
+            await self._carry_out(values, kept, subject_wide, deleted)
+        entries = tuple(
+            self._retained(name, counts[name], retention[name])
+            if name in kept
+            else DatasetErasure(name, deleted=deleted[name])
+            for name in counts
+        )
+        return ErasureReport(entries, note=self._erasure_note(kept, stuck, dry_run=dry_run))
+
+    async def _carry_out(
+        self,
+        values: Mapping[str, str],
+        kept: Sequence[str],
+        subject_wide: _Endpoint | None,
+        deleted: dict[str, int],
+    ) -> None:
+        """Call the erase (and restrict) endpoints; zero ``deleted`` where nothing was held."""
+        for spec in self._specs:
+            name = spec.dataset.name
+            if spec.erase is None or name in kept:
+                continue
+            if not await self._call(spec.erase, values, f"erase {name}"):
+                deleted[name] = 0
+        if subject_wide is not None and not await self._call(subject_wide, values, "erase"):
+            deleted.update({spec.dataset.name: 0 for spec in self._specs if spec.erase is None})
+        if kept and self._restrict is not None:
+            await self._call(self._restrict, values, "restrict")
+
+    @staticmethod
+    def _retained(name: str, count: int, rule: RetentionRule) -> DatasetErasure:
+        return DatasetErasure(
+            name,
+            retained=count,
+            legal_basis=rule.legal_basis,
+            retained_until=datetime.now(UTC) + rule.duration,
+        )
+
+    def _erasure_note(
+        self, kept: Sequence[str], stuck: Sequence[str], *, dry_run: bool
+    ) -> str | None:
+        notes = ["dry run: nothing was erased"] if dry_run else []
+        if stuck:
+            notes.append(
+                f"{', '.join(stuck)} can only be erased by the subject-wide endpoint, which "
+                "would remove the kept data too: not erased"
+            )
+        if kept and self._restrict is None:
+            notes.append(f"{', '.join(kept)} kept; no restrict endpoint is configured to block it")
+        elif kept:
+            verb = "would be" if dry_run else "was"
+            notes.append(f"{', '.join(kept)} kept; the subject {verb} restricted to block it")
+        return "; ".join(notes) or None
+
+    async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
+        """Call the restrict endpoint when configured, reporting what each dataset holds."""
+        if self._restrict is None:
+            return await super().restrict(subject, dry_run=dry_run)
+        values = _subject_values(subject)
+        counts = await self._counts(values)
+        if not dry_run:
+            await self._call(self._restrict, values, "restrict")
+        return RestrictionReport(supported=True, restricted=counts)

@@ -1,0 +1,257 @@
+"""HubSpot CRM (type ``hubspot``): the subject's contact record, and its GDPR delete.
+
+Authenticates with a private app's access token (``Authorization: Bearer …``)::
+
+    [connectors.crm]
+    type = "hubspot"
+    token = "pat-eu1-…"   # scopes crm.objects.contacts.read/.write, crm.schemas.contacts.read
+    properties = ["email", "firstname", "lastname"]   # optional; default: every contact property
+
+Endpoints used, as HubSpot documents them:
+
+- find the contact: ``POST /crm/v3/objects/contacts/search`` with a filter
+  ``{"propertyName": "email", "operator": "EQ", "value": …}``, paging with ``after``
+  (https://developers.hubspot.com/docs/api-reference/legacy/crm/search-the-crm.md).
+  A subject whose ``identities`` carry ``hubspot_contact_id`` is read by that id instead.
+- list the contact properties: ``GET /crm/v3/properties/contacts``
+  (https://developers.hubspot.com/docs/api/crm/properties).
+- read the contact with its properties: ``POST /crm/v3/objects/contacts/batch/read``
+  with ``{"properties": […], "inputs": [{"id": …}]}`` (200, or 207 when some ids are gone)
+  (https://developers.hubspot.com/docs/api-reference/latest/crm/objects/objects/batch/get-objects).
+- erase: ``POST /crm/v3/objects/contacts/gdpr-delete`` with ``{"objectId": id}`` (204),
+  which "permanently deletes a contact and all associated content to follow GDPR"
+  (https://developers.hubspot.com/docs/api-reference/crm-contacts-v3/basic/post-crm-v3-objects-contacts-gdpr-delete).
+  The connector deletes by id, after the search found the contact: a GDPR delete by an
+  email HubSpot does not know would put that address on a blocklist instead.
+- health: ``GET /crm/v3/objects/contacts?limit=1``.
+
+Rate limits (https://developers.hubspot.com/docs/developer-tooling/platform/usage-guidelines):
+private apps get 100–190 requests per 10 seconds and the search endpoints five per
+second per token, so the client-side bucket defaults to 4 per second. A 429 carries
+``{"errorType": "RATE_LIMIT", "policyName": …}``; without a ``Retry-After`` the
+connector waits out HubSpot's 10-second window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from connectors.base import Connector
+from connectors.errors import PermanentError
+from connectors.http import HttpClient, Options, bearer
+from connectors.items import Dataset, Item, Record, Subject
+from connectors.reports import DatasetErasure, ErasureReport, RetentionRule
+
+DEFAULT_BASE_URL = "https://api.hubapi.com"
+CONTACT_ID_IDENTITY = "hubspot_contact_id"
+"""The ``Subject.identities`` key that names a HubSpot contact id directly."""
+
+_BATCH_SIZE = 100
+_SEARCH_PAGE_SIZE = 100
+_MAX_SEARCH_PAGES = 100
+_RATE_LIMIT_WINDOW_SECONDS = 10.0
+
+
+class HubSpotConnector(Connector):
+    """The subject's HubSpot contact: exported with its properties, erased by GDPR delete.
+
+    Options: ``token`` (private app access token, required), ``base_url``,
+    ``properties`` (names to export; default all), ``rate_limit`` (requests per
+    second), ``timeout`` (seconds).
+    """
+
+    categories: ClassVar[frozenset[str]] = frozenset({"contact"})
+    datasets: ClassVar[tuple[Dataset, ...]] = (
+        Dataset(
+            "contact",
+            "contact",
+            "the subject's contact record in HubSpot CRM with its properties",
+            ("id", "createdAt", "updatedAt", "archived", "properties"),
+        ),
+    )
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        token: object = None,
+        base_url: object = DEFAULT_BASE_URL,
+        properties: object = None,
+        rate_limit: object = 4.0,
+        timeout: object = 30.0,
+        **unknown: Any,
+    ) -> None:
+        super().__init__(name, **unknown)
+        options = Options(name)
+        self._token = options.secret("token", token)
+        self.properties = (
+            None if properties is None else options.text_list("properties", properties)
+        )
+        self.client = HttpClient(
+            name,
+            options.url("base_url", base_url),
+            secrets=(self._token,),
+            rate_limit=options.number("rate_limit", rate_limit),
+            timeout=options.positive("timeout", timeout),
+            default_retry_after=_RATE_LIMIT_WINDOW_SECONDS,
+        )
+
+    def __repr__(self) -> str:
+        return f"HubSpotConnector(name={self.name!r}, base_url={self.client.base_url!r})"
+
+    async def open(self) -> None:
+        """Create the shared HTTP session."""
+        await self.client.open()
+
+    async def close(self) -> None:
+        """Close the shared HTTP session."""
+        await self.client.close()
+
+    async def check(self) -> None:
+        """List one contact: proves the token is accepted."""
+        await self._request("GET", "/crm/v3/objects/contacts", "check", params={"limit": "1"})
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        *,
+        params: Mapping[str, str] | None = None,
+        json: Any = None,
+        accept: Sequence[int] = (),
+    ) -> tuple[int, Any]:
+        response = await self.client.request(
+            method,
+            path,
+            operation=operation,
+            params=params,
+            json=json,
+            headers=bearer(self._token),
+            accept=accept,
+        )
+        return response.status, response.json()
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        """The subject's contact record(s), with every requested property that has a value."""
+        ids = await self._contact_ids(subject)
+        if not ids:
+            return
+        properties = self.properties or await self._property_names()
+        for contact in await self._read(ids, properties):
+            yield Record("contact", contact)
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        """GDPR-delete the subject's contact: deleted 1 when found, 0 when already gone."""
+        ids = await self._contact_ids(subject)
+        rule = retention.get("contact")
+        if ids and rule is not None:
+            kept = DatasetErasure(
+                "contact",
+                retained=len(ids),
+                legal_basis=rule.legal_basis,
+                retained_until=datetime.now(UTC) + rule.duration,
+            )
+            return ErasureReport(
+                (kept,), note="HubSpot offers no way to block a contact; it was kept unchanged"
+            )
+        if dry_run:
+            return ErasureReport(
+                (DatasetErasure("contact", deleted=len(ids)),), note="dry run: nothing was erased"
+            )
+        deleted = 0
+        for contact_id in ids:
+            status, _ = await self._request(
+                "POST",
+                "/crm/v3/objects/contacts/gdpr-delete",
+                "GDPR delete contact",
+                json={"objectId": contact_id},
+                accept=(404,),
+            )
+            if status != 404:
+                deleted += 1
+        note = (
+            "HubSpot permanently deleted the contact and its associated content (GDPR delete)"
+            if deleted
+            else "HubSpot holds no contact for the subject"
+        )
+        return ErasureReport((DatasetErasure("contact", deleted=deleted),), note=note)
+
+    async def _contact_ids(self, subject: Subject) -> list[str]:
+        known = subject.identities.get(CONTACT_ID_IDENTITY)
+        if known:
+            return [contact["id"] for contact in await self._read([known], ["email"])]
+        if not subject.email:
+            raise PermanentError(
+                f"{self.name}: the subject has neither an email nor a {CONTACT_ID_IDENTITY} "
+                "to find the HubSpot contact by"
+            )
+        return await self._search(subject.email)
+
+    async def _search(self, email: str) -> list[str]:
+        body: dict[str, Any] = {
+            "filterGroups": [
+                {"filters": [{"propertyName": "email", "operator": "EQ", "value": email}]}
+            ],
+            "properties": ["email"],
+            "limit": _SEARCH_PAGE_SIZE,
+        }
+        ids: list[str] = []
+        for page in range(1, _MAX_SEARCH_PAGES + 1):
+            _, found = await self._request(
+                "POST", "/crm/v3/objects/contacts/search", f"search contact page {page}", json=body
+            )
+            ids.extend(str(contact["id"]) for contact in _results(found, self.name))
+            after = ((found.get("paging") or {}).get("next") or {}).get("after")
+            if not after:
+                return ids
+            body["after"] = after
+        raise PermanentError(f"{self.name}: the contact search did not end after {page} pages")
+
+    async def _property_names(self) -> list[str]:
+        _, found = await self._request("GET", "/crm/v3/properties/contacts", "list properties")
+        return [str(prop["name"]) for prop in _results(found, self.name)]
+
+    async def _read(self, ids: Sequence[str], properties: Sequence[str]) -> list[dict[str, Any]]:
+        contacts = []
+        for start in range(0, len(ids), _BATCH_SIZE):
+            _, found = await self._request(
+                "POST",
+                "/crm/v3/objects/contacts/batch/read",
+                "read contact",
+                params={"archived": "false"},
+                json={
+                    "properties": list(properties),
+                    "inputs": [
+                        {"id": contact_id} for contact_id in ids[start : start + _BATCH_SIZE]
+                    ],
+                },
+            )
+            for contact in _results(found, self.name):
+                contacts.append(
+                    {
+                        "id": str(contact["id"]),
+                        "createdAt": contact.get("createdAt"),
+                        "updatedAt": contact.get("updatedAt"),
+                        "archived": contact.get("archived", False),
+                        "properties": {
+                            key: value
+                            for key, value in (contact.get("properties") or {}).items()
+                            if value is not None
+                        },
+                    }
+                )
+        return contacts
+
+
+def _results(document: Any, connector: str) -> list[dict[str, Any]]:
+    results = document.get("results") if isinstance(document, dict) else None
+    if not isinstance(results, list) or not all(
+        isinstance(item, dict) and ("id" in item or "name" in item) for item in results
+    ):
+        raise PermanentError(f"{connector}: HubSpot answered without a results list")
+    return results

@@ -1,0 +1,255 @@
+"""The Google Analytics connector against a local server speaking the Analytics Admin API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from connectors.errors import PermanentError, RateLimited, TransientError
+from connectors.google_analytics import GoogleAnalyticsConnector, normalise_user_provided_data
+from connectors.items import Record, Subject
+from connectors.registry import load_type
+from tests.connectors.processor_servers import FakeGoogleAnalytics, serve
+
+ALICE = Subject("alice", "Alice.Martin@GoogleMail.com", {"ga_client_id": "1197596843.1673515099"})
+
+
+@pytest.fixture
+async def analytics() -> AsyncIterator[tuple[FakeGoogleAnalytics, str]]:
+    fake = FakeGoogleAnalytics()
+    async with serve(fake) as url:
+        yield fake, url
+
+
+def build(url: str, **options: Any) -> GoogleAnalyticsConnector:
+    settings: dict[str, Any] = {
+        "property": "123456789",
+        "access_token": FakeGoogleAnalytics.TOKEN,
+        "base_url": url,
+        "rate_limit": 0,
+    }
+    settings.update(options)
+    return GoogleAnalyticsConnector("analytics", **settings)
+
+
+@pytest.fixture
+async def connector(
+    analytics: tuple[FakeGoogleAnalytics, str],
+) -> AsyncIterator[GoogleAnalyticsConnector]:
+    built = build(analytics[1])
+    await built.open()
+    yield built
+    await built.close()
+
+
+async def test_export_reads_the_property_and_yields_one_notice(
+    analytics: tuple[FakeGoogleAnalytics, str], connector: GoogleAnalyticsConnector
+) -> None:
+    fake, _ = analytics
+    items = [item async for item in connector.export(ALICE)]
+    assert len(items) == 1
+    [notice] = items
+    assert isinstance(notice, Record)
+    assert notice.dataset == "notice"
+    assert connector.dataset("notice").category == "usage"
+    assert notice.data["property"] == "properties/123456789"
+    assert "no API that returns the data held on one user" in notice.data["statement"]
+    assert any("submitUserDeletion" in line for line in notice.data["checked"])
+    assert notice.data["checked"][0] == (
+        "Analytics Admin API: property properties/123456789 (IoT platform) answered with "
+        "this access token"
+    )
+    assert notice.data["identifier"] == "user_id from the subject's id"
+    assert notice.data["identifier_known"] is True
+    assert [(s.method, s.path) for s in fake.requests] == [("GET", "/v1alpha/properties/123456789")]
+    assert fake.deletions == []
+
+
+async def test_export_fails_when_google_refuses_the_token(
+    analytics: tuple[FakeGoogleAnalytics, str],
+) -> None:
+    _, url = analytics
+    connector = build(url, access_token="ya29.revoked")
+    await connector.open()
+    try:
+        with pytest.raises(PermanentError, match="read property: HTTP 401"):
+            [item async for item in connector.export(ALICE)]
+    finally:
+        await connector.close()
+
+
+async def test_erase_submits_a_user_deletion_and_a_repeat_counts_nothing(
+    analytics: tuple[FakeGoogleAnalytics, str], connector: GoogleAnalyticsConnector
+) -> None:
+    fake, _ = analytics
+    first = await connector.erase(ALICE, dry_run=False, retention={})
+    second = await connector.erase(ALICE, dry_run=False, retention={})
+    assert fake.deletions == [("123456789", "userId", "alice")] * 2
+    seen = fake.seen(":submitUserDeletion")[0]
+    assert seen.path == "/v1alpha/properties/123456789:submitUserDeletion"
+    assert seen.headers["Authorization"] == f"Bearer {FakeGoogleAnalytics.TOKEN}"
+    assert json.loads(seen.body) == {"userId": "alice"}
+    assert first.note is not None
+    assert "accepted" in first.note
+    assert "2024-06-01T10:00:00.123456Z" in first.note
+    for report in (first, second):
+        assert all(e.deleted == 0 and e.anonymised == 0 for e in report.datasets)
+
+
+async def test_erase_by_client_id_from_the_subjects_identities(
+    analytics: tuple[FakeGoogleAnalytics, str],
+) -> None:
+    fake, url = analytics
+    connector = build(url, identifier="client_id", identity="ga_client_id")
+    await connector.open()
+    try:
+        await connector.erase(ALICE, dry_run=False, retention={})
+        report = await connector.erase(Subject("bob"), dry_run=False, retention={})
+        [notice] = [item async for item in connector.export(Subject("bob"))]
+    finally:
+        await connector.close()
+    assert fake.deletions == [("123456789", "clientId", "1197596843.1673515099")]
+    assert report.note is not None
+    assert "no deletion request was submitted" in report.note
+    assert isinstance(notice, Record)
+    assert notice.data["identifier_known"] is False
+
+
+async def test_erase_by_user_provided_data_sends_the_normalised_email(
+    analytics: tuple[FakeGoogleAnalytics, str],
+) -> None:
+    fake, url = analytics
+    connector = build(url, identifier="user_provided_data")
+    await connector.open()
+    try:
+        await connector.erase(ALICE, dry_run=False, retention={})
+    finally:
+        await connector.close()
+    assert fake.deletions == [("123456789", "userProvidedData", "alicemartin@googlemail.com")]
+
+
+def test_user_provided_data_is_normalised_as_documented() -> None:
+    assert normalise_user_provided_data(" A.B@Example.com ") == "a.b@example.com"
+    assert normalise_user_provided_data("Jane.Doe@gmail.com") == "janedoe@gmail.com"
+    assert normalise_user_provided_data("+49 (30) 1234-567") == "+49301234567"
+
+
+async def test_erase_dry_run_submits_nothing(
+    analytics: tuple[FakeGoogleAnalytics, str], connector: GoogleAnalyticsConnector
+) -> None:
+    fake, _ = analytics
+    report = await connector.erase(ALICE, dry_run=True, retention={})
+    assert report.note is not None
+    assert report.note.startswith("dry run")
+    assert fake.requests == []
+
+
+async def test_a_wrong_token_is_a_permanent_error(
+    analytics: tuple[FakeGoogleAnalytics, str],
+) -> None:
+    _, url = analytics
+    connector = build(url, access_token="ya29.expired")
+    await connector.open()
+    try:
+        with pytest.raises(PermanentError, match="HTTP 401, credentials refused") as caught:
+            await connector.erase(ALICE, dry_run=False, retention={})
+    finally:
+        await connector.close()
+    assert "ya29.expired" not in str(caught.value)
+    assert "invalid authentication credentials" in str(caught.value)
+
+
+async def test_a_property_the_token_cannot_reach_is_a_permanent_error(
+    analytics: tuple[FakeGoogleAnalytics, str],
+) -> None:
+    _, url = analytics
+    connector = build(url, property="properties/999")
+    await connector.open()
+    try:
+        with pytest.raises(PermanentError, match="HTTP 403.*PERMISSION_DENIED"):
+            await connector.check()
+    finally:
+        await connector.close()
+
+
+async def test_check_reads_the_property(
+    analytics: tuple[FakeGoogleAnalytics, str], connector: GoogleAnalyticsConnector
+) -> None:
+    fake, _ = analytics
+    await connector.check()
+    assert [s.path for s in fake.requests] == ["/v1alpha/properties/123456789"]
+
+
+async def test_429_is_rate_limited_with_retry_after(
+    analytics: tuple[FakeGoogleAnalytics, str], connector: GoogleAnalyticsConnector
+) -> None:
+    fake, _ = analytics
+    quota = {"error": {"code": 429, "message": "Quota exceeded", "status": "RESOURCE_EXHAUSTED"}}
+    fake.fail_next(429, headers={"Retry-After": "42"}, body=quota)
+    fake.fail_next(429, body=quota)
+    with pytest.raises(RateLimited, match="RESOURCE_EXHAUSTED") as caught:
+        await connector.erase(ALICE, dry_run=False, retention={})
+    assert caught.value.retry_after == 42.0
+    with pytest.raises(RateLimited) as caught:
+        await connector.erase(ALICE, dry_run=False, retention={})
+    assert caught.value.retry_after == 30.0
+    assert fake.deletions == []
+
+
+@pytest.mark.parametrize("status", [500, 503])
+async def test_server_errors_are_transient(
+    analytics: tuple[FakeGoogleAnalytics, str], connector: GoogleAnalyticsConnector, status: int
+) -> None:
+    fake, _ = analytics
+    fake.fail_next(status, body={"error": {"code": status, "status": "UNAVAILABLE"}})
+    with pytest.raises(TransientError, match=f"HTTP {status}"):
+        await connector.erase(ALICE, dry_run=False, retention={})
+
+
+async def test_a_timeout_is_transient(analytics: tuple[FakeGoogleAnalytics, str]) -> None:
+    fake, url = analytics
+    fake.hang_next()
+    connector = build(url, timeout=0.2)
+    await connector.open()
+    try:
+        with pytest.raises(TransientError, match="no answer within"):
+            await connector.erase(ALICE, dry_run=False, retention={})
+    finally:
+        await connector.close()
+
+
+def test_the_token_stays_out_of_repr() -> None:
+    connector = GoogleAnalyticsConnector(
+        "analytics", property=123456789, access_token=FakeGoogleAnalytics.TOKEN
+    )
+    shown = repr(connector) + repr(connector.client) + repr(vars(connector))
+    assert FakeGoogleAnalytics.TOKEN not in shown
+    assert connector.property == "properties/123456789"
+    assert connector.client.base_url == "https://analyticsadmin.googleapis.com"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"access_token": "t"}, "property must be non-empty text"),
+        ({"property": "UA-1234-1", "access_token": "t"}, "property must be a GA4 property id"),
+        ({"property": "1"}, "access_token is required"),
+        ({"property": "1", "access_token": "t", "identifier": "email"}, "identifier must be one"),
+        (
+            {"property": "1", "access_token": "t", "identifier": "client_id"},
+            "identity is required with identifier = 'client_id'",
+        ),
+    ],
+)
+def test_bad_configuration_is_a_one_line_permanent_error(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PermanentError, match=message):
+        GoogleAnalyticsConnector("analytics", **options)
+
+
+def test_the_google_analytics_type_is_registered() -> None:
+    assert load_type("google-analytics") is GoogleAnalyticsConnector

@@ -1,0 +1,277 @@
+"""The Hotjar connector against a local server speaking Hotjar's OAuth and User Lookup API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+
+from connectors.errors import PermanentError, RateLimited, TransientError
+from connectors.hotjar import HotjarConnector
+from connectors.items import Record, Subject
+from connectors.registry import load_type
+from connectors.reports import RetentionRule
+from tests.connectors.processor_servers import FakeHotjar, serve
+
+ALICE = Subject("alice", "alice@example.com", {"hotjar_user": "u-77"})
+LOOKUP_PATH = f"/v1/organizations/{FakeHotjar.ORGANIZATION_ID}/user-lookup"
+
+
+@pytest.fixture
+async def hotjar() -> AsyncIterator[tuple[FakeHotjar, str]]:
+    fake = FakeHotjar()
+    fake.hits["alice@example.com"] = 3
+    async with serve(fake) as url:
+        yield fake, url
+
+
+def build(url: str, **options: Any) -> HotjarConnector:
+    settings: dict[str, Any] = {
+        "organization_id": int(FakeHotjar.ORGANIZATION_ID),
+        "client_id": FakeHotjar.CLIENT_ID,
+        "client_secret": FakeHotjar.CLIENT_SECRET,
+        "base_url": url,
+        "rate_limit": 0,
+    }
+    settings.update(options)
+    return HotjarConnector("recordings", **settings)
+
+
+@pytest.fixture
+async def connector(hotjar: tuple[FakeHotjar, str]) -> AsyncIterator[HotjarConnector]:
+    built = build(hotjar[1])
+    await built.open()
+    yield built
+    await built.close()
+
+
+async def export(connector: HotjarConnector, subject: Subject) -> list[dict[str, Any]]:
+    records = []
+    async for item in connector.export(subject):
+        assert isinstance(item, Record)
+        assert item.dataset == "user_lookup"
+        records.append(dict(item.data))
+    return records
+
+
+async def test_export_obtains_a_token_then_looks_the_subject_up(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    [record] = await export(connector, ALICE)
+    [token_request] = fake.seen("/oauth/token")
+    assert token_request.headers["Content-Type"] == "application/x-www-form-urlencoded"
+    assert parse_qs(token_request.body.decode()) == {
+        "grant_type": ["client_credentials"],
+        "client_id": [FakeHotjar.CLIENT_ID],
+        "client_secret": [FakeHotjar.CLIENT_SECRET],
+    }
+    [lookup] = fake.seen(LOOKUP_PATH)
+    assert lookup.headers["Authorization"].startswith("Bearer ")
+    assert lookup.headers["Authorization"].removeprefix("Bearer ") in fake.tokens
+    assert json.loads(lookup.body) == {
+        "data_subject_email": "alice@example.com",
+        "delete_all_hits": False,
+    }
+    assert record["organization_id"] == FakeHotjar.ORGANIZATION_ID
+    assert record["looked_up_by"] == {"data_subject_email": "alice@example.com"}
+    assert record["answer"]["status"] == "accepted"
+    assert "emails its lookup report" in record["report_delivery"]
+    assert fake.hits == {"alice@example.com": 3}
+
+
+async def test_the_token_is_reused_until_it_expires(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    await export(connector, ALICE)
+    await export(connector, ALICE)
+    assert len(fake.seen("/oauth/token")) == 1
+    fake.expires_in = 30
+    await connector.check()
+    await export(connector, ALICE)
+    assert len(fake.seen("/oauth/token")) == 3
+
+
+async def test_a_refused_token_is_renewed_once(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    await export(connector, ALICE)
+    fake.revoke_tokens()
+    assert len(await export(connector, ALICE)) == 1
+    assert len(fake.seen("/oauth/token")) == 2
+    assert len(fake.seen(LOOKUP_PATH)) == 3
+
+
+async def test_a_token_refused_twice_is_a_permanent_error(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    fake.honour_tokens = False
+    with pytest.raises(PermanentError, match="user lookup: HTTP 401, credentials refused"):
+        await export(connector, ALICE)
+    assert len(fake.seen("/oauth/token")) == 2
+
+
+async def test_site_user_ids_are_sent_in_the_site_map(hotjar: tuple[FakeHotjar, str]) -> None:
+    fake, url = hotjar
+    connector = build(url, site_ids=[3456789, "3456790"], user_id_identity="hotjar_user")
+    await connector.open()
+    try:
+        await export(connector, ALICE)
+        await export(connector, Subject("bob"))
+    finally:
+        await connector.close()
+    assert [json.loads(seen.body) for seen in fake.seen(LOOKUP_PATH)] == [
+        {
+            "data_subject_email": "alice@example.com",
+            "data_subject_site_id_to_user_id_map": {"3456789": "u-77", "3456790": "u-77"},
+            "delete_all_hits": False,
+        }
+    ]
+
+
+async def test_erase_deletes_all_hits_and_a_repeat_reports_zero(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    first = await connector.erase(ALICE, dry_run=False, retention={})
+    second = await connector.erase(ALICE, dry_run=False, retention={})
+    assert [json.loads(seen.body)["delete_all_hits"] for seen in fake.seen(LOOKUP_PATH)] == [
+        True,
+        True,
+    ]
+    assert fake.hits == {}
+    assert first.note is not None
+    assert "accepted the request to delete every hit" in first.note
+    assert "reports no counts" in first.note
+    for report in (first, second):
+        entry = report.dataset("user_lookup")
+        assert (entry.deleted, entry.anonymised, entry.retained) == (0, 0, 0)
+
+
+async def test_erase_dry_run_and_retention_send_no_deletion(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    dry = await connector.erase(ALICE, dry_run=True, retention={})
+    rule = RetentionRule("fraud investigation hold", timedelta(days=90))
+    kept = await connector.erase(ALICE, dry_run=False, retention={"user_lookup": rule})
+    assert fake.seen(LOOKUP_PATH) == []
+    assert fake.hits == {"alice@example.com": 3}
+    assert dry.note is not None
+    assert dry.note.startswith("dry run")
+    assert kept.dataset("user_lookup").legal_basis == rule.legal_basis
+
+
+async def test_a_subject_with_nothing_to_look_up_sends_nothing(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    assert await export(connector, Subject("bob")) == []
+    report = await connector.erase(Subject("bob"), dry_run=False, retention={})
+    assert report.note is not None
+    assert "no email and no site user id" in report.note
+    assert fake.requests == []
+
+
+async def test_wrong_client_credentials_are_a_permanent_error(
+    hotjar: tuple[FakeHotjar, str],
+) -> None:
+    _, url = hotjar
+    connector = build(url, client_secret="hj-secret-wrong-0000")
+    await connector.open()
+    try:
+        with pytest.raises(PermanentError, match="obtain access token: HTTP 401") as caught:
+            await export(connector, ALICE)
+        with pytest.raises(PermanentError, match="invalid_client"):
+            await connector.check()
+    finally:
+        await connector.close()
+    assert "hj-secret-wrong-0000" not in str(caught.value)
+
+
+async def test_an_unknown_organization_is_a_permanent_error(
+    hotjar: tuple[FakeHotjar, str],
+) -> None:
+    _, url = hotjar
+    connector = build(url, organization_id=42)
+    await connector.open()
+    try:
+        with pytest.raises(PermanentError, match="HTTP 404.*Organization not found"):
+            await export(connector, ALICE)
+    finally:
+        await connector.close()
+
+
+async def test_429_is_rate_limited_with_retry_after(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    await connector.check()
+    fake.fail_next(429, headers={"Retry-After": "60"}, body={"error": "rate_limited"})
+    fake.fail_next(429)
+    with pytest.raises(RateLimited) as caught:
+        await connector.erase(ALICE, dry_run=False, retention={})
+    assert caught.value.retry_after == 60.0
+    with pytest.raises(RateLimited) as caught:
+        await connector.erase(ALICE, dry_run=False, retention={})
+    assert caught.value.retry_after == 20.0
+    assert fake.hits == {"alice@example.com": 3}
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_server_errors_are_transient(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector, status: int
+) -> None:
+    fake, _ = hotjar
+    fake.fail_next(status, body={"error": "internal"})
+    with pytest.raises(TransientError, match=f"obtain access token: HTTP {status}"):
+        await export(connector, ALICE)
+    await connector.check()
+    fake.fail_next(status)
+    with pytest.raises(TransientError, match=f"user lookup: HTTP {status}"):
+        await export(connector, ALICE)
+
+
+async def test_secrets_stay_out_of_repr(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    await connector.check()
+    [token] = fake.tokens
+    shown = repr(connector) + repr(connector.client) + repr(vars(connector))
+    assert FakeHotjar.CLIENT_SECRET not in shown
+    assert token not in shown
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"client_id": "a", "client_secret": "b"}, "organization_id must be non-empty text"),
+        ({"organization_id": 1, "client_secret": "b"}, "client_id must be non-empty text"),
+        ({"organization_id": 1, "client_id": "a"}, "client_secret is required"),
+        (
+            {"organization_id": 1, "client_id": "a", "client_secret": "b", "site_ids": 5},
+            "site_ids must be a list",
+        ),
+        (
+            {"organization_id": 1, "client_id": "a", "client_secret": "b", "base_url": "x"},
+            "base_url must be an absolute",
+        ),
+    ],
+)
+def test_bad_configuration_is_a_one_line_permanent_error(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PermanentError, match=message):
+        HotjarConnector("recordings", **options)
+
+
+def test_the_hotjar_type_is_registered() -> None:
+    assert load_type("hotjar") is HotjarConnector

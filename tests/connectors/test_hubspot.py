@@ -1,0 +1,310 @@
+"""The HubSpot connector against a local server speaking HubSpot's CRM v3 contacts API."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from connectors.base import Connector
+from connectors.errors import PermanentError, RateLimited, TransientError
+from connectors.hubspot import HubSpotConnector
+from connectors.items import Record, Subject
+from connectors.registry import load_type
+from connectors.reports import RetentionRule
+from connectors.testing import ConnectorContract
+from tests.conftest import free_port
+from tests.connectors.processor_servers import FakeHubSpot, serve
+
+ALICE = Subject("alice", "alice@example.com")
+
+
+@pytest.fixture
+async def hubspot() -> AsyncIterator[tuple[FakeHubSpot, str]]:
+    fake = FakeHubSpot()
+    fake.add_contact("alice@example.com", firstname="Alice", lastname="Martin", phone="+33 1 23")
+    fake.add_contact("bob@example.com", firstname="Bob")
+    async with serve(fake) as url:
+        yield fake, url
+
+
+@pytest.fixture
+async def connector(hubspot: tuple[FakeHubSpot, str]) -> AsyncIterator[HubSpotConnector]:
+    _, url = hubspot
+    built = HubSpotConnector("crm", token=FakeHubSpot.TOKEN, base_url=url, rate_limit=0)
+    await built.open()
+    yield built
+    await built.close()
+
+
+async def export(connector: HubSpotConnector, subject: Subject) -> list[dict[str, Any]]:
+    records = []
+    async for item in connector.export(subject):
+        assert isinstance(item, Record)
+        assert item.dataset == "contact"
+        records.append(dict(item.data))
+    return records
+
+
+async def test_export_finds_the_contact_by_email_and_reads_every_property(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    assert await export(connector, ALICE) == [
+        {
+            "id": "501",
+            "createdAt": "2024-03-01T10:00:00.000Z",
+            "updatedAt": "2024-06-01T10:00:00.000Z",
+            "archived": False,
+            "properties": {
+                "email": "alice@example.com",
+                "firstname": "Alice",
+                "lastname": "Martin",
+                "phone": "+33 1 23",
+                "hs_object_id": "501",
+                "createdate": "2024-03-01T10:00:00.000Z",
+                "lastmodifieddate": "2024-06-01T10:00:00.000Z",
+            },
+        }
+    ]
+    search = json.loads(fake.seen("/search")[0].body)
+    assert search["filterGroups"] == [
+        {"filters": [{"propertyName": "email", "operator": "EQ", "value": "alice@example.com"}]}
+    ]
+    read = json.loads(fake.seen("/batch/read")[0].body)
+    assert read["inputs"] == [{"id": "501"}]
+    assert set(read["properties"]) == set(FakeHubSpot.PROPERTIES)
+    assert all(s.headers["Authorization"] == f"Bearer {FakeHubSpot.TOKEN}" for s in fake.requests)
+
+
+async def test_configured_properties_skip_the_property_listing(
+    hubspot: tuple[FakeHubSpot, str],
+) -> None:
+    fake, url = hubspot
+    connector = HubSpotConnector(
+        "crm", token=FakeHubSpot.TOKEN, base_url=url, properties=["email", "firstname"]
+    )
+    await connector.open()
+    try:
+        [record] = await export(connector, ALICE)
+    finally:
+        await connector.close()
+    assert record["properties"] == {"email": "alice@example.com", "firstname": "Alice"}
+    assert fake.seen("/crm/v3/properties") == []
+
+
+async def test_a_known_contact_id_is_read_without_searching(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    subject = Subject("bob", identities={"hubspot_contact_id": "502"})
+    [record] = await export(connector, subject)
+    assert record["properties"]["firstname"] == "Bob"
+    assert fake.seen("/search") == []
+
+
+async def test_an_unknown_subject_exports_nothing(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    assert await export(connector, Subject("zoe", "zoe@example.com")) == []
+    assert await export(connector, Subject("zoe", identities={"hubspot_contact_id": "999"})) == []
+    assert fake.seen("/crm/v3/properties") == []
+
+
+async def test_a_subject_without_email_or_contact_id_is_refused(
+    connector: HubSpotConnector,
+) -> None:
+    with pytest.raises(PermanentError, match="neither an email nor a hubspot_contact_id"):
+        await export(connector, Subject("alice"))
+
+
+async def test_search_pages_are_followed(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    fake.add_contact("alice@example.com", firstname="Alice (work)")
+    fake.add_contact("alice@example.com", firstname="Alice (old)")
+    fake.search_page_cap = 1
+    records = await export(connector, ALICE)
+    assert [r["id"] for r in records] == ["501", "503", "504"]
+    assert [json.loads(s.body).get("after") for s in fake.seen("/search")] == [None, "1", "2"]
+
+
+async def test_erase_gdpr_deletes_by_id_and_a_repeat_reports_zero(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    first = await connector.erase(ALICE, dry_run=False, retention={})
+    second = await connector.erase(ALICE, dry_run=False, retention={})
+    assert first.dataset("contact").deleted == 1
+    assert first.note is not None
+    assert "permanently deleted" in first.note
+    assert second.dataset("contact").deleted == 0
+    assert fake.gdpr_deleted == ["501"]
+    assert [json.loads(s.body) for s in fake.seen("/gdpr-delete")] == [{"objectId": "501"}]
+    assert fake.blocklist == set()
+    assert await export(connector, ALICE) == []
+
+
+async def test_erase_by_a_contact_id_already_gone_reports_zero(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    report = await connector.erase(
+        Subject("x", identities={"hubspot_contact_id": "999"}), dry_run=False, retention={}
+    )
+    assert report.dataset("contact").deleted == 0
+    assert fake.seen("/gdpr-delete") == []
+
+
+async def test_erase_dry_run_deletes_nothing(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    report = await connector.erase(ALICE, dry_run=True, retention={})
+    assert report.dataset("contact").deleted == 1
+    assert "501" in fake.contacts
+    assert fake.seen("/gdpr-delete") == []
+
+
+async def test_erase_keeps_a_retained_contact(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    rule = RetentionRule("contract records, HGB §257", timedelta(days=2190))
+    report = await connector.erase(ALICE, dry_run=False, retention={"contact": rule})
+    entry = report.dataset("contact")
+    assert (entry.retained, entry.deleted, entry.legal_basis) == (1, 0, rule.legal_basis)
+    assert "501" in fake.contacts
+
+
+async def test_a_wrong_token_is_a_permanent_error(hubspot: tuple[FakeHubSpot, str]) -> None:
+    _, url = hubspot
+    connector = HubSpotConnector("crm", token="pat-eu1-wrong", base_url=url, rate_limit=0)
+    await connector.open()
+    try:
+        with pytest.raises(PermanentError, match="HTTP 401, credentials refused") as caught:
+            await export(connector, ALICE)
+        with pytest.raises(PermanentError, match="check: HTTP 401.*Authentication credentials not"):
+            await connector.check()
+    finally:
+        await connector.close()
+    assert "pat-eu1-wrong" not in str(caught.value)
+
+
+async def test_check_passes_with_the_right_token(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    await connector.check()
+    assert fake.requests[-1].query == {"limit": "1"}
+
+
+async def test_429_is_rate_limited_with_retry_after(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    fake.fail_next(
+        429,
+        headers={"Retry-After": "3"},
+        body={
+            "status": "error",
+            "message": "You have reached your secondly limit.",
+            "errorType": "RATE_LIMIT",
+            "policyName": "SECONDLY",
+        },
+    )
+    with pytest.raises(RateLimited, match="secondly limit") as caught:
+        await export(connector, ALICE)
+    assert caught.value.retry_after == 3.0
+
+
+async def test_429_without_retry_after_waits_out_the_ten_second_window(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    fake.fail_next(429, body={"errorType": "RATE_LIMIT", "policyName": "TEN_SECONDLY_ROLLING"})
+    with pytest.raises(RateLimited) as caught:
+        await connector.erase(ALICE, dry_run=False, retention={})
+    assert caught.value.retry_after == 10.0
+
+
+@pytest.mark.parametrize("status", [500, 502, 503])
+async def test_server_errors_are_transient(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector, status: int
+) -> None:
+    fake, _ = hubspot
+    fake.fail_next(status, body={"status": "error", "message": "internal error"})
+    with pytest.raises(TransientError, match=f"HTTP {status}"):
+        await export(connector, ALICE)
+
+
+async def test_a_server_error_during_gdpr_delete_is_transient_and_the_retry_deletes(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    fake.fail_next(200, body={"total": 1, "results": [{"id": "501"}]})
+    fake.fail_next(502)
+    with pytest.raises(TransientError, match="GDPR delete contact: HTTP 502"):
+        await connector.erase(ALICE, dry_run=False, retention={})
+    report = await connector.erase(ALICE, dry_run=False, retention={})
+    assert report.dataset("contact").deleted == 1
+
+
+def test_the_token_stays_out_of_repr() -> None:
+    connector = HubSpotConnector("crm", token=FakeHubSpot.TOKEN)
+    shown = repr(connector) + repr(connector.client) + repr(vars(connector))
+    assert FakeHubSpot.TOKEN not in shown
+    assert connector.client.base_url == "https://api.hubapi.com"
+    assert connector.client.limiter is not None
+    assert connector.client.limiter.rate == 4.0
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "token is required"),
+        ({"token": "t", "base_url": "api.hubapi.com"}, "base_url must be an absolute http"),
+        ({"token": "t", "properties": "email"}, "properties must be a list"),
+        ({"token": "t", "portal": 1}, "unknown option"),
+    ],
+)
+def test_bad_configuration_is_a_one_line_permanent_error(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(PermanentError, match=message):
+        HubSpotConnector("crm", **options)
+
+
+def test_the_hubspot_type_is_registered() -> None:
+    assert load_type("hubspot") is HubSpotConnector
+
+
+class TestHubSpotConnectorContract(ConnectorContract):
+    """The HubSpot connector keeps the connector contract against the fake CRM."""
+
+    stack: AsyncExitStack | None = None
+
+    async def make_connector(self) -> Connector:
+        self.stack = AsyncExitStack()
+        fake = FakeHubSpot()
+        fake.add_contact("alice@example.com", firstname="Alice", lastname="Martin")
+        fake.add_contact("bob@example.com", firstname="Bob")
+        url = await self.stack.enter_async_context(serve(fake))
+        return HubSpotConnector("crm", token=FakeHubSpot.TOKEN, base_url=url, rate_limit=0)
+
+    def subject_with_data(self) -> Subject:
+        return ALICE
+
+    async def make_failing_connector(self) -> Connector | None:
+        url = f"http://127.0.0.1:{free_port()}"
+        return HubSpotConnector("crm", token=FakeHubSpot.TOKEN, base_url=url)
+
+    async def cleanup(self) -> None:
+        if self.stack is not None:
+            await self.stack.aclose()

@@ -1,0 +1,178 @@
+"""Webhooks reach the platform signed, once per event, retried until accepted."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from arq.connections import ArqRedis
+
+import jobs.worker
+from connectors.testing import MemoryConnector
+from jobs.export import ExportPipeline
+from jobs.model import JobKind, JobStatus
+from jobs.settings import Secret
+from jobs.webhooks import SIGNATURE_HEADER, sign, verify
+from jobs.worker import build_pipelines, create_worker, watch_deadlines
+
+SECRET = "webhook-secret-" + "w" * 30
+
+
+class Receiver:
+    """The platform's webhook endpoint: records what arrives, fails when told to."""
+
+    def __init__(self) -> None:
+        self.received: list[dict[str, Any]] = []
+        self.failures_left = 0
+        self.bad_signatures = 0
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        if not verify(SECRET, body, request.headers.get(SIGNATURE_HEADER, "")):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        if self.failures_left:
+            self.failures_left -= 1
+            return web.Response(status=503)
+        self.received.append(orjson.loads(body))
+        return web.Response(status=204)
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
+    state = Receiver()
+    app = web.Application()
+    app.router.add_post("/hooks", state.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield state, str(server.make_url("/hooks"))
+    await server.close()
+
+
+async def run_worker(redis: ArqRedis, resources: Any) -> Any:
+    worker = create_worker(
+        resources.settings,
+        redis=redis,
+        resources=resources,
+        burst=True,
+        poll_delay=0,
+        handle_signals=False,
+    )
+    await worker.main()
+    return worker
+
+
+def test_signatures_verify_and_reject_tampering_and_replays() -> None:
+    body = b'{"type":"job.created"}'
+    now = int(time.time())
+    header = sign(SECRET, body, now)
+    assert verify(SECRET, body, header)
+    assert not verify(SECRET, body + b" ", header)
+    assert not verify("another-secret", body, header)
+    assert not verify(SECRET, body, sign(SECRET, body, now - 3600))
+    assert not verify(SECRET, body, "nonsense")
+
+
+async def test_job_events_are_delivered_signed_and_retried(
+    resources_factory: Callable[..., Any],
+    redis: ArqRedis,
+    receiver: tuple[Receiver, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(jobs.worker, "webhook_backoff", lambda attempt: 0.01)
+    state, url = receiver
+    state.failures_left = 2
+    crm = MemoryConnector("crm", records={"alice": {"contacts": [{"id": 1}]}})
+    async with resources_factory(
+        {"crm": crm}, webhook_urls=(url,), webhook_secret=Secret(SECRET)
+    ) as resources:
+        job, _ = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        worker = await run_worker(redis, resources)
+    assert state.bad_signatures == 0
+    assert [(e["type"], e["job"]["id"]) for e in state.received] == [
+        ("job.created", job.id),
+        ("job.succeeded", job.id),
+    ]
+    assert state.received[1]["job"]["status"] == "succeeded"
+    assert worker.jobs_retried == 2
+
+
+async def test_deadline_watch_notifies_once_per_job(
+    resources_factory: Callable[..., Any], redis: ArqRedis, receiver: tuple[Receiver, str]
+) -> None:
+    state, url = receiver
+    crm = MemoryConnector("crm", records={"alice": {"contacts": [{"id": 1}]}})
+    async with resources_factory(
+        {"crm": crm},
+        webhook_urls=(url,),
+        webhook_secret=Secret(SECRET),
+        deadline=timedelta(hours=1),
+    ) as resources:
+        pipeline = ExportPipeline(resources)
+        # Received 50 minutes ago with an hour to answer: under a quarter of its time left.
+        job = pipeline.new_job(
+            JobKind.EXPORT,
+            subject="alice",
+            requested_by="alice",
+            connectors=["crm"],
+            options={"formats": ["json"]},
+        )
+        job.created_at -= timedelta(minutes=50)
+        job.due_at -= timedelta(minutes=50)
+        await pipeline.submit(job)
+        ctx = {"handover_pipelines": build_pipelines(resources)}
+        assert await watch_deadlines(ctx) == 1
+        assert await watch_deadlines(ctx) == 0
+        await run_worker(redis, resources)
+        done = await resources.store.get(job.id)
+        assert done.status is JobStatus.SUCCEEDED
+        # The archive expires within a day and nobody downloaded it yet.
+        assert done.result is not None
+        await resources.store.modify(
+            job.id,
+            lambda j: setattr(
+                j.result, "expires_at", j.result.expires_at - timedelta(days=6, hours=12)
+            ),
+            actor="t",
+            event="test",
+        )
+        assert await watch_deadlines(ctx) == 1
+        assert await watch_deadlines(ctx) == 0
+        await run_worker(redis, resources)
+    types = [e["type"] for e in state.received]
+    assert types.count("job.at_risk") == 1
+    assert types.count("job.expiring_soon") == 1
+
+
+async def test_metrics_describe_jobs_connectors_and_archives(
+    resources_factory: Callable[..., Any], redis: ArqRedis
+) -> None:
+    connectors = {
+        "crm": MemoryConnector("crm", records={"alice": {"contacts": [{"id": 1}]}}),
+        "ads": MemoryConnector("ads", fail="403 from the ads API"),
+    }
+    async with resources_factory(connectors) as resources:
+        pipeline = ExportPipeline(resources)
+        await pipeline.create(subject="alice", requested_by="alice")
+        await pipeline.create(subject="bob", requested_by="bob", connectors=["crm"])
+        await run_worker(redis, resources)
+        text = await resources.metrics.render(await resources.store.counts(), 0, 0)
+    assert 'handover_jobs{kind="export",status="failed"} 1' in text
+    assert 'handover_jobs{kind="export",status="succeeded"} 1' in text
+    assert 'handover_connector_errors_total{connector="ads",error_class="permanent"} 1' in text
+    assert 'handover_job_duration_seconds_count{kind="export",status="succeeded"} 1' in text
+    assert (
+        'handover_connector_duration_seconds_bucket{connector="crm",status="succeeded",le="+Inf"} 2'
+        in text
+    )
+    archive_bytes = next(
+        line for line in text.splitlines() if line.startswith("handover_archive_bytes_total")
+    )
+    assert int(archive_bytes.split()[-1]) > 100
+    assert "# TYPE handover_job_duration_seconds histogram" in text
