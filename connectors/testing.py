@@ -1,9 +1,12 @@
 """Connectors for tests, demos and load measurements: Handover's fake of its own seam.
 
-- :class:`MemoryConnector` answers with records it was given, and can be told to
-  fail, to wait, or to wait for a barrier (to prove connectors run concurrently).
+- :class:`MemoryConnector` is a processor in memory: it answers with the records
+  it was given, erases and blocks them, and can be told to fail or to wait.
 - :class:`SyntheticConnector` generates a telemetry history of any size on the fly,
   deterministic from its seed, without holding it in memory.
+- :class:`ConnectorContract` is the contract kit: the tests every connector must
+  pass, which an integrator runs in their own pytest suite (see :mod:`connectors.contract`).
+  It needs no pytest plugin, and importing this module does not import pytest.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from connectors.base import Connector
+from connectors.contract import ConnectorContract
 from connectors.errors import PermanentError, TransientError
 from connectors.items import Dataset, File, Item, Record, Subject
+from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
+
+__all__ = ["ConnectorContract", "MemoryConnector", "SyntheticConnector"]
 
 
 class MemoryConnector(Connector):
@@ -44,6 +52,7 @@ class MemoryConnector(Connector):
         self.fail = fail
         self.fail_transient = fail_transient
         self.delay = delay
+        self.blocked: set[tuple[str, str]] = set()
         declared = [Dataset(**d) for d in datasets]
         known = {d.name for d in declared}
         for per_subject in self.records.values():
@@ -55,25 +64,68 @@ class MemoryConnector(Connector):
             declared.append(Dataset("files", "usage", "uploaded files"))
         self.datasets = tuple(declared)  # type: ignore[misc]
 
-    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+    async def _misbehave(self) -> None:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.fail:
             raise PermanentError(self.fail)
         if self.fail_transient:
             raise TransientError(self.fail_transient)
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        await self._misbehave()
         for dataset, rows in self.records.get(subject.id, {}).items():
             for row in rows:
                 yield Record(dataset, row)
         for path, content in self.files.get(subject.id, {}).items():
             yield File(path, content)
 
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        await self._misbehave()
+        held = self.records.get(subject.id, {})
+        entries = []
+        for dataset, rows in held.items():
+            rule = retention.get(dataset)
+            if rule is None:
+                entries.append(DatasetErasure(dataset, deleted=len(rows)))
+                continue
+            until = datetime.now(UTC) + rule.duration
+            entries.append(
+                DatasetErasure(
+                    dataset, retained=len(rows), legal_basis=rule.legal_basis, retained_until=until
+                )
+            )
+        files = self.files.get(subject.id, {})
+        if files:
+            entries.append(DatasetErasure("files", deleted=len(files)))
+        if not dry_run:
+            self.records[subject.id] = {
+                name: rows for name, rows in held.items() if name in retention
+            }
+            self.blocked.update((subject.id, name) for name in self.records[subject.id])
+            self.files.pop(subject.id, None)
+        return ErasureReport(tuple(entries))
+
+    async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
+        await self._misbehave()
+        held = self.records.get(subject.id, {})
+        if not dry_run:
+            self.blocked.update((subject.id, name) for name in held)
+        return RestrictionReport(
+            supported=True, restricted={name: len(rows) for name, rows in held.items()}
+        )
+
 
 class SyntheticConnector(Connector):
     """Generates ``records`` telemetry readings of about ``record_bytes`` each, for any subject.
 
     The stream is deterministic for a given ``seed`` and subject, so a test can
-    regenerate it to compare with an archive record for record.
+    regenerate it to compare with an archive record for record. Each ``note`` is a
+    slice of one small pool, which deflate compresses unrealistically well;
+    ``entropy`` (0 to 1) is the share of each note taken instead from a pool far
+    larger than deflate's window (``0.35`` compresses like real NDJSON, about 3.7:1).
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"telemetry"})
@@ -87,14 +139,24 @@ class SyntheticConnector(Connector):
     )
 
     def __init__(
-        self, name: str, *, records: int = 1000, record_bytes: int = 200, seed: int = 0
+        self,
+        name: str,
+        *,
+        records: int = 1000,
+        record_bytes: int = 200,
+        seed: int = 0,
+        entropy: float = 0.0,
     ) -> None:
         super().__init__(name)
         if records < 0 or record_bytes < 64:
             raise PermanentError(f"connector {name!r}: records >= 0 and record_bytes >= 64")
+        if not 0.0 <= entropy <= 1.0:
+            raise PermanentError(f"connector {name!r}: entropy must be between 0 and 1")
         self.records = records
         self.record_bytes = record_bytes
         self.seed = seed
+        self.entropy = entropy
+        self.erased: set[str] = set()
 
     def generate(self, subject: Subject) -> list[dict[str, Any]]:
         """The whole stream as a list, for tests that compare small exports."""
@@ -104,8 +166,12 @@ class SyntheticConnector(Connector):
         rng = random.Random(f"{self.seed}:{subject.id}")
         padding = max(0, self.record_bytes - 150)
         text = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz ", k=4096 + padding))
+        fresh = round(padding * self.entropy)
+        wide = ""
+        if fresh:  # drawn only when asked: the default stream stays what it always was
+            wide = "".join(rng.choices("abcdefghijklmnopqrstuvwxyz ", k=(1 << 20) + fresh))
         for seq in range(self.records):
-            yield {
+            row: dict[str, Any] = {
                 "device_id": f"dev-{rng.randrange(4)}",
                 "seq": seq,
                 "ts": 1_700_000_000 + seq * 60,
@@ -114,8 +180,22 @@ class SyntheticConnector(Connector):
                 "firmware": "2.4.1",
                 "note": text[(start := rng.randrange(4096)) : start + padding],
             }
+            if fresh:
+                at = rng.randrange(1 << 20)
+                row["note"] = row["note"][: padding - fresh] + wide[at : at + fresh]
+            yield row
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        deleted = 0 if subject.id in self.erased else self.records
+        if not dry_run:
+            self.erased.add(subject.id)
+        return ErasureReport((DatasetErasure("telemetry", deleted=deleted),))
 
     async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        if subject.id in self.erased:
+            return
         for count, row in enumerate(self._rows(subject), 1):
             yield Record("telemetry", row)
             if count % 1000 == 0:

@@ -26,6 +26,7 @@ import contextlib
 import hashlib
 import logging
 import random
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,6 +55,7 @@ from jobs.model import (
 )
 from jobs.queue import QUEUE_NAME, deserialize
 from jobs.resources import Resources
+from jobs.storage import StorageError
 from jobs.webhooks import DELIVER_TASK
 
 log = logging.getLogger("handover.pipeline")
@@ -72,7 +74,7 @@ class RetryPolicy:
     base_delay: float = 1.0
     max_delay: float = 60.0
 
-    def delay(self, attempt: int, error: TransientError) -> float | None:
+    def delay(self, attempt: int, error: Exception) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or ``None`` to give up."""
         if attempt >= self.max_tries:
             return None
@@ -198,17 +200,27 @@ class Pipeline(ABC):
                 _job_id=f"webhook:{digest}:{job.id}:{event}:{job.generation}",
             )
 
-    async def enqueue_runs(self, job: Job, defer: timedelta | None = None) -> None:
-        """Queue every unfinished connector run of the job's current generation."""
+    async def enqueue_runs(
+        self, job: Job, defer: timedelta | None = None, *, again: bool = False
+    ) -> None:
+        """Queue every unfinished connector run of the job's current generation.
+
+        Task ids are deterministic, so queuing twice queues once. ``again`` queues
+        a fresh copy even so: for a run whose task was lost with its worker before
+        it took its lease (the lease makes a duplicate harmless).
+        """
         for name, run in job.connectors.items():
             if not run.status.finished:
+                task_id = run_task_id(job, name)
+                if again:
+                    task_id += f"|again|{uuid.uuid4().hex[:8]}"
                 await self.resources.redis.enqueue_job(
                     RUN_TASK,
                     job.kind.value,
                     job.id,
                     name,
                     job.generation,
-                    _job_id=run_task_id(job, name),
+                    _job_id=task_id,
                     _defer_by=defer,
                 )
 
@@ -226,7 +238,19 @@ class Pipeline(ABC):
     async def run_connector(
         self, job_id: str, name: str, generation: int, attempt: int = 1
     ) -> None:
-        """Do one connector's work for the job; the last run to finish queues the finish."""
+        """Do one connector's work for the job; the last run to finish queues the finish.
+
+        The work is done under a lease (:mod:`jobs.leases`): if this worker dies, the
+        watchdog queues the run again within seconds; if another live worker holds
+        the lease, this (duplicate) delivery does nothing.
+        """
+        unit = f"run|{job_id}|{generation}|{name}"
+        task_args = [self.kinds[0].value, job_id, name, generation]
+        async with self.resources.leases.hold(unit, RUN_TASK, task_args) as held:
+            if held:
+                await self._run_connector(job_id, name, generation, attempt)
+
+    async def _run_connector(self, job_id: str, name: str, generation: int, attempt: int) -> None:
         store = self.resources.store
         job = await store.get(job_id)
         if job.generation != generation or job.status.terminal:
@@ -234,7 +258,7 @@ class Pipeline(ABC):
         if job.not_before is not None and utcnow() < job.not_before:
             return  # a run woken early; the deferred one will come
         if job.connectors[name].status.finished:
-            await self._fan_in(job)
+            await self.fan_in(job)
             return
         if job.status is JobStatus.QUEUED:
             holder = await store.claim_subject(job.subject, job.id)
@@ -269,7 +293,7 @@ class Pipeline(ABC):
         try:
             async with asyncio.timeout(timeout.total_seconds()):
                 outcome = await self.work(connector, job)
-        except TransientError as exc:
+        except (TransientError, StorageError) as exc:
             delay = self.retry_policy.delay(attempt, exc)
             if delay is None:
                 await self._fail_run(job_id, name, generation, exc)
@@ -315,7 +339,7 @@ class Pipeline(ABC):
                 connector=name,
                 status="succeeded",
             )
-            await self._fan_in(after)
+            await self.fan_in(after)
 
     async def _fail_run(self, job_id: str, name: str, generation: int, exc: BaseException) -> None:
         error_class = classify(exc)
@@ -349,20 +373,41 @@ class Pipeline(ABC):
                 connector=name,
                 status="failed",
             )
-            await self._fan_in(after)
+            await self.fan_in(after)
 
-    async def _fan_in(self, job: Job) -> None:
+    async def fan_in(self, job: Job, *, again: bool = False) -> None:
+        """Queue the finish once every run has finished (idempotent; ``again`` as above)."""
         if all(run.status.finished for run in job.connectors.values()):
+            task_id = f"finish:{job.id}:{job.generation}"
+            if again:
+                task_id += f"|again|{uuid.uuid4().hex[:8]}"
             await self.resources.redis.enqueue_job(
-                FINISH_TASK,
-                job.kind.value,
-                job.id,
-                job.generation,
-                _job_id=f"finish:{job.id}:{job.generation}",
+                FINISH_TASK, job.kind.value, job.id, job.generation, _job_id=task_id
             )
 
-    async def finish(self, job_id: str, generation: int) -> None:
-        """End the job once every run has finished: its result, or a failure naming why."""
+    async def finish(self, job_id: str, generation: int, attempt: int = 1) -> None:
+        """End the job once every run has finished: its result, or a failure naming why.
+
+        Done under a lease, like a connector run. Object storage failing (the archive
+        upload) is retried with backoff; the archive is rewritten from the start.
+        """
+        unit = f"finish|{job_id}|{generation}|"
+        task_args = [self.kinds[0].value, job_id, generation]
+        async with self.resources.leases.hold(unit, FINISH_TASK, task_args) as held:
+            if not held:
+                return
+            try:
+                await self._finish(job_id, generation)
+            except StorageError as exc:
+                delay = self.retry_policy.delay(attempt, exc)
+                if delay is None:
+                    raise
+                await self.resources.store.add_event(
+                    job_id, "finish.retrying", "worker", {"error": error_text(exc)}
+                )
+                raise Retry(defer=delay) from exc
+
+    async def _finish(self, job_id: str, generation: int) -> None:
         store = self.resources.store
         job = await store.get(job_id)
         if job.generation != generation or job.status is not JobStatus.RUNNING:
@@ -464,7 +509,7 @@ class Pipeline(ABC):
             current = await self.resources.store.get(job_id)
             raise IllegalTransition(job_id, current.status, JobStatus.QUEUED)
         if job.connectors and all(run.status.finished for run in job.connectors.values()):
-            await self._fan_in(job)
+            await self.fan_in(job)
         else:
             await self.enqueue_runs(job)
         return job

@@ -33,10 +33,16 @@ def deserialize(data: bytes) -> dict[str, Any]:
     return result
 
 
-def redis_settings(url: str) -> RedisSettings:
-    """arq settings for ``url`` that ride out a short Redis outage (FACTS.md)."""
+#: Workers ride out a Redis restart; the API gives up within about a second and answers 503.
+PATIENT_RETRIES = 20
+API_RETRIES = 3
+
+
+def redis_settings(url: str, retries: int = PATIENT_RETRIES) -> RedisSettings:
+    """arq settings for ``url`` that retry a lost connection ``retries`` times, backing off."""
     settings = RedisSettings.from_dsn(url)
-    settings.retry = Retry(ExponentialBackoff(cap=2.0, base=0.05), 20)
+    cap = 2.0 if retries > API_RETRIES else 0.5
+    settings.retry = Retry(ExponentialBackoff(cap=cap, base=0.05), retries)
     settings.retry_on_error = [ConnectionError, TimeoutError, OSError]
     settings.retry_on_timeout = True
     settings.conn_timeout = 2
@@ -44,10 +50,10 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-async def connect(url: str) -> ArqRedis:
+async def connect(url: str, retries: int = PATIENT_RETRIES) -> ArqRedis:
     """A Redis client that can also enqueue arq jobs."""
     pool: ArqRedis = await create_pool(
-        redis_settings(url),
+        redis_settings(url, retries),
         job_serializer=serialize,
         job_deserializer=deserialize,
         default_queue_name=QUEUE_NAME,

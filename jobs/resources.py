@@ -8,13 +8,15 @@ from dataclasses import dataclass
 
 from arq.connections import ArqRedis
 
+from connectors import demo
 from connectors.base import Connector
 from connectors.demo import seed_demo_database
 from connectors.registry import ConnectorConfig, build_connectors
 from jobs.keyring import KeyRing
+from jobs.leases import Leases
 from jobs.localstore import LocalStore, load_link_secret
 from jobs.metrics import Metrics
-from jobs.queue import connect, embedded_redis
+from jobs.queue import API_RETRIES, connect, embedded_redis
 from jobs.settings import Settings
 from jobs.signing import Signer
 from jobs.storage import ObjectStore, S3Store
@@ -25,12 +27,7 @@ DEMO_DATABASE = "demo-platform.sqlite3"
 
 def demo_connector_configs(settings: Settings) -> tuple[ConnectorConfig, ...]:
     """The demo connectors over the sample platform database in the data dir."""
-    database = str(settings.data_dir / DEMO_DATABASE)
-    return (
-        ConnectorConfig("profile", "demo-profile", {"database": database}),
-        ConnectorConfig("devices", "demo-devices", {"database": database}),
-        ConnectorConfig("billing", "demo-billing", {"database": database}),
-    )
+    return demo.demo_connector_configs(settings.data_dir / DEMO_DATABASE)
 
 
 def connector_configs(settings: Settings) -> tuple[ConnectorConfig, ...]:
@@ -70,6 +67,7 @@ class Resources:
     signer: Signer
     keyring: KeyRing
     metrics: Metrics
+    leases: Leases
 
     @property
     def prefix(self) -> str:
@@ -93,15 +91,21 @@ async def open_resources(
     storage: ObjectStore | None = None,
     connectors: Mapping[str, Connector] | None = None,
     namespace: str = "handover:",
+    redis_retries: int = API_RETRIES,
 ) -> AsyncIterator[Resources]:
-    """Open everything from ``settings``; parts passed in are used as they are and not closed."""
+    """Open everything from ``settings``; parts passed in are used as they are and not closed.
+
+    Redis is opened for the API by default: a lost connection is retried briefly,
+    then the request fails (503) instead of hanging. Workers pass their own, patient
+    connection.
+    """
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     async with AsyncExitStack() as stack:
         if redis is None:
             if settings.redis_url is None:
                 redis = embedded_redis()
             else:
-                redis = await connect(settings.redis_url.reveal())
+                redis = await connect(settings.redis_url.reveal(), retries=redis_retries)
             stack.push_async_callback(redis.aclose)
         if storage is None:
             storage = open_storage(settings)
@@ -123,4 +127,5 @@ async def open_resources(
             signer=signer,
             keyring=keyring,
             metrics=Metrics(redis, namespace),
+            leases=Leases(redis, namespace),
         )

@@ -370,6 +370,11 @@ class JobStore:
                 except WatchError:
                     continue
 
+    async def subject_busy_with_another(self, subject: str, job_id: str) -> bool:
+        """Whether a live job other than ``job_id`` holds the subject's gate."""
+        raw = await self.redis.hget(self._gate_key(subject), "holder")
+        return raw is not None and raw.decode() != job_id and await self._is_live(raw.decode())
+
     async def _is_live(self, job_id: str) -> bool:
         raw = await self.redis.hget(self._job_key(job_id), "core")
         return raw is not None and not JobStatus(orjson.loads(raw)["status"]).terminal

@@ -6,8 +6,10 @@ Resources open in ``on_startup`` and close in ``on_shutdown``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Mapping
+import uuid
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, suppress
 from datetime import timedelta
 from typing import Any
@@ -16,14 +18,17 @@ import aiohttp
 import arq.worker
 from arq import cron
 from arq.connections import ArqRedis, log_redis_info
+from arq.constants import in_progress_key_prefix, job_key_prefix
 from arq.worker import Retry, Worker, func
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.base import Connector
 from jobs.erasure import ErasurePipeline
 from jobs.export import ExportPipeline
-from jobs.model import JobKind, JobStatus, utcnow
-from jobs.pipeline import FINISH_TASK, RUN_TASK, Pipeline, RetryPolicy
+from jobs.model import Job, JobKind, JobStatus, utcnow
+from jobs.pipeline import FINISH_TASK, RUN_TASK, Pipeline, RetryPolicy, run_task_id
 from jobs.queue import QUEUE_NAME, deserialize, serialize
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
@@ -41,6 +46,10 @@ HEALTH_CHECK_KEY = "handover:worker:health"
 FINISH_TIMEOUT = timedelta(hours=6)
 EXPIRING_SOON = timedelta(days=1)
 EVERY_5_MINUTES = set(range(0, 60, 5))
+EVERY_10_SECONDS = set(range(0, 60, 10))
+SWEEP_QUIET = timedelta(seconds=45)
+#: On SIGTERM, running work gets this long to finish before it is canceled and re-queued.
+SHUTDOWN_GRACE_SECONDS = 10
 
 
 async def _log_redis_info(redis: ArqRedis, log_func: Any) -> None:
@@ -71,17 +80,102 @@ def build_pipelines(
     return built
 
 
+@contextlib.asynccontextmanager
+async def _redis_outage_retries(ctx: Mapping[str, Any]) -> AsyncIterator[None]:
+    """A task that loses Redis mid-way is queued again, not failed and forgotten."""
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        delay = min(30.0, 2.0 ** ctx.get("job_try", 1))
+        log.warning("Redis unavailable during a task; queued again in %.0f s", delay)
+        raise Retry(defer=delay) from exc
+
+
 async def run_connector(
     ctx: dict[str, Any], kind: str, job_id: str, connector: str, generation: int
 ) -> None:
     """Task: one connector's share of a job."""
     pipeline = pipelines(ctx)[JobKind(kind)]
-    await pipeline.run_connector(job_id, connector, generation, attempt=ctx["job_try"])
+    async with _redis_outage_retries(ctx):
+        await pipeline.run_connector(job_id, connector, generation, attempt=ctx["job_try"])
 
 
 async def finish(ctx: dict[str, Any], kind: str, job_id: str, generation: int) -> None:
     """Task: end a job whose connector runs have all finished."""
-    await pipelines(ctx)[JobKind(kind)].finish(job_id, generation)
+    async with _redis_outage_retries(ctx):
+        await pipelines(ctx)[JobKind(kind)].finish(job_id, generation, attempt=ctx["job_try"])
+
+
+async def _waiting_in_queue(resources: Resources, job: Job) -> bool:
+    """Whether one of the job's tasks sits in the queue, not yet picked up (nothing lost)."""
+    task_ids = [
+        run_task_id(job, name) for name, run in job.connectors.items() if not run.status.finished
+    ]
+    task_ids.append(f"finish:{job.id}:{job.generation}")
+    async with resources.redis.pipeline(transaction=False) as pipe:
+        for task_id in task_ids:
+            pipe.exists(job_key_prefix + task_id)
+            pipe.exists(in_progress_key_prefix + task_id)
+        answers = await pipe.execute()
+    return any(
+        queued and not running for queued, running in zip(answers[::2], answers[1::2], strict=True)
+    )
+
+
+async def sweep(ctx: dict[str, Any]) -> int:
+    """Cron, every 15 s: queue again any live job's work that nothing has touched for 45 s.
+
+    The safety net under leases: a task lost to a Redis outage or a crash between
+    two writes leaves a live job whose runs are neither queued, nor leased, nor
+    finished. Queuing is idempotent (deterministic task ids), so sweeping a job
+    whose task is merely waiting in the queue changes nothing.
+    """
+    resources = _resources(ctx)
+    store = resources.store
+    now = utcnow()
+    swept = 0
+    for status in (JobStatus.QUEUED, JobStatus.RUNNING):
+        for job_id in await store.ids_by_status(status, limit=10_000):
+            job = await store.get(job_id)
+            if job.not_before is not None and now < job.not_before:
+                continue
+            moments = [job.updated_at]
+            for run in job.connectors.values():
+                moments += [m for m in (run.started_at, run.finished_at) if m is not None]
+            if now - max(moments) < SWEEP_QUIET:
+                continue
+            if await store.subject_busy_with_another(job.subject, job.id):
+                continue
+            if await resources.leases.any_live(f"|{job.id}|{job.generation}|"):
+                continue
+            if await _waiting_in_queue(resources, job):
+                continue
+            pipeline = pipelines(ctx)[job.kind]
+            if job.status is JobStatus.RUNNING and all(
+                run.status.finished for run in job.connectors.values()
+            ):
+                await pipeline.fan_in(job, again=True)
+            else:
+                await pipeline.enqueue_runs(job, again=True)
+            await store.add_event(job.id, "swept", "watchdog", {})
+            swept += 1
+    return swept
+
+
+async def watchdog(ctx: dict[str, Any]) -> int:
+    """Cron, every 10 s: queue again the work of workers that stopped renewing their lease."""
+    resources = _resources(ctx)
+    recovered = 0
+    for lease in await resources.leases.reap():
+        await resources.redis.enqueue_job(
+            lease.function, *lease.args, _job_id=f"{lease.unit}|recovered|{uuid.uuid4().hex[:8]}"
+        )
+        job_id = str(lease.args[1])
+        with suppress(Exception):
+            await resources.store.add_event(job_id, "recovered", "watchdog", {"unit": lease.unit})
+        log.warning("lease on %s expired: its worker stopped; queued again", lease.unit)
+        recovered += 1
+    return recovered
 
 
 def _resources(ctx: Mapping[str, Any]) -> Resources:
@@ -210,12 +304,22 @@ def create_worker(
             func(
                 run_connector, name=RUN_TASK, timeout=connector_timeout, max_tries=8, keep_result=0
             ),
-            func(finish, name=FINISH_TASK, timeout=FINISH_TIMEOUT.total_seconds(), keep_result=0),
+            func(
+                finish,
+                name=FINISH_TASK,
+                timeout=FINISH_TIMEOUT.total_seconds(),
+                keep_result=0,
+                max_tries=10,
+            ),
             func(deliver_webhook, name=DELIVER_TASK, timeout=60, max_tries=WEBHOOK_TRIES + 1),
         ],
         cron_jobs=[
             cron(expire_archives, name="expire_archives", minute=EVERY_5_MINUTES, unique=True),
             cron(watch_deadlines, name="watch_deadlines", minute=EVERY_5_MINUTES, unique=True),
+            cron(
+                watchdog, name="watchdog", second=EVERY_10_SECONDS, unique=True, run_at_startup=True
+            ),
+            cron(sweep, name="sweep", second={5, 20, 35, 50}, unique=True),
         ],
         queue_name=QUEUE_NAME,
         redis_pool=redis,
@@ -231,4 +335,5 @@ def create_worker(
         health_check_interval=30,
         keep_result=3600,
         allow_abort_jobs=True,
+        job_completion_wait=SHUTDOWN_GRACE_SECONDS,
     )

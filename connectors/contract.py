@@ -1,0 +1,587 @@
+"""The connector contract: what every connector owes Handover, as tests an integrator runs.
+
+Subclass :class:`ConnectorContract` in a test module, name the subclass ``Test…``,
+and say how to build the connector and whom its processor holds data on::
+
+    from connectors import Connector, Subject
+    from connectors.testing import ConnectorContract
+
+    class TestAcmeCrm(ConnectorContract):
+        async def make_connector(self) -> Connector:
+            return AcmeCrmConnector("acme", base_url=ACME_URL, contacts=SAMPLE)
+
+        def subject_with_data(self) -> Subject:
+            return Subject("alice", email="alice@example.com")
+
+        async def make_failing_connector(self) -> Connector | None:
+            return AcmeCrmConnector("acme", base_url="http://127.0.0.1:9")
+
+pytest collects the inherited ``test_*`` methods. Each one builds a fresh connector
+with :meth:`~ConnectorContract.make_connector`, opens it, runs its scenario in an
+event loop of its own and closes it, so the kit needs no pytest plugin and works
+in any asyncio mode. The scenarios erase data: ``make_connector`` must give each
+test a processor holding the subject's data afresh.
+
+The tests use pytest fixtures through an autouse fixture on the subclass that keeps
+what it needs on ``self`` (pytest makes one instance of the class per test)::
+
+    @pytest.fixture(autouse=True)
+    def _bucket(self, bucket: str) -> None:
+        self.bucket = bucket
+
+A server the connector talks to is best started in ``make_connector`` (same event
+loop as the scenario) and stopped in :meth:`~ConnectorContract.cleanup`.
+
+What the contract checks:
+
+- the connector declares its datasets, each with a category;
+- :meth:`~connectors.base.Connector.check` passes on a healthy processor;
+- an export yields only :class:`~connectors.items.Record` and
+  :class:`~connectors.items.File` items of declared datasets; a record's data is a
+  mapping with text keys that Handover can encode as JSON, and that fits one CSV
+  header (the dataset's declared ``fields``, or else the first record's keys); a
+  file has a safe relative path and ``bytes`` content, whole or in chunks;
+- a subject the processor holds nothing on gets an empty export;
+- exports running at the same time do not mix their subjects' data;
+- an export leaves the instance's attributes as they were: a connector keeps no
+  per-job state. The comparison is shallow — it sees an attribute rebound (a
+  cursor, a counter, "the current subject"), not a mutation inside a shared
+  object, so keep per-job data in local variables;
+- an erasure with ``dry_run`` changes nothing the export shows;
+- after an erasure, the export holds only datasets named in ``retention()``
+  (blocked, still shown to the subject); the report counts what was deleted or
+  anonymised per dataset, and what was retained with the rule's legal basis;
+- a second erasure succeeds and reports nothing new deleted or anonymised;
+- erasing one subject leaves another subject's data alone;
+- a restriction answers a :class:`~connectors.reports.RestrictionReport` and,
+  with ``dry_run``, changes nothing;
+- a connector whose processor fails (:meth:`~ConnectorContract.make_failing_connector`)
+  raises a classified :class:`~connectors.errors.TransientError` or
+  :class:`~connectors.errors.PermanentError` from export and erase, rather than
+  answering "nothing held"; and throughout, anything a connector raises is a
+  :class:`~connectors.errors.ConnectorError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import posixpath
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import orjson
+
+from connectors.base import Connector
+from connectors.errors import ConnectorError, PermanentError, TransientError
+from connectors.items import Dataset, File, Record, Subject
+from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
+
+__all__ = ["ConnectorContract"]
+
+_T = TypeVar("_T")
+
+
+def _json_default(value: Any) -> Any:
+    """What Handover's archive encoder does with values JSON has no type for."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+@dataclass(frozen=True)
+class _Holding:
+    """What one export showed, as sorted ``(dataset, fingerprint)`` pairs: order does not count.
+
+    A record's fingerprint is its canonical JSON; a file's, its path and SHA-256.
+    """
+
+    items: tuple[tuple[str, str], ...]
+
+    def counts(self) -> Counter[str]:
+        """Items per dataset."""
+        return Counter(dataset for dataset, _ in self.items)
+
+    @property
+    def empty(self) -> bool:
+        """Whether the export yielded nothing."""
+        return not self.items
+
+
+async def _guarded(operation: str, awaitable: Awaitable[_T]) -> _T:
+    """Await ``awaitable``; an exception that is no ConnectorError breaks the contract."""
+    try:
+        return await awaitable
+    except (ConnectorError, AssertionError):
+        raise
+    except Exception as exc:
+        raise AssertionError(
+            f"{operation} raised {type(exc).__name__}: {exc} — a connector reports failures "
+            "as connectors.errors classes (map foreign errors at the boundary: "
+            "raise TransientError(...) from exc)"
+        ) from exc
+
+
+class _ExportChecker:
+    """Checks every item of one export against the contract and records what it saw."""
+
+    def __init__(self, connector: Connector) -> None:
+        self.connector = connector
+        self.declared: dict[str, Dataset] = {d.name: d for d in connector.datasets}
+        self.columns: dict[str, frozenset[str]] = {
+            d.name: frozenset(d.fields) for d in connector.datasets if d.fields
+        }
+        self.items: list[tuple[str, str]] = []
+
+    def _require_declared(self, dataset: object, what: str) -> str:
+        if not isinstance(dataset, str) or dataset not in self.declared:
+            known = ", ".join(sorted(self.declared)) or "none"
+            raise AssertionError(
+                f"{what} belongs to dataset {dataset!r}, which the connector does not declare "
+                f"(declared: {known})"
+            )
+        return dataset
+
+    def add_record(self, record: Record) -> None:
+        dataset = self._require_declared(record.dataset, "a record")
+        data = record.data
+        if not isinstance(data, Mapping):
+            raise AssertionError(
+                f"a {dataset!r} record's data is {type(data).__name__}, not a dict"
+            )
+        keys = list(data)
+        bad_keys = [key for key in keys if not isinstance(key, str)]
+        if bad_keys:
+            raise AssertionError(f"a {dataset!r} record has non-text keys {bad_keys!r}")
+        try:
+            encoded = orjson.dumps(data, default=_json_default, option=orjson.OPT_SORT_KEYS)
+        except TypeError as exc:
+            raise AssertionError(f"a {dataset!r} record cannot be encoded as JSON: {exc}") from exc
+        columns = self.columns.setdefault(dataset, frozenset(keys))
+        extra = sorted(set(keys) - columns)
+        if extra:
+            source = "declared fields" if self.declared[dataset].fields else "first record's keys"
+            raise AssertionError(
+                f"a {dataset!r} record has field(s) {', '.join(extra)} outside the CSV columns "
+                f"({source}: {', '.join(sorted(columns))}); declare them in the Dataset's fields"
+            )
+        self.items.append((dataset, encoded.decode()))
+
+    async def add_file(self, file: File) -> None:
+        dataset = self._require_declared(file.dataset, f"file {file.path!r}")
+        path = file.path
+        clean = posixpath.normpath(path) if isinstance(path, str) and path else ""
+        if (
+            not clean
+            or path.startswith("/")
+            or clean in {".", ".."}
+            or clean.startswith("../")
+            or "\\" in path
+        ):
+            raise AssertionError(
+                f"file path {path!r} is not a safe relative path (it lands under files/)"
+            )
+        if not isinstance(file.media_type, str) or "/" not in file.media_type:
+            raise AssertionError(f"file {path!r} has media type {file.media_type!r}")
+        digest = hashlib.sha256()
+        if isinstance(file.content, bytes):
+            digest.update(file.content)
+        elif isinstance(file.content, AsyncIterable):
+            async for chunk in file.content:
+                if not isinstance(chunk, bytes):
+                    raise AssertionError(
+                        f"file {path!r} streamed a {type(chunk).__name__} chunk, not bytes"
+                    )
+                digest.update(chunk)
+        else:
+            raise AssertionError(
+                f"file {path!r} has content of type {type(file.content).__name__}: "
+                "give bytes or an async iterable of bytes"
+            )
+        self.items.append((dataset, f"file {clean} sha256:{digest.hexdigest()}"))
+
+    def holding(self) -> _Holding:
+        return _Holding(tuple(sorted(self.items)))
+
+
+async def _collect(connector: Connector, subject: Subject) -> _Holding:
+    """Run an export to its end, checking every item."""
+    checker = _ExportChecker(connector)
+
+    async def consume() -> None:
+        async for item in connector.export(subject):
+            if isinstance(item, Record):
+                checker.add_record(item)
+            elif isinstance(item, File):
+                await checker.add_file(item)
+            else:
+                raise AssertionError(
+                    f"export yielded a {type(item).__name__}; only Record and File are items"
+                )
+
+    await _guarded(f"export of {subject.id!r}", consume())
+    return checker.holding()
+
+
+def _check_erasure_report(connector: Connector, report: object) -> ErasureReport:
+    if not isinstance(report, ErasureReport):
+        raise AssertionError(f"erase returned {type(report).__name__}, not an ErasureReport")
+    declared = {d.name for d in connector.datasets}
+    for entry in report.datasets:
+        if entry.dataset not in declared:
+            raise AssertionError(f"the erasure report names undeclared dataset {entry.dataset!r}")
+        for count in ("deleted", "anonymised", "retained"):
+            value = getattr(entry, count)
+            if not isinstance(value, int) or value < 0:
+                raise AssertionError(f"{entry.dataset!r}: {count} is {value!r}, not a count")
+    return report
+
+
+def _check_restriction_report(connector: Connector, report: object) -> RestrictionReport:
+    if not isinstance(report, RestrictionReport):
+        raise AssertionError(f"restrict returned {type(report).__name__}, not a RestrictionReport")
+    declared = {d.name for d in connector.datasets}
+    for dataset, count in report.restricted.items():
+        if dataset not in declared:
+            raise AssertionError(f"the restriction report names undeclared dataset {dataset!r}")
+        if not isinstance(count, int) or count < 0:
+            raise AssertionError(f"{dataset!r}: restricted is {count!r}, not a count")
+    return report
+
+
+def _difference(before: _Holding, after: _Holding) -> str:
+    gone = Counter(before.items) - Counter(after.items)
+    new = Counter(after.items) - Counter(before.items)
+    return f"{sum(gone.values())} item(s) gone, {sum(new.values())} item(s) new or changed"
+
+
+class ConnectorContract(ABC):
+    """The tests every connector must pass; subclass it as ``Test<YourConnector>``.
+
+    Override :meth:`make_connector` and :meth:`subject_with_data`; override
+    :meth:`make_failing_connector` (or have it return ``None`` when the connector has
+    no processor that can fail); override :meth:`retention`,
+    :meth:`subject_without_data` and :meth:`cleanup` where the defaults do not fit.
+    """
+
+    @abstractmethod
+    async def make_connector(self) -> Connector:
+        """A new connector whose processor holds data on :meth:`subject_with_data`.
+
+        Called once per test, inside that test's event loop; every test may erase,
+        so each call must give a processor holding the data afresh.
+        """
+
+    @abstractmethod
+    def subject_with_data(self) -> Subject:
+        """A subject the processor holds at least one record or file on."""
+
+    def subject_without_data(self) -> Subject:
+        """A subject the processor holds nothing on."""
+        return Subject("handover-contract-nobody", email="nobody@contract.invalid")
+
+    def retention(self) -> Mapping[str, RetentionRule]:
+        """The retention rules erasures run with: datasets that must be kept and blocked.
+
+        Name a dataset the subject has data in to test the connector's blocking;
+        the default, none, tests that everything is erased.
+        """
+        return {}
+
+    async def make_failing_connector(self) -> Connector | None:
+        """A connector whose processor fails: unreachable, refusing its credentials, gone.
+
+        Return ``None`` only when the connector has no processor that can fail (it
+        generates its data, say). Not overriding it fails the contract's error test.
+        """
+        raise AssertionError(
+            f"{type(self).__name__} does not override make_failing_connector(): return a "
+            "connector whose processor fails (a closed port, wrong credentials, a missing "
+            "bucket), or None when nothing can fail"
+        )
+
+    async def cleanup(self) -> None:
+        """Stop what :meth:`make_connector` started; runs after the connector is closed."""
+
+    def _run(self, scenario: Callable[[Connector], Awaitable[None]]) -> None:
+        async def main() -> None:
+            try:
+                connector = await self.make_connector()
+                await _guarded("open", connector.open())
+                try:
+                    await scenario(connector)
+                finally:
+                    await _guarded("close", connector.close())
+            finally:
+                await self.cleanup()
+
+        asyncio.run(main())
+
+    async def _erase(
+        self, connector: Connector, subject: Subject, *, dry_run: bool
+    ) -> ErasureReport:
+        report = await _guarded(
+            f"erase of {subject.id!r}",
+            connector.erase(subject, dry_run=dry_run, retention=self.retention()),
+        )
+        return _check_erasure_report(connector, report)
+
+    async def _holding_of_subject(self, connector: Connector) -> _Holding:
+        holding = await _collect(connector, self.subject_with_data())
+        if holding.empty:
+            raise AssertionError(
+                f"the export of subject_with_data() {self.subject_with_data().id!r} is empty: "
+                "make_connector() must give a processor holding data on that subject"
+            )
+        return holding
+
+    def test_declares_its_datasets(self) -> None:
+        """Datasets are declared up front, each with a unique name and a category."""
+
+        async def scenario(connector: Connector) -> None:
+            names = [d.name for d in connector.datasets]
+            assert names, f"{type(connector).__name__} declares no datasets"
+            assert len(names) == len(set(names)), f"dataset names repeat: {names}"
+            for dataset in connector.datasets:
+                assert isinstance(dataset, Dataset), f"{dataset!r} is not a Dataset"
+                assert dataset.name and isinstance(dataset.name, str), f"{dataset!r} has no name"
+                assert dataset.category and isinstance(dataset.category, str), (
+                    f"dataset {dataset.name!r} has no category"
+                )
+
+        self._run(scenario)
+
+    def test_check_passes_on_a_healthy_processor(self) -> None:
+        """``check()`` raises nothing when the processor works."""
+
+        async def scenario(connector: Connector) -> None:
+            await _guarded("check", connector.check())
+
+        self._run(scenario)
+
+    def test_export_yields_valid_items(self) -> None:
+        """Items are records and files of declared datasets, encodable as JSON and CSV."""
+
+        async def scenario(connector: Connector) -> None:
+            await self._holding_of_subject(connector)
+
+        self._run(scenario)
+
+    def test_export_of_a_subject_without_data_is_empty(self) -> None:
+        """A subject the processor holds nothing on gets nothing."""
+
+        async def scenario(connector: Connector) -> None:
+            nobody = self.subject_without_data()
+            holding = await _collect(connector, nobody)
+            assert holding.empty, (
+                f"the export of {nobody.id!r} yielded {sum(holding.counts().values())} item(s)"
+            )
+
+        self._run(scenario)
+
+    def test_concurrent_exports_do_not_mix(self) -> None:
+        """Exports of different subjects at the same time each get their own subject's data."""
+
+        async def scenario(connector: Connector) -> None:
+            alone = await self._holding_of_subject(connector)
+            subject, nobody = self.subject_with_data(), self.subject_without_data()
+            for first, second in ((subject, nobody), (nobody, subject)):
+                holdings = await asyncio.gather(
+                    _collect(connector, first), _collect(connector, second)
+                )
+                together = dict(zip((first.id, second.id), holdings, strict=True))
+                assert together[subject.id] == alone, (
+                    "concurrent exports differ from a lone one: "
+                    f"{_difference(alone, together[subject.id])}"
+                )
+                assert together[nobody.id].empty, (
+                    f"{nobody.id!r} got data while another subject's export ran"
+                )
+
+        self._run(scenario)
+
+    def test_export_keeps_no_per_job_state(self) -> None:
+        """An export rebinds no attribute of the instance (compared shallowly)."""
+
+        async def scenario(connector: Connector) -> None:
+            before = dict(vars(connector))
+            await self._holding_of_subject(connector)
+            after = dict(vars(connector))
+            changed = sorted(
+                name
+                for name in before.keys() | after.keys()
+                if name not in before or name not in after or before[name] is not after[name]
+            )
+            assert not changed, (
+                f"export changed attribute(s) {', '.join(changed)} of the connector: per-job "
+                "data belongs in arguments and local variables, shared resources in open()"
+            )
+
+        self._run(scenario)
+
+    def test_dry_run_erasure_changes_nothing(self) -> None:
+        """``erase(dry_run=True)`` reports, and the export afterwards is the same."""
+
+        async def scenario(connector: Connector) -> None:
+            before = await self._holding_of_subject(connector)
+            await self._erase(connector, self.subject_with_data(), dry_run=True)
+            after = await _collect(connector, self.subject_with_data())
+            assert after == before, f"a dry-run erasure changed data: {_difference(before, after)}"
+
+        self._run(scenario)
+
+    def test_erasure_leaves_only_retained_data(self) -> None:
+        """After an erasure the export holds only retained datasets, as the report says."""
+
+        async def scenario(connector: Connector) -> None:
+            subject = self.subject_with_data()
+            retention = self.retention()
+            before = await self._holding_of_subject(connector)
+            report = await self._erase(connector, subject, dry_run=False)
+            after = await _collect(connector, subject)
+            left = sorted(set(after.counts()) - set(retention))
+            assert not left, f"after erasure the export still holds dataset(s) {', '.join(left)}"
+            for dataset, count in before.counts().items():
+                entry = report.dataset(dataset)
+                rule = retention.get(dataset)
+                if rule is None:
+                    assert entry.deleted + entry.anonymised > 0, (
+                        f"the subject had {count} item(s) in {dataset!r} but the report "
+                        "counts none deleted or anonymised"
+                    )
+                    continue
+                assert entry.retained > 0 and entry.legal_basis == rule.legal_basis, (
+                    f"retained dataset {dataset!r} is reported as {entry}, not retained "
+                    f"under {rule.legal_basis!r}"
+                )
+                assert after.counts()[dataset] == count, (
+                    f"retained dataset {dataset!r} held {count} item(s) before the erasure "
+                    f"and {after.counts()[dataset]} after: retained data is kept and shown"
+                )
+
+        self._run(scenario)
+
+    def test_erasure_is_idempotent(self) -> None:
+        """A repeated erasure succeeds and reports nothing new deleted or anonymised."""
+
+        async def scenario(connector: Connector) -> None:
+            subject = self.subject_with_data()
+            await self._holding_of_subject(connector)
+            await self._erase(connector, subject, dry_run=False)
+            first = await _collect(connector, subject)
+            again = await self._erase(connector, subject, dry_run=False)
+            repeated = [e.dataset for e in again.datasets if e.deleted or e.anonymised]
+            assert not repeated, (
+                f"the second erasure reports deletions in {', '.join(repeated)}: {again}"
+            )
+            second = await _collect(connector, subject)
+            assert second == first, f"the second erasure changed data: {_difference(first, second)}"
+
+        self._run(scenario)
+
+    def test_erasure_leaves_other_subjects_alone(self) -> None:
+        """Erasing a subject the processor holds nothing on touches nobody's data."""
+
+        async def scenario(connector: Connector) -> None:
+            before = await self._holding_of_subject(connector)
+            report = await self._erase(connector, self.subject_without_data(), dry_run=False)
+            counted = [e.dataset for e in report.datasets if e.deleted or e.anonymised]
+            assert not counted, f"erasing a subject without data reports deletions: {report}"
+            after = await _collect(connector, self.subject_with_data())
+            assert after == before, (
+                f"erasing another subject changed this one's data: {_difference(before, after)}"
+            )
+
+        self._run(scenario)
+
+    def test_restriction_answers_a_report(self) -> None:
+        """``restrict`` answers a RestrictionReport, changes nothing on a dry run, keeps data."""
+
+        async def scenario(connector: Connector) -> None:
+            subject = self.subject_with_data()
+            before = await self._holding_of_subject(connector)
+            dry = await _guarded(
+                f"restrict of {subject.id!r}", connector.restrict(subject, dry_run=True)
+            )
+            _check_restriction_report(connector, dry)
+            after_dry = await _collect(connector, subject)
+            assert after_dry == before, (
+                f"a dry-run restriction changed data: {_difference(before, after_dry)}"
+            )
+            report = await _guarded(
+                f"restrict of {subject.id!r}", connector.restrict(subject, dry_run=False)
+            )
+            _check_restriction_report(connector, report)
+            after = await _collect(connector, subject)
+            assert after.counts() == before.counts(), (
+                "a restriction keeps the data (Art. 18 blocks processing, not storage): "
+                f"{dict(before.counts())} before, {dict(after.counts())} after"
+            )
+
+        self._run(scenario)
+
+    def test_failures_are_classified_connector_errors(self) -> None:
+        """A failing processor surfaces as TransientError or PermanentError, never as "nothing"."""
+
+        async def main() -> None:
+            try:
+                connector = await self.make_failing_connector()
+                if connector is None:
+                    return
+                await self._expect_failures(connector)
+            finally:
+                await self.cleanup()
+
+        asyncio.run(main())
+
+    async def _expect_failures(self, connector: Connector) -> None:
+        subject = self.subject_with_data()
+        try:
+            await _guarded("open", connector.open())
+        except ConnectorError as exc:
+            _require_classified("open", exc)
+            return
+        try:
+            with_failure: dict[str, Callable[[], Awaitable[object]]] = {
+                "export": lambda: _collect(connector, subject),
+                "erase": lambda: connector.erase(
+                    subject, dry_run=False, retention=self.retention()
+                ),
+            }
+            for operation, call in with_failure.items():
+                try:
+                    await _guarded(operation, call())
+                except ConnectorError as exc:
+                    _require_classified(operation, exc)
+                    continue
+                raise AssertionError(
+                    f"{operation} on the failing connector succeeded: a processor that "
+                    "cannot answer must raise, not report that it holds nothing"
+                )
+            for operation, optional in (
+                ("check", lambda: connector.check()),
+                ("restrict", lambda: connector.restrict(subject, dry_run=True)),
+            ):
+                try:
+                    await _guarded(operation, optional())
+                except ConnectorError as exc:
+                    _require_classified(operation, exc)
+        finally:
+            await _guarded("close", connector.close())
+
+
+def _require_classified(operation: str, exc: ConnectorError) -> None:
+    if not isinstance(exc, TransientError | PermanentError):
+        raise AssertionError(
+            f"{operation} raised {type(exc).__name__}: {exc} — classify it as TransientError "
+            "(retry may help) or PermanentError (it will not)"
+        ) from exc

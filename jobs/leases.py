@@ -1,0 +1,181 @@
+"""Leases: who is doing a unit of work right now, kept alive by a heartbeat.
+
+arq re-runs a task whose worker was SIGKILLed only after the task's timeout plus
+ten seconds (an hour, for a connector run). Handover does not wait that long: each
+unit of work (one connector's run, one job's finish) is done under a short lease,
+renewed every few seconds while the work goes on. A worker that dies stops
+renewing; the watchdog (a cron on every worker, one tick at a time) finds the
+lease expired within seconds and queues the unit again, so the job finishes on
+another worker. Work is idempotent, so the rare double run changes nothing.
+
+Layout::
+
+    {ns}leases        zset: unit → lease expiry (ms)
+    {ns}lease:owners  hash: unit → owner (host:pid:nonce)
+    {ns}lease:tasks   hash: unit → the arq task (JSON) that redoes the unit
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from redis.asyncio import Redis
+from redis.exceptions import WatchError
+
+LEASE_SECONDS = 20.0
+HEARTBEAT_SECONDS = 5.0
+
+
+def owner_id() -> str:
+    """This process's name as a lease owner."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class ExpiredLease:
+    """A unit whose owner stopped renewing, with the task that redoes it."""
+
+    unit: str
+    function: str
+    args: list[Any]
+
+
+class Leases:
+    """Acquire, renew, release and reap leases."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        namespace: str,
+        *,
+        owner: str | None = None,
+        ttl: float = LEASE_SECONDS,
+        heartbeat: float = HEARTBEAT_SECONDS,
+    ) -> None:
+        self.redis: Any = redis
+        self.key = f"{namespace}leases"
+        self.owners = f"{namespace}lease:owners"
+        self.tasks = f"{namespace}lease:tasks"
+        self.owner = owner or owner_id()
+        self.ttl = ttl
+        self.heartbeat = heartbeat
+
+    def _expiry(self) -> int:
+        return int((time.time() + self.ttl) * 1000)
+
+    async def acquire(self, unit: str, function: str, args: list[Any]) -> bool:
+        """Take the lease on ``unit`` unless another owner holds a live one."""
+        pipe: Any
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(self.key, self.owners)
+                    expiry = await pipe.zscore(self.key, unit)
+                    holder = await pipe.hget(self.owners, unit)
+                    now_ms = time.time() * 1000
+                    if (
+                        expiry is not None
+                        and expiry > now_ms
+                        and holder not in (None, self.owner.encode())
+                    ):
+                        return False
+                    pipe.multi()
+                    pipe.zadd(self.key, {unit: self._expiry()})
+                    pipe.hset(self.owners, unit, self.owner)
+                    pipe.hset(self.tasks, unit, orjson.dumps({"function": function, "args": args}))
+                    await pipe.execute()
+                    return True
+                except WatchError:
+                    continue
+
+    async def renew(self, unit: str) -> bool:
+        """Extend our lease; ``False`` when it is no longer ours."""
+        holder = await self.redis.hget(self.owners, unit)
+        if holder != self.owner.encode():
+            return False
+        await self.redis.zadd(self.key, {unit: self._expiry()}, xx=True)
+        return True
+
+    async def release(self, unit: str) -> None:
+        """Give the lease up (only if it is still ours)."""
+        pipe: Any
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(self.owners)
+                    holder = await pipe.hget(self.owners, unit)
+                    if holder != self.owner.encode():
+                        return
+                    pipe.multi()
+                    pipe.zrem(self.key, unit)
+                    pipe.hdel(self.owners, unit)
+                    pipe.hdel(self.tasks, unit)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+
+    @contextlib.asynccontextmanager
+    async def hold(self, unit: str, function: str, args: list[Any]) -> AsyncIterator[bool]:
+        """Hold the lease on ``unit`` for the block, renewing it; yields whether we got it."""
+        if not await self.acquire(unit, function, args):
+            yield False
+            return
+
+        async def beat() -> None:
+            while True:
+                await asyncio.sleep(self.heartbeat)
+                with contextlib.suppress(Exception):
+                    await self.renew(unit)
+
+        heartbeat = asyncio.create_task(beat())
+        try:
+            yield True
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            await asyncio.shield(self.release(unit))
+
+    async def any_live(self, fragment: str) -> bool:
+        """Whether a live lease's unit contains ``fragment`` (e.g. ``"|<job id>|<gen>|"``)."""
+        now_ms = time.time() * 1000
+        async for _unit, expiry in self.redis.zscan_iter(self.key, match=f"*{fragment}*"):
+            if expiry > now_ms:
+                return True
+        return False
+
+    async def reap(self) -> list[ExpiredLease]:
+        """Remove every expired lease and return what each one was doing."""
+        now_ms = int(time.time() * 1000)
+        reaped = []
+        for raw in await self.redis.zrangebyscore(self.key, "-inf", f"({now_ms}", start=0, num=500):
+            unit = raw.decode()
+            pipe: Any
+            async with self.redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(self.key)
+                    expiry = await pipe.zscore(self.key, unit)
+                    task = await pipe.hget(self.tasks, unit)
+                    if expiry is None or expiry >= now_ms:
+                        continue  # renewed or released meanwhile
+                    pipe.multi()
+                    pipe.zrem(self.key, unit)
+                    pipe.hdel(self.owners, unit)
+                    pipe.hdel(self.tasks, unit)
+                    await pipe.execute()
+                except WatchError:
+                    continue
+            if task is not None:
+                spec = orjson.loads(task)
+                reaped.append(ExpiredLease(unit, spec["function"], spec["args"]))
+        return reaped

@@ -1,0 +1,194 @@
+"""Discovery through entry points, and the errors a bad plugin or configuration gives."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from connectors import ConnectorLoadError
+from connectors.registry import (
+    ENTRY_POINT_GROUP,
+    ConnectorConfig,
+    available_types,
+    build_connectors,
+    load_type,
+)
+from connectors.s3files import S3FilesConnector
+from connectors.testing import MemoryConnector, SyntheticConnector
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A tiny third-party distribution installed with pip, with one entry point per flaw."""
+
+    distribution: str
+    module: str
+    broken: str
+    not_a_connector: str
+    fussy: str
+    working: str
+
+
+PLUGIN_MODULES = {
+    "broken.py": """
+        import acme_sdk_that_is_not_installed  # noqa: F401
+    """,
+    "thing.py": """
+        class Thing:
+            '''Not a connector.'''
+    """,
+    "fussy.py": """
+        from connectors import Connector
+
+        class Fussy(Connector):
+            '''Refuses every configuration.'''
+
+            def __init__(self, name, **options):
+                raise ValueError("api_key is required")
+
+            async def export(self, subject):
+                yield
+
+            async def erase(self, subject, *, dry_run, retention):
+                raise NotImplementedError
+    """,
+}
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
+    """Builds the plugin and pip-installs it into a directory put on ``sys.path``.
+
+    A directory of this process only: other test runs sharing the venv never see
+    the broken plugin.
+    """
+    tag = uuid.uuid4().hex[:8]
+    plugin = Plugin(
+        distribution=f"handover-flawed-plugin-{tag}",
+        module=f"flawed_plugin_{tag}",
+        broken=f"broken-{tag}",
+        not_a_connector=f"thing-{tag}",
+        fussy=f"fussy-{tag}",
+        working=f"working-{tag}",
+    )
+    source = tmp_path_factory.mktemp("plugin-source")
+    package = source / plugin.module
+    package.mkdir()
+    (package / "__init__.py").write_text('"""A plugin with flaws."""\n')
+    for name, code in PLUGIN_MODULES.items():
+        (package / name).write_text(textwrap.dedent(code))
+    (source / "pyproject.toml").write_text(
+        textwrap.dedent(
+            f"""
+            [build-system]
+            requires = ["setuptools>=69"]
+            build-backend = "setuptools.build_meta"
+
+            [project]
+            name = "{plugin.distribution}"
+            version = "1.0"
+
+            [tool.setuptools]
+            packages = ["{plugin.module}"]
+
+            [project.entry-points."{ENTRY_POINT_GROUP}"]
+            {plugin.broken} = "{plugin.module}.broken:Connector"
+            {plugin.not_a_connector} = "{plugin.module}.thing:Thing"
+            {plugin.fussy} = "{plugin.module}.fussy:Fussy"
+            {plugin.working} = "connectors.testing:MemoryConnector"
+            """
+        )
+    )
+    site = tmp_path_factory.mktemp("plugin-site")
+    install = subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert install.returncode == 0, install.stdout + install.stderr
+    sys.path.insert(0, str(site))
+    try:
+        yield plugin
+    finally:
+        sys.path.remove(str(site))
+        for name in [m for m in sys.modules if m.startswith(plugin.module)]:
+            del sys.modules[name]
+
+
+def test_built_ins_register_through_the_entry_point_group() -> None:
+    types = available_types()
+    for name, cls in {
+        "memory": MemoryConnector,
+        "synthetic": SyntheticConnector,
+        "s3files": S3FilesConnector,
+    }.items():
+        assert types[name].dist is not None and types[name].dist.name == "handover"
+        assert load_type(name, types) is cls
+
+
+def test_an_unknown_type_lists_the_installed_ones() -> None:
+    with pytest.raises(ConnectorLoadError) as caught:
+        load_type("salesforse")
+    message = str(caught.value)
+    assert message.startswith("unknown connector type 'salesforse' (installed: ")
+    for name in ("memory", "s3files", "synthetic"):
+        assert name in message
+
+
+def test_a_plugin_that_fails_to_import_names_its_distribution(plugin: Plugin) -> None:
+    with pytest.raises(ConnectorLoadError) as caught:
+        build_connectors([ConnectorConfig("crm", plugin.broken)])
+    assert str(caught.value) == (
+        f"connector type {plugin.broken!r} from {plugin.distribution} failed to import: "
+        "No module named 'acme_sdk_that_is_not_installed'"
+    )
+    assert isinstance(caught.value.__cause__, ModuleNotFoundError)
+
+
+def test_a_broken_plugin_nobody_configures_costs_nothing(plugin: Plugin) -> None:
+    types = available_types()
+    assert {plugin.broken, plugin.not_a_connector, plugin.fussy} <= set(types)
+    built = build_connectors([ConnectorConfig("crm", plugin.working, {"records": {}})])
+    assert isinstance(built["crm"], MemoryConnector)
+    assert f"{plugin.module}.broken" not in sys.modules
+
+
+def test_a_class_that_is_no_connector_is_refused(plugin: Plugin) -> None:
+    with pytest.raises(ConnectorLoadError) as caught:
+        load_type(plugin.not_a_connector)
+    assert str(caught.value) == (
+        f"connector type {plugin.not_a_connector!r} from {plugin.distribution} "
+        "is not a Connector subclass"
+    )
+
+
+def test_a_constructor_error_is_wrapped_naming_the_connector(plugin: Plugin) -> None:
+    with pytest.raises(ConnectorLoadError) as caught:
+        build_connectors([ConnectorConfig("billing", plugin.fussy, {"api_key": ""})])
+    assert str(caught.value) == "connector 'billing' could not be built: api_key is required"
+    assert isinstance(caught.value.__cause__, ValueError)
+
+
+def test_an_unknown_option_is_wrapped_naming_the_connector() -> None:
+    with pytest.raises(ConnectorLoadError, match="connector 'telemetry' could not be built: "):
+        build_connectors([ConnectorConfig("telemetry", "synthetic", {"colour": "red"})])
+
+
+def test_connectors_are_built_in_configuration_order() -> None:
+    built = build_connectors(
+        [
+            ConnectorConfig("zeta", "memory"),
+            ConnectorConfig("alpha", "synthetic", {"records": 3}),
+            ConnectorConfig("mid", "memory"),
+        ]
+    )
+    assert list(built) == ["zeta", "alpha", "mid"]
+    assert [c.name for c in built.values()] == ["zeta", "alpha", "mid"]

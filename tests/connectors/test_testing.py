@@ -1,0 +1,406 @@
+"""The contract kit: the fakes pass it, and it catches connectors that break the contract."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import pytest
+
+from connectors import (
+    Connector,
+    ConnectorError,
+    Dataset,
+    DatasetErasure,
+    ErasureReport,
+    File,
+    Item,
+    Record,
+    RetentionRule,
+    Subject,
+)
+from connectors.testing import ConnectorContract, MemoryConnector, SyntheticConnector
+
+ALICE = Subject("alice", email="alice@example.com")
+INVOICES_KEPT = {
+    "invoices": RetentionRule("tax law: invoices are kept for 10 years", timedelta(days=3653))
+}
+
+
+def crm_records() -> dict[str, dict[str, list[dict[str, Any]]]]:
+    return {
+        "alice": {
+            "contacts": [{"id": 1, "email": "alice@example.com", "name": "Alice"}],
+            "invoices": [
+                {"number": "2024-001", "amount": Decimal("19.90"), "issued": datetime(2024, 1, 2)},
+                {"number": "2024-007", "amount": Decimal("5.00"), "issued": datetime(2024, 3, 4)},
+            ],
+        },
+        "bob": {"contacts": [{"id": 2, "email": "bob@example.com", "name": "Bob"}]},
+    }
+
+
+def crm(**options: Any) -> MemoryConnector:
+    return MemoryConnector(
+        "crm",
+        records=crm_records(),
+        files={"alice": {"avatar.png": b"\x89PNG...", "docs/contract.pdf": b"%PDF-1.7"}},
+        datasets=[
+            {"name": "contacts", "category": "contact", "fields": ("id", "email", "name")},
+            {"name": "invoices", "category": "economic"},
+        ],
+        **options,
+    )
+
+
+class TestMemoryConnector(ConnectorContract):
+    """Keeps invoices under retention, erases the rest."""
+
+    async def make_connector(self) -> Connector:
+        return crm()
+
+    def subject_with_data(self) -> Subject:
+        return ALICE
+
+    def retention(self) -> Mapping[str, RetentionRule]:
+        return INVOICES_KEPT
+
+    async def make_failing_connector(self) -> Connector | None:
+        return crm(fail="401 from the CRM: API key revoked")
+
+
+class TestMemoryConnectorWithoutRetention(TestMemoryConnector):
+    """Erases everything; its processor fails transiently."""
+
+    def retention(self) -> Mapping[str, RetentionRule]:
+        return {}
+
+    async def make_failing_connector(self) -> Connector | None:
+        return crm(fail_transient="503 from the CRM")
+
+
+class TestSyntheticConnector(ConnectorContract):
+    """Generates telemetry for any subject it has not erased."""
+
+    nobody = Subject("erased-long-ago")
+
+    async def make_connector(self) -> Connector:
+        connector = SyntheticConnector("telemetry", records=250, record_bytes=100, seed=7)
+        await connector.erase(self.nobody, dry_run=False, retention={})
+        return connector
+
+    def subject_with_data(self) -> Subject:
+        return ALICE
+
+    def subject_without_data(self) -> Subject:
+        return self.nobody
+
+    async def make_failing_connector(self) -> Connector | None:
+        return None  # it generates its data: there is no processor to fail
+
+
+# Connectors that break one clause of the contract each.
+
+
+class UndeclaredDataset(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        yield Record("secrets", {"pin": "1234"})
+
+
+class Unserialisable(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        yield Record("contacts", {"id": 1, "handle": object()})
+
+
+class FieldOutsideColumns(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        yield Record("contacts", {"id": 1, "email": "a@example.com", "phone": "+1 555"})
+
+
+class ColumnsDrift(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        yield Record("invoices", {"number": "1"})
+        yield Record("invoices", {"number": "2", "discount": "10%"})
+
+
+class UnsafeFilePath(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        yield File("../../etc/passwd", b"root")
+
+
+class TextChunks(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        async def chunks() -> AsyncIterator[bytes]:
+            yield b"fine"
+            yield "not bytes"  # type: ignore[misc]
+
+        yield File("notes.txt", chunks())
+
+
+class NotAnItem(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        yield {"dataset": "contacts"}  # type: ignore[misc]
+
+
+class ForeignError(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        raise KeyError("email")
+        yield  # pragma: no cover - makes this an async generator
+
+
+class RemembersSubject(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        self.current_subject = subject
+        async for item in super().export(subject):
+            yield item
+
+
+class SharesSubjectAcrossJobs(MemoryConnector):
+    """Keeps "the subject being exported" on the instance: concurrent exports mix."""
+
+    current: Subject | None = None
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        type(self).current = subject
+        for dataset, rows in self.records.get(subject.id, {}).items():
+            for row in rows:
+                await asyncio.sleep(0)  # a processor round trip: other exports run meanwhile
+                yield Record(dataset, row)
+                current = type(self).current
+                assert current is not None
+                if current.id != subject.id:
+                    yield Record(dataset, {**row, next(iter(row)): f"mixed up with {current.id}"})
+
+
+class DryRunErases(MemoryConnector):
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        return await super().erase(subject, dry_run=False, retention=retention)
+
+
+class AlwaysReportsDeletions(MemoryConnector):
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        await super().erase(subject, dry_run=dry_run, retention=retention)
+        return ErasureReport((DatasetErasure("contacts", deleted=1),))
+
+
+class ErasesEverybody(MemoryConnector):
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        if not dry_run:
+            self.records.clear()
+            self.files.clear()
+        return ErasureReport()
+
+
+class IgnoresRetention(MemoryConnector):
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        return await super().erase(subject, dry_run=dry_run, retention={})
+
+
+class ReportsNothing(MemoryConnector):
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        await super().erase(subject, dry_run=dry_run, retention=retention)
+        return ErasureReport()
+
+
+class SilentWhenDown(MemoryConnector):
+    """Its processor is down, and it answers "nothing held" instead of failing."""
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        for item in ():
+            yield item
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        return ErasureReport()
+
+
+class Unclassified(MemoryConnector):
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        raise ConnectorError("something went wrong")
+        yield  # pragma: no cover - makes this an async generator
+
+
+class NoDatasets(Connector):
+    datasets: ClassVar[tuple[Dataset, ...]] = ()
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        yield Record("anything", {})
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        return ErasureReport()
+
+
+def probe(
+    make: Callable[[], Connector],
+    *,
+    retention: Mapping[str, RetentionRule] | None = None,
+    failing: Callable[[], Connector | None] | None = None,
+) -> ConnectorContract:
+    """A contract instance over ``make`` (not collected: its name does not start with Test)."""
+
+    class Probe(ConnectorContract):
+        async def make_connector(self) -> Connector:
+            return make()
+
+        def subject_with_data(self) -> Subject:
+            return ALICE
+
+        def retention(self) -> Mapping[str, RetentionRule]:
+            return retention or {}
+
+        async def make_failing_connector(self) -> Connector | None:
+            if failing is None:
+                return await super().make_failing_connector()
+            return failing()
+
+    return Probe()
+
+
+def broken(cls: type[MemoryConnector]) -> Callable[[], Connector]:
+    def make() -> Connector:
+        connector = crm()
+        connector.__class__ = cls
+        return connector
+
+    return make
+
+
+BROKEN = {
+    "no datasets": (lambda: NoDatasets("empty"), "test_declares_its_datasets", "declares no"),
+    "undeclared dataset": (
+        broken(UndeclaredDataset),
+        "test_export_yields_valid_items",
+        "'secrets', which the connector does not declare",
+    ),
+    "not JSON": (broken(Unserialisable), "test_export_yields_valid_items", "encoded as JSON"),
+    "field outside declared fields": (
+        broken(FieldOutsideColumns),
+        "test_export_yields_valid_items",
+        "phone outside the CSV columns .declared fields",
+    ),
+    "fields drift between records": (
+        broken(ColumnsDrift),
+        "test_export_yields_valid_items",
+        "discount outside the CSV columns .first record's keys",
+    ),
+    "unsafe file path": (broken(UnsafeFilePath), "test_export_yields_valid_items", "not a safe"),
+    "text chunks": (broken(TextChunks), "test_export_yields_valid_items", "a str chunk"),
+    "not an item": (broken(NotAnItem), "test_export_yields_valid_items", "only Record and File"),
+    "foreign error": (broken(ForeignError), "test_export_yields_valid_items", "raised KeyError"),
+    "per-job attribute": (
+        broken(RemembersSubject),
+        "test_export_keeps_no_per_job_state",
+        "changed attribute.s. current_subject",
+    ),
+    "shared current subject": (
+        broken(SharesSubjectAcrossJobs),
+        "test_concurrent_exports_do_not_mix",
+        "concurrent exports differ",
+    ),
+    "dry run erases": (broken(DryRunErases), "test_dry_run_erasure_changes_nothing", "dry-run"),
+    "not idempotent": (
+        broken(AlwaysReportsDeletions),
+        "test_erasure_is_idempotent",
+        "second erasure reports deletions in contacts",
+    ),
+    "erases everybody": (
+        broken(ErasesEverybody),
+        "test_erasure_leaves_other_subjects_alone",
+        "changed this one's data",
+    ),
+    "reports nothing": (
+        broken(ReportsNothing),
+        "test_erasure_leaves_only_retained_data",
+        "counts none deleted or anonymised",
+    ),
+}
+
+
+@pytest.mark.parametrize(("make", "test", "message"), BROKEN.values(), ids=BROKEN.keys())
+def test_the_contract_catches_a_broken_connector(
+    make: Callable[[], Connector], test: str, message: str
+) -> None:
+    with pytest.raises(AssertionError, match=message):
+        getattr(probe(make), test)()
+
+
+def test_the_contract_catches_a_connector_that_ignores_retention() -> None:
+    contract = probe(broken(IgnoresRetention), retention=INVOICES_KEPT)
+    with pytest.raises(
+        AssertionError, match="'invoices' is reported as .*deleted=2.* not retained under"
+    ):
+        contract.test_erasure_leaves_only_retained_data()
+
+
+def test_the_contract_catches_a_connector_that_answers_nothing_when_down() -> None:
+    contract = probe(crm, failing=broken(SilentWhenDown))
+    with pytest.raises(AssertionError, match="export on the failing connector succeeded"):
+        contract.test_failures_are_classified_connector_errors()
+
+
+def test_the_contract_catches_an_unclassified_error() -> None:
+    contract = probe(crm, failing=broken(Unclassified))
+    with pytest.raises(AssertionError, match="classify it as TransientError"):
+        contract.test_failures_are_classified_connector_errors()
+
+
+def test_the_contract_asks_for_a_failing_connector() -> None:
+    contract = probe(crm)
+    with pytest.raises(AssertionError, match="does not override make_failing_connector"):
+        contract.test_failures_are_classified_connector_errors()
+
+
+def test_the_contract_asks_for_data_on_the_subject() -> None:
+    contract = probe(lambda: MemoryConnector("empty", records={}))
+    with pytest.raises(AssertionError, match="export of subject_with_data.. 'alice' is empty"):
+        contract.test_export_yields_valid_items()
+
+
+def test_the_contract_runs_cleanup_after_each_scenario() -> None:
+    calls: list[str] = []
+
+    class Tracked(ConnectorContract):
+        async def make_connector(self) -> Connector:
+            calls.append("make")
+            return crm()
+
+        def subject_with_data(self) -> Subject:
+            return ALICE
+
+        async def cleanup(self) -> None:
+            calls.append("cleanup")
+
+    Tracked().test_erasure_is_idempotent()
+    assert calls == ["make", "cleanup"]
+
+
+def test_the_sdk_imports_without_pytest() -> None:
+    code = (
+        "import sys\n"
+        "sys.modules['pytest'] = None\n"  # makes `import pytest` fail
+        "import connectors, connectors.testing, connectors.contract\n"
+        "print(connectors.testing.ConnectorContract.__name__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ConnectorContract"

@@ -1,0 +1,188 @@
+"""Fault injection for the reliability tests: a Redis that can be killed and restarted,
+an S3 proxy that fails on purpose, and worker processes that can be killed.
+
+Everything runs on 127.0.0.1, bounded in count and time, and stops with the test.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from aiohttp import ClientSession, web
+
+from tests.conftest import free_port, wait_for_port
+
+SLOW_DOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message></Error>"
+)
+INTERNAL = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
+    b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+)
+
+
+class RedisServer:
+    """A private redis-server with AOF (fsync always), so a restart keeps every job."""
+
+    def __init__(self, directory: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed; `make test` installs it")
+        self.binary = binary
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+                "--dir",
+                str(self.directory),
+                "--maxmemory-policy",
+                "noeviction",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, 20)
+
+    def kill(self) -> None:
+        """Crash it: SIGKILL, no chance to flush anything more."""
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+            self.process = None
+
+
+class S3FaultProxy:
+    """Forwards S3 requests to the real (moto) server, failing some on purpose.
+
+    ``fail_ratio`` of requests get a 500 InternalError or 503 SlowDown, chosen by
+    a seeded random generator; during an outage every request gets a 503.
+    """
+
+    def __init__(self, upstream: str, *, fail_ratio: float = 0.0, seed: int = 1) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.fail_ratio = fail_ratio
+        self.outage = False
+        self.random = random.Random(seed)
+        self.requests = 0
+        self.failed = 0
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+        self._session: ClientSession | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=1 << 30)
+        app.router.add_route("*", "/{path:.*}", self._forward)
+        self._session = ClientSession(auto_decompress=False)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _forward(self, request: web.Request) -> web.StreamResponse:
+        self.requests += 1
+        body = await request.read()
+        if self.outage or self.random.random() < self.fail_ratio:
+            self.failed += 1
+            status, text = (
+                (503, SLOW_DOWN) if self.outage or self.random.random() < 0.5 else (500, INTERNAL)
+            )
+            return web.Response(status=status, body=text, content_type="application/xml")
+        assert self._session is not None
+        headers = {
+            k: v
+            for k, v in request.headers.items()
+            if k.lower() not in {"content-length", "transfer-encoding"}
+        }
+        async with self._session.request(
+            request.method,
+            f"{self.upstream}{request.path_qs}",
+            headers=headers,
+            data=body,
+            allow_redirects=False,
+        ) as upstream:
+            payload = await upstream.read()
+            skip = {"content-length", "transfer-encoding", "content-encoding", "connection"}
+            reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in skip}
+            return web.Response(status=upstream.status, body=payload, headers=reply_headers)
+
+
+class WorkerProcess:
+    """``handover worker`` in its own process, the way production runs it."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._handle = log.open("ab")
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "worker"],
+            env=env,
+            stdout=self._handle,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the worker dies wherever it is."""
+        os.kill(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+        self._handle.close()
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM, as an orchestrator stopping the worker; returns its exit code."""
+        self.popen.terminate()
+        code = self.popen.wait(timeout=timeout)
+        self._handle.close()
+        return code
+
+
+def wait_until(predicate: object, deadline: float, what: str) -> None:
+    """Poll a synchronous predicate until true, or fail naming ``what``."""
+    end = time.monotonic() + deadline
+    while not predicate():  # type: ignore[operator]
+        if time.monotonic() > end:
+            raise AssertionError(f"gave up after {deadline}s waiting for {what}")
+        time.sleep(0.05)
