@@ -52,9 +52,7 @@ class ErasurePipeline(Pipeline):
         connectors: Sequence[str] | None = None,
         dry_run: bool = False,
         reason: str | None = None,
-        idempotency_key: str | None = None,
-        fingerprint: str = "",
-    ) -> tuple[Job, bool]:
+    ) -> Job:
         """Record an erasure or restriction; a real erasure then awaits confirmation."""
         if kind not in self.kinds:
             raise InvalidRequest("kind", f"{kind.value} is not an erasure or a restriction")
@@ -67,7 +65,7 @@ class ErasurePipeline(Pipeline):
             options={"dry_run": dry_run, "reason": reason},
             status=JobStatus.AWAITING_CONFIRMATION if confirm else JobStatus.QUEUED,
         )
-        return await self.submit(job, idempotency_key=idempotency_key, fingerprint=fingerprint)
+        return await self.submit(job)
 
     async def confirm(self, job_id: str, actor: str) -> Job:
         """Confirm an erasure: it runs once the grace period has passed."""

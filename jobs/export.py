@@ -46,10 +46,8 @@ class ExportPipeline(Pipeline):
         formats: Sequence[str] | None = None,
         connectors: Sequence[str] | None = None,
         categories: Sequence[str] | None = None,
-        idempotency_key: str | None = None,
-        fingerprint: str = "",
-    ) -> tuple[Job, bool]:
-        """Record a new export job and queue its connector runs; returns ``(job, created)``."""
+    ) -> Job:
+        """Record a new export job and queue its connector runs."""
         formats = list(dict.fromkeys(formats or self.resources.settings.default_formats))
         unknown = [f for f in formats if f not in FORMATS]
         if unknown:
@@ -63,7 +61,7 @@ class ExportPipeline(Pipeline):
             connectors=self.select_connectors(connectors, categories),
             options={"formats": formats, "categories": sorted(set(categories or []))},
         )
-        return await self.submit(job, idempotency_key=idempotency_key, fingerprint=fingerprint)
+        return await self.submit(job)
 
     async def work(self, connector: Connector, job: Job) -> Outcome:
         """Stage the connector's records and files for the archive."""

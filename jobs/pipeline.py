@@ -176,18 +176,13 @@ class Pipeline(ABC):
             connectors={name: ConnectorRun() for name in connectors},
         )
 
-    async def submit(
-        self, job: Job, *, idempotency_key: str | None = None, fingerprint: str = ""
-    ) -> tuple[Job, bool]:
-        """Store a new job and, if it is queued, queue its runs; returns ``(job, created)``."""
-        job, created = await self.resources.store.create(
-            job, idempotency_key=idempotency_key, fingerprint=fingerprint
-        )
-        if created:
-            await self.notify(job, "job.created")
-            if job.status is JobStatus.QUEUED:
-                await self.enqueue_runs(job)
-        return job, created
+    async def submit(self, job: Job) -> Job:
+        """Store a new job and, if it is queued, queue its runs."""
+        await self.resources.store.create(job)
+        await self.notify(job, "job.created")
+        if job.status is JobStatus.QUEUED:
+            await self.enqueue_runs(job)
+        return job
 
     async def notify(self, job: Job, event: str) -> None:
         """Queue a signed webhook to every configured URL (once per job, event and generation)."""

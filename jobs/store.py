@@ -13,7 +13,6 @@ Layout (``ns`` is the key namespace, ``handover:`` by default)::
     {ns}idx:connector:{name}     zset: job id → created_at (ms)
     {ns}idx:expires              zset: job id → archive expires_at (ms), until it expires
     {ns}counts                   hash: "{kind}:{status}" → number of jobs
-    {ns}idem:{actor}:{key}       string: idempotency record, kept 24 h
     {ns}gate:{subject}           hash: the job running for the subject; set ":waiting"
 
 Job records carry no TTL: a live job is never lost to expiry. Every change to a
@@ -26,7 +25,6 @@ Searches (:meth:`JobStore.search`) walk these indexes, never the key space.
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -46,23 +44,12 @@ from jobs.model import (
     utcnow,
 )
 
-IDEMPOTENCY_TTL_SECONDS = 24 * 3600
-
 
 class JobNotFound(Exception):
     """No job has this id."""
 
     def __init__(self, job_id: str) -> None:
         super().__init__(f"no job {job_id}")
-        self.job_id = job_id
-
-
-class IdempotencyConflict(Exception):
-    """An Idempotency-Key was reused with a different request body."""
-
-    def __init__(self, key: str, job_id: str) -> None:
-        super().__init__(f"Idempotency-Key {key!r} was used for job {job_id} with another body")
-        self.key = key
         self.job_id = job_id
 
 
@@ -87,30 +74,8 @@ class JobStore:
     def _status_key(self, status: JobStatus) -> str:
         return f"{self.ns}idx:status:{status.value}"
 
-    async def create(
-        self,
-        job: Job,
-        *,
-        idempotency_key: str | None = None,
-        fingerprint: str = "",
-    ) -> tuple[Job, bool]:
-        """Store a new job and its ``created`` event; returns ``(job, created)``.
-
-        With an ``idempotency_key`` a repeat of the same request (same requester, key
-        and ``fingerprint`` of the body) returns the job made the first time.
-        """
-        if idempotency_key is not None:
-            digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
-            idem_key = f"{self.ns}idem:{job.requested_by}:{digest}"
-            record = orjson.dumps({"job_id": job.id, "fingerprint": fingerprint})
-            stored = await self.redis.set(idem_key, record, nx=True, ex=IDEMPOTENCY_TTL_SECONDS)
-            if not stored:
-                previous = await self.redis.get(idem_key)
-                if previous is not None:
-                    earlier = orjson.loads(previous)
-                    if earlier["fingerprint"] != fingerprint:
-                        raise IdempotencyConflict(idempotency_key, earlier["job_id"])
-                    return await self.get(earlier["job_id"]), False
+    async def create(self, job: Job) -> Job:
+        """Store a new job, its indexes and its ``created`` event."""
         async with self.redis.pipeline(transaction=True) as pipe:
             mapping = {"core": orjson.dumps(job.core_dict())}
             mapping.update(
@@ -128,7 +93,7 @@ class JobStore:
                 pipe, job.id, "created", job.requested_by, {"status": job.status.value}
             )
             await pipe.execute()
-        return job, True
+        return job
 
     async def get(self, job_id: str) -> Job:
         """The job with this id; :class:`JobNotFound` if there is none."""

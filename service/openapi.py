@@ -9,6 +9,15 @@ from pydantic import BaseModel
 from service.routes import OPERATIONS
 
 REF = "#/components/schemas/{model}"
+IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+    "description": "Repeats with the same key and request replay the first response "
+    "(`Idempotent-Replayed: true`); the same key with another request is a 422; "
+    "while the first is still running, a 409.",
+}
 
 
 def _schema(model: type[BaseModel], components: dict[str, Any], mode: str) -> dict[str, str]:
@@ -32,8 +41,11 @@ def build_spec(version: str) -> dict[str, Any]:
         }
         if operation.description:
             entry["description"] = operation.description
-        if operation.parameters:
-            entry["parameters"] = operation.parameters
+        parameters = list(operation.parameters)
+        if operation.method == "POST":
+            parameters.append(IDEMPOTENCY_KEY)
+        if parameters:
+            entry["parameters"] = parameters
         if operation.auth:
             entry["security"] = [{"bearer": []}]
         if operation.request is not None:

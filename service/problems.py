@@ -19,7 +19,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.model import IllegalTransition, InvalidRequest, JobEnded
 from jobs.storage import StorageError
-from jobs.store import BadCursor, IdempotencyConflict, JobNotFound
+from jobs.store import BadCursor, JobNotFound
 
 log = logging.getLogger("handover.api")
 
@@ -113,8 +113,6 @@ def to_problem(exc: BaseException) -> Problem | None:
         return Problem(
             422, "Invalid request", str(exc), errors=[{"field": "cursor", "message": str(exc)}]
         )
-    if isinstance(exc, IdempotencyConflict):
-        return Problem(422, "Idempotency key reused", str(exc), slug="idempotency-key-reused")
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         return Problem(
             503,

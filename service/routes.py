@@ -7,7 +7,6 @@ same table, so what is documented is what is served.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -147,12 +146,6 @@ def requested_subject(who: Principal, named: str | None, what: str) -> str:
     return named
 
 
-def fingerprint(body: BaseModel, subject: str) -> str:
-    """What makes two requests the same, for Idempotency-Key."""
-    canonical = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
-    return hashlib.sha256(canonical + b"\0" + subject.encode()).hexdigest()
-
-
 def accepted(job: Job) -> web.Response:
     """202 with the job and its Location."""
     return json_response(job_view(job), status=202, headers={"Location": f"/v1/jobs/{job.id}"})
@@ -162,14 +155,12 @@ async def create_export(request: web.Request) -> web.Response:
     who = principal(request)
     body = await read_body(request, models.ExportRequest)
     subject = requested_subject(who, body.subject, "an export")
-    job, _ = await request.app[EXPORTS].create(
+    job = await request.app[EXPORTS].create(
         subject=subject,
         requested_by=who.sub,
         formats=body.formats,
         connectors=body.connectors,
         categories=body.categories,
-        idempotency_key=request.headers.get("Idempotency-Key"),
-        fingerprint=fingerprint(body, subject),
     )
     return accepted(job)
 
@@ -179,15 +170,13 @@ async def _create_erasure_job(request: web.Request, kind: JobKind) -> web.Respon
     model = models.ErasureRequest if kind is JobKind.ERASURE else models.RestrictionRequest
     body = await read_body(request, model)
     subject = requested_subject(who, body.subject, f"an {kind.value}")
-    job, _ = await request.app[ERASURES].create(
+    job = await request.app[ERASURES].create(
         kind,
         subject=subject,
         requested_by=who.sub,
         connectors=body.connectors,
         dry_run=body.dry_run,
         reason=body.reason,
-        idempotency_key=request.headers.get("Idempotency-Key"),
-        fingerprint=fingerprint(body, subject),
     )
     return accepted(job)
 
@@ -276,18 +265,23 @@ async def stream_events(request: web.Request, job_id: str, after: str) -> web.St
     )
     await response.prepare(request)
     events = await store.events(job_id, after=after)
-    while True:
-        for event in events:
-            body = orjson.dumps(event.to_dict()).decode()
-            await response.write(f"id: {event.id}\nevent: {event.type}\ndata: {body}\n\n".encode())
-            after = event.id
-        if any(e.data.get("status") in ENDING_STATUSES for e in events):
-            break
-        if not events and (await store.get(job_id)).status.terminal:
-            break
-        events = await store.wait_for_events(job_id, after, KEEPALIVE_SECONDS)
-        if not events:
-            await response.write(b": keep-alive\n\n")
+    try:
+        while True:
+            for event in events:
+                body = orjson.dumps(event.to_dict()).decode()
+                await response.write(
+                    f"id: {event.id}\nevent: {event.type}\ndata: {body}\n\n".encode()
+                )
+                after = event.id
+            if any(e.data.get("status") in ENDING_STATUSES for e in events):
+                break
+            if not events and (await store.get(job_id)).status.terminal:
+                break
+            events = await store.wait_for_events(job_id, after, KEEPALIVE_SECONDS)
+            if not events:
+                await response.write(b": keep-alive\n\n")
+    except ConnectionResetError:
+        return response  # the client went away: nothing to finish, nothing to report
     await response.write_eof()
     return response
 
@@ -481,13 +475,6 @@ _JOB_ID = {
 _PROBLEMS: dict[int, tuple[str, type[BaseModel] | None]] = {
     401: ("No valid bearer token.", models.ProblemOut),
 }
-_IDEMPOTENCY_KEY = {
-    "name": "Idempotency-Key",
-    "in": "header",
-    "required": False,
-    "schema": {"type": "string", "maxLength": 255},
-    "description": "The same key and body return the same job; another body is a 422.",
-}
 _CREATE_RESPONSES: dict[int, tuple[str, type[BaseModel] | None]] = {
     202: ("The job. `Location` names it.", models.JobOut),
     400: ("The body is not JSON.", models.ProblemOut),
@@ -506,8 +493,7 @@ OPERATIONS: list[Operation] = [
         "jobs",
         request=models.ExportRequest,
         description="Queues an export of everything held on the subject, by every processor "
-        "(GDPR Art. 15, 20). Honours `Idempotency-Key`: the same key and body return the same job.",
-        parameters=[_IDEMPOTENCY_KEY],
+        "(GDPR Art. 15, 20).",
         responses=_CREATE_RESPONSES,
     ),
     Operation(
@@ -521,7 +507,6 @@ OPERATIONS: list[Operation] = [
         "(Art. 19). Waits in `awaiting_confirmation` until confirmed, then for the grace "
         "period (`HANDOVER_ERASURE_GRACE`), during which it can be canceled. What law obliges "
         "the platform to keep is blocked, not erased. A dry run needs no confirmation.",
-        parameters=[_IDEMPOTENCY_KEY],
         responses=_CREATE_RESPONSES,
     ),
     Operation(
@@ -533,7 +518,6 @@ OPERATIONS: list[Operation] = [
         request=models.RestrictionRequest,
         description="Restriction of processing (GDPR Art. 18) at every processor that "
         "supports it; the receipt records those that cannot.",
-        parameters=[_IDEMPOTENCY_KEY],
         responses=_CREATE_RESPONSES,
     ),
     Operation(
@@ -781,4 +765,11 @@ def add_routes(app: web.Application) -> None:
         app.router.add_route(operation.method, path, operation.handler)
 
 
-__all__ = ["MAX_BODY_BYTES", "OPERATIONS", "Operation", "add_routes"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "OPERATIONS",
+    "Operation",
+    "add_routes",
+    "pipeline_for",
+    "stream_events",
+]

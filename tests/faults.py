@@ -148,14 +148,14 @@ class S3FaultProxy:
             return web.Response(status=upstream.status, body=payload, headers=reply_headers)
 
 
-class WorkerProcess:
-    """``handover worker`` in its own process, the way production runs it."""
+class HandoverProcess:
+    """A ``handover`` command in its own process, the way production runs it."""
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, args: tuple[str, ...] = ("worker",)) -> None:
         self.log = log
         self._handle = log.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "worker"],
+            [sys.executable, "-m", "service.cli", *args],
             env=env,
             stdout=self._handle,
             stderr=subprocess.STDOUT,
@@ -166,13 +166,13 @@ class WorkerProcess:
         return self.popen.poll() is None
 
     def kill(self) -> None:
-        """SIGKILL: the worker dies wherever it is."""
+        """SIGKILL: the process dies wherever it is."""
         os.kill(self.popen.pid, signal.SIGKILL)
         self.popen.wait(timeout=10)
         self._handle.close()
 
     def terminate(self, timeout: float = 60) -> int:
-        """SIGTERM, as an orchestrator stopping the worker; returns its exit code."""
+        """SIGTERM, as an orchestrator stopping it; returns its exit code."""
         self.popen.terminate()
         code = self.popen.wait(timeout=timeout)
         self._handle.close()

@@ -102,7 +102,7 @@ async def test_connectors_run_concurrently(
     first, second = asyncio.Event(), asyncio.Event()
     connectors = {"a": Barrier("a", first, second), "b": Barrier("b", second, first)}
     async with resources_factory(connectors) as resources:
-        job, _ = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
         await drain(redis, resources)
         done = await resources.store.get(job.id)
         assert done.status is JobStatus.SUCCEEDED, done.connectors
@@ -119,7 +119,7 @@ async def test_a_job_executed_twice_yields_one_archive_without_duplicates(
     }
     async with resources_factory(connectors) as resources:
         pipeline = ExportPipeline(resources)
-        job, _ = await pipeline.create(subject="alice", requested_by="alice", formats=["ndjson"])
+        job = await pipeline.create(subject="alice", requested_by="alice", formats=["ndjson"])
         # arq delivers at least once: every task of the job runs twice, some at the same time.
         await asyncio.gather(
             pipeline.run_connector(job.id, "crm", 1),
@@ -155,7 +155,7 @@ async def test_a_crash_after_staging_restages_without_duplicates(
     }
     async with resources_factory(connectors) as resources:
         pipeline = ExportPipeline(resources)
-        job, _ = await pipeline.create(subject="alice", requested_by="alice", formats=["json"])
+        job = await pipeline.create(subject="alice", requested_by="alice", formats=["json"])
         # A worker staged the output and died before recording it: the staged object
         # exists, the run still says running.
         await pipeline._stage(
@@ -174,7 +174,7 @@ async def test_transient_errors_are_retried_then_succeed(
         [TransientError("502 from processor"), RateLimited("slow down", retry_after=0.05)],
     )
     async with resources_factory({"processor": flaky}) as resources:
-        job, _ = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
         worker = await drain(redis, resources, FAST_RETRIES)
         done = await resources.store.get(job.id)
         assert done.status is JobStatus.SUCCEEDED
@@ -192,7 +192,7 @@ async def test_transient_errors_past_the_limit_fail_the_connector(
 ) -> None:
     flaky = Flaky("processor", [TransientError(f"timeout {n}") for n in range(10)])
     async with resources_factory({"processor": flaky}) as resources:
-        job, _ = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
         await drain(redis, resources, FAST_RETRIES)
         done = await resources.store.get(job.id)
         assert done.status is JobStatus.FAILED
@@ -214,7 +214,7 @@ async def test_an_unexpected_exception_fails_only_that_connector(
         "crm": MemoryConnector("crm", records={"alice": {"contacts": [{"id": 1}]}}),
     }
     async with resources_factory(connectors) as resources:
-        job, _ = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
         await drain(redis, resources)
         done = await resources.store.get(job.id)
         assert done.status is JobStatus.FAILED
@@ -238,9 +238,7 @@ async def test_categories_select_connectors_and_datasets(
     connectors = {"crm": crm, "telemetry": SyntheticConnector("telemetry", records=10)}
     async with resources_factory(connectors) as resources:
         pipeline = ExportPipeline(resources)
-        job, _ = await pipeline.create(
-            subject="alice", requested_by="alice", categories=["contact"]
-        )
+        job = await pipeline.create(subject="alice", requested_by="alice", categories=["contact"])
         assert list(job.connectors) == ["crm"]
         await drain(redis, resources)
         archive = await archive_of(resources, job.id)
@@ -257,7 +255,7 @@ async def test_an_undeclared_dataset_fails_the_connector(
             yield Record("mystery", {"x": 1})
 
     async with resources_factory({"sloppy": Sloppy("sloppy")}) as resources:
-        job, _ = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
         await drain(redis, resources)
         done = await resources.store.get(job.id)
         assert (

@@ -66,7 +66,7 @@ async def export_through_worker_process(
     }
     settings = Settings.load(environ)
     async with open_resources(settings, redis=redis) as resources:
-        job, _ = await ExportPipeline(resources).create(
+        job = await ExportPipeline(resources).create(
             subject="alice", requested_by="alice", formats=["ndjson"]
         )
         peak_mb = run_worker(environ)

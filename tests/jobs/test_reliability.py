@@ -31,7 +31,7 @@ from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
 from jobs.verify import verify_archive
 from tests.conftest import free_port, wait_for_port
-from tests.faults import RedisServer, S3FaultProxy, WorkerProcess
+from tests.faults import HandoverProcess, RedisServer, S3FaultProxy
 
 JWT = "reliability-secret-" + "r" * 40
 
@@ -47,10 +47,10 @@ class Cluster:
     s3_endpoint: str
     env: dict[str, str]
     resources: Resources
-    workers: list[WorkerProcess] = field(default_factory=list)
+    workers: list[HandoverProcess] = field(default_factory=list)
 
-    def worker(self) -> WorkerProcess:
-        process = WorkerProcess(self.env, self.tmp / f"worker-{len(self.workers)}.log")
+    def worker(self) -> HandoverProcess:
+        process = HandoverProcess(self.env, self.tmp / f"worker-{len(self.workers)}.log")
         self.workers.append(process)
         return process
 
@@ -147,7 +147,7 @@ async def test_a_killed_worker_s_job_finishes_on_another_within_60_s(
 ) -> None:
     async with cluster_factory(records=400_000) as cluster:
         doomed = cluster.worker()
-        job, _ = await ExportPipeline(cluster.resources).create(
+        job = await ExportPipeline(cluster.resources).create(
             subject="alice", requested_by="alice", formats=["ndjson"], connectors=["telemetry"]
         )
         await cluster.wait_event(job.id, "connector.started", 30)
@@ -169,7 +169,7 @@ async def test_a_killed_worker_s_job_finishes_on_another_within_60_s(
 async def test_sigterm_lets_work_finish_or_requeues_it(cluster_factory: Callable[..., Any]) -> None:
     async with cluster_factory(records=300_000) as cluster:
         stopping = cluster.worker()
-        job, _ = await ExportPipeline(cluster.resources).create(
+        job = await ExportPipeline(cluster.resources).create(
             subject="alice", requested_by="alice", formats=["ndjson"], connectors=["telemetry"]
         )
         await cluster.wait_event(job.id, "connector.started", 30)
@@ -186,17 +186,7 @@ async def test_redis_outage_gives_503s_then_everything_resumes(
     async with cluster_factory(records=100) as cluster:
         worker = cluster.worker()
         port = free_port()
-        api = WorkerProcess.__new__(WorkerProcess)
-        import subprocess
-        import sys
-
-        log = (tmp_path / "api.log").open("wb")
-        api.popen = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "api", "--port", str(port)],
-            env=cluster.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        api = HandoverProcess(cluster.env, tmp_path / "api.log", ("api", "--port", str(port)))
         try:
             await asyncio.to_thread(wait_for_port, port, 30)
             from service.auth import TokenAuthority
@@ -233,9 +223,7 @@ async def test_redis_outage_gives_503s_then_everything_resumes(
                 ) as response:
                     assert response.status == 200  # kept across the restart (AOF)
         finally:
-            api.popen.terminate()
-            api.popen.wait(timeout=30)
-            log.close()
+            api.terminate()
 
 
 async def test_storage_failures_and_an_outage_are_ridden_out(
@@ -244,11 +232,9 @@ async def test_storage_failures_and_an_outage_are_ridden_out(
     async with cluster_factory(records=120_000, fail_ratio=0.2) as cluster:
         cluster.worker()
         jobs = [
-            (
-                await ExportPipeline(cluster.resources).create(
-                    subject=subject, requested_by=subject, formats=["ndjson"]
-                )
-            )[0]
+            await ExportPipeline(cluster.resources).create(
+                subject=subject, requested_by=subject, formats=["ndjson"]
+            )
             for subject in ("alice", "bob", "carol")
         ]
         await cluster.wait_event(jobs[0].id, "connector.started", 30)
@@ -277,11 +263,7 @@ async def test_chaos_200_exports_while_workers_die_redis_restarts_and_storage_fa
             cluster.worker()
         pipeline = ExportPipeline(cluster.resources)
         jobs = [
-            (
-                await pipeline.create(
-                    subject=f"user-{n}", requested_by=f"user-{n}", formats=["ndjson"]
-                )
-            )[0]
+            await pipeline.create(subject=f"user-{n}", requested_by=f"user-{n}", formats=["ndjson"])
             for n in range(200)
         ]
         kills = restarts = 0
@@ -294,7 +276,9 @@ async def test_chaos_200_exports_while_workers_die_redis_restarts_and_storage_fa
             if finished >= 200:
                 break
             if time.monotonic() > deadline:
-                stuck = [j for j in jobs if not (await cluster.resources.store.get(j.id)).status.terminal]
+                stuck = [
+                    j for j in jobs if not (await cluster.resources.store.get(j.id)).status.terminal
+                ]
                 redis = cluster.resources.redis
                 story = {}
                 for j in stuck:
@@ -308,7 +292,10 @@ async def test_chaos_200_exports_while_workers_die_redis_restarts_and_storage_fa
                             await redis.ttl(f"arq:in-progress:{tid}"),
                             await redis.zscore("handover:queue", tid),
                         )
-                    events = [(e.at.isoformat()[11:23], e.type) for e in await cluster.resources.store.events(j.id)]
+                    events = [
+                        (e.at.isoformat()[11:23], e.type)
+                        for e in await cluster.resources.store.events(j.id)
+                    ]
                     story[j.id] = (tasks, events)
                 story["leases"] = await redis.zrange("handover:leases", 0, -1, withscores=True)
                 raise AssertionError(f"chaos: only {finished}/200 ended; {counts}; {story}")

@@ -1,4 +1,4 @@
-"""The job store against a real Redis: records, transitions, runs, idempotency, events."""
+"""The job store against a real Redis: records, transitions, runs, events."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from jobs.model import (
     StagedPart,
     utcnow,
 )
-from jobs.store import IdempotencyConflict, JobNotFound, JobStore
+from jobs.store import JobNotFound, JobStore
 
 CONNECTORS = ("crm", "billing", "devices", "analytics", "support")
 
@@ -66,9 +66,7 @@ def stored_job(store: JobStore, job_factory: Callable[..., Job]) -> Callable[...
     """Creates a job from ``job_factory``'s arguments in the store and returns it."""
 
     async def make(**overrides: Any) -> Job:
-        job, created = await store.create(job_factory(**overrides))
-        assert created
-        return job
+        return await store.create(job_factory(**overrides))
 
     return make
 
@@ -109,9 +107,8 @@ async def test_create_and_get_round_trip(store: JobStore, job_factory: Callable[
         ],
     )
 
-    returned, created = await store.create(job)
+    returned = await store.create(job)
 
-    assert created
     assert returned is job
     assert await store.get(job.id) == job
 
@@ -333,52 +330,6 @@ async def test_update_run_of_an_ended_job_is_refused(
 
     assert await store.update_run(job.id, "crm", finish(1), generation=1) is None
     assert (await store.get(job.id)).connectors["crm"] == ConnectorRun()
-
-
-async def test_idempotent_repeat_returns_the_first_job(
-    store: JobStore, job_factory: Callable[..., Job]
-) -> None:
-    first = job_factory()
-    repeat = job_factory()
-
-    _, created = await store.create(first, idempotency_key="req-1", fingerprint="body-a")
-    again, created_again = await store.create(repeat, idempotency_key="req-1", fingerprint="body-a")
-
-    assert created
-    assert not created_again
-    assert again == first
-    with pytest.raises(JobNotFound):
-        await store.get(repeat.id)
-    assert await store.ids_by_status(JobStatus.QUEUED) == [first.id]
-
-
-async def test_idempotency_key_with_another_body_conflicts(
-    store: JobStore, job_factory: Callable[..., Job]
-) -> None:
-    first = job_factory()
-    await store.create(first, idempotency_key="req-1", fingerprint="body-a")
-    other = job_factory()
-
-    with pytest.raises(IdempotencyConflict) as raised:
-        await store.create(other, idempotency_key="req-1", fingerprint="body-b")
-
-    assert (raised.value.key, raised.value.job_id) == ("req-1", first.id)
-    with pytest.raises(JobNotFound):
-        await store.get(other.id)
-
-
-async def test_idempotency_keys_are_per_requester(
-    store: JobStore, job_factory: Callable[..., Job]
-) -> None:
-    alice = job_factory(requested_by="alice")
-    bob = job_factory(requested_by="bob")
-
-    await store.create(alice, idempotency_key="req-1", fingerprint="same")
-    job, created = await store.create(bob, idempotency_key="req-1", fingerprint="same")
-
-    assert created
-    assert job is bob
-    assert (await store.get(bob.id)).requested_by == "bob"
 
 
 async def test_events_after_an_id_are_only_the_later_ones(

@@ -92,7 +92,7 @@ async def test_job_events_are_delivered_signed_and_retried(
     async with resources_factory(
         {"crm": crm}, webhook_urls=(url,), webhook_secret=Secret(SECRET)
     ) as resources:
-        job, _ = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
         worker = await run_worker(redis, resources)
     assert state.bad_signatures == 0
     assert [(e["type"], e["job"]["id"]) for e in state.received] == [

@@ -187,3 +187,26 @@ async def test_live_timeline_streams_until_the_job_ends(api_factory: ApiFactory)
     ) as response:
         body = await response.text()
     assert [line[4:] for line in body.splitlines() if line.startswith("id: ")] == ids[2:]
+
+
+async def test_idempotency_key_replays_any_post(api_factory: ApiFactory) -> None:
+    flaky = MemoryConnector("billing", fail="billing API down")
+    api = await api_factory({"billing": flaky})
+    job = await api.export()
+    await api.wait(job["id"])
+    flaky.fail = None
+    headers = {"Idempotency-Key": "retry-1"}
+    path = f"/v1/jobs/{job['id']}/retry"
+    first = await api.request("POST", path, sub="s1", roles=SUPPORT, headers=headers)
+    again = await api.request("POST", path, sub="s1", roles=SUPPORT, headers=headers)
+    assert first[0] == again[0] == 200
+    assert again[1]["Idempotent-Replayed"] == "true"
+    assert again[2] == first[2]
+    other = await api.request(
+        "POST", f"/v1/jobs/{job['id']}/cancel", sub="s1", roles=SUPPORT, headers=headers
+    )
+    assert other[0] == 422
+    # Keys are per caller: the same key from someone else is a new request.
+    mine = await api.request("POST", "/v1/exports", sub="alice", json={}, headers=headers)
+    assert mine[0] == 202
+    assert "Idempotent-Replayed" not in mine[1]
