@@ -11,12 +11,15 @@ from aiohttp import web
 
 from jobs.erasure import ErasurePipeline
 from jobs.export import ExportPipeline
+from jobs.queue import connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings, SettingsError
 from jobs.worker import create_worker
 from service.appkeys import AUTHORITY, ERASURES, EXPORTS, RESOURCES, SETTINGS
 from service.auth import TokenAuthority, load_or_create_secret
+from service.dashboard import add_dashboard_routes
 from service.docs import add_doc_routes
+from service.idempotency import idempotency_middleware
 from service.problems import problem_middleware
 from service.routes import MAX_BODY_BYTES, add_routes
 
@@ -38,7 +41,9 @@ def create_app(
 ) -> web.Application:
     """The Handover API; with ``run_worker`` a worker runs inside the same process."""
     settings = settings or Settings.load()
-    app = web.Application(middlewares=[problem_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[problem_middleware, idempotency_middleware], client_max_size=MAX_BODY_BYTES
+    )
     app[SETTINGS] = settings
     app[AUTHORITY] = TokenAuthority(jwt_secret(settings))
     app.cleanup_ctx.append(_resources_ctx(resources))
@@ -46,6 +51,7 @@ def create_app(
         app.cleanup_ctx.append(_worker_ctx)
     add_routes(app)
     add_doc_routes(app, version("handover"))
+    add_dashboard_routes(app, jwt_secret(settings))
     return app
 
 
@@ -67,12 +73,13 @@ def _resources_ctx(
 
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     resources = app[RESOURCES]
+    settings = app[SETTINGS]
+    # The worker polls on a patient connection of its own that rides out a Redis restart.
+    redis = resources.redis
+    if settings.redis_url is not None:
+        redis = await connect(settings.redis_url.reveal())
     worker = create_worker(
-        app[SETTINGS],
-        redis=resources.redis,
-        resources=resources,
-        handle_signals=False,
-        poll_delay=0.1,
+        settings, redis=redis, resources=resources, handle_signals=False, poll_delay=0.1
     )
     task = asyncio.create_task(worker.async_run())
     yield

@@ -116,7 +116,7 @@ async def test_its_records_appear_in_an_export(
     assert type(lumen).__module__ == f"{MODULE}.connector"
     assert Path(sys.modules[MODULE].__file__ or "").is_relative_to(site)
     async with resources_factory(connectors) as resources:
-        job, _ = await ExportPipeline(resources).create(
+        job = await ExportPipeline(resources).create(
             subject="alice", requested_by="alice", formats=["json", "csv"]
         )
         worker = await drain(redis, resources)

@@ -1,0 +1,573 @@
+"""The support dashboard at ``/dashboard``: server-rendered pages over the job store.
+
+Routes::
+
+    GET  /dashboard/login               sign-in form: paste a support or admin token
+    POST /dashboard/login               verify the token, set the session cookie
+    POST /dashboard/logout              clear it
+    GET  /dashboard                     search jobs (filters, cursor pages) and counts
+    GET  /dashboard/jobs/{id}           one job: facts, connector progress, timeline, actions
+    GET  /dashboard/jobs/{id}/fragment  the job's live sections, re-fetched on each event
+    GET  /dashboard/jobs/{id}/events    the timeline as server-sent events (as the API's)
+    POST /dashboard/jobs/{id}/retry     (failed jobs) ─┐ each redirects to the job page
+    POST /dashboard/jobs/{id}/cancel    (live jobs)    ├ with a flash message saying
+    POST /dashboard/jobs/{id}/extend    (live jobs)   ─┘ what happened, or what was wrong
+    GET  /dashboard/static/dashboard.css|js, /dashboard/icon.svg
+
+Session: the cookie holds the staff member's bearer token itself (HttpOnly,
+SameSite=Strict, Secure over https, path ``/dashboard``), verified on every
+request, so a session ends when its token expires and the API stays stateless.
+CSRF: every form carries ``HMAC(key, token)`` with a key derived from the JWT
+secret; every POST but sign-in is refused (403) without it, and sign-in is
+refused when the browser says it was posted from another site.
+
+Handlers call the domain (the store and the pipelines), never the JSON API. A
+domain error on a page renders an error page; on an action it becomes a flash
+message on the job page; neither ever shows a traceback. Pages send a strict
+Content-Security-Policy: no inline script or style, nothing from elsewhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import jinja2
+import orjson
+from aiohttp import web
+from yarl import URL
+
+from jobs.model import Event, Job, JobKind, JobStatus, RunStatus, utcnow
+from jobs.store import JobQuery
+from service import models
+from service.appkeys import AUTHORITY, RESOURCES
+from service.auth import Principal
+from service.problems import Problem, to_problem
+from service.routes import pipeline_for, stream_events
+
+log = logging.getLogger("handover.dashboard")
+
+PREFIX = "/dashboard"
+LOGIN_PATH = f"{PREFIX}/login"
+SESSION_COOKIE = "handover_session"
+FLASH_COOKIE = "handover_flash"
+PAGE_SIZE = 25
+ERROR_EXCERPT = 140
+STATIC = Path(__file__).parent / "static"
+TEMPLATES = Path(__file__).parent / "templates" / "dashboard"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
+    "img-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
+    "base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "Cache-Control": "no-store",
+}
+FILTERS = ("status", "kind", "subject", "connector", "overdue", "at_risk", "sort")
+LIVE = frozenset({JobStatus.AWAITING_CONFIRMATION, JobStatus.QUEUED, JobStatus.RUNNING})
+EVENT_ID = re.compile(r"^(-|\d+-\d+)$")
+ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
+    '<rect width="32" height="32" rx="7" fill="#1d2330"/>'
+    '<path d="M9 8v16M23 8v16M9 16h14" stroke="#fff" stroke-width="3.5" stroke-linecap="round"/>'
+    "</svg>"
+)
+
+
+@dataclass(frozen=True)
+class Session:
+    """A signed-in staff member: who they are and the CSRF token their forms carry."""
+
+    who: Principal
+    csrf: str
+
+
+@dataclass(frozen=True)
+class Flash:
+    """A one-time message shown on the next page: ``kind`` is ``ok`` or ``error``."""
+
+    kind: str
+    text: str
+
+
+StaffHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def deadline_state(job: Job, now: datetime) -> str | None:
+    """``overdue``, ``at risk`` (under a quarter of its time left) or ``ok``; ``None`` once ended.
+
+    The same rule as the store's ``overdue`` and ``at_risk`` searches, so a badge
+    and a filter never disagree.
+    """
+    if job.status.terminal:
+        return None
+    remaining = job.due_at - now
+    if remaining < timedelta(0):
+        return "overdue"
+    if remaining < (job.due_at - job.created_at) / 4:
+        return "at risk"
+    return "ok"
+
+
+def relative(moment: datetime, now: datetime) -> str:
+    """``in 3 days`` / ``5 h ago``: how far ``moment`` is from ``now``, roughly."""
+    seconds = (moment - now).total_seconds()
+    span = abs(seconds)
+    for unit, size in (("days", 86400), ("h", 3600), ("min", 60)):
+        if span >= size:
+            amount = f"{int(span // size)} {unit}"
+            break
+    else:
+        return "now"
+    if amount.startswith("1 days"):
+        amount = "1 day"
+    return f"in {amount}" if seconds > 0 else f"{amount} ago"
+
+
+def when(moment: datetime | None) -> str:
+    """A timestamp as staff read it: UTC, to the second."""
+    return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
+
+
+def size(count: int) -> str:
+    """A byte count, human-sized."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
+
+
+def excerpt(text: str | None, limit: int = ERROR_EXCERPT) -> str:
+    """The start of a long text, marked as cut."""
+    if not text:
+        return ""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def event_details(event: Event) -> dict[str, str]:
+    """What an event says beyond its type, actor and (shown apart) the status it moved between."""
+    moved = "from" in event.data and "status" in event.data
+    shown = {}
+    for key, value in event.data.items():
+        if moved and key in {"from", "status"}:
+            continue
+        if isinstance(value, list):
+            shown[key] = ", ".join(str(item) for item in value)
+        elif isinstance(value, dict):
+            shown[key] = orjson.dumps(value).decode()
+        else:
+            shown[key] = str(value)
+    return shown
+
+
+def safe_next(target: str | None) -> str:
+    """Where to go after signing in: a dashboard path on this site, or the list."""
+    if not target:
+        return PREFIX
+    url = URL(target)
+    if url.is_absolute() or not url.path.startswith(PREFIX) or url.path.startswith(LOGIN_PATH):
+        return PREFIX
+    return str(url)
+
+
+def redirect(location: str) -> web.Response:
+    """303 See Other: after a POST the browser GETs ``location``."""
+    return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+class Dashboard:
+    """The dashboard's pages and actions; one per application (see :func:`add_dashboard_routes`)."""
+
+    def __init__(self, secret: str) -> None:
+        self._csrf_key = hmac.new(secret.encode(), b"handover dashboard csrf", "sha256").digest()
+        self._flash_key = hmac.new(secret.encode(), b"handover dashboard flash", "sha256").digest()
+        self._templates = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(TEMPLATES),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        self._templates.filters.update(when=when, size=size, excerpt=excerpt)
+        self._templates.globals.update(
+            relative=relative, deadline_state=deadline_state, event_details=event_details
+        )
+
+    def routes(self) -> list[web.RouteDef]:
+        """Every dashboard route."""
+        staff = self._staff
+        return [
+            web.get(LOGIN_PATH, self.login_form),
+            web.post(LOGIN_PATH, self.login),
+            web.post(f"{PREFIX}/logout", staff(self.logout)),
+            web.get(PREFIX, staff(self.job_list)),
+            web.get(f"{PREFIX}/", self.to_list),
+            web.get(f"{PREFIX}/jobs/{{job_id}}", staff(self.job_page)),
+            web.get(f"{PREFIX}/jobs/{{job_id}}/fragment", staff(self.job_fragment)),
+            web.get(f"{PREFIX}/jobs/{{job_id}}/events", staff(self.job_events)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/retry", staff(self.retry)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/cancel", staff(self.cancel)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/extend", staff(self.extend)),
+            web.get(f"{PREFIX}/static/dashboard.css", self.static),
+            web.get(f"{PREFIX}/static/dashboard.js", self.static),
+            web.get(f"{PREFIX}/icon.svg", self.icon),
+        ]
+
+    # Sessions, CSRF and flash messages.
+
+    def csrf_token(self, session_token: str) -> str:
+        """The CSRF token bound to one session's cookie."""
+        digest = hmac.new(self._csrf_key, session_token.encode(), "sha256").digest()
+        return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def _flash_cookie(self, flash: Flash) -> str:
+        data = orjson.dumps([flash.kind, excerpt(flash.text, 600)])
+        payload = base64.urlsafe_b64encode(data).rstrip(b"=")
+        signature = hmac.new(self._flash_key, payload, "sha256").hexdigest()
+        return f"{payload.decode()}.{signature}"
+
+    def _read_flash(self, request: web.Request) -> Flash | None:
+        payload, _, signature = request.cookies.get(FLASH_COOKIE, "").partition(".")
+        expected = hmac.new(self._flash_key, payload.encode(), "sha256").hexdigest()
+        if not payload or not hmac.compare_digest(signature, expected):
+            return None
+        kind, text = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return Flash(str(kind), str(text))
+
+    def _redirect_with(self, request: web.Request, location: str, flash: Flash) -> web.Response:
+        """Redirect, showing ``flash`` once on the page it leads to."""
+        response = redirect(location)
+        response.set_cookie(
+            FLASH_COOKIE,
+            self._flash_cookie(flash),
+            path=PREFIX,
+            max_age=60,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        return response
+
+    def _to_login(self, request: web.Request, why: str | None) -> web.Response:
+        location = f"{LOGIN_PATH}?{urlencode({'next': request.path_qs})}"
+        if request.method != "GET" or request.path.endswith(("/fragment", "/events")):
+            location = LOGIN_PATH
+        if why:
+            response = self._redirect_with(request, location, Flash("error", why))
+        else:
+            response = redirect(location)
+        response.del_cookie(SESSION_COOKIE, path=PREFIX)
+        return response
+
+    def _staff(self, handler: StaffHandler) -> Handler:
+        """Wrap ``handler``: staff sign-in required, CSRF checked on POST, errors as pages."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            token = request.cookies.get(SESSION_COOKIE)
+            if not token:
+                return self._to_login(request, None)
+            try:
+                who = request.app[AUTHORITY].verify(token)
+            except Problem as exc:
+                return self._to_login(request, f"Your sign-in is no longer valid: {exc.detail}.")
+            if not who.is_staff:
+                return self._to_login(request, "The dashboard is for support and admin staff.")
+            session = Session(who, self.csrf_token(token))
+            if request.method == "POST":
+                form = await request.post()
+                if not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+                    forged = Problem(
+                        403,
+                        "Forbidden",
+                        "This form has expired or did not come from the dashboard; "
+                        "reload the page and try again.",
+                    )
+                    return self._error_page(request, session, forged)
+            try:
+                return await handler(request, session)
+            except Exception as exc:
+                problem = to_problem(exc)
+                if problem is None:
+                    log.exception("unexpected error on %s %s", request.method, request.path)
+                    problem = Problem(
+                        500, "Internal error", "The server failed to answer; it has been logged."
+                    )
+                return self._error_page(request, session, problem)
+
+        return guarded
+
+    # Rendering.
+
+    def render(
+        self,
+        request: web.Request,
+        template: str,
+        context: dict[str, Any],
+        *,
+        session: Session | None = None,
+        status: int = 200,
+        flash: Flash | None = None,
+        shows_flash: bool = True,
+    ) -> web.Response:
+        """A page from ``template``, with the session's details and the pending flash message.
+
+        A fragment (``shows_flash=False``) leaves the flash message for the page it belongs to.
+        """
+        pending = flash or (self._read_flash(request) if shows_flash else None)
+        html = self._templates.get_template(template).render(
+            who=session.who if session else None,
+            csrf=session.csrf if session else "",
+            flash=pending,
+            now=utcnow(),
+            **context,
+        )
+        response = web.Response(
+            text=html,
+            status=status,
+            content_type="text/html",
+            charset="utf-8",
+            headers=SECURITY_HEADERS,
+        )
+        if shows_flash and FLASH_COOKIE in request.cookies:
+            response.del_cookie(FLASH_COOKIE, path=PREFIX)
+        return response
+
+    def _error_page(self, request: web.Request, session: Session, problem: Problem) -> web.Response:
+        return self.render(
+            request,
+            "error.html",
+            {"problem": problem},
+            session=session,
+            status=problem.status,
+            flash=Flash("error", problem.detail),
+        )
+
+    async def static(self, request: web.Request) -> web.FileResponse:
+        """The dashboard's stylesheet and script."""
+        return web.FileResponse(
+            STATIC / request.path.rsplit("/", 1)[-1],
+            headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"},
+        )
+
+    async def icon(self, request: web.Request) -> web.Response:
+        """The dashboard's icon (kept here: the package ships no .svg files)."""
+        return web.Response(
+            text=ICON, content_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"}
+        )
+
+    # Sign-in.
+
+    async def login_form(self, request: web.Request) -> web.Response:
+        """The sign-in form."""
+        return self.render(request, "login.html", {"next": safe_next(request.query.get("next"))})
+
+    async def login(self, request: web.Request) -> web.Response:
+        """Check the pasted token; a staff member's becomes the session cookie."""
+        form = await request.post()
+        target = safe_next(str(form.get("next", "")))
+        origin = request.headers.get("Origin")
+        if origin and origin != "null" and URL(origin).authority != request.host:
+            return self._login_refused(request, target, 403, "Sign in from the dashboard itself.")
+        token = str(form.get("token", "")).strip()
+        if not token:
+            return self._login_refused(request, target, 401, "Paste a bearer token to sign in.")
+        try:
+            who = request.app[AUTHORITY].verify(token)
+        except Problem as exc:
+            return self._login_refused(
+                request, target, 401, f"This token was refused: {exc.detail}."
+            )
+        if not who.is_staff:
+            return self._login_refused(
+                request,
+                target,
+                403,
+                "This is a subject's token. The dashboard is for support and admin staff: "
+                "sign in with a token that has the support or admin role.",
+            )
+        response = redirect(target)
+        response.set_cookie(
+            SESSION_COOKIE,
+            token,
+            path=PREFIX,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        return response
+
+    def _login_refused(
+        self, request: web.Request, target: str, status: int, message: str
+    ) -> web.Response:
+        return self.render(
+            request, "login.html", {"next": target}, status=status, flash=Flash("error", message)
+        )
+
+    async def logout(self, request: web.Request, session: Session) -> web.Response:
+        """End the session."""
+        response = self._redirect_with(request, LOGIN_PATH, Flash("ok", "Signed out."))
+        response.del_cookie(SESSION_COOKIE, path=PREFIX)
+        return response
+
+    # Pages.
+
+    async def to_list(self, request: web.Request) -> web.Response:
+        """``/dashboard/`` is ``/dashboard``."""
+        return web.Response(status=308, headers={"Location": PREFIX})
+
+    async def job_list(self, request: web.Request, session: Session) -> web.Response:
+        """Jobs matching the filters, a page at a time, with counts by status."""
+        filters = {
+            name: request.query[name].strip()
+            for name in FILTERS
+            if request.query.get(name, "").strip()
+        }
+        cursor = request.query.get("cursor") or None
+        params = models.JobSearch.model_validate({**filters, "cursor": cursor, "limit": PAGE_SIZE})
+        query = JobQuery(
+            kind=JobKind(params.kind) if params.kind else None,
+            status=JobStatus(params.status) if params.status else None,
+            subject=params.subject,
+            connector=params.connector,
+            overdue=params.overdue,
+            at_risk=params.at_risk,
+            sort=params.sort,
+            limit=params.limit,
+            cursor=params.cursor,
+        )
+        resources = request.app[RESOURCES]
+        now = utcnow()
+        page = await resources.store.search(query, now)
+        by_status: dict[str, int] = {}
+        for per_status in (await resources.store.counts()).values():
+            for status, count in per_status.items():
+                by_status[status] = by_status.get(status, 0) + count
+        return self.render(
+            request,
+            "list.html",
+            {
+                "jobs": page.jobs,
+                "filters": filters,
+                "first_url": f"{PREFIX}?{urlencode(filters)}" if cursor else None,
+                "next_url": f"{PREFIX}?{urlencode({**filters, 'cursor': page.next_cursor})}"
+                if page.next_cursor
+                else None,
+                "by_status": by_status,
+                "overdue": await resources.store.count_overdue(now),
+                "statuses": [s.value for s in JobStatus],
+                "kinds": [k.value for k in JobKind],
+                "connectors": sorted(resources.connectors),
+            },
+            session=session,
+        )
+
+    async def _job_context(self, request: web.Request) -> dict[str, Any]:
+        store = request.app[RESOURCES].store
+        job = await store.get(request.match_info["job_id"])
+        events = await store.events(job.id)
+        finished = sum(run.status.finished for run in job.connectors.values())
+        return {
+            "job": job,
+            "events": events,
+            "last_event": events[-1].id if events else "-",
+            "finished": finished,
+            "live": job.status in LIVE,
+            "extended_months": int(job.options.get("extended_months", 0)),
+            "RunStatus": RunStatus,
+        }
+
+    async def job_page(self, request: web.Request, session: Session) -> web.Response:
+        """One job: its facts, connector progress, timeline and what staff can do."""
+        context = await self._job_context(request)
+        return self.render(request, "job.html", context, session=session)
+
+    async def job_fragment(self, request: web.Request, session: Session) -> web.Response:
+        """The live part of the job page, which its script swaps in on each event."""
+        context = await self._job_context(request)
+        return self.render(request, "job_live.html", context, session=session, shows_flash=False)
+
+    async def job_events(self, request: web.Request, session: Session) -> web.StreamResponse:
+        """The job's timeline, live, in the API's server-sent-event format."""
+        job = await request.app[RESOURCES].store.get(request.match_info["job_id"])
+        after = request.headers.get("Last-Event-ID") or request.query.get("after", "-")
+        if not EVENT_ID.match(after):
+            raise Problem(400, "Bad request", f"{after!r} is not an event id")
+        return await stream_events(request, job.id, after)
+
+    # Actions.
+
+    async def _act(
+        self, request: web.Request, action: Callable[[Job], Awaitable[str]]
+    ) -> web.Response:
+        """Run ``action`` on the job; back to its page with what happened, or what was wrong."""
+        job_id = request.match_info["job_id"]
+        location = f"{PREFIX}/jobs/{job_id}"
+        try:
+            job = await request.app[RESOURCES].store.get(job_id)
+            message = await action(job)
+        except Exception as exc:
+            problem = to_problem(exc)
+            if problem is None:
+                raise
+            return self._redirect_with(request, location, Flash("error", problem.detail))
+        return self._redirect_with(request, location, Flash("ok", message))
+
+    async def retry(self, request: web.Request, session: Session) -> web.Response:
+        """Re-run a failed job's unfinished connectors."""
+
+        async def retry(job: Job) -> str:
+            retried = await pipeline_for(request, job).retry(job.id, session.who.sub)
+            again = [
+                n for n, r in retried.connectors.items() if r.status is not RunStatus.SUCCEEDED
+            ]
+            return f"Retrying {', '.join(again) or 'the last step'} (attempt {retried.generation})."
+
+        return await self._act(request, retry)
+
+    async def cancel(self, request: web.Request, session: Session) -> web.Response:
+        """Cancel a live job."""
+        form = await request.post()
+
+        async def cancel(job: Job) -> str:
+            body = models.CancelRequest.model_validate(
+                {"reason": str(form.get("reason", "")).strip() or None}
+            )
+            await pipeline_for(request, job).cancel(job.id, session.who.sub, body.reason)
+            return "Canceled."
+
+        return await self._act(request, cancel)
+
+    async def extend(self, request: web.Request, session: Session) -> web.Response:
+        """Extend a live job's deadline, with the reason the subject will be told."""
+        form = await request.post()
+
+        async def extend(job: Job) -> str:
+            body = models.ExtendRequest.model_validate(
+                {"months": form.get("months", ""), "reason": str(form.get("reason", "")).strip()},
+                strict=False,
+            )
+            extended = await pipeline_for(request, job).extend(
+                job.id, session.who.sub, months=body.months, reason=body.reason
+            )
+            return f"Deadline extended to {when(extended.due_at)}."
+
+        return await self._act(request, extend)
+
+
+def add_dashboard_routes(app: web.Application, secret: str) -> None:
+    """Serve the support dashboard under ``/dashboard``; ``secret`` keys its CSRF tokens."""
+    app.router.add_routes(Dashboard(secret).routes())
+
+
+__all__ = ["Dashboard", "add_dashboard_routes", "deadline_state"]

@@ -1,0 +1,516 @@
+"""The support dashboard: sign-in, CSRF, filters, escaping over HTTP; the whole story in Chromium.
+
+The browser test drives Debian's ``chromium`` through Playwright (never a
+downloaded browser). Without ``/usr/bin/chromium`` it fails, saying how to
+install it; it never skips.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import ClientResponse, ClientSession, CookieJar
+from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
+
+from connectors.base import Item, Subject
+from connectors.testing import MemoryConnector
+from jobs.model import Job, utcnow
+from tests.service.conftest import Api, ApiFactory
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+UI_TIMEOUT_MS = 15_000
+SUPPORT = ("support",)
+
+
+class GatedConnector(MemoryConnector):
+    """A MemoryConnector whose exports wait for ``gate`` (open at first) before answering."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        await self.gate.wait()
+        async for item in super().export(subject):
+            yield item
+
+
+def crm() -> MemoryConnector:
+    return MemoryConnector(
+        "crm", records={s: {"contacts": [{"id": s}]} for s in ("alice", "bob", "carol")}
+    )
+
+
+class Browser:
+    """A plain HTTP client of the dashboard that keeps its cookies, as a browser does."""
+
+    def __init__(self, api: Api, session: ClientSession) -> None:
+        self.api = api
+        self.session = session
+
+    async def get(self, path: str) -> tuple[ClientResponse, str]:
+        async with self.session.get(self.api.base + path, allow_redirects=False) as response:
+            return response, await response.text()
+
+    async def post(self, path: str, data: dict[str, str]) -> tuple[ClientResponse, str]:
+        async with self.session.post(
+            self.api.base + path, data=data, allow_redirects=False
+        ) as response:
+            return response, await response.text()
+
+    async def sign_in(self, sub: str = "s1", *roles: str) -> ClientResponse:
+        response, _ = await self.post(
+            "/dashboard/login", {"token": self.api.token(sub, *(roles or SUPPORT))}
+        )
+        return response
+
+    async def csrf(self, path: str = "/dashboard") -> str:
+        _, page = await self.get(path)
+        found = re.search(r'name="csrf" value="([^"]+)"', page)
+        assert found, page
+        return found.group(1)
+
+    async def follow(self, response: ClientResponse) -> str:
+        """The page a redirect leads to."""
+        assert response.status == 303, response.status
+        _, page = await self.get(response.headers["Location"])
+        return page
+
+
+BrowserFactory = Callable[[Api], Awaitable[Browser]]
+
+
+@pytest.fixture
+async def browser_factory() -> AsyncIterator[BrowserFactory]:
+    """Makes cookie-keeping HTTP clients, each its own browser session."""
+    sessions: list[ClientSession] = []
+
+    async def make(api: Api) -> Browser:
+        sessions.append(ClientSession(cookie_jar=CookieJar(unsafe=True)))
+        return Browser(api, sessions[-1])
+
+    try:
+        yield make
+    finally:
+        for session in sessions:
+            await session.close()
+
+
+@pytest.fixture
+async def api(api_factory: ApiFactory) -> Api:
+    return await api_factory({"crm": crm()})
+
+
+async def test_sign_in_refuses_subject_bad_and_expired_tokens(
+    api: Api, browser_factory: BrowserFactory
+) -> None:
+    browser = await browser_factory(api)
+    response, page = await browser.post("/dashboard/login", {"token": api.token("alice")})
+    assert response.status == 403
+    assert "subject&#39;s token" in page and "support or admin role" in page
+    response, page = await browser.post("/dashboard/login", {"token": "not-a-jwt"})
+    assert response.status == 401 and "This token was refused" in page
+    response, page = await browser.post(
+        "/dashboard/login", {"token": api.token("s1", "support", ttl=-120)}
+    )
+    assert response.status == 401 and "expired" in page
+    assert "handover_session" not in response.cookies
+    response, _ = await browser.get("/dashboard")
+    assert response.status == 303 and response.headers["Location"].startswith("/dashboard/login")
+
+    response = await browser.sign_in("s1", "support")
+    assert response.status == 303 and response.headers["Location"] == "/dashboard"
+    cookie = response.cookies["handover_session"]
+    assert cookie["httponly"] and cookie["samesite"] == "Strict" and cookie["path"] == "/dashboard"
+    response, page = await browser.get("/dashboard")
+    assert response.status == 200 and "Signed in as <strong>s1</strong>" in page
+
+
+async def test_sign_in_returns_to_the_page_asked_for_and_sign_out_ends_it(
+    api: Api, browser_factory: BrowserFactory
+) -> None:
+    browser = await browser_factory(api)
+    token = api.token("root", "admin")
+    for asked, landed in (
+        ("/dashboard/jobs/01ABC", "/dashboard/jobs/01ABC"),
+        ("/dashboard?status=failed", "/dashboard?status=failed"),
+        ("https://evil.example/dashboard", "/dashboard"),
+        ("//evil.example/dashboard", "/dashboard"),
+        ("/v1/jobs", "/dashboard"),
+    ):
+        response, _ = await browser.post("/dashboard/login", {"token": token, "next": asked})
+        assert response.status == 303 and response.headers["Location"] == landed, asked
+    response, _ = await browser.post("/dashboard/logout", {"csrf": await browser.csrf()})
+    page = await browser.follow(response)
+    assert "Signed out." in page
+    response, _ = await browser.get("/dashboard")
+    assert response.status == 303 and response.headers["Location"].startswith("/dashboard/login")
+
+
+async def test_sign_in_from_another_site_is_refused(
+    api: Api, browser_factory: BrowserFactory
+) -> None:
+    browser = await browser_factory(api)
+    async with browser.session.post(
+        api.base + "/dashboard/login",
+        data={"token": api.token("s1", "support")},
+        headers={"Origin": "https://evil.example"},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 403
+        assert "handover_session" not in response.cookies
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/dashboard"),
+        ("GET", "/dashboard/jobs/01ABC"),
+        ("GET", "/dashboard/jobs/01ABC/fragment"),
+        ("GET", "/dashboard/jobs/01ABC/events"),
+        ("POST", "/dashboard/jobs/01ABC/retry"),
+        ("POST", "/dashboard/logout"),
+    ],
+)
+async def test_pages_send_strangers_to_sign_in(api: Api, method: str, path: str) -> None:
+    for cookie in (None, api.token("alice"), "garbage"):
+        headers = {"Cookie": f"handover_session={cookie}"} if cookie else {}
+        status, response_headers, _ = await api.request(method, path, sub=None, headers=headers)
+        assert status == 303, (path, cookie)
+        assert response_headers["Location"].startswith("/dashboard/login")
+    _, headers, _ = await api.request("GET", "/dashboard/jobs/01ABC", sub=None)
+    assert headers["Location"] == "/dashboard/login?next=%2Fdashboard%2Fjobs%2F01ABC"
+
+
+async def test_posts_without_the_sessions_csrf_token_are_refused(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    billing = MemoryConnector("billing", records={}, fail="billing API down")
+    api = await api_factory({"crm": crm(), "billing": billing})
+    job = await api.wait((await api.export())["id"])
+    assert job["status"] == "failed"
+    browser = await browser_factory(api)
+    await browser.sign_in("s1")
+    other = await browser_factory(api)
+    await other.sign_in("s2")
+    others_token = await other.csrf()
+    for data in ({}, {"csrf": ""}, {"csrf": "forged"}, {"csrf": others_token}):
+        response, page = await browser.post(f"/dashboard/jobs/{job['id']}/retry", data)
+        assert response.status == 403, data
+        assert "did not come from the dashboard" in page
+    _, _, events = await api.request("GET", f"/v1/jobs/{job['id']}/events")
+    assert "retried" not in [e["type"] for e in events["events"]]
+    response, _ = await browser.post(
+        f"/dashboard/jobs/{job['id']}/retry", {"csrf": await browser.csrf()}
+    )
+    assert response.status == 303
+
+
+def listed(page: str) -> list[str]:
+    return re.findall(r'<tr data-job-id="([^"]+)"', page)
+
+
+async def make_overdue(api: Api, job_id: str) -> None:
+    def past_due(job: Job) -> None:
+        job.due_at = utcnow() - timedelta(days=1)
+
+    await api.resources.store.modify(job_id, past_due, actor="test", event="backdated")
+
+
+async def test_list_filters_counts_and_pages(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    billing = MemoryConnector("billing", records={"alice": {"invoices": [{"n": 1}]}})
+    api = await api_factory({"crm": crm(), "billing": billing})
+    done = await api.export(sub="alice")
+    await api.wait(done["id"], sub="alice")
+    billing.fail = "billing API down"
+    failed = await api.export(sub="bob")
+    await api.wait(failed["id"], sub="bob")
+    only_crm = await api.export(sub="carol", connectors=["crm"])
+    await api.wait(only_crm["id"], sub="carol")
+    status, _, erasure = await api.request(
+        "POST", "/v1/erasures", sub="carol", json={"connectors": ["crm"]}
+    )
+    assert status == 202 and erasure["status"] == "awaiting_confirmation"
+    await make_overdue(api, erasure["id"])
+
+    browser = await browser_factory(api)
+    await browser.sign_in()
+    _, page = await browser.get("/dashboard")
+    assert listed(page) == [erasure["id"], only_crm["id"], failed["id"], done["id"]]
+    _, page = await browser.get("/dashboard?status=failed")
+    assert listed(page) == [failed["id"]]
+    assert "billing: billing API down" in page  # the error excerpt
+    _, page = await browser.get("/dashboard?kind=erasure")
+    assert listed(page) == [erasure["id"]]
+    assert 'class="badge deadline-overdue">overdue' in page
+    _, page = await browser.get("/dashboard?subject=carol&kind=export")
+    assert listed(page) == [only_crm["id"]]
+    _, page = await browser.get("/dashboard?connector=billing")
+    assert listed(page) == [failed["id"], done["id"]]
+    _, page = await browser.get("/dashboard?overdue=true")
+    assert listed(page) == [erasure["id"]]
+    _, page = await browser.get("/dashboard?at_risk=true&status=")
+    assert listed(page) == []
+    assert "No request matches these filters." in page
+    _, page = await browser.get("/dashboard")
+    tiles = {
+        name: int(count)
+        for count, name in re.findall(r"<strong>(\d+)</strong><span>([a-z ]+)</span>", page)
+    }
+    assert tiles["succeeded"] == 2 and tiles["failed"] == 1 and tiles["overdue"] == 1
+    assert tiles["awaiting confirmation"] == 1 and tiles["running"] == 0
+
+    response, page = await browser.get("/dashboard?status=lost")
+    assert response.status == 422 and "status" in page and "Traceback" not in page
+
+
+async def test_paging_walks_every_job_once(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    api = await api_factory({"crm": crm()}, worker=False)
+    created = [(await api.export(sub=f"user-{n}"))["id"] for n in range(30)]
+    browser = await browser_factory(api)
+    await browser.sign_in()
+    seen: list[str] = []
+    path: str | None = "/dashboard?status=queued"
+    while path is not None:
+        _, page = await browser.get(path)
+        seen.extend(listed(page))
+        found = re.search(r'<a href="([^"]+)" rel="next">', page)
+        path = found.group(1).replace("&amp;", "&") if found else None
+    assert seen == list(reversed(created))
+
+
+async def test_a_hostile_subject_id_is_escaped(api: Api, browser_factory: BrowserFactory) -> None:
+    hostile = "<script>alert(1)</script>"
+    status, _, job = await api.request(
+        "POST", "/v1/exports", sub="s1", roles=SUPPORT, json={"subject": hostile}
+    )
+    assert status == 202, job
+    browser = await browser_factory(api)
+    await browser.sign_in()
+    breakout = "%22%3E%3Cscript%3Ealert(2)%3C/script%3E"  # "><script>alert(2)</script>
+    for path in (
+        "/dashboard",
+        f"/dashboard/jobs/{job['id']}",
+        f"/dashboard/jobs/{job['id']}/fragment",
+        f"/dashboard?subject={breakout}",
+    ):
+        response, page = await browser.get(path)
+        assert response.status == 200
+        assert "alert(" not in page.replace("&lt;script&gt;alert(", "")
+        assert page.count("<script") == page.count('<script src="/dashboard/static/dashboard.js"')
+        assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+    _, page = await browser.get(f"/dashboard/jobs/{job['id']}")
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+async def test_actions_report_what_happened_as_flash_messages(
+    api: Api, browser_factory: BrowserFactory
+) -> None:
+    job = await api.wait((await api.export())["id"])
+    assert job["status"] == "succeeded"
+    browser = await browser_factory(api)
+    await browser.sign_in("s1")
+    csrf = await browser.csrf()
+    response, _ = await browser.post(f"/dashboard/jobs/{job['id']}/retry", {"csrf": csrf})
+    page = await browser.follow(response)
+    assert "cannot go from succeeded to queued" in page
+    assert 'class="flash flash-error"' in page and "Traceback" not in page
+    _, again = await browser.get(f"/dashboard/jobs/{job['id']}")
+    assert "cannot go from" not in again  # shown once
+
+    response, _ = await browser.post(f"/dashboard/jobs/{job['id']}/cancel", {"csrf": csrf})
+    assert "cannot go from succeeded to canceled" in await browser.follow(response)
+    response, _ = await browser.post("/dashboard/jobs/nope/retry", {"csrf": csrf})
+    response, page = await browser.get(response.headers["Location"])
+    assert response.status == 404 and "no job nope" in page and "Traceback" not in page
+
+
+async def test_extend_needs_a_reason_and_is_recorded(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    api = await api_factory({"crm": crm()}, worker=False)
+    job = await api.export()
+    browser = await browser_factory(api)
+    await browser.sign_in("s1")
+    path = f"/dashboard/jobs/{job['id']}"
+    csrf = await browser.csrf(path)
+    response, _ = await browser.post(f"{path}/extend", {"csrf": csrf, "months": "1"})
+    assert "reason" in await browser.follow(response)
+    response, _ = await browser.post(
+        f"{path}/extend", {"csrf": csrf, "months": "3", "reason": "many processors"}
+    )
+    assert "less than or equal to 2" in await browser.follow(response)
+    response, _ = await browser.post(
+        f"{path}/extend", {"csrf": csrf, "months": "2", "reason": "many processors involved"}
+    )
+    page = await browser.follow(response)
+    assert "Deadline extended to" in page and "extended by 2 months" in page
+    assert "many processors involved" in page and "by s1" in page
+    assert "Extend deadline" not in page  # nothing left to extend by
+    response, _ = await browser.post(f"{path}/cancel", {"csrf": csrf, "reason": "asked twice"})
+    page = await browser.follow(response)
+    assert "Canceled." in page and "asked twice" in page and "Cancel request" not in page
+
+
+async def test_the_dashboard_streams_the_apis_events(
+    api: Api, browser_factory: BrowserFactory
+) -> None:
+    job = await api.wait((await api.export())["id"])
+    browser = await browser_factory(api)
+    await browser.sign_in()
+    response, stream = await browser.get(f"/dashboard/jobs/{job['id']}/events")
+    assert response.headers["Content-Type"].startswith("text/event-stream")
+    async with api.session.get(
+        f"{api.base}/v1/jobs/{job['id']}/events",
+        headers={"Accept": "text/event-stream", **api.auth("alice")},
+    ) as from_api:
+        assert stream == await from_api.text()
+    assert stream.count("event: connector.succeeded") == 1
+    ids = re.findall(r"^id: (\S+)$", stream, flags=re.MULTILINE)
+    _, rest = await browser.get(f"/dashboard/jobs/{job['id']}/events?after={ids[1]}")
+    assert re.findall(r"^id: (\S+)$", rest, flags=re.MULTILINE) == ids[2:]
+    response, _ = await browser.get(f"/dashboard/jobs/{job['id']}/events?after=bogus")
+    assert response.status == 400
+
+
+@pytest.fixture
+def chromium() -> Path:
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the dashboard's browser test needs Debian's chromium; "
+            "install it with `apt-get install -y chromium`"
+        )
+    return CHROMIUM
+
+
+async def test_support_finds_a_failed_export_retries_it_and_watches_it_succeed(
+    api_factory: ApiFactory, chromium: Path, tmp_path: Path
+) -> None:
+    billing = GatedConnector(
+        "billing",
+        records={"alice": {"invoices": [{"n": 1}, {"n": 2}]}},
+        fail="billing API down for maintenance (HTTP 503 from api.billing.example)",
+    )
+    api = await api_factory({"crm": crm(), "billing": billing})
+    fine = await api.wait((await api.export(sub="bob", connectors=["crm"]))["id"], sub="bob")
+    assert fine["status"] == "succeeded"
+    job = await api.wait((await api.export(sub="alice"))["id"])
+    assert job["status"] == "failed"
+
+    problems: list[str] = []
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(chromium),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = context.pages[0] if context.pages else await context.new_page()
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+
+            def console(message: ConsoleMessage) -> None:
+                if message.type == "error":
+                    problems.append(f"console: {message.text} ({message.location['url']})")
+
+            page.on("console", console)
+            await sign_in_and_find(page, api, job["id"], fine["id"], tmp_path)
+            await page.screenshot(path=str(tmp_path / "dashboard-failed-export.png"))
+            await read_the_error_and_retry(page, billing)
+            await watch_it_succeed(page, billing, job["id"])
+            screenshot = tmp_path / "dashboard-retried-export.png"
+            await page.screenshot(path=str(screenshot), full_page=True)
+            print(f"screenshot: {screenshot}")
+        finally:
+            await context.close()
+    assert problems == []
+    assert screenshot.stat().st_size > 10_000
+    done = await api.wait(job["id"])
+    assert done["connectors"]["crm"]["attempts"] == 1
+    assert done["connectors"]["billing"]["attempts"] == 2
+
+
+async def sign_in_and_find(page: Page, api: Api, job_id: str, fine_id: str, shots: Path) -> None:
+    """Sign in with a support token, filter by failed, open the job."""
+    await page.goto(f"{api.base}/dashboard")
+    await expect(page).to_have_url(re.compile(r"/dashboard/login\?next="))
+    await page.get_by_label("Bearer token").fill(api.token("support-sam", "support"))
+    await page.get_by_role("button", name="Sign in").click()
+    await expect(page.get_by_text("Signed in as")).to_contain_text("support-sam")
+    await page.get_by_role("combobox", name="Status").select_option("failed")
+    await page.get_by_role("button", name="Filter").click()
+    await expect(page).to_have_url(re.compile(r"status=failed"))
+    rows = page.locator("tr[data-job-id]")
+    await expect(rows).to_have_count(1)
+    await expect(page.locator(f'tr[data-job-id="{fine_id}"]')).to_have_count(0)
+    await expect(rows.first).to_contain_text("billing API down for maintenance")
+    await page.screenshot(path=str(shots / "dashboard-failed-list.png"))
+    await page.get_by_role("link", name=job_id).click()
+    await expect(page).to_have_url(re.compile(f"/dashboard/jobs/{job_id}$"))
+
+
+async def read_the_error_and_retry(page: Page, billing: GatedConnector) -> None:
+    """Read the failing connector's error, then retry once the processor is back."""
+    await expect(page.locator("[data-job-status]")).to_have_text("failed")
+    error = page.locator('[data-error-for="billing"]')
+    await expect(error).to_contain_text(
+        "billing API down for maintenance (HTTP 503 from api.billing.example)"
+    )
+    await expect(error).to_contain_text("permanent")
+    await expect(page.locator('tr[data-connector="crm"]')).to_have_attribute(
+        "data-status", "succeeded"
+    )
+    await expect(page.locator('tr[data-connector="billing"]')).to_have_attribute(
+        "data-status", "failed"
+    )
+    await page.evaluate("window.sameDocument = true")
+    billing.fail = None  # the processor recovered...
+    billing.gate.clear()  # ...and answers only when the test says so
+    await page.get_by_role("button", name="Retry failed connectors").click()
+    await expect(page.locator(".flash-ok")).to_contain_text("Retrying billing (attempt 2)")
+
+
+async def watch_it_succeed(page: Page, billing: GatedConnector, job_id: str) -> None:
+    """The page follows the retried job live, without reloading, until it succeeds."""
+    status = page.locator("[data-job-status]")
+    billing_row = page.locator('tr[data-connector="billing"]')
+    await expect(status).to_have_text("running")
+    await expect(billing_row).to_have_attribute("data-status", "running")
+    await expect(page.locator('[data-error-for="billing"]')).to_have_count(0)
+    billing.gate.set()
+    await expect(status).to_have_text("succeeded")
+    for name in ("crm", "billing"):
+        row = page.locator(f'tr[data-connector="{name}"]')
+        await expect(row).to_have_attribute("data-status", "succeeded")
+        await expect(row.locator("progress")).to_have_attribute("value", "1")
+    await expect(page.locator('tr[data-connector="billing"] td.num').first).to_have_text("2")
+    await expect(page.get_by_text("2 of 2 finished")).to_be_visible()
+    await expect(page.locator('li[data-event="retried"]')).to_contain_text("by support-sam")
+    await expect(page.locator('li[data-event="succeeded"]')).to_have_count(1)
+    await expect(page.locator('li[data-event="connector.succeeded"]')).to_have_count(2)
+    await expect(page.get_by_role("button", name="Retry failed connectors")).to_have_count(0)
+    assert await page.evaluate("window.sameDocument") is True, "the page was reloaded"
+    assert page.url.endswith(f"/dashboard/jobs/{job_id}")
