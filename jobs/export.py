@@ -20,10 +20,14 @@ from connectors.items import File, Record, Subject
 from jobs.archive import StagedFile, write_archive
 from jobs.formats import FORMATS
 from jobs.model import (
+    ActiveJobExists,
     ArchiveResult,
+    DownloadLimitReached,
     InvalidRequest,
     Job,
+    JobEnded,
     JobKind,
+    JobStatus,
     StagedPart,
     utcnow,
 )
@@ -61,7 +65,33 @@ class ExportPipeline(Pipeline):
             connectors=self.select_connectors(connectors, categories),
             options={"formats": formats, "categories": sorted(set(categories or []))},
         )
+        active = await self.resources.store.claim_active(JobKind.EXPORT, subject, job.id)
+        if active is not None:
+            raise ActiveJobExists(JobKind.EXPORT, active)
         return await self.submit(job)
+
+    async def record_download(self, job_id: str, actor: str, link_ttl_seconds: int) -> Job:
+        """Count a download (refusing one past ``HANDOVER_MAX_DOWNLOADS``) and log it."""
+        limit = self.resources.settings.max_downloads
+
+        def counted(job: Job) -> None:
+            done = int(job.options.get("downloads", 0))
+            if limit and done >= limit:
+                raise DownloadLimitReached(job.id, limit)
+            job.options["downloads"] = done + 1
+
+        job = await self.resources.store.modify(
+            job_id,
+            counted,
+            actor=actor,
+            event="downloaded",
+            data={"link_ttl_seconds": link_ttl_seconds},
+            expect={JobStatus.SUCCEEDED},
+        )
+        if job is None:
+            current = await self.resources.store.get(job_id)
+            raise JobEnded(job_id, current.status, "download it")
+        return job
 
     async def work(self, connector: Connector, job: Job) -> Outcome:
         """Stage the connector's records and files for the archive."""

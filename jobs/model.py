@@ -93,6 +93,22 @@ class JobEnded(Exception):
         self.status = status
 
 
+class ActiveJobExists(Exception):
+    """The subject already has a live job of this kind; ``job_id`` names it."""
+
+    def __init__(self, kind: JobKind, job_id: str) -> None:
+        super().__init__(f"a {kind.value} of this subject is already under way: job {job_id}")
+        self.job_id = job_id
+
+
+class DownloadLimitReached(Exception):
+    """The archive has been downloaded as many times as allowed."""
+
+    def __init__(self, job_id: str, limit: int) -> None:
+        super().__init__(f"the archive of job {job_id} may be downloaded {limit} time(s); all used")
+        self.job_id = job_id
+
+
 def check_transition(job_id: str, current: JobStatus, target: JobStatus) -> None:
     """Raise :class:`IllegalTransition` unless ``current → target`` is a legal move."""
     if target not in _LEGAL[current]:

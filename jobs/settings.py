@@ -114,6 +114,13 @@ def _positive_int(value: object) -> int:
     return number
 
 
+def _count(value: object) -> int:
+    number = int(str(value))
+    if number < 0:
+        raise ValueError(f"expected a whole number of at least 0, got {value!r}")
+    return number
+
+
 def _text(value: object) -> str:
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise ValueError(f"expected text, got {value!r}")
@@ -144,6 +151,18 @@ def _url_list(value: object) -> tuple[str, ...]:
     if bad:
         raise ValueError(f"expected http(s) URLs, got {bad[0]!r}")
     return urls
+
+
+def _jwks_url(value: object) -> str | None:
+    url = _url(value)
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    if parts.scheme != "https" and not (
+        parts.scheme == "http" and parts.hostname in {"localhost", "127.0.0.1", "::1"}
+    ):
+        raise ValueError("expected an https:// URL (http:// only to localhost)")
+    return url
 
 
 def _redis_url(value: object) -> Secret | None:
@@ -198,6 +217,10 @@ _PARSERS: dict[str, Any] = {
     "s3_sse": _optional_text,
     "s3_part_size": parse_size,
     "jwt_secret": _secret,
+    "jwks_url": _jwks_url,
+    "jwt_issuer": _optional_text,
+    "jwt_audience": _optional_text,
+    "jwt_leeway": parse_duration,
     "archive_ttl": parse_duration,
     "link_ttl": parse_duration,
     "deadline": parse_duration,
@@ -209,6 +232,9 @@ _PARSERS: dict[str, Any] = {
     "public_url": _url,
     "webhook_urls": _url_list,
     "webhook_secret": _secret,
+    "max_downloads": _count,
+    "rate_limit": _count,
+    "subject_rate_limit": _count,
     "erasure_grace": parse_duration,
     "reauth_max_age": parse_duration,
 }
@@ -236,6 +262,10 @@ class Settings:
     s3_sse: str | None = None
     s3_part_size: int = 8 * 2**20
     jwt_secret: Secret | None = None
+    jwks_url: str | None = None
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway: timedelta = timedelta(seconds=30)
     archive_ttl: timedelta = timedelta(days=7)
     link_ttl: timedelta = timedelta(minutes=15)
     deadline: timedelta = timedelta(days=30)
@@ -247,6 +277,9 @@ class Settings:
     public_url: str | None = None
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: Secret | None = None
+    max_downloads: int = 0
+    rate_limit: int = 120
+    subject_rate_limit: int = 20
     erasure_grace: timedelta | None = None
     reauth_max_age: timedelta = timedelta(minutes=10)
     connectors: tuple[ConnectorConfig, ...] = field(default=(), repr=False)
@@ -259,6 +292,8 @@ class Settings:
             raise SettingsError("HANDOVER_LINK_TTL: must be longer than zero")
         if self.archive_ttl <= timedelta(0):
             raise SettingsError("HANDOVER_ARCHIVE_TTL: must be longer than zero")
+        if self.jwt_leeway > timedelta(minutes=5):
+            raise SettingsError("HANDOVER_JWT_LEEWAY: at most 5m of clock skew is allowed")
         if self.webhook_urls and self.webhook_secret is None:
             raise SettingsError(
                 "HANDOVER_WEBHOOK_SECRET: required when HANDOVER_WEBHOOK_URLS is set"

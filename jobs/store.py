@@ -25,6 +25,7 @@ Searches (:meth:`JobStore.search`) walk these indexes, never the key space.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -334,6 +335,45 @@ class JobStore:
                     return None
                 except WatchError:
                     continue
+
+    async def claim_active(self, kind: JobKind, subject: str, job_id: str) -> str | None:
+        """Record ``job_id`` as the subject's one live job of ``kind``.
+
+        Returns ``None`` when recorded, or the id of the live job that already is.
+        A recorded job that has ended no longer counts, so nothing needs releasing.
+        """
+        key = f"{self.ns}active:{kind.value}:{subject}"
+        pipe: Any
+        async with self.redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.get(key)
+                    if (
+                        raw is not None
+                        and raw.decode() != job_id
+                        and await self._is_live(raw.decode())
+                    ):
+                        return str(raw.decode())
+                    pipe.multi()
+                    pipe.set(key, job_id)
+                    await pipe.execute()
+                    return None
+                except WatchError:
+                    continue
+
+    async def hit(self, scope: str, window_seconds: int, limit: int) -> int:
+        """Count one request in ``scope``'s current window; seconds to wait if over ``limit``."""
+        now = int(time.time())
+        window = now // window_seconds
+        key = f"{self.ns}rate:{scope}:{window}"
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(key)
+            pipe.expire(key, window_seconds + 1)
+            count, _ = await pipe.execute()
+        if count <= limit:
+            return 0
+        return (window + 1) * window_seconds - now
 
     async def subject_busy_with_another(self, subject: str, job_id: str) -> bool:
         """Whether a live job other than ``job_id`` holds the subject's gate."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 from collections.abc import AsyncIterator, Callable
 from importlib.metadata import version
 
@@ -21,16 +22,25 @@ from service.dashboard import add_dashboard_routes
 from service.docs import add_doc_routes
 from service.idempotency import idempotency_middleware
 from service.problems import problem_middleware
+from service.ratelimit import rate_limit_middleware
 from service.routes import MAX_BODY_BYTES, add_routes
 
 
-def jwt_secret(settings: Settings) -> str:
-    """The configured JWT secret; in the embedded mode, one kept in the data dir."""
+def jwt_secret(settings: Settings) -> str | None:
+    """The HS256 secret: configured, or in the embedded mode kept in the data dir.
+
+    ``None`` when only the identity provider's keys (``HANDOVER_JWKS_URL``) verify tokens.
+    """
     if settings.jwt_secret is not None:
         return settings.jwt_secret.reveal()
     if settings.embedded_redis:
         return load_or_create_secret(settings.data_dir / "jwt-secret")
-    raise SettingsError("HANDOVER_JWT_SECRET: required when Handover runs on a shared Redis")
+    if settings.jwks_url is not None:
+        return None
+    raise SettingsError(
+        "HANDOVER_JWT_SECRET or HANDOVER_JWKS_URL: one is required when Handover runs on a "
+        "shared Redis"
+    )
 
 
 def create_app(
@@ -42,16 +52,19 @@ def create_app(
     """The Handover API; with ``run_worker`` a worker runs inside the same process."""
     settings = settings or Settings.load()
     app = web.Application(
-        middlewares=[problem_middleware, idempotency_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[problem_middleware, rate_limit_middleware, idempotency_middleware],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
-    app[AUTHORITY] = TokenAuthority(jwt_secret(settings))
+    secret = jwt_secret(settings)
+    app[AUTHORITY] = TokenAuthority.from_settings(settings, secret)
     app.cleanup_ctx.append(_resources_ctx(resources))
     if run_worker:
         app.cleanup_ctx.append(_worker_ctx)
     add_routes(app)
     add_doc_routes(app, version("handover"))
-    add_dashboard_routes(app, jwt_secret(settings))
+    # Without a shared secret the dashboard's CSRF keys are this process's own.
+    add_dashboard_routes(app, secret or secrets.token_urlsafe(48))
     return app
 
 

@@ -17,7 +17,13 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from jobs.model import IllegalTransition, InvalidRequest, JobEnded
+from jobs.model import (
+    ActiveJobExists,
+    DownloadLimitReached,
+    IllegalTransition,
+    InvalidRequest,
+    JobEnded,
+)
 from jobs.storage import StorageError
 from jobs.store import BadCursor, JobNotFound
 
@@ -107,6 +113,17 @@ def to_problem(exc: BaseException) -> Problem | None:
         return Problem(404, "Not found", f"no job {exc.job_id}")
     if isinstance(exc, IllegalTransition):
         return Problem(409, "Conflict", str(exc), status_now=exc.current.value)
+    if isinstance(exc, ActiveJobExists):
+        return Problem(
+            409,
+            "Already under way",
+            str(exc),
+            slug="active-job-exists",
+            headers={"Location": f"/v1/jobs/{exc.job_id}"},
+            job_id=exc.job_id,
+        )
+    if isinstance(exc, DownloadLimitReached):
+        return Problem(403, "Download limit reached", str(exc), slug="download-limit-reached")
     if isinstance(exc, JobEnded):
         return Problem(409, "Conflict", str(exc), status_now=exc.status.value)
     if isinstance(exc, BadCursor):

@@ -26,6 +26,7 @@ from service import models
 from service.appkeys import AUTHORITY, ERASURES, EXPORTS, RESOURCES, SETTINGS
 from service.auth import Principal, Role
 from service.problems import Problem
+from service.ratelimit import limit_subject
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 M = TypeVar("M", bound=BaseModel)
@@ -76,9 +77,9 @@ async def read_body(request: web.Request, model: type[M]) -> M:
     return model.model_validate(data)
 
 
-def principal(request: web.Request) -> Principal:
+async def principal(request: web.Request) -> Principal:
     """The authenticated caller."""
-    return request.app[AUTHORITY].authenticate(request)
+    return await request.app[AUTHORITY].authenticate(request)
 
 
 def job_view(job: Job) -> dict[str, Any]:
@@ -152,9 +153,10 @@ def accepted(job: Job) -> web.Response:
 
 
 async def create_export(request: web.Request) -> web.Response:
-    who = principal(request)
+    who = await principal(request)
     body = await read_body(request, models.ExportRequest)
     subject = requested_subject(who, body.subject, "an export")
+    await limit_subject(request, subject)
     job = await request.app[EXPORTS].create(
         subject=subject,
         requested_by=who.sub,
@@ -166,10 +168,11 @@ async def create_export(request: web.Request) -> web.Response:
 
 
 async def _create_erasure_job(request: web.Request, kind: JobKind) -> web.Response:
-    who = principal(request)
+    who = await principal(request)
     model = models.ErasureRequest if kind is JobKind.ERASURE else models.RestrictionRequest
     body = await read_body(request, model)
     subject = requested_subject(who, body.subject, f"an {kind.value}")
+    await limit_subject(request, subject)
     job = await request.app[ERASURES].create(
         kind,
         subject=subject,
@@ -190,7 +193,7 @@ async def create_restriction(request: web.Request) -> web.Response:
 
 
 async def confirm_job(request: web.Request) -> web.Response:
-    who = principal(request)
+    who = await principal(request)
     job = await visible_job(request, who)
     if not who.is_admin:
         if who.sub != job.subject:
@@ -210,7 +213,7 @@ async def confirm_job(request: web.Request) -> web.Response:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    who = principal(request)
+    who = await principal(request)
     job = await visible_job(request, who)
     body = await read_body(request, models.CancelRequest) if request.body_exists else None
     canceled = await pipeline_for(request, job).cancel(
@@ -220,7 +223,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 async def get_receipt(request: web.Request) -> web.Response:
-    who = principal(request)
+    who = await principal(request)
     job = await visible_job(request, who)
     if who.sub != job.subject and not who.is_admin:
         raise Problem(403, "Forbidden", "only the subject or an admin may read a receipt")
@@ -236,12 +239,12 @@ async def get_receipt(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = await visible_job(request, principal(request))
+    job = await visible_job(request, await principal(request))
     return json_response(job_view(job))
 
 
 async def list_events(request: web.Request) -> web.StreamResponse:
-    job = await visible_job(request, principal(request))
+    job = await visible_job(request, await principal(request))
     store = request.app[RESOURCES].store
     if "text/event-stream" in request.headers.get("Accept", ""):
         return await stream_events(request, job.id, request.headers.get("Last-Event-ID", "-"))
@@ -293,7 +296,7 @@ def require_staff(who: Principal) -> None:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    who = principal(request)
+    who = await principal(request)
     params = models.JobSearch.model_validate(dict(request.query))
     if not who.is_staff:
         if params.subject not in (None, who.sub):
@@ -320,7 +323,7 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    require_staff(principal(request))
+    require_staff(await principal(request))
     resources = request.app[RESOURCES]
     return json_response(
         {
@@ -352,14 +355,14 @@ def pipeline_for(request: web.Request, job: Job) -> Pipeline:
 
 
 async def retry_job(request: web.Request) -> web.Response:
-    who = principal(request)
+    who = await principal(request)
     require_staff(who)
     job = await visible_job(request, who)
     return json_response(job_view(await pipeline_for(request, job).retry(job.id, who.sub)))
 
 
 async def extend_job(request: web.Request) -> web.Response:
-    who = principal(request)
+    who = await principal(request)
     require_staff(who)
     job = await visible_job(request, who)
     body = await read_body(request, models.ExtendRequest)
@@ -370,7 +373,7 @@ async def extend_job(request: web.Request) -> web.Response:
 
 
 async def download(request: web.Request) -> web.Response:
-    who = principal(request)
+    who = await principal(request)
     job = await visible_job(request, who)
     if who.sub != job.subject and not who.is_admin:
         raise Problem(403, "Forbidden", "support staff see requests, never their data")
@@ -387,11 +390,9 @@ async def download(request: web.Request) -> web.Response:
         )
     resources = request.app[RESOURCES]
     ttl = min(resources.settings.link_ttl, job.result.expires_at - now)
+    await request.app[EXPORTS].record_download(job.id, who.sub, int(ttl.total_seconds()))
     url = await resources.storage.download_url(
         job.result.key, ttl=ttl, filename=f"handover-export-{job.id}.zip"
-    )
-    await resources.store.add_event(
-        job.id, "downloaded", who.sub, {"link_ttl_seconds": int(ttl.total_seconds())}
     )
     return web.Response(status=303, headers={"Location": url, "Cache-Control": "no-store"})
 
@@ -422,7 +423,7 @@ async def serve_object(request: web.Request) -> web.StreamResponse:
 
 
 async def list_connectors(request: web.Request) -> web.Response:
-    principal(request)
+    await principal(request)
     connectors = request.app[RESOURCES].connectors
     return json_response({"connectors": [dict(c.describe()) for c in connectors.values()]})
 

@@ -99,6 +99,9 @@ async def api_factory(
             connectors: Mapping[str, Connector], *, worker: bool = True, **overrides: Any
         ) -> Api:
             overrides.setdefault("jwt_secret", Secret(JWT_SECRET))
+            # Tests poll fast with one token; the limits have tests of their own.
+            overrides.setdefault("rate_limit", 0)
+            overrides.setdefault("subject_rate_limit", 0)
             resources = await stack.enter_async_context(resources_factory(connectors, **overrides))
             app = create_app(resources.settings, resources=resources)
             server = TestServer(app, host="127.0.0.1")

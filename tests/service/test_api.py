@@ -133,8 +133,8 @@ async def test_download_before_ready_is_409_and_after_expiry_410(api_factory: Ap
     assert status == 409 and problem["status_now"] == "queued"
 
     api = await api_factory({"crm": crm()})
-    job = await api.export()
-    await api.wait(job["id"], "succeeded")
+    job = await api.export("bob")  # alice's export above is still queued: one at a time
+    await api.wait(job["id"], "succeeded", sub="bob")
     store = api.resources.store
     stored = await store.get(job["id"])
     assert stored.result is not None
@@ -145,12 +145,12 @@ async def test_download_before_ready_is_409_and_after_expiry_410(api_factory: Ap
         job.result.expires_at -= timedelta(days=8)
 
     await store.modify(job["id"], past, actor="test", event="test")
-    status, _, problem = await api.request("GET", f"/v1/jobs/{job['id']}/download")
+    status, _, problem = await api.request("GET", f"/v1/jobs/{job['id']}/download", sub="bob")
     assert status == 410
     assert await expire_archives({"handover_pipelines": build_pipelines(api.resources)}) == 1
     assert not await api.resources.storage.exists(stored.result.key)
-    assert (await api.wait(job["id"], "expired"))["status"] == "expired"
-    status, _, problem = await api.request("GET", f"/v1/jobs/{job['id']}/download")
+    assert (await api.wait(job["id"], "expired", sub="bob"))["status"] == "expired"
+    status, _, problem = await api.request("GET", f"/v1/jobs/{job['id']}/download", sub="bob")
     assert status == 410 and problem["type"].endswith("/gone")
 
 

@@ -37,8 +37,7 @@ async def test_search_filters_and_pages(api: Api) -> None:
     created = []
     for subject in ("alice", "bob", "carol", "alice", "bob"):
         created.append(await api.export(sub=subject))
-    for job in created:
-        await api.wait(job["id"], sub=job["subject"])
+        await api.wait(created[-1]["id"], sub=subject)  # one live export per subject
     status, page = await staff(api, "GET", "/v1/jobs?subject=alice")
     assert status == 200
     assert [j["id"] for j in page["jobs"]] == [created[3]["id"], created[0]["id"]]
@@ -207,6 +206,45 @@ async def test_idempotency_key_replays_any_post(api_factory: ApiFactory) -> None
     )
     assert other[0] == 422
     # Keys are per caller: the same key from someone else is a new request.
-    mine = await api.request("POST", "/v1/exports", sub="alice", json={}, headers=headers)
+    mine = await api.request("POST", "/v1/exports", sub="bob", json={}, headers=headers)
     assert mine[0] == 202
     assert "Idempotent-Replayed" not in mine[1]
+
+
+async def test_one_live_export_per_subject(api_factory: ApiFactory) -> None:
+    api = await api_factory(connectors(), worker=False)
+    first = await api.export()
+    status, headers, problem = await api.request("POST", "/v1/exports", json={"formats": ["csv"]})
+    assert status == 409
+    assert headers["Location"] == f"/v1/jobs/{first['id']}"
+    assert problem["job_id"] == first["id"]
+    await api.request("POST", f"/v1/jobs/{first['id']}/cancel")
+    assert (await api.request("POST", "/v1/exports", json={}))[0] == 202
+
+
+async def test_rate_limits_answer_429_with_retry_after(api_factory: ApiFactory) -> None:
+    api = await api_factory(connectors(), worker=False, rate_limit=5, subject_rate_limit=2)
+    token = {"Authorization": f"Bearer {api.token('s1', 'support')}"}
+    answers = [
+        (await api.request("GET", "/v1/stats", sub=None, headers=token))[0] for _ in range(7)
+    ]
+    assert answers == [200] * 5 + [429] * 2
+    status, headers, problem = await api.request("GET", "/v1/stats", sub=None, headers=token)
+    assert status == 429 and 0 < int(headers["Retry-After"]) <= 60
+    assert problem["type"].endswith("/rate-limited")
+    # Per subject: a third new request about alice in the hour is refused, whoever asks.
+    await api.export("alice")
+    status, _, job = await api.request("POST", "/v1/erasures", json={"dry_run": True})
+    assert status == 202
+    status, headers, problem = await api.request("POST", "/v1/restrictions", json={})
+    assert status == 429 and "subject" in problem["detail"]
+
+
+async def test_downloads_are_capped_when_configured(api_factory: ApiFactory) -> None:
+    api = await api_factory(connectors(), max_downloads=2)
+    job = await api.export()
+    await api.wait(job["id"], "succeeded")
+    path = f"/v1/jobs/{job['id']}/download"
+    assert [(await api.request("GET", path))[0] for _ in range(3)] == [303, 303, 403]
+    _, _, events = await api.request("GET", f"/v1/jobs/{job['id']}/events")
+    assert [e["type"] for e in events["events"]].count("downloaded") == 2
