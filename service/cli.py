@@ -8,6 +8,8 @@
     handover token   --sub S [--role R] [--ttl 1h]
     handover verify  FILE (--key FILE | --keys-url URL)   an export archive or a receipt
     handover connectors new NAME [--dir DIR] | list | check   see service/connectors_cli.py
+    handover jobs list | show ID | retry ID | cancel ID | extend ID   see service/jobs_cli.py
+    handover export [SUBJECT] [--wait] [--download FILE]   over the API (HANDOVER_URL, _TOKEN)
 
 A bad setting or argument prints one line naming it and exits non-zero.
 """
@@ -29,7 +31,7 @@ from jobs.settings import Settings, SettingsError, parse_duration
 from jobs.signing import SignatureError
 from jobs.verify import fetch_keys, load_keys, verify_file
 from jobs.worker import create_worker
-from service import connectors_cli
+from service import connectors_cli, jobs_cli, logs
 from service.app import create_app, jwt_secret
 from service.auth import Role, TokenAuthority
 
@@ -66,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--key", type=Path, help="public key file: PEM, JWK or JWK set")
     source.add_argument("--keys-url", help="the service's /v1/keys URL")
     connectors_cli.add_parser(commands)
+    jobs_cli.add_parser(commands)
     return parser
 
 
@@ -109,7 +112,7 @@ def _serve(settings: Settings, host: str, port: int, *, with_worker: bool) -> No
             print(banner, flush=True)
 
         app.on_startup.append(announce)
-    web.run_app(app, host=host, port=port, print=None)
+    web.run_app(app, host=host, port=port, print=None, access_log_class=logs.AccessLogger)
 
 
 async def _run_worker(settings: Settings, burst: bool) -> None:
@@ -156,14 +159,14 @@ def _verify(archive: Path, key: Path | None, keys_url: str | None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``handover`` console script."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    logs.configure(logging.INFO)
     try:
         if args.command == "verify":
             return _verify(args.archive, args.key, args.keys_url)
         if args.command == "connectors":
             return connectors_cli.run(args)
+        if args.command in jobs_cli.COMMANDS:
+            return jobs_cli.run(args)
         settings = Settings.load()
         if args.command == "serve":
             _serve(settings, args.host, args.port, with_worker=True)

@@ -1,0 +1,97 @@
+"""Structured JSON logs that hold no personal data and no secrets.
+
+Every line is one JSON object (structlog renders stdlib records too: aiohttp,
+arq, botocore). Handover's own code never logs a subject's id or email: jobs
+are named by id, and where a subject must be named, by a keyed hash
+(:meth:`jobs.signing.Signer.pseudonym`). As a second line of defence, a
+redaction step removes bearer tokens, JWTs and URL signatures from every line,
+and the access log records the matched route, never the raw path or query.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
+
+_SECRETS = [
+    (re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [redacted]"),
+    (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[jwt redacted]"),
+    (
+        re.compile(
+            r"(?i)(x-amz-signature|x-amz-credential|x-amz-security-token|signature)=[^&\s\"']+"
+        ),
+        r"\1=[redacted]",
+    ),
+]
+
+
+def redact(text: str) -> str:
+    """``text`` without tokens or URL signatures."""
+    for pattern, replacement in _SECRETS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for key, value in list(event.items()):
+        if isinstance(value, str):
+            event[key] = redact(value)
+    return event
+
+
+def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
+    """Route every logger in the process to one JSON-lines handler."""
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.stdlib.add_log_level,
+        structlog.stdlib.add_logger_name,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        structlog.stdlib.ExtraAdder(),
+        structlog.processors.format_exc_info,
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=shared,
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            _redact_event,
+            structlog.processors.JSONRenderer(),
+        ],
+    )
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+class AccessLogger(AbstractAccessLogger):
+    """One line per request: method, route template, status, duration; no path, no query."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        route = "unmatched"
+        match_info = getattr(request, "match_info", None)
+        resource = getattr(getattr(match_info, "route", None), "resource", None)
+        if resource is not None and resource.canonical:
+            route = resource.canonical
+        self.logger.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": response.status,
+                "seconds": round(time, 4),
+            },
+        )
