@@ -1,48 +1,52 @@
-"""The demo connectors: a sample IoT cloud platform kept in one SQLite database.
+"""The demo platform: a sample IoT cloud kept in one SQLite database, read by ``sql`` connectors.
 
 :func:`seed_demo_database` writes the platform's database (users, their consents,
 devices, the devices' telemetry and invoices) for the subjects in
-:data:`DEMO_SUBJECTS`. Three connectors read it, each standing for one processor:
-:class:`ProfileConnector` (accounts), :class:`DevicesConnector` (the device fleet)
-and :class:`BillingConnector` (invoicing). They are registered through entry points
-exactly like third-party connectors, and serve as the worked example of the SDK.
+:data:`DEMO_SUBJECTS`. :func:`demo_connector_configs` declares three connectors of
+the built-in ``sql`` type over it, each standing for one processor: ``profile``
+(accounts: anonymised on erasure, consents deleted), ``devices`` (the fleet and its
+telemetry, deleted) and ``billing`` (invoices: deleted, or blocked when a retention
+rule keeps them). They are the worked example of a declarative SQL connector.
 """
 
 from __future__ import annotations
 
-import asyncio
 import fcntl
+import os
 import random
+import secrets
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Iterator
+from contextlib import contextmanager
+from copy import deepcopy
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import ClassVar, ParamSpec, TypeVar
+from typing import Any
 
-from connectors.base import Connector
-from connectors.errors import ConnectorError, PermanentError, TransientError
-from connectors.items import Dataset, Item, Record, Subject
+from connectors.registry import ConnectorConfig
 
 DEMO_SUBJECTS = ("alice", "bob", "carol")
 """The user ids the demo database holds data on."""
 
-_BATCH_ROWS = 500
-_BUSY_TIMEOUT_SECONDS = 5.0
-_TRANSIENT_SQLITE_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
+_SCHEMA_VERSION = 2
+"""Bumped when the schema changes: an older demo database is rebuilt."""
 
+_TABLES = ("telemetry", "invoices", "devices", "consents", "users")
 _SCHEMA = (
     """CREATE TABLE users (
         id TEXT PRIMARY KEY,
-        email TEXT NOT NULL,
-        name TEXT NOT NULL,
+        email TEXT,
+        name TEXT,
         country TEXT NOT NULL,
-        created_at TEXT NOT NULL
+        created_at TEXT NOT NULL,
+        processing_restricted INTEGER NOT NULL DEFAULT 0
     )""",
     """CREATE TABLE consents (
         user_id TEXT NOT NULL REFERENCES users (id),
         purpose TEXT NOT NULL,
         granted INTEGER NOT NULL,
         updated_at TEXT NOT NULL,
+        processing_restricted INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (user_id, purpose)
     )""",
     """CREATE TABLE devices (
@@ -50,7 +54,8 @@ _SCHEMA = (
         owner_id TEXT NOT NULL REFERENCES users (id),
         model TEXT NOT NULL,
         serial TEXT NOT NULL,
-        registered_at TEXT NOT NULL
+        registered_at TEXT NOT NULL,
+        processing_restricted INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX devices_owner ON devices (owner_id)",
     """CREATE TABLE telemetry (
@@ -58,6 +63,7 @@ _SCHEMA = (
         ts INTEGER NOT NULL,
         temperature REAL NOT NULL,
         humidity REAL NOT NULL,
+        processing_restricted INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (device_id, ts)
     )""",
     """CREATE TABLE invoices (
@@ -66,9 +72,11 @@ _SCHEMA = (
         issued_at TEXT NOT NULL,
         amount_cents INTEGER NOT NULL,
         currency TEXT NOT NULL,
-        status TEXT NOT NULL
+        status TEXT NOT NULL,
+        processing_restricted INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX invoices_user ON invoices (user_id)",
+    f"PRAGMA user_version = {_SCHEMA_VERSION}",
 )
 
 _PEOPLE = {
@@ -84,17 +92,125 @@ _TELEMETRY_INTERVAL = timedelta(minutes=15)
 
 
 def seed_demo_database(path: Path) -> None:
-    """Create the demo database at ``path`` unless it already holds tables.
+    """Create the demo database at ``path`` unless it already holds the current schema.
 
     The content is the same on every run (a fixed seed, no clock), written in one
-    transaction, so re-running on a seeded file changes nothing.
+    transaction, so re-running on a seeded file changes nothing. A demo database
+    written by an older version (another schema) is rebuilt.
+    """
+    with _demo_lock(path):
+        _seed(path)
+
+
+def demo_connector_configs(database: Path) -> tuple[ConnectorConfig, ...]:
+    """The ``profile``, ``devices`` and ``billing`` connectors over the demo database.
+
+    Each is a built-in ``sql`` connector; the key that hashes anonymised emails is
+    made once per database and kept beside it (``<database>.hash-key``).
+    """
+    url = f"sqlite:///{database}"
+    profile = {"url": url, "hash_key": _hash_key(database), "tables": deepcopy(_PROFILE_TABLES)}
+    return (
+        ConnectorConfig("profile", "sql", profile),
+        ConnectorConfig("devices", "sql", {"url": url, "tables": deepcopy(_DEVICES_TABLES)}),
+        ConnectorConfig("billing", "sql", {"url": url, "tables": deepcopy(_BILLING_TABLES)}),
+    )
+
+
+_BLOCK_COLUMN = "processing_restricted"
+_PROFILE_TABLES: list[dict[str, Any]] = [
+    {
+        "table": "users",
+        "dataset": "profile",
+        "category": "identification",
+        "description": "the account: email, name, country and sign-up time",
+        "columns": ["id", "email", "name", "country", "created_at", _BLOCK_COLUMN],
+        "subject_column": "id",
+        "erase": "anonymise",
+        "anonymise": {
+            "email": "hash",
+            "name": "null",
+            "country": {"fixed": "XX"},
+            "created_at": "keep",
+        },
+        "block_column": _BLOCK_COLUMN,
+    },
+    {
+        "table": "consents",
+        "category": "consent",
+        "description": "each processing purpose and whether the subject agreed to it",
+        "columns": ["user_id", "purpose", "granted", "updated_at", _BLOCK_COLUMN],
+        "order_by": ["purpose"],
+        "subject_column": "user_id",
+        "erase": "delete",
+        "block_column": _BLOCK_COLUMN,
+    },
+]
+_DEVICES_TABLES: list[dict[str, Any]] = [
+    {
+        "table": "devices",
+        "category": "device",
+        "description": "devices registered to the subject's account",
+        "columns": ["id", "owner_id", "model", "serial", "registered_at", _BLOCK_COLUMN],
+        "subject_column": "owner_id",
+        "erase": "delete",
+        "block_column": _BLOCK_COLUMN,
+    },
+    {
+        "table": "telemetry",
+        "category": "telemetry",
+        "description": "temperature and humidity readings reported by those devices",
+        "columns": ["device_id", "ts", "temperature", "humidity"],
+        "through": [{"column": "device_id", "references": "devices.id"}],
+        "subject_column": "owner_id",
+        "erase": "delete",
+        "block_column": _BLOCK_COLUMN,
+    },
+]
+_BILLING_TABLES: list[dict[str, Any]] = [
+    {
+        "table": "invoices",
+        "category": "economic",
+        "description": "invoices issued to the subject, with amount and payment status",
+        "columns": [
+            "id",
+            "user_id",
+            "issued_at",
+            "amount_cents",
+            "currency",
+            "status",
+            _BLOCK_COLUMN,
+        ],
+        "order_by": ["issued_at", "id"],
+        "subject_column": "user_id",
+        "erase": "delete",
+        "block_column": _BLOCK_COLUMN,
+    },
+]
+
+
+@contextmanager
+def _demo_lock(path: Path) -> Iterator[None]:
+    """Take turns with other processes (API and workers) preparing the same demo files.
+
+    Switching to WAL needs the database to themselves, and the hash key must be
+    written once, so they hold a lock file beside the database meanwhile.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Several processes (API and workers) may seed the same file at once; switching
-    # to WAL needs the database to themselves, so they take turns on a lock file.
     with path.with_name(f"{path.name}.lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        _seed(path)
+        yield
+
+
+def _hash_key(database: Path) -> str:
+    """The demo database's own hash key, made on first use and readable only by its owner."""
+    key_file = database.with_name(f"{database.name}.hash-key")
+    with _demo_lock(database):
+        if not key_file.exists():
+            descriptor = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_hex(32))
+        return key_file.read_text().strip()
 
 
 def _seed(path: Path) -> None:
@@ -103,7 +219,9 @@ def _seed(path: Path) -> None:
         connection.execute("PRAGMA journal_mode = WAL")
         connection.execute("BEGIN IMMEDIATE")
         try:
-            if not _has_tables(connection):
+            if _schema_version(connection) != _SCHEMA_VERSION:
+                for table in _TABLES:
+                    connection.execute(f"DROP TABLE IF EXISTS {table}")
                 for statement in _SCHEMA:
                     connection.execute(statement)
                 _insert_demo_rows(connection, random.Random(42))
@@ -115,9 +233,13 @@ def _seed(path: Path) -> None:
         connection.close()
 
 
-def _has_tables(connection: sqlite3.Connection) -> bool:
+def _schema_version(connection: sqlite3.Connection) -> int | None:
+    """The demo schema's version, or None when the database holds no tables yet."""
     found = connection.execute("SELECT 1 FROM sqlite_master WHERE type = 'table'").fetchone()
-    return found is not None
+    if found is None:
+        return None
+    version: int = connection.execute("PRAGMA user_version").fetchone()[0]
+    return version
 
 
 def _insert_demo_rows(connection: sqlite3.Connection, rng: random.Random) -> None:
@@ -125,12 +247,12 @@ def _insert_demo_rows(connection: sqlite3.Connection, rng: random.Random) -> Non
     for user_id in DEMO_SUBJECTS:
         name, country = _PEOPLE[user_id]
         connection.execute(
-            "INSERT INTO users VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO users (id, email, name, country, created_at) VALUES (?, ?, ?, ?, ?)",
             (user_id, f"{user_id}@example.com", name, country, _moment(rng, days=30)),
         )
         for purpose in sorted(rng.sample(_PURPOSES, rng.randint(2, 3))):
             connection.execute(
-                "INSERT INTO consents VALUES (?, ?, ?, ?)",
+                "INSERT INTO consents (user_id, purpose, granted, updated_at) VALUES (?, ?, ?, ?)",
                 (user_id, purpose, int(rng.random() < 0.5), _moment(rng, days=365)),
             )
         for number in range(1, rng.randint(2, 3) + 1):
@@ -138,7 +260,8 @@ def _insert_demo_rows(connection: sqlite3.Connection, rng: random.Random) -> Non
         for _ in range(rng.randint(2, 4)):
             invoice_number += 1
             connection.execute(
-                "INSERT INTO invoices VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO invoices (id, user_id, issued_at, amount_cents, currency, status)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
                 (
                     f"INV-{invoice_number:04d}",
                     user_id,
@@ -155,7 +278,7 @@ def _insert_device(
 ) -> None:
     registered = _EPOCH + timedelta(days=rng.randrange(30, 90))
     connection.execute(
-        "INSERT INTO devices VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO devices (id, owner_id, model, serial, registered_at) VALUES (?, ?, ?, ?, ?)",
         (
             device_id,
             owner_id,
@@ -167,7 +290,7 @@ def _insert_device(
     start = int(registered.timestamp())
     step = int(_TELEMETRY_INTERVAL.total_seconds())
     connection.executemany(
-        "INSERT INTO telemetry VALUES (?, ?, ?, ?)",
+        "INSERT INTO telemetry (device_id, ts, temperature, humidity) VALUES (?, ?, ?, ?)",
         [
             (
                 device_id,
@@ -183,142 +306,3 @@ def _insert_device(
 def _moment(rng: random.Random, *, days: int) -> str:
     """An ISO timestamp within ``days`` after the demo epoch."""
     return (_EPOCH + timedelta(seconds=rng.randrange(days * 86_400))).isoformat()
-
-
-_P = ParamSpec("_P")
-_T = TypeVar("_T")
-
-
-class _SQLiteDemoConnector(Connector):
-    """Streams each declared dataset from the demo database, one query per dataset.
-
-    Subclasses map every dataset name to the rest of its query after the column
-    list (``FROM ... WHERE ... = ? ORDER BY ...``, the ``?`` being the subject id);
-    the selected columns are the dataset's ``fields``, so the two cannot drift.
-    ``main_table`` is the table :meth:`check` probes.
-    """
-
-    main_table: ClassVar[str]
-    queries: ClassVar[Mapping[str, str]]
-
-    def __init__(self, name: str, *, database: str) -> None:
-        super().__init__(name)
-        self.database = Path(database)
-
-    async def check(self) -> None:
-        """Raise :class:`PermanentError` when the database file or the main table is missing."""
-        connection = await self._run(self._connect)
-        try:
-            await self._run(connection.execute, f"SELECT 1 FROM {self.main_table} LIMIT 1")
-        finally:
-            connection.close()
-
-    async def export(self, subject: Subject) -> AsyncIterator[Item]:
-        """Yield the subject's rows, dataset by dataset, fetched in batches off the event loop."""
-        connection = await self._run(self._connect)
-        try:
-            for dataset in self.datasets:
-                columns = ", ".join(dataset.fields)
-                sql = f"SELECT {columns} {self.queries[dataset.name]}"
-                cursor = await self._run(connection.execute, sql, (subject.id,))
-                while batch := await self._run(cursor.fetchmany, _BATCH_ROWS):
-                    for row in batch:
-                        yield Record(dataset.name, dict(zip(dataset.fields, row, strict=True)))
-        finally:
-            connection.close()
-
-    def _connect(self) -> sqlite3.Connection:
-        if not self.database.is_file():
-            raise PermanentError(
-                f"connector {self.name!r}: database file {self.database} does not exist"
-            )
-        return sqlite3.connect(
-            f"{self.database.resolve().as_uri()}?mode=ro",
-            uri=True,
-            check_same_thread=False,
-            timeout=_BUSY_TIMEOUT_SECONDS,
-        )
-
-    async def _run(self, function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        """Call blocking ``function`` in a worker thread, mapping SQLite errors to ours."""
-        try:
-            return await asyncio.to_thread(function, *args, **kwargs)
-        except sqlite3.Error as exc:
-            raise self._classify(exc) from exc
-
-    def _classify(self, exc: sqlite3.Error) -> ConnectorError:
-        code = getattr(exc, "sqlite_errorcode", None)
-        if code is not None and (code & 0xFF) in _TRANSIENT_SQLITE_CODES:
-            return TransientError(f"connector {self.name!r}: database {self.database}: {exc}")
-        return PermanentError(f"connector {self.name!r}: database {self.database}: {exc}")
-
-
-class ProfileConnector(_SQLiteDemoConnector):
-    """The account service: the subject's user record and consent choices."""
-
-    categories: ClassVar[frozenset[str]] = frozenset({"identification", "consent"})
-    datasets: ClassVar[tuple[Dataset, ...]] = (
-        Dataset(
-            "profile",
-            "identification",
-            "the account: email, name, country and sign-up time",
-            ("id", "email", "name", "country", "created_at"),
-        ),
-        Dataset(
-            "consents",
-            "consent",
-            "each processing purpose and whether the subject agreed to it",
-            ("user_id", "purpose", "granted", "updated_at"),
-        ),
-    )
-    main_table: ClassVar[str] = "users"
-    queries: ClassVar[Mapping[str, str]] = {
-        "profile": "FROM users WHERE id = ? ORDER BY id",
-        "consents": "FROM consents WHERE user_id = ? ORDER BY purpose",
-    }
-
-
-class DevicesConnector(_SQLiteDemoConnector):
-    """The device fleet: the subject's registered devices and everything they reported."""
-
-    categories: ClassVar[frozenset[str]] = frozenset({"device", "telemetry"})
-    datasets: ClassVar[tuple[Dataset, ...]] = (
-        Dataset(
-            "devices",
-            "device",
-            "devices registered to the subject's account",
-            ("id", "owner_id", "model", "serial", "registered_at"),
-        ),
-        Dataset(
-            "telemetry",
-            "telemetry",
-            "temperature and humidity readings reported by those devices",
-            ("device_id", "ts", "temperature", "humidity"),
-        ),
-    )
-    main_table: ClassVar[str] = "devices"
-    queries: ClassVar[Mapping[str, str]] = {
-        "devices": "FROM devices WHERE owner_id = ? ORDER BY id",
-        "telemetry": (
-            "FROM telemetry JOIN devices ON devices.id = telemetry.device_id"
-            " WHERE devices.owner_id = ? ORDER BY telemetry.device_id, telemetry.ts"
-        ),
-    }
-
-
-class BillingConnector(_SQLiteDemoConnector):
-    """The billing system: invoices issued to the subject."""
-
-    categories: ClassVar[frozenset[str]] = frozenset({"economic"})
-    datasets: ClassVar[tuple[Dataset, ...]] = (
-        Dataset(
-            "invoices",
-            "economic",
-            "invoices issued to the subject, with amount and payment status",
-            ("id", "user_id", "issued_at", "amount_cents", "currency", "status"),
-        ),
-    )
-    main_table: ClassVar[str] = "invoices"
-    queries: ClassVar[Mapping[str, str]] = {
-        "invoices": "FROM invoices WHERE user_id = ? ORDER BY issued_at, id",
-    }

@@ -38,7 +38,6 @@ from arq.worker import Retry
 
 from connectors.base import Connector
 from connectors.errors import ConnectorError, RateLimited, TransientError
-from jobs import webhooks
 from jobs.ids import new_ulid
 from jobs.metrics import seconds_between
 from jobs.model import (
@@ -191,7 +190,8 @@ class Pipeline(ABC):
             await self.resources.redis.enqueue_job(
                 DELIVER_TASK,
                 url,
-                webhooks.encode(webhooks.payload(job, event)).decode(),
+                job.id,
+                event,
                 _job_id=f"webhook:{digest}:{job.id}:{event}:{job.generation}",
             )
 

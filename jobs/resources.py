@@ -12,6 +12,7 @@ from connectors import demo
 from connectors.base import Connector
 from connectors.demo import seed_demo_database
 from connectors.registry import ConnectorConfig, build_connectors
+from jobs.audit import AuditLog
 from jobs.keyring import KeyRing
 from jobs.leases import Leases
 from jobs.localstore import LocalStore, load_link_secret
@@ -23,6 +24,7 @@ from jobs.storage import ObjectStore, S3Store
 from jobs.store import JobStore
 
 DEMO_DATABASE = "demo-platform.sqlite3"
+NAMESPACE = "handover:"
 
 
 def demo_connector_configs(settings: Settings) -> tuple[ConnectorConfig, ...]:
@@ -68,6 +70,7 @@ class Resources:
     keyring: KeyRing
     metrics: Metrics
     leases: Leases
+    audit: AuditLog
 
     @property
     def prefix(self) -> str:
@@ -90,7 +93,7 @@ async def open_resources(
     redis: ArqRedis | None = None,
     storage: ObjectStore | None = None,
     connectors: Mapping[str, Connector] | None = None,
-    namespace: str = "handover:",
+    namespace: str = NAMESPACE,
     redis_retries: int = API_RETRIES,
 ) -> AsyncIterator[Resources]:
     """Open everything from ``settings``; parts passed in are used as they are and not closed.
@@ -128,4 +131,5 @@ async def open_resources(
             keyring=keyring,
             metrics=Metrics(redis, namespace),
             leases=Leases(redis, namespace),
+            audit=AuditLog(redis, namespace),
         )

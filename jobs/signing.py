@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import hmac
 import os
 import secrets
 from collections.abc import Iterable, Mapping
@@ -91,6 +92,20 @@ class Signer:
 
     def __repr__(self) -> str:
         return f"Signer(key_id={self.key_id!r})"
+
+    def pseudonym(self, subject: str) -> str:
+        """A stable keyed hash of ``subject``, for logs and audit entries (no personal data).
+
+        Keyed with a value derived from the private key, so it cannot be reversed by
+        hashing guessed ids, and every process sharing the key agrees on it.
+        """
+        raw = self._private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        key = hmac.new(raw, b"handover pseudonym", hashlib.sha256).digest()
+        return "s_" + hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()[:20]
 
     @classmethod
     def from_file(cls, path: Path, *, create: bool) -> Signer:

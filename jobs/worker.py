@@ -34,7 +34,7 @@ from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
 from jobs.storage import ObjectMissing, S3Store
 from jobs.store import JobQuery
-from jobs.webhooks import DELIVER_TASK, DeliveryFailed, Sender
+from jobs.webhooks import DELIVER_TASK, DeliveryFailed, Sender, encode, payload
 from jobs.webhooks import MAX_TRIES as WEBHOOK_TRIES
 from jobs.webhooks import backoff as webhook_backoff
 
@@ -228,15 +228,21 @@ async def watch_deadlines(ctx: dict[str, Any]) -> int:
     return sent
 
 
-async def deliver_webhook(ctx: dict[str, Any], url: str, body: str) -> None:
-    """Task: one webhook delivery, retried with backoff until the receiver accepts it."""
-    secret = _resources(ctx).settings.webhook_secret
+async def deliver_webhook(ctx: dict[str, Any], url: str, job_id: str, event: str) -> None:
+    """Task: one webhook delivery, retried with backoff until the receiver accepts it.
+
+    The task names the job, not its content, so no personal data sits in the queue
+    or in the worker's log of the task's arguments.
+    """
+    resources = _resources(ctx)
+    secret = resources.settings.webhook_secret
     if secret is None:
         log.error("webhook to %s dropped: HANDOVER_WEBHOOK_SECRET is not set", url)
         return
+    body = encode(payload(await resources.store.get(job_id), event))
     try:
         async with aiohttp.ClientSession() as session:
-            await Sender(session, secret.reveal()).send(url, body.encode())
+            await Sender(session, secret.reveal()).send(url, body)
     except DeliveryFailed as exc:
         attempt = ctx["job_try"]
         if attempt >= WEBHOOK_TRIES:

@@ -9,6 +9,7 @@
     handover verify  FILE (--key FILE | --keys-url URL)   an export archive or a receipt
     handover connectors new NAME [--dir DIR] | list | check   see service/connectors_cli.py
     handover jobs list | show ID | retry ID | cancel ID | extend ID   see service/jobs_cli.py
+    handover audit verify                    check the audit log's hash chain
     handover export [SUBJECT] [--wait] [--download FILE]   over the API (HANDOVER_URL, _TOKEN)
 
 A bad setting or argument prints one line naming it and exits non-zero.
@@ -26,7 +27,9 @@ from pathlib import Path
 
 from aiohttp import web
 
-from jobs.queue import connect
+from jobs.audit import AuditLog
+from jobs.queue import API_RETRIES, connect
+from jobs.resources import NAMESPACE
 from jobs.settings import Settings, SettingsError, parse_duration
 from jobs.signing import SignatureError
 from jobs.verify import fetch_keys, load_keys, verify_file
@@ -69,6 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--keys-url", help="the service's /v1/keys URL")
     connectors_cli.add_parser(commands)
     jobs_cli.add_parser(commands)
+    audit = commands.add_parser(
+        "audit", help="the hash-chained audit log (needs HANDOVER_REDIS_URL)"
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_commands.add_parser("verify", help="check that no entry was changed, inserted or removed")
     return parser
 
 
@@ -156,6 +164,22 @@ def _verify(archive: Path, key: Path | None, keys_url: str | None) -> int:
     return 1
 
 
+async def _audit_verify(settings: Settings) -> int:
+    if settings.redis_url is None:
+        raise CommandError("HANDOVER_REDIS_URL: the audit log lives in the shared Redis")
+    redis = await connect(settings.redis_url.reveal(), retries=API_RETRIES)
+    try:
+        result = await AuditLog(redis, NAMESPACE).verify()
+    finally:
+        await redis.aclose()
+    if result.ok:
+        print(f"OK: {result.entries} audit entries, chain intact, head {result.head}")
+        return 0
+    for problem in result.problems:
+        print(f"FAIL: audit log: {problem}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``handover`` console script."""
     args = _parser().parse_args(argv)
@@ -176,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncio.run(_run_worker(settings, args.burst))
         elif args.command == "token":
             _token(settings, args.sub, args.role, args.ttl)
+        elif args.command == "audit":
+            return asyncio.run(_audit_verify(settings))
     except (SettingsError, CommandError, SignatureError) as exc:
         print(f"handover: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -147,6 +147,18 @@ def requested_subject(who: Principal, named: str | None, what: str) -> str:
     return named
 
 
+async def audit(
+    request: web.Request, who: Principal, action: str, job: Job, **details: Any
+) -> None:
+    """Record ``action`` in the hash-chained audit log; subjects appear as pseudonyms."""
+    resources = request.app[RESOURCES]
+    pseudonym = resources.signer.pseudonym
+    actor = who.sub if who.is_staff else pseudonym(who.sub)
+    await resources.audit.append(
+        actor, action, job.id, kind=job.kind.value, subject=pseudonym(job.subject), **details
+    )
+
+
 def accepted(job: Job) -> web.Response:
     """202 with the job and its Location."""
     return json_response(job_view(job), status=202, headers={"Location": f"/v1/jobs/{job.id}"})
@@ -164,6 +176,7 @@ async def create_export(request: web.Request) -> web.Response:
         connectors=body.connectors,
         categories=body.categories,
     )
+    await audit(request, who, "export.requested", job)
     return accepted(job)
 
 
@@ -181,6 +194,7 @@ async def _create_erasure_job(request: web.Request, kind: JobKind) -> web.Respon
         dry_run=body.dry_run,
         reason=body.reason,
     )
+    await audit(request, who, f"{kind.value}.requested", job, dry_run=body.dry_run)
     return accepted(job)
 
 
@@ -209,6 +223,7 @@ async def confirm_job(request: web.Request) -> web.Response:
                 headers={"WWW-Authenticate": 'Bearer error="insufficient_user_authentication"'},
             )
     confirmed = await request.app[ERASURES].confirm(job.id, who.sub)
+    await audit(request, who, "erasure.confirmed", job)
     return json_response(job_view(confirmed))
 
 
@@ -219,6 +234,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     canceled = await pipeline_for(request, job).cancel(
         job.id, who.sub, body.reason if body else None
     )
+    await audit(request, who, "job.canceled", job)
     return json_response(job_view(canceled))
 
 
@@ -235,6 +251,7 @@ async def get_receipt(request: web.Request) -> web.Response:
             slug="not-ready",
             status_now=job.status.value,
         )
+    await audit(request, who, "receipt.read", job)
     return json_response(job.receipt)
 
 
@@ -358,7 +375,9 @@ async def retry_job(request: web.Request) -> web.Response:
     who = await principal(request)
     require_staff(who)
     job = await visible_job(request, who)
-    return json_response(job_view(await pipeline_for(request, job).retry(job.id, who.sub)))
+    retried = await pipeline_for(request, job).retry(job.id, who.sub)
+    await audit(request, who, "job.retried", job)
+    return json_response(job_view(retried))
 
 
 async def extend_job(request: web.Request) -> web.Response:
@@ -369,6 +388,7 @@ async def extend_job(request: web.Request) -> web.Response:
     extended = await pipeline_for(request, job).extend(
         job.id, who.sub, months=body.months, reason=body.reason
     )
+    await audit(request, who, "job.extended", job, months=body.months)
     return json_response(job_view(extended))
 
 
@@ -391,6 +411,7 @@ async def download(request: web.Request) -> web.Response:
     resources = request.app[RESOURCES]
     ttl = min(resources.settings.link_ttl, job.result.expires_at - now)
     await request.app[EXPORTS].record_download(job.id, who.sub, int(ttl.total_seconds()))
+    await audit(request, who, "archive.downloaded", job)
     url = await resources.storage.download_url(
         job.result.key, ttl=ttl, filename=f"handover-export-{job.id}.zip"
     )

@@ -1,48 +1,51 @@
-"""The demo database and the three connectors that read it."""
+"""The demo platform database and the three ``sql`` connectors declared over it."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import sqlite3
-from collections.abc import AsyncGenerator
+import stat
+from collections.abc import AsyncIterator
 from contextlib import closing
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from connectors import demo
 from connectors.base import Connector
-from connectors.demo import (
-    DEMO_SUBJECTS,
-    BillingConnector,
-    DevicesConnector,
-    ProfileConnector,
-    seed_demo_database,
-)
-from connectors.errors import PermanentError, TransientError
+from connectors.demo import DEMO_SUBJECTS, demo_connector_configs, seed_demo_database
 from connectors.items import Record, Subject
+from connectors.registry import build_connectors
+from connectors.reports import RetentionRule
+from connectors.sql import SqlConnector
 
 TABLES = ("users", "consents", "devices", "telemetry", "invoices")
+INVOICE_RULE = RetentionRule("tax law: invoices are kept 10 years", timedelta(days=3650))
 
 # What each connector should return for a subject, queried independently of demo.py.
-EXPECTED_QUERIES: dict[type[Connector], dict[str, str]] = {
-    ProfileConnector: {
-        "profile": "SELECT * FROM users WHERE id = ?",
+EXPECTED_QUERIES: dict[str, dict[str, str]] = {
+    "profile": {
+        "profile": (
+            "SELECT id, email, name, country, created_at, processing_restricted"
+            " FROM users WHERE id = ?"
+        ),
         "consents": "SELECT * FROM consents WHERE user_id = ? ORDER BY purpose",
     },
-    DevicesConnector: {
+    "devices": {
         "devices": "SELECT * FROM devices WHERE owner_id = ? ORDER BY id",
         "telemetry": (
-            "SELECT * FROM telemetry"
+            "SELECT device_id, ts, temperature, humidity FROM telemetry"
             " WHERE device_id IN (SELECT id FROM devices WHERE owner_id = ?)"
             " ORDER BY device_id, ts"
         ),
     },
-    BillingConnector: {
+    "billing": {
         "invoices": "SELECT * FROM invoices WHERE user_id = ? ORDER BY issued_at, id",
     },
 }
-CONNECTOR_TYPES = tuple(EXPECTED_QUERIES)
+CONNECTORS = tuple(EXPECTED_QUERIES)
 
 
 @pytest.fixture
@@ -50,6 +53,17 @@ def database(tmp_path: Path) -> Path:
     path = tmp_path / "demo.sqlite3"
     seed_demo_database(path)
     return path
+
+
+@pytest.fixture
+async def connectors(database: Path) -> AsyncIterator[dict[str, Connector]]:
+    """The demo connectors, built through the registry as ``handover serve`` builds them."""
+    built = build_connectors(list(demo_connector_configs(database)))
+    for connector in built.values():
+        await connector.open()
+    yield built
+    for connector in built.values():
+        await connector.close()
 
 
 def connect(path: Path) -> closing[sqlite3.Connection]:
@@ -65,27 +79,26 @@ def dump(path: Path) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def expected_records(
-    path: Path, connector_type: type[Connector], subject_id: str
+    path: Path, connector: str, subject_id: str
 ) -> list[tuple[str, dict[str, Any]]]:
     with connect(path) as connection:
         connection.row_factory = sqlite3.Row
         return [
             (dataset, dict(row))
-            for dataset, sql in EXPECTED_QUERIES[connector_type].items()
+            for dataset, sql in EXPECTED_QUERIES[connector].items()
             for row in connection.execute(sql, (subject_id,))
         ]
 
 
 async def export(connector: Connector, subject_id: str) -> list[Record]:
     records = []
-    async for item in connector.export(Subject(subject_id)):
+    async for item in connector.export(Subject(subject_id, email=f"{subject_id}@example.com")):
         assert isinstance(item, Record)
         records.append(item)
     return records
 
 
-def build(connector_type: type[Connector], path: Path) -> Connector:
-    return connector_type("demo", database=str(path))
+# -- the database --------------------------------------------------------------------
 
 
 def test_seed_creates_the_demo_platform(database: Path) -> None:
@@ -108,6 +121,8 @@ def test_seed_creates_the_demo_platform(database: Path) -> None:
         assert per_device
         assert all(readings == 200 for (readings,) in per_device)
         assert len(per_device) == count("SELECT count(*) FROM devices")
+        for table in TABLES:
+            assert count(f"SELECT count(*) FROM {table} WHERE processing_restricted <> 0") == 0
         assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
@@ -127,147 +142,167 @@ def test_seed_is_deterministic(database: Path, tmp_path: Path) -> None:
     assert dump(other) == dump(database)
 
 
-@pytest.mark.parametrize("connector_type", CONNECTOR_TYPES)
+def test_seed_rebuilds_a_demo_database_of_an_older_schema(database: Path, tmp_path: Path) -> None:
+    old = tmp_path / "old.sqlite3"
+    with connect(old) as connection, connection:
+        connection.execute("CREATE TABLE users (id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+        connection.execute("INSERT INTO users VALUES ('mallory', 'm@example.com')")
+
+    seed_demo_database(old)
+
+    assert dump(old) == dump(database)
+
+
+def test_configs_declare_three_sql_connectors(database: Path) -> None:
+    configs = demo_connector_configs(database)
+
+    assert [(c.name, c.type) for c in configs] == [
+        ("profile", "sql"),
+        ("devices", "sql"),
+        ("billing", "sql"),
+    ]
+    assert demo_connector_configs(database) == configs  # the hash key is kept, not remade
+    key_file = database.with_name(f"{database.name}.hash-key")
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert configs[0].options["hash_key"] == key_file.read_text()
+
+
+# -- the connectors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CONNECTORS)
 @pytest.mark.parametrize("subject_id", DEMO_SUBJECTS)
 async def test_export_yields_exactly_the_subjects_rows(
-    database: Path, connector_type: type[Connector], subject_id: str
+    database: Path, connectors: dict[str, Connector], name: str, subject_id: str
 ) -> None:
-    records = await export(build(connector_type, database), subject_id)
+    records = await export(connectors[name], subject_id)
 
     assert [(r.dataset, dict(r.data)) for r in records] == expected_records(
-        database, connector_type, subject_id
+        database, name, subject_id
     )
     assert records
     others = set(DEMO_SUBJECTS) - {subject_id}
     assert not [r for r in records for v in r.data.values() if any(o in str(v) for o in others)]
 
 
-@pytest.mark.parametrize("connector_type", CONNECTOR_TYPES)
+@pytest.mark.parametrize("name", CONNECTORS)
 async def test_export_of_unknown_subject_yields_nothing(
-    database: Path, connector_type: type[Connector]
+    connectors: dict[str, Connector], name: str
 ) -> None:
-    assert await export(build(connector_type, database), "dave") == []
+    assert await export(connectors[name], "dave") == []
 
 
-@pytest.mark.parametrize("connector_type", CONNECTOR_TYPES)
+@pytest.mark.parametrize("name", CONNECTORS)
 async def test_records_follow_the_declared_datasets(
-    database: Path, connector_type: type[Connector]
+    connectors: dict[str, Connector], name: str
 ) -> None:
-    connector = build(connector_type, database)
+    connector = connectors[name]
 
     records = await export(connector, "alice")
 
     for record in records:
         assert tuple(record.data) == connector.dataset(record.dataset).fields
     names = [r.dataset for r in records]
-    runs = [name for i, name in enumerate(names) if i == 0 or names[i - 1] != name]
+    runs = [dataset for i, dataset in enumerate(names) if i == 0 or names[i - 1] != dataset]
     assert runs == [d.name for d in connector.datasets]
     assert {d.category for d in connector.datasets} == connector.categories
+    assert isinstance(connector, SqlConnector)
 
 
-@pytest.mark.parametrize("connector_type", CONNECTOR_TYPES)
-async def test_check_passes_on_a_seeded_database(
-    database: Path, connector_type: type[Connector]
+@pytest.mark.parametrize("name", CONNECTORS)
+async def test_check_passes_on_the_seeded_database(
+    connectors: dict[str, Connector], name: str
 ) -> None:
-    await build(connector_type, database).check()
+    await connectors[name].check()
 
 
-@pytest.mark.parametrize("connector_type", CONNECTOR_TYPES)
-async def test_check_rejects_a_missing_file(
-    tmp_path: Path, connector_type: type[Connector]
+async def test_erasure_anonymises_the_profile_deletes_devices_and_keeps_invoices(
+    database: Path, connectors: dict[str, Connector]
 ) -> None:
-    connector = build(connector_type, tmp_path / "absent.sqlite3")
+    held = {name: expected_records(database, name, "alice") for name in CONNECTORS}
+    bob = {name: expected_records(database, name, "bob") for name in CONNECTORS}
+    subject = Subject("alice", email="alice@example.com")
+    retention = {"invoices": INVOICE_RULE}
 
-    with pytest.raises(PermanentError, match="does not exist"):
-        await connector.check()
+    reports = {
+        name: await connector.erase(subject, dry_run=False, retention=retention)
+        for name, connector in connectors.items()
+    }
+
+    def number(name: str, dataset: str) -> int:
+        return len([row for held_dataset, row in held[name] if held_dataset == dataset])
+
+    assert reports["profile"].dataset("profile").anonymised == 1
+    assert reports["profile"].dataset("consents").deleted == number("profile", "consents")
+    assert reports["devices"].dataset("devices").deleted == number("devices", "devices")
+    assert reports["devices"].dataset("telemetry").deleted == number("devices", "telemetry")
+    invoices = reports["billing"].dataset("invoices")
+    assert (invoices.deleted, invoices.retained) == (0, number("billing", "invoices"))
+    assert invoices.legal_basis == INVOICE_RULE.legal_basis
+    with connect(database) as connection:
+        key = demo_connector_configs(database)[0].options["hash_key"]
+        digest = hmac.new(key.encode(), b"alice@example.com", hashlib.sha256).hexdigest()
+        assert connection.execute(
+            "SELECT email, name, country FROM users WHERE id = 'alice'"
+        ).fetchall() == [(digest, None, "XX")]
+        assert connection.execute(
+            "SELECT DISTINCT processing_restricted FROM invoices WHERE user_id = 'alice'"
+        ).fetchall() == [(1,)]
+    left = {name: await export(connector, "alice") for name, connector in connectors.items()}
+    assert {name: {r.dataset for r in records} for name, records in left.items()} == {
+        "profile": set(),
+        "devices": set(),
+        "billing": {"invoices"},
+    }
+    assert {name: expected_records(database, name, "bob") for name in CONNECTORS} == bob
+    again = await connectors["profile"].erase(subject, dry_run=False, retention=retention)
+    assert [(e.deleted, e.anonymised) for e in again.datasets] == [(0, 0), (0, 0)]
 
 
-@pytest.mark.parametrize("connector_type", CONNECTOR_TYPES)
-async def test_check_rejects_a_database_without_the_table(
-    tmp_path: Path, connector_type: type[Connector]
+async def test_restriction_blocks_the_subject_everywhere(
+    database: Path, connectors: dict[str, Connector]
 ) -> None:
-    path = tmp_path / "other.sqlite3"
-    with connect(path) as connection:
-        connection.execute("CREATE TABLE unrelated (id TEXT)")
+    reports = {
+        name: await connector.restrict(Subject("bob"), dry_run=False)
+        for name, connector in connectors.items()
+    }
 
-    with pytest.raises(PermanentError, match="no such table"):
-        await build(connector_type, path).check()
+    assert all(report.supported and report.note is None for report in reports.values())
+    with connect(database) as connection:
+        for table, column in (
+            ("users", "id"),
+            ("consents", "user_id"),
+            ("devices", "owner_id"),
+            ("invoices", "user_id"),
+        ):
+            flags = dict(
+                connection.execute(
+                    f"SELECT {column}, max(processing_restricted) FROM {table} GROUP BY {column}"
+                ).fetchall()
+            )
+            assert flags == {"alice": 0, "bob": 1, "carol": 0}
+        blocked_readings = connection.execute(
+            "SELECT count(*) FROM telemetry WHERE processing_restricted = 1"
+        ).fetchone()[0]
+    assert blocked_readings == reports["devices"].restricted["telemetry"] > 0
 
 
-async def test_export_from_a_database_without_the_table_is_permanent(tmp_path: Path) -> None:
-    path = tmp_path / "other.sqlite3"
-    with connect(path) as connection:
-        connection.execute("CREATE TABLE unrelated (id TEXT)")
-
-    with pytest.raises(PermanentError, match="no such table") as raised:
-        await export(build(BillingConnector, path), "alice")
-    assert isinstance(raised.value.__cause__, sqlite3.OperationalError)
-
-
-async def test_locked_database_is_transient(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def test_telemetry_of_a_long_history_streams_every_row(
+    database: Path, connectors: dict[str, Connector]
 ) -> None:
-    monkeypatch.setattr(demo, "_BUSY_TIMEOUT_SECONDS", 0.05)
-    path = tmp_path / "locked.sqlite3"
-    with connect(path) as writer:
-        writer.isolation_level = None
-        writer.execute("CREATE TABLE invoices (id TEXT)")
-        writer.execute("BEGIN EXCLUSIVE")
-
-        with pytest.raises(TransientError, match="locked"):
-            await export(build(BillingConnector, path), "alice")
-
-
-@pytest.fixture
-def opened_connections(monkeypatch: pytest.MonkeyPatch) -> list[sqlite3.Connection]:
-    """Every connection opened while the test runs."""
-    opened: list[sqlite3.Connection] = []
-    original = sqlite3.connect
-
-    def recording_connect(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        connection: sqlite3.Connection = original(*args, **kwargs)
-        opened.append(connection)
-        return connection
-
-    monkeypatch.setattr(sqlite3, "connect", recording_connect)
-    return opened
-
-
-def assert_closed(connection: sqlite3.Connection) -> None:
-    with pytest.raises(sqlite3.ProgrammingError, match="closed"):
-        connection.execute("SELECT 1")
-
-
-async def test_consumer_stopping_early_closes_the_connection(
-    database: Path, opened_connections: list[sqlite3.Connection]
-) -> None:
-    connector = build(DevicesConnector, database)
-    stream = connector.export(Subject("alice"))
-    assert isinstance(stream, AsyncGenerator)
-    async for _ in stream:
-        break
-    await stream.aclose()
-
-    assert len(opened_connections) == 1
-    assert_closed(opened_connections[0])
-    records = await export(connector, "alice")
-    assert len(records) == len(expected_records(database, DevicesConnector, "alice"))
-    assert_closed(opened_connections[1])
-
-
-async def test_telemetry_of_a_long_history_streams_every_row(database: Path) -> None:
     with connect(database) as connection, connection:
         connection.executemany(
-            "INSERT INTO telemetry VALUES ('alice-dev-1', ?, 20.5, 40.0)",
+            "INSERT INTO telemetry (device_id, ts, temperature, humidity)"
+            " VALUES ('alice-dev-1', ?, 20.5, 40.0)",
             [(2_000_000_000 + second,) for second in range(20_000)],
         )
 
-    records = await export(build(DevicesConnector, database), "alice")
+    records = await export(connectors["devices"], "alice")
 
     telemetry = [(r.data["device_id"], r.data["ts"]) for r in records if r.dataset == "telemetry"]
     expected = [
         (row["device_id"], row["ts"])
-        for dataset, row in expected_records(database, DevicesConnector, "alice")
+        for dataset, row in expected_records(database, "devices", "alice")
         if dataset == "telemetry"
     ]
     assert len(telemetry) > 20_000

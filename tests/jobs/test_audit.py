@@ -1,0 +1,100 @@
+"""The audit log is hash-chained: any changed, inserted or removed entry is detected."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from typing import Any
+
+import orjson
+import pytest
+from arq.connections import ArqRedis
+
+from jobs.audit import AuditLog, chain_hash
+from tests.conftest import REDIS_URL
+
+
+@pytest.fixture
+async def log(redis: ArqRedis) -> AuditLog:
+    audit = AuditLog(redis, "handover:")
+    for n in range(6):
+        await audit.append("support-1" if n % 2 else "s_1234", f"action.{n}", f"job-{n}", n=n)
+    return audit
+
+
+async def rebuild(redis: ArqRedis, edit: Any) -> None:
+    """Rewrite the stream as an attacker with write access would, applying ``edit``."""
+    entries = [dict(fields) for _, fields in await redis.xrange("handover:audit")]
+    entries = edit(entries)
+    await redis.delete("handover:audit")
+    for fields in entries:
+        await redis.xadd("handover:audit", fields)
+
+
+def audit_verify() -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
+    env["HANDOVER_REDIS_URL"] = REDIS_URL
+    return subprocess.run(
+        [sys.executable, "-m", "service.cli", "audit", "verify"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+async def test_an_intact_log_verifies(log: AuditLog) -> None:
+    result = await log.verify()
+    assert result.ok, result.problems
+    assert result.entries == 6
+    newest = await log.entries(2)
+    assert [e["action"] for e in newest] == ["action.5", "action.4"]
+    completed = await asyncio.to_thread(audit_verify)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("OK: 6 audit entries, chain intact")
+
+
+async def test_a_changed_entry_is_detected(log: AuditLog, redis: ArqRedis) -> None:
+    def change(entries: list[dict[bytes, bytes]]) -> list[dict[bytes, bytes]]:
+        body = orjson.loads(entries[2][b"body"])
+        body["actor"] = "someone-else"
+        entries[2][b"body"] = orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+        return entries
+
+    await rebuild(redis, change)
+    result = await log.verify()
+    assert not result.ok
+    assert len(result.problems) == 1 and "was changed" in result.problems[0]
+    completed = await asyncio.to_thread(audit_verify)
+    assert completed.returncode == 1
+    assert "its content was changed" in completed.stderr
+
+
+async def test_an_inserted_entry_is_detected(log: AuditLog, redis: ArqRedis) -> None:
+    def insert(entries: list[dict[bytes, bytes]]) -> list[dict[bytes, bytes]]:
+        prev = entries[2][b"hash"].decode()
+        body = orjson.dumps({"action": "forged", "actor": "x", "at": "2026-01-01", "job": "j"})
+        forged = {b"prev": prev.encode(), b"hash": chain_hash(prev, body).encode(), b"body": body}
+        return [*entries[:3], forged, *entries[3:]]
+
+    await rebuild(redis, insert)
+    result = await log.verify()
+    assert not result.ok
+    assert any("inserted or removed" in p for p in result.problems)
+
+
+async def test_removed_entries_are_detected(log: AuditLog, redis: ArqRedis) -> None:
+    await rebuild(redis, lambda entries: entries[:2] + entries[3:])
+    middle = await log.verify()
+    assert any("inserted or removed" in p for p in middle.problems)
+
+
+async def test_entries_removed_from_the_end_are_detected(log: AuditLog, redis: ArqRedis) -> None:
+    await rebuild(redis, lambda entries: entries[:-1])
+    result = await log.verify()
+    assert result.problems == [
+        "the log's head does not match its last entry (entries were removed from the end)"
+    ]
