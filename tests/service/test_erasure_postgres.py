@@ -1,0 +1,175 @@
+"""Erasure of the demo platform's data held in a real PostgreSQL server, end to end over HTTP.
+
+The demo connectors (``sql`` connectors, the configuration ``handover serve``
+uses) are pointed at a fresh PostgreSQL database seeded with the same sample
+platform. With a retention rule for invoices (tax law), each test shows one of:
+erasure removes the subject's rows and anonymises the configured columns, keeps
+invoices blocked with their legal basis, a fresh export then holds only the
+retained data, the receipt verifies; a dry run changes nothing; a canceled
+erasure touches nothing.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import uuid
+import zipfile
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import orjson
+import pytest
+
+from connectors.demo import demo_connector_configs
+from connectors.registry import ConnectorConfig, build_connectors
+from jobs.settings import RetentionConfig
+from jobs.signing import jwk_public_key
+from jobs.verify import verify_receipt_file
+from tests.service.conftest import Api, ApiFactory
+
+ROOT = Path(__file__).resolve().parents[2]
+POSTGRES = os.environ.get(
+    "HANDOVER_TEST_POSTGRES_URL", "postgresql://handover:handover@127.0.0.1:5432/postgres"
+)
+TAX_LAW = RetentionConfig(
+    name="invoices",
+    legal_basis="Tax law: invoices are kept 10 years (GDPR Art. 17(3)(b))",
+    duration=timedelta(days=3650),
+    dataset="billing/invoices",
+)
+TABLES = ("users", "consents", "devices", "telemetry", "invoices")
+
+
+@pytest.fixture
+async def platform_db() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database holding the demo platform; its URL."""
+    name = f"handover_erasure_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = await asyncpg.connect(POSTGRES)
+    except OSError as exc:
+        pytest.fail(f"no PostgreSQL at {POSTGRES} ({exc}); `make test` starts one")
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    url = POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    seeding = await asyncpg.connect(url)
+    await seeding.execute((ROOT / "deploy" / "platform-seed.sql").read_text())
+    await seeding.close()
+    try:
+        yield url
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def dump(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    connection = await asyncpg.connect(url)
+    try:
+        return {
+            table: [
+                tuple(row)
+                for row in await connection.fetch(f'SELECT * FROM "{table}" ORDER BY 1, 2')
+            ]
+            for table in TABLES
+        }
+    finally:
+        await connection.close()
+
+
+@pytest.fixture
+async def api(api_factory: ApiFactory, platform_db: str, tmp_path: Path) -> Api:
+    sqlalchemy_url = "postgresql+asyncpg://" + platform_db.split("://", 1)[1]
+    configs = [
+        ConnectorConfig(c.name, c.type, {**c.options, "url": sqlalchemy_url})
+        for c in demo_connector_configs(tmp_path / "unused.sqlite3")
+    ]
+    connectors = build_connectors(configs)
+    for connector in connectors.values():
+        await connector.open()
+    api = await api_factory(connectors, erasure_grace=timedelta(0), retention=(TAX_LAW,))
+    api.platform_db = platform_db  # type: ignore[attr-defined]
+    return api
+
+
+async def erase(api: Api, **body: Any) -> dict[str, Any]:
+    status, _, job = await api.request("POST", "/v1/erasures", json=body)
+    assert status == 202, job
+    return job  # type: ignore[no-any-return]
+
+
+async def test_erasure_removes_anonymises_keeps_invoices_blocked_and_signs(
+    api: Api, tmp_path: Path
+) -> None:
+    url = api.platform_db  # type: ignore[attr-defined]
+    before = await dump(url)
+    job = await erase(api)
+    assert (await api.request("POST", f"/v1/jobs/{job['id']}/confirm"))[0] == 200
+    done = await api.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    after = await dump(url)
+
+    def alices(
+        table: str, rows: dict[str, list[tuple[Any, ...]]], column: int
+    ) -> list[tuple[Any, ...]]:
+        return [row for row in rows[table] if row[column] == "alice"]
+
+    assert alices("consents", after, 0) == []
+    alice_devices = {row[0] for row in before["devices"] if row[1] == "alice"}
+    assert [r for r in after["devices"] if r[0] in alice_devices] == []
+    assert [r for r in after["telemetry"] if r[0] in alice_devices] == []
+    user = next(row for row in after["users"] if row[0] == "alice")
+    assert user[1] != "alice@example.com" and len(user[1]) == 64  # email hashed
+    assert user[2] is None  # name nulled
+    invoices = alices("invoices", after, 1)
+    assert invoices and len(invoices) == len(alices("invoices", before, 1))
+    assert all(row[-1] == 1 for row in invoices)  # blocked: processing_restricted
+    # Nobody else's data was touched.
+    for table, column in (("consents", 0), ("invoices", 1)):
+        assert [r for r in after[table] if r[column] != "alice"] == [
+            r for r in before[table] if r[column] != "alice"
+        ]
+
+    billing = {e["dataset"]: e for e in done["connectors"]["billing"]["report"]["datasets"]}
+    assert billing["invoices"]["retained"] == len(invoices)
+    assert billing["invoices"]["legal_basis"] == TAX_LAW.legal_basis
+    status, _, receipt = await api.request("GET", f"/v1/jobs/{job['id']}/receipt")
+    assert status == 200
+    _, _, keyset = await api.request("GET", "/v1/keys", sub=None)
+    path = tmp_path / "receipt.json"
+    path.write_bytes(orjson.dumps(receipt))
+    assert verify_receipt_file(path, [jwk_public_key(k) for k in keyset["keys"]]).ok
+    assert b"alice@example.com" not in path.read_bytes()
+
+    export = await api.export()
+    exported = await api.wait(export["id"])
+    assert exported["status"] == "succeeded"
+    _, headers, _ = await api.request("GET", f"/v1/jobs/{export['id']}/download")
+    async with api.session.get(headers["Location"]) as response:
+        archive = zipfile.ZipFile(io.BytesIO(await response.read()))
+    data_files = [n for n in archive.namelist() if "/" in n]
+    assert data_files == ["billing/invoices.json"]  # only what the law keeps
+    assert len(orjson.loads(archive.read("billing/invoices.json"))) == len(invoices)
+
+
+async def test_a_dry_run_changes_nothing(api: Api) -> None:
+    url = api.platform_db  # type: ignore[attr-defined]
+    before = await dump(url)
+    job = await erase(api, dry_run=True)
+    done = await api.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    assert await dump(url) == before
+    devices = {e["dataset"]: e for e in done["connectors"]["devices"]["report"]["datasets"]}
+    assert devices["telemetry"]["deleted"] > 0  # what would happen is reported
+
+
+async def test_a_canceled_erasure_touches_nothing(api_factory: ApiFactory, api: Api) -> None:
+    url = api.platform_db  # type: ignore[attr-defined]
+    before = await dump(url)
+    slow = await api_factory(dict(api.resources.connectors), erasure_grace=timedelta(hours=24))
+    job = await erase(slow)
+    assert (await slow.request("POST", f"/v1/jobs/{job['id']}/confirm"))[0] == 200
+    status, _, canceled = await slow.request("POST", f"/v1/jobs/{job['id']}/cancel")
+    assert status == 200 and canceled["status"] == "canceled"
+    assert await dump(url) == before
