@@ -29,6 +29,7 @@ import jinja2
 import orjson
 
 from jobs.model import Job, StagedPart
+from jobs.protection import AES_METHOD, AES_OVERHEAD, ZipMemberCipher, aes_extra
 from jobs.signing import Signer
 from jobs.storage import ObjectStore, ObjectWriter, StorageError
 from jobs.zipwriter import DEFLATED, ZipWriter
@@ -48,16 +49,9 @@ class StagedFile:
     part: StagedPart
 
 
-@dataclass(frozen=True)
-class WrittenArchive:
-    """What was uploaded."""
+class HashingWriter:
+    """An :class:`~jobs.storage.ObjectWriter` that counts and hashes what passes through."""
 
-    size: int
-    sha256: str
-    files: list[dict[str, Any]]
-
-
-class _HashingWriter:
     def __init__(self, target: ObjectWriter) -> None:
         self.target = target
         self.sha256 = hashlib.sha256()
@@ -67,6 +61,12 @@ class _HashingWriter:
         self.sha256.update(data)
         self.size += len(data)
         await self.target.write(data)
+
+    async def complete(self) -> int:
+        return await self.target.complete()
+
+    async def abort(self) -> None:
+        await self.target.abort()
 
 
 def _file_entry(part: StagedPart) -> dict[str, Any]:
@@ -126,10 +126,44 @@ def _deflate(data: bytes) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
-async def _write_small(zip_writer: ZipWriter, out: _HashingWriter, name: str, data: bytes) -> None:
-    compressed = _deflate(data)
-    await out.write(zip_writer.member_header(name, zlib.crc32(data), len(data), len(compressed)))
-    await out.write(compressed)
+class _Members:
+    """Writes members' headers and bytes, encrypting them (WinZip AE-2) given a password."""
+
+    def __init__(self, zip_writer: ZipWriter, out: ObjectWriter, password: str | None) -> None:
+        self.zip_writer = zip_writer
+        self.out = out
+        self.password = password
+        self._cipher: ZipMemberCipher | None = None
+
+    async def begin(self, name: str, crc32: int, size: int, compressed_size: int) -> None:
+        if self.password is None:
+            await self.out.write(self.zip_writer.member_header(name, crc32, size, compressed_size))
+            return
+        self._cipher = ZipMemberCipher(self.password)
+        header = self.zip_writer.member_header(
+            name,
+            0,  # AE-2 leaves the CRC out: the authentication code protects the data
+            size,
+            compressed_size + AES_OVERHEAD,
+            AES_METHOD,
+            extra=aes_extra(DEFLATED),
+            encrypted=True,
+        )
+        await self.out.write(header + self._cipher.start())
+
+    async def data(self, chunk: bytes) -> None:
+        await self.out.write(self._cipher.encrypt(chunk) if self._cipher else chunk)
+
+    async def end(self) -> None:
+        if self._cipher is not None:
+            await self.out.write(self._cipher.finish())
+            self._cipher = None
+
+    async def small(self, name: str, data: bytes) -> None:
+        compressed = _deflate(data)
+        await self.begin(name, zlib.crc32(data), len(data), len(compressed))
+        await self.data(compressed)
+        await self.end()
 
 
 def _merged_ranges(chunks: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -152,11 +186,17 @@ async def write_archive(
     connectors: Sequence[Mapping[str, Any]],
     generated_at: datetime,
     expires_at: datetime,
+    password: str | None = None,
     force_zip64: bool = False,
-) -> WrittenArchive:
-    """Stream the archive for ``job`` into ``destination`` (completed by the caller)."""
-    out = _HashingWriter(destination)
+) -> list[dict[str, Any]]:
+    """Stream the archive for ``job`` into ``destination`` (completed by the caller).
+
+    With a ``password`` every member is AES-256 encrypted (WinZip AE-2). Returns
+    the manifest's file list.
+    """
+    out = destination
     zip_writer = ZipWriter(generated_at, force_zip64=force_zip64)
+    members = _Members(zip_writer, out, password)
     data_files = [_file_entry(item.part) for item in staged]
     index = _index_html(job, generated_at, expires_at, connectors, data_files)
     index_entry = {
@@ -182,25 +222,22 @@ async def write_archive(
         "files": files,
     }
     manifest_bytes = orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
-    await _write_small(zip_writer, out, INDEX, index)
-    await _write_small(zip_writer, out, MANIFEST, manifest_bytes)
-    await _write_small(zip_writer, out, SIGNATURE, signer.sign(manifest_bytes))
+    await members.small(INDEX, index)
+    await members.small(MANIFEST, manifest_bytes)
+    await members.small(SIGNATURE, signer.sign(manifest_bytes))
     for item in staged:
         part = item.part
-        await out.write(
-            zip_writer.member_header(
-                part.path, part.crc32, part.bytes, part.compressed_size, DEFLATED
-            )
-        )
+        await members.begin(part.path, part.crc32, part.bytes, part.compressed_size)
         copied = 0
         for start, length in _merged_ranges(part.chunks):
             async for chunk in storage.read(item.staged_key, start, length):
                 copied += len(chunk)
-                await out.write(chunk)
+                await members.data(chunk)
+        await members.end()
         if copied != part.compressed_size:
             raise StorageError(
                 f"staged object {item.staged_key!r} gave {copied} bytes of {part.path!r}, "
                 f"expected {part.compressed_size}"
             )
     await out.write(zip_writer.central_directory())
-    return WrittenArchive(size=out.size, sha256=out.sha256.hexdigest(), files=files)
+    return files

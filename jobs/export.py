@@ -17,7 +17,7 @@ from typing import Any
 from connectors.base import Connector
 from connectors.errors import PermanentError
 from connectors.items import File, Record, Subject
-from jobs.archive import StagedFile, write_archive
+from jobs.archive import HashingWriter, StagedFile, write_archive
 from jobs.formats import FORMATS
 from jobs.model import (
     ActiveJobExists,
@@ -32,7 +32,9 @@ from jobs.model import (
     utcnow,
 )
 from jobs.pipeline import Outcome, Pipeline
+from jobs.protection import AgeWriter, ProtectionError, age_recipient
 from jobs.staging import Stager
+from jobs.storage import ObjectWriter
 
 BATCH_RECORDS = 2000
 
@@ -50,8 +52,14 @@ class ExportPipeline(Pipeline):
         formats: Sequence[str] | None = None,
         connectors: Sequence[str] | None = None,
         categories: Sequence[str] | None = None,
+        password: str | None = None,
+        age_recipient: str | None = None,
     ) -> Job:
-        """Record a new export job and queue its connector runs."""
+        """Record a new export job and queue its connector runs.
+
+        ``password`` (AES-256 ZIP) or ``age_recipient`` protect the archive end to
+        end. A password is kept with the job only until the archive is written.
+        """
         formats = list(dict.fromkeys(formats or self.resources.settings.default_formats))
         unknown = [f for f in formats if f not in FORMATS]
         if unknown:
@@ -63,7 +71,11 @@ class ExportPipeline(Pipeline):
             subject=subject,
             requested_by=requested_by,
             connectors=self.select_connectors(connectors, categories),
-            options={"formats": formats, "categories": sorted(set(categories or []))},
+            options={
+                "formats": formats,
+                "categories": sorted(set(categories or [])),
+                "protection": _protection(password, age_recipient),
+            },
         )
         active = await self.resources.store.claim_active(JobKind.EXPORT, subject, job.id)
         if active is not None:
@@ -150,6 +162,9 @@ class ExportPipeline(Pipeline):
 
         def record_result(job: Job) -> None:
             job.result = result
+            protection = job.options.get("protection")
+            if protection and "password" in protection:
+                job.options["protection"] = {"kind": "password"}  # forget the password
 
         return record_result
 
@@ -173,9 +188,13 @@ class ExportPipeline(Pipeline):
         ]
         key = resources.archive_key(job.id)
         await resources.keyring.publish(resources.signer)
-        destination = resources.storage.writer(key, "application/zip")
+        protection = job.options.get("protection") or {}
+        stored = HashingWriter(resources.storage.writer(key, "application/octet-stream"))
+        destination: ObjectWriter = stored
+        if protection.get("kind") == "age":
+            destination = AgeWriter(stored, age_recipient(protection["recipient"]))
         try:
-            written = await write_archive(
+            files = await write_archive(
                 job=job,
                 staged=staged,
                 storage=resources.storage,
@@ -184,6 +203,7 @@ class ExportPipeline(Pipeline):
                 connectors=described,
                 generated_at=generated_at,
                 expires_at=expires_at,
+                password=protection.get("password"),
             )
             await destination.complete()
         except BaseException:
@@ -192,15 +212,31 @@ class ExportPipeline(Pipeline):
             raise
         return ArchiveResult(
             key=key,
-            size=written.size,
-            sha256=written.sha256,
+            size=stored.size,
+            sha256=stored.sha256.hexdigest(),
             expires_at=expires_at,
             key_id=resources.signer.key_id,
             files=[
                 {k: f[k] for k in ("path", "connector", "format", "records", "bytes")}
-                for f in written.files
+                for f in files
             ],
         )
+
+
+def _protection(password: str | None, recipient: str | None) -> dict[str, str] | None:
+    if password is not None and recipient is not None:
+        raise InvalidRequest("protection", "choose a password or an age recipient, not both")
+    if password is not None:
+        if len(password) < 12:
+            raise InvalidRequest("password", "use at least 12 characters")
+        return {"kind": "password", "password": password}
+    if recipient is not None:
+        try:
+            age_recipient(recipient)
+        except (ProtectionError, ValueError) as exc:
+            raise InvalidRequest("age_recipient", str(exc)) from None
+        return {"kind": "age", "recipient": recipient}
+    return None
 
 
 def _record_count(parts: Sequence[StagedPart]) -> int:

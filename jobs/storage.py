@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 READ_CHUNK = 1 << 20
 
 
+def content_type_of(filename: str) -> str:
+    """The media type a downloaded archive is served as."""
+    return "application/zip" if filename.endswith(".zip") else "application/octet-stream"
+
+
 class StorageError(Exception):
     """The object store failed or could not be reached."""
 
@@ -338,7 +343,7 @@ class S3Store:
                 "Bucket": self.bucket,
                 "Key": key,
                 "ResponseContentDisposition": f'attachment; filename="{filename}"',
-                "ResponseContentType": "application/zip",
+                "ResponseContentType": content_type_of(filename),
             },
             ExpiresIn=max(1, math.floor(ttl.total_seconds())),
         )

@@ -17,10 +17,17 @@ from datetime import datetime
 DEFLATED = 8
 STORED = 0
 _UTF8_FLAG = 0x0800
+_ENCRYPTED_FLAG = 0x0001
 _MAX32 = 0xFFFFFFFF
 _MAX16 = 0xFFFF
 _UNIX_FILE_ATTRS = 0o100644 << 16
 _MADE_BY = (3 << 8) | 45  # Unix, spec version 4.5
+
+
+def _version_needed(zip64: bool, encrypted: bool) -> int:
+    if encrypted:
+        return 51  # AES encryption
+    return 45 if zip64 else 20
 
 
 @dataclass(frozen=True)
@@ -34,6 +41,8 @@ class Member:
     method: int
     offset: int
     zip64: bool
+    extra: bytes = b""
+    encrypted: bool = False
 
 
 class ZipWriter:
@@ -65,9 +74,21 @@ class ZipWriter:
         return self._offset
 
     def member_header(
-        self, name: str, crc32: int, size: int, compressed_size: int, method: int = DEFLATED
+        self,
+        name: str,
+        crc32: int,
+        size: int,
+        compressed_size: int,
+        method: int = DEFLATED,
+        *,
+        extra: bytes = b"",
+        encrypted: bool = False,
     ) -> bytes:
-        """The local file header for a member; its ``compressed_size`` bytes follow it."""
+        """The local file header for a member; its ``compressed_size`` bytes follow it.
+
+        ``extra`` is appended to the extra field (e.g. WinZip AES's), and
+        ``encrypted`` sets the encryption flag; both repeat in the central directory.
+        """
         encoded = name.encode("utf-8")
         if encoded in self._names:
             raise ValueError(f"duplicate archive member {name!r}")
@@ -75,12 +96,14 @@ class ZipWriter:
             raise ValueError(f"bad archive member name {name!r}")
         self._names.add(encoded)
         zip64 = self._force_zip64 or size >= _MAX32 or compressed_size >= _MAX32
-        extra = struct.pack("<HHQQ", 0x0001, 16, size, compressed_size) if zip64 else b""
+        fields = struct.pack("<HHQQ", 0x0001, 16, size, compressed_size) if zip64 else b""
+        fields += extra
+        flags = _UTF8_FLAG | (_ENCRYPTED_FLAG if encrypted else 0)
         header = struct.pack(
             "<IHHHHHIIIHH",
             0x04034B50,
-            45 if zip64 else 20,
-            _UTF8_FLAG,
+            _version_needed(zip64, encrypted),
+            flags,
             method,
             self._time,
             self._date,
@@ -88,12 +111,14 @@ class ZipWriter:
             _MAX32 if zip64 else compressed_size,
             _MAX32 if zip64 else size,
             len(encoded),
-            len(extra),
+            len(fields),
         )
-        member = Member(encoded, crc32, size, compressed_size, method, self._offset, zip64)
+        member = Member(
+            encoded, crc32, size, compressed_size, method, self._offset, zip64, extra, encrypted
+        )
         self._members.append(member)
-        self._offset += len(header) + len(encoded) + len(extra) + compressed_size
-        return header + encoded + extra
+        self._offset += len(header) + len(encoded) + len(fields) + compressed_size
+        return header + encoded + fields
 
     def central_directory(self) -> bytes:
         """The central directory and end records; the last bytes of the archive."""
@@ -129,13 +154,14 @@ class ZipWriter:
         extra = (
             struct.pack(f"<HH{len(values)}Q", 0x0001, 8 * len(values), *values) if values else b""
         )
-        needs = 45 if (values or member.zip64) else 20
+        extra += member.extra
+        encrypted = member.encrypted
         header = struct.pack(
             "<IHHHHHHIIIHHHHHII",
             0x02014B50,
             _MADE_BY,
-            needs,
-            _UTF8_FLAG,
+            _version_needed(bool(values) or member.zip64, encrypted),
+            _UTF8_FLAG | (_ENCRYPTED_FLAG if encrypted else 0),
             member.method,
             self._time,
             self._date,

@@ -55,6 +55,20 @@ class ExportRequest(Strict):
         max_length=50,
         description="Only datasets of these categories (identification, device, telemetry, ...).",
     )
+    password: str | None = Field(
+        None,
+        min_length=12,
+        max_length=256,
+        description="Encrypt every file of the archive with AES-256 (a ZIP that 7-Zip, "
+        "WinZip and macOS open with this password). Kept only until the archive is written.",
+    )
+    age_recipient: str | None = Field(
+        None,
+        pattern=r"^age1[02-9ac-hj-np-z]{58}$",
+        description="Encrypt the whole archive to this age public key (age1…); "
+        "decrypt with `age -d -i key.txt`.",
+        examples=["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"],
+    )
 
 
 class ErasureRequest(Strict):

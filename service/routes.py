@@ -19,7 +19,7 @@ from jobs.localstore import LINK_PATH, LocalStore
 from jobs.model import Job, JobKind, JobStatus, utcnow
 from jobs.pipeline import Pipeline
 from jobs.queue import QUEUE_NAME
-from jobs.storage import StorageError
+from jobs.storage import StorageError, content_type_of
 from jobs.store import JobQuery
 from jobs.worker import HEALTH_CHECK_KEY
 from service import models
@@ -82,6 +82,14 @@ async def principal(request: web.Request) -> Principal:
     return await request.app[AUTHORITY].authenticate(request)
 
 
+def _public_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A job's options without secrets (an archive password never leaves the server)."""
+    protection = options.get("protection")
+    if not protection:
+        return options
+    return {**options, "protection": {k: v for k, v in protection.items() if k != "password"}}
+
+
 def job_view(job: Job) -> dict[str, Any]:
     """A job as the API shows it: no storage keys, no staged parts."""
     base = f"/v1/jobs/{job.id}"
@@ -97,7 +105,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "due_at": job.due_at,
-        "options": job.options,
+        "options": _public_options(job.options),
         "generation": job.generation,
         "connectors": {
             name: {
@@ -175,6 +183,8 @@ async def create_export(request: web.Request) -> web.Response:
         formats=body.formats,
         connectors=body.connectors,
         categories=body.categories,
+        password=body.password,
+        age_recipient=body.age_recipient,
     )
     await audit(request, who, "export.requested", job)
     return accepted(job)
@@ -413,9 +423,16 @@ async def download(request: web.Request) -> web.Response:
     await request.app[EXPORTS].record_download(job.id, who.sub, int(ttl.total_seconds()))
     await audit(request, who, "archive.downloaded", job)
     url = await resources.storage.download_url(
-        job.result.key, ttl=ttl, filename=f"handover-export-{job.id}.zip"
+        job.result.key, ttl=ttl, filename=archive_filename(job)
     )
     return web.Response(status=303, headers={"Location": url, "Cache-Control": "no-store"})
+
+
+def archive_filename(job: Job) -> str:
+    """What a downloaded archive is called: ``.zip``, or ``.zip.age`` when age-encrypted."""
+    protection = job.options.get("protection") or {}
+    suffix = ".zip.age" if protection.get("kind") == "age" else ".zip"
+    return f"handover-export-{job.id}{suffix}"
 
 
 async def serve_object(request: web.Request) -> web.StreamResponse:
@@ -437,7 +454,7 @@ async def serve_object(request: web.Request) -> web.StreamResponse:
         path,
         headers={
             "Content-Disposition": f'attachment; filename="{filename}"',
-            "Content-Type": "application/zip",
+            "Content-Type": content_type_of(filename),
             "Cache-Control": "no-store",
         },
     )

@@ -48,7 +48,11 @@ async def api(api_factory: ApiFactory) -> Api:
 
 
 async def download_archive(
-    api: Api, job_id: str, sub: str = "alice", roles: tuple[str, ...] = ()
+    api: Api,
+    job_id: str,
+    sub: str = "alice",
+    roles: tuple[str, ...] = (),
+    filename_suffix: str = ".zip",
 ) -> tuple[bytes, str]:
     status, headers, body = await api.request(
         "GET", f"/v1/jobs/{job_id}/download", sub=sub, roles=roles
@@ -59,7 +63,7 @@ async def download_archive(
         assert response.status == 200
         assert (
             response.headers["Content-Disposition"]
-            == f'attachment; filename="handover-export-{job_id}.zip"'
+            == f'attachment; filename="handover-export-{job_id}{filename_suffix}"'
         )
         return await response.read(), url
 
