@@ -151,14 +151,22 @@ class S3FaultProxy:
 class HandoverProcess:
     """A ``handover`` command in its own process, the way production runs it."""
 
-    def __init__(self, env: dict[str, str], log: Path, args: tuple[str, ...] = ("worker",)) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        args: tuple[str, ...] = ("worker",),
+        *,
+        logs_only: bool = False,
+    ) -> None:
+        """Start it; its logs (stderr) go to ``log``, and its stdout too unless ``logs_only``."""
         self.log = log
         self._handle = log.open("ab")
         self.popen = subprocess.Popen(
             [sys.executable, "-m", "service.cli", *args],
             env=env,
-            stdout=self._handle,
-            stderr=subprocess.STDOUT,
+            stdout=subprocess.DEVNULL if logs_only else self._handle,
+            stderr=self._handle,
         )
 
     @property

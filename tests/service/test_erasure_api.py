@@ -1,4 +1,4 @@
-"""Erasure and restriction over HTTP: confirmation, grace, cancel, retention, verification, receipts."""
+"""Erasure and restriction over HTTP: confirmation, grace, cancel, retention, receipts."""
 
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ async def test_confirmation_needs_the_subject_with_a_fresh_sign_in_or_an_admin(a
     claims = jwt.decode(stale, JWT_SECRET, algorithms=["HS256"])
     claims["auth_time"] -= 20 * 60
     old = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
-    status, headers, problem = await api.request(
+    status, _, problem = await api.request(
         "POST",
         f"/v1/jobs/{job['id']}/confirm",
         sub=None,

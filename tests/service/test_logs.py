@@ -1,4 +1,4 @@
-"""Handover's logs hold no personal data and no secrets: a full export and erasure, every line scanned."""
+"""No personal data and no secrets in Handover's logs: a full export and erasure, scanned."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from aiohttp import ClientSession
 
 from service.logs import redact
 from tests.conftest import free_port, wait_for_port
+from tests.faults import HandoverProcess
 from tests.service.test_processes import clean_env
 
 SUBJECT = "s-4f2a91c7"
@@ -22,8 +23,9 @@ EMAIL = "s4f2a91c7@example.org"
 
 def test_redaction_removes_tokens_and_signatures() -> None:
     line = (
-        "GET /v1/objects/x.zip?expires=1&signature=abcdef0123 Authorization: Bearer eyJhbGciOiJIUzI1NiJ9"
-        ".eyJzdWIiOiJhbGljZSJ9.sig and X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA/x"
+        "GET /v1/objects/x.zip?expires=1&signature=abcdef0123 "
+        "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.sig "
+        "and X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA/x"
     )
     clean = redact(line)
     assert "abcdef0123" not in clean and "deadbeef" not in clean and "eyJzdWIi" not in clean
@@ -50,59 +52,53 @@ async def test_a_full_export_and_erasure_log_nothing_personal(tmp_path: Path) ->
     config.write_text(
         "[connectors.crm]\n"
         'type = "memory"\n'
-        f'[connectors.crm.records.{SUBJECT}]\ncontacts = [{{id = 1, email = "{EMAIL}", name = "Sam"}}]\n'
+        f"[connectors.crm.records.{SUBJECT}]\n"
+        f'contacts = [{{id = 1, email = "{EMAIL}", name = "Sam"}}]\n'
     )
     port = free_port()
     env = clean_env(HANDOVER_DATA_DIR=str(tmp_path / "data"), HANDOVER_CONFIG=str(config))
     log = tmp_path / "serve.log"
-    with log.open("wb") as stderr:
-        serve = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve", "--port", str(port)],
+    serve = HandoverProcess(env, log, ("serve", "--port", str(port)), logs_only=True)
+    try:
+        await asyncio.to_thread(wait_for_port, port, 30)
+        minted = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "service.cli", "token", "--sub", SUBJECT],
             env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
+            capture_output=True,
+            text=True,
+            check=True,
         )
-        try:
-            await asyncio.to_thread(wait_for_port, port, 30)
-            minted = await asyncio.to_thread(
-                subprocess.run,
-                [sys.executable, "-m", "service.cli", "token", "--sub", SUBJECT],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            token = minted.stdout.strip()
-            headers = {"Authorization": f"Bearer {token}"}
-            base = f"http://127.0.0.1:{port}"
-            async with ClientSession() as session:
-                async with session.post(f"{base}/v1/exports", json={}, headers=headers) as response:
-                    export = await response.json()
-                await wait_for(session, f"{base}/v1/jobs/{export['id']}", headers, "succeeded")
-                async with session.get(
-                    f"{base}/v1/jobs/{export['id']}/download", headers=headers
-                ) as response:
-                    assert EMAIL.encode() in await response.read() or response.status == 200
-                async with session.post(
-                    f"{base}/v1/erasures", json={"reason": f"I am {EMAIL}"}, headers=headers
-                ) as response:
-                    erasure = await response.json()
-                async with session.post(
-                    f"{base}/v1/jobs/{erasure['id']}/confirm", headers=headers
-                ) as response:
-                    assert response.status == 200
-                await wait_for(session, f"{base}/v1/jobs/{erasure['id']}", headers, "succeeded")
-                async with session.get(
-                    f"{base}/v1/jobs/{erasure['id']}/receipt", headers=headers
-                ) as response:
-                    assert response.status == 200
-                async with session.get(
-                    f"{base}/v1/jobs?subject={SUBJECT}", headers=headers
-                ) as response:
-                    assert response.status == 200
-        finally:
-            serve.terminate()
-            serve.wait(timeout=30)
+        token = minted.stdout.strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        base = f"http://127.0.0.1:{port}"
+        async with ClientSession() as session:
+            async with session.post(f"{base}/v1/exports", json={}, headers=headers) as response:
+                export = await response.json()
+            await wait_for(session, f"{base}/v1/jobs/{export['id']}", headers, "succeeded")
+            async with session.get(
+                f"{base}/v1/jobs/{export['id']}/download", headers=headers
+            ) as response:
+                assert EMAIL.encode() in await response.read() or response.status == 200
+            async with session.post(
+                f"{base}/v1/erasures", json={"reason": f"I am {EMAIL}"}, headers=headers
+            ) as response:
+                erasure = await response.json()
+            async with session.post(
+                f"{base}/v1/jobs/{erasure['id']}/confirm", headers=headers
+            ) as response:
+                assert response.status == 200
+            await wait_for(session, f"{base}/v1/jobs/{erasure['id']}", headers, "succeeded")
+            async with session.get(
+                f"{base}/v1/jobs/{erasure['id']}/receipt", headers=headers
+            ) as response:
+                assert response.status == 200
+            async with session.get(
+                f"{base}/v1/jobs?subject={SUBJECT}", headers=headers
+            ) as response:
+                assert response.status == 200
+    finally:
+        serve.terminate()
     lines = log.read_text().splitlines()
     assert len(lines) > 10
     for line in lines:

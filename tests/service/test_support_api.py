@@ -121,7 +121,7 @@ async def test_retry_reruns_only_failed_connectors(api_factory: ApiFactory) -> N
     retried_event = next(e for e in events["events"] if e["type"] == "retried")
     assert retried_event["actor"] == "s1"
     status, problem = await staff(api, "POST", f"/v1/jobs/{job['id']}/retry")
-    assert status == 409
+    assert status == 409, problem
 
 
 async def test_extend_adds_at_most_two_months_with_a_reason(api_factory: ApiFactory) -> None:
@@ -234,7 +234,7 @@ async def test_rate_limits_answer_429_with_retry_after(api_factory: ApiFactory) 
     assert problem["type"].endswith("/rate-limited")
     # Per subject: a third new request about alice in the hour is refused, whoever asks.
     await api.export("alice")
-    status, _, job = await api.request("POST", "/v1/erasures", json={"dry_run": True})
+    status, _, _ = await api.request("POST", "/v1/erasures", json={"dry_run": True})
     assert status == 202
     status, headers, problem = await api.request("POST", "/v1/restrictions", json={})
     assert status == 429 and "subject" in problem["detail"]
