@@ -26,8 +26,9 @@ lint: install
 services:
 	bash scripts/ensure-services
 
+# Three pytest workers: much of the suite waits on processes, servers and deadlines.
 test: install services
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist load
 
 bench: install services
 	$(BIN)/python benchmarks/run.py

@@ -47,7 +47,7 @@ FINISH_TIMEOUT = timedelta(hours=6)
 EXPIRING_SOON = timedelta(days=1)
 EVERY_5_MINUTES = set(range(0, 60, 5))
 EVERY_10_SECONDS = set(range(0, 60, 10))
-SWEEP_QUIET = timedelta(seconds=45)
+SWEEP_QUIET = timedelta(seconds=30)
 #: On SIGTERM, running work gets this long to finish before it is canceled and re-queued.
 SHUTDOWN_GRACE_SECONDS = 10
 
@@ -123,7 +123,7 @@ async def _waiting_in_queue(resources: Resources, job: Job) -> bool:
 
 
 async def sweep(ctx: dict[str, Any]) -> int:
-    """Cron, every 15 s: queue again any live job's work that nothing has touched for 45 s.
+    """Cron, every 10 s: queue again any live job's work that nothing has touched for 30 s.
 
     The safety net under leases: a task lost to a Redis outage or a crash between
     two writes leaves a live job whose runs are neither queued, nor leased, nor
@@ -325,7 +325,7 @@ def create_worker(
             cron(
                 watchdog, name="watchdog", second=EVERY_10_SECONDS, unique=True, run_at_startup=True
             ),
-            cron(sweep, name="sweep", second={5, 20, 35, 50}, unique=True),
+            cron(sweep, name="sweep", second={5, 15, 25, 35, 45, 55}, unique=True),
         ],
         queue_name=QUEUE_NAME,
         redis_pool=redis,

@@ -1,7 +1,7 @@
 """Shared fixtures: a real Redis server, moto's S3 server over real HTTP, settings and resources.
 
-Redis: ``HANDOVER_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/13``); each test
-gets the database flushed. ``make test`` starts a server when none answers. With
+Redis: ``HANDOVER_TEST_REDIS_URL``, or database 13, 14 or 15 of the local server, one per
+pytest-xdist worker; each test gets its database flushed. ``make test`` starts a server when none answers. With
 no server the tests fail with a message saying so; they never skip.
 """
 
@@ -27,7 +27,15 @@ from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
 from jobs.storage import S3Store
 
-REDIS_URL = os.environ.get("HANDOVER_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+def _redis_url() -> str:
+    """The test Redis: one database per pytest-xdist worker (13, 14, 15), so runs never meet."""
+    if "HANDOVER_TEST_REDIS_URL" in os.environ:
+        return os.environ["HANDOVER_TEST_REDIS_URL"]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    return f"redis://127.0.0.1:6379/{13 + int(worker.removeprefix('gw')) % 3}"
+
+
+REDIS_URL = _redis_url()
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
