@@ -160,7 +160,7 @@ class LocalStore:
         except ValueError:
             raise StorageError("malformed link expiry") from None
         expected = self._signature(key, deadline, filename)
-        if not hmac.compare_digest(expected, signature):
+        if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise StorageError("the link's signature does not match")
         if deadline < time.time():
             raise StorageError("the link has expired")

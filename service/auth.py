@@ -1,25 +1,60 @@
 """Bearer tokens: who is asking, and what their role lets them do.
 
-Tokens are JWTs signed with HS256 and ``HANDOVER_JWT_SECRET``. ``sub`` is the
-subject (the platform's user id); the ``roles`` claim (a list or a string) holds
-``subject``, ``support`` and/or ``admin``. ``exp`` is required.
+Tokens are JWTs, trusted one of two ways, chosen by the token's ``alg``:
+
+- ``HS256``, signed with the shared secret ``HANDOVER_JWT_SECRET``;
+- ``RS256`` or ``ES256``, signed by the identity provider with a key it publishes
+  in its JWKS (``HANDOVER_JWKS_URL``), named by the token's ``kid``.
+
+An algorithm is accepted only for its own kind of key: ``HS256`` only with the
+shared secret (never with a public key, whatever the token says), ``RS256`` only
+with an RSA key, ``ES256`` only with a P-256 key; ``none`` and every other
+algorithm are refused. ``exp`` and ``sub`` are required, ``nbf`` and ``iat`` are
+honoured, ``iss`` (``HANDOVER_JWT_ISSUER``) and ``aud`` (``HANDOVER_JWT_AUDIENCE``)
+are checked when configured, all with ``HANDOVER_JWT_LEEWAY`` of clock skew.
+
+``sub`` is the subject (the platform's user id); the ``roles`` claim (a list or a
+string) holds ``subject``, ``support`` and/or ``admin``.
+
+Errors are problems: a token that is not good enough is a 401 naming why; a token
+that needs the identity provider's keys while they cannot be fetched is a 503.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import secrets
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import jwt
+import orjson
 from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from jobs.settings import Settings, SettingsError
 from service.problems import Problem
 
-ALGORITHMS = ["HS256"]
-LEEWAY_SECONDS = 30
+log = logging.getLogger("handover.auth")
+
+SHARED_SECRET_ALGORITHM = "HS256"
+KEY_ALGORITHMS = {"RSA": "RS256", "EC": "ES256"}
+"""The one algorithm accepted for each type of key in the identity provider's key set."""
+EC_CURVE = "P-256"
+MIN_RSA_BITS = 2048
+DEFAULT_LEEWAY_SECONDS = 30.0
+MAX_LEEWAY_SECONDS = 300.0
+JWKS_REFRESH_INTERVAL_SECONDS = 30.0
+JWKS_MAX_AGE_SECONDS = 900.0
+JWKS_TIMEOUT_SECONDS = 5.0
+JWKS_MAX_BYTES = 256 * 1024
 
 
 class Role(StrEnum):
@@ -57,16 +92,189 @@ class Principal:
         return self.is_staff or subject == self.sub
 
 
-class TokenAuthority:
-    """Issues and verifies tokens with one shared secret."""
+class JwksError(Exception):
+    """The identity provider's key set could not be fetched or read."""
 
-    def __init__(self, secret: str) -> None:
+
+class JwksClient:
+    """The identity provider's public signing keys, fetched from its JWKS URL and cached.
+
+    The set is fetched on first use, again once it is ``max_age`` old, and again
+    when a token names a key (``kid``) the cached set lacks: the provider rotated
+    its keys. Fetches are at most one per ``refresh_interval``, whatever tokens
+    arrive, so a stream of made-up ``kid`` values cannot make us hammer the
+    provider; each is bounded by ``timeout`` and ``JWKS_MAX_BYTES``. When a
+    refresh fails, the keys already cached stay in use.
+
+    Fetches are rare, so each opens a short-lived HTTP session of its own: there is
+    no connection to keep open between them and nothing to close.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        refresh_interval: float = JWKS_REFRESH_INTERVAL_SECONDS,
+        max_age: float = JWKS_MAX_AGE_SECONDS,
+        timeout: float = JWKS_TIMEOUT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.url = url
+        self._refresh_interval = refresh_interval
+        self._max_age = max_age
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._keys: dict[str, jwt.PyJWK] = {}
+        self._fetched_at: float | None = None
+        self._attempted_at: float | None = None
+        self._last_error: str | None = None
+
+    async def key(self, kid: str, algorithm: str) -> jwt.PyJWK:
+        """The key ``kid``, for a token signed with ``algorithm``; a problem if there is none."""
+        if self._fetched_at is None or self._clock() - self._fetched_at >= self._max_age:
+            await self._refresh()
+        key = self._keys.get(kid)
+        if key is None:
+            await self._refresh()
+            key = self._keys.get(kid)
+        if key is None:
+            if self._last_error is not None:
+                raise self._unavailable()
+            raise _unauthorized(
+                f"the token's key {kid!r} is not one the identity provider publishes"
+            )
+        if key.algorithm_name != algorithm:
+            raise _unauthorized(
+                f"the token's algorithm {algorithm} does not match its key {kid!r}, "
+                f"which signs {key.algorithm_name}"
+            )
+        return key
+
+    async def _refresh(self) -> None:
+        async with self._lock:
+            now = self._clock()
+            if self._attempted_at is not None and now - self._attempted_at < self._refresh_interval:
+                return
+            self._attempted_at = now
+            try:
+                self._keys = await self._fetch()
+            except JwksError as exc:
+                self._last_error = str(exc)
+                log.warning("identity provider keys not refreshed from %s: %s", self.url, exc)
+                return
+            self._fetched_at = now
+            self._last_error = None
+
+    async def _fetch(self) -> dict[str, jwt.PyJWK]:
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=self._timeout) as session,
+                session.get(
+                    self.url, headers={"Accept": "application/json"}, allow_redirects=False
+                ) as response,
+            ):
+                if response.status != 200:
+                    raise JwksError(f"the JWKS URL answered {response.status}")
+                body = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    body += chunk
+                    if len(body) > JWKS_MAX_BYTES:
+                        raise JwksError(f"the key set is larger than {JWKS_MAX_BYTES} bytes")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise JwksError(f"the JWKS URL cannot be reached: {type(exc).__name__}") from exc
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            raise JwksError("the key set is not JSON") from None
+        if not isinstance(document, dict) or not isinstance(document.get("keys"), list):
+            raise JwksError('the key set is not a JWK set (no "keys" list)')
+        return {
+            jwk["kid"]: key for jwk in document["keys"] if (key := _signing_key(jwk)) is not None
+        }
+
+    def _unavailable(self) -> Problem:
+        waited = self._clock() - (self._attempted_at or 0.0)
+        retry_after = max(1, math.ceil(self._refresh_interval - waited))
+        return Problem(
+            503,
+            "Service unavailable",
+            "the identity provider's signing keys cannot be fetched to check this token; "
+            "try again shortly",
+            slug="identity-provider-unavailable",
+            headers={"Retry-After": str(retry_after)},
+        )
+
+
+def _signing_key(jwk: object) -> jwt.PyJWK | None:
+    """A JWK usable to verify tokens: a ``kid``-named RSA (2048 bits or more) or P-256 key."""
+    if not isinstance(jwk, dict) or not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
+        return None
+    if jwk.get("use", "sig") != "sig":
+        return None
+    kty = jwk.get("kty")
+    algorithm = KEY_ALGORITHMS.get(kty) if isinstance(kty, str) else None
+    if algorithm is None or jwk.get("alg", algorithm) != algorithm:
+        return None
+    if jwk["kty"] == "EC" and jwk.get("crv") != EC_CURVE:
+        return None
+    try:
+        key = jwt.PyJWK(jwk, algorithm=algorithm)
+    except (jwt.PyJWKError, ValueError, TypeError) as exc:
+        log.warning("identity provider key %r skipped: %s", jwk["kid"], exc)
+        return None
+    if isinstance(key.key, rsa.RSAPublicKey) and key.key.key_size < MIN_RSA_BITS:
+        log.warning("identity provider key %r skipped: RSA under %d bits", jwk["kid"], MIN_RSA_BITS)
+        return None
+    return key
+
+
+class TokenAuthority:
+    """Verifies bearer tokens (and, with a shared secret, issues them).
+
+    ``secret`` verifies ``HS256`` tokens; ``jwks`` verifies ``RS256`` and ``ES256``
+    tokens; either may be absent, and a token for the missing one is refused.
+    ``issuer`` and ``audience``, when given, must match every token's ``iss`` and
+    ``aud``; ``leeway`` is the clock skew allowed on ``exp``, ``nbf`` and ``iat``.
+    """
+
+    def __init__(
+        self,
+        secret: str | None = None,
+        *,
+        jwks: JwksClient | None = None,
+        issuer: str | None = None,
+        audience: str | None = None,
+        leeway: float = DEFAULT_LEEWAY_SECONDS,
+    ) -> None:
+        if not 0 <= leeway <= MAX_LEEWAY_SECONDS:
+            raise ValueError(f"leeway must be 0 to {MAX_LEEWAY_SECONDS:.0f} seconds")
         self._secret = secret
+        self._jwks = jwks
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway
+
+    @classmethod
+    def from_settings(cls, settings: Settings, secret: str | None) -> TokenAuthority:
+        """The authority ``settings`` describe, with ``secret`` as the HS256 secret."""
+        return cls(
+            secret,
+            jwks=JwksClient(settings.jwks_url) if settings.jwks_url else None,
+            issuer=settings.jwt_issuer,
+            audience=settings.jwt_audience,
+            leeway=settings.jwt_leeway.total_seconds(),
+        )
 
     def issue(self, sub: str, roles: list[str], ttl_seconds: int = 3600) -> str:
-        """A signed token for ``sub`` with ``roles``, valid ``ttl_seconds``."""
+        """A signed HS256 token for ``sub`` with ``roles``, valid ``ttl_seconds``."""
+        if self._secret is None:
+            raise SettingsError(
+                "HANDOVER_JWT_SECRET: needed to issue tokens; "
+                "without it only the identity provider's tokens are accepted"
+            )
         now = int(time.time())
-        claims = {
+        claims: dict[str, Any] = {
             "sub": sub,
             "roles": roles,
             "iat": now,
@@ -74,45 +282,104 @@ class TokenAuthority:
             "exp": now + ttl_seconds,
             "auth_time": now,
         }
-        return jwt.encode(claims, self._secret, algorithm="HS256")
+        if self._issuer is not None:
+            claims["iss"] = self._issuer
+        if self._audience is not None:
+            claims["aud"] = self._audience
+        return jwt.encode(claims, self._secret, algorithm=SHARED_SECRET_ALGORITHM)
 
-    def verify(self, token: str) -> Principal:
+    async def verify(self, token: str) -> Principal:
         """The principal a token names; a 401 problem when it is not valid."""
         try:
-            claims = jwt.decode(
-                token,
-                self._secret,
-                algorithms=ALGORITHMS,
-                leeway=LEEWAY_SECONDS,
-                options={"require": ["exp", "sub"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise _unauthorized("the token has expired") from None
+            header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
             raise _unauthorized(f"the token is not valid: {exc}") from None
-        raw_roles = claims.get("roles", [Role.SUBJECT.value])
-        if isinstance(raw_roles, str):
-            raw_roles = [raw_roles]
-        if not isinstance(raw_roles, list):
-            raise _unauthorized("the token's roles claim must be a list or a string")
-        roles = frozenset(Role(r) for r in raw_roles if r in Role.__members__.values())
-        if not roles:
-            raise _unauthorized("the token grants none of the roles subject, support, admin")
-        sub = claims["sub"]
-        if not isinstance(sub, str) or not sub:
-            raise _unauthorized("the token's sub claim must be a non-empty string")
-        auth_time = claims.get("auth_time")
-        if auth_time is not None and not isinstance(auth_time, int):
-            raise _unauthorized("the token's auth_time claim must be a number of seconds")
-        return Principal(sub=sub, roles=roles, auth_time=auth_time)
+        algorithm = header.get("alg")
+        key = await self._key_for(algorithm, header.get("kid"))
+        claims = self._decode(token, key, str(algorithm))
+        return _principal(claims)
 
-    def authenticate(self, request: web.Request) -> Principal:
+    async def authenticate(self, request: web.Request) -> Principal:
         """The principal behind the request's bearer token; 401 if there is none."""
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("send a bearer token: Authorization: Bearer <JWT>")
-        return self.verify(token.strip())
+        return await self.verify(token.strip())
+
+    async def _key_for(self, algorithm: object, kid: object) -> str | jwt.PyJWK:
+        """What verifies a token signed with ``algorithm``: the shared secret or a JWKS key."""
+        if algorithm == SHARED_SECRET_ALGORITHM:
+            if self._secret is None:
+                raise _unauthorized(
+                    "HS256 tokens are not accepted here; "
+                    "use a token signed by the identity provider (RS256 or ES256)"
+                )
+            return self._secret
+        if algorithm not in KEY_ALGORITHMS.values():
+            raise _unauthorized(
+                f"the token's algorithm {algorithm!r} is not accepted; "
+                "tokens must be signed with HS256, RS256 or ES256"
+            )
+        if self._jwks is None:
+            raise _unauthorized(
+                f"{algorithm} tokens are not accepted here: no identity provider key set "
+                "is configured; use an HS256 token"
+            )
+        if not isinstance(kid, str) or not kid:
+            raise _unauthorized("the token names no key (kid) to check its signature with")
+        return await self._jwks.key(kid, str(algorithm))
+
+    def _decode(self, token: str, key: str | jwt.PyJWK, algorithm: str) -> Mapping[str, Any]:
+        required = ["exp", "sub"]
+        if self._issuer is not None:
+            required.append("iss")
+        if self._audience is not None:
+            required.append("aud")
+        try:
+            return jwt.decode(
+                token,
+                key.key if isinstance(key, jwt.PyJWK) else key,
+                algorithms=[algorithm],
+                issuer=self._issuer,
+                audience=self._audience,
+                leeway=self._leeway,
+                options={"require": required, "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("the token has expired (exp)") from None
+        except jwt.ImmatureSignatureError as exc:
+            claim = "iat" if "(iat)" in str(exc) else "nbf"
+            raise _unauthorized(f"the token is not valid yet ({claim})") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise _unauthorized(f"the token lacks the required {exc.claim} claim") from None
+        except jwt.InvalidIssuerError:
+            raise _unauthorized(f"the token's issuer (iss) is not {self._issuer}") from None
+        except jwt.InvalidAudienceError:
+            raise _unauthorized(f"the token's audience (aud) is not {self._audience}") from None
+        except jwt.InvalidSignatureError:
+            raise _unauthorized("the token is not valid: its signature does not verify") from None
+        except jwt.InvalidTokenError as exc:
+            raise _unauthorized(f"the token is not valid: {exc}") from None
+
+
+def _principal(claims: Mapping[str, Any]) -> Principal:
+    """The principal verified claims name; a 401 problem for claims of the wrong shape."""
+    raw_roles = claims.get("roles", [Role.SUBJECT.value])
+    if isinstance(raw_roles, str):
+        raw_roles = [raw_roles]
+    if not isinstance(raw_roles, list):
+        raise _unauthorized("the token's roles claim must be a list or a string")
+    roles = frozenset(Role(r) for r in raw_roles if r in Role.__members__.values())
+    if not roles:
+        raise _unauthorized("the token grants none of the roles subject, support, admin")
+    sub = claims["sub"]
+    if not isinstance(sub, str) or not sub:
+        raise _unauthorized("the token's sub claim must be a non-empty string")
+    auth_time = claims.get("auth_time")
+    if auth_time is not None and (not isinstance(auth_time, int) or isinstance(auth_time, bool)):
+        raise _unauthorized("the token's auth_time claim must be a number of seconds")
+    return Principal(sub=sub, roles=roles, auth_time=auth_time)
 
 
 def _unauthorized(detail: str) -> Problem:

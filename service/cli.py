@@ -88,12 +88,15 @@ def _with_public_url(settings: Settings, host: str, port: int) -> Settings:
 
 
 def _banner(settings: Settings, base_url: str) -> str:
-    authority = TokenAuthority(jwt_secret(settings))
-    subject = authority.issue("alice", [Role.SUBJECT.value], 24 * 3600)
-    support = authority.issue("support-1", [Role.SUPPORT.value], 24 * 3600)
+    secret = jwt_secret(settings)
     mode = (
         "embedded store and local disk" if settings.embedded_redis else "Redis and object storage"
     )
+    if secret is None:  # tokens come from the identity provider: none to print
+        return f"Handover is serving on {base_url} ({mode}); API docs at {base_url}/docs\n"
+    authority = TokenAuthority.from_settings(settings, secret)
+    subject = authority.issue("alice", [Role.SUBJECT.value], 24 * 3600)
+    support = authority.issue("support-1", [Role.SUPPORT.value], 24 * 3600)
     return (
         f"Handover is serving on {base_url} ({mode}); API docs at {base_url}/docs\n"
         f"Subject token (alice, 24 h):  {subject}\n"
@@ -143,7 +146,8 @@ def _token(settings: Settings, sub: str, roles: list[str] | None, ttl: str) -> N
         raise CommandError(f"--ttl: {exc}") from None
     if seconds < 1:
         raise CommandError("--ttl: must be at least one second")
-    print(TokenAuthority(jwt_secret(settings)).issue(sub, roles or [Role.SUBJECT.value], seconds))
+    authority = TokenAuthority.from_settings(settings, jwt_secret(settings))
+    print(authority.issue(sub, roles or [Role.SUBJECT.value], seconds))
 
 
 def _verify(archive: Path, key: Path | None, keys_url: str | None) -> int:

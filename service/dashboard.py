@@ -278,7 +278,7 @@ class Dashboard:
             if not token:
                 return self._to_login(request, None)
             try:
-                who = request.app[AUTHORITY].verify(token)
+                who = await request.app[AUTHORITY].verify(token)
             except Problem as exc:
                 return self._to_login(request, f"Your sign-in is no longer valid: {exc.detail}.")
             if not who.is_staff:
@@ -383,7 +383,7 @@ class Dashboard:
         if not token:
             return self._login_refused(request, target, 401, "Paste a bearer token to sign in.")
         try:
-            who = request.app[AUTHORITY].verify(token)
+            who = await request.app[AUTHORITY].verify(token)
         except Problem as exc:
             return self._login_refused(
                 request, target, 401, f"This token was refused: {exc.detail}."

@@ -34,7 +34,7 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     if not key.strip() or len(key) > 255:
         raise Problem(400, "Bad request", f"{HEADER} must be 1 to 255 characters")
     try:
-        caller = request.app[AUTHORITY].authenticate(request).sub
+        caller = (await request.app[AUTHORITY].authenticate(request)).sub
     except Problem:
         return await handler(request)  # unauthenticated: the handler answers 401
     body = await request.read()

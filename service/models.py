@@ -48,12 +48,14 @@ class ExportRequest(Strict):
         min_length=1,
         max_length=200,
         description="Only these connectors; default: every configured connector.",
+        examples=[["profile", "devices"]],
     )
     categories: list[str] | None = Field(
         None,
         min_length=1,
         max_length=50,
         description="Only datasets of these categories (identification, device, telemetry, ...).",
+        examples=[["identification", "telemetry"]],
     )
     password: str | None = Field(
         None,
@@ -82,13 +84,22 @@ class ErasureRequest(Strict):
         examples=["alice"],
     )
     connectors: list[str] | None = Field(
-        None, min_length=1, max_length=200, description="Only these connectors; default: all."
+        None,
+        min_length=1,
+        max_length=200,
+        description="Only these connectors; default: all.",
+        examples=[["profile", "devices"]],
     )
     dry_run: bool = Field(
-        False, description="Report what would happen and change nothing (needs no confirmation)."
+        False,
+        description="Report what would happen and change nothing (needs no confirmation).",
+        examples=[True],
     )
     reason: str | None = Field(
-        None, max_length=1000, description="Why, in the requester's words; kept on the job."
+        None,
+        max_length=1000,
+        description="Why, in the requester's words; kept on the job.",
+        examples=["I am closing my account"],
     )
 
 
@@ -99,15 +110,18 @@ class RestrictionRequest(ErasureRequest):
 class CancelRequest(Strict):
     """Why a job is being canceled."""
 
-    reason: str | None = Field(None, max_length=1000)
+    reason: str | None = Field(None, max_length=1000, examples=["asked for by mistake"])
 
 
 class ExtendRequest(Strict):
     """Extend a request's deadline (GDPR Art. 12(3): by two further months at most)."""
 
-    months: int = Field(1, ge=1, le=2, description="How many months to add.")
+    months: int = Field(1, ge=1, le=2, description="How many months to add.", examples=[1])
     reason: str = Field(
-        min_length=3, max_length=1000, description="Why; the subject must be told (Art. 12(3))."
+        min_length=3,
+        max_length=1000,
+        description="Why; the subject must be told (Art. 12(3)).",
+        examples=["twelve processors to ask; the subject was told on 2026-03-02"],
     )
 
 
@@ -116,20 +130,29 @@ class JobSearch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["export", "erasure", "restriction"] | None = None
-    status: JobStatusName | None = None
-    subject: str | None = Field(None, min_length=1, max_length=256)
-    connector: str | None = Field(None, min_length=1, max_length=64)
-    overdue: bool = Field(False, description="Live jobs past their deadline.")
-    at_risk: bool = Field(False, description="Live jobs with under a quarter of their time left.")
-    due_before: datetime | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    sort: Literal["created", "due"] = Field(
-        "created", description="created: newest first; due: soonest deadline first."
+    kind: Literal["export", "erasure", "restriction"] | None = Field(None, examples=["export"])
+    status: JobStatusName | None = Field(None, examples=["succeeded"])
+    subject: str | None = Field(None, min_length=1, max_length=256, examples=["alice"])
+    connector: str | None = Field(None, min_length=1, max_length=64, examples=["profile"])
+    overdue: bool = Field(False, description="Live jobs past their deadline.", examples=[False])
+    at_risk: bool = Field(
+        False, description="Live jobs with under a quarter of their time left.", examples=[False]
     )
-    limit: int = Field(50, ge=1, le=200)
-    cursor: str | None = Field(None, max_length=200, description="next_cursor of the last page.")
+    due_before: datetime | None = Field(None, examples=["2027-01-01T00:00:00Z"])
+    created_after: datetime | None = Field(None, examples=["2026-01-01T00:00:00Z"])
+    created_before: datetime | None = Field(None, examples=["2027-01-01T00:00:00Z"])
+    sort: Literal["created", "due"] = Field(
+        "created",
+        description="created: newest first; due: soonest deadline first.",
+        examples=["due"],
+    )
+    limit: int = Field(50, ge=1, le=200, examples=[20])
+    cursor: str | None = Field(
+        None,
+        max_length=200,
+        description="next_cursor of the last page.",
+        examples=["WzE3NjcyMjU2MDAuMCwiMDFKRDJaNlM0MUFCQ0RFRkdISktNTlBRUlMiXQ"],
+    )
 
 
 class ConnectorProgress(BaseModel):

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from service.models import ProblemOut
 from service.routes import OPERATIONS
 
 REF = "#/components/schemas/{model}"
@@ -42,8 +43,15 @@ def build_spec(version: str) -> dict[str, Any]:
         if operation.description:
             entry["description"] = operation.description
         parameters = list(operation.parameters)
+        responses = dict(operation.responses)
         if operation.method == "POST":
             parameters.append(IDEMPOTENCY_KEY)
+            responses.setdefault(400, ("A malformed request or Idempotency-Key.", ProblemOut))
+            responses.setdefault(
+                409, ("A conflict with the job's state or a request in progress.", ProblemOut)
+            )
+            responses.setdefault(422, ("Invalid input, or an Idempotency-Key reused.", ProblemOut))
+            responses.setdefault(413, ("The body is larger than the API accepts.", ProblemOut))
         if parameters:
             entry["parameters"] = parameters
         if operation.auth:
@@ -57,7 +65,7 @@ def build_spec(version: str) -> dict[str, Any]:
                     }
                 },
             }
-        for status, (description, model) in sorted(operation.responses.items()):
+        for status, (description, model) in sorted(responses.items()):
             response: dict[str, Any] = {"description": description}
             if model is not None:
                 media = (

@@ -508,11 +508,13 @@ _JOB_ID = {
     "name": "job_id",
     "in": "path",
     "required": True,
-    "schema": {"type": "string"},
+    "schema": {"type": "string", "examples": ["01JD2Z6S41ABCDEFGHJKMNPQRS"]},
     "description": "The job's id.",
 }
 _PROBLEMS: dict[int, tuple[str, type[BaseModel] | None]] = {
     401: ("No valid bearer token.", models.ProblemOut),
+    429: ("Too many requests; see `Retry-After`.", models.ProblemOut),
+    503: ("Redis, object storage or the identity provider unreachable.", models.ProblemOut),
 }
 _CREATE_RESPONSES: dict[int, tuple[str, type[BaseModel] | None]] = {
     202: ("The job. `Location` names it.", models.JobOut),
@@ -729,10 +731,44 @@ OPERATIONS: list[Operation] = [
         "downloads",
         auth=False,
         parameters=[
-            {"name": "key", "in": "path", "required": True, "schema": {"type": "string"}},
-            {"name": "expires", "in": "query", "required": True, "schema": {"type": "string"}},
-            {"name": "filename", "in": "query", "required": True, "schema": {"type": "string"}},
-            {"name": "signature", "in": "query", "required": True, "schema": {"type": "string"}},
+            {
+                "name": "key",
+                "in": "path",
+                "required": True,
+                "schema": {
+                    "type": "string",
+                    "examples": [
+                        "handover/archives/01JD2Z6S41ABCDEFGHJKMNPQRS/"
+                        "handover-export-01JD2Z6S41ABCDEFGHJKMNPQRS.zip"
+                    ],
+                },
+            },
+            {
+                "name": "expires",
+                "in": "query",
+                "required": True,
+                "schema": {"type": "string", "examples": ["1767225600"]},
+            },
+            {
+                "name": "filename",
+                "in": "query",
+                "required": True,
+                "schema": {
+                    "type": "string",
+                    "examples": ["handover-export-01JD2Z6S41ABCDEFGHJKMNPQRS.zip"],
+                },
+            },
+            {
+                "name": "signature",
+                "in": "query",
+                "required": True,
+                "schema": {
+                    "type": "string",
+                    "examples": [
+                        "9c1185a5c5e9fc54612808977ee8f548b2258d31d1d8f1c1d9e9e2f1c0a6b7e3"
+                    ],
+                },
+            },
         ],
         media_type="application/zip",
         responses={

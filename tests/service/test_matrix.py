@@ -1,0 +1,206 @@
+"""Who may do what: every operation × every kind of caller, each cell's exact status.
+
+The job a cell acts on belongs to ``alice``. Callers: nobody (no token), alice
+herself (``subject-own``), another subject (``subject-other``), support, admin.
+Requests that create jobs are "own" when a subject asks about themself and
+"other" when a subject names someone else; staff name the subject.
+
+A cell of an operation that changes its job (confirm, cancel, retry, extend) gets
+a fresh job of its own, and each creating cell names a subject of its own, so no
+cell depends on another's outcome. An operation
+added to ``OPERATIONS`` without a row here fails the test.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from connectors.testing import MemoryConnector
+from service.routes import OPERATIONS
+from tests.service.conftest import Api, ApiFactory
+
+OWNER = "alice"
+CALLERS: dict[str, tuple[str, tuple[str, ...]] | None] = {
+    "anonymous": None,
+    "subject-own": (OWNER, ("subject",)),
+    "subject-other": ("bob", ("subject",)),
+    "support": ("support-1", ("support",)),
+    "admin": ("admin-1", ("admin",)),
+}
+JOB = "/v1/jobs/{job_id}"
+OBJECT = "/v1/objects/{key}"
+CREATING = {"/v1/exports", "/v1/erasures", "/v1/restrictions"}
+
+EXPECTED: dict[tuple[str, str], dict[str, int]] = {
+    # operation                                anonymous, subject-own, subject-other, support, admin
+    ("POST", "/v1/exports"): dict(zip(CALLERS, (401, 202, 403, 202, 202), strict=True)),
+    ("POST", "/v1/erasures"): dict(zip(CALLERS, (401, 202, 403, 202, 202), strict=True)),
+    ("POST", "/v1/restrictions"): dict(zip(CALLERS, (401, 202, 403, 202, 202), strict=True)),
+    ("POST", f"{JOB}/confirm"): dict(zip(CALLERS, (401, 200, 404, 403, 200), strict=True)),
+    ("POST", f"{JOB}/cancel"): dict(zip(CALLERS, (401, 200, 404, 200, 200), strict=True)),
+    ("GET", f"{JOB}/receipt"): dict(zip(CALLERS, (401, 200, 404, 403, 200), strict=True)),
+    ("GET", "/v1/jobs"): dict(zip(CALLERS, (401, 200, 403, 200, 200), strict=True)),
+    ("GET", "/v1/stats"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
+    ("POST", f"{JOB}/retry"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
+    ("POST", f"{JOB}/extend"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
+    ("GET", JOB): dict(zip(CALLERS, (401, 200, 404, 200, 200), strict=True)),
+    ("GET", f"{JOB}/events"): dict(zip(CALLERS, (401, 200, 404, 200, 200), strict=True)),
+    ("GET", f"{JOB}/download"): dict(zip(CALLERS, (401, 303, 404, 403, 303), strict=True)),
+    ("GET", OBJECT): dict(zip(CALLERS, (200, 200, 200, 200, 200), strict=True)),
+    ("GET", "/v1/connectors"): dict(zip(CALLERS, (401, 200, 200, 200, 200), strict=True)),
+    ("GET", "/v1/keys"): dict(zip(CALLERS, (200, 200, 200, 200, 200), strict=True)),
+    ("GET", "/metrics"): dict(zip(CALLERS, (200, 200, 200, 200, 200), strict=True)),
+    ("GET", "/healthz"): dict(zip(CALLERS, (200, 200, 200, 200, 200), strict=True)),
+    ("GET", "/readyz"): dict(zip(CALLERS, (200, 200, 200, 200, 200), strict=True)),
+}
+"""The expected status of every cell."""
+
+PUBLIC_DOCUMENTS = ("/openapi.json", "/docs")
+"""Served outside the operation table, to anyone."""
+
+CHANGING = {
+    f"{JOB}/confirm": "awaiting",
+    f"{JOB}/cancel": "awaiting",
+    f"{JOB}/extend": "awaiting",
+    f"{JOB}/retry": "failed",
+}
+"""Operations that change their job when they succeed, and the kind of job they need."""
+READ_ONLY = {
+    f"{JOB}/receipt": "receipt",
+    JOB: "export",
+    f"{JOB}/events": "export",
+    f"{JOB}/download": "export",
+}
+"""Operations that leave their job as it is, and the job they read."""
+
+
+def test_every_operation_has_a_row_for_every_caller() -> None:
+    assert set(EXPECTED) == {(op.method, op.path) for op in OPERATIONS}
+    for row in EXPECTED.values():
+        assert list(row) == list(CALLERS)
+
+
+@dataclass
+class Fixtures:
+    """The jobs the cells act on, made before any cell runs."""
+
+    export: str
+    receipt: str
+    link: str
+    spare: dict[str, list[str]]
+    """Unused jobs by kind (``awaiting``, ``failed``); each changing cell takes one."""
+
+    def job_for(self, path: str) -> str:
+        """The job a cell acts on: a fresh one when the operation changes it."""
+        if path in READ_ONLY:
+            return self.export if READ_ONLY[path] == "export" else self.receipt
+        return self.spare[CHANGING[path]].pop()
+
+
+async def _make_fixtures(api: Api) -> Fixtures:
+    status, _, _ = await api.request("GET", "/v1/connectors")
+    assert status == 200
+    export = await api.export(connectors=["crm"])
+    await api.wait(export["id"], "succeeded")
+    status, headers, body = await api.request("GET", f"/v1/jobs/{export['id']}/download")
+    assert status == 303, body
+    parts = urlsplit(headers["Location"])
+    status, _, receipt = await api.request(
+        "POST", "/v1/erasures", json={"connectors": ["crm"], "dry_run": True}
+    )
+    assert status == 202, receipt
+    await api.wait(receipt["id"], "succeeded")
+
+    needed = {"awaiting": 0, "failed": 0}
+    for _, path in EXPECTED:
+        if path in CHANGING:
+            needed[CHANGING[path]] += len(CALLERS)
+    spare: dict[str, list[str]] = {"awaiting": [], "failed": []}
+    for _ in range(needed["failed"]):
+        failed = await api.export(connectors=["broken"])
+        await api.wait(failed["id"], "failed")
+        spare["failed"].append(failed["id"])
+    for _ in range(needed["awaiting"]):
+        status, _, erasure = await api.request("POST", "/v1/erasures", json={"connectors": ["crm"]})
+        assert status == 202 and erasure["status"] == "awaiting_confirmation", erasure
+        spare["awaiting"].append(erasure["id"])
+    return Fixtures(export["id"], receipt["id"], f"{parts.path}?{parts.query}", spare)
+
+
+@dataclass
+class Cell:
+    """One request of the matrix."""
+
+    url: str
+    identity: tuple[str, tuple[str, ...]] | None
+    options: dict[str, Any]
+
+
+def _cell(path: str, caller: str, fixtures: Fixtures, row: int) -> Cell:
+    """What the caller sends for one cell; jobs are alice's, created subjects the cell's own."""
+    identity = CALLERS[caller]
+    if path.startswith(JOB):
+        url = path.replace("{job_id}", fixtures.job_for(path))
+        if path.endswith("/extend"):
+            return Cell(url, identity, {"json": {"months": 1, "reason": "matrix test"}})
+        return Cell(url, identity, {})
+    if path == OBJECT:
+        return Cell(fixtures.link, identity, {})
+    if path == "/v1/jobs":
+        return Cell(f"/v1/jobs?subject={OWNER}", identity, {})
+    if path in CREATING:
+        named = f"subject-{row}-{caller}"
+        if caller == "subject-own":
+            return Cell(path, (named, ("subject",)), {"json": {"connectors": ["crm"]}})
+        return Cell(path, identity, {"json": {"connectors": ["crm"], "subject": named}})
+    return Cell(path, identity, {})
+
+
+@pytest.fixture
+async def api(api_factory: ApiFactory) -> Api:
+    crm = MemoryConnector(
+        "crm",
+        records={OWNER: {"contacts": [{"id": 1, "email": "alice@example.com"}]}},
+    )
+    broken = MemoryConnector("broken", fail="broken API answered 403: key revoked")
+    return await api_factory(
+        {"crm": crm, "broken": broken}, s3_bucket=None, rate_limit=0, subject_rate_limit=0
+    )
+
+
+async def test_every_operation_answers_every_caller_as_the_table_says(api: Api) -> None:
+    fixtures = await _make_fixtures(api)
+    got: dict[tuple[str, str], dict[str, int]] = {}
+    for number, ((method, path), row) in enumerate(EXPECTED.items()):
+        got[(method, path)] = {}
+        for caller in row:
+            cell = _cell(path, caller, fixtures, number)
+            sub, roles = cell.identity or (None, ())
+            status, headers, body = await api.request(
+                method, cell.url, sub=sub, roles=roles, **cell.options
+            )
+            got[(method, path)][caller] = status
+            if status >= 400:
+                assert headers["Content-Type"].startswith("application/problem+json"), cell
+                assert body["status"] == status, body
+            if status == 401:
+                assert headers["WWW-Authenticate"].startswith("Bearer"), cell
+    mismatches = {
+        f"{method} {path} as {caller}: expected {expected}, got {got[(method, path)][caller]}"
+        for (method, path), row in EXPECTED.items()
+        for caller, expected in row.items()
+        if got[(method, path)][caller] != expected
+    }
+    assert not mismatches, "\n".join(sorted(mismatches))
+
+
+async def test_the_documents_are_public(api: Api) -> None:
+    for path in PUBLIC_DOCUMENTS:
+        for identity in CALLERS.values():
+            sub, roles = identity or (None, ())
+            status, _, _ = await api.request("GET", path, sub=sub, roles=roles)
+            assert status == 200, (path, identity)
