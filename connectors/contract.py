@@ -210,7 +210,10 @@ class _ExportChecker:
         self.items.append((dataset, f"file {clean} sha256:{digest.hexdigest()}"))
 
     def holding(self) -> _Holding:
-        return _Holding(tuple(sorted(self.items)))
+        """What the export held on the subject: notice datasets (statements about the
+        processing, the same for everyone) are checked like the rest but not counted."""
+        kept = [(d, fingerprint) for d, fingerprint in self.items if not self.declared[d].notice]
+        return _Holding(tuple(sorted(kept)))
 
 
 async def _collect(connector: Connector, subject: Subject) -> _Holding:
