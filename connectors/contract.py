@@ -73,7 +73,7 @@ from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import orjson
 
@@ -276,6 +276,10 @@ class ConnectorContract(ABC):
     :meth:`subject_without_data` and :meth:`cleanup` where the defaults do not fit.
     """
 
+    #: True for a processor whose API offers no per-user export (e.g. web analytics):
+    #: its export is only notice datasets, so "the subject's data" is checked as empty.
+    exports_notices_only: ClassVar[bool] = False
+
     @abstractmethod
     async def make_connector(self) -> Connector:
         """A new connector whose processor holds data on :meth:`subject_with_data`.
@@ -340,7 +344,7 @@ class ConnectorContract(ABC):
 
     async def _holding_of_subject(self, connector: Connector) -> _Holding:
         holding = await _collect(connector, self.subject_with_data())
-        if holding.empty:
+        if holding.empty and not self.exports_notices_only:
             raise AssertionError(
                 f"the export of subject_with_data() {self.subject_with_data().id!r} is empty: "
                 "make_connector() must give a processor holding data on that subject"

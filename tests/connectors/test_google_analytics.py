@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from typing import Any
 
 import pytest
 
+from connectors.base import Connector
 from connectors.errors import PermanentError, RateLimited, TransientError
 from connectors.google_analytics import GoogleAnalyticsConnector, normalise_user_provided_data
 from connectors.items import Record, Subject
 from connectors.registry import load_type
+from connectors.testing import ConnectorContract
+from tests.conftest import free_port
 from tests.connectors.processor_servers import FakeGoogleAnalytics, serve
 
 ALICE = Subject("alice", "Alice.Martin@GoogleMail.com", {"ga_client_id": "1197596843.1673515099"})
@@ -253,3 +257,25 @@ def test_bad_configuration_is_a_one_line_permanent_error(
 
 def test_the_google_analytics_type_is_registered() -> None:
     assert load_type("google-analytics") is GoogleAnalyticsConnector
+
+
+class TestGoogleAnalyticsConnectorContract(ConnectorContract):
+    """The connector keeps the contract; its export is a notice, never data on anyone."""
+
+    exports_notices_only = True
+    stack: AsyncExitStack | None = None
+
+    async def make_connector(self) -> Connector:
+        self.stack = AsyncExitStack()
+        url = await self.stack.enter_async_context(serve(FakeGoogleAnalytics()))
+        return build(url)
+
+    def subject_with_data(self) -> Subject:
+        return ALICE
+
+    async def make_failing_connector(self) -> Connector | None:
+        return build(f"http://127.0.0.1:{free_port()}")
+
+    async def cleanup(self) -> None:
+        if self.stack is not None:
+            await self.stack.aclose()

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs
 
 import pytest
 
+from connectors.base import Connector
 from connectors.errors import PermanentError, RateLimited, TransientError
 from connectors.hotjar import HotjarConnector
 from connectors.items import Record, Subject
 from connectors.registry import load_type
 from connectors.reports import RetentionRule
+from connectors.testing import ConnectorContract
+from tests.conftest import free_port
 from tests.connectors.processor_servers import FakeHotjar, serve
 
 ALICE = Subject("alice", "alice@example.com", {"hotjar_user": "u-77"})
@@ -275,3 +279,27 @@ def test_bad_configuration_is_a_one_line_permanent_error(
 
 def test_the_hotjar_type_is_registered() -> None:
     assert load_type("hotjar") is HotjarConnector
+
+
+class TestHotjarConnectorContract(ConnectorContract):
+    """The connector keeps the contract; the lookup's acknowledgement is a notice, not data."""
+
+    exports_notices_only = True
+    stack: AsyncExitStack | None = None
+
+    async def make_connector(self) -> Connector:
+        self.stack = AsyncExitStack()
+        fake = FakeHotjar()
+        fake.hits["alice@example.com"] = 3
+        url = await self.stack.enter_async_context(serve(fake))
+        return build(url)
+
+    def subject_with_data(self) -> Subject:
+        return ALICE
+
+    async def make_failing_connector(self) -> Connector | None:
+        return build(f"http://127.0.0.1:{free_port()}")
+
+    async def cleanup(self) -> None:
+        if self.stack is not None:
+            await self.stack.aclose()
