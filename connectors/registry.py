@@ -63,10 +63,15 @@ def build_connectors(configs: list[ConnectorConfig]) -> dict[str, Connector]:
     built: dict[str, Connector] = {}
     for config in configs:
         cls = load_type(config.type, types)
+        options = {k: v for k, v in config.options.items() if k not in PROCESSING_FIELDS}
+        processing = {k: str(v) for k, v in config.options.items() if k in PROCESSING_FIELDS}
         try:
-            built[config.name] = cls(config.name, **config.options)
+            connector = cls(config.name, **options)
         except Exception as exc:
             raise ConnectorLoadError(
                 f"connector {config.name!r} could not be built: {exc}"
             ) from exc
+        if processing:
+            connector.processing = {**connector.processing, **processing}
+        built[config.name] = connector
     return built

@@ -192,3 +192,28 @@ def test_connectors_are_built_in_configuration_order() -> None:
     )
     assert list(built) == ["zeta", "alpha", "mid"]
     assert [c.name for c in built.values()] == ["zeta", "alpha", "mid"]
+
+
+def test_processing_information_is_taken_from_configuration() -> None:
+    from connectors.registry import ConnectorConfig, build_connectors
+
+    built = build_connectors(
+        [
+            ConnectorConfig(
+                "crm",
+                "memory",
+                {
+                    "records": {},
+                    "purposes": "Customer support",
+                    "legal_basis": "Art. 6(1)(b)",
+                    "recipient": "Acme CRM Ltd",
+                    "retention": "2 years",
+                    "source": "the subject",
+                },
+            )
+        ]
+    )
+    described = built["crm"].describe()
+    assert described["purposes"] == "Customer support"
+    assert described["recipient"] == "Acme CRM Ltd"
+    assert described["legal_basis"] == "Art. 6(1)(b)"

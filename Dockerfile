@@ -1,0 +1,46 @@
+# syntax=docker/dockerfile:1
+# Handover's one image. docker-compose.yml runs it as `handover api` and
+# `handover worker`; run as it is, it is `handover serve` on embedded defaults
+# with the demo data:
+#
+#   docker build -t handover . && docker run --rm -p 8080:8080 handover
+
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY connectors ./connectors
+COPY jobs ./jobs
+COPY service ./service
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+# The project and its runtime dependencies; not the dev extras.
+COPY --from=build /wheels /tmp/wheels
+RUN pip install /tmp/wheels/*.whl && rm -rf /tmp/wheels
+
+# A user of its own; the data dir and the directory docker-compose.yml mounts the
+# shared signing key volume on belong to it, so named volumes start out writable.
+RUN groupadd --system --gid 10001 handover \
+    && useradd --system --uid 10001 --gid handover --no-create-home \
+        --home-dir /var/lib/handover --shell /usr/sbin/nologin handover \
+    && install -d -o handover -g handover -m 0750 /var/lib/handover \
+    && install -d -o handover -g handover -m 0700 /var/lib/handover-keys
+
+ENV HANDOVER_DATA_DIR=/var/lib/handover
+VOLUME ["/var/lib/handover"]
+WORKDIR /var/lib/handover
+USER 10001:10001
+
+EXPOSE 8080
+# The API's liveness (`handover serve` and `handover api`); a worker serves no HTTP,
+# so docker-compose.yml turns this off for it.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
+
+ENTRYPOINT ["handover"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8080"]
