@@ -1,8 +1,8 @@
 """Shared fixtures: a real Redis server, moto's S3 server over real HTTP, settings and resources.
 
 Redis: ``HANDOVER_TEST_REDIS_URL``, or database 13, 14 or 15 of the local server, one per
-pytest-xdist worker; each test gets its database flushed. ``make test`` starts a server when none answers. With
-no server the tests fail with a message saying so; they never skip.
+pytest-xdist worker; each test gets its database flushed. ``make test`` starts a server when
+none answers. With no server the tests fail with a message saying so; they never skip.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from jobs.queue import connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
 from jobs.storage import S3Store
+
 
 def _redis_url() -> str:
     """The test Redis: one database per pytest-xdist worker (13, 14, 15), so runs never meet."""
