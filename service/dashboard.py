@@ -46,7 +46,6 @@ from aiohttp import web
 from yarl import URL
 
 from jobs.model import Event, Job, JobKind, JobStatus, RunStatus, utcnow
-from jobs.store import JobQuery
 from service import models
 from service.appkeys import AUTHORITY, RESOURCES
 from service.auth import Principal
@@ -435,17 +434,7 @@ class Dashboard:
         }
         cursor = request.query.get("cursor") or None
         params = models.JobSearch.model_validate({**filters, "cursor": cursor, "limit": PAGE_SIZE})
-        query = JobQuery(
-            kind=JobKind(params.kind) if params.kind else None,
-            status=JobStatus(params.status) if params.status else None,
-            subject=params.subject,
-            connector=params.connector,
-            overdue=params.overdue,
-            at_risk=params.at_risk,
-            sort=params.sort,
-            limit=params.limit,
-            cursor=params.cursor,
-        )
+        query = params.to_query()
         resources = request.app[RESOURCES]
         now = utcnow()
         page = await resources.store.search(query, now)

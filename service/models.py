@@ -12,6 +12,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from jobs.model import JobKind, JobStatus
+from jobs.store import JobQuery
+
 Format = Literal["json", "csv", "ndjson"]
 JobStatusName = Literal[
     "awaiting_confirmation", "queued", "running", "succeeded", "failed", "canceled", "expired"
@@ -153,6 +156,23 @@ class JobSearch(BaseModel):
         description="next_cursor of the last page.",
         examples=["WzE3NjcyMjU2MDAuMCwiMDFKRDJaNlM0MUFCQ0RFRkdISktNTlBRUlMiXQ"],
     )
+
+    def to_query(self) -> JobQuery:
+        """The store's query for these parameters."""
+        return JobQuery(
+            kind=JobKind(self.kind) if self.kind else None,
+            status=JobStatus(self.status) if self.status else None,
+            subject=self.subject,
+            connector=self.connector,
+            overdue=self.overdue,
+            at_risk=self.at_risk,
+            due_before=self.due_before,
+            created_after=self.created_after,
+            created_before=self.created_before,
+            sort=self.sort,
+            limit=self.limit,
+            cursor=self.cursor,
+        )
 
 
 class ConnectorProgress(BaseModel):

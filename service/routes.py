@@ -20,7 +20,6 @@ from jobs.model import Job, JobKind, JobStatus, utcnow
 from jobs.pipeline import Pipeline
 from jobs.queue import QUEUE_NAME
 from jobs.storage import StorageError, content_type_of
-from jobs.store import JobQuery
 from jobs.worker import HEALTH_CHECK_KEY
 from service import models
 from service.appkeys import AUTHORITY, ERASURES, EXPORTS, RESOURCES, SETTINGS
@@ -329,20 +328,7 @@ async def list_jobs(request: web.Request) -> web.Response:
         if params.subject not in (None, who.sub):
             raise Problem(403, "Forbidden", "a subject may only list their own jobs")
         params = params.model_copy(update={"subject": who.sub})
-    query = JobQuery(
-        kind=JobKind(params.kind) if params.kind else None,
-        status=JobStatus(params.status) if params.status else None,
-        subject=params.subject,
-        connector=params.connector,
-        overdue=params.overdue,
-        at_risk=params.at_risk,
-        due_before=params.due_before,
-        created_after=params.created_after,
-        created_before=params.created_before,
-        sort=params.sort,
-        limit=params.limit,
-        cursor=params.cursor,
-    )
+    query = params.to_query()
     page = await request.app[RESOURCES].store.search(query)
     return json_response(
         {"jobs": [job_view(j) for j in page.jobs], "next_cursor": page.next_cursor}
