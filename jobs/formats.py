@@ -19,7 +19,6 @@ import orjson
 from connectors.errors import PermanentError
 
 FORMATS = ("json", "csv", "ndjson")
-MEDIA_TYPES = {"json": "application/json", "csv": "text/csv", "ndjson": "application/x-ndjson"}
 
 
 def _default(value: Any) -> Any:

@@ -95,18 +95,6 @@ def parse_size(value: object) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
-def parse_bool(value: object) -> bool:
-    """``true/false``, ``1/0``, ``yes/no``, ``on/off``."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise ValueError(f"expected true or false, got {value!r}")
-
-
 def _positive_int(value: object) -> int:
     number = int(str(value))
     if number < 1:
@@ -321,11 +309,6 @@ class Settings:
     def embedded_redis(self) -> bool:
         """No Redis URL configured: run on the in-process store."""
         return self.redis_url is None
-
-    @property
-    def embedded_storage(self) -> bool:
-        """No bucket configured: keep archives on local disk under ``data_dir``."""
-        return self.s3_bucket is None
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None) -> Settings:

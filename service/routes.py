@@ -15,6 +15,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
+from jobs.ids import is_ulid
 from jobs.localstore import LINK_PATH, LocalStore
 from jobs.model import Job, JobKind, JobStatus, utcnow
 from jobs.pipeline import Pipeline
@@ -135,6 +136,8 @@ def job_view(job: Job) -> dict[str, Any]:
 async def visible_job(request: web.Request, who: Principal) -> Job:
     """The job in the path, if ``who`` may see it; another subject's job is a 404."""
     job_id = request.match_info["job_id"]
+    if not is_ulid(job_id):
+        raise Problem(404, "Not found", f"no job {job_id}")
     job = await request.app[RESOURCES].store.get(job_id)
     if not who.may_see(job.subject):
         raise Problem(404, "Not found", f"no job {job_id}")
