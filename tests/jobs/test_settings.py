@@ -13,7 +13,6 @@ from jobs.settings import (
     Secret,
     Settings,
     SettingsError,
-    parse_bool,
     parse_duration,
     parse_size,
 )
@@ -52,7 +51,7 @@ def test_defaults_without_configuration() -> None:
     assert settings.default_formats == ("json",)
     assert settings.connectors == ()
     assert settings.embedded_redis
-    assert settings.embedded_storage
+    assert settings.s3_bucket is None
 
 
 def test_environment_values_are_parsed() -> None:
@@ -80,7 +79,7 @@ def test_environment_values_are_parsed() -> None:
     assert settings.default_formats == ("json", "csv", "ndjson")
     assert settings.data_dir == Path("/var/lib/handover")
     assert not settings.embedded_redis
-    assert not settings.embedded_storage
+    assert settings.s3_bucket is not None
 
 
 def test_environment_wins_over_the_file(config_file: Callable[[str], dict[str, str]]) -> None:
@@ -172,11 +171,6 @@ def test_sizes_parse(text: object, expected: int) -> None:
 def test_bad_sizes_are_refused(text: object) -> None:
     with pytest.raises(ValueError, match="size"):
         parse_size(text)
-
-
-@pytest.mark.parametrize(("text", "expected"), [("on", True), ("Yes", True), ("0", False)])
-def test_booleans_parse(text: str, expected: bool) -> None:
-    assert parse_bool(text) is expected
 
 
 @pytest.mark.parametrize(
