@@ -215,6 +215,7 @@ _PARSERS: dict[str, Any] = {
     "data_dir": _path,
     "signing_key_file": _optional_path,
     "worker_concurrency": _positive_int,
+    "worker_poll_delay": parse_duration,
     "connector_timeout": parse_duration,
     "default_formats": _formats,
     "public_url": _url,
@@ -259,7 +260,8 @@ class Settings:
     deadline: timedelta = timedelta(days=30)
     data_dir: Path = Path(".handover")
     signing_key_file: Path | None = None
-    worker_concurrency: int = 10
+    worker_concurrency: int = 50
+    worker_poll_delay: timedelta = timedelta(milliseconds=50)
     connector_timeout: timedelta = timedelta(hours=1)
     default_formats: tuple[str, ...] = ("json",)
     public_url: str | None = None

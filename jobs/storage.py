@@ -102,7 +102,12 @@ def _error(exc: Exception, key: str) -> StorageError:
 
 
 class S3MultipartWriter:
-    """Buffers one part at a time; up to ``max_in_flight`` parts upload meanwhile."""
+    """Buffers one part at a time; up to ``max_in_flight`` parts upload meanwhile.
+
+    Pieces are kept as written and joined once when they reach the part size (parts
+    may differ in size; only the last may be under S3's 5 MiB), so each byte is
+    copied once on its way out.
+    """
 
     def __init__(
         self,
@@ -115,7 +120,8 @@ class S3MultipartWriter:
         self._store = store
         self._key = key
         self._content_type = content_type
-        self._buffer = bytearray()
+        self._pending: list[bytes] = []
+        self._pending_size = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
@@ -123,13 +129,17 @@ class S3MultipartWriter:
         self._size = 0
 
     async def write(self, data: bytes) -> None:
-        self._buffer += data
         self._size += len(data)
-        part_size = self._store.part_size
-        while len(self._buffer) >= part_size:
-            body = bytes(self._buffer[:part_size])
-            del self._buffer[:part_size]
-            await self._start_part(body)
+        self._pending.append(data)
+        self._pending_size += len(data)
+        if self._pending_size >= self._store.part_size:
+            await self._start_part(self._take())
+
+    def _take(self) -> bytes:
+        body = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        return body
 
     async def _start_part(self, body: bytes) -> None:
         client = self._store.client
@@ -178,11 +188,10 @@ class S3MultipartWriter:
     async def complete(self) -> int:
         try:
             if self._upload_id is None:
-                await self._store.put(self._key, bytes(self._buffer), self._content_type)
+                await self._store.put(self._key, self._take(), self._content_type)
                 return self._size
-            if self._buffer or not self._parts:
-                await self._start_part(bytes(self._buffer))
-                self._buffer.clear()
+            if self._pending or not self._parts:
+                await self._start_part(self._take())
             await asyncio.gather(*self._in_flight)
             self._raise_failed()
             await asyncio.to_thread(
@@ -208,7 +217,7 @@ class S3MultipartWriter:
         for task in list(self._in_flight):
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
-        self._buffer.clear()
+        self._take()
         if self._upload_id is None:
             return
         upload_id, self._upload_id = self._upload_id, None

@@ -296,7 +296,7 @@ def create_worker(
     resources: Resources | None = None,
     retry_policy: RetryPolicy | None = None,
     burst: bool = False,
-    poll_delay: float = 0.5,
+    poll_delay: float | None = None,
     handle_signals: bool = True,
 ) -> Worker:
     """An arq worker for Handover's tasks on ``redis``."""
@@ -333,7 +333,9 @@ def create_worker(
         on_shutdown=context.on_shutdown,
         max_jobs=settings.worker_concurrency,
         burst=burst,
-        poll_delay=poll_delay,
+        poll_delay=(
+            settings.worker_poll_delay.total_seconds() if poll_delay is None else poll_delay
+        ),
         handle_signals=handle_signals,
         job_serializer=serialize,
         job_deserializer=deserialize,

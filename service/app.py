@@ -91,9 +91,7 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = resources.redis
     if settings.redis_url is not None:
         redis = await connect(settings.redis_url.reveal())
-    worker = create_worker(
-        settings, redis=redis, resources=resources, handle_signals=False, poll_delay=0.1
-    )
+    worker = create_worker(settings, redis=redis, resources=resources, handle_signals=False)
     task = asyncio.create_task(worker.async_run())
     yield
     task.cancel()

@@ -160,7 +160,8 @@ async def test_s3_failed_upload_aborts_itself(
 
     monkeypatch.setattr(s3_store.client, "upload_part", second_part_fails)
     writer = s3_store.writer("archives/broken.zip")
-    await writer.write(payload(11 * MiB))
+    await writer.write(payload(6 * MiB))  # part 1
+    await writer.write(payload(5 * MiB))  # part 2, which fails
 
     with pytest.raises(StorageError):
         await writer.complete()
