@@ -1,0 +1,410 @@
+"""Export throughput and memory: one subject's telemetry through a real worker into an archive.
+
+What it measures, for 100 MB and 1 GB of rendered NDJSON (``SyntheticConnector``
+with ``entropy = 0.35``, which compresses about 3.7:1 like real NDJSON; its
+default text compresses ~10:1 and would flatter deflate):
+
+- **Handover**: a ``handover worker`` process (configured by a TOML file, as in
+  production) exports the subject, once to S3 (moto's server, in its own process)
+  and once to the local store. Input MB/s is the uncompressed NDJSON bytes the job
+  recorded divided by its wall time from ``created_at`` to ``succeeded``
+  (``updated_at``); the worker is started and polling before the job is created.
+  Peak RSS is the worker's own, from ``wait4`` after it is stopped.
+- **(a) the limit**: orjson encoding plus isal level-1 deflate of the same records
+  in one thread, no I/O; generating the records is not timed (its rate is shown too).
+- **(b) the naive baseline**: every record in a list, ``json.dumps``, ``zipfile``
+  into a ``BytesIO``, one ``put_object``; in a child process for its own peak RSS.
+- **Diagnostic**: the same export to the local store from ``bench-replay``, which
+  replays records generated once at start, so it costs Handover's work and hardly
+  any of the source's.
+
+Three repeats at 100 MB (medians), one at 1 GB (a run of 10-40 s averages itself).
+
+Run alone: ``.venv/bin/python benchmarks/export_bench.py`` (``--quick``: 100 MB only;
+``--naive-1gb``: (b) at 1 GB too, which takes about a minute and 4 GB of memory, so
+``make bench`` leaves it out to stay within its ten minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import itertools
+import json
+import shutil
+import sys
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import orjson
+from arq.connections import ArqRedis
+from isal import isal_zlib
+
+from bench_connectors import install_plugin
+from connectors.items import Subject
+from connectors.testing import SyntheticConnector
+from harness import (
+    MB,
+    REDIS_URL,
+    BenchmarkError,
+    ProcessGroup,
+    Table,
+    base_environment,
+    benchmark_main,
+    child_result,
+    create_bucket,
+    empty_bucket,
+    fresh_redis,
+    median,
+    start_worker,
+    timer,
+    verdict,
+    wait_until,
+)
+from jobs.export import ExportPipeline
+from jobs.model import Job, JobStatus
+from jobs.resources import open_resources
+from jobs.settings import Settings
+
+RECORD_BYTES = 500
+ENTROPY = 0.35
+SEED = 3
+SUBJECT = "alice"
+BATCH = 2000
+SIZES = (("100 MB", 100 * MB, 3), ("1 GB", 1000 * MB, 1))
+NAIVE_MEMORY_FACTOR = 6  # the naive baseline needs about this many bytes of RAM per input byte
+THROUGHPUT_TARGET = 0.80
+RSS_LIMIT_MB = 150
+RSS_GROWTH_MB = 30
+
+
+def connector(records: int) -> SyntheticConnector:
+    """The telemetry source every case reads."""
+    return SyntheticConnector(
+        "telemetry", records=records, record_bytes=RECORD_BYTES, seed=SEED, entropy=ENTROPY
+    )
+
+
+def records_for(size: int) -> int:
+    """How many records render to about ``size`` bytes of NDJSON."""
+    sample = connector(20_000)._rows(Subject(SUBJECT))
+    line = sum(len(orjson.dumps(row)) + 1 for row in sample) / 20_000
+    return round(size / line)
+
+
+def measure_limit(records: int) -> dict[str, float]:
+    """(a): orjson plus isal level 1 in one thread over the records; generation untimed."""
+    rows = connector(records)._rows(Subject(SUBJECT))
+    deflate = isal_zlib.compressobj(1, isal_zlib.DEFLATED, -15)
+    generating = encoding = 0.0
+    size = compressed = 0
+    while True:
+        start = time.perf_counter()
+        batch = list(itertools.islice(rows, BATCH))
+        middle = time.perf_counter()
+        if not batch:
+            break
+        data = b"".join([orjson.dumps(row) + b"\n" for row in batch])
+        compressed += len(deflate.compress(data))
+        size += len(data)
+        encoding += time.perf_counter() - middle
+        generating += middle - start
+    start = time.perf_counter()
+    compressed += len(deflate.flush())
+    encoding += time.perf_counter() - start
+    return {
+        "seconds": encoding,
+        "generate_seconds": generating,
+        "bytes": size,
+        "compressed": compressed,
+        "records": records,
+    }
+
+
+def measure_naive(records: int, endpoint: str, bucket: str) -> dict[str, float]:
+    """(b): the archive built whole in memory and sent with one ``put_object``."""
+    with timer() as elapsed:
+        rows = list(connector(records)._rows(Subject(SUBJECT)))
+        data = json.dumps(rows).encode()
+        del rows
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("telemetry/telemetry.json", data)
+        size = len(data)
+        del data
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.put_object(Bucket=bucket, Key="naive/export.zip", Body=buffer.getvalue())
+    client.delete_object(Bucket=bucket, Key="naive/export.zip")
+    return {"seconds": elapsed(), "bytes": size, "records": records}
+
+
+@dataclass(frozen=True)
+class ExportRun:
+    """One export through a worker process."""
+
+    input_bytes: int
+    records: int
+    archive_bytes: int
+    seconds: float
+    wait_seconds: float
+    stage_seconds: float
+    bundle_seconds: float
+    peak_rss_mb: float
+    cpu_seconds: float
+
+    @property
+    def mb_per_second(self) -> float:
+        return self.input_bytes / MB / self.seconds
+
+    @property
+    def records_per_second(self) -> float:
+        return self.records / self.seconds
+
+
+def _export_run(job: Job, peak_rss_mb: float, cpu_seconds: float) -> ExportRun:
+    run = job.connectors["telemetry"]
+    assert run.started_at and run.finished_at and job.result
+    return ExportRun(
+        input_bytes=run.bytes,
+        records=run.records,
+        archive_bytes=job.result.size,
+        seconds=(job.updated_at - job.created_at).total_seconds(),
+        wait_seconds=(run.started_at - job.created_at).total_seconds(),
+        stage_seconds=(run.finished_at - run.started_at).total_seconds(),
+        bundle_seconds=(job.updated_at - run.finished_at).total_seconds(),
+        peak_rss_mb=peak_rss_mb,
+        cpu_seconds=cpu_seconds,
+    )
+
+
+@dataclass(frozen=True)
+class Case:
+    """One way through Handover: a connector type and a store (S3 when ``s3``)."""
+
+    label: str
+    connector_type: str
+    s3: bool
+    diagnostic: bool = False
+
+
+CASES = (
+    Case("Handover → S3 (moto)", "synthetic", s3=True),
+    Case("Handover → local store", "synthetic", s3=False),
+    Case("Handover → local store, source replayed", "bench-replay", s3=False, diagnostic=True),
+)
+
+
+async def export_through_worker(
+    group: ProcessGroup,
+    redis: ArqRedis,
+    workdir: Path,
+    records: int,
+    case: Case,
+    s3: tuple[str, str],
+) -> ExportRun:
+    """Start a worker, export the subject through it, stop it; ``s3`` = (endpoint, bucket)."""
+    await redis.flushdb()
+    config = workdir / "export.toml"
+    config.write_text(
+        "[connectors.telemetry]\n"
+        f'type = "{case.connector_type}"\nrecords = {records}\nrecord_bytes = {RECORD_BYTES}\n'
+        f"seed = {SEED}\nentropy = {ENTROPY}\n"
+    )
+    data_dir = workdir / "data"
+    storage = {"s3_bucket": s3[1], "s3_endpoint_url": s3[0]} if case.s3 else {}
+    env = base_environment(
+        config=str(config), redis_url=REDIS_URL, data_dir=str(data_dir), **storage
+    )
+    env["PYTHONPATH"] = install_plugin(workdir / "plugin")
+    try:
+        async with open_resources(Settings.load(env), redis=redis) as resources:
+            worker = await start_worker(group, redis, env)
+            await asyncio.sleep(0.25)  # arrive mid-way between two polls of the queue
+            job = await ExportPipeline(resources).create(
+                subject=SUBJECT, requested_by="benchmark", formats=["ndjson"]
+            )
+
+            async def ended() -> bool:
+                return (await resources.store.get(job.id)).status.terminal
+
+            await wait_until(
+                ended, "waiting for the export", 30 + records / 5000, interval=0.1, watch=[worker]
+            )
+            stopped = worker.stop()
+            done = await resources.store.get(job.id)
+            if done.status is not JobStatus.SUCCEEDED or done.result is None:
+                raise BenchmarkError(f"export {done.status}: {done.error}\n{worker.log_tail()}")
+            await resources.storage.delete(done.result.key)
+            return _export_run(done, stopped.peak_rss_mb, stopped.cpu_seconds)
+    finally:
+        shutil.rmtree(data_dir, ignore_errors=True)
+        if case.s3:
+            empty_bucket(*s3)
+
+
+def _child(*args: str) -> list[str]:
+    return [str(Path(__file__)), *args]
+
+
+def _available_memory() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _row(label: str, case: str, mbs: float, rps: float, share: float, rss: str) -> list[str]:
+    return [label, case, f"{mbs:.0f}", f"{rps:,.0f}", f"{share:.0%}", rss]
+
+
+async def measure(args: argparse.Namespace, workdir: Path) -> Table:
+    """Every case, every size; the table."""
+    table = Table(
+        key="export",
+        title="1. Export throughput and memory",
+        intro=(
+            f"One subject, `SyntheticConnector` telemetry ({RECORD_BYTES}-byte records, "
+            f"`entropy = {ENTROPY}`), `ndjson`, through one `handover worker` process "
+            "(default settings) into the signed archive. MB/s = uncompressed NDJSON bytes "
+            "per second of job wall time (created → succeeded); RSS = the process's peak "
+            "(`wait4`). (a) = orjson + isal level 1 in one thread, no I/O, records "
+            "pre-generated; (b) = naive in-memory archive (`json.dumps`, `zipfile` "
+            "level 6 into `BytesIO`, one `put_object` to moto). Medians of the repeats."
+        ),
+        columns=[
+            "size",
+            "case",
+            "input MB/s",
+            "records/s",
+            "vs (a)",
+            "peak RSS MB",
+            "time split: wait / stage / bundle s",
+            "worker CPU",
+            "target",
+            "result",
+        ],
+    )
+    sizes = SIZES[:1] if args.quick else SIZES
+    install_plugin(workdir / "plugin")
+    redis = await fresh_redis()
+    environ = base_environment()
+    with ProcessGroup(workdir) as group:
+        endpoint = group.start_moto()
+        s3 = (endpoint, "handover-bench-export")
+        create_bucket(*s3)
+        first_rss: dict[str, float] = {}
+        for label, size, repeats in sizes:
+            records = records_for(size)
+            limits: list[dict[str, float]] = []
+            runs: dict[Case, list[ExportRun]] = {case: [] for case in CASES}
+            for repeat in range(repeats):
+                if repeat == 0 or size <= 100 * MB:
+                    limits.append(child_result(_child("limit", str(records)), environ, 600)[0])
+                for case in CASES:
+                    runs[case].append(
+                        await export_through_worker(group, redis, workdir, records, case, s3)
+                    )
+            limit_mbs = median([x["bytes"] / MB / x["seconds"] for x in limits])
+            limit_rps = median([x["records"] / x["seconds"] for x in limits])
+            generate_rps = median([x["records"] / x["generate_seconds"] for x in limits])
+            ratio = median([x["bytes"] / x["compressed"] for x in limits])
+            name = "(a) limit: orjson + isal-1, one thread"
+            table.rows.append(
+                [*_row(label, name, limit_mbs, limit_rps, 1.0, ""), "", "", "reference", ""]
+            )
+            if size > 100 * MB and not args.naive_1gb:
+                table.notes.append(
+                    f"(b) at {label} left out to keep `make bench` short; "
+                    "`benchmarks/export_bench.py --naive-1gb` measures it."
+                )
+            elif _available_memory() > NAIVE_MEMORY_FACTOR * size:
+                naive, ended = child_result(_child("naive", str(records), *s3), environ, 900)
+                naive_mbs = naive["bytes"] / MB / naive["seconds"]
+                name = "(b) naive: in memory, one put_object"
+                naive_rss = f"{ended.peak_rss_mb:,.0f}"
+                table.rows.append(
+                    [
+                        *_row(
+                            label,
+                            name,
+                            naive_mbs,
+                            records / naive["seconds"],
+                            naive_mbs / limit_mbs,
+                            naive_rss,
+                        ),
+                        "",
+                        "",
+                        "contrast",
+                        "",
+                    ]
+                )
+            else:
+                table.notes.append(
+                    f"(b) at {label} skipped: it needs ~{NAIVE_MEMORY_FACTOR * size / 2**30:.0f} "
+                    "GiB of free memory, which this machine did not have."
+                )
+            for case in CASES:
+                mbs = median([r.mb_per_second for r in runs[case]])
+                rss = median([r.peak_rss_mb for r in runs[case]])
+                ok = mbs >= THROUGHPUT_TARGET * limit_mbs
+                target = f"≥ {THROUGHPUT_TARGET:.0%} of (a)"
+                if case.label in first_rss:
+                    target += f"; RSS ≤ {RSS_LIMIT_MB} MB, ≤ first size + {RSS_GROWTH_MB}"
+                    ok = ok and rss <= RSS_LIMIT_MB and rss - first_rss[case.label] <= RSS_GROWTH_MB
+                else:
+                    first_rss[case.label] = rss
+                split = " / ".join(
+                    f"{median([getattr(r, part) for r in runs[case]]):.2f}"
+                    for part in ("wait_seconds", "stage_seconds", "bundle_seconds")
+                )
+                cpu = median([r.cpu_seconds / r.seconds for r in runs[case]])
+                rps = median([r.records_per_second for r in runs[case]])
+                table.rows.append(
+                    [
+                        *_row(label, case.label, mbs, rps, mbs / limit_mbs, f"{rss:.0f}"),
+                        split,
+                        f"{cpu:.0%}",
+                        "diagnostic" if case.diagnostic else target,
+                        "" if case.diagnostic else verdict(ok),
+                    ]
+                )
+            table.notes.append(
+                f"{label}: {records:,} records; archive deflated {ratio:.2f}:1; "
+                f"the connector alone generates {generate_rps:,.0f} records/s "
+                f"({generate_rps * size / records / MB:.0f} MB/s) in one thread; "
+                f"repeats: {repeats} (limit {len(limits)})."
+            )
+    await redis.aclose()
+    table.notes.append(
+        "Time split: wait = created → the connector run starts (arq's poll), stage = the "
+        "connector's records encoded, deflated and uploaded as its staged object, bundle = "
+        "finish task picked up, archive copied from staging, signed and uploaded. Worker "
+        "CPU = the worker's CPU seconds over the job's wall time (200% = both cores). "
+        "'Source replayed' = the same records from a pool generated once at start "
+        "(`bench-replay`), which isolates Handover's own cost from the connector's."
+    )
+    return table
+
+
+def main() -> None:
+    """Benchmark, or one of its child measurements (``limit`` / ``naive``)."""
+    if len(sys.argv) > 1 and sys.argv[1] == "limit":
+        print(json.dumps(measure_limit(int(sys.argv[2]))))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "naive":
+        print(json.dumps(measure_naive(int(sys.argv[2]), sys.argv[3], sys.argv[4])))
+        return
+
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--quick", action="store_true", help="100 MB only")
+        parser.add_argument("--naive-1gb", action="store_true", help="(b) at 1 GB too")
+
+    benchmark_main("export", measure, __doc__ or "", configure)
+
+
+if __name__ == "__main__":
+    main()
