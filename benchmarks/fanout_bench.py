@@ -177,7 +177,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
     await redis.aclose()
     table.notes += [
         "Split: first start = created → the first connector run starts (arq's poll of the "
-        "queue, `poll_delay` 0.5 s in `handover worker`); connectors = first start → last "
+        "queue, every `HANDOVER_WORKER_POLL_DELAY`, 50 ms); connectors = first start → last "
         "finish; bundle = last finish → succeeded (the finish task's wait for the next poll, "
         "then the archive).",
         "A worker process runs at most HANDOVER_WORKER_CONCURRENCY tasks at once, so N "

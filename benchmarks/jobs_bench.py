@@ -182,8 +182,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
         title="4. Jobs",
         intro=(
             "Tiny exports (one connector, three records) per second end to end through "
-            "`handover worker` processes (default settings: concurrency 10, arq "
-            "`poll_delay` 0.5 s), beside a plain arq worker's no-op jobs per second "
+            "`handover worker` processes (default settings: concurrency 50, "
+            "polling every 50 ms), beside a plain arq worker's no-op jobs per second "
             "(arq's defaults, same Redis, same run). Medians of "
             f"{REPEATS} runs of ~{RUN_SECONDS:.0f} s."
         ),

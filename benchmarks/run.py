@@ -33,6 +33,7 @@ from harness import (
 #: All of them together stay under this, so ``make bench`` ends within ten minutes.
 TOTAL_SECONDS = 560.0
 #: Each benchmark and how long it may take before it is stopped.
+PROFILES = Path(__file__).with_name("profiles.md")
 BENCHMARKS = {
     "export": 330.0,
     "fanout": 150.0,
@@ -135,10 +136,13 @@ def main() -> None:
     if len(names) == len(BENCHMARKS):
         document = PREAMBLE + "\n" + summary(tables, seconds) + "\n\n"
         document += "\n\n".join(table.markdown() for table in tables) + "\n"
+        document += "\n" + PROFILES.read_text()
     else:
         document = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else PREAMBLE
         for table in tables:
             document = replace_section(document, table)
+    if "<!-- bench:profiles -->" not in document:
+        document += "\n" + PROFILES.read_text()
     BENCHMARKS_MD.write_text(document)
     print(f"bench: wrote {BENCHMARKS_MD} in {seconds:.0f} s", flush=True)
 
