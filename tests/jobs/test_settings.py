@@ -46,7 +46,8 @@ def test_defaults_without_configuration() -> None:
     assert settings.link_ttl == timedelta(minutes=15)
     assert settings.deadline == timedelta(days=30)
     assert settings.data_dir == Path(".handover")
-    assert settings.worker_concurrency == 10
+    assert settings.worker_concurrency == 50
+    assert settings.worker_poll_delay == timedelta(milliseconds=50)
     assert settings.connector_timeout == timedelta(hours=1)
     assert settings.default_formats == ("json",)
     assert settings.connectors == ()
