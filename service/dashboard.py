@@ -50,7 +50,7 @@ from service import models
 from service.appkeys import AUTHORITY, RESOURCES
 from service.auth import Principal
 from service.problems import Problem, to_problem
-from service.routes import pipeline_for, stream_events
+from service.routes import audit, pipeline_for, stream_events
 
 log = logging.getLogger("handover.dashboard")
 
@@ -517,6 +517,7 @@ class Dashboard:
 
         async def retry(job: Job) -> str:
             retried = await pipeline_for(request, job).retry(job.id, session.who.sub)
+            await audit(request, session.who, "job.retried", job, via="dashboard")
             again = [
                 n for n, r in retried.connectors.items() if r.status is not RunStatus.SUCCEEDED
             ]
@@ -533,6 +534,7 @@ class Dashboard:
                 {"reason": str(form.get("reason", "")).strip() or None}
             )
             await pipeline_for(request, job).cancel(job.id, session.who.sub, body.reason)
+            await audit(request, session.who, "job.canceled", job, via="dashboard")
             return "Canceled."
 
         return await self._act(request, cancel)
@@ -548,6 +550,9 @@ class Dashboard:
             )
             extended = await pipeline_for(request, job).extend(
                 job.id, session.who.sub, months=body.months, reason=body.reason
+            )
+            await audit(
+                request, session.who, "job.extended", job, months=body.months, via="dashboard"
             )
             return f"Deadline extended to {when(extended.due_at)}."
 

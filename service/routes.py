@@ -834,6 +834,7 @@ __all__ = [
     "OPERATIONS",
     "Operation",
     "add_routes",
+    "audit",
     "pipeline_for",
     "stream_events",
 ]

@@ -371,6 +371,12 @@ async def test_extend_needs_a_reason_and_is_recorded(
     response, _ = await browser.post(f"{path}/cancel", {"csrf": csrf, "reason": "asked twice"})
     page = await browser.follow(response)
     assert "Canceled." in page and "asked twice" in page and "Cancel request" not in page
+    # Staff actions from the dashboard land in the audit log like the API's.
+    entries = await api.resources.audit.entries(10)
+    actions = [(e["action"], e["actor"], e.get("via")) for e in entries if e["job"] == job["id"]]
+    assert ("job.canceled", "s1", "dashboard") in actions
+    assert ("job.extended", "s1", "dashboard") in actions
+    assert (await api.resources.audit.verify()).ok
 
 
 async def test_the_dashboard_streams_the_apis_events(
