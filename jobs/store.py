@@ -103,6 +103,14 @@ class JobStore:
             raise JobNotFound(job_id)
         return self._decode(raw)
 
+    async def _read_watched(self, pipe: Any, key: str, job_id: str) -> Job:
+        """Watch the job's key and read it, inside an optimistic transaction."""
+        await pipe.watch(key)
+        raw = await pipe.hgetall(key)
+        if not raw:
+            raise JobNotFound(job_id)
+        return self._decode(raw)
+
     def _decode(self, raw: dict[bytes, bytes]) -> Job:
         core = orjson.loads(raw[b"core"])
         runs = {
@@ -157,11 +165,7 @@ class JobStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    await pipe.watch(key)
-                    raw = await pipe.hgetall(key)
-                    if not raw:
-                        raise JobNotFound(job_id)
-                    job = self._decode(raw)
+                    job = await self._read_watched(pipe, key, job_id)
                     if expected is not None and job.status not in expected:
                         return None
                     previous, previous_due = job.status, job.due_at
@@ -234,11 +238,7 @@ class JobStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    await pipe.watch(key)
-                    raw = await pipe.hgetall(key)
-                    if not raw:
-                        raise JobNotFound(job_id)
-                    job = self._decode(raw)
+                    job = await self._read_watched(pipe, key, job_id)
                     if job.generation != generation or job.status.terminal:
                         return None
                     run = job.connectors[connector]
