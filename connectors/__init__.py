@@ -10,6 +10,7 @@ from connectors.errors import (
     PermanentError,
     RateLimited,
     TransientError,
+    Unidentified,
 )
 from connectors.items import Dataset, File, Item, Record, Subject
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
@@ -30,4 +31,5 @@ __all__ = [
     "RetentionRule",
     "Subject",
     "TransientError",
+    "Unidentified",
 ]

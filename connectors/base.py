@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
-from connectors.errors import PermanentError
+from connectors.errors import PermanentError, Unidentified
 from connectors.items import Dataset, Item, Subject
 from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
 
@@ -22,10 +22,23 @@ class Connector(ABC):
 
     Errors are reported with the classes in :mod:`connectors.errors`; anything else
     that escapes is treated as a permanent failure of this connector.
+
+    Identity: ``identifiers`` names what the processor can find the subject by
+    (``id``, ``email`` or an identity such as ``hubspot_contact_id``); it needs any
+    one of them. Handover does not run a connector for a subject with none of them
+    (the run ends ``unidentified``), and a connector that is called anyway raises
+    :class:`~connectors.errors.Unidentified` (:meth:`require_identifier`), never an
+    empty answer. An *identity source* also declares ``provides`` and implements
+    :meth:`resolve`: Handover runs sources first, in dependency order, and hands
+    what they found to every other connector.
     """
 
     categories: ClassVar[frozenset[str]] = frozenset()
     datasets: ClassVar[tuple[Dataset, ...]] = ()
+    #: The identifiers the processor keys its data by; any one of them is enough.
+    identifiers: frozenset[str] = frozenset({"id"})
+    #: The identifiers :meth:`resolve` can look up (empty: not an identity source).
+    provides: frozenset[str] = frozenset()
     #: What GDPR Art. 15(1) asks the platform to tell about this processing (purposes,
     #: legal_basis, recipient, retention, source); set from configuration.
     processing: Mapping[str, str] = {}
@@ -50,11 +63,25 @@ class Connector(ABC):
             "type": type(self).__name__,
             **self.processing,
             "categories": sorted(self.categories),
+            "identifiers": sorted(self.identifiers),
             "datasets": [
                 {"name": d.name, "category": d.category, "description": d.description}
                 for d in self.datasets
             ],
         }
+
+    def require_identifier(self, subject: Subject) -> None:
+        """Raise :class:`~connectors.errors.Unidentified` unless one of ``identifiers`` is known."""
+        if not any(subject.identifier(name) for name in self.identifiers):
+            raise Unidentified(self.name, self.identifiers)
+
+    async def resolve(self, subject: Subject) -> Mapping[str, str]:
+        """Look up the identifiers in ``provides`` for ``subject`` (an identity source).
+
+        Returns those found, by name; one the processor does not hold is left out.
+        Raises :class:`~connectors.errors.Unidentified` when it cannot look at all.
+        """
+        return {}
 
     async def open(self) -> None:
         """Acquire shared resources; called once before the first job."""

@@ -6,6 +6,8 @@
      ├── TransientError        the processor may answer next time: retry with backoff
      │    └── RateLimited      the processor said when to come back (Retry-After)
      ├── PermanentError        retrying will not help: fail this connector now
+     ├── Unidentified          none of the identifiers the connector needs is known:
+     │                         the processor was not asked (never "nothing held")
      └── ConnectorLoadError    a configured connector could not be found or built
 
 Connectors map foreign errors at their boundary (``raise TransientError(...) from exc``);
@@ -13,6 +15,8 @@ the job pipeline decides what to do from the class alone.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 
 class ConnectorError(Exception):
@@ -33,6 +37,23 @@ class RateLimited(TransientError):
 
 class PermanentError(ConnectorError):
     """A failure retrying cannot fix: bad credentials, a contract broken by the connector."""
+
+
+class Unidentified(ConnectorError):
+    """The subject cannot be found at this processor: none of ``needs`` is known.
+
+    Raised instead of answering "nothing held": the processor was never asked. The
+    job records the connector as ``unidentified`` and waits for support to supply
+    one of ``needs`` or to decide to go without this processor.
+    """
+
+    def __init__(self, connector: str, needs: Iterable[str]) -> None:
+        self.connector = connector
+        self.needs = tuple(sorted(needs))
+        super().__init__(
+            f"connector {connector!r} needs the subject's {' or '.join(self.needs)}, "
+            "and none is known"
+        )
 
 
 class ConnectorLoadError(ConnectorError):

@@ -12,13 +12,25 @@ class Subject:
     """The person a request is about.
 
     ``id`` is the platform's user id (the token's ``sub``); ``email`` and the further
-    ``identities`` (e.g. ``{"hubspot_contact_id": "901"}``) help processors that key
-    their data differently.
+    ``identities`` (e.g. ``{"hubspot_contact_id": "901"}``, ``{"phone_number": …}``)
+    help processors that key their data differently. Handover resolves them before
+    any processor runs (verified token claims, identifiers staff supplied with how
+    they were verified, identity-source connectors) and hands every connector all of
+    them; a connector that finds none of the identifiers it declares raises
+    :class:`~connectors.errors.Unidentified`.
     """
 
     id: str
     email: str | None = None
     identities: Mapping[str, str] = field(default_factory=dict)
+
+    def identifier(self, name: str) -> str | None:
+        """The identifier called ``name`` (``id``, ``email`` or an identity), if known."""
+        if name == "id":
+            return self.id
+        if name == "email":
+            return self.email
+        return self.identities.get(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,8 +4,10 @@
 
     handover-export-<job id>.zip
       index.html           a readable overview of everything inside
-      manifest.json        job, subject, dates, connectors, and per file: path,
-                           connector, dataset, category, format, records, bytes, sha256
+      manifest.json        job, subject, dates, what was asked (scope) and left out,
+                           the kinds of identifier used and how each was verified,
+                           connectors (asked or not, and why not), and per file:
+                           path, connector, dataset, category, format, records, bytes, sha256
       manifest.json.sig    Ed25519 signature of manifest.json's exact bytes, with key id
       <connector>/<dataset>.<json|csv|ndjson>
       <connector>/files/…
@@ -116,6 +118,9 @@ def _index_html(
         signature=SIGNATURE,
         connectors=[{key: None for key, _ in _PROCESSING_DETAILS} | dict(c) for c in connectors],
         details=_PROCESSING_DETAILS,
+        scope=job.options.get("scope") or {},
+        not_asked=[c for c in connectors if c.get("asked") is False],
+        identity=job.identity.statement(),
         files=files,
     )
     return page.encode("utf-8")
@@ -218,6 +223,8 @@ async def write_archive(
         "generated_at": _iso(generated_at),
         "expires_at": _iso(expires_at),
         "signing_key_id": signer.key_id,
+        "scope": job.options.get("scope"),
+        "identity": job.identity.statement(),
         "connectors": list(connectors),
         "files": files,
     }

@@ -16,6 +16,7 @@ what would happen and changes nothing, so it needs no confirmation.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -24,9 +25,19 @@ from connectors.base import Connector
 from connectors.errors import PermanentError
 from connectors.items import File, Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
-from jobs.model import IllegalTransition, InvalidRequest, Job, JobKind, JobStatus, utcnow
+from jobs.model import (
+    Identity,
+    IllegalTransition,
+    InvalidRequest,
+    Job,
+    JobKind,
+    JobStatus,
+    utcnow,
+)
 from jobs.pipeline import Outcome, Pipeline
 from jobs.receipt import build_receipt
+from jobs.storage import ObjectMissing
+from jobs.store import JobQuery
 
 
 def _iso(value: Any) -> Any:
@@ -52,6 +63,7 @@ class ErasurePipeline(Pipeline):
         connectors: Sequence[str] | None = None,
         dry_run: bool = False,
         reason: str | None = None,
+        identity: Identity | None = None,
     ) -> Job:
         """Record an erasure or restriction; a real erasure then awaits confirmation."""
         if kind not in self.kinds:
@@ -64,6 +76,7 @@ class ErasurePipeline(Pipeline):
             connectors=self.select_connectors(connectors),
             options={"dry_run": dry_run, "reason": reason},
             status=JobStatus.AWAITING_CONFIRMATION if confirm else JobStatus.QUEUED,
+            identity=identity,
         )
         return await self.submit(job)
 
@@ -104,7 +117,7 @@ class ErasurePipeline(Pipeline):
 
     async def work(self, connector: Connector, job: Job) -> Outcome:
         """Erase (and verify) or restrict at one processor."""
-        subject = Subject(job.subject)
+        subject = job.subject_view
         dry_run = bool(job.options.get("dry_run"))
         if job.kind is JobKind.RESTRICTION:
             restriction = await connector.restrict(subject, dry_run=dry_run)
@@ -160,15 +173,76 @@ class ErasurePipeline(Pipeline):
         }
 
     async def complete(self, job: Job) -> Callable[[Job], None]:
-        """Sign the receipt."""
+        """Erase Handover's own copies (after a real erasure), then sign the receipt."""
         resources = self.resources
+        copies = []
+        if job.kind is JobKind.ERASURE and not job.options.get("dry_run"):
+            copies = await self._erase_own_copies(job)
         await resources.keyring.publish(resources.signer)
         described = {name: connector.describe() for name, connector in resources.connectors.items()}
         receipt = build_receipt(
-            job, connectors=described, signer=resources.signer, issued_at=utcnow()
+            job,
+            connectors=described,
+            signer=resources.signer,
+            issued_at=utcnow(),
+            handover_copies=copies,
         )
 
         def record_receipt(job: Job) -> None:
             job.receipt = receipt
 
         return record_receipt
+
+    async def _erase_own_copies(self, job: Job) -> list[dict[str, Any]]:
+        """Delete the subject's archives and staged exports; their jobs end, saying why.
+
+        A finished export's archive and staging are deleted and the job ends
+        ``expired``; a live export that already staged data (it waits for support)
+        is canceled and its staging deleted. A live export with nothing staged yet
+        is left to run: it will show what remains after the erasure. Each entry
+        states what was deleted, for the receipt.
+        """
+        store = self.resources.store
+        storage = self.resources.storage
+        reason = f"erased: the subject's data was erased by job {job.id}"
+        copies: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            page = await store.search(
+                JobQuery(subject=job.subject, kind=JobKind.EXPORT, limit=200, cursor=cursor)
+            )
+            for export in page.jobs:
+                staged = any(run.staged_key for run in export.connectors.values())
+                if export.status in {JobStatus.SUCCEEDED, JobStatus.FAILED}:
+                    target = JobStatus.EXPIRED
+                elif (
+                    staged and not export.status.terminal and export.status is not JobStatus.RUNNING
+                ):
+                    target = JobStatus.CANCELED
+                else:
+                    continue
+                archive_deleted = False
+                if export.result is not None:
+                    with contextlib.suppress(ObjectMissing):
+                        await storage.delete(export.result.key)
+                    archive_deleted = True
+                await storage.delete_prefix(self.resources.staging_prefix(export.id))
+                moved = await store.transition(
+                    export.id,
+                    target,
+                    actor="worker",
+                    expect={export.status},
+                    data={"reason": reason},
+                )
+                copies.append(
+                    {
+                        "job": export.id,
+                        "kind": export.kind.value,
+                        "archive_deleted": archive_deleted,
+                        "staging_deleted": staged,
+                        "status": (moved or await store.get(export.id)).status.value,
+                    }
+                )
+            cursor = page.next_cursor
+            if cursor is None:
+                return copies

@@ -16,19 +16,21 @@ from typing import Any
 
 from connectors.base import Connector
 from connectors.errors import PermanentError
-from connectors.items import File, Record, Subject
+from connectors.items import File, Record
 from jobs.archive import HashingWriter, StagedFile, write_archive
 from jobs.formats import FORMATS
 from jobs.model import (
     ActiveJobExists,
     ArchiveResult,
     DownloadLimitReached,
+    Identity,
     InvalidRequest,
     Job,
     JobEnded,
     JobKind,
     JobStatus,
     StagedPart,
+    run_statement,
     utcnow,
 )
 from jobs.pipeline import Outcome, Pipeline
@@ -54,11 +56,14 @@ class ExportPipeline(Pipeline):
         categories: Sequence[str] | None = None,
         password: str | None = None,
         age_recipient: str | None = None,
+        identity: Identity | None = None,
     ) -> Job:
         """Record a new export job and queue its connector runs.
 
         ``password`` (AES-256 ZIP) or ``age_recipient`` protect the archive end to
         end. A password is kept with the job only until the archive is written.
+        The job's ``scope`` records what was asked and which processors were left
+        out, so a partial export is never mistaken for a complete one.
         """
         formats = list(dict.fromkeys(formats or self.resources.settings.default_formats))
         unknown = [f for f in formats if f not in FORMATS]
@@ -66,16 +71,23 @@ class ExportPipeline(Pipeline):
             raise InvalidRequest(
                 "formats", f"unknown format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}"
             )
+        chosen = self.select_connectors(connectors, categories)
         job = self.new_job(
             JobKind.EXPORT,
             subject=subject,
             requested_by=requested_by,
-            connectors=self.select_connectors(connectors, categories),
+            connectors=chosen,
             options={
                 "formats": formats,
                 "categories": sorted(set(categories or [])),
                 "protection": _protection(password, age_recipient),
+                "scope": {
+                    "connectors": sorted(set(connectors)) if connectors else "all",
+                    "categories": sorted(set(categories)) if categories else "all",
+                    "left_out": [name for name in self.resources.connectors if name not in chosen],
+                },
             },
+            identity=identity,
         )
         active = await self.resources.store.claim_active(JobKind.EXPORT, subject, job.id)
         if active is not None:
@@ -120,7 +132,7 @@ class ExportPipeline(Pipeline):
         categories = set(job.options.get("categories") or [])
         stager = Stager(connector.name, connector.dataset, job.options["formats"])
         writer = self.resources.storage.writer(staged_key)
-        subject = Subject(job.subject)
+        subject = job.subject_view
         try:
             async for batch in _batches(connector.export(subject), BATCH_RECORDS):
                 if isinstance(batch, File):
@@ -182,7 +194,11 @@ class ExportPipeline(Pipeline):
             for part in run.parts
         ]
         described = [
-            {**resources.connectors[name].describe(), "records": run.records}
+            {
+                **resources.connectors[name].describe(),
+                **run_statement(run),
+                "records": run.records,
+            }
             for name, run in job.connectors.items()
             if name in resources.connectors
         ]

@@ -3,9 +3,16 @@
 States and the only moves between them::
 
     awaiting_confirmation ─▶ queued ─▶ running ─▶ succeeded ─▶ expired
-            │                  │  ▲       │
-            └──────────────────┴──┼───────┴─▶ failed ─┐      (any live state ─▶ canceled)
-                                  └───────────────────┘ retry
+            │               ▲  │  ▲       │                     ▲
+            │  identifiers  │  │  │       ▼                     │ (erased: the subject's
+            │  added, or    └──┼──┼─ needs_attention            │  data is gone)
+            │  decided         │  │                             │
+            └──────────────────┴──┼──────────▶ failed ──────────┘
+                                  └─────────────┘ retry       (any live state ─▶ canceled)
+
+``needs_attention`` is live: a processor could not be asked (no identifier it
+needs is known) and the job waits, without holding its subject, for support to
+supply one or to decide to go without that processor.
 
 :func:`check_transition` is the one place that says which moves are legal; the
 store calls it inside the same Redis transaction that writes the move and its event.
@@ -13,10 +20,13 @@ store calls it inside the same Redis transaction that writes the move and its ev
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
+
+from connectors.items import Subject
 
 
 class JobKind(StrEnum):
@@ -33,6 +43,7 @@ class JobStatus(StrEnum):
     AWAITING_CONFIRMATION = "awaiting_confirmation"
     QUEUED = "queued"
     RUNNING = "running"
+    NEEDS_ATTENTION = "needs_attention"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELED = "canceled"
@@ -56,19 +67,31 @@ class RunStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    #: None of the identifiers the processor needs is known: it was not asked (yet).
+    UNIDENTIFIED = "unidentified"
+    #: Support decided, with a reason, to go without this processor: it was never asked.
+    NOT_ASKED = "not_asked"
 
     @property
     def finished(self) -> bool:
         """The run will not change unless the job is retried."""
-        return self in {RunStatus.SUCCEEDED, RunStatus.FAILED}
+        return self in {RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.NOT_ASKED}
+
+    @property
+    def settled(self) -> bool:
+        """No work is under way or due for the run: finished, or waiting on a person."""
+        return self.finished or self is RunStatus.UNIDENTIFIED
 
 
 _LEGAL: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.AWAITING_CONFIRMATION: frozenset({JobStatus.QUEUED, JobStatus.CANCELED}),
     JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED}),
-    JobStatus.RUNNING: frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.NEEDS_ATTENTION}
+    ),
+    JobStatus.NEEDS_ATTENTION: frozenset({JobStatus.QUEUED, JobStatus.CANCELED}),
     JobStatus.SUCCEEDED: frozenset({JobStatus.EXPIRED}),
-    JobStatus.FAILED: frozenset({JobStatus.QUEUED}),
+    JobStatus.FAILED: frozenset({JobStatus.QUEUED, JobStatus.EXPIRED}),
     JobStatus.CANCELED: frozenset(),
     JobStatus.EXPIRED: frozenset(),
 }
@@ -174,10 +197,13 @@ class ConnectorRun:
     staged_key: str | None = None
     parts: list[StagedPart] = field(default_factory=list)
     report: dict[str, Any] | None = None
+    #: Why the processor was not asked: ``{"reason", "by", "at"}`` (status ``not_asked``).
+    decision: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
         return {
+            "decision": self.decision,
             "status": self.status.value,
             "attempts": self.attempts,
             "records": self.records,
@@ -206,7 +232,89 @@ class ConnectorRun:
             staged_key=data.get("staged_key"),
             parts=[StagedPart.from_dict(p) for p in data.get("parts", [])],
             report=data.get("report"),
+            decision=data.get("decision"),
         )
+
+
+@dataclass
+class Identity:
+    """Who the subject is at the processors: identifiers and the evidence for each.
+
+    ``identifiers`` maps a name (``email``, ``phone_number``, ``hubspot_contact_id``, …)
+    to its value; the platform user id is the job's ``subject``. The values are
+    personal data: they live on the job only while it is live (the store forgets
+    them when it ends) and never appear in logs, webhooks, metrics, manifests or
+    receipts. ``evidence`` keeps, for good, which *kinds* of identifier were known
+    and how each was verified or found. ``resolved`` is false until the identity
+    sources have run for the identifiers known now.
+    """
+
+    identifiers: dict[str, str] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    resolved: bool = False
+
+    def subject(self, subject_id: str) -> Subject:
+        """The connectors' view of the subject."""
+        identities = {k: v for k, v in self.identifiers.items() if k != "email"}
+        return Subject(subject_id, email=self.identifiers.get("email"), identities=identities)
+
+    def add(self, found: Mapping[str, str], evidence: dict[str, Any]) -> list[str]:
+        """Record identifiers not yet known, with how they were obtained; returns their names.
+
+        A value already known is never replaced: the first, verified value stands.
+        """
+        added = sorted(name for name in found if name not in self.identifiers)
+        if added:
+            self.identifiers.update({name: found[name] for name in added})
+            self.evidence.append({"identifiers": added, **evidence})
+        return added
+
+    def statement(self) -> list[dict[str, Any]]:
+        """What signed documents say of the identity: kinds and how verified, never values."""
+        return [
+            {key: entry[key] for key in ("identifiers", "source", "verified_by") if key in entry}
+            for entry in self.evidence
+        ]
+
+    def forget(self) -> None:
+        """Drop the values (the job has ended); the evidence stays."""
+        self.identifiers.clear()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (for the store only: it holds the values)."""
+        return {
+            "identifiers": self.identifiers,
+            "evidence": self.evidence,
+            "resolved": self.resolved,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> Identity:
+        """Inverse of :meth:`to_dict`."""
+        if not data:
+            return cls()
+        return cls(
+            identifiers=dict(data.get("identifiers") or {}),
+            evidence=list(data.get("evidence") or []),
+            resolved=bool(data.get("resolved")),
+        )
+
+
+def run_statement(run: ConnectorRun) -> dict[str, Any]:
+    """Whether a processor was asked, as signed documents state it.
+
+    A processor that was not asked is never reported as holding nothing: the
+    statement says ``asked: false`` and the recorded reason.
+    """
+    if run.status is RunStatus.NOT_ASKED:
+        decision = run.decision or {}
+        return {
+            "asked": False,
+            "status": run.status.value,
+            "not_asked_reason": decision.get("reason"),
+            "decided_at": decision.get("at"),
+        }
+    return {"asked": run.status is RunStatus.SUCCEEDED, "status": run.status.value}
 
 
 @dataclass
@@ -265,6 +373,12 @@ class Job:
     receipt: dict[str, Any] | None = None
     not_before: datetime | None = None
     error: str | None = None
+    identity: Identity = field(default_factory=Identity)
+
+    @property
+    def subject_view(self) -> Subject:
+        """The subject with every identifier known now, as connectors receive it."""
+        return self.identity.subject(self.subject)
 
     def core_dict(self) -> dict[str, Any]:
         """Everything but the per-connector runs, which are stored separately."""
@@ -283,6 +397,7 @@ class Job:
             "receipt": self.receipt,
             "not_before": _iso(self.not_before),
             "error": self.error,
+            "identity": self.identity.to_dict(),
         }
 
     @classmethod
@@ -310,6 +425,7 @@ class Job:
             receipt=core.get("receipt"),
             not_before=_from_iso(core.get("not_before")),
             error=core.get("error"),
+            identity=Identity.from_dict(core.get("identity")),
         )
 
 

@@ -2,18 +2,25 @@
 
 ::
 
-    submit ──▶ run_connector(job, c₁, gen) ─┐   each does its connector's work, then
-           ├─▶ run_connector(job, c₂, gen) ─┼─▶ marks its run finished; the one that
-           └─▶ run_connector(job, cₙ, gen) ─┘   finishes last queues finish(job, gen)
-                                                    │
-                      succeeded (with the kind's result) ◀┘ or failed, naming the
-                                                           connectors that failed
+    submit ──▶ resolve_identity(job, gen) ─┬─▶ run_connector(job, c₁, gen) ─┐ each does its
+               takes the subject, runs    ├─▶ run_connector(job, c₂, gen) ─┼─▶ work; the last
+               identity sources; a run    └─▶ run_connector(job, cₙ, gen) ─┘ to settle queues
+               lacking ids: unidentified                                     finish(job, gen)
+                                                                                 │
+         succeeded (with the kind's result), or failed naming the connectors, ◀──┘
+         or needs_attention naming the processors that could not be asked
 
 arq runs every task at least once, so each step checks before it writes: a
 finished run is never redone, a finished job is never refinished, and a stale
 generation (the job was retried meanwhile) changes nothing. One job per subject
 runs at a time (an export never overlaps an erasure): a job that finds the subject
 busy waits and is woken when the running job ends.
+
+A processor that could not be asked never counts as done: its run stays
+``unidentified`` until support adds identifiers (:meth:`Pipeline.add_identifiers`,
+which re-runs only those) or decides, with a reason, to go without it
+(:meth:`Pipeline.go_without`, the run becomes ``not_asked`` and every signed
+document says so).
 
 Subclasses say what a connector's work is (:meth:`Pipeline.work`) and what a
 finished job's result is (:meth:`Pipeline.complete`).
@@ -28,7 +35,7 @@ import logging
 import random
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -37,11 +44,18 @@ from arq.jobs import Job as ArqJob
 from arq.worker import Retry
 
 from connectors.base import Connector
-from connectors.errors import ConnectorError, RateLimited, TransientError
+from connectors.errors import ConnectorError, RateLimited, TransientError, Unidentified
+from jobs.identity import (
+    check_identifier_value,
+    checked_identifiers,
+    identified,
+    resolve_identity,
+)
 from jobs.ids import new_ulid
 from jobs.metrics import seconds_between
 from jobs.model import (
     ConnectorRun,
+    Identity,
     IllegalTransition,
     InvalidRequest,
     Job,
@@ -50,6 +64,7 @@ from jobs.model import (
     JobStatus,
     RunStatus,
     StagedPart,
+    check_transition,
     utcnow,
 )
 from jobs.queue import QUEUE_NAME, deserialize
@@ -59,6 +74,7 @@ from jobs.webhooks import DELIVER_TASK
 
 log = logging.getLogger("handover.pipeline")
 
+RESOLVE_TASK = "resolve_identity"
 RUN_TASK = "run_connector"
 FINISH_TASK = "finish"
 MONTH = timedelta(days=30)
@@ -113,6 +129,22 @@ def run_task_id(job: Job, connector: str) -> str:
     return f"run:{job.id}:{job.generation}:{connector}"
 
 
+def resolve_task_id(job: Job) -> str:
+    """arq's id for the job's identity step: deterministic, like a run's."""
+    return f"resolve:{job.id}:{job.generation}"
+
+
+LIVE = frozenset(
+    {
+        JobStatus.AWAITING_CONFIRMATION,
+        JobStatus.QUEUED,
+        JobStatus.RUNNING,
+        JobStatus.NEEDS_ATTENTION,
+    }
+)
+"""The states of a job that has not ended."""
+
+
 class Pipeline(ABC):
     """The work of one or more job kinds; one instance per process, shared by tasks."""
 
@@ -159,8 +191,10 @@ class Pipeline(ABC):
         connectors: Sequence[str],
         options: dict[str, Any],
         status: JobStatus = JobStatus.QUEUED,
+        identity: Identity | None = None,
     ) -> Job:
         """A job received now, due one month from now (Art. 12(3))."""
+        check_identifier_value(subject, "subject")
         now = utcnow()
         return Job(
             id=new_ulid(),
@@ -173,6 +207,7 @@ class Pipeline(ABC):
             due_at=now + self.resources.settings.deadline,
             options=options,
             connectors={name: ConnectorRun() for name in connectors},
+            identity=identity or Identity(),
         )
 
     async def submit(self, job: Job) -> Job:
@@ -200,22 +235,32 @@ class Pipeline(ABC):
     ) -> None:
         """Queue every unfinished connector run of the job's current generation.
 
-        Task ids are deterministic, so queuing twice queues once. ``again`` queues
-        a fresh copy even so: for a run whose task was lost with its worker before
-        it took its lease (the lease makes a duplicate harmless).
+        Until the job runs with its identity resolved, its one step is the identity
+        step, which takes the subject and queues the runs. Task ids are deterministic,
+        so queuing twice queues once.
+        ``again`` queues a fresh copy even so: for a run whose task was lost with its
+        worker before it took its lease (the lease makes a duplicate harmless).
         """
+        nonce = f"|again|{uuid.uuid4().hex[:8]}" if again else ""
+        if not job.identity.resolved or job.status is not JobStatus.RUNNING:
+            await self.resources.redis.enqueue_job(
+                RESOLVE_TASK,
+                job.kind.value,
+                job.id,
+                job.generation,
+                _job_id=resolve_task_id(job) + nonce,
+                _defer_by=defer,
+            )
+            return
         for name, run in job.connectors.items():
-            if not run.status.finished:
-                task_id = run_task_id(job, name)
-                if again:
-                    task_id += f"|again|{uuid.uuid4().hex[:8]}"
+            if not run.status.settled:
                 await self.resources.redis.enqueue_job(
                     RUN_TASK,
                     job.kind.value,
                     job.id,
                     name,
                     job.generation,
-                    _job_id=task_id,
+                    _job_id=run_task_id(job, name) + nonce,
                     _defer_by=defer,
                 )
 
@@ -229,6 +274,97 @@ class Pipeline(ABC):
 
     async def cleanup(self, job: Job) -> None:
         """Remove what the job no longer needs once it has ended (nothing by default)."""
+
+    async def resolve(self, job_id: str, generation: int, attempt: int = 1) -> None:
+        """The job's first step: take the subject, learn its identifiers, queue the runs.
+
+        Done under a lease, like a connector run. Identity sources run in dependency
+        order; a transient failure retries the step with backoff, and once retries
+        are spent the source's failure is recorded and the job goes on without what
+        it would have found. Runs that can be given none of their identifiers end
+        ``unidentified`` without being queued.
+        """
+        unit = f"resolve|{job_id}|{generation}|"
+        task_args = [self.kinds[0].value, job_id, generation]
+        async with self.resources.leases.hold(unit, RESOLVE_TASK, task_args) as held:
+            if held:
+                await self._resolve(job_id, generation, attempt)
+
+    async def _resolve(self, job_id: str, generation: int, attempt: int) -> None:
+        store = self.resources.store
+        job = await store.get(job_id)
+        if job.generation != generation or job.status not in {JobStatus.QUEUED, JobStatus.RUNNING}:
+            return
+        if job.not_before is not None and utcnow() < job.not_before:
+            return  # woken early; the deferred step will come
+        if job.status is JobStatus.QUEUED:
+            holder = await store.claim_subject(job.subject, job.id)
+            if holder is not None:
+                await store.add_event(job_id, "waiting", "worker", {"for": holder})
+                return
+            started = await store.transition(
+                job_id,
+                JobStatus.RUNNING,
+                actor="worker",
+                event="started",
+                expect={JobStatus.QUEUED},
+            )
+            job = started or await store.get(job_id)
+            if job.status is not JobStatus.RUNNING or job.generation != generation:
+                return
+        if job.identity.resolved:
+            await self.enqueue_runs(job)
+            await self.fan_in(job)
+            return
+        timeout = self.resources.settings.connector_timeout
+        sources = self.resources.identity_sources
+        try:
+            resolution = await resolve_identity(
+                sources, job.subject_view, time_limit=timeout, tolerate_transient=False
+            )
+        except TransientError as exc:
+            delay = self.retry_policy.delay(attempt, exc)
+            if delay is not None:
+                await store.add_event(
+                    job_id, "identity.retrying", "worker", {"error": error_text(exc)}
+                )
+                raise Retry(defer=delay) from exc
+            resolution = await resolve_identity(
+                sources, job.subject_view, time_limit=timeout, tolerate_transient=True
+            )
+        connectors = self.resources.connectors
+        unidentified: list[str] = []
+
+        def resolved(job: Job) -> None:
+            for evidence in resolution.evidence:
+                found = {name: resolution.found[name] for name in evidence["identifiers"]}
+                job.identity.add(found, {k: v for k, v in evidence.items() if k != "identifiers"})
+            job.identity.resolved = True
+            subject = job.subject_view
+            unidentified.clear()
+            for name, run in job.connectors.items():
+                if run.status is RunStatus.PENDING and not identified(connectors[name], subject):
+                    run.status = RunStatus.UNIDENTIFIED
+                    run.error = _needs(connectors[name].identifiers)
+                    run.error_class = None
+                    unidentified.append(name)
+
+        after = await store.modify(
+            job_id,
+            resolved,
+            actor="worker",
+            event="identity.resolved",
+            data={
+                "identifiers": sorted(resolution.found),
+                "failures": resolution.failures,
+                "unidentified": unidentified,
+            },
+            expect={JobStatus.RUNNING},
+        )
+        if after is None or after.generation != generation:
+            return
+        await self.enqueue_runs(after)
+        await self.fan_in(after)
 
     async def run_connector(
         self, job_id: str, name: str, generation: int, attempt: int = 1
@@ -252,23 +388,13 @@ class Pipeline(ABC):
             return
         if job.not_before is not None and utcnow() < job.not_before:
             return  # a run woken early; the deferred one will come
-        if job.connectors[name].status.finished:
+        if not job.identity.resolved:
+            return  # the identity step queues the runs once it is done
+        if job.connectors[name].status.settled:
             await self.fan_in(job)
             return
-        if job.status is JobStatus.QUEUED:
-            holder = await store.claim_subject(job.subject, job.id)
-            if holder is not None:
-                await store.add_event(
-                    job_id, "waiting", "worker", {"connector": name, "for": holder}
-                )
-                return
-            await store.transition(
-                job_id,
-                JobStatus.RUNNING,
-                actor="worker",
-                event="started",
-                expect={JobStatus.QUEUED},
-            )
+        if job.status is not JobStatus.RUNNING:
+            return  # the identity step takes the subject and queues the runs
 
         def started(run: ConnectorRun) -> None:
             run.status = RunStatus.RUNNING
@@ -286,8 +412,13 @@ class Pipeline(ABC):
         connector = self.resources.connectors[name]
         timeout = self.resources.settings.connector_timeout
         try:
+            if not identified(connector, job.subject_view):
+                raise Unidentified(name, connector.identifiers)
             async with asyncio.timeout(timeout.total_seconds()):
                 outcome = await self.work(connector, job)
+        except Unidentified as exc:
+            await self._unidentified_run(job_id, name, generation, exc)
+            return
         except (TransientError, StorageError) as exc:
             delay = self.retry_policy.delay(attempt, exc)
             if delay is None:
@@ -336,6 +467,28 @@ class Pipeline(ABC):
             )
             await self.fan_in(after)
 
+    async def _unidentified_run(
+        self, job_id: str, name: str, generation: int, exc: Unidentified
+    ) -> None:
+        """The processor could not be asked: the run waits for identifiers or a decision."""
+
+        def unidentified(run: ConnectorRun) -> None:
+            run.status = RunStatus.UNIDENTIFIED
+            run.finished_at = utcnow()
+            run.error = _needs(exc.needs)
+            run.error_class = None
+
+        after = await self.resources.store.update_run(
+            job_id,
+            name,
+            unidentified,
+            generation=generation,
+            event="connector.unidentified",
+            data={"needs": list(exc.needs)},
+        )
+        if after is not None:
+            await self.fan_in(after)
+
     async def _fail_run(self, job_id: str, name: str, generation: int, exc: BaseException) -> None:
         error_class = classify(exc)
         message = error_text(exc)
@@ -371,8 +524,8 @@ class Pipeline(ABC):
             await self.fan_in(after)
 
     async def fan_in(self, job: Job, *, again: bool = False) -> None:
-        """Queue the finish once every run has finished (idempotent; ``again`` as above)."""
-        if all(run.status.finished for run in job.connectors.values()):
+        """Queue the finish once every run has settled (idempotent; ``again`` as above)."""
+        if all(run.status.settled for run in job.connectors.values()):
             task_id = f"finish:{job.id}:{job.generation}"
             if again:
                 task_id += f"|again|{uuid.uuid4().hex[:8]}"
@@ -424,7 +577,25 @@ class Pipeline(ABC):
                 change=record_failure,
                 data={"connectors": sorted(failed)},
             )
-        elif all(run.status is RunStatus.SUCCEEDED for run in job.connectors.values()):
+        elif any(run.status is RunStatus.UNIDENTIFIED for run in job.connectors.values()):
+            waiting = sorted(
+                name for name, run in job.connectors.items() if run.status is RunStatus.UNIDENTIFIED
+            )
+            paused = await store.transition(
+                job_id,
+                JobStatus.NEEDS_ATTENTION,
+                actor="worker",
+                expect={JobStatus.RUNNING},
+                data={"unidentified": waiting},
+            )
+            if paused is not None:
+                await self.notify(paused, "job.needs_attention")
+                await self.release_subject(paused)
+            return
+        elif all(
+            run.status in {RunStatus.SUCCEEDED, RunStatus.NOT_ASKED}
+            for run in job.connectors.values()
+        ):
             change = await self.complete(job)
             ended = await store.transition(
                 job_id,
@@ -449,6 +620,10 @@ class Pipeline(ABC):
             status=job.status.value,
         )
         await self.notify(job, f"job.{job.status.value}")
+        await self.release_subject(job)
+
+    async def release_subject(self, job: Job) -> None:
+        """The job no longer works on its subject: wake the jobs waiting for it."""
         store = self.resources.store
         for waiting_id in await store.release_subject(job.subject, job.id):
             with contextlib.suppress(Exception):
@@ -458,20 +633,19 @@ class Pipeline(ABC):
 
     async def cancel(self, job_id: str, actor: str, reason: str | None = None) -> Job:
         """Stop a job that has not ended; running connector work is aborted within seconds."""
-        live = {JobStatus.AWAITING_CONFIRMATION, JobStatus.QUEUED, JobStatus.RUNNING}
         job = await self.resources.store.transition(
             job_id,
             JobStatus.CANCELED,
             actor=actor,
-            expect=live,
+            expect=LIVE,
             data={"reason": reason} if reason else None,
         )
         if job is None:
             current = await self.resources.store.get(job_id)
             raise IllegalTransition(job_id, current.status, JobStatus.CANCELED)
-        for name in job.connectors:
+        for task_id in [resolve_task_id(job), *(run_task_id(job, name) for name in job.connectors)]:
             arq_job = ArqJob(
-                run_task_id(job, name),
+                task_id,
                 self.resources.redis,
                 _queue_name=QUEUE_NAME,
                 _deserializer=deserialize,
@@ -488,8 +662,9 @@ class Pipeline(ABC):
         def again(job: Job) -> None:
             job.generation += 1
             job.error = None
+            job.identity.resolved = False
             for name, run in job.connectors.items():
-                if run.status is not RunStatus.SUCCEEDED:
+                if run.status not in {RunStatus.SUCCEEDED, RunStatus.NOT_ASKED}:
                     job.connectors[name] = ConnectorRun(attempts=run.attempts)
 
         job = await self.resources.store.transition(
@@ -503,10 +678,122 @@ class Pipeline(ABC):
         if job is None:
             current = await self.resources.store.get(job_id)
             raise IllegalTransition(job_id, current.status, JobStatus.QUEUED)
-        if job.connectors and all(run.status.finished for run in job.connectors.values()):
-            await self.fan_in(job)
-        else:
+        await self.enqueue_runs(job)
+        return job
+
+    async def add_identifiers(
+        self, job_id: str, actor: str, identifiers: dict[str, str], verified_by: str
+    ) -> Job:
+        """Support supplies identifiers, saying how they were verified; only the runs that
+        could not be asked run again (after the identity sources, which may now find more).
+
+        A value already known is never replaced. A job that needed attention resumes.
+        """
+        fresh = checked_identifiers(identifiers)
+        if not fresh:
+            raise InvalidRequest("identities", "name at least one identifier")
+        if not verified_by.strip():
+            raise InvalidRequest("verified_by", "say how the subject's identity was verified")
+
+        def added(job: Job) -> None:
+            clashing = sorted(
+                name
+                for name, value in fresh.items()
+                if job.identity.identifiers.get(name, value) != value
+            )
+            if clashing:
+                raise InvalidRequest(
+                    "identities",
+                    f"{', '.join(clashing)} already known with another value; "
+                    "cancel this request and file a new one if the subject is someone else",
+                )
+            new = job.identity.add(
+                fresh, {"source": "staff", "verified_by": verified_by.strip(), "by": actor}
+            )
+            if not new:
+                raise InvalidRequest("identities", "every identifier named is already known")
+            job.identity.resolved = False
+            for run in job.connectors.values():
+                if run.status is RunStatus.UNIDENTIFIED:
+                    run.status = RunStatus.PENDING
+                    run.error = None
+            if job.status is JobStatus.NEEDS_ATTENTION:
+                check_transition(job.id, job.status, JobStatus.QUEUED)
+                job.status = JobStatus.QUEUED
+
+        job = await self._change_live(
+            job_id,
+            added,
+            actor,
+            "identifiers.added",
+            {"identifiers": sorted(fresh), "verified_by": verified_by.strip()},
+            action="add identifiers",
+        )
+        if job.status in {JobStatus.QUEUED, JobStatus.RUNNING}:
             await self.enqueue_runs(job)
+        return job
+
+    async def go_without(
+        self, job_id: str, actor: str, connectors: Sequence[str], reason: str
+    ) -> Job:
+        """Record support's decision to finish without processors that could not be asked.
+
+        Each named run must be ``unidentified``; it becomes ``not_asked`` with the
+        reason, who decided and when, and every signed document says so. Once no run
+        is waiting, the job finishes.
+        """
+        if not reason.strip():
+            raise InvalidRequest("reason", "say why the request may go without these processors")
+        names = list(dict.fromkeys(connectors))
+        if not names:
+            raise InvalidRequest("connectors", "name the processors to go without")
+        decided_at = utcnow().isoformat().replace("+00:00", "Z")
+
+        def decided(job: Job) -> None:
+            for name in names:
+                run = job.connectors.get(name)
+                if run is None or run.status is not RunStatus.UNIDENTIFIED:
+                    state = "not part of this job" if run is None else run.status.value
+                    raise InvalidRequest(
+                        "connectors", f"{name} is {state}; only unidentified processors qualify"
+                    )
+                run.status = RunStatus.NOT_ASKED
+                run.decision = {"reason": reason.strip(), "by": actor, "at": decided_at}
+            if job.status is JobStatus.NEEDS_ATTENTION and all(
+                run.status.settled and run.status is not RunStatus.UNIDENTIFIED
+                for run in job.connectors.values()
+            ):
+                check_transition(job.id, job.status, JobStatus.QUEUED)
+                job.status = JobStatus.QUEUED
+
+        job = await self._change_live(
+            job_id,
+            decided,
+            actor,
+            "connectors.not_asked",
+            {"connectors": names, "reason": reason.strip()},
+            action="decide to go without a processor",
+        )
+        if job.status is JobStatus.QUEUED:
+            await self.enqueue_runs(job)
+        return job
+
+    async def _change_live(
+        self,
+        job_id: str,
+        change: Callable[[Job], None],
+        actor: str,
+        event: str,
+        data: dict[str, Any],
+        *,
+        action: str,
+    ) -> Job:
+        job = await self.resources.store.modify(
+            job_id, change, actor=actor, event=event, data=data, expect=LIVE
+        )
+        if job is None:
+            current = await self.resources.store.get(job_id)
+            raise JobEnded(job_id, current.status, action)
         return job
 
     async def extend(self, job_id: str, actor: str, *, months: int, reason: str) -> Job:
@@ -525,16 +812,19 @@ class Pipeline(ABC):
             job.options["extended_months"] = used + months
             job.due_at += months * MONTH
 
-        live = {JobStatus.AWAITING_CONFIRMATION, JobStatus.QUEUED, JobStatus.RUNNING}
         job = await self.resources.store.modify(
             job_id,
             extended,
             actor=actor,
             event="extended",
             data={"months": months, "reason": reason},
-            expect=live,
+            expect=LIVE,
         )
         if job is None:
             current = await self.resources.store.get(job_id)
             raise JobEnded(job_id, current.status, "extend its deadline")
         return job
+
+
+def _needs(identifiers: Iterable[str]) -> str:
+    return f"not asked: needs the subject's {' or '.join(sorted(identifiers))}, and none is known"

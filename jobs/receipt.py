@@ -6,19 +6,20 @@ A receipt is one JSON document carrying its own signature::
 
 The signature covers the document without its ``signature`` field, serialised
 canonically (keys sorted, no spaces). It holds no personal data beyond the
-subject's id: counts, dataset names, legal bases, dates.
+subject's id: counts, dataset names, legal bases, dates, and the kinds of
+identifier used with how each was verified (never their values).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from jobs.model import Job
+from jobs.model import Job, JobKind, run_statement
 from jobs.signing import SignatureError, Signer, verify
 
 FORMAT = "handover-receipt"
@@ -40,8 +41,14 @@ def build_receipt(
     connectors: Mapping[str, Mapping[str, Any]],
     signer: Signer,
     issued_at: datetime,
+    handover_copies: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
-    """The signed receipt for a finished erasure or restriction job."""
+    """The signed receipt for a finished erasure or restriction job.
+
+    Each processor's entry says whether it was asked; one that was not carries the
+    recorded reason and no report or verification. ``handover_copies`` lists the
+    subject's earlier exports whose archives and staged objects Handover deleted.
+    """
     entries = []
     for name, run in job.connectors.items():
         described = connectors.get(name, {})
@@ -50,7 +57,7 @@ def build_receipt(
                 "connector": name,
                 "type": described.get("type"),
                 "recipient": described.get("recipient"),
-                "status": run.status.value,
+                **run_statement(run),
                 "finished_at": _iso(run.finished_at),
                 **(run.report or {}),
             }
@@ -66,9 +73,12 @@ def build_receipt(
             "dry_run": bool(job.options.get("dry_run")),
         },
         "subject": {"id": job.subject},
+        "identity": job.identity.statement(),
         "issued_at": _iso(issued_at),
         "connectors": entries,
     }
+    if job.kind is JobKind.ERASURE:
+        document["handover_copies"] = [dict(copy) for copy in handover_copies]
     document["signature"] = orjson.loads(signer.sign(canonical(document)))
     return document
 

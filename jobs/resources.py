@@ -13,12 +13,13 @@ from connectors.base import Connector
 from connectors.demo import seed_demo_database
 from connectors.registry import ConnectorConfig, build_connectors
 from jobs.audit import AuditLog
+from jobs.identity import IdentityConfigError, plan_sources
 from jobs.keyring import KeyRing
 from jobs.leases import Leases
 from jobs.localstore import LocalStore, load_link_secret
 from jobs.metrics import Metrics
 from jobs.queue import API_RETRIES, connect, embedded_redis
-from jobs.settings import Settings
+from jobs.settings import Settings, SettingsError
 from jobs.signing import Signer
 from jobs.storage import ObjectStore, S3Store
 from jobs.store import JobStore
@@ -71,6 +72,8 @@ class Resources:
     metrics: Metrics
     leases: Leases
     audit: AuditLog
+    #: The connectors that look identifiers up, in the order they run (:mod:`jobs.identity`).
+    identity_sources: tuple[Connector, ...] = ()
 
     @property
     def prefix(self) -> str:
@@ -118,6 +121,10 @@ async def open_resources(
             for connector in connectors.values():
                 await connector.open()
                 stack.push_async_callback(connector.close)
+        try:
+            sources = plan_sources(connectors, (name for _, name in settings.identity_claims))
+        except IdentityConfigError as exc:
+            raise SettingsError(f"connectors: {exc}") from None
         key_file = settings.signing_key_file or settings.data_dir / "signing-key.pem"
         signer = Signer.from_file(key_file, create=settings.signing_key_file is None)
         keyring = KeyRing(redis, namespace, settings.archive_ttl)
@@ -132,4 +139,5 @@ async def open_resources(
             metrics=Metrics(redis, namespace),
             leases=Leases(redis, namespace),
             audit=AuditLog(redis, namespace),
+            identity_sources=sources,
         )

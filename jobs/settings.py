@@ -196,6 +196,32 @@ def _formats(value: object) -> tuple[str, ...]:
     return formats
 
 
+_CLAIM_OR_IDENTIFIER = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+def _identity_claims(value: object) -> tuple[tuple[str, str], ...]:
+    """``"crm_id:hubspot_contact_id,…"`` (or a TOML table): claims vouching for identifiers."""
+    if isinstance(value, Mapping):
+        pairs = [(str(claim), str(name)) for claim, name in value.items()]
+    elif isinstance(value, str):
+        pairs = []
+        for item in (part.strip() for part in value.split(",")):
+            if not item:
+                continue
+            claim, colon, name = item.partition(":")
+            if not colon:
+                raise ValueError(f"expected claim:identifier, got {item!r}")
+            pairs.append((claim.strip(), name.strip()))
+    else:
+        raise ValueError("expected claim:identifier pairs, comma-separated")
+    for claim, name in pairs:
+        if not _CLAIM_OR_IDENTIFIER.fullmatch(claim) or not _CLAIM_OR_IDENTIFIER.fullmatch(name):
+            raise ValueError(f"{claim}:{name} is not a claim name and an identifier name")
+        if name == "id" or claim in {"sub", "email", "phone_number"}:
+            raise ValueError(f"{claim}:{name}: sub, email and phone_number are built in")
+    return tuple(pairs)
+
+
 _PARSERS: dict[str, Any] = {
     "redis_url": _redis_url,
     "s3_bucket": _optional_text,
@@ -226,6 +252,7 @@ _PARSERS: dict[str, Any] = {
     "subject_rate_limit": _count,
     "erasure_grace": parse_duration,
     "reauth_max_age": parse_duration,
+    "identity_claims": _identity_claims,
 }
 
 
@@ -272,6 +299,7 @@ class Settings:
     subject_rate_limit: int = 20
     erasure_grace: timedelta | None = None
     reauth_max_age: timedelta = timedelta(minutes=10)
+    identity_claims: tuple[tuple[str, str], ...] = ()
     connectors: tuple[ConnectorConfig, ...] = field(default=(), repr=False)
     retention: tuple[RetentionConfig, ...] = field(default=(), repr=False)
 

@@ -15,7 +15,9 @@ Layout (``ns`` is the key namespace, ``handover:`` by default)::
     {ns}counts                   hash: "{kind}:{status}" → number of jobs
     {ns}gate:{subject}           hash: the job running for the subject; set ":waiting"
 
-Job records carry no TTL: a live job is never lost to expiry. Every change to a
+Job records carry no TTL: a live job is never lost to expiry. A job that ends
+loses its identifiers' values in the same transaction (the evidence of their
+kinds stays). Every change to a
 job happens in :meth:`JobStore.modify` (status moves through
 :meth:`JobStore.transition`), inside one optimistic Redis transaction that checks
 the change, writes it, keeps the indexes and counts right and appends the event.
@@ -171,6 +173,8 @@ class JobStore:
                     previous, previous_due = job.status, job.due_at
                     runs_before = {n: r.to_dict() for n, r in job.connectors.items()}
                     change(job)
+                    if job.status.terminal:
+                        job.identity.forget()  # identifiers live on the job only while it is
                     job.updated_at = utcnow()
                     pipe.multi()
                     mapping = {"core": orjson.dumps(job.core_dict())}

@@ -28,7 +28,15 @@ from connectors.base import Connector
 from jobs.erasure import ErasurePipeline
 from jobs.export import ExportPipeline
 from jobs.model import Job, JobKind, JobStatus, utcnow
-from jobs.pipeline import FINISH_TASK, RUN_TASK, Pipeline, RetryPolicy, run_task_id
+from jobs.pipeline import (
+    FINISH_TASK,
+    RESOLVE_TASK,
+    RUN_TASK,
+    Pipeline,
+    RetryPolicy,
+    resolve_task_id,
+    run_task_id,
+)
 from jobs.queue import QUEUE_NAME, deserialize, serialize
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
@@ -91,6 +99,12 @@ async def _redis_outage_retries(ctx: Mapping[str, Any]) -> AsyncIterator[None]:
         raise Retry(defer=delay) from exc
 
 
+async def resolve_identity(ctx: dict[str, Any], kind: str, job_id: str, generation: int) -> None:
+    """Task: a job's first step, learning the subject's identifiers."""
+    async with _redis_outage_retries(ctx):
+        await pipelines(ctx)[JobKind(kind)].resolve(job_id, generation, attempt=ctx["job_try"])
+
+
 async def run_connector(
     ctx: dict[str, Any], kind: str, job_id: str, connector: str, generation: int
 ) -> None:
@@ -109,9 +123,9 @@ async def finish(ctx: dict[str, Any], kind: str, job_id: str, generation: int) -
 async def _waiting_in_queue(resources: Resources, job: Job) -> bool:
     """Whether one of the job's tasks sits in the queue, not yet picked up (nothing lost)."""
     task_ids = [
-        run_task_id(job, name) for name, run in job.connectors.items() if not run.status.finished
+        run_task_id(job, name) for name, run in job.connectors.items() if not run.status.settled
     ]
-    task_ids.append(f"finish:{job.id}:{job.generation}")
+    task_ids += [f"finish:{job.id}:{job.generation}", resolve_task_id(job)]
     async with resources.redis.pipeline(transaction=False) as pipe:
         for task_id in task_ids:
             pipe.exists(job_key_prefix + task_id)
@@ -151,8 +165,10 @@ async def sweep(ctx: dict[str, Any]) -> int:
             if await _waiting_in_queue(resources, job):
                 continue
             pipeline = pipelines(ctx)[job.kind]
-            if job.status is JobStatus.RUNNING and all(
-                run.status.finished for run in job.connectors.values()
+            if (
+                job.status is JobStatus.RUNNING
+                and job.identity.resolved
+                and all(run.status.settled for run in job.connectors.values())
             ):
                 await pipeline.fan_in(job, again=True)
             else:
@@ -307,6 +323,13 @@ def create_worker(
     return Worker(
         functions=[
             # keep_result=0: a run that found its subject busy can be queued again when woken.
+            func(
+                resolve_identity,
+                name=RESOLVE_TASK,
+                timeout=connector_timeout,
+                max_tries=8,
+                keep_result=0,
+            ),
             func(
                 run_connector, name=RUN_TASK, timeout=connector_timeout, max_tries=8, keep_result=0
             ),

@@ -14,7 +14,10 @@ honoured, ``iss`` (``HANDOVER_JWT_ISSUER``) and ``aud`` (``HANDOVER_JWT_AUDIENCE
 are checked when configured, all with ``HANDOVER_JWT_LEEWAY`` of clock skew.
 
 ``sub`` is the subject (the platform's user id); the ``roles`` claim (a list or a
-string) holds ``subject``, ``support`` and/or ``admin``.
+string) holds ``subject``, ``support`` and/or ``admin``. The identifiers a token
+vouches for (``email`` with ``email_verified: true``, ``phone_number`` with
+``phone_number_verified: true``, and the claims ``HANDOVER_IDENTITY_CLAIMS`` maps)
+become the subject's identifiers on the requests they file for themselves.
 
 Errors are problems: a token that is not good enough is a 401 naming why; a token
 that needs the identity provider's keys while they cannot be fetched is a 503.
@@ -28,7 +31,7 @@ import math
 import secrets
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ import orjson
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from jobs.identity import claim_identifiers
 from jobs.settings import Settings, SettingsError
 from service.problems import Problem
 
@@ -72,6 +76,8 @@ class Principal:
     sub: str
     roles: frozenset[Role]
     auth_time: int | None = None
+    #: Identifiers the token vouches for, by name, each with the claim that did.
+    identifiers: Mapping[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def is_staff(self) -> bool:
@@ -246,6 +252,7 @@ class TokenAuthority:
         issuer: str | None = None,
         audience: str | None = None,
         leeway: float = DEFAULT_LEEWAY_SECONDS,
+        identity_claims: Mapping[str, str] | None = None,
     ) -> None:
         if not 0 <= leeway <= MAX_LEEWAY_SECONDS:
             raise ValueError(f"leeway must be 0 to {MAX_LEEWAY_SECONDS:.0f} seconds")
@@ -254,6 +261,7 @@ class TokenAuthority:
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway
+        self._identity_claims = dict(identity_claims or {})
 
     @classmethod
     def from_settings(cls, settings: Settings, secret: str | None) -> TokenAuthority:
@@ -264,10 +272,16 @@ class TokenAuthority:
             issuer=settings.jwt_issuer,
             audience=settings.jwt_audience,
             leeway=settings.jwt_leeway.total_seconds(),
+            identity_claims=dict(settings.identity_claims),
         )
 
-    def issue(self, sub: str, roles: list[str], ttl_seconds: int = 3600) -> str:
-        """A signed HS256 token for ``sub`` with ``roles``, valid ``ttl_seconds``."""
+    def issue(
+        self, sub: str, roles: list[str], ttl_seconds: int = 3600, *, email: str | None = None
+    ) -> str:
+        """A signed HS256 token for ``sub`` with ``roles``, valid ``ttl_seconds``.
+
+        With ``email``, the token carries it as a verified ``email`` claim.
+        """
         if self._secret is None:
             raise SettingsError(
                 "HANDOVER_JWT_SECRET: needed to issue tokens; "
@@ -282,6 +296,8 @@ class TokenAuthority:
             "exp": now + ttl_seconds,
             "auth_time": now,
         }
+        if email is not None:
+            claims.update(email=email, email_verified=True)
         if self._issuer is not None:
             claims["iss"] = self._issuer
         if self._audience is not None:
@@ -297,7 +313,7 @@ class TokenAuthority:
         algorithm = header.get("alg")
         key = await self._key_for(algorithm, header.get("kid"))
         claims = self._decode(token, key, str(algorithm))
-        return _principal(claims)
+        return _principal(claims, self._identity_claims)
 
     async def authenticate(self, request: web.Request) -> Principal:
         """The principal behind the request's bearer token; 401 if there is none."""
@@ -363,7 +379,7 @@ class TokenAuthority:
             raise _unauthorized(f"the token is not valid: {exc}") from None
 
 
-def _principal(claims: Mapping[str, Any]) -> Principal:
+def _principal(claims: Mapping[str, Any], identity_claims: Mapping[str, str]) -> Principal:
     """The principal verified claims name; a 401 problem for claims of the wrong shape."""
     raw_roles = claims.get("roles", [Role.SUBJECT.value])
     if isinstance(raw_roles, str):
@@ -379,7 +395,11 @@ def _principal(claims: Mapping[str, Any]) -> Principal:
     auth_time = claims.get("auth_time")
     if auth_time is not None and (not isinstance(auth_time, int) or isinstance(auth_time, bool)):
         raise _unauthorized("the token's auth_time claim must be a number of seconds")
-    return Principal(sub=sub, roles=roles, auth_time=auth_time)
+    vouched = {"email": "email_verified", "phone_number": "phone_number_verified"}
+    vouched.update({name: claim for claim, name in identity_claims.items()})
+    found = claim_identifiers(claims, identity_claims)
+    identifiers = {name: (value, vouched[name]) for name, value in found.items()}
+    return Principal(sub=sub, roles=roles, auth_time=auth_time, identifiers=identifiers)
 
 
 def _unauthorized(detail: str) -> Problem:

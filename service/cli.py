@@ -5,7 +5,7 @@
     handover serve   [--host H] [--port P]   API and worker in one process (embedded default)
     handover api     [--host H] [--port P]   the API alone, on shared Redis and S3
     handover worker  [--burst]               a worker alone, on shared Redis and S3
-    handover token   --sub S [--role R] [--ttl 1h]
+    handover token   --sub S [--role R] [--ttl 1h] [--email E]
     handover verify  FILE (--key FILE | --keys-url URL)   an export archive or a receipt
     handover connectors new NAME [--dir DIR] | list | check   see service/connectors_cli.py
     handover jobs list | show ID | retry ID | cancel ID | extend ID   see service/jobs_cli.py
@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
         "--role", action="append", choices=[r.value for r in Role], help="repeatable"
     )
     token.add_argument("--ttl", default="1h", help="lifetime, e.g. 15m, 1h, 7d (default 1h)")
+    token.add_argument(
+        "--email", help="the subject's email, as a verified claim (email_verified: true)"
+    )
     verify = commands.add_parser(
         "verify", help="check an export archive's checksums and signature, or a receipt's"
     )
@@ -139,15 +142,19 @@ async def _run_worker(settings: Settings, burst: bool) -> None:
         await worker.close()
 
 
-def _token(settings: Settings, sub: str, roles: list[str] | None, ttl: str) -> None:
+def _token(
+    settings: Settings, sub: str, roles: list[str] | None, ttl: str, email: str | None
+) -> None:
     try:
         seconds = int(parse_duration(ttl).total_seconds())
     except ValueError as exc:
         raise CommandError(f"--ttl: {exc}") from None
     if seconds < 1:
         raise CommandError("--ttl: must be at least one second")
+    if email is not None and ("@" not in email or email != email.strip()):
+        raise CommandError(f"--email: {email!r} is not an email address")
     authority = TokenAuthority.from_settings(settings, jwt_secret(settings))
-    print(authority.issue(sub, roles or [Role.SUBJECT.value], seconds))
+    print(authority.issue(sub, roles or [Role.SUBJECT.value], seconds, email=email))
 
 
 def _verify(archive: Path, key: Path | None, keys_url: str | None) -> int:
@@ -203,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "worker":
             asyncio.run(_run_worker(settings, args.burst))
         elif args.command == "token":
-            _token(settings, args.sub, args.role, args.ttl)
+            _token(settings, args.sub, args.role, args.ttl, args.email)
         elif args.command == "audit":
             return asyncio.run(_audit_verify(settings))
     except (SettingsError, CommandError, SignatureError) as exc:

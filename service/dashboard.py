@@ -46,6 +46,7 @@ from aiohttp import web
 from yarl import URL
 
 from jobs.model import Event, Job, JobKind, JobStatus, RunStatus, utcnow
+from jobs.pipeline import LIVE
 from service import models
 from service.appkeys import AUTHORITY, RESOURCES
 from service.auth import Principal
@@ -71,7 +72,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 FILTERS = ("status", "kind", "subject", "connector", "overdue", "at_risk", "sort")
-LIVE = frozenset({JobStatus.AWAITING_CONFIRMATION, JobStatus.QUEUED, JobStatus.RUNNING})
 EVENT_ID = re.compile(r"^(-|\d+-\d+)$")
 ICON = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'

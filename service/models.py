@@ -17,15 +17,79 @@ from jobs.store import JobQuery
 
 Format = Literal["json", "csv", "ndjson"]
 JobStatusName = Literal[
-    "awaiting_confirmation", "queued", "running", "succeeded", "failed", "canceled", "expired"
+    "awaiting_confirmation",
+    "queued",
+    "running",
+    "needs_attention",
+    "succeeded",
+    "failed",
+    "canceled",
+    "expired",
 ]
-RunStatusName = Literal["pending", "running", "succeeded", "failed"]
+RunStatusName = Literal["pending", "running", "succeeded", "failed", "unidentified", "not_asked"]
 
 
 class Strict(BaseModel):
     """A request body: unknown fields are an error, not ignored."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class IdentifiersIn(Strict):
+    """Identifiers support staff vouch for, and how they checked the subject's identity."""
+
+    email: str | None = Field(
+        None,
+        min_length=3,
+        max_length=320,
+        pattern=r"^[^@\s]+@[^@\s]+$",
+        examples=["alice@example.com"],
+    )
+    phone_number: str | None = Field(
+        None,
+        min_length=3,
+        max_length=32,
+        pattern=r"^\+?[0-9 ().-]+$",
+        examples=["+33 6 12 34 56 78"],
+    )
+    identities: dict[str, str] = Field(
+        default_factory=dict,
+        max_length=20,
+        description="Further identifiers by name, as connectors declare them "
+        "(e.g. `hubspot_contact_id`).",
+        examples=[{"hubspot_contact_id": "901"}],
+    )
+    verified_by: str = Field(
+        min_length=3,
+        max_length=500,
+        description="How the subject's identity was checked; kept with the job as evidence "
+        "and named in the archive or receipt (the values never are).",
+        examples=["ID card checked at the front desk by J. Doe"],
+    )
+
+    def named(self) -> dict[str, str]:
+        """Every identifier given, by name."""
+        given = {"email": self.email, "phone_number": self.phone_number}
+        return {**{k: v for k, v in given.items() if v is not None}, **self.identities}
+
+
+class GoWithoutRequest(Strict):
+    """Support's decision to finish a request without processors that could not be asked."""
+
+    connectors: list[str] = Field(min_length=1, max_length=200, examples=[["newsletter"]])
+    reason: str = Field(
+        min_length=3,
+        max_length=1000,
+        description="Why; named in the archive or receipt beside each processor not asked.",
+        examples=["the subject has no account at this processor and gave no email"],
+    )
+
+
+_IDENTIFIERS_DESCRIPTION = (
+    "Support and admin, filing for someone: identifiers to find the subject by at "
+    "processors, with how identity was verified. A subject's own come from their "
+    "verified token claims."
+)
 
 
 class ExportRequest(Strict):
@@ -74,6 +138,7 @@ class ExportRequest(Strict):
         "decrypt with `age -d -i key.txt`.",
         examples=["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"],
     )
+    identifiers: IdentifiersIn | None = Field(None, description=_IDENTIFIERS_DESCRIPTION)
 
 
 class ErasureRequest(Strict):
@@ -104,6 +169,7 @@ class ErasureRequest(Strict):
         description="Why, in the requester's words; kept on the job.",
         examples=["I am closing my account"],
     )
+    identifiers: IdentifiersIn | None = Field(None, description=_IDENTIFIERS_DESCRIPTION)
 
 
 class RestrictionRequest(ErasureRequest):
@@ -182,13 +248,28 @@ class ConnectorProgress(BaseModel):
     records: int
     bytes: int
     attempts: int
-    error: str | None
+    error: str | None = Field(
+        description="Why the run failed, or which identifiers an unidentified run needs."
+    )
     error_class: Literal["transient", "permanent", "internal"] | None
     started_at: datetime | None
     finished_at: datetime | None
     report: dict[str, object] | None = Field(
         description="Erasure or restriction jobs: what this processor did (counts, no data)."
     )
+    decision: dict[str, str] | None = Field(
+        description="`not_asked` runs: support's decision to go without it (reason, by, at)."
+    )
+
+
+class IdentityEvidence(BaseModel):
+    """Which kinds of identifier a job knows and how each was obtained (never the values)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    identifiers: list[str] = Field(examples=[["email"]])
+    source: str = Field(examples=["token", "staff", "connector profile"])
+    verified_by: str = Field(examples=["sign-in (email_verified claim)"])
 
 
 class ArchiveFile(BaseModel):
@@ -234,6 +315,9 @@ class JobOut(BaseModel):
     options: dict[str, object]
     generation: int = Field(description="Incremented by each retry.")
     not_before: datetime | None = Field(description="A confirmed erasure runs after this.")
+    identity: list[IdentityEvidence] = Field(
+        description="The kinds of identifier known for the subject and how each was verified."
+    )
     connectors: dict[str, ConnectorProgress]
     result: ArchiveInfo | None
     error: str | None

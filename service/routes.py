@@ -15,9 +15,10 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
+from jobs.identity import checked_identifiers
 from jobs.ids import is_ulid
 from jobs.localstore import LINK_PATH, LocalStore
-from jobs.model import Job, JobKind, JobStatus, utcnow
+from jobs.model import Identity, Job, JobKind, JobStatus, utcnow
 from jobs.pipeline import Pipeline
 from jobs.queue import QUEUE_NAME
 from jobs.storage import StorageError, content_type_of
@@ -118,10 +119,12 @@ def job_view(job: Job) -> dict[str, Any]:
                 "started_at": run.started_at,
                 "finished_at": run.finished_at,
                 "report": run.report,
+                "decision": run.decision,
             }
             for name, run in job.connectors.items()
         },
         "not_before": job.not_before,
+        "identity": job.identity.statement(),
         "result": result,
         "error": job.error,
         "links": {
@@ -169,6 +172,34 @@ async def audit(
     )
 
 
+def requester_identity(
+    who: Principal, subject: str, given: models.IdentifiersIn | None
+) -> Identity:
+    """The identifiers a new request starts with, and the evidence for each.
+
+    A subject asking for themselves brings what their token vouches for; staff
+    filing for someone bring what they checked, and say how. Nobody else's word
+    counts: a subject cannot assert identifiers, and a staff token's own claims
+    are not the subject's.
+    """
+    identity = Identity()
+    if given is not None:
+        if not who.is_staff:
+            raise Problem(
+                403,
+                "Forbidden",
+                "identifiers are supplied by support staff; yours come from your sign-in",
+            )
+        identity.add(
+            checked_identifiers(given.named()),
+            {"source": "staff", "verified_by": given.verified_by.strip(), "by": who.sub},
+        )
+    elif who.sub == subject:
+        for name, (value, claim) in sorted(who.identifiers.items()):
+            identity.add({name: value}, {"source": "token", "verified_by": f"sign-in ({claim})"})
+    return identity
+
+
 def accepted(job: Job) -> web.Response:
     """202 with the job and its Location."""
     return json_response(job_view(job), status=202, headers={"Location": f"/v1/jobs/{job.id}"})
@@ -187,6 +218,7 @@ async def create_export(request: web.Request) -> web.Response:
         categories=body.categories,
         password=body.password,
         age_recipient=body.age_recipient,
+        identity=requester_identity(who, subject, body.identifiers),
     )
     await audit(request, who, "export.requested", job)
     return accepted(job)
@@ -205,6 +237,7 @@ async def _create_erasure_job(request: web.Request, kind: JobKind) -> web.Respon
         connectors=body.connectors,
         dry_run=body.dry_run,
         reason=body.reason,
+        identity=requester_identity(who, subject, body.identifiers),
     )
     await audit(request, who, f"{kind.value}.requested", job, dry_run=body.dry_run)
     return accepted(job)
@@ -377,6 +410,30 @@ async def retry_job(request: web.Request) -> web.Response:
     retried = await pipeline_for(request, job).retry(job.id, who.sub)
     await audit(request, who, "job.retried", job)
     return json_response(job_view(retried))
+
+
+async def add_identifiers(request: web.Request) -> web.Response:
+    who = await principal(request)
+    require_staff(who)
+    job = await visible_job(request, who)
+    body = await read_body(request, models.IdentifiersIn)
+    changed = await pipeline_for(request, job).add_identifiers(
+        job.id, who.sub, body.named(), body.verified_by
+    )
+    await audit(request, who, "job.identifiers_added", job, identifiers=sorted(body.named()))
+    return json_response(job_view(changed))
+
+
+async def go_without(request: web.Request) -> web.Response:
+    who = await principal(request)
+    require_staff(who)
+    job = await visible_job(request, who)
+    body = await read_body(request, models.GoWithoutRequest)
+    changed = await pipeline_for(request, job).go_without(
+        job.id, who.sub, body.connectors, body.reason
+    )
+    await audit(request, who, "job.not_asked", job, connectors=body.connectors)
+    return json_response(job_view(changed))
 
 
 async def extend_job(request: web.Request) -> web.Response:
@@ -661,6 +718,47 @@ OPERATIONS: list[Operation] = [
             404: ("No such job.", models.ProblemOut),
             409: ("The job has ended.", models.ProblemOut),
             422: ("No reason, or past two months.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/identifiers",
+        add_identifiers,
+        "Add identifiers to a job",
+        "support",
+        parameters=[_JOB_ID],
+        request=models.IdentifiersIn,
+        description="Identifiers for a subject whose processors could not all be asked "
+        "(connector status `unidentified`, job `needs_attention`), with how identity was "
+        "verified. Identity sources run again and only the unidentified processors are "
+        "asked. A known identifier is never replaced. Support and admin.",
+        responses={
+            200: ("The job, resumed if it needed attention.", models.JobOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            404: ("No such job.", models.ProblemOut),
+            409: ("The job has ended.", models.ProblemOut),
+            422: ("No identifier, a bad one, or one known with another value.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/go-without",
+        go_without,
+        "Finish without processors that could not be asked",
+        "support",
+        parameters=[_JOB_ID],
+        request=models.GoWithoutRequest,
+        description="Records support's decision, with its reason, to go without the named "
+        "`unidentified` processors: they become `not_asked`, and the archive, its "
+        "`index.html` and the receipt name each one and the reason. Support and admin.",
+        responses={
+            200: ("The job, finishing once no processor waits.", models.JobOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            404: ("No such job.", models.ProblemOut),
+            409: ("The job has ended.", models.ProblemOut),
+            422: ("No reason, or a processor that is not unidentified.", models.ProblemOut),
             **_PROBLEMS,
         },
     ),

@@ -121,6 +121,7 @@ async def test_a_job_executed_twice_yields_one_archive_without_duplicates(
         pipeline = ExportPipeline(resources)
         job = await pipeline.create(subject="alice", requested_by="alice", formats=["ndjson"])
         # arq delivers at least once: every task of the job runs twice, some at the same time.
+        await asyncio.gather(pipeline.resolve(job.id, 1), pipeline.resolve(job.id, 1))
         await asyncio.gather(
             pipeline.run_connector(job.id, "crm", 1),
             pipeline.run_connector(job.id, "crm", 1),

@@ -14,6 +14,7 @@ added to ``OPERATIONS`` without a row here fails the test.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -47,6 +48,8 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("GET", "/v1/stats"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
     ("POST", f"{JOB}/retry"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
     ("POST", f"{JOB}/extend"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
+    ("POST", f"{JOB}/identifiers"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
+    ("POST", f"{JOB}/go-without"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
     ("GET", JOB): dict(zip(CALLERS, (401, 200, 404, 200, 200), strict=True)),
     ("GET", f"{JOB}/events"): dict(zip(CALLERS, (401, 200, 404, 200, 200), strict=True)),
     ("GET", f"{JOB}/download"): dict(zip(CALLERS, (401, 303, 404, 403, 303), strict=True)),
@@ -67,6 +70,8 @@ CHANGING = {
     f"{JOB}/cancel": "awaiting",
     f"{JOB}/extend": "awaiting",
     f"{JOB}/retry": "failed",
+    f"{JOB}/identifiers": "attention",
+    f"{JOB}/go-without": "attention",
 }
 """Operations that change their job when they succeed, and the kind of job they need."""
 READ_ONLY = {
@@ -92,7 +97,7 @@ class Fixtures:
     receipt: str
     link: str
     spare: dict[str, list[str]]
-    """Unused jobs by kind (``awaiting``, ``failed``); each changing cell takes one."""
+    """Unused jobs by kind (``awaiting``, ``failed``, ``attention``); each changing cell takes one."""
 
     def job_for(self, path: str) -> str:
         """The job a cell acts on: a fresh one when the operation changes it."""
@@ -115,11 +120,18 @@ async def _make_fixtures(api: Api) -> Fixtures:
     assert status == 202, receipt
     await api.wait(receipt["id"], "succeeded")
 
-    needed = {"awaiting": 0, "failed": 0}
+    needed = {"awaiting": 0, "failed": 0, "attention": 0}
     for _, path in EXPECTED:
         if path in CHANGING:
             needed[CHANGING[path]] += len(CALLERS)
-    spare: dict[str, list[str]] = {"awaiting": [], "failed": []}
+    spare: dict[str, list[str]] = {"awaiting": [], "failed": [], "attention": []}
+    for _ in range(needed["attention"]):
+        status, _, waiting = await api.request(
+            "POST", "/v1/erasures", json={"connectors": ["needy"], "dry_run": True}
+        )
+        assert status == 202, waiting
+        await api.wait(waiting["id"], "needs_attention")
+        spare["attention"].append(waiting["id"])
     for _ in range(needed["failed"]):
         failed = await api.export(connectors=["broken"])
         await api.wait(failed["id"], "failed")
@@ -147,6 +159,11 @@ def _cell(path: str, caller: str, fixtures: Fixtures, row: int) -> Cell:
         url = path.replace("{job_id}", fixtures.job_for(path))
         if path.endswith("/extend"):
             return Cell(url, identity, {"json": {"months": 1, "reason": "matrix test"}})
+        if path.endswith("/identifiers"):
+            body = {"email": "alice@example.com", "verified_by": "matrix test"}
+            return Cell(url, identity, {"json": body})
+        if path.endswith("/go-without"):
+            return Cell(url, identity, {"json": {"connectors": ["needy"], "reason": "matrix"}})
         return Cell(url, identity, {})
     if path == OBJECT:
         return Cell(fixtures.link, identity, {})
@@ -167,8 +184,16 @@ async def api(api_factory: ApiFactory) -> Api:
         records={OWNER: {"contacts": [{"id": 1, "email": "alice@example.com"}]}},
     )
     broken = MemoryConnector("broken", fail="broken API answered 403: key revoked")
+    needy = MemoryConnector("needy", records={OWNER: {"contacts": [{"id": 2}]}})
+    needy.identifiers = frozenset({"email"})  # a processor keyed by email: alice has none yet
+    # Confirmed erasures wait out a grace period: one that ran would erase alice's archives
+    # (and end her exports), which the cells after it read.
     return await api_factory(
-        {"crm": crm, "broken": broken}, s3_bucket=None, rate_limit=0, subject_rate_limit=0
+        {"crm": crm, "broken": broken, "needy": needy},
+        s3_bucket=None,
+        rate_limit=0,
+        subject_rate_limit=0,
+        erasure_grace=timedelta(hours=24),
     )
 
 

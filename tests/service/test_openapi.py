@@ -51,10 +51,30 @@ class RefusesOne(MemoryConnector):
             yield item
 
 
+class Profile(MemoryConnector):
+    """The platform's accounts, and the identity source of its users' emails."""
+
+    provides = frozenset({"email"})
+
+    async def resolve(self, subject: Subject) -> Mapping[str, str]:
+        profiles = self.records.get(subject.id, {}).get("profile", [])
+        return {"email": profiles[0]["email"]} if profiles else {}
+
+
 def platform() -> dict[str, MemoryConnector]:
-    """Connectors named and categorised like the demo platform the examples are written for."""
+    """Connectors named and categorised like the demo platform the examples are written for.
+
+    ``newsletter`` is keyed by email, which ``profile`` knows for alice and bob only.
+    """
+    newsletter = MemoryConnector(
+        "newsletter",
+        records={"alice": {"subscriptions": [{"list": "product news"}]}},
+        datasets=[{"name": "subscriptions", "category": "contact"}],
+    )
+    newsletter.identifiers = frozenset({"email"})
     return {
-        "profile": MemoryConnector(
+        "newsletter": newsletter,
+        "profile": Profile(
             "profile",
             records={
                 "alice": {"profile": [{"id": "alice", "email": "alice@example.com"}]},
@@ -209,11 +229,14 @@ class Client:
         return job  # type: ignore[no-any-return]
 
     async def ended(self, job_id: str, who: tuple[str, ...]) -> dict[str, Any]:
+        return await self.until(job_id, who, *ENDED)
+
+    async def until(self, job_id: str, who: tuple[str, ...], *statuses: str) -> dict[str, Any]:
         deadline = time.monotonic() + 30
         while True:
             status, _, job = await self.call("GET", f"/v1/jobs/{job_id}", who=who)
             assert status == 200, job
-            if job["status"] in ENDED:
+            if job["status"] in statuses:
                 return job  # type: ignore[no-any-return]
             assert time.monotonic() < deadline, f"job still {job['status']}: {job}"
             await asyncio.sleep(0.02)
@@ -324,6 +347,12 @@ async def test_every_operation_answers_its_documented_example_as_documented(
     }
     for job, _ in waiting.values():
         assert job["status"] == "awaiting_confirmation"
+    # Nobody knows erin's or frank's email: their exports wait for support.
+    unknown = {}
+    for name in ("erin", "frank"):
+        job = await client.create("/v1/exports", (name, "subject"), {})
+        unknown[name] = await client.until(job["id"], (name, "subject"), "needs_attention")
+        assert unknown[name]["connectors"]["newsletter"]["status"] == "unidentified"
     status, headers, _ = await client.call("GET", f"/v1/jobs/{exported['id']}/download")
     assert status == 303
     link = urlsplit(headers["Location"])
@@ -333,6 +362,8 @@ async def test_every_operation_answers_its_documented_example_as_documented(
         "cancel_job": (waiting["cancel"][0]["id"], waiting["cancel"][1]),
         "extend_job": (waiting["extend"][0]["id"], ("support-1", "support")),
         "retry_job": (refused["id"], ("support-1", "support")),
+        "add_identifiers": (unknown["erin"]["id"], ("support-1", "support")),
+        "go_without": (unknown["frank"]["id"], ("support-1", "support")),
         "get_receipt": (dry_run["id"], alice),
         "get_job": (exported["id"], alice),
         "list_events": (exported["id"], alice),
