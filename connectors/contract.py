@@ -55,6 +55,15 @@ What the contract checks:
 - erasing one subject leaves another subject's data alone;
 - a restriction answers a :class:`~connectors.reports.RestrictionReport` and,
   with ``dry_run``, changes nothing;
+- the connector declares the ``identifiers`` it finds subjects by, and
+  :meth:`~ConnectorContract.subject_with_data` and
+  :meth:`~ConnectorContract.subject_without_data` carry one of them; given a
+  subject without any of them (unless it needs only the ``id`` every subject
+  has), export, erase (dry run and real) and restrict raise
+  :class:`~connectors.errors.Unidentified` naming identifiers it declares —
+  never an empty export or a zero report, since the processor was not asked —
+  and leave the data as it was (a restriction may instead answer that the
+  processor cannot restrict at all);
 - a connector whose processor fails (:meth:`~ConnectorContract.make_failing_connector`)
   raises a classified :class:`~connectors.errors.TransientError` or
   :class:`~connectors.errors.PermanentError` from export and erase, rather than
@@ -78,7 +87,7 @@ from typing import Any, ClassVar, TypeVar
 import orjson
 
 from connectors.base import Connector
-from connectors.errors import ConnectorError, PermanentError, TransientError
+from connectors.errors import ConnectorError, PermanentError, TransientError, Unidentified
 from connectors.items import Dataset, File, Record, Subject
 from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
 
@@ -259,6 +268,21 @@ def _check_restriction_report(connector: Connector, report: object) -> Restricti
         if not isinstance(count, int) or count < 0:
             raise AssertionError(f"{dataset!r}: restricted is {count!r}, not a count")
     return report
+
+
+def _without_identifiers(subject: Subject, identifiers: frozenset[str]) -> Subject:
+    """``subject`` stripped of every identifier in ``identifiers`` but its id."""
+    return Subject(
+        subject.id,
+        email=None if "email" in identifiers else subject.email,
+        identities={k: v for k, v in subject.identities.items() if k not in identifiers},
+    )
+
+
+def _describe_answer(answer: object) -> str:
+    if isinstance(answer, _Holding):
+        return f"an export of {len(answer.items)} item(s)"
+    return repr(answer)
 
 
 def _difference(before: _Holding, after: _Holding) -> str:
@@ -536,6 +560,53 @@ class ConnectorContract(ABC):
 
         self._run(scenario)
 
+    def test_a_subject_without_its_identifiers_is_not_answered(self) -> None:
+        """Without an identifier it declares, every operation raises Unidentified.
+
+        "Nothing held" would be a claim about a processor that was never asked.
+        A connector that needs only the subject's ``id`` (which every subject has)
+        is checked for declaring identifiers that its test subjects carry.
+        """
+
+        async def scenario(connector: Connector) -> None:
+            identifiers = connector.identifiers
+            named = " or ".join(sorted(identifiers))
+            assert identifiers and all(isinstance(n, str) and n for n in identifiers), (
+                f"{type(connector).__name__} declares identifiers {identifiers!r}: name the "
+                "ones it finds subjects by (id, email or an identity such as phone_number)"
+            )
+            for role, subject in (
+                ("subject_with_data()", self.subject_with_data()),
+                ("subject_without_data()", self.subject_without_data()),
+            ):
+                assert any(subject.identifier(name) for name in identifiers), (
+                    f"{role} {subject.id!r} carries none of the identifiers the connector "
+                    f"declares ({named}): give it one"
+                )
+            if "id" in identifiers:
+                return
+            before = await self._holding_of_subject(connector)
+            stranger = _without_identifiers(self.subject_with_data(), identifiers)
+            retention = self.retention()
+            calls: dict[str, Callable[[], Awaitable[object]]] = {
+                "export": lambda: _collect(connector, stranger),
+                "dry-run erase": lambda: connector.erase(
+                    stranger, dry_run=True, retention=retention
+                ),
+                "erase": lambda: connector.erase(stranger, dry_run=False, retention=retention),
+                "dry-run restrict": lambda: connector.restrict(stranger, dry_run=True),
+                "restrict": lambda: connector.restrict(stranger, dry_run=False),
+            }
+            for operation, call in calls.items():
+                await _expect_unidentified(connector, operation, named, call)
+            after = await _collect(connector, self.subject_with_data())
+            assert after == before, (
+                "operations on a subject without identifiers changed the data: "
+                f"{_difference(before, after)}"
+            )
+
+        self._run(scenario)
+
     def test_failures_are_classified_connector_errors(self) -> None:
         """A failing processor surfaces as TransientError or PermanentError, never as "nothing"."""
 
@@ -584,6 +655,41 @@ class ConnectorContract(ABC):
                     _require_classified(operation, exc)
         finally:
             await _guarded("close", connector.close())
+
+
+async def _expect_unidentified(
+    connector: Connector,
+    operation: str,
+    named: str,
+    call: Callable[[], Awaitable[object]],
+) -> None:
+    """``call`` on a subject lacking ``named`` must raise Unidentified naming declared ones.
+
+    A restriction may instead answer that the processor cannot restrict at all: that
+    says nothing about the subject.
+    """
+    try:
+        answer = await _guarded(f"{operation} of a subject without {named}", call())
+    except Unidentified as exc:
+        needs = set(exc.needs)
+        if not needs or not needs <= connector.identifiers:
+            raise AssertionError(
+                f"{operation} raised Unidentified needing {exc.needs!r}; it names what the "
+                f"subject lacks among the identifiers the connector declares ({named})"
+            ) from exc
+        return
+    except ConnectorError as exc:
+        raise AssertionError(
+            f"{operation} of a subject without {named} raised {type(exc).__name__}: {exc} — "
+            "raise connectors.errors.Unidentified (self.require_identifier(subject))"
+        ) from exc
+    if isinstance(answer, RestrictionReport) and not answer.supported:
+        return
+    raise AssertionError(
+        f"{operation} of a subject without {named} answered {_describe_answer(answer)}: the "
+        "processor could not be asked, so raise connectors.errors.Unidentified "
+        "(self.require_identifier(subject)) rather than answer that it holds nothing"
+    )
 
 
 def _require_classified(operation: str, exc: ConnectorError) -> None:

@@ -1,12 +1,15 @@
 """The demo platform: a sample IoT cloud kept in one SQLite database, read by ``sql`` connectors.
 
 :func:`seed_demo_database` writes the platform's database (users, their consents,
-devices, the devices' telemetry and invoices) for the subjects in
-:data:`DEMO_SUBJECTS`. :func:`demo_connector_configs` declares three connectors of
-the built-in ``sql`` type over it, each standing for one processor: ``profile``
-(accounts: anonymised on erasure, consents deleted), ``devices`` (the fleet and its
-telemetry, deleted) and ``billing`` (invoices: deleted, or blocked when a retention
-rule keeps them). They are the worked example of a declarative SQL connector.
+devices, the devices' telemetry, invoices and newsletter subscriptions) for the
+subjects in :data:`DEMO_SUBJECTS`. :func:`demo_connector_configs` declares four
+connectors of the built-in ``sql`` type over it, each standing for one processor:
+``profile`` (accounts: anonymised on erasure, consents deleted), ``devices`` (the
+fleet and its telemetry, deleted), ``billing`` (invoices: deleted, or blocked when
+a retention rule keeps them) and ``newsletter`` (mailing-list subscriptions, keyed
+by email address, deleted). ``profile`` is also an identity source: it provides the
+subject's email from the users table, which is how ``newsletter`` finds a subject
+known only by id. They are the worked example of a declarative SQL connector.
 """
 
 from __future__ import annotations
@@ -28,10 +31,10 @@ from connectors.registry import ConnectorConfig
 DEMO_SUBJECTS = ("alice", "bob", "carol")
 """The user ids the demo database holds data on."""
 
-_SCHEMA_VERSION = 2
+_SCHEMA_VERSION = 3
 """Bumped when the schema changes: an older demo database is rebuilt."""
 
-_TABLES = ("telemetry", "invoices", "devices", "consents", "users")
+_TABLES = ("newsletter", "telemetry", "invoices", "devices", "consents", "users")
 _SCHEMA = (
     """CREATE TABLE users (
         id TEXT PRIMARY KEY,
@@ -76,6 +79,13 @@ _SCHEMA = (
         processing_restricted INTEGER NOT NULL DEFAULT 0
     )""",
     "CREATE INDEX invoices_user ON invoices (user_id)",
+    """CREATE TABLE newsletter (
+        email TEXT NOT NULL,
+        list TEXT NOT NULL,
+        subscribed_at TEXT NOT NULL,
+        processing_restricted INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (email, list)
+    )""",
     f"PRAGMA user_version = {_SCHEMA_VERSION}",
 )
 
@@ -86,6 +96,7 @@ _PEOPLE = {
 }
 _PURPOSES = ("marketing_email", "product_analytics", "research_panel")
 _MODELS = ("Thermo S1", "Thermo S2", "AirSense Mini")
+_MAILING_LISTS = ("product_news", "firmware_updates", "energy_tips")
 _EPOCH = datetime(2023, 1, 1, tzinfo=UTC)
 _TELEMETRY_ROWS_PER_DEVICE = 200
 _TELEMETRY_INTERVAL = timedelta(minutes=15)
@@ -103,17 +114,25 @@ def seed_demo_database(path: Path) -> None:
 
 
 def demo_connector_configs(database: Path) -> tuple[ConnectorConfig, ...]:
-    """The ``profile``, ``devices`` and ``billing`` connectors over the demo database.
+    """The demo's connectors: ``profile``, ``devices``, ``billing`` and ``newsletter``.
 
     Each is a built-in ``sql`` connector; the key that hashes anonymised emails is
-    made once per database and kept beside it (``<database>.hash-key``).
+    made once per database and kept beside it (``<database>.hash-key``). ``profile``
+    provides the subject's email (``users.email``) to ``newsletter``, keyed by it.
     """
     url = f"sqlite:///{database}"
-    profile = {"url": url, "hash_key": _hash_key(database), "tables": deepcopy(_PROFILE_TABLES)}
+    profile = {
+        "url": url,
+        "hash_key": _hash_key(database),
+        "provides": {"email": "users.email"},
+        "tables": deepcopy(_PROFILE_TABLES),
+    }
+    newsletter = {"url": url, "tables": deepcopy(_NEWSLETTER_TABLES)}
     return (
         ConnectorConfig("profile", "sql", profile),
         ConnectorConfig("devices", "sql", {"url": url, "tables": deepcopy(_DEVICES_TABLES)}),
         ConnectorConfig("billing", "sql", {"url": url, "tables": deepcopy(_BILLING_TABLES)}),
+        ConnectorConfig("newsletter", "sql", newsletter),
     )
 
 
@@ -183,6 +202,19 @@ _BILLING_TABLES: list[dict[str, Any]] = [
         ],
         "order_by": ["issued_at", "id"],
         "subject_column": "user_id",
+        "erase": "delete",
+        "block_column": _BLOCK_COLUMN,
+    },
+]
+_NEWSLETTER_TABLES: list[dict[str, Any]] = [
+    {
+        "table": "newsletter",
+        "category": "contact",
+        "description": "the mailing lists the subject's email address is subscribed to",
+        "columns": ["email", "list", "subscribed_at", _BLOCK_COLUMN],
+        "order_by": ["list"],
+        "subject_column": "email",
+        "identity": "email",
         "erase": "delete",
         "block_column": _BLOCK_COLUMN,
     },
@@ -270,6 +302,12 @@ def _insert_demo_rows(connection: sqlite3.Connection, rng: random.Random) -> Non
                     "EUR",
                     rng.choice(("paid", "paid", "open")),
                 ),
+            )
+    for user_id in DEMO_SUBJECTS:
+        for mailing_list in sorted(rng.sample(_MAILING_LISTS, rng.randint(1, 2))):
+            connection.execute(
+                "INSERT INTO newsletter (email, list, subscribed_at) VALUES (?, ?, ?)",
+                (f"{user_id}@example.com", mailing_list, _moment(rng, days=365)),
             )
 
 

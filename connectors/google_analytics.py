@@ -23,6 +23,11 @@ and ``app_instance_id`` need an ``identity`` to read from. Google's errors arriv
 ``{"error": {"code", "message", "status"}}`` (https://cloud.google.com/apis/design/errors);
 ``RESOURCE_EXHAUSTED`` (429) without ``Retry-After`` waits 30 seconds.
 
+The identifier the deletion is keyed by (the ``identity``, or the subject's id or
+email) is the connector's one entry in ``identifiers``: a subject without it
+raises :class:`~connectors.errors.Unidentified` from export, erase and restrict,
+rather than being told that Google was asked.
+
 Google answers with the time the request was accepted, never with what it
 deleted, so the erasure report counts nothing and says so in its note; every
 request is accepted again, which keeps a repeated erasure harmless.
@@ -46,10 +51,10 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any, ClassVar
 
 from connectors.base import Connector
-from connectors.errors import PermanentError
+from connectors.errors import PermanentError, Unidentified
 from connectors.http import HttpClient, Options, bearer
 from connectors.items import Dataset, Item, Record, Subject
-from connectors.reports import ErasureReport, RetentionRule
+from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
 
 DEFAULT_BASE_URL = "https://analyticsadmin.googleapis.com"
 API_VERSION = "v1alpha"
@@ -90,7 +95,7 @@ class GoogleAnalyticsConnector(Connector):
             "notice",
             "usage",
             "what Google Analytics holds on the subject and why none of it can be exported",
-            ("processor", "property", "statement", "checked", "identifier", "identifier_known"),
+            ("processor", "property", "statement", "checked", "identifier"),
             notice=True,
         ),
     )
@@ -125,6 +130,7 @@ class GoogleAnalyticsConnector(Connector):
                 f"is required with identifier = {self.identifier!r}: the "
                 "Subject.identities key that holds it",
             )
+        self.identifiers = frozenset({self._identity_name()})
         self.client = HttpClient(
             name,
             options.url("base_url", base_url),
@@ -162,27 +168,29 @@ class GoogleAnalyticsConnector(Connector):
         answer = response.json()
         return answer if isinstance(answer, dict) else {}
 
+    def _identity_name(self) -> str:
+        """The subject's identifier the deletion is keyed by (``id``, ``email`` or an identity)."""
+        if self.identity is not None:
+            return self.identity
+        return "id" if self.identifier == "user_id" else "email"
+
     def _describe_identity(self) -> str:
         if self.identity is not None:
             return f"identities[{self.identity!r}]"
         return "the subject's id" if self.identifier == "user_id" else "the subject's email"
 
-    def subject_identifier(self, subject: Subject) -> str | None:
-        """The value sent for ``subject``, or None when the subject has none."""
-        if self.identity is not None:
-            value = subject.identities.get(self.identity)
-        elif self.identifier == "user_id":
-            value = subject.id
-        else:
-            value = subject.email
+    def subject_identifier(self, subject: Subject) -> str:
+        """The value sent for ``subject``; :class:`Unidentified` when the subject has none."""
+        value = subject.identifier(self._identity_name())
         if not value:
-            return None
+            raise Unidentified(self.name, self.identifiers)
         if self.identifier == "user_provided_data":
             return normalise_user_provided_data(value)
         return value
 
     async def export(self, subject: Subject) -> AsyncIterator[Item]:
         """One notice: the property was reached, and it offers no per-user export."""
+        self.subject_identifier(subject)
         found = await self._read_property()
         shown = found.get("displayName")
         reached = self.property if not shown else f"{self.property} ({shown})"
@@ -203,7 +211,6 @@ class GoogleAnalyticsConnector(Connector):
                     "Analytics Data API: answers aggregated reports, not one user's events",
                 ],
                 "identifier": f"{self.identifier} from {self._describe_identity()}",
-                "identifier_known": self.subject_identifier(subject) is not None,
             },
         )
 
@@ -212,11 +219,6 @@ class GoogleAnalyticsConnector(Connector):
     ) -> ErasureReport:
         """Submit a user deletion request for the subject's identifier."""
         value = self.subject_identifier(subject)
-        if value is None:
-            return ErasureReport(
-                note=f"the subject has no {self.identifier} ({self._describe_identity()}); "
-                "no deletion request was submitted to Google Analytics"
-            )
         if dry_run:
             return ErasureReport(
                 note=f"dry run: would ask Google Analytics to delete the user by {self.identifier}"
@@ -241,3 +243,8 @@ class GoogleAnalyticsConnector(Connector):
                 "asynchronously and reports no counts"
             )
         )
+
+    async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
+        """Google Analytics cannot restrict a user; one it cannot be asked about is unidentified."""
+        self.subject_identifier(subject)
+        return await super().restrict(subject, dry_run=dry_run)

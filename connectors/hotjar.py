@@ -33,6 +33,10 @@ where the report goes. Erasure sends the same request with ``delete_all_hits``
 true; Hotjar does not say how much it deleted, so the report counts nothing and
 says so. The API allows 3,000 requests a minute; the client-side bucket defaults
 to 10 a second, and a 429 without ``Retry-After`` waits 20 seconds.
+
+The subject is looked up by email and, with ``site_ids``, by their user id on
+those sites: a subject with neither raises :class:`~connectors.errors.Unidentified`
+(an empty lookup would claim that Hotjar holds nothing).
 """
 
 from __future__ import annotations
@@ -44,10 +48,10 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from connectors.base import Connector
-from connectors.errors import PermanentError
+from connectors.errors import PermanentError, Unidentified
 from connectors.http import HttpClient, Options, Secret, bearer
 from connectors.items import Dataset, Item, Record, Subject
-from connectors.reports import DatasetErasure, ErasureReport, RetentionRule
+from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
 DEFAULT_BASE_URL = "https://api.hotjar.io"
 
@@ -84,6 +88,8 @@ class HotjarConnector(Connector):
 
     Options: ``organization_id``, ``client_id``, ``client_secret`` (required),
     ``site_ids``, ``user_id_identity``, ``base_url``, ``rate_limit``, ``timeout``.
+    ``identifiers`` are ``email`` and, with ``site_ids``, the identity holding the
+    site user id (``user_id_identity``, or the subject's ``id``).
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"usage"})
@@ -118,6 +124,8 @@ class HotjarConnector(Connector):
         self._client_secret = options.secret("client_secret", client_secret)
         self.site_ids = () if site_ids is None else options.text_list("site_ids", site_ids)
         self.user_id_identity = options.optional_text("user_id_identity", user_id_identity)
+        site_user = {self.user_id_identity or "id"} if self.site_ids else set()
+        self.identifiers = frozenset({"email", *site_user})
         self.client = HttpClient(
             name,
             options.url("base_url", base_url),
@@ -178,19 +186,18 @@ class HotjarConnector(Connector):
         return Secret(token), float(lifetime)
 
     def _looked_up_by(self, subject: Subject) -> dict[str, Any]:
+        """What the lookup sends: the email and the site user ids the subject has."""
         looked_up_by: dict[str, Any] = {}
         if subject.email:
             looked_up_by["data_subject_email"] = subject.email
         if self.site_ids:
-            user_id = (
-                subject.id
-                if self.user_id_identity is None
-                else subject.identities.get(self.user_id_identity)
-            )
+            user_id = subject.identifier(self.user_id_identity or "id")
             if user_id:
                 looked_up_by["data_subject_site_id_to_user_id_map"] = {
                     site_id: user_id for site_id in self.site_ids
                 }
+        if not looked_up_by:
+            raise Unidentified(self.name, self.identifiers)
         return looked_up_by
 
     async def _user_lookup(self, looked_up_by: Mapping[str, Any], *, delete: bool) -> Any:
@@ -220,10 +227,8 @@ class HotjarConnector(Connector):
         return response.json()
 
     async def export(self, subject: Subject) -> AsyncIterator[Item]:
-        """What Hotjar's User Lookup answers for the subject (nothing without an identifier)."""
+        """What Hotjar's User Lookup answers for the subject."""
         looked_up_by = self._looked_up_by(subject)
-        if not looked_up_by:
-            return
         answer = await self._user_lookup(looked_up_by, delete=False)
         yield Record(
             "user_lookup",
@@ -240,11 +245,6 @@ class HotjarConnector(Connector):
     ) -> ErasureReport:
         """Ask Hotjar to delete every hit of the subject's email and site user ids."""
         looked_up_by = self._looked_up_by(subject)
-        if not looked_up_by:
-            return ErasureReport(
-                (DatasetErasure("user_lookup"),),
-                note="the subject has no email and no site user id to look up in Hotjar",
-            )
         rule = retention.get("user_lookup")
         if rule is not None:
             kept = DatasetErasure(
@@ -268,6 +268,11 @@ class HotjarConnector(Connector):
                 f"{' and '.join(_describe(key) for key in looked_up_by)}; it reports no counts"
             ),
         )
+
+    async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
+        """Hotjar cannot restrict processing; a subject it cannot be asked about is unidentified."""
+        self.require_identifier(subject)
+        return await super().restrict(subject, dry_run=dry_run)
 
 
 def _describe(key: str) -> str:

@@ -16,6 +16,7 @@ in TOML rather than in code::
     name = "tickets"
     category = "contact"
     path = "/users/{id}/tickets"                 # {id}, {email}, {identities.KEY}
+                                                 # (each value percent-encoded)
     params = { state = "all" }                   # query parameters, templated the same way
     records = "/data/items"                      # JSON pointer (RFC 6901) or dotted path
     pagination = { style = "page", param = "page", size_param = "per_page", size = 100 }
@@ -26,6 +27,14 @@ in TOML rather than in code::
     body = { reason = "gdpr", user = "{id}" }   # optional JSON body template
     success = [200, 202, 204]
     absent = [404]                               # statuses meaning "nothing held"
+
+Identity: the variables the templates use are the connector's ``identifiers``
+(``{id}`` → ``id``, ``{email}`` → ``email``, ``{identities.KEY}`` → ``KEY``). A
+request for a subject without one that an operation's templates need raises
+:class:`~connectors.errors.Unidentified` before anything is sent. Values are
+percent-encoded into the path, and one that would make a dot segment (``.`` or
+``..``) is sent as ``%2E``/``%2E%2E`` and never re-normalised on the way, so a
+subject id cannot lead the request to another resource (RFC 3986 §5.2.4).
 
 Pagination styles: ``none``; ``page`` (a page-number parameter, ``start`` at 1 by
 default, optional ``size_param``/``size``; ends on an empty or short page);
@@ -53,7 +62,8 @@ an excerpt of the body. Credentials are held as :class:`Secret` and scrubbed fro
 every message; they are never part of a ``repr``.
 
 References: RFC 9110 (HTTP semantics, Retry-After), RFC 8288 (Link header),
-RFC 6901 (JSON Pointer), RFC 6750 (bearer tokens), RFC 7617 (basic auth).
+RFC 6901 (JSON Pointer), RFC 6750 (bearer tokens), RFC 7617 (basic auth), RFC 3986
+(percent-encoding, dot segments).
 """
 
 from __future__ import annotations
@@ -62,7 +72,15 @@ import asyncio
 import base64
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -71,9 +89,16 @@ from urllib.parse import quote, urljoin, urlsplit
 
 import aiohttp
 import orjson
+from yarl import URL
 
 from connectors.base import Connector
-from connectors.errors import ConnectorError, PermanentError, RateLimited, TransientError
+from connectors.errors import (
+    ConnectorError,
+    PermanentError,
+    RateLimited,
+    TransientError,
+    Unidentified,
+)
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
@@ -85,6 +110,9 @@ Sleep = Callable[[float], Awaitable[None]]
 
 _EXCERPT_CHARS = 200
 _MASK = "**********"
+# What may stand in a request target as written: RFC 3986 unreserved and sub-delims,
+# ":@/?", and "%" when it starts an escape; anything else is percent-encoded.
+_NOT_AS_WRITTEN = re.compile(r"%(?![0-9A-Fa-f]{2})|[^A-Za-z0-9\-._~!$&'()*+,;=:@/?%]")
 
 
 class Secret:
@@ -199,6 +227,11 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
+def _as_written(target: str) -> str:
+    """``target`` with what a URL cannot carry percent-encoded, escapes left as they are."""
+    return _NOT_AS_WRITTEN.sub(lambda match: quote(match.group(), safe=""), target)
+
+
 class HttpClient:
     """One processor's HTTP API: a pooled session, a rate limit, and errors classified once.
 
@@ -245,15 +278,20 @@ class HttpClient:
             await self._session.close()
             self._session = None
 
-    def url(self, target: str) -> str:
-        """``target`` joined to the base URL; an absolute URL must stay on the base's origin."""
+    def url(self, target: str) -> URL:
+        """``target`` joined to the base URL; an absolute URL must stay on the base's origin.
+
+        A relative target's path is sent as written: yarl would otherwise decode
+        ``%2E`` and remove dot segments, and ``/users/%2E%2E`` would become ``/``.
+        """
         if urlsplit(target).scheme:
             if _origin(target) != _origin(self.base_url):
                 raise PermanentError(
                     f"{self.processor}: refusing to follow a URL off {self.base_url}'s origin"
                 )
-            return target
-        return f"{self.base_url}/{target.lstrip('/')}"
+            return URL(target)
+        base = str(URL(self.base_url)).rstrip("/")
+        return URL(f"{base}/{_as_written(target.lstrip('/'))}", encoded=True)
 
     async def request(
         self,
@@ -452,17 +490,22 @@ _VARIABLE = re.compile(r"\{([^{}]*)\}")
 
 def _subject_values(subject: Subject) -> dict[str, str]:
     """The template variables a subject offers: ``id``, ``email``, ``identities.KEY``."""
-    values = {"id": subject.id}
+    values = {f"identities.{key}": value for key, value in subject.identities.items() if value}
     if subject.email:
         values["email"] = subject.email
-    values.update({f"identities.{key}": value for key, value in subject.identities.items()})
+    if subject.id:
+        values["id"] = subject.id
     return values
+
+
+def _identifier_of(variable: str) -> str:
+    """The identifier a template variable stands for: ``identities.KEY`` is ``KEY``."""
+    return variable.removeprefix("identities.")
 
 
 @dataclass(frozen=True, slots=True)
 class _Template:
     text: str
-    where: str
 
     @classmethod
     def checked(cls, text: str, where: str, options: Options) -> _Template:
@@ -471,19 +514,36 @@ class _Template:
                 raise options.error(
                     where, f"uses unknown variable {{{name}}} (id, email, identities.KEY)"
                 )
-        return cls(text, where)
+        return cls(text)
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """The variables the template uses (``id``, ``email``, ``identities.KEY``)."""
+        return frozenset(_VARIABLE.findall(self.text))
 
     def render(self, values: Mapping[str, str], connector: str, *, in_path: bool) -> str:
+        """The text with the subject's values; in a path, percent-encoded segment by segment.
+
+        A segment that a value turns into ``.`` or ``..`` is encoded as ``%2E``/``%2E%2E``:
+        a dot segment would move the request to another resource. A missing value
+        raises :class:`Unidentified`.
+        """
+
         def substitute(match: re.Match[str]) -> str:
             value = values.get(match.group(1))
             if value is None:
-                raise PermanentError(
-                    f"connector {connector!r}: the subject has no {match.group(1)}, "
-                    f"which {self.where} needs"
-                )
+                raise Unidentified(connector, (_identifier_of(match.group(1)),))
             return quote(value, safe="") if in_path else value
 
-        return _VARIABLE.sub(substitute, self.text)
+        if not in_path:
+            return _VARIABLE.sub(substitute, self.text)
+        segments = []
+        for segment in self.text.split("/"):
+            rendered = _VARIABLE.sub(substitute, segment)
+            if rendered in (".", "..") and rendered != segment:
+                rendered = "%2E" * len(rendered)
+            segments.append(rendered)
+        return "/".join(segments)
 
 
 def _body_template(value: Any, where: str, options: Options) -> Any:
@@ -495,6 +555,18 @@ def _body_template(value: Any, where: str, options: Options) -> Any:
     if isinstance(value, list):
         return [_body_template(item, f"{where}[{i}]", options) for i, item in enumerate(value)]
     return value
+
+
+def _body_templates(value: Any) -> Iterator[_Template]:
+    """Every template in a checked JSON body template."""
+    if isinstance(value, _Template):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _body_templates(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _body_templates(item)
 
 
 def _render_body(value: Any, values: Mapping[str, str], connector: str) -> Any:
@@ -532,6 +604,11 @@ class _DatasetSpec:
     absent: frozenset[int]
     erase: _Endpoint | None
 
+    @property
+    def variables(self) -> frozenset[str]:
+        """The variables an export of this dataset fills in."""
+        return _variables(self.path, *(template for _, template in self.params))
+
 
 @dataclass(frozen=True, slots=True)
 class _Endpoint:
@@ -541,6 +618,18 @@ class _Endpoint:
     body: Any
     success: frozenset[int]
     absent: frozenset[int]
+
+    @property
+    def variables(self) -> frozenset[str]:
+        """The variables a call of this endpoint fills in."""
+        return _variables(
+            self.path, *(template for _, template in self.params), *_body_templates(self.body)
+        )
+
+
+def _variables(*templates: _Template) -> frozenset[str]:
+    variables: frozenset[str] = frozenset()
+    return variables.union(*(template.variables for template in templates))
 
 
 @dataclass(frozen=True, slots=True)
@@ -555,7 +644,9 @@ class HttpConnector(Connector):
 
     Options: ``base_url``, ``datasets`` (list of tables), ``erase`` (table),
     optional ``restrict`` (table), ``auth`` (table), ``headers``, ``rate_limit``,
-    ``burst``, ``timeout`` and ``check_path`` (a GET that proves the API answers).
+    ``burst``, ``timeout`` and ``check_path`` (a GET that proves the API answers;
+    it names no subject, so it takes no variables). ``identifiers`` are the
+    variables the templates use.
     """
 
     def __init__(
@@ -600,11 +691,23 @@ class HttpConnector(Connector):
         self._restrict = (
             None if restrict is None else self._read_endpoint(options, "restrict", restrict)
         )
-        self._check_path = (
-            None
-            if check_path is None
-            else _Template.checked(options.text("check_path", check_path), "check_path", options)
+        self._check_path = None if check_path is None else options.text("check_path", check_path)
+        if self._check_path is not None and _VARIABLE.search(self._check_path):
+            raise options.error("check_path", "names no subject: it takes no {variables}")
+        erasing = [e for e in (self._erase, *(spec.erase for spec in self._specs)) if e]
+        self._export_needs: frozenset[str] = frozenset().union(
+            *(spec.variables for spec in self._specs)
         )
+        self._erase_needs = self._export_needs.union(*(e.variables for e in erasing))
+        self._restrict_needs = self._export_needs | (
+            frozenset() if self._restrict is None else self._restrict.variables
+        )
+        variables = self._erase_needs | self._restrict_needs
+        if not variables:
+            raise options.error(
+                "datasets", "name no subject: use {id}, {email} or {identities.KEY} in a template"
+            )
+        self.identifiers = frozenset(_identifier_of(variable) for variable in variables)
         self.datasets = tuple(spec.dataset for spec in self._specs)  # type: ignore[misc]
         self.categories = frozenset(d.category for d in self.datasets)  # type: ignore[misc]
         self.client = HttpClient(
@@ -780,15 +883,24 @@ class HttpConnector(Connector):
         """GET ``check_path`` when configured; any classified error says what is wrong."""
         if self._check_path is not None:
             await self.client.request(
-                "GET",
-                self._check_path.render({}, self.name, in_path=True),
-                operation="check",
-                headers=self._auth_headers(),
+                "GET", self._check_path, operation="check", headers=self._auth_headers()
             )
+
+    def _values(self, subject: Subject, needs: frozenset[str]) -> dict[str, str]:
+        """The subject's template values, once every variable in ``needs`` is known.
+
+        Checked before the first request, so that a subject lacking one is never half
+        exported or half erased.
+        """
+        values = _subject_values(subject)
+        missing = sorted(needs - values.keys())
+        if missing:
+            raise Unidentified(self.name, (_identifier_of(missing[0]),))
+        return values
 
     async def export(self, subject: Subject) -> AsyncIterator[Item]:
         """Every record of every configured dataset, page by page."""
-        values = _subject_values(subject)
+        values = self._values(subject, self._export_needs)
         for spec in self._specs:
             async for rows in self._pages(spec, values):
                 for row in rows:
@@ -903,7 +1015,10 @@ class HttpConnector(Connector):
         self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
     ) -> ErasureReport:
         """Count what each dataset holds, then call the erase endpoints (see the module doc)."""
-        values = _subject_values(subject)
+        blocking = any(spec.dataset.name in retention for spec in self._specs)
+        values = self._values(
+            subject, self._erase_needs | (self._restrict_needs if blocking else frozenset())
+        )
         counts = await self._counts(values)
         kept = [name for name, count in counts.items() if count and name in retention]
         subject_wide = None if kept else self._erase
@@ -975,9 +1090,9 @@ class HttpConnector(Connector):
 
     async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
         """Call the restrict endpoint when configured, reporting what each dataset holds."""
+        values = self._values(subject, self._restrict_needs)
         if self._restrict is None:
             return await super().restrict(subject, dry_run=dry_run)
-        values = _subject_values(subject)
         counts = await self._counts(values)
         if not dry_run:
             await self._call(self._restrict, values, "restrict")

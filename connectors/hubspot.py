@@ -12,7 +12,8 @@ Endpoints used, as HubSpot documents them:
 - find the contact: ``POST /crm/v3/objects/contacts/search`` with a filter
   ``{"propertyName": "email", "operator": "EQ", "value": …}``, paging with ``after``
   (https://developers.hubspot.com/docs/api-reference/legacy/crm/search-the-crm.md).
-  A subject whose ``identities`` carry ``hubspot_contact_id`` is read by that id instead.
+  A subject whose ``identities`` carry ``hubspot_contact_id`` is read by that id instead;
+  a subject with neither raises :class:`~connectors.errors.Unidentified`.
 - list the contact properties: ``GET /crm/v3/properties/contacts``
   (https://developers.hubspot.com/docs/api/crm/properties).
 - read the contact with its properties: ``POST /crm/v3/objects/contacts/batch/read``
@@ -39,10 +40,10 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from connectors.base import Connector
-from connectors.errors import PermanentError
+from connectors.errors import PermanentError, Unidentified
 from connectors.http import HttpClient, Options, bearer
 from connectors.items import Dataset, Item, Record, Subject
-from connectors.reports import DatasetErasure, ErasureReport, RetentionRule
+from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
 DEFAULT_BASE_URL = "https://api.hubapi.com"
 CONTACT_ID_IDENTITY = "hubspot_contact_id"
@@ -59,10 +60,12 @@ class HubSpotConnector(Connector):
 
     Options: ``token`` (private app access token, required), ``base_url``,
     ``properties`` (names to export; default all), ``rate_limit`` (requests per
-    second), ``timeout`` (seconds).
+    second), ``timeout`` (seconds). The contact is found by the subject's email or
+    their ``hubspot_contact_id``.
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"contact"})
+    identifiers: frozenset[str] = frozenset({"email", CONTACT_ID_IDENTITY})
     datasets: ClassVar[tuple[Dataset, ...]] = (
         Dataset(
             "contact",
@@ -181,16 +184,18 @@ class HubSpotConnector(Connector):
         )
         return ErasureReport((DatasetErasure("contact", deleted=deleted),), note=note)
 
+    async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
+        """HubSpot cannot restrict a contact; a subject it cannot be asked about is unidentified."""
+        self.require_identifier(subject)
+        return await super().restrict(subject, dry_run=dry_run)
+
     async def _contact_ids(self, subject: Subject) -> list[str]:
-        known = subject.identities.get(CONTACT_ID_IDENTITY)
+        known = subject.identifier(CONTACT_ID_IDENTITY)
         if known:
             return [contact["id"] for contact in await self._read([known], ["email"])]
-        if not subject.email:
-            raise PermanentError(
-                f"{self.name}: the subject has neither an email nor a {CONTACT_ID_IDENTITY} "
-                "to find the HubSpot contact by"
-            )
-        return await self._search(subject.email)
+        if subject.email:
+            return await self._search(subject.email)
+        raise Unidentified(self.name, self.identifiers)
 
     async def _search(self, email: str) -> list[str]:
         body: dict[str, Any] = {

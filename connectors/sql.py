@@ -28,6 +28,15 @@ is ``docs/sql-connector.md``; in short::
     subject_column = "owner_id"
     erase = "delete"
 
+Identity: a table finds the subject by the identifier its ``identity`` names (the
+subject's ``id`` by default, or ``email``, or an identity such as
+``phone_number``); the connector's ``identifiers`` are those of its tables. A
+subject without a table's identifier is not answered "nothing held": the request
+raises :class:`~connectors.errors.Unidentified`. With ``provides = { email =
+"users.email" }`` the connector is also an *identity source*: :meth:`SqlConnector.resolve`
+reads the subject's email from that column of its rows, for the processors keyed
+by email.
+
 Queries are built with SQLAlchemy Core (values always bound, identifiers checked
 against a strict pattern and quoted by the dialect); rows stream through
 server-side cursors, so any number of them exports in flat memory.
@@ -70,7 +79,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from connectors.base import Connector
-from connectors.errors import ConnectorError, PermanentError, TransientError
+from connectors.errors import ConnectorError, PermanentError, TransientError, Unidentified
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
@@ -78,6 +87,7 @@ _Strategy = Literal["delete", "anonymise", "retain"]
 _Action = Literal["null", "hash", "fixed", "keep"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+_IDENTIFIER_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 _DATASET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
 _HASHED = re.compile(r"[0-9a-f]{64}")
 _HASH_LENGTH = 64
@@ -178,6 +188,14 @@ class _TableSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class _Source:
+    """Where an identifier this connector ``provides`` is read: a column of a configured table."""
+
+    table: str
+    column: str
+
+
+@dataclass(frozen=True, slots=True)
 class _Bound:
     """A configured table bound to its reflected schema for one operation."""
 
@@ -201,9 +219,10 @@ class SqlConnector(Connector):
     ``mysql://``/``mariadb://`` or ``sqlite:///path``), ``tables`` (one table of
     options each; see the module docstring and ``docs/sql-connector.md``),
     ``hash_key`` (the key of the ``hash`` anonymisation, at least 32 characters),
-    ``connect_timeout`` (seconds; for SQLite, how long to wait for a lock) and
-    ``pool_size``. Everything is checked when the connector is built: a bad option
-    raises :class:`PermanentError` naming the table and what is wrong.
+    ``connect_timeout`` (seconds; for SQLite, how long to wait for a lock),
+    ``pool_size`` and ``provides`` (identifier name → ``"table.column"`` holding it,
+    for :meth:`resolve`). Everything is checked when the connector is built: a bad
+    option raises :class:`PermanentError` naming the table and what is wrong.
     """
 
     categories: ClassVar[frozenset[str]] = frozenset()
@@ -218,6 +237,7 @@ class SqlConnector(Connector):
         hash_key: object = None,
         connect_timeout: object = 10,
         pool_size: object = 5,
+        provides: object = None,
         **options: Any,
     ) -> None:
         super().__init__(name, **options)
@@ -227,7 +247,10 @@ class SqlConnector(Connector):
         self._connect_timeout = self._positive_number("connect_timeout", connect_timeout)
         self._pool_size = int(self._positive_number("pool_size", pool_size, whole=True))
         self._tables = self._parse_tables(tables)
+        self._sources = self._parse_provides(provides)
         self._engine_instance: AsyncEngine | None = None
+        self.identifiers = frozenset(spec.identity for spec in self._tables)
+        self.provides = frozenset(self._sources)
         self.categories = frozenset(spec.category for spec in self._tables)  # type: ignore[misc]
         self.datasets = tuple(  # type: ignore[misc]
             Dataset(spec.dataset, spec.category, spec.description, spec.columns)
@@ -273,17 +296,49 @@ class SqlConnector(Connector):
         """Stream the subject's rows table by table, blocked rows included.
 
         Rows of an ``anonymise`` table whose anonymised columns already hold their
-        anonymised values are no longer about the subject and are left out.
+        anonymised values are no longer about the subject and are left out. A
+        subject without the identifier one of the tables needs raises
+        :class:`Unidentified` before any row is yielded.
         """
         with self._mapped_errors():
             async with self._engine().connect() as connection:
-                for bound in await self._bind(connection):
-                    condition = self._reach(bound, subject)
+                reached = [
+                    (bound, self._reach(bound, subject)) for bound in await self._bind(connection)
+                ]
+                for bound, condition in reached:
                     if condition is None:
                         continue
                     async with aclosing(self._stream(connection, bound, condition)) as records:
                         async for record in records:
                             yield record
+
+    async def resolve(self, subject: Subject) -> Mapping[str, str]:
+        """Read each identifier in ``provides`` from its column of the subject's rows.
+
+        Rows an erasure anonymised are no longer the subject's and are not read. One
+        distinct non-null value is the answer; none leaves the identifier out; more
+        than one raises :class:`PermanentError`: an ambiguous identifier is never
+        guessed at.
+        """
+        found: dict[str, str] = {}
+        with self._mapped_errors():
+            async with self._engine().connect() as connection:
+                bound_tables = {b.spec.table: b for b in await self._bind(connection)}
+                for name, source in self._sources.items():
+                    bound = bound_tables[source.table]
+                    condition = self._reach(bound, subject)
+                    if condition is None:
+                        continue
+                    values = await self._distinct_values(connection, bound, source, condition)
+                    if len(values) > 1:
+                        raise PermanentError(
+                            f"connector {self.name!r}: the subject's rows of {source.table!r} "
+                            f"hold more than one {name} in column {source.column!r}: ambiguous, "
+                            "so none is taken"
+                        )
+                    if values:
+                        found[name] = values.pop()
+        return found
 
     async def erase(
         self,
@@ -350,6 +405,41 @@ class SqlConnector(Connector):
         return RestrictionReport(supported=True, restricted=restricted, note=note)
 
     # -- one table -------------------------------------------------------------
+
+    async def _distinct_values(
+        self,
+        connection: AsyncConnection,
+        bound: _Bound,
+        source: _Source,
+        condition: ColumnElement[bool],
+    ) -> set[str]:
+        """The distinct non-null values of ``source``'s column in the subject's rows (at most 2).
+
+        Rows of an ``anonymise`` table that are anonymised already are skipped, as the
+        export skips them.
+        """
+        spec = bound.spec
+        column = bound.table.c[source.column]
+        watched = spec.changed_columns if spec.erase == "anonymise" else ()
+        statement = (
+            select(column, *(bound.table.c[name] for name in watched))
+            .where(condition, column.is_not(None))
+            .distinct()
+            .execution_options(yield_per=_BATCH_ROWS)
+        )
+        values: set[str] = set()
+        result = await connection.stream(statement)
+        try:
+            async for row in result:
+                current = dict(zip(watched, row[1:], strict=True))
+                if watched and self._anonymised_values(spec, current) == current:
+                    continue
+                values.add(str(row[0]))
+                if len(values) > 1:
+                    break
+        finally:
+            await result.close()
+        return values
 
     async def _stream(
         self, connection: AsyncConnection, bound: _Bound, condition: ColumnElement[bool]
@@ -502,6 +592,10 @@ class SqlConnector(Connector):
         missing = [f"table {name!r}" for name in missing_tables]
         for spec in self._tables:
             missing.extend(_missing_columns(spec, metadata))
+        for source in self._sources.values():
+            reflected = metadata.tables.get(source.table)
+            if reflected is not None and source.column not in reflected.c:
+                missing.append(f"column '{source.table}.{source.column}'")
         if missing:
             found = ", ".join(dict.fromkeys(missing))
             raise PermanentError(f"connector {self.name!r}: missing in the database: {found}")
@@ -523,8 +617,15 @@ class SqlConnector(Connector):
         )
 
     def _reach(self, bound: _Bound, subject: Subject) -> ColumnElement[bool] | None:
-        """The condition selecting the subject's rows; None when the subject cannot be there."""
-        value = _subject_value(subject, bound.spec.identity, bound.subject_column)
+        """The condition selecting the subject's rows; None when the subject cannot be there.
+
+        A subject without the identifier the table is keyed by raises :class:`Unidentified`:
+        matching nothing would claim the table holds nothing on them.
+        """
+        identifier = subject.identifier(bound.spec.identity)
+        if not identifier:
+            raise Unidentified(self.name, (bound.spec.identity,))
+        value = _column_value(identifier, bound.subject_column)
         if value is None:
             return None
         condition: ColumnElement[bool] = bound.subject_column == value
@@ -650,6 +751,39 @@ class SqlConnector(Connector):
             cycle = " → ".join(exc.args[1])
             raise self._fail(f"tables reach the subject through each other: {cycle}") from None
         return tuple(specs)
+
+    def _parse_provides(self, raw: object) -> dict[str, _Source]:
+        """``provides = { name = "table.column" }``: each table one of ours, keyed otherwise."""
+        if raw is None:
+            return {}
+        example = '{ email = "users.email" }'
+        if not isinstance(raw, Mapping) or not raw:
+            raise self._fail(
+                f"provides must name identifiers and the columns holding them, such as {example}"
+            )
+        by_table = {spec.table: spec for spec in self._tables}
+        sources = {}
+        for name, where in raw.items():
+            if not isinstance(name, str) or not _IDENTIFIER_NAME.fullmatch(name) or name == "id":
+                raise self._fail(
+                    f"provides: {name!r} cannot name an identifier (a letter, then letters, "
+                    "digits, _ . -; not 'id', which every subject has)"
+                )
+            table, dot, column = where.partition(".") if isinstance(where, str) else ("", "", "")
+            if not dot or not _IDENTIFIER.fullmatch(table) or not _IDENTIFIER.fullmatch(column):
+                raise self._fail(f'provides.{name} must be "table.column", got {where!r}')
+            spec = by_table.get(table)
+            if spec is None:
+                raise self._fail(
+                    f"provides.{name}: table {table!r} is not one of the connector's tables "
+                    f"({', '.join(by_table)})"
+                )
+            if spec.identity == name:
+                raise self._fail(
+                    f"provides.{name}: table {table!r} finds the subject by {name} itself"
+                )
+            sources[name] = _Source(table, column)
+        return sources
 
     def _check_uniqueness(self, specs: Sequence[_TableSpec]) -> None:
         tables: set[str] = set()
@@ -875,15 +1009,9 @@ def _children_first(tables: Sequence[str], edges: Sequence[tuple[str, str]]) -> 
     return list(sorter.static_order())
 
 
-def _subject_value(subject: Subject, identity: str, column: Column[Any]) -> Any:
+def _column_value(value: str, column: Column[Any]) -> Any:
     """The subject's identifier as the column holds it, or None when it cannot match."""
-    if identity == "id":
-        value: str | None = subject.id
-    elif identity == "email":
-        value = subject.email
-    else:
-        value = subject.identities.get(identity)
-    if value is None or _python_type(column) is not int:
+    if _python_type(column) is not int:
         return value
     try:
         return int(value)

@@ -1295,4 +1295,17 @@ INSERT INTO "invoices" ("id", "user_id", "issued_at", "amount_cents", "currency"
     ('INV-0007', 'carol', '2023-10-23T03:45:06+00:00', 4114, 'EUR', 'open', 0),
     ('INV-0008', 'carol', '2023-03-26T20:57:30+00:00', 3981, 'EUR', 'paid', 0);
 
+CREATE TABLE "newsletter" (
+    "email" text NOT NULL,
+    "list" text NOT NULL,
+    "subscribed_at" text NOT NULL,
+    "processing_restricted" bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY ("email", "list")
+);
+INSERT INTO "newsletter" ("email", "list", "subscribed_at", "processing_restricted") VALUES
+    ('alice@example.com', 'firmware_updates', '2023-12-06T17:49:07+00:00', 0),
+    ('bob@example.com', 'firmware_updates', '2023-04-13T01:36:55+00:00', 0),
+    ('carol@example.com', 'firmware_updates', '2023-12-03T01:05:30+00:00', 0),
+    ('carol@example.com', 'product_news', '2023-02-15T14:07:01+00:00', 0);
+
 COMMIT;

@@ -60,6 +60,7 @@ def test_connector_sdk_surface_is_stable() -> None:
         "RetentionRule",
         "Subject",
         "TransientError",
+        "Unidentified",
     ]
     for name in connectors.__all__:
         assert getattr(connectors, name).__doc__, f"{name} has no docstring"

@@ -269,7 +269,12 @@ def test_the_services_settings_load_and_build_their_connectors() -> None:
         settings = Settings.load({**environment, "HANDOVER_CONFIG": str(CONFIG_FILE)})
         assert not settings.embedded_redis and settings.s3_bucket is not None, name
         assert settings.jwt_secret is not None and settings.signing_key_file is not None, name
-        assert {c.name for c in settings.connectors} == {"profile", "devices", "billing"}
+        assert {c.name for c in settings.connectors} == {
+            "profile",
+            "devices",
+            "billing",
+            "newsletter",
+        }
         for config in settings.connectors:
             load_type(config.type)
         built = build_connectors(list(settings.connectors))
@@ -444,6 +449,7 @@ def test_the_config_serves_the_demo_connectors(tmp_path: Path) -> None:
             if table.get("anonymise", {}).get("email") == "hash":
                 table["anonymise"] = {**table["anonymise"], "email": "null"}  # no hash_key here
         assert ours.options["tables"] == expected, ours.name
+        assert ours.options.get("provides") == theirs.options.get("provides"), ours.name
 
 
 def test_the_platform_seed_is_made_from_the_demo_data_now() -> None:
@@ -684,11 +690,15 @@ async def demo_export(tmp_path: Path, subject: str) -> dict[str, list[Any]]:
     found: dict[str, list[Any]] = {}
     for connector in built.values():
         await connector.open()
-        try:
-            async for item in connector.export(Subject(subject)):
+    try:
+        # The demo's profile connector is the identity source of the subject's email.
+        email = (await built["profile"].resolve(Subject(subject))).get("email")
+        for connector in built.values():
+            async for item in connector.export(Subject(subject, email=email)):
                 assert isinstance(item, Record)
                 found.setdefault(f"{connector.name}/{item.dataset}.json", []).append(item.data)
-        finally:
+    finally:
+        for connector in built.values():
             await connector.close()
     return orjson.loads(orjson.dumps(found))  # type: ignore[no-any-return]
 

@@ -44,7 +44,7 @@ class FakeClock:
 
 @dataclass
 class Seen:
-    """One request as the fake received it."""
+    """One request as the fake received it; ``raw_path`` as sent, percent-escapes kept."""
 
     method: str
     path: str
@@ -52,6 +52,7 @@ class Seen:
     headers: Mapping[str, str]
     body: bytes
     at: float
+    raw_path: str = ""
 
 
 @dataclass
@@ -117,6 +118,7 @@ class FakeProcessor(ABC):
                 dict(request.headers),
                 body,
                 self.clock(),
+                request.rel_url.raw_path,
             )
         )
         if self.faults:

@@ -1,4 +1,4 @@
-"""The demo platform database and the three ``sql`` connectors declared over it."""
+"""The demo platform database and the four ``sql`` connectors declared over it."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ import pytest
 
 from connectors.base import Connector
 from connectors.demo import DEMO_SUBJECTS, demo_connector_configs, seed_demo_database
+from connectors.errors import Unidentified
 from connectors.items import Record, Subject
 from connectors.registry import build_connectors
 from connectors.reports import RetentionRule
 from connectors.sql import SqlConnector
 
-TABLES = ("users", "consents", "devices", "telemetry", "invoices")
+TABLES = ("users", "consents", "devices", "telemetry", "invoices", "newsletter")
 INVOICE_RULE = RetentionRule("tax law: invoices are kept 10 years", timedelta(days=3650))
 
 # What each connector should return for a subject, queried independently of demo.py.
@@ -29,20 +30,23 @@ EXPECTED_QUERIES: dict[str, dict[str, str]] = {
     "profile": {
         "profile": (
             "SELECT id, email, name, country, created_at, processing_restricted"
-            " FROM users WHERE id = ?"
+            " FROM users WHERE id = :id"
         ),
-        "consents": "SELECT * FROM consents WHERE user_id = ? ORDER BY purpose",
+        "consents": "SELECT * FROM consents WHERE user_id = :id ORDER BY purpose",
     },
     "devices": {
-        "devices": "SELECT * FROM devices WHERE owner_id = ? ORDER BY id",
+        "devices": "SELECT * FROM devices WHERE owner_id = :id ORDER BY id",
         "telemetry": (
             "SELECT device_id, ts, temperature, humidity FROM telemetry"
-            " WHERE device_id IN (SELECT id FROM devices WHERE owner_id = ?)"
+            " WHERE device_id IN (SELECT id FROM devices WHERE owner_id = :id)"
             " ORDER BY device_id, ts"
         ),
     },
     "billing": {
-        "invoices": "SELECT * FROM invoices WHERE user_id = ? ORDER BY issued_at, id",
+        "invoices": "SELECT * FROM invoices WHERE user_id = :id ORDER BY issued_at, id",
+    },
+    "newsletter": {
+        "newsletter": "SELECT * FROM newsletter WHERE email = :email ORDER BY list",
     },
 }
 CONNECTORS = tuple(EXPECTED_QUERIES)
@@ -83,10 +87,11 @@ def expected_records(
 ) -> list[tuple[str, dict[str, Any]]]:
     with connect(path) as connection:
         connection.row_factory = sqlite3.Row
+        params = {"id": subject_id, "email": f"{subject_id}@example.com"}
         return [
             (dataset, dict(row))
             for dataset, sql in EXPECTED_QUERIES[connector].items()
-            for row in connection.execute(sql, (subject_id,))
+            for row in connection.execute(sql, params)
         ]
 
 
@@ -96,6 +101,12 @@ async def export(connector: Connector, subject_id: str) -> list[Record]:
         assert isinstance(item, Record)
         records.append(item)
     return records
+
+
+async def identified(connectors: dict[str, Connector], subject_id: str) -> Subject:
+    """The subject known by id, with the email the ``profile`` identity source looks up."""
+    found = await connectors["profile"].resolve(Subject(subject_id))
+    return Subject(subject_id, email=found.get("email"))
 
 
 # -- the database --------------------------------------------------------------------
@@ -115,6 +126,8 @@ def test_seed_creates_the_demo_platform(database: Path) -> None:
             assert 2 <= devices <= 3
             assert 2 <= count("SELECT count(*) FROM invoices WHERE user_id = ?", subject) <= 4
             assert 2 <= count("SELECT count(*) FROM consents WHERE user_id = ?", subject) <= 3
+            email = f"{subject}@example.com"
+            assert 1 <= count("SELECT count(*) FROM newsletter WHERE email = ?", email) <= 2
         per_device = connection.execute(
             "SELECT count(*) FROM telemetry GROUP BY device_id"
         ).fetchall()
@@ -153,14 +166,17 @@ def test_seed_rebuilds_a_demo_database_of_an_older_schema(database: Path, tmp_pa
     assert dump(old) == dump(database)
 
 
-def test_configs_declare_three_sql_connectors(database: Path) -> None:
+def test_configs_declare_four_sql_connectors(database: Path) -> None:
     configs = demo_connector_configs(database)
 
     assert [(c.name, c.type) for c in configs] == [
         ("profile", "sql"),
         ("devices", "sql"),
         ("billing", "sql"),
+        ("newsletter", "sql"),
     ]
+    assert configs[0].options["provides"] == {"email": "users.email"}
+    assert [t["identity"] for t in configs[3].options["tables"]] == ["email"]
     assert demo_connector_configs(database) == configs  # the hash key is kept, not remade
     key_file = database.with_name(f"{database.name}.hash-key")
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -183,6 +199,45 @@ async def test_export_yields_exactly_the_subjects_rows(
     assert records
     others = set(DEMO_SUBJECTS) - {subject_id}
     assert not [r for r in records for v in r.data.values() if any(o in str(v) for o in others)]
+
+
+async def test_profile_is_the_identity_source_of_the_email_keyed_newsletter(
+    connectors: dict[str, Connector],
+) -> None:
+    assert {name: c.identifiers for name, c in connectors.items()} == {
+        "profile": {"id"},
+        "devices": {"id"},
+        "billing": {"id"},
+        "newsletter": {"email"},
+    }
+    assert {name: c.provides for name, c in connectors.items() if c.provides} == {
+        "profile": {"email"}
+    }
+    for subject_id in DEMO_SUBJECTS:
+        assert await connectors["profile"].resolve(Subject(subject_id)) == {
+            "email": f"{subject_id}@example.com"
+        }
+    assert await connectors["profile"].resolve(Subject("dave")) == {}
+
+
+async def test_the_newsletter_needs_the_email_the_profile_provides(
+    database: Path, connectors: dict[str, Connector]
+) -> None:
+    newsletter = connectors["newsletter"]
+    before = dump(database)
+
+    with pytest.raises(Unidentified, match="'newsletter' needs the subject's email"):
+        await anext(newsletter.export(Subject("carol")))
+    with pytest.raises(Unidentified, match="'newsletter' needs the subject's email"):
+        await newsletter.erase(Subject("carol"), dry_run=False, retention={})
+    carol = await identified(connectors, "carol")
+    records = [item async for item in newsletter.export(carol)]
+
+    assert dump(database) == before
+    assert [("newsletter", dict(r.data)) for r in records if isinstance(r, Record)] == (
+        expected_records(database, "newsletter", "carol")
+    )
+    assert records
 
 
 @pytest.mark.parametrize("name", CONNECTORS)
@@ -238,6 +293,8 @@ async def test_erasure_anonymises_the_profile_deletes_devices_and_keeps_invoices
     assert reports["devices"].dataset("telemetry").deleted == number("devices", "telemetry")
     invoices = reports["billing"].dataset("invoices")
     assert (invoices.deleted, invoices.retained) == (0, number("billing", "invoices"))
+    assert reports["newsletter"].dataset("newsletter").deleted == number("newsletter", "newsletter")
+    assert number("newsletter", "newsletter") > 0
     assert invoices.legal_basis == INVOICE_RULE.legal_basis
     with connect(database) as connection:
         key = demo_connector_configs(database)[0].options["hash_key"]
@@ -253,6 +310,7 @@ async def test_erasure_anonymises_the_profile_deletes_devices_and_keeps_invoices
         "profile": set(),
         "devices": set(),
         "billing": {"invoices"},
+        "newsletter": set(),
     }
     assert {name: expected_records(database, name, "bob") for name in CONNECTORS} == bob
     again = await connectors["profile"].erase(subject, dry_run=False, retention=retention)
@@ -262,9 +320,9 @@ async def test_erasure_anonymises_the_profile_deletes_devices_and_keeps_invoices
 async def test_restriction_blocks_the_subject_everywhere(
     database: Path, connectors: dict[str, Connector]
 ) -> None:
+    bob = await identified(connectors, "bob")
     reports = {
-        name: await connector.restrict(Subject("bob"), dry_run=False)
-        for name, connector in connectors.items()
+        name: await connector.restrict(bob, dry_run=False) for name, connector in connectors.items()
     }
 
     assert all(report.supported and report.note is None for report in reports.values())
@@ -281,6 +339,16 @@ async def test_restriction_blocks_the_subject_everywhere(
                 ).fetchall()
             )
             assert flags == {"alice": 0, "bob": 1, "carol": 0}
+        subscriptions = dict(
+            connection.execute(
+                "SELECT email, max(processing_restricted) FROM newsletter GROUP BY email"
+            ).fetchall()
+        )
+        assert subscriptions == {
+            "alice@example.com": 0,
+            "bob@example.com": 1,
+            "carol@example.com": 0,
+        }
         blocked_readings = connection.execute(
             "SELECT count(*) FROM telemetry WHERE processing_restricted = 1"
         ).fetchone()[0]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from connectors.base import Connector
-from connectors.errors import PermanentError, RateLimited, TransientError
+from connectors.errors import PermanentError, RateLimited, TransientError, Unidentified
 from connectors.google_analytics import GoogleAnalyticsConnector, normalise_user_provided_data
 from connectors.items import Record, Subject
 from connectors.registry import load_type
@@ -67,7 +67,7 @@ async def test_export_reads_the_property_and_yields_one_notice(
         "this access token"
     )
     assert notice.data["identifier"] == "user_id from the subject's id"
-    assert notice.data["identifier_known"] is True
+    assert tuple(notice.data) == connector.dataset("notice").fields
     assert [(s.method, s.path) for s in fake.requests] == [("GET", "/v1alpha/properties/123456789")]
     assert fake.deletions == []
 
@@ -111,15 +111,52 @@ async def test_erase_by_client_id_from_the_subjects_identities(
     await connector.open()
     try:
         await connector.erase(ALICE, dry_run=False, retention={})
-        report = await connector.erase(Subject("bob"), dry_run=False, retention={})
-        [notice] = [item async for item in connector.export(Subject("bob"))]
+        [notice] = [item async for item in connector.export(ALICE)]
     finally:
         await connector.close()
     assert fake.deletions == [("123456789", "clientId", "1197596843.1673515099")]
-    assert report.note is not None
-    assert "no deletion request was submitted" in report.note
     assert isinstance(notice, Record)
-    assert notice.data["identifier_known"] is False
+    assert notice.data["identifier"] == "client_id from identities['ga_client_id']"
+
+
+@pytest.mark.parametrize(
+    ("options", "identifier"),
+    [
+        ({}, "id"),
+        ({"identifier": "user_provided_data"}, "email"),
+        ({"identifier": "user_provided_data", "identity": "phone_number"}, "phone_number"),
+        ({"identifier": "client_id", "identity": "ga_client_id"}, "ga_client_id"),
+        ({"identifier": "app_instance_id", "identity": "firebase_id"}, "firebase_id"),
+    ],
+)
+def test_the_identifier_is_the_one_the_deletion_is_keyed_by(
+    options: dict[str, str], identifier: str
+) -> None:
+    connector = build("https://analyticsadmin.googleapis.com", **options)
+    assert connector.identifiers == {identifier}
+    assert connector.describe()["identifiers"] == [identifier]
+
+
+async def test_a_subject_without_the_identifier_is_unidentified(
+    analytics: tuple[FakeGoogleAnalytics, str],
+) -> None:
+    fake, url = analytics
+    connector = build(url, identifier="client_id", identity="ga_client_id")
+    bob = Subject("bob", "bob@example.com")
+    needs = "connector 'analytics' needs the subject's ga_client_id, and none is known"
+    await connector.open()
+    try:
+        with pytest.raises(Unidentified, match=needs):
+            [item async for item in connector.export(bob)]
+        for dry_run in (True, False):
+            with pytest.raises(Unidentified, match=needs):
+                await connector.erase(bob, dry_run=dry_run, retention={})
+            with pytest.raises(Unidentified, match=needs):
+                await connector.restrict(bob, dry_run=dry_run)
+        assert not (await connector.restrict(ALICE, dry_run=False)).supported
+    finally:
+        await connector.close()
+    assert fake.requests == []
 
 
 async def test_erase_by_user_provided_data_sends_the_normalised_email(
@@ -265,10 +302,13 @@ class TestGoogleAnalyticsConnectorContract(ConnectorContract):
     exports_notices_only = True
     stack: AsyncExitStack | None = None
 
+    def options(self) -> dict[str, Any]:
+        return {}
+
     async def make_connector(self) -> Connector:
         self.stack = AsyncExitStack()
         url = await self.stack.enter_async_context(serve(FakeGoogleAnalytics()))
-        return build(url)
+        return build(url, **self.options())
 
     def subject_with_data(self) -> Subject:
         return ALICE
@@ -279,3 +319,13 @@ class TestGoogleAnalyticsConnectorContract(ConnectorContract):
     async def cleanup(self) -> None:
         if self.stack is not None:
             await self.stack.aclose()
+
+
+class TestGoogleAnalyticsConnectorContractByClientId(TestGoogleAnalyticsConnectorContract):
+    """The contract again with deletion keyed by the client id from the subject's identities."""
+
+    def options(self) -> dict[str, Any]:
+        return {"identifier": "client_id", "identity": "ga_client_id"}
+
+    def subject_without_data(self) -> Subject:
+        return Subject("nobody", identities={"ga_client_id": "1234567890.1234567890"})

@@ -12,7 +12,7 @@ from urllib.parse import parse_qs
 import pytest
 
 from connectors.base import Connector
-from connectors.errors import PermanentError, RateLimited, TransientError
+from connectors.errors import PermanentError, RateLimited, TransientError, Unidentified
 from connectors.hotjar import HotjarConnector
 from connectors.items import Record, Subject
 from connectors.registry import load_type
@@ -128,7 +128,9 @@ async def test_site_user_ids_are_sent_in_the_site_map(hotjar: tuple[FakeHotjar, 
     await connector.open()
     try:
         await export(connector, ALICE)
-        await export(connector, Subject("bob"))
+        await export(connector, Subject("carol", identities={"hotjar_user": "u-78"}))
+        with pytest.raises(Unidentified, match="needs the subject's email or hotjar_user"):
+            await export(connector, Subject("bob"))
     finally:
         await connector.close()
     assert [json.loads(seen.body) for seen in fake.seen(LOOKUP_PATH)] == [
@@ -136,7 +138,35 @@ async def test_site_user_ids_are_sent_in_the_site_map(hotjar: tuple[FakeHotjar, 
             "data_subject_email": "alice@example.com",
             "data_subject_site_id_to_user_id_map": {"3456789": "u-77", "3456790": "u-77"},
             "delete_all_hits": False,
-        }
+        },
+        {
+            "data_subject_site_id_to_user_id_map": {"3456789": "u-78", "3456790": "u-78"},
+            "delete_all_hits": False,
+        },
+    ]
+
+
+def test_the_identifiers_are_the_email_and_the_site_user_id() -> None:
+    url = "https://api.hotjar.io"
+    assert build(url).identifiers == {"email"}
+    assert build(url, site_ids=[3456789]).identifiers == {"email", "id"}
+    with_identity = build(url, site_ids=[3456789], user_id_identity="hotjar_user")
+    assert with_identity.identifiers == {"email", "hotjar_user"}
+    assert with_identity.describe()["identifiers"] == ["email", "hotjar_user"]
+
+
+async def test_without_an_identity_the_site_user_id_is_the_subjects_id(
+    hotjar: tuple[FakeHotjar, str],
+) -> None:
+    fake, url = hotjar
+    connector = build(url, site_ids=[3456789])
+    await connector.open()
+    try:
+        await connector.erase(Subject("bob"), dry_run=False, retention={})
+    finally:
+        await connector.close()
+    assert [json.loads(seen.body) for seen in fake.seen(LOOKUP_PATH)] == [
+        {"data_subject_site_id_to_user_id_map": {"3456789": "bob"}, "delete_all_hits": True}
     ]
 
 
@@ -173,15 +203,24 @@ async def test_erase_dry_run_and_retention_send_no_deletion(
     assert kept.dataset("user_lookup").legal_basis == rule.legal_basis
 
 
-async def test_a_subject_with_nothing_to_look_up_sends_nothing(
+async def test_a_subject_with_nothing_to_look_up_is_unidentified(
     hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
 ) -> None:
     fake, _ = hotjar
-    assert await export(connector, Subject("bob")) == []
-    report = await connector.erase(Subject("bob"), dry_run=False, retention={})
-    assert report.note is not None
-    assert "no email and no site user id" in report.note
+    bob = Subject("bob", identities={"hotjar_user": "u-79"})
+    needs = "connector 'recordings' needs the subject's email, and none is known"
+    with pytest.raises(Unidentified, match=needs) as caught:
+        await export(connector, bob)
+    assert caught.value.needs == ("email",)
+    rule = RetentionRule("fraud investigation hold", timedelta(days=90))
+    for dry_run in (True, False):
+        for retention in ({}, {"user_lookup": rule}):
+            with pytest.raises(Unidentified, match=needs):
+                await connector.erase(bob, dry_run=dry_run, retention=retention)
+        with pytest.raises(Unidentified, match=needs):
+            await connector.restrict(bob, dry_run=dry_run)
     assert fake.requests == []
+    assert not (await connector.restrict(ALICE, dry_run=False)).supported
 
 
 async def test_wrong_client_credentials_are_a_permanent_error(
@@ -287,12 +326,15 @@ class TestHotjarConnectorContract(ConnectorContract):
     exports_notices_only = True
     stack: AsyncExitStack | None = None
 
+    def options(self) -> dict[str, Any]:
+        return {}
+
     async def make_connector(self) -> Connector:
         self.stack = AsyncExitStack()
         fake = FakeHotjar()
         fake.hits["alice@example.com"] = 3
         url = await self.stack.enter_async_context(serve(fake))
-        return build(url)
+        return build(url, **self.options())
 
     def subject_with_data(self) -> Subject:
         return ALICE
@@ -303,3 +345,10 @@ class TestHotjarConnectorContract(ConnectorContract):
     async def cleanup(self) -> None:
         if self.stack is not None:
             await self.stack.aclose()
+
+
+class TestHotjarConnectorContractWithSites(TestHotjarConnectorContract):
+    """The contract again with the subject also looked up by their user id on two sites."""
+
+    def options(self) -> dict[str, Any]:
+        return {"site_ids": [3456789, 3456790], "user_id_identity": "hotjar_user"}

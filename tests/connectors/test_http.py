@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from connectors.base import Connector
-from connectors.errors import PermanentError, RateLimited, TransientError
-from connectors.http import HttpConnector, Secret, TokenBucket, parse_retry_after
+from connectors.errors import PermanentError, RateLimited, TransientError, Unidentified
+from connectors.http import HttpClient, HttpConnector, Secret, TokenBucket, parse_retry_after
 from connectors.items import Record, Subject
 from connectors.registry import load_type
 from connectors.reports import RetentionRule
@@ -352,6 +352,15 @@ async def test_erase_with_a_retained_dataset_restricts_instead(
     assert "DELETE" not in [s.method for s in fake.requests]
 
 
+def email_only_settings(base_url: str) -> dict[str, Any]:
+    """Only the events, found and erased by the subject's email."""
+    events = dict(
+        settings(base_url)["datasets"][1],
+        erase={"path": "/events", "params": {"email": "{email}"}, "success": [204]},
+    )
+    return settings(base_url, datasets=[events], erase=None, restrict=None)
+
+
 def collection_settings(base_url: str) -> dict[str, Any]:
     """Tickets erased only with the subject; events and notes each by an endpoint of their own."""
     tickets, events, notes, _ = settings(base_url)["datasets"]
@@ -495,13 +504,139 @@ async def test_check_gets_the_check_path(api: tuple[FakeTicketsApi, str]) -> Non
     assert fake.seen("/health")[0].headers["Authorization"] == f"Bearer {TOKEN}"
 
 
-async def test_a_subject_without_the_templated_value_is_named(
+def test_the_identifiers_are_the_templates_variables() -> None:
+    connector = HttpConnector("helpdesk", **settings("https://api.example.com"))
+    assert connector.identifiers == {"id", "email"}
+    assert connector.describe()["identifiers"] == ["email", "id"]
+    by_email = HttpConnector("helpdesk", **email_only_settings("https://api.example.com"))
+    assert by_email.identifiers == {"email"}
+    restrict = {"method": "POST", "path": "/crm/{identities.crm_id}/restrict", "body": {}}
+    options = settings("https://api.example.com", restrict=restrict)
+    assert HttpConnector("helpdesk", **options).identifiers == {"id", "email", "crm_id"}
+
+
+async def test_a_subject_without_a_templated_value_is_unidentified_before_any_request(
     api: tuple[FakeTicketsApi, str],
 ) -> None:
-    _, url = api
+    fake, url = api
     async with opened(HttpConnector("helpdesk", **settings(url))) as connector:
-        with pytest.raises(PermanentError, match="the subject has no email"):
+        with pytest.raises(
+            Unidentified, match="connector 'helpdesk' needs the subject's email, and none is known"
+        ) as caught:
             await export(connector, Subject("alice"))
+        for dry_run in (True, False):
+            with pytest.raises(Unidentified, match="needs the subject's email"):
+                await connector.erase(Subject("alice"), dry_run=dry_run, retention={})
+            with pytest.raises(Unidentified, match="needs the subject's email"):
+                await connector.restrict(Subject("alice"), dry_run=dry_run)
+    assert caught.value.needs == ("email",)
+    assert fake.requests == []
+    assert fake.users["alice"]["tickets"]
+    assert fake.restricted == set()
+
+
+async def test_a_value_only_the_erasure_needs_is_checked_before_anything_is_counted(
+    api: tuple[FakeTicketsApi, str],
+) -> None:
+    fake, url = api
+    tickets = settings(url)["datasets"][0]
+    erase = {"method": "DELETE", "path": "/users/{id}", "body": {"crm": "{identities.crm_id}"}}
+    options = settings(url, datasets=[tickets], erase=erase)
+    async with opened(HttpConnector("helpdesk", **options)) as connector:
+        assert len((await export(connector, ALICE))["tickets"]) == 5
+        before = len(fake.requests)
+        with pytest.raises(Unidentified, match="needs the subject's crm_id") as caught:
+            await connector.erase(ALICE, dry_run=False, retention={})
+        assert caught.value.needs == ("crm_id",)
+        assert len(fake.requests) == before
+        with_crm_id = Subject("alice", "alice@example.com", {"crm_id": "c-1"})
+        report = await connector.erase(with_crm_id, dry_run=False, retention={})
+    assert report.dataset("tickets").deleted == 5
+    assert fake.seen("/users/alice")[-1].body == b'{"crm": "c-1"}'
+    assert "alice" not in fake.users
+
+
+async def test_the_restrict_endpoints_values_are_needed_only_when_erasure_blocks(
+    api: tuple[FakeTicketsApi, str],
+) -> None:
+    fake, url = api
+    restrict = {
+        "method": "POST",
+        "path": "/users/{id}/restrict",
+        "body": {"crm": "{identities.crm_id}"},
+    }
+    options = dict(collection_settings(url), restrict=restrict)
+    async with opened(HttpConnector("helpdesk", **options)) as connector:
+        with pytest.raises(Unidentified, match="needs the subject's crm_id"):
+            await connector.erase(ALICE, dry_run=True, retention={"tickets": INVOICES})
+        assert fake.requests == []
+        report = await connector.erase(ALICE, dry_run=False, retention={})
+    assert report.dataset("tickets").deleted == 5
+    assert "alice" not in fake.users
+    assert fake.seen("/restrict") == []
+
+
+@pytest.mark.parametrize(
+    ("subject_id", "raw_path"),
+    [
+        ("..", "/users/%2E%2E"),
+        (".", "/users/%2E"),
+        ("a/../b", "/users/a%2F..%2Fb"),
+        ("%2E%2E", "/users/%252E%252E"),
+        ("...", "/users/..."),
+    ],
+)
+async def test_a_subject_id_cannot_lead_a_request_to_another_resource(
+    subject_id: str, raw_path: str
+) -> None:
+    """The server sees the subject's own resource: dot segments are encoded, not removed."""
+    fake = FakeTicketsApi(auth_value=f"Bearer {TOKEN}")
+    fake.add_user(subject_id, f"{subject_id}@example.com", tickets=3, notes=1)
+    fake.add_user("alice", "alice@example.com", tickets=2)
+    subject = Subject(subject_id, f"{subject_id}@example.com")
+    async with (
+        serve(fake) as url,
+        opened(HttpConnector("helpdesk", **settings(url))) as connector,
+    ):
+        found = await export(connector, subject)
+        report = await connector.erase(subject, dry_run=False, retention={})
+    assert found["tickets"] == ["t0", "t1", "t2"]
+    assert report.dataset("tickets").deleted == 3
+    assert {seen.raw_path for seen in fake.seen() if seen.method == "GET"} == {
+        f"{raw_path}/tickets",
+        "/events",
+        f"{raw_path}/notes",
+        f"/feed/{raw_path.removeprefix('/users/')}",
+    }
+    assert [seen.raw_path for seen in fake.seen() if seen.method == "DELETE"] == [raw_path]
+    assert subject_id not in fake.users
+    assert fake.users["alice"]["tickets"]
+
+
+async def test_a_value_that_completes_a_dot_segment_is_encoded(
+    api: tuple[FakeTicketsApi, str],
+) -> None:
+    fake, url = api
+    fake.add_user("..", "dots@example.com", tickets=1)
+    tickets = dict(settings(url)["datasets"][0], path="/users/.{id}/tickets")
+    options = settings(url, datasets=[tickets])
+    async with opened(HttpConnector("helpdesk", **options)) as connector:
+        found = await export(connector, Subject(".", "dots@example.com"))
+    assert found == {"tickets": ["t0"]}
+    assert [seen.raw_path for seen in fake.requests] == ["/users/%2E%2E/tickets"]
+
+
+def test_the_client_sends_a_relative_target_as_written() -> None:
+    client = HttpClient("helpdesk", "https://api.example.com/v2/")
+    assert str(client.url("/users/%2E%2E/tickets")) == (
+        "https://api.example.com/v2/users/%2E%2E/tickets"
+    )
+    assert str(client.url("users/café 50%/x?state=all")) == (
+        "https://api.example.com/v2/users/caf%C3%A9%2050%25/x?state=all"
+    )
+    assert str(client.url("https://api.example.com/v2/feed?offset=2")) == (
+        "https://api.example.com/v2/feed?offset=2"
+    )
 
 
 async def test_requests_before_open_are_refused() -> None:
@@ -524,6 +659,15 @@ async def test_requests_before_open_are_refused() -> None:
         ({"rate_limit": -1}, "rate_limit must be a number of at least 0"),
         ({"timeout": 0}, "timeout must be a number above 0"),
         ({"colour": "blue"}, "unknown option"),
+        ({"check_path": "/health/{id}"}, "check_path names no subject"),
+        (
+            {
+                "datasets": [{"name": "x", "category": "usage", "path": "/everything"}],
+                "erase": {"path": "/everything"},
+                "restrict": None,
+            },
+            r"datasets name no subject: use \{id\}, \{email\} or \{identities.KEY\}",
+        ),
         (
             {"datasets": [{"name": "x", "category": "usage", "path": "/u/{user}"}]},
             r"datasets\[0\].path uses unknown variable \{user\}",
@@ -607,3 +751,10 @@ class TestHttpConnectorContractWithRetention(TestHttpConnectorContract):
 
     def retention(self) -> Mapping[str, RetentionRule]:
         return {"tickets": INVOICES}
+
+
+class TestHttpConnectorContractByEmail(TestHttpConnectorContract):
+    """The contract again for a processor that knows the subject only by email."""
+
+    def options(self, url: str) -> dict[str, Any]:
+        return dict(email_only_settings(url), check_path="/health")

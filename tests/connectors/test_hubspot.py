@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from connectors.base import Connector
-from connectors.errors import PermanentError, RateLimited, TransientError
+from connectors.errors import PermanentError, RateLimited, TransientError, Unidentified
 from connectors.hubspot import HubSpotConnector
 from connectors.items import Record, Subject
 from connectors.registry import load_type
@@ -116,11 +116,24 @@ async def test_an_unknown_subject_exports_nothing(
     assert fake.seen("/crm/v3/properties") == []
 
 
-async def test_a_subject_without_email_or_contact_id_is_refused(
-    connector: HubSpotConnector,
+async def test_a_subject_without_email_or_contact_id_is_unidentified(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
 ) -> None:
-    with pytest.raises(PermanentError, match="neither an email nor a hubspot_contact_id"):
-        await export(connector, Subject("alice"))
+    fake, _ = hubspot
+    nameless = Subject("alice", identities={"phone_number": "+33 1 23"})
+    needs = "needs the subject's email or hubspot_contact_id, and none is known"
+    assert connector.identifiers == {"email", "hubspot_contact_id"}
+    assert connector.describe()["identifiers"] == ["email", "hubspot_contact_id"]
+    with pytest.raises(Unidentified, match=needs) as caught:
+        await export(connector, nameless)
+    assert caught.value.needs == ("email", "hubspot_contact_id")
+    for dry_run in (True, False):
+        with pytest.raises(Unidentified, match=needs):
+            await connector.erase(nameless, dry_run=dry_run, retention={})
+        with pytest.raises(Unidentified, match=needs):
+            await connector.restrict(nameless, dry_run=dry_run)
+    assert fake.requests == []
+    assert "501" in fake.contacts
 
 
 async def test_search_pages_are_followed(

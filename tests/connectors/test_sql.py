@@ -50,7 +50,7 @@ from sqlalchemy.sql.expression import Executable
 
 from connectors import sql
 from connectors.base import Connector
-from connectors.errors import PermanentError, TransientError
+from connectors.errors import PermanentError, TransientError, Unidentified
 from connectors.items import Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from connectors.sql import SqlConnector
@@ -749,13 +749,139 @@ async def test_anonymisation_pages_through_a_composite_key(
     assert "consents" not in left
 
 
-async def test_erase_handles_the_subject_known_only_by_email(
+async def test_a_subject_without_a_tables_identifier_is_unidentified(
     database: Database, platform: SqlConnector
 ) -> None:
-    report = await platform.erase(Subject("alice"), dry_run=False, retention={})
+    before = await database.dump()
+    known_by_id = Subject("alice")
 
-    assert report.dataset("newsletter").deleted == 0
-    assert len(await database.rows("SELECT * FROM newsletter")) == 2
+    stream = platform.export(known_by_id)
+    with pytest.raises(
+        Unidentified, match="connector 'platform' needs the subject's email, and none is known"
+    ) as raised:
+        await anext(stream)  # before the first row of the first table
+    for dry_run in (True, False):
+        with pytest.raises(Unidentified, match="needs the subject's email"):
+            await platform.erase(known_by_id, dry_run=dry_run, retention={"invoices": INVOICE_RULE})
+
+    assert raised.value.needs == ("email",)
+    assert await database.dump() == before  # the tables keyed by id were rolled back too
+    restricted = await platform.restrict(known_by_id, dry_run=True)  # no newsletter block_column
+    assert restricted.restricted == {"profile": 1, "devices": 2, "invoices": 2}
+
+
+async def test_an_identity_table_is_unidentified_without_that_identity(
+    database: Database,
+) -> None:
+    options = platform_options()
+    table_options("newsletter", options)["identity"] = "newsletter_id"
+    table_options("invoices", options)["identity"] = "phone_number"
+    connector = database.connector(**options)
+
+    assert connector.identifiers == {"id", "newsletter_id", "phone_number"}
+    assert connector.describe()["identifiers"] == ["id", "newsletter_id", "phone_number"]
+    await connector.open()
+    try:
+        with pytest.raises(Unidentified, match="needs the subject's phone_number"):
+            await export(connector, ALICE)
+        with pytest.raises(Unidentified, match="needs the subject's phone_number"):
+            await connector.restrict(ALICE, dry_run=False)
+        everything = Subject(
+            "alice",
+            identities={"newsletter_id": "alice@example.com", "phone_number": "alice"},
+        )
+        held = {r.dataset for r in await export(connector, everything)}
+    finally:
+        await connector.close()
+    assert held == set(EXPECTED_QUERIES)
+
+
+# -- identity source (provides) ------------------------------------------------------
+
+
+async def resolved(database: Database, subject: Subject, **provides: str) -> Mapping[str, str]:
+    connector = await opened(database.connector(**platform_options(provides=provides)))
+    try:
+        return await connector.resolve(subject)
+    finally:
+        await connector.close()
+
+
+async def test_provides_reads_the_email_of_the_subjects_row(database: Database) -> None:
+    connector = database.connector(**platform_options(provides={"email": "users.email"}))
+    assert connector.provides == {"email"}
+    assert build().provides == frozenset()
+
+    assert await resolved(database, Subject("alice"), email="users.email") == {
+        "email": "alice@example.com"
+    }
+    assert await resolved(database, Subject("dave"), email="users.email") == {}
+
+
+async def test_provides_leaves_out_an_identifier_the_rows_do_not_hold(database: Database) -> None:
+    async with database.engine.begin() as connection:
+        await connection.execute(text("UPDATE users SET email = NULL WHERE id = 'bob'"))
+
+    found = await resolved(database, Subject("bob"), email="users.email", sensor="sensors.id")
+
+    assert found == {"sensor": "4"}  # an integer column's value, as text
+
+
+async def test_provides_refuses_an_ambiguous_identifier(database: Database) -> None:
+    assert await resolved(database, BOB, model="devices.model") == {"model": "Thermo S2"}
+    with pytest.raises(PermanentError) as raised:
+        await resolved(database, ALICE, model="devices.model")
+    assert str(raised.value) == (
+        "connector 'platform': the subject's rows of 'devices' hold more than one model in "
+        "column 'model': ambiguous, so none is taken"
+    )
+    assert "Thermo" not in str(raised.value)
+
+    async with database.engine.begin() as connection:
+        await connection.execute(text("UPDATE devices SET model = 'Thermo S1'"))
+    assert await resolved(database, ALICE, model="devices.model") == {"model": "Thermo S1"}
+
+
+async def test_provides_does_not_read_an_anonymised_row(database: Database) -> None:
+    connector = await opened(
+        database.connector(**platform_options(provides={"email": "users.email"}))
+    )
+    try:
+        await connector.erase(ALICE, dry_run=False, retention={"invoices": INVOICE_RULE})
+        found = await connector.resolve(Subject("alice"))
+    finally:
+        await connector.close()
+
+    [user] = await database.rows("SELECT email FROM users WHERE id = 'alice'")
+    assert user["email"] == keyed_sha256("alice@example.com")
+    assert found == {}
+
+
+async def test_provides_needs_the_identifier_its_table_is_keyed_by(database: Database) -> None:
+    provides = {"newsletter_since": "newsletter.subscribed_at"}
+    connector = await opened(database.connector(**platform_options(provides=provides)))
+    try:
+        with pytest.raises(Unidentified, match="needs the subject's email"):
+            await connector.resolve(Subject("alice"))
+        found = await connector.resolve(ALICE)
+    finally:
+        await connector.close()
+
+    assert set(found) == {"newsletter_since"}
+    assert found["newsletter_since"].startswith("2024-01-01")
+
+
+async def test_provides_names_a_missing_column(database: Database) -> None:
+    connector = await opened(
+        database.connector(**platform_options(provides={"email": "users.mail"}))
+    )
+    try:
+        with pytest.raises(PermanentError, match="missing in the database: column 'users.mail'"):
+            await connector.check()
+        with pytest.raises(PermanentError, match="column 'users.mail'"):
+            await connector.resolve(ALICE)
+    finally:
+        await connector.close()
 
 
 # -- restrict ------------------------------------------------------------------------
@@ -1088,6 +1214,42 @@ def test_a_bad_table_is_refused_naming_it(
         pytest.param({"pool_size": 0}, "pool_size", id="pool-size"),
         pytest.param({"connect_timeout": "soon"}, "connect_timeout", id="timeout"),
         pytest.param({"schema": "public"}, "unknown option(s) schema", id="unknown-option"),
+        pytest.param(
+            {"provides": "users.email"},
+            'provides must name identifiers and the columns holding them, such as { email = "',
+            id="provides-shape",
+        ),
+        pytest.param({"provides": {}}, "provides must name identifiers", id="provides-empty"),
+        pytest.param(
+            {"provides": {"email": "users"}},
+            "provides.email must be \"table.column\", got 'users'",
+            id="provides-column",
+        ),
+        pytest.param(
+            {"provides": {"email": "users.e-mail"}},
+            'provides.email must be "table.column"',
+            id="provides-bad-column",
+        ),
+        pytest.param(
+            {"provides": {"email": "accounts.email"}},
+            "provides.email: table 'accounts' is not one of the connector's tables (users, ",
+            id="provides-table",
+        ),
+        pytest.param(
+            {"provides": {"id": "users.id"}},
+            "provides: 'id' cannot name an identifier",
+            id="provides-id",
+        ),
+        pytest.param(
+            {"provides": {"e mail": "users.email"}},
+            "provides: 'e mail' cannot name an identifier",
+            id="provides-name",
+        ),
+        pytest.param(
+            {"provides": {"email": "newsletter.email"}},
+            "provides.email: table 'newsletter' finds the subject by email itself",
+            id="provides-circular",
+        ),
     ],
 )
 def test_bad_options_are_refused(changes: dict[str, Any], message: str) -> None:
@@ -1098,6 +1260,7 @@ def test_bad_options_are_refused(changes: dict[str, Any], message: str) -> None:
         SqlConnector("platform", **options)
 
     assert message in str(raised.value)
+    assert "\n" not in str(raised.value)
 
 
 def test_duplicate_datasets_and_cycles_are_refused() -> None:
@@ -1164,4 +1327,28 @@ class TestSqlConnectorOnMariadb(SqlContract):
 
 
 class TestSqlConnectorOnSqlite(SqlContract):
+    backend = "sqlite"
+
+
+class SqlByEmailContract(SqlContract):
+    """The contract for a connector whose only table is keyed by the subject's email."""
+
+    async def make_connector(self) -> Connector:
+        self.created = await create_database(self.backend, self.tmp_path)
+        options = platform_options()
+        return self.created.connector(tables=[table_options("newsletter", options)])
+
+    def retention(self) -> Mapping[str, RetentionRule]:
+        return {}
+
+
+class TestSqlConnectorByEmailOnPostgresql(SqlByEmailContract):
+    backend = "postgresql"
+
+
+class TestSqlConnectorByEmailOnMariadb(SqlByEmailContract):
+    backend = "mariadb"
+
+
+class TestSqlConnectorByEmailOnSqlite(SqlByEmailContract):
     backend = "sqlite"

@@ -20,9 +20,12 @@ from connectors import (
     ErasureReport,
     File,
     Item,
+    PermanentError,
     Record,
+    RestrictionReport,
     RetentionRule,
     Subject,
+    Unidentified,
 )
 from connectors.testing import ConnectorContract, MemoryConnector, SyntheticConnector
 
@@ -102,6 +105,59 @@ class TestSyntheticConnector(ConnectorContract):
 
     async def make_failing_connector(self) -> Connector | None:
         return None  # it generates its data: there is no processor to fail
+
+
+class ByEmail(MemoryConnector):
+    """The CRM keyed by email address: it cannot find a subject whose email is unknown."""
+
+    identifiers = frozenset({"email"})
+
+    def keyed(self, subject: Subject) -> Subject:
+        self.require_identifier(subject)
+        return Subject(subject.email or "")
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        async for item in super().export(self.keyed(subject)):
+            yield item
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        return await super().erase(self.keyed(subject), dry_run=dry_run, retention=retention)
+
+    async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
+        return await super().restrict(self.keyed(subject), dry_run=dry_run)
+
+
+def crm_by_email(**options: Any) -> ByEmail:
+    emails = {"alice": "alice@example.com", "bob": "bob@example.com"}
+    connector = ByEmail(
+        "crm",
+        records={emails[key]: held for key, held in crm_records().items()},
+        files={"alice@example.com": {"avatar.png": b"\x89PNG..."}},
+        datasets=[
+            {"name": "contacts", "category": "contact", "fields": ("id", "email", "name")},
+            {"name": "invoices", "category": "economic"},
+        ],
+        **options,
+    )
+    return connector
+
+
+class TestMemoryConnectorByEmail(ConnectorContract):
+    """Finds the subject by email only: one without raises Unidentified."""
+
+    async def make_connector(self) -> Connector:
+        return crm_by_email()
+
+    def subject_with_data(self) -> Subject:
+        return ALICE
+
+    def retention(self) -> Mapping[str, RetentionRule]:
+        return INVOICES_KEPT
+
+    async def make_failing_connector(self) -> Connector | None:
+        return crm_by_email(fail="401 from the CRM: API key revoked")
 
 
 # Connectors that break one clause of the contract each.
@@ -230,6 +286,45 @@ class SilentWhenDown(MemoryConnector):
         return ErasureReport()
 
 
+class AnswersNothingWithoutEmail(ByEmail):
+    """Looks up "" when the email is unknown, and so answers that it holds nothing."""
+
+    def keyed(self, subject: Subject) -> Subject:
+        return Subject(subject.email or "")
+
+
+class FailsWithoutEmail(ByEmail):
+    def keyed(self, subject: Subject) -> Subject:
+        if subject.email is None:
+            raise PermanentError("the subject has no email")
+        return Subject(subject.email)
+
+
+class NeedsWhatItDoesNotDeclare(ByEmail):
+    def keyed(self, subject: Subject) -> Subject:
+        if subject.email is None:
+            raise Unidentified(self.name, ("phone_number",))
+        return Subject(subject.email)
+
+
+class RestrictsWithoutEmail(ByEmail):
+    async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
+        return RestrictionReport(supported=True)
+
+
+class CannotRestrictAtAll(ByEmail):
+    async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
+        return RestrictionReport(supported=False, note="the CRM has no restriction")
+
+
+class DeclaresNoIdentifiers(MemoryConnector):
+    identifiers = frozenset()
+
+
+class ByPhoneNumber(ByEmail):
+    identifiers = frozenset({"phone_number"})
+
+
 class Unclassified(MemoryConnector):
     async def export(self, subject: Subject) -> AsyncIterator[Item]:
         raise ConnectorError("something went wrong")
@@ -277,6 +372,15 @@ def probe(
 def broken(cls: type[MemoryConnector]) -> Callable[[], Connector]:
     def make() -> Connector:
         connector = crm()
+        connector.__class__ = cls
+        return connector
+
+    return make
+
+
+def broken_by_email(cls: type[ByEmail]) -> Callable[[], Connector]:
+    def make() -> Connector:
+        connector = crm_by_email()
         connector.__class__ = cls
         return connector
 
@@ -331,6 +435,38 @@ BROKEN = {
         "test_erasure_leaves_only_retained_data",
         "counts none deleted or anonymised",
     ),
+    "answers nothing without an identifier": (
+        broken_by_email(AnswersNothingWithoutEmail),
+        "test_a_subject_without_its_identifiers_is_not_answered",
+        "export of a subject without email answered an export of 0 item.s.: the processor "
+        "could not be asked, so raise connectors.errors.Unidentified",
+    ),
+    "fails without an identifier": (
+        broken_by_email(FailsWithoutEmail),
+        "test_a_subject_without_its_identifiers_is_not_answered",
+        "export of a subject without email raised PermanentError: the subject has no email",
+    ),
+    "needs what it does not declare": (
+        broken_by_email(NeedsWhatItDoesNotDeclare),
+        "test_a_subject_without_its_identifiers_is_not_answered",
+        r"export raised Unidentified needing \('phone_number',\)",
+    ),
+    "restricts without an identifier": (
+        broken_by_email(RestrictsWithoutEmail),
+        "test_a_subject_without_its_identifiers_is_not_answered",
+        "dry-run restrict of a subject without email answered RestrictionReport.supported=True",
+    ),
+    "declares no identifiers": (
+        broken(DeclaresNoIdentifiers),
+        "test_a_subject_without_its_identifiers_is_not_answered",
+        r"DeclaresNoIdentifiers declares identifiers frozenset\(\)",
+    ),
+    "subject without the identifier": (
+        broken_by_email(ByPhoneNumber),
+        "test_a_subject_without_its_identifiers_is_not_answered",
+        r"subject_with_data\(\) 'alice' carries none of the identifiers the connector "
+        r"declares \(phone_number\): give it one",
+    ),
 }
 
 
@@ -340,6 +476,12 @@ def test_the_contract_catches_a_broken_connector(
 ) -> None:
     with pytest.raises(AssertionError, match=message):
         getattr(probe(make), test)()
+
+
+def test_a_connector_that_cannot_restrict_at_all_may_say_so_for_anyone() -> None:
+    probe(
+        broken_by_email(CannotRestrictAtAll)
+    ).test_a_subject_without_its_identifiers_is_not_answered()
 
 
 def test_the_contract_catches_a_connector_that_ignores_retention() -> None:

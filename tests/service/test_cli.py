@@ -141,6 +141,18 @@ def test_token_is_signed_with_the_configured_secret() -> None:
     assert claims["exp"] - claims["iat"] == 900
 
 
+def test_token_with_an_email_vouches_for_it() -> None:
+    result = handover(
+        "token", "--sub", "alice", "--email", "alice@example.com", env={"HANDOVER_JWT_SECRET": JWT}
+    )
+    assert result.returncode == 0, result.stderr
+    claims = jwt.decode(result.stdout.strip(), JWT, algorithms=["HS256"])
+    assert claims["email"] == "alice@example.com"
+    assert claims["email_verified"] is True
+    plain = handover("token", "--sub", "alice", env={"HANDOVER_JWT_SECRET": JWT})
+    assert "email" not in jwt.decode(plain.stdout.strip(), JWT, algorithms=["HS256"])
+
+
 def test_embedded_token_secret_is_kept_in_the_data_dir(tmp_path: Path) -> None:
     env = {"HANDOVER_DATA_DIR": str(tmp_path)}
     first = handover("token", "--sub", "alice", env=env)
@@ -160,6 +172,17 @@ def test_embedded_token_secret_is_kept_in_the_data_dir(tmp_path: Path) -> None:
         ({}, ["api"], "HANDOVER_REDIS_URL: `handover api` needs"),
         ({"HANDOVER_JWT_SECRET": JWT}, ["token", "--sub", "a", "--ttl", "x"], "--ttl:"),
         ({"HANDOVER_CONFIG": "/nonexistent.toml"}, ["token", "--sub", "a"], "HANDOVER_CONFIG:"),
+        ({"HANDOVER_JWT_SECRET": JWT}, ["token", "--sub", "a", "--email", "x"], "--email:"),
+        (
+            {"HANDOVER_IDENTITY_CLAIMS": "crm_id"},
+            ["token", "--sub", "a"],
+            "HANDOVER_IDENTITY_CLAIMS: expected claim:identifier",
+        ),
+        (
+            {"HANDOVER_IDENTITY_CLAIMS": "email:crm_id"},
+            ["token", "--sub", "a"],
+            "HANDOVER_IDENTITY_CLAIMS: email:crm_id: sub, email and phone_number are built in",
+        ),
     ],
 )
 def test_bad_settings_stop_with_one_line(

@@ -82,7 +82,7 @@ def test_new_scaffolds_a_package_that_installs_lists_and_passes_its_contract_tes
         cwd=package,
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "12 passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
+    assert "13 passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
 
 
 def test_the_scaffold_is_formatted_linted_and_typed(tmp_path: Path) -> None:
@@ -186,6 +186,7 @@ def test_list_shows_the_demo_set_when_nothing_is_configured(tmp_path: Path) -> N
         ("profile", "yes"),
         ("devices", "yes"),
         ("billing", "yes"),
+        ("newsletter", "yes"),
     ]
 
 
@@ -258,12 +259,13 @@ def test_check_passes_when_every_connector_is_healthy(
 def test_check_runs_the_demo_set_when_nothing_is_configured(tmp_path: Path) -> None:
     result = handover("check", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [(row[0], row[2]) for row in rows(result.stdout).values()][1:4] == [
+    assert [(row[0], row[2]) for row in rows(result.stdout).values()][1:5] == [
         ("profile", "ok"),
         ("devices", "ok"),
         ("billing", "ok"),
+        ("newsletter", "ok"),
     ]
-    assert result.stdout.splitlines()[-1] == "3 of 3 connectors ok"
+    assert result.stdout.splitlines()[-1] == "4 of 4 connectors ok"
 
 
 def test_check_refuses_a_bad_timeout(tmp_path: Path) -> None:

@@ -41,7 +41,7 @@ TAX_LAW = RetentionConfig(
     duration=timedelta(days=3650),
     dataset="billing/invoices",
 )
-TABLES = ("users", "consents", "devices", "telemetry", "invoices")
+TABLES = ("users", "consents", "devices", "telemetry", "invoices", "newsletter")
 
 
 @pytest.fixture
@@ -116,6 +116,19 @@ async def test_erasure_removes_anonymises_keeps_invoices_blocked_and_signs(
         return [row for row in rows[table] if row[column] == "alice"]
 
     assert alices("consents", after, 0) == []
+    # The newsletter knows alice only by email, which the profile connector provided.
+    assert [r for r in before["newsletter"] if r[0] == "alice@example.com"]
+    assert [r for r in after["newsletter"] if r[0] == "alice@example.com"] == []
+    assert [r for r in after["newsletter"] if r[0] != "alice@example.com"] == [
+        r for r in before["newsletter"] if r[0] != "alice@example.com"
+    ]
+    assert done["identity"] == [
+        {
+            "identifiers": ["email"],
+            "source": "connector profile",
+            "verified_by": "looked up at profile by id",
+        }
+    ]
     alice_devices = {row[0] for row in before["devices"] if row[1] == "alice"}
     assert [r for r in after["devices"] if r[0] in alice_devices] == []
     assert [r for r in after["telemetry"] if r[0] in alice_devices] == []
@@ -143,6 +156,18 @@ async def test_erasure_removes_anonymises_keeps_invoices_blocked_and_signs(
     assert b"alice@example.com" not in path.read_bytes()
 
     export = await api.export()
+    # The platform no longer knows alice's email: the newsletter cannot be asked until
+    # support supplies the address she gave, and the job says so instead of guessing.
+    waiting = await api.wait(export["id"], "needs_attention")
+    assert waiting["connectors"]["newsletter"]["status"] == "unidentified"
+    status, _, _ = await api.request(
+        "POST",
+        f"/v1/jobs/{export['id']}/identifiers",
+        sub="support-1",
+        roles=("support",),
+        json={"email": "alice@example.com", "verified_by": "the address of her request"},
+    )
+    assert status == 200
     exported = await api.wait(export["id"])
     assert exported["status"] == "succeeded"
     _, headers, _ = await api.request("GET", f"/v1/jobs/{export['id']}/download")

@@ -97,7 +97,7 @@ class Fixtures:
     receipt: str
     link: str
     spare: dict[str, list[str]]
-    """Unused jobs by kind (``awaiting``, ``failed``, ``attention``); each changing cell takes one."""
+    """Unused jobs by kind (awaiting, failed, attention); each changing cell takes one."""
 
     def job_for(self, path: str) -> str:
         """The job a cell acts on: a fresh one when the operation changes it."""
