@@ -27,6 +27,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from connectors.errors import ConnectorLoadError
 from jobs.audit import AuditLog
 from jobs.queue import API_RETRIES, connect
 from jobs.resources import NAMESPACE
@@ -213,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             _token(settings, args.sub, args.role, args.ttl, args.email)
         elif args.command == "audit":
             return asyncio.run(_audit_verify(settings))
-    except (SettingsError, CommandError, SignatureError) as exc:
+    except (SettingsError, CommandError, SignatureError, ConnectorLoadError) as exc:
         print(f"handover: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import time
+import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +24,7 @@ from service.app import create_app
 from service.auth import TokenAuthority
 
 JWT_SECRET = "test-secret-" + "x" * 40
+ALICE_EMAIL = "alice@example.com"
 
 
 @dataclass
@@ -38,6 +41,21 @@ class Api:
 
     def auth(self, sub: str = "alice", *roles: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token(sub, *roles)}"}
+
+    def email_auth(self, sub: str = "alice", email: str = ALICE_EMAIL) -> dict[str, str]:
+        """Headers with a subject token whose email claim is verified."""
+        token = self.authority.issue(sub, ["subject"], 3600, email=email)
+        return {"Authorization": f"Bearer {token}"}
+
+    async def archive(self, job_id: str, headers: dict[str, str]) -> zipfile.ZipFile:
+        """The job's archive, downloaded the way its subject would."""
+        status, answer, body = await self.request(
+            "GET", f"/v1/jobs/{job_id}/download", sub=None, headers=headers
+        )
+        assert status == 303, body
+        async with self.session.get(answer["Location"]) as response:
+            assert response.status == 200
+            return zipfile.ZipFile(io.BytesIO(await response.read()))
 
     async def request(
         self,

@@ -162,6 +162,46 @@ def test_embedded_token_secret_is_kept_in_the_data_dir(tmp_path: Path) -> None:
         assert jwt.decode(result.stdout.strip(), secret, algorithms=["HS256"])["sub"] == "alice"
 
 
+LOYALTY_CONNECTOR = """
+[connectors.loyalty]
+type = "http"
+base_url = "http://127.0.0.1:9"
+erase = { method = "DELETE", path = "/members/{identities.loyalty_number}" }
+
+[[connectors.loyalty.datasets]]
+name = "points"
+category = "economic"
+path = "/members/{identities.loyalty_number}"
+"""
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (
+            LOYALTY_CONNECTOR,
+            "connectors: connector 'loyalty' needs loyalty_number, "
+            "which no token claim and no identity source provides",
+        ),
+        ('[connectors.x]\ntype = "nope"\n', "unknown connector type 'nope'"),
+    ],
+)
+def test_connectors_that_cannot_work_stop_the_service_with_one_line(
+    tmp_path: Path, config: str, message: str
+) -> None:
+    path = tmp_path / "handover.toml"
+    path.write_text(config)
+    result = handover(
+        "serve",
+        "--port",
+        "0",
+        env={"HANDOVER_CONFIG": str(path), "HANDOVER_DATA_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"handover: {message}")
+    assert result.stderr.count("\n") == 1
+
+
 @pytest.mark.parametrize(
     ("env", "args", "message"),
     [

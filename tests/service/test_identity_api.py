@@ -8,9 +8,7 @@ nothing signed says it was asked.
 
 from __future__ import annotations
 
-import io
 import time
-import zipfile
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 
@@ -24,9 +22,7 @@ from connectors.items import Dataset, Item, Record, Subject
 from connectors.reports import DatasetErasure, ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector
 from jobs.identity import IdentityConfigError, plan_sources
-from tests.service.conftest import JWT_SECRET, Api, ApiFactory
-
-ALICE_EMAIL = "alice@example.com"
+from tests.service.conftest import ALICE_EMAIL, JWT_SECRET, Api, ApiFactory
 
 
 class Newsletter(Connector):
@@ -82,24 +78,9 @@ def newsletter() -> Newsletter:
     return Newsletter("newsletter", {ALICE_EMAIL: ["product news", "offers"]})
 
 
-def email_token(api: Api, sub: str = "alice", email: str = ALICE_EMAIL) -> dict[str, str]:
-    """Headers with a subject token whose email claim is verified."""
-    return {"Authorization": f"Bearer {api.authority.issue(sub, ['subject'], 3600, email=email)}"}
-
-
-async def archive_of(api: Api, job_id: str, headers: dict[str, str]) -> zipfile.ZipFile:
-    status, answer, body = await api.request(
-        "GET", f"/v1/jobs/{job_id}/download", sub=None, headers=headers
-    )
-    assert status == 303, body
-    async with api.session.get(answer["Location"]) as response:
-        assert response.status == 200
-        return zipfile.ZipFile(io.BytesIO(await response.read()))
-
-
 async def stored_job(api: Api, job_id: str) -> bytes:
     """Everything Redis holds on the job: its record and its timeline."""
-    redis = api.resources.redis
+    redis: Any = api.resources.redis
     record = await redis.hgetall(f"handover:job:{job_id}")
     events = await redis.xrange(f"handover:job:{job_id}:events")
     return orjson.dumps([{k.decode(): v.decode() for k, v in record.items()}, repr(events)])
@@ -111,7 +92,7 @@ async def api(api_factory: ApiFactory) -> Api:
 
 
 async def test_a_verified_email_claim_reaches_an_email_keyed_processor(api: Api) -> None:
-    headers = email_token(api)
+    headers = api.email_auth()
     status, _, job = await api.request("POST", "/v1/exports", sub=None, headers=headers, json={})
     assert status == 202, job
     done = await api.wait(job["id"])
@@ -120,7 +101,7 @@ async def test_a_verified_email_claim_reaches_an_email_keyed_processor(api: Api)
         {"identifiers": ["email"], "source": "token", "verified_by": "sign-in (email_verified)"}
     ]
     assert done["connectors"]["newsletter"]["records"] == 2
-    archive = await archive_of(api, job["id"], headers)
+    archive = await api.archive(job["id"], headers)
     manifest = orjson.loads(archive.read("manifest.json"))
     assert manifest["identity"] == done["identity"]
     assert {c["name"]: c["asked"] for c in manifest["connectors"]} == {
@@ -183,7 +164,7 @@ async def test_without_an_email_the_job_waits_and_staff_supply_one(api: Api) -> 
             "verified_by": "passport checked by video call",
         }
     ]
-    archive = await archive_of(api, job["id"], api.auth())
+    archive = await api.archive(job["id"], api.auth())
     assert len(orjson.loads(archive.read("newsletter/subscriptions.json"))) == 2
     assert ALICE_EMAIL.encode() not in await stored_job(api, job["id"])
 
@@ -218,7 +199,7 @@ async def test_going_without_a_processor_is_recorded_and_signed(api: Api) -> Non
     assert decided["connectors"]["newsletter"]["decision"]["reason"] == reason
     done = await api.wait(job["id"])
     assert done["status"] == "succeeded", done
-    archive = await archive_of(api, job["id"], api.auth())
+    archive = await api.archive(job["id"], api.auth())
     manifest = orjson.loads(archive.read("manifest.json"))
     stated = {c["name"]: c for c in manifest["connectors"]}
     assert stated["newsletter"]["asked"] is False
@@ -334,7 +315,7 @@ async def test_unsafe_identifiers_are_refused(api: Api) -> None:
 
 
 async def test_an_erasure_deletes_handovers_own_copies_and_says_so(api: Api) -> None:
-    headers = email_token(api)
+    headers = api.email_auth()
     status, _, export = await api.request("POST", "/v1/exports", sub=None, headers=headers, json={})
     assert status == 202
     exported = await api.wait(export["id"])
@@ -374,13 +355,13 @@ async def test_an_erasure_deletes_handovers_own_copies_and_says_so(api: Api) -> 
 
 
 async def test_a_partial_export_says_what_it_left_out(api: Api) -> None:
-    headers = email_token(api)
+    headers = api.email_auth()
     status, _, job = await api.request(
         "POST", "/v1/exports", sub=None, headers=headers, json={"connectors": ["newsletter"]}
     )
     assert status == 202
     assert (await api.wait(job["id"]))["status"] == "succeeded"
-    archive = await archive_of(api, job["id"], headers)
+    archive = await api.archive(job["id"], headers)
     manifest = orjson.loads(archive.read("manifest.json"))
     assert manifest["scope"] == {
         "connectors": ["newsletter"],
