@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
+from typing import Any
 
 import jwt
 import orjson
