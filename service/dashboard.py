@@ -218,6 +218,8 @@ class Dashboard:
             web.post(f"{PREFIX}/jobs/{{job_id}}/retry", staff(self.retry)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/cancel", staff(self.cancel)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/extend", staff(self.extend)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/identifiers", staff(self.add_identifiers)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/go-without", staff(self.go_without)),
             web.get(f"{PREFIX}/static/dashboard.css", self.static),
             web.get(f"{PREFIX}/static/dashboard.js", self.static),
             web.get(f"{PREFIX}/icon.svg", self.icon),
@@ -473,6 +475,9 @@ class Dashboard:
             "finished": finished,
             "live": job.status in LIVE,
             "extended_months": int(job.options.get("extended_months", 0)),
+            "unidentified": [
+                name for name, run in job.connectors.items() if run.status is RunStatus.UNIDENTIFIED
+            ],
             "RunStatus": RunStatus,
         }
 
@@ -557,6 +562,61 @@ class Dashboard:
             return f"Deadline extended to {when(extended.due_at)}."
 
         return await self._act(request, extend)
+
+    async def add_identifiers(self, request: web.Request, session: Session) -> web.Response:
+        """Supply identifiers for processors that could not be asked, and how they were checked."""
+        form = await request.post()
+
+        async def add(job: Job) -> str:
+            fields = {key: str(form.get(key, "")).strip() for key in ("email", "phone_number")}
+            name, value = (str(form.get(key, "")).strip() for key in ("identity", "value"))
+            body = models.IdentifiersIn.model_validate(
+                {
+                    **{key: value for key, value in fields.items() if value},
+                    "identities": {name: value} if name or value else {},
+                    "verified_by": str(form.get("verified_by", "")).strip(),
+                }
+            )
+            added = await pipeline_for(request, job).add_identifiers(
+                job.id, session.who.sub, body.named(), body.verified_by
+            )
+            await audit(
+                request,
+                session.who,
+                "job.identifiers_added",
+                job,
+                identifiers=sorted(body.named()),
+                via="dashboard",
+            )
+            return f"Identifiers added ({', '.join(sorted(body.named()))}); {added.status.value}."
+
+        return await self._act(request, add)
+
+    async def go_without(self, request: web.Request, session: Session) -> web.Response:
+        """Record the decision to finish without processors that could not be asked."""
+        form = await request.post()
+
+        async def decide(job: Job) -> str:
+            body = models.GoWithoutRequest.model_validate(
+                {
+                    "connectors": [str(name) for name in form.getall("connector", [])],
+                    "reason": str(form.get("reason", "")).strip(),
+                }
+            )
+            await pipeline_for(request, job).go_without(
+                job.id, session.who.sub, body.connectors, body.reason
+            )
+            await audit(
+                request,
+                session.who,
+                "job.not_asked",
+                job,
+                connectors=body.connectors,
+                via="dashboard",
+            )
+            return f"Going without {', '.join(body.connectors)}: recorded as not asked."
+
+        return await self._act(request, decide)
 
 
 def add_dashboard_routes(app: web.Application, secret: str) -> None:

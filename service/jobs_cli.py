@@ -62,6 +62,8 @@ ERROR_EXCERPT = 60
 DOWNLOAD_CHUNK = 1 << 20
 TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
 ENDED = frozenset(status.value for status in JobStatus if status.terminal)
+#: Where following a job stops: it ended, or it waits for a person.
+SETTLED = ENDED | {JobStatus.NEEDS_ATTENTION.value}
 FINISHED_RUNS = frozenset(status.value for status in RunStatus if status.finished)
 EVENT_FIELDS = frozenset({"id", "at", "type", "actor"})
 
@@ -322,11 +324,13 @@ class Progress:
             self.records[connector] = int(event.get("records") or 0)
         elif kind == "connector.failed":
             self.runs[connector] = "failed"
+        elif kind == "connector.unidentified":
+            self.runs[connector] = "unidentified"
 
     @property
     def ended(self) -> bool:
-        """The job has ended."""
-        return self.status in ENDED
+        """The job has ended, or waits for support: nothing more happens on its own."""
+        return self.status in SETTLED
 
     def line(self) -> str:
         """``running   [##########          ] 1/2 connectors, 3 records``."""
@@ -412,6 +416,16 @@ def _why_unsuccessful(job: Job) -> str:
     ]
     if job["status"] == "failed":
         return f"{job['kind']} {job['id']} failed: " + ("; ".join(failed) or job["error"] or "")
+    if job["status"] == JobStatus.NEEDS_ATTENTION.value:
+        waiting = "; ".join(
+            f"{name}: {run['error']}"
+            for name, run in job["connectors"].items()
+            if run["status"] == "unidentified"
+        )
+        return (
+            f"{job['kind']} {job['id']} needs attention: {waiting} "
+            "(support adds identifiers, or decides to go without)"
+        )
     return f"{job['kind']} {job['id']} ended {job['status']}"
 
 

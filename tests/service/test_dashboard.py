@@ -520,3 +520,91 @@ async def watch_it_succeed(page: Page, billing: GatedConnector, job_id: str) -> 
     await expect(page.get_by_role("button", name="Retry failed connectors")).to_have_count(0)
     assert await page.evaluate("window.sameDocument") is True, "the page was reloaded"
     assert page.url.endswith(f"/dashboard/jobs/{job_id}")
+
+
+def newsletter() -> MemoryConnector:
+    """A processor keyed by email: alice's and bob's are known to nobody."""
+    keyed_by_email = MemoryConnector(
+        "newsletter", records={s: {"subscriptions": [{"list": "news"}]} for s in ("alice", "bob")}
+    )
+    keyed_by_email.identifiers = frozenset({"email"})
+    return keyed_by_email
+
+
+async def test_going_without_a_processor_needs_a_reason_and_is_recorded(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    api = await api_factory({"crm": crm(), "newsletter": newsletter()})
+    job = await api.wait((await api.export(sub="bob"))["id"], "needs_attention", sub="bob")
+    browser = await browser_factory(api)
+    await browser.sign_in("s1")
+    path = f"/dashboard/jobs/{job['id']}"
+    _, page = await browser.get(path)
+    assert "Not asked yet: newsletter" in page and "Go without" in page
+    csrf = await browser.csrf(path)
+    form = {"csrf": csrf, "connector": "newsletter"}
+    response, _ = await browser.post(f"{path}/go-without", form)
+    assert "reason" in await browser.follow(response)
+    response, _ = await browser.post(f"{path}/go-without", {**form, "reason": "no account there"})
+    assert "Going without newsletter: recorded as not asked." in await browser.follow(response)
+    done = await api.wait(job["id"], sub="bob")
+    assert done["status"] == "succeeded"
+    assert done["connectors"]["newsletter"]["decision"]["reason"] == "no account there"
+    entries = await api.resources.audit.entries(10)
+    actions = [(e["action"], e["actor"], e.get("via")) for e in entries if e["job"] == job["id"]]
+    assert ("job.not_asked", "s1", "dashboard") in actions
+
+
+async def test_support_supplies_an_email_and_watches_the_processor_asked(
+    api_factory: ApiFactory, chromium: Path, tmp_path: Path
+) -> None:
+    api = await api_factory({"crm": crm(), "newsletter": newsletter()})
+    job = await api.wait((await api.export())["id"], "needs_attention")
+    problems: list[str] = []
+    async with async_playwright() as playwright:
+        context = await playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(chromium),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1280, "height": 900},
+        )
+        try:
+            page = context.pages[0] if context.pages else await context.new_page()
+            page.set_default_timeout(UI_TIMEOUT_MS)
+            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+            await page.goto(f"{api.base}/dashboard")
+            await page.get_by_label("Bearer token").fill(api.token("support-sam", "support"))
+            await page.get_by_role("button", name="Sign in").click()
+            await page.get_by_role("combobox", name="Status").select_option("needs_attention")
+            await page.get_by_role("button", name="Filter").click()
+            await expect(page.locator("tr[data-job-id]")).to_have_count(1)
+            await page.get_by_role("link", name=job["id"]).click()
+            await expect(page.locator("[data-job-status]")).to_have_text("needs attention")
+            await expect(page.locator('tr[data-connector="newsletter"]')).to_have_attribute(
+                "data-status", "unidentified"
+            )
+            await expect(page.locator('[data-error-for="newsletter"]')).to_contain_text(
+                "needs the subject's email"
+            )
+            await page.screenshot(path=str(tmp_path / "dashboard-needs-attention.png"))
+            await page.get_by_label("Email").fill("alice@example.com")
+            await page.get_by_label("Verified by").fill("passport seen on a video call")
+            await page.get_by_role("button", name="Add identifiers").click()
+            await expect(page.locator(".flash-ok")).to_contain_text("Identifiers added (email)")
+            await expect(page.locator("[data-job-status]")).to_have_text("succeeded")
+            await expect(page.locator('tr[data-connector="newsletter"]')).to_have_attribute(
+                "data-status", "succeeded"
+            )
+            await expect(page.locator("[data-identity]")).to_have_text(
+                "email: passport seen on a video call"
+            )
+            await expect(page.get_by_text("alice@example.com")).to_have_count(0)
+            screenshot = tmp_path / "dashboard-identified.png"
+            await page.screenshot(path=str(screenshot), full_page=True)
+        finally:
+            await context.close()
+    assert problems == []
+    done = await api.wait(job["id"])
+    assert done["connectors"]["newsletter"]["records"] == 1
+    assert done["connectors"]["crm"]["attempts"] == 1

@@ -321,6 +321,25 @@ async def test_a_failing_export_exits_1_naming_the_connector(api_factory: ApiFac
     assert (await api.wait(job_id))["status"] == "failed"
 
 
+async def test_an_export_waiting_for_identifiers_exits_1_saying_why(
+    api_factory: ApiFactory,
+) -> None:
+    newsletter = MemoryConnector("newsletter", records={"alice": {"subscriptions": [{"id": 1}]}})
+    newsletter.identifiers = frozenset({"email"})  # alice's email is known to nobody
+    api = await api_factory({**connectors(), "newsletter": newsletter})
+    result = await cli(api, "export", "alice", "--wait")
+    assert result.returncode == 1
+    job_id = result.stdout.strip()
+    *_, error = result.stderr.splitlines()
+    assert error == (
+        f"handover: export {job_id} needs attention: newsletter: not asked: needs the "
+        "subject's email, and none is known (support adds identifiers, or decides to go without)"
+    )
+    assert (await api.wait(job_id, "needs_attention"))["connectors"]["crm"]["status"] == (
+        "succeeded"
+    )
+
+
 @dataclass
 class DroppingProxy:
     """Forwards requests to the API, but ends each event stream after its first event."""
