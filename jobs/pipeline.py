@@ -318,20 +318,15 @@ class Pipeline(ABC):
             return
         timeout = self.resources.settings.connector_timeout
         sources = self.resources.identity_sources
+        last_try = attempt >= self.retry_policy.max_tries
         try:
             resolution = await resolve_identity(
-                sources, job.subject_view, time_limit=timeout, tolerate_transient=False
+                sources, job.subject_view, time_limit=timeout, tolerate_transient=last_try
             )
         except TransientError as exc:
-            delay = self.retry_policy.delay(attempt, exc)
-            if delay is not None:
-                await store.add_event(
-                    job_id, "identity.retrying", "worker", {"error": error_text(exc)}
-                )
-                raise Retry(defer=delay) from exc
-            resolution = await resolve_identity(
-                sources, job.subject_view, time_limit=timeout, tolerate_transient=True
-            )
+            delay = self.retry_policy.delay(attempt, exc) or 0.0
+            await store.add_event(job_id, "identity.retrying", "worker", {"error": error_text(exc)})
+            raise Retry(defer=delay) from exc
         connectors = self.resources.connectors
         unidentified: list[str] = []
 

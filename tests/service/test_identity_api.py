@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from connectors.base import Connector
-from connectors.errors import Unidentified
+from connectors.errors import PermanentError, TransientError, Unidentified
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.reports import DatasetErasure, ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector
@@ -407,3 +407,49 @@ async def test_a_connector_that_finds_no_identifier_at_run_time_is_unidentified(
     waiting = await api.wait(job["id"], "needs_attention")
     assert waiting["connectors"]["picky"]["status"] == "unidentified"
     assert "email" in waiting["connectors"]["picky"]["error"]
+
+
+class FlakyAccounts(Accounts):
+    """An identity source whose first lookups fail, transiently or for good."""
+
+    def __init__(self, name: str, emails: Mapping[str, str], *, failures: int, error: Exception):
+        super().__init__(name, emails)
+        self.failures = failures
+        self.error = error
+        self.lookups = 0
+
+    async def resolve(self, subject: Subject) -> Mapping[str, str]:
+        self.lookups += 1
+        if self.lookups <= self.failures:
+            raise self.error
+        return await super().resolve(subject)
+
+
+async def test_a_source_that_fails_transiently_is_asked_again(api_factory: ApiFactory) -> None:
+    source = FlakyAccounts(
+        "accounts", {"alice": ALICE_EMAIL}, failures=1, error=TransientError("accounts DB busy")
+    )
+    api = await api_factory({"accounts": source, "newsletter": newsletter()})
+    done = await api.wait((await api.export())["id"])
+    assert done["status"] == "succeeded", done
+    assert source.lookups == 2
+    assert done["identity"][0]["source"] == "connector accounts"
+    events = (await api.request("GET", f"/v1/jobs/{done['id']}/events"))[2]["events"]
+    assert [e["error"] for e in events if e["type"] == "identity.retrying"] == ["accounts DB busy"]
+
+
+async def test_a_source_that_fails_for_good_leaves_its_dependents_unasked(
+    api_factory: ApiFactory,
+) -> None:
+    source = FlakyAccounts(
+        "accounts", {"alice": ALICE_EMAIL}, failures=99, error=PermanentError("accounts: 403")
+    )
+    api = await api_factory({"accounts": source, "newsletter": newsletter()})
+    waiting = await api.wait((await api.export())["id"], "needs_attention")
+    assert source.lookups == 1
+    assert waiting["connectors"]["newsletter"]["status"] == "unidentified"
+    assert waiting["connectors"]["accounts"]["status"] == "succeeded"
+    events = (await api.request("GET", f"/v1/jobs/{waiting['id']}/events"))[2]["events"]
+    (resolved,) = [e for e in events if e["type"] == "identity.resolved"]
+    assert resolved["failures"] == [{"source": "accounts", "error": "accounts: 403"}]
+    assert resolved["unidentified"] == ["newsletter"]
