@@ -8,6 +8,7 @@ install it; it never skips.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import timedelta
@@ -425,6 +426,24 @@ async def test_support_finds_a_failed_export_retries_it_and_watches_it_succeed(
     assert job["status"] == "failed"
 
     problems: list[str] = []
+    async with chromium_page(chromium, tmp_path, problems) as page:
+        await sign_in_and_find(page, api, job["id"], fine["id"], tmp_path)
+        await page.screenshot(path=str(tmp_path / "dashboard-failed-export.png"))
+        await read_the_error_and_retry(page, billing)
+        await watch_it_succeed(page, billing, job["id"])
+        screenshot = tmp_path / "dashboard-retried-export.png"
+        await page.screenshot(path=str(screenshot), full_page=True)
+        print(f"screenshot: {screenshot}")
+    assert problems == []
+    assert screenshot.stat().st_size > 10_000
+    done = await api.wait(job["id"])
+    assert done["connectors"]["crm"]["attempts"] == 1
+    assert done["connectors"]["billing"]["attempts"] == 2
+
+
+@contextlib.asynccontextmanager
+async def chromium_page(chromium: Path, tmp_path: Path, problems: list[str]) -> AsyncIterator[Page]:
+    """A page in Debian's headless Chromium; page errors and console errors go to ``problems``."""
     async with async_playwright() as playwright:
         context = await playwright.chromium.launch_persistent_context(
             str(tmp_path / "chromium-profile"),
@@ -443,20 +462,9 @@ async def test_support_finds_a_failed_export_retries_it_and_watches_it_succeed(
                     problems.append(f"console: {message.text} ({message.location['url']})")
 
             page.on("console", console)
-            await sign_in_and_find(page, api, job["id"], fine["id"], tmp_path)
-            await page.screenshot(path=str(tmp_path / "dashboard-failed-export.png"))
-            await read_the_error_and_retry(page, billing)
-            await watch_it_succeed(page, billing, job["id"])
-            screenshot = tmp_path / "dashboard-retried-export.png"
-            await page.screenshot(path=str(screenshot), full_page=True)
-            print(f"screenshot: {screenshot}")
+            yield page
         finally:
             await context.close()
-    assert problems == []
-    assert screenshot.stat().st_size > 10_000
-    done = await api.wait(job["id"])
-    assert done["connectors"]["crm"]["attempts"] == 1
-    assert done["connectors"]["billing"]["attempts"] == 2
 
 
 async def sign_in_and_find(page: Page, api: Api, job_id: str, fine_id: str, shots: Path) -> None:
@@ -561,49 +569,36 @@ async def test_support_supplies_an_email_and_watches_the_processor_asked(
     api = await api_factory({"crm": crm(), "newsletter": newsletter()})
     job = await api.wait((await api.export())["id"], "needs_attention")
     problems: list[str] = []
-    async with async_playwright() as playwright:
-        context = await playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"),
-            executable_path=str(chromium),
-            headless=True,
-            args=CHROMIUM_ARGS,
-            viewport={"width": 1280, "height": 900},
+    async with chromium_page(chromium, tmp_path, problems) as page:
+        await page.goto(f"{api.base}/dashboard")
+        await page.get_by_label("Bearer token").fill(api.token("support-sam", "support"))
+        await page.get_by_role("button", name="Sign in").click()
+        await page.get_by_role("combobox", name="Status").select_option("needs_attention")
+        await page.get_by_role("button", name="Filter").click()
+        await expect(page.locator("tr[data-job-id]")).to_have_count(1)
+        await page.get_by_role("link", name=job["id"]).click()
+        await expect(page.locator("[data-job-status]")).to_have_text("needs attention")
+        await expect(page.locator('tr[data-connector="newsletter"]')).to_have_attribute(
+            "data-status", "unidentified"
         )
-        try:
-            page = context.pages[0] if context.pages else await context.new_page()
-            page.set_default_timeout(UI_TIMEOUT_MS)
-            page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
-            await page.goto(f"{api.base}/dashboard")
-            await page.get_by_label("Bearer token").fill(api.token("support-sam", "support"))
-            await page.get_by_role("button", name="Sign in").click()
-            await page.get_by_role("combobox", name="Status").select_option("needs_attention")
-            await page.get_by_role("button", name="Filter").click()
-            await expect(page.locator("tr[data-job-id]")).to_have_count(1)
-            await page.get_by_role("link", name=job["id"]).click()
-            await expect(page.locator("[data-job-status]")).to_have_text("needs attention")
-            await expect(page.locator('tr[data-connector="newsletter"]')).to_have_attribute(
-                "data-status", "unidentified"
-            )
-            await expect(page.locator('[data-error-for="newsletter"]')).to_contain_text(
-                "needs the subject's email"
-            )
-            await page.screenshot(path=str(tmp_path / "dashboard-needs-attention.png"))
-            await page.get_by_label("Email").fill("alice@example.com")
-            await page.get_by_label("Verified by").fill("passport seen on a video call")
-            await page.get_by_role("button", name="Add identifiers").click()
-            await expect(page.locator(".flash-ok")).to_contain_text("Identifiers added (email)")
-            await expect(page.locator("[data-job-status]")).to_have_text("succeeded")
-            await expect(page.locator('tr[data-connector="newsletter"]')).to_have_attribute(
-                "data-status", "succeeded"
-            )
-            await expect(page.locator("[data-identity]")).to_have_text(
-                "email: passport seen on a video call"
-            )
-            await expect(page.get_by_text("alice@example.com")).to_have_count(0)
-            screenshot = tmp_path / "dashboard-identified.png"
-            await page.screenshot(path=str(screenshot), full_page=True)
-        finally:
-            await context.close()
+        await expect(page.locator('[data-error-for="newsletter"]')).to_contain_text(
+            "needs the subject's email"
+        )
+        await page.screenshot(path=str(tmp_path / "dashboard-needs-attention.png"))
+        await page.get_by_label("Email").fill("alice@example.com")
+        await page.get_by_label("Verified by").fill("passport seen on a video call")
+        await page.get_by_role("button", name="Add identifiers").click()
+        await expect(page.locator(".flash-ok")).to_contain_text("Identifiers added (email)")
+        await expect(page.locator("[data-job-status]")).to_have_text("succeeded")
+        await expect(page.locator('tr[data-connector="newsletter"]')).to_have_attribute(
+            "data-status", "succeeded"
+        )
+        await expect(page.locator("[data-identity]")).to_have_text(
+            "email: passport seen on a video call"
+        )
+        await expect(page.get_by_text("alice@example.com")).to_have_count(0)
+        screenshot = tmp_path / "dashboard-identified.png"
+        await page.screenshot(path=str(screenshot), full_page=True)
     assert problems == []
     done = await api.wait(job["id"])
     assert done["connectors"]["newsletter"]["records"] == 1
