@@ -233,13 +233,13 @@ class Pipeline(ABC):
     async def enqueue_runs(
         self, job: Job, defer: timedelta | None = None, *, again: bool = False
     ) -> None:
-        """Queue every unfinished connector run of the job's current generation.
+        """Queue the job's next step: its identity step, or its runs that have not settled.
 
-        Until the job runs with its identity resolved, its one step is the identity
-        step, which takes the subject and queues the runs. Task ids are deterministic,
-        so queuing twice queues once.
-        ``again`` queues a fresh copy even so: for a run whose task was lost with its
-        worker before it took its lease (the lease makes a duplicate harmless).
+        Until the job runs with its identity resolved, the identity step comes first;
+        it takes the subject and queues the runs. Task ids are deterministic, so
+        queuing twice queues once. ``again`` queues a fresh copy even so: for a task
+        lost with its worker before it took its lease (the lease makes a duplicate
+        harmless).
         """
         nonce = f"|again|{uuid.uuid4().hex[:8]}" if again else ""
         if not job.identity.resolved or job.status is not JobStatus.RUNNING:
