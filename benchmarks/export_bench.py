@@ -65,7 +65,7 @@ from harness import (
     verdict,
     wait_until,
 )
-from jobs.export import ExportPipeline
+from jobs.commands import Actor, Commands
 from jobs.model import Job, JobStatus
 from jobs.resources import open_resources
 from jobs.settings import Settings
@@ -224,8 +224,8 @@ async def export_through_worker(
         async with open_resources(Settings.load(env), redis=redis) as resources:
             worker = await start_worker(group, redis, env)
             await asyncio.sleep(0.25)  # arrive mid-way between two polls of the queue
-            job = await ExportPipeline(resources).create(
-                subject=SUBJECT, requested_by="benchmark", formats=["ndjson"]
+            job = await Commands(resources).request_export(
+                Actor("benchmark", staff=False), subject=SUBJECT, formats=["ndjson"]
             )
 
             async def ended() -> bool:

@@ -34,7 +34,7 @@ from harness import (
     verdict,
     wait_until,
 )
-from jobs.export import ExportPipeline
+from jobs.commands import Actor, Commands
 from jobs.model import Job, JobStatus
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
@@ -83,7 +83,7 @@ def _timings(job: Job) -> FanOutRun:
 
 
 async def _one_job(resources: Resources, subject: str, within: float) -> FanOutRun:
-    job = await ExportPipeline(resources).create(subject=subject, requested_by="benchmark")
+    job = await Commands(resources).request_export(Actor("benchmark", staff=False), subject=subject)
 
     async def ended() -> bool:
         return (await resources.store.get(job.id)).status.terminal

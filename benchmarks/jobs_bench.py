@@ -6,7 +6,7 @@
 - **Handover**: one, then two ``handover worker`` processes (default settings,
   started one after the other and polling before any job exists) run tiny exports
   (one ``bench-sleepy`` connector answering at once with three records) that this
-  process creates through ``ExportPipeline.create``, 20 at a time, one subject each.
+  process creates through ``Commands.request_export``, 20 at a time, one subject each.
   Each export is two arq tasks (the connector run and the finish), a staged object,
   a signed archive, and the job's bookkeeping in Redis. Storage: S3 on moto's server.
 
@@ -47,7 +47,7 @@ from harness import (
     verdict,
     wait_until,
 )
-from jobs.export import ExportPipeline
+from jobs.commands import Actor, Commands
 from jobs.model import JobStatus
 from jobs.resources import open_resources
 from jobs.settings import Settings
@@ -121,7 +121,7 @@ async def noop_rate(redis: ArqRedis, worker: Process) -> float:
 
 
 async def export_rate(
-    pipeline: ExportPipeline, redis: ArqRedis, count: int, workers: list[Process]
+    commands: Commands, redis: ArqRedis, count: int, workers: list[Process]
 ) -> float:
     """Tiny exports per second through the running workers."""
     run = uuid.uuid4().hex[:8]
@@ -129,7 +129,9 @@ async def export_rate(
     failed = f"handover:idx:status:{JobStatus.FAILED.value}"
 
     async def create(number: int) -> None:
-        await pipeline.create(subject=f"subject-{run}-{number}", requested_by="benchmark")
+        await commands.request_export(
+            Actor("benchmark", staff=False), subject=f"subject-{run}-{number}"
+        )
 
     async def done() -> int:
         if await redis.zcard(failed):
@@ -163,11 +165,11 @@ async def handover_rates(
     async with open_resources(Settings.load(env), redis=redis) as resources:
         for number in range(processes):
             workers.append(await start_worker(group, redis, env, f"worker-{number}"))
-        pipeline = ExportPipeline(resources)
-        sizing = await export_rate(pipeline, redis, SIZING_JOBS, workers)
+        commands = Commands(resources)
+        sizing = await export_rate(commands, redis, SIZING_JOBS, workers)
         count = max(100, min(3000, round(sizing * RUN_SECONDS)))
         for _ in range(REPEATS):
-            rates.append(await export_rate(pipeline, redis, count, workers))
+            rates.append(await export_rate(commands, redis, count, workers))
     for worker in workers:
         worker.stop()
     if s3:

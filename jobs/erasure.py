@@ -17,7 +17,7 @@ what would happen and changes nothing, so it needs no confirmation.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -26,9 +26,6 @@ from connectors.errors import PermanentError
 from connectors.items import File, Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from jobs.model import (
-    Identity,
-    IllegalTransition,
-    InvalidRequest,
     Job,
     JobKind,
     JobStatus,
@@ -50,60 +47,9 @@ def erasure_entries(report: ErasureReport) -> list[dict[str, Any]]:
 
 
 class ErasurePipeline(Pipeline):
-    """Creates, confirms and runs erasure and restriction jobs."""
+    """The work of erasure and restriction jobs."""
 
     kinds = (JobKind.ERASURE, JobKind.RESTRICTION)
-
-    async def create(
-        self,
-        kind: JobKind,
-        *,
-        subject: str,
-        requested_by: str,
-        connectors: Sequence[str] | None = None,
-        dry_run: bool = False,
-        reason: str | None = None,
-        identity: Identity | None = None,
-    ) -> Job:
-        """Record an erasure or restriction; a real erasure then awaits confirmation."""
-        if kind not in self.kinds:
-            raise InvalidRequest("kind", f"{kind.value} is not an erasure or a restriction")
-        confirm = kind is JobKind.ERASURE and not dry_run
-        job = self.new_job(
-            kind,
-            subject=subject,
-            requested_by=requested_by,
-            connectors=self.select_connectors(connectors),
-            options={"dry_run": dry_run, "reason": reason},
-            status=JobStatus.AWAITING_CONFIRMATION if confirm else JobStatus.QUEUED,
-            identity=identity,
-        )
-        return await self.submit(job)
-
-    async def confirm(self, job_id: str, actor: str) -> Job:
-        """Confirm an erasure: it runs once the grace period has passed."""
-        now = utcnow()
-        grace = self.resources.settings.grace
-
-        def confirmed(job: Job) -> None:
-            job.options["confirmed_at"] = now.isoformat().replace("+00:00", "Z")
-            job.options["confirmed_by"] = actor
-            job.not_before = now + grace
-
-        job = await self.resources.store.transition(
-            job_id,
-            JobStatus.QUEUED,
-            actor=actor,
-            event="confirmed",
-            expect={JobStatus.AWAITING_CONFIRMATION},
-            change=confirmed,
-            data={"runs_after": (now + grace).isoformat()},
-        )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise IllegalTransition(job_id, current.status, JobStatus.QUEUED)
-        await self.enqueue_runs(job, defer=grace)
-        return job
 
     def retention_for(self, connector: Connector) -> dict[str, RetentionRule]:
         """The retention rules that apply to each of the connector's datasets."""

@@ -18,17 +18,11 @@ from connectors.base import Connector
 from connectors.errors import PermanentError
 from connectors.items import File, Record
 from jobs.archive import HashingWriter, StagedFile, write_archive
-from jobs.formats import FORMATS
 from jobs.model import (
-    ActiveJobExists,
     ArchiveResult,
-    DownloadLimitReached,
-    Identity,
     InvalidRequest,
     Job,
-    JobEnded,
     JobKind,
-    JobStatus,
     StagedPart,
     run_statement,
     utcnow,
@@ -42,80 +36,9 @@ BATCH_RECORDS = 2000
 
 
 class ExportPipeline(Pipeline):
-    """Creates export jobs (GDPR Art. 15 and 20) and does their work."""
+    """The work of export jobs (GDPR Art. 15 and 20)."""
 
     kinds = (JobKind.EXPORT,)
-
-    async def create(
-        self,
-        *,
-        subject: str,
-        requested_by: str,
-        formats: Sequence[str] | None = None,
-        connectors: Sequence[str] | None = None,
-        categories: Sequence[str] | None = None,
-        password: str | None = None,
-        age_recipient: str | None = None,
-        identity: Identity | None = None,
-    ) -> Job:
-        """Record a new export job and queue its connector runs.
-
-        ``password`` (AES-256 ZIP) or ``age_recipient`` protect the archive end to
-        end. A password is kept with the job only until the archive is written.
-        The job's ``scope`` records what was asked and which processors were left
-        out, so a partial export is never mistaken for a complete one.
-        """
-        formats = list(dict.fromkeys(formats or self.resources.settings.default_formats))
-        unknown = [f for f in formats if f not in FORMATS]
-        if unknown:
-            raise InvalidRequest(
-                "formats", f"unknown format(s) {', '.join(unknown)}; known: {', '.join(FORMATS)}"
-            )
-        chosen = self.select_connectors(connectors, categories)
-        job = self.new_job(
-            JobKind.EXPORT,
-            subject=subject,
-            requested_by=requested_by,
-            connectors=chosen,
-            options={
-                "formats": formats,
-                "categories": sorted(set(categories or [])),
-                "protection": _protection(password, age_recipient),
-                "scope": {
-                    "connectors": sorted(set(connectors)) if connectors else "all",
-                    "categories": sorted(set(categories)) if categories else "all",
-                    "left_out": [name for name in self.resources.connectors if name not in chosen],
-                },
-            },
-            identity=identity,
-        )
-        active = await self.resources.store.claim_active(JobKind.EXPORT, subject, job.id)
-        if active is not None:
-            raise ActiveJobExists(JobKind.EXPORT, active)
-        return await self.submit(job)
-
-    async def record_download(self, job_id: str, actor: str, link_ttl_seconds: int) -> Job:
-        """Count a download (refusing one past ``HANDOVER_MAX_DOWNLOADS``) and log it."""
-        limit = self.resources.settings.max_downloads
-
-        def counted(job: Job) -> None:
-            done = int(job.options.get("downloads", 0))
-            if limit and done >= limit:
-                raise DownloadLimitReached(job.id, limit)
-            job.options["downloads"] = done + 1
-
-        job = await self.resources.store.modify(
-            job_id,
-            counted,
-            actor=actor,
-            event="downloaded",
-            data={"link_ttl_seconds": link_ttl_seconds},
-            expect={JobStatus.SUCCEEDED},
-        )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise JobEnded(job_id, current.status, "download it")
-        return job
 
     async def work(self, connector: Connector, job: Job) -> Outcome:
         """Stage the connector's records and files for the archive."""
@@ -239,7 +162,8 @@ class ExportPipeline(Pipeline):
         )
 
 
-def _protection(password: str | None, recipient: str | None) -> dict[str, str] | None:
+def protection_of(password: str | None, recipient: str | None) -> dict[str, str] | None:
+    """How an archive is to be protected: an AES-256 password, an age recipient, or neither."""
     if password is not None and recipient is not None:
         raise InvalidRequest("protection", "choose a password or an age recipient, not both")
     if password is not None:

@@ -17,10 +17,10 @@ runs at a time (an export never overlaps an erasure): a job that finds the subje
 busy waits and is woken when the running job ends.
 
 A processor that could not be asked never counts as done: its run stays
-``unidentified`` until support adds identifiers (:meth:`Pipeline.add_identifiers`,
+``unidentified`` until support adds identifiers (:meth:`jobs.commands.Commands.add_identifiers`,
 which re-runs only those) or decides, with a reason, to go without it
-(:meth:`Pipeline.go_without`, the run becomes ``not_asked`` and every signed
-document says so).
+(:meth:`jobs.commands.Commands.go_without`: the run becomes ``not_asked`` and every
+signed document says so). Changes people ask for live in :mod:`jobs.commands`.
 
 Subclasses say what a connector's work is (:meth:`Pipeline.work`) and what a
 finished job's result is (:meth:`Pipeline.complete`).
@@ -47,7 +47,6 @@ from connectors.base import Connector
 from connectors.errors import ConnectorError, RateLimited, TransientError, Unidentified
 from jobs.identity import (
     check_identifier_value,
-    checked_identifiers,
     identified,
     resolve_identity,
 )
@@ -56,15 +55,12 @@ from jobs.metrics import seconds_between
 from jobs.model import (
     ConnectorRun,
     Identity,
-    IllegalTransition,
     InvalidRequest,
     Job,
-    JobEnded,
     JobKind,
     JobStatus,
     RunStatus,
     StagedPart,
-    check_transition,
     utcnow,
 )
 from jobs.queue import QUEUE_NAME, deserialize
@@ -77,8 +73,6 @@ log = logging.getLogger("handover.pipeline")
 RESOLVE_TASK = "resolve_identity"
 RUN_TASK = "run_connector"
 FINISH_TASK = "finish"
-MONTH = timedelta(days=30)
-MAX_EXTENSION_MONTHS = 2
 
 
 @dataclass(frozen=True)
@@ -626,18 +620,8 @@ class Pipeline(ABC):
                 if waiting.status is JobStatus.QUEUED:
                     await self.enqueue_runs(waiting)
 
-    async def cancel(self, job_id: str, actor: str, reason: str | None = None) -> Job:
-        """Stop a job that has not ended; running connector work is aborted within seconds."""
-        job = await self.resources.store.transition(
-            job_id,
-            JobStatus.CANCELED,
-            actor=actor,
-            expect=LIVE,
-            data={"reason": reason} if reason else None,
-        )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise IllegalTransition(job_id, current.status, JobStatus.CANCELED)
+    async def abort_tasks(self, job: Job) -> None:
+        """Abort the job's queued or running tasks (its identity step and its runs)."""
         for task_id in [resolve_task_id(job), *(run_task_id(job, name) for name in job.connectors)]:
             arq_job = ArqJob(
                 task_id,
@@ -647,178 +631,6 @@ class Pipeline(ABC):
             )
             with contextlib.suppress(TimeoutError):
                 await arq_job.abort(timeout=0)
-        await self.cleanup(job)
-        await self.ended(job)
-        return job
-
-    async def retry(self, job_id: str, actor: str) -> Job:
-        """Run a failed job again: only its failed connectors; finished ones keep their output."""
-
-        def again(job: Job) -> None:
-            job.generation += 1
-            job.error = None
-            job.identity.resolved = False
-            for name, run in job.connectors.items():
-                if run.status not in {RunStatus.SUCCEEDED, RunStatus.NOT_ASKED}:
-                    job.connectors[name] = ConnectorRun(attempts=run.attempts)
-
-        job = await self.resources.store.transition(
-            job_id,
-            JobStatus.QUEUED,
-            actor=actor,
-            event="retried",
-            expect={JobStatus.FAILED},
-            change=again,
-        )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise IllegalTransition(job_id, current.status, JobStatus.QUEUED)
-        await self.enqueue_runs(job)
-        return job
-
-    async def add_identifiers(
-        self, job_id: str, actor: str, identifiers: dict[str, str], verified_by: str
-    ) -> Job:
-        """Support supplies identifiers, saying how they were verified; only the runs that
-        could not be asked run again (after the identity sources, which may now find more).
-
-        A value already known is never replaced. A job that needed attention resumes.
-        """
-        fresh = checked_identifiers(identifiers)
-        if not fresh:
-            raise InvalidRequest("identities", "name at least one identifier")
-        if not verified_by.strip():
-            raise InvalidRequest("verified_by", "say how the subject's identity was verified")
-
-        def added(job: Job) -> None:
-            clashing = sorted(
-                name
-                for name, value in fresh.items()
-                if job.identity.identifiers.get(name, value) != value
-            )
-            if clashing:
-                raise InvalidRequest(
-                    "identities",
-                    f"{', '.join(clashing)} already known with another value; "
-                    "cancel this request and file a new one if the subject is someone else",
-                )
-            new = job.identity.add(
-                fresh, {"source": "staff", "verified_by": verified_by.strip(), "by": actor}
-            )
-            if not new:
-                raise InvalidRequest("identities", "every identifier named is already known")
-            job.identity.resolved = False
-            for run in job.connectors.values():
-                if run.status is RunStatus.UNIDENTIFIED:
-                    run.status = RunStatus.PENDING
-                    run.error = None
-            if job.status is JobStatus.NEEDS_ATTENTION:
-                check_transition(job.id, job.status, JobStatus.QUEUED)
-                job.status = JobStatus.QUEUED
-
-        job = await self._change_live(
-            job_id,
-            added,
-            actor,
-            "identifiers.added",
-            {"identifiers": sorted(fresh), "verified_by": verified_by.strip()},
-            action="add identifiers",
-        )
-        if job.status in {JobStatus.QUEUED, JobStatus.RUNNING}:
-            await self.enqueue_runs(job)
-        return job
-
-    async def go_without(
-        self, job_id: str, actor: str, connectors: Sequence[str], reason: str
-    ) -> Job:
-        """Record support's decision to finish without processors that could not be asked.
-
-        Each named run must be ``unidentified``; it becomes ``not_asked`` with the
-        reason, who decided and when, and every signed document says so. Once no run
-        is waiting, the job finishes.
-        """
-        if not reason.strip():
-            raise InvalidRequest("reason", "say why the request may go without these processors")
-        names = list(dict.fromkeys(connectors))
-        if not names:
-            raise InvalidRequest("connectors", "name the processors to go without")
-        decided_at = utcnow().isoformat().replace("+00:00", "Z")
-
-        def decided(job: Job) -> None:
-            for name in names:
-                run = job.connectors.get(name)
-                if run is None or run.status is not RunStatus.UNIDENTIFIED:
-                    state = "not part of this job" if run is None else run.status.value
-                    raise InvalidRequest(
-                        "connectors", f"{name} is {state}; only unidentified processors qualify"
-                    )
-                run.status = RunStatus.NOT_ASKED
-                run.decision = {"reason": reason.strip(), "by": actor, "at": decided_at}
-            if job.status is JobStatus.NEEDS_ATTENTION and all(
-                run.status.settled and run.status is not RunStatus.UNIDENTIFIED
-                for run in job.connectors.values()
-            ):
-                check_transition(job.id, job.status, JobStatus.QUEUED)
-                job.status = JobStatus.QUEUED
-
-        job = await self._change_live(
-            job_id,
-            decided,
-            actor,
-            "connectors.not_asked",
-            {"connectors": names, "reason": reason.strip()},
-            action="decide to go without a processor",
-        )
-        if job.status is JobStatus.QUEUED:
-            await self.enqueue_runs(job)
-        return job
-
-    async def _change_live(
-        self,
-        job_id: str,
-        change: Callable[[Job], None],
-        actor: str,
-        event: str,
-        data: dict[str, Any],
-        *,
-        action: str,
-    ) -> Job:
-        job = await self.resources.store.modify(
-            job_id, change, actor=actor, event=event, data=data, expect=LIVE
-        )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise JobEnded(job_id, current.status, action)
-        return job
-
-    async def extend(self, job_id: str, actor: str, *, months: int, reason: str) -> Job:
-        """Extend the deadline by ``months`` (Art. 12(3): two further months at most)."""
-        if months < 1:
-            raise InvalidRequest("months", "extend by at least one month")
-
-        def extended(job: Job) -> None:
-            used = int(job.options.get("extended_months", 0))
-            if used + months > MAX_EXTENSION_MONTHS:
-                raise InvalidRequest(
-                    "months",
-                    f"the deadline may be extended by {MAX_EXTENSION_MONTHS} months in all; "
-                    f"{used} already used",
-                )
-            job.options["extended_months"] = used + months
-            job.due_at += months * MONTH
-
-        job = await self.resources.store.modify(
-            job_id,
-            extended,
-            actor=actor,
-            event="extended",
-            data={"months": months, "reason": reason},
-            expect=LIVE,
-        )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise JobEnded(job_id, current.status, "extend its deadline")
-        return job
 
 
 def _needs(identifiers: Iterable[str]) -> str:

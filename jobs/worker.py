@@ -25,8 +25,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.base import Connector
-from jobs.erasure import ErasurePipeline
-from jobs.export import ExportPipeline
+from jobs.kinds import build_pipelines
 from jobs.model import Job, JobKind, JobStatus, utcnow
 from jobs.pipeline import (
     FINISH_TASK,
@@ -75,17 +74,6 @@ def pipelines(ctx: Mapping[str, Any]) -> dict[JobKind, Pipeline]:
     """The pipeline of each job kind, built at start-up."""
     value: dict[JobKind, Pipeline] = ctx[_PIPELINES]
     return value
-
-
-def build_pipelines(
-    resources: Resources, retry_policy: RetryPolicy | None = None
-) -> dict[JobKind, Pipeline]:
-    """One pipeline per job kind over shared resources."""
-    built: dict[JobKind, Pipeline] = {}
-    for cls in (ExportPipeline, ErasurePipeline):
-        instance = cls(resources, retry_policy)
-        built.update({kind: instance for kind in cls.kinds})
-    return built
 
 
 @contextlib.asynccontextmanager

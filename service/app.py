@@ -10,13 +10,12 @@ from importlib.metadata import version
 
 from aiohttp import web
 
-from jobs.erasure import ErasurePipeline
-from jobs.export import ExportPipeline
+from jobs.commands import Commands
 from jobs.queue import connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings, SettingsError
 from jobs.worker import create_worker
-from service.appkeys import AUTHORITY, ERASURES, EXPORTS, RESOURCES, SETTINGS
+from service.appkeys import AUTHORITY, COMMANDS, RESOURCES, SETTINGS
 from service.auth import TokenAuthority, load_or_create_secret
 from service.dashboard import add_dashboard_routes
 from service.docs import add_doc_routes
@@ -77,8 +76,7 @@ def _resources_ctx(
             if resources is None:
                 resources = await stack.enter_async_context(open_resources(app[SETTINGS]))
             app[RESOURCES] = resources
-            app[EXPORTS] = ExportPipeline(resources)
-            app[ERASURES] = ErasurePipeline(resources)
+            app[COMMANDS] = Commands(resources)
             yield
 
     return resources_ctx

@@ -45,13 +45,14 @@ import orjson
 from aiohttp import web
 from yarl import URL
 
+from jobs.commands import Actor
 from jobs.model import Event, Job, JobKind, JobStatus, RunStatus, utcnow
 from jobs.pipeline import LIVE
 from service import models
-from service.appkeys import AUTHORITY, RESOURCES
+from service.appkeys import AUTHORITY, COMMANDS, RESOURCES
 from service.auth import Principal
 from service.problems import Problem, to_problem
-from service.routes import audit, pipeline_for, stream_events
+from service.routes import stream_events
 
 log = logging.getLogger("handover.dashboard")
 
@@ -521,8 +522,7 @@ class Dashboard:
         """Re-run a failed job's unfinished connectors."""
 
         async def retry(job: Job) -> str:
-            retried = await pipeline_for(request, job).retry(job.id, session.who.sub)
-            await audit(request, session.who, "job.retried", job, via="dashboard")
+            retried = await request.app[COMMANDS].retry(_actor(session), job.id)
             again = [
                 n for n, r in retried.connectors.items() if r.status is not RunStatus.SUCCEEDED
             ]
@@ -538,8 +538,7 @@ class Dashboard:
             body = models.CancelRequest.model_validate(
                 {"reason": str(form.get("reason", "")).strip() or None}
             )
-            await pipeline_for(request, job).cancel(job.id, session.who.sub, body.reason)
-            await audit(request, session.who, "job.canceled", job, via="dashboard")
+            await request.app[COMMANDS].cancel(_actor(session), job.id, body.reason)
             return "Canceled."
 
         return await self._act(request, cancel)
@@ -553,11 +552,8 @@ class Dashboard:
                 {"months": form.get("months", ""), "reason": str(form.get("reason", "")).strip()},
                 strict=False,
             )
-            extended = await pipeline_for(request, job).extend(
-                job.id, session.who.sub, months=body.months, reason=body.reason
-            )
-            await audit(
-                request, session.who, "job.extended", job, months=body.months, via="dashboard"
+            extended = await request.app[COMMANDS].extend(
+                _actor(session), job.id, months=body.months, reason=body.reason
             )
             return f"Deadline extended to {when(extended.due_at)}."
 
@@ -577,16 +573,8 @@ class Dashboard:
                     "verified_by": str(form.get("verified_by", "")).strip(),
                 }
             )
-            added = await pipeline_for(request, job).add_identifiers(
-                job.id, session.who.sub, body.named(), body.verified_by
-            )
-            await audit(
-                request,
-                session.who,
-                "job.identifiers_added",
-                job,
-                identifiers=sorted(body.named()),
-                via="dashboard",
+            added = await request.app[COMMANDS].add_identifiers(
+                _actor(session), job.id, body.named(), body.verified_by
             )
             return f"Identifiers added ({', '.join(sorted(body.named()))}); {added.status.value}."
 
@@ -603,20 +591,17 @@ class Dashboard:
                     "reason": str(form.get("reason", "")).strip(),
                 }
             )
-            await pipeline_for(request, job).go_without(
-                job.id, session.who.sub, body.connectors, body.reason
-            )
-            await audit(
-                request,
-                session.who,
-                "job.not_asked",
-                job,
-                connectors=body.connectors,
-                via="dashboard",
+            await request.app[COMMANDS].go_without(
+                _actor(session), job.id, body.connectors, body.reason
             )
             return f"Going without {', '.join(body.connectors)}: recorded as not asked."
 
         return await self._act(request, decide)
+
+
+def _actor(session: Session) -> Actor:
+    """Signed-in staff, acting through the dashboard."""
+    return Actor(session.who.sub, staff=True, via="dashboard")
 
 
 def add_dashboard_routes(app: web.Application, secret: str) -> None:

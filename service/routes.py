@@ -15,16 +15,16 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
+from jobs.commands import Actor
 from jobs.identity import checked_identifiers
 from jobs.ids import is_ulid
 from jobs.localstore import LINK_PATH, LocalStore
 from jobs.model import Identity, Job, JobKind, JobStatus, utcnow
-from jobs.pipeline import Pipeline
 from jobs.queue import QUEUE_NAME
 from jobs.storage import StorageError, content_type_of
 from jobs.worker import HEALTH_CHECK_KEY
 from service import models
-from service.appkeys import AUTHORITY, ERASURES, EXPORTS, RESOURCES, SETTINGS
+from service.appkeys import AUTHORITY, COMMANDS, RESOURCES, SETTINGS
 from service.auth import Principal, Role
 from service.problems import Problem
 from service.ratelimit import limit_subject
@@ -160,16 +160,9 @@ def requested_subject(who: Principal, named: str | None, what: str) -> str:
     return named
 
 
-async def audit(
-    request: web.Request, who: Principal, action: str, job: Job, **details: Any
-) -> None:
-    """Record ``action`` in the hash-chained audit log; subjects appear as pseudonyms."""
-    resources = request.app[RESOURCES]
-    pseudonym = resources.signer.pseudonym
-    actor = who.sub if who.is_staff else pseudonym(who.sub)
-    await resources.audit.append(
-        actor, action, job.id, kind=job.kind.value, subject=pseudonym(job.subject), **details
-    )
+def actor(who: Principal) -> Actor:
+    """The caller, as the commands and the audit log know them."""
+    return Actor(who.sub, staff=who.is_staff)
 
 
 def requester_identity(
@@ -210,9 +203,9 @@ async def create_export(request: web.Request) -> web.Response:
     body = await read_body(request, models.ExportRequest)
     subject = requested_subject(who, body.subject, "an export")
     await limit_subject(request, subject)
-    job = await request.app[EXPORTS].create(
+    job = await request.app[COMMANDS].request_export(
+        actor(who),
         subject=subject,
-        requested_by=who.sub,
         formats=body.formats,
         connectors=body.connectors,
         categories=body.categories,
@@ -220,7 +213,6 @@ async def create_export(request: web.Request) -> web.Response:
         age_recipient=body.age_recipient,
         identity=requester_identity(who, subject, body.identifiers),
     )
-    await audit(request, who, "export.requested", job)
     return accepted(job)
 
 
@@ -230,16 +222,15 @@ async def _create_erasure_job(request: web.Request, kind: JobKind) -> web.Respon
     body = await read_body(request, model)
     subject = requested_subject(who, body.subject, f"an {kind.value}")
     await limit_subject(request, subject)
-    job = await request.app[ERASURES].create(
+    job = await request.app[COMMANDS].request_erasure(
+        actor(who),
         kind,
         subject=subject,
-        requested_by=who.sub,
         connectors=body.connectors,
         dry_run=body.dry_run,
         reason=body.reason,
         identity=requester_identity(who, subject, body.identifiers),
     )
-    await audit(request, who, f"{kind.value}.requested", job, dry_run=body.dry_run)
     return accepted(job)
 
 
@@ -267,8 +258,7 @@ async def confirm_job(request: web.Request) -> web.Response:
                 slug="reauthentication-required",
                 headers={"WWW-Authenticate": 'Bearer error="insufficient_user_authentication"'},
             )
-    confirmed = await request.app[ERASURES].confirm(job.id, who.sub)
-    await audit(request, who, "erasure.confirmed", job)
+    confirmed = await request.app[COMMANDS].confirm(actor(who), job.id)
     return json_response(job_view(confirmed))
 
 
@@ -276,10 +266,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     who = await principal(request)
     job = await visible_job(request, who)
     body = await read_body(request, models.CancelRequest) if request.body_exists else None
-    canceled = await pipeline_for(request, job).cancel(
-        job.id, who.sub, body.reason if body else None
-    )
-    await audit(request, who, "job.canceled", job)
+    canceled = await request.app[COMMANDS].cancel(actor(who), job.id, body.reason if body else None)
     return json_response(job_view(canceled))
 
 
@@ -296,7 +283,7 @@ async def get_receipt(request: web.Request) -> web.Response:
             slug="not-ready",
             status_now=job.status.value,
         )
-    await audit(request, who, "receipt.read", job)
+    await request.app[COMMANDS].audit(actor(who), "receipt.read", job)
     return json_response(job.receipt)
 
 
@@ -398,17 +385,11 @@ async def metrics(request: web.Request) -> web.Response:
     )
 
 
-def pipeline_for(request: web.Request, job: Job) -> Pipeline:
-    """The pipeline that runs jobs of this kind."""
-    return request.app[EXPORTS] if job.kind is JobKind.EXPORT else request.app[ERASURES]
-
-
 async def retry_job(request: web.Request) -> web.Response:
     who = await principal(request)
     require_staff(who)
     job = await visible_job(request, who)
-    retried = await pipeline_for(request, job).retry(job.id, who.sub)
-    await audit(request, who, "job.retried", job)
+    retried = await request.app[COMMANDS].retry(actor(who), job.id)
     return json_response(job_view(retried))
 
 
@@ -417,10 +398,9 @@ async def add_identifiers(request: web.Request) -> web.Response:
     require_staff(who)
     job = await visible_job(request, who)
     body = await read_body(request, models.IdentifiersIn)
-    changed = await pipeline_for(request, job).add_identifiers(
-        job.id, who.sub, body.named(), body.verified_by
+    changed = await request.app[COMMANDS].add_identifiers(
+        actor(who), job.id, body.named(), body.verified_by
     )
-    await audit(request, who, "job.identifiers_added", job, identifiers=sorted(body.named()))
     return json_response(job_view(changed))
 
 
@@ -429,10 +409,9 @@ async def go_without(request: web.Request) -> web.Response:
     require_staff(who)
     job = await visible_job(request, who)
     body = await read_body(request, models.GoWithoutRequest)
-    changed = await pipeline_for(request, job).go_without(
-        job.id, who.sub, body.connectors, body.reason
+    changed = await request.app[COMMANDS].go_without(
+        actor(who), job.id, body.connectors, body.reason
     )
-    await audit(request, who, "job.not_asked", job, connectors=body.connectors)
     return json_response(job_view(changed))
 
 
@@ -441,10 +420,9 @@ async def extend_job(request: web.Request) -> web.Response:
     require_staff(who)
     job = await visible_job(request, who)
     body = await read_body(request, models.ExtendRequest)
-    extended = await pipeline_for(request, job).extend(
-        job.id, who.sub, months=body.months, reason=body.reason
+    extended = await request.app[COMMANDS].extend(
+        actor(who), job.id, months=body.months, reason=body.reason
     )
-    await audit(request, who, "job.extended", job, months=body.months)
     return json_response(job_view(extended))
 
 
@@ -466,8 +444,7 @@ async def download(request: web.Request) -> web.Response:
         )
     resources = request.app[RESOURCES]
     ttl = min(resources.settings.link_ttl, job.result.expires_at - now)
-    await request.app[EXPORTS].record_download(job.id, who.sub, int(ttl.total_seconds()))
-    await audit(request, who, "archive.downloaded", job)
+    await request.app[COMMANDS].record_download(actor(who), job.id, int(ttl.total_seconds()))
     url = await resources.storage.download_url(
         job.result.key, ttl=ttl, filename=archive_filename(job)
     )
@@ -931,8 +908,7 @@ __all__ = [
     "MAX_BODY_BYTES",
     "OPERATIONS",
     "Operation",
+    "actor",
     "add_routes",
-    "audit",
-    "pipeline_for",
     "stream_events",
 ]

@@ -24,7 +24,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from connectors.registry import ConnectorConfig, available_types, build_connectors
-from jobs.export import ExportPipeline
+from jobs.commands import Actor, Commands
 from jobs.model import JobStatus
 from jobs.resources import Resources
 from jobs.worker import create_worker
@@ -116,8 +116,8 @@ async def test_its_records_appear_in_an_export(
     assert type(lumen).__module__ == f"{MODULE}.connector"
     assert Path(sys.modules[MODULE].__file__ or "").is_relative_to(site)
     async with resources_factory(connectors) as resources:
-        job = await ExportPipeline(resources).create(
-            subject="alice", requested_by="alice", formats=["json", "csv"]
+        job = await Commands(resources).request_export(
+            Actor("alice", staff=False), subject="alice", formats=["json", "csv"]
         )
         worker = await drain(redis, resources)
         assert worker.jobs_failed == 0

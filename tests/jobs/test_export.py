@@ -17,6 +17,7 @@ from connectors.errors import PermanentError, RateLimited, TransientError
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector, SyntheticConnector
+from jobs.commands import Actor, Commands
 from jobs.export import ExportPipeline
 from jobs.model import InvalidRequest, JobStatus, RunStatus
 from jobs.pipeline import RetryPolicy
@@ -102,7 +103,7 @@ async def test_connectors_run_concurrently(
     first, second = asyncio.Event(), asyncio.Event()
     connectors = {"a": Barrier("a", first, second), "b": Barrier("b", second, first)}
     async with resources_factory(connectors) as resources:
-        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await Commands(resources).request_export(Actor("alice", staff=False), subject="alice")
         await drain(redis, resources)
         done = await resources.store.get(job.id)
         assert done.status is JobStatus.SUCCEEDED, done.connectors
@@ -119,7 +120,10 @@ async def test_a_job_executed_twice_yields_one_archive_without_duplicates(
     }
     async with resources_factory(connectors) as resources:
         pipeline = ExportPipeline(resources)
-        job = await pipeline.create(subject="alice", requested_by="alice", formats=["ndjson"])
+        commands = Commands(resources)
+        job = await commands.request_export(
+            Actor("alice", staff=False), subject="alice", formats=["ndjson"]
+        )
         # arq delivers at least once: every task of the job runs twice, some at the same time.
         await asyncio.gather(pipeline.resolve(job.id, 1), pipeline.resolve(job.id, 1))
         await asyncio.gather(
@@ -156,7 +160,10 @@ async def test_a_crash_after_staging_restages_without_duplicates(
     }
     async with resources_factory(connectors) as resources:
         pipeline = ExportPipeline(resources)
-        job = await pipeline.create(subject="alice", requested_by="alice", formats=["json"])
+        commands = Commands(resources)
+        job = await commands.request_export(
+            Actor("alice", staff=False), subject="alice", formats=["json"]
+        )
         # A worker staged the output and died before recording it: the staged object
         # exists, the run still says running.
         await pipeline._stage(
@@ -175,7 +182,7 @@ async def test_transient_errors_are_retried_then_succeed(
         [TransientError("502 from processor"), RateLimited("slow down", retry_after=0.05)],
     )
     async with resources_factory({"processor": flaky}) as resources:
-        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await Commands(resources).request_export(Actor("alice", staff=False), subject="alice")
         worker = await drain(redis, resources, FAST_RETRIES)
         done = await resources.store.get(job.id)
         assert done.status is JobStatus.SUCCEEDED
@@ -193,7 +200,7 @@ async def test_transient_errors_past_the_limit_fail_the_connector(
 ) -> None:
     flaky = Flaky("processor", [TransientError(f"timeout {n}") for n in range(10)])
     async with resources_factory({"processor": flaky}) as resources:
-        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await Commands(resources).request_export(Actor("alice", staff=False), subject="alice")
         await drain(redis, resources, FAST_RETRIES)
         done = await resources.store.get(job.id)
         assert done.status is JobStatus.FAILED
@@ -215,7 +222,7 @@ async def test_an_unexpected_exception_fails_only_that_connector(
         "crm": MemoryConnector("crm", records={"alice": {"contacts": [{"id": 1}]}}),
     }
     async with resources_factory(connectors) as resources:
-        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await Commands(resources).request_export(Actor("alice", staff=False), subject="alice")
         await drain(redis, resources)
         done = await resources.store.get(job.id)
         assert done.status is JobStatus.FAILED
@@ -238,14 +245,18 @@ async def test_categories_select_connectors_and_datasets(
     )
     connectors = {"crm": crm, "telemetry": SyntheticConnector("telemetry", records=10)}
     async with resources_factory(connectors) as resources:
-        pipeline = ExportPipeline(resources)
-        job = await pipeline.create(subject="alice", requested_by="alice", categories=["contact"])
+        commands = Commands(resources)
+        job = await commands.request_export(
+            Actor("alice", staff=False), subject="alice", categories=["contact"]
+        )
         assert list(job.connectors) == ["crm"]
         await drain(redis, resources)
         archive = await archive_of(resources, job.id)
         assert [n for n in archive.namelist() if n.startswith("crm/")] == ["crm/contacts.json"]
         with pytest.raises(InvalidRequest, match="genetic"):
-            await pipeline.create(subject="alice", requested_by="alice", categories=["genetic"])
+            await commands.request_export(
+                Actor("alice", staff=False), subject="alice", categories=["genetic"]
+            )
 
 
 async def test_an_undeclared_dataset_fails_the_connector(
@@ -256,7 +267,7 @@ async def test_an_undeclared_dataset_fails_the_connector(
             yield Record("mystery", {"x": 1})
 
     async with resources_factory({"sloppy": Sloppy("sloppy")}) as resources:
-        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await Commands(resources).request_export(Actor("alice", staff=False), subject="alice")
         await drain(redis, resources)
         done = await resources.store.get(job.id)
         assert (

@@ -21,7 +21,7 @@ from arq.connections import ArqRedis
 
 from connectors.items import Subject
 from connectors.testing import SyntheticConnector
-from jobs.export import ExportPipeline
+from jobs.commands import Actor, Commands
 from jobs.model import JobStatus
 from jobs.resources import open_resources
 from jobs.settings import Settings
@@ -86,8 +86,8 @@ async def export_through_worker_process(
     }
     settings = Settings.load(environ)
     async with open_resources(settings, redis=redis) as resources:
-        job = await ExportPipeline(resources).create(
-            subject="alice", requested_by="alice", formats=["ndjson"]
+        job = await Commands(resources).request_export(
+            Actor("alice", staff=False), subject="alice", formats=["ndjson"]
         )
         peak_mb = run_worker(environ)
         done = await resources.store.get(job.id)

@@ -24,7 +24,7 @@ import orjson
 import pytest
 from aiohttp import ClientSession
 
-from jobs.export import ExportPipeline
+from jobs.commands import Actor, Commands
 from jobs.model import Job, JobStatus
 from jobs.queue import connect
 from jobs.resources import Resources, open_resources
@@ -147,8 +147,11 @@ async def test_a_killed_worker_s_job_finishes_on_another_within_60_s(
 ) -> None:
     async with cluster_factory(records=400_000) as cluster:
         doomed = cluster.worker()
-        job = await ExportPipeline(cluster.resources).create(
-            subject="alice", requested_by="alice", formats=["ndjson"], connectors=["telemetry"]
+        job = await Commands(cluster.resources).request_export(
+            Actor("alice", staff=False),
+            subject="alice",
+            formats=["ndjson"],
+            connectors=["telemetry"],
         )
         await cluster.wait_event(job.id, "connector.started", 30)
         doomed.kill()
@@ -169,8 +172,11 @@ async def test_a_killed_worker_s_job_finishes_on_another_within_60_s(
 async def test_sigterm_lets_work_finish_or_requeues_it(cluster_factory: Callable[..., Any]) -> None:
     async with cluster_factory(records=300_000) as cluster:
         stopping = cluster.worker()
-        job = await ExportPipeline(cluster.resources).create(
-            subject="alice", requested_by="alice", formats=["ndjson"], connectors=["telemetry"]
+        job = await Commands(cluster.resources).request_export(
+            Actor("alice", staff=False),
+            subject="alice",
+            formats=["ndjson"],
+            connectors=["telemetry"],
         )
         await cluster.wait_event(job.id, "connector.started", 30)
         cluster.worker()
@@ -235,8 +241,8 @@ async def test_storage_failures_and_an_outage_are_ridden_out(
     async with cluster_factory(records=120_000, fail_ratio=0.2) as cluster:
         cluster.worker()
         jobs = [
-            await ExportPipeline(cluster.resources).create(
-                subject=subject, requested_by=subject, formats=["ndjson"]
+            await Commands(cluster.resources).request_export(
+                Actor(subject, staff=False), subject=subject, formats=["ndjson"]
             )
             for subject in ("alice", "bob", "carol")
         ]
@@ -264,9 +270,11 @@ async def test_chaos_200_exports_while_workers_die_redis_restarts_and_storage_fa
     ) as cluster:
         for _ in range(3):
             cluster.worker()
-        pipeline = ExportPipeline(cluster.resources)
+        commands = Commands(cluster.resources)
         jobs = [
-            await pipeline.create(subject=f"user-{n}", requested_by=f"user-{n}", formats=["ndjson"])
+            await commands.request_export(
+                Actor(f"user-{n}", staff=False), subject=f"user-{n}", formats=["ndjson"]
+            )
             for n in range(200)
         ]
         kills = restarts = 0

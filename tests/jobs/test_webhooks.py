@@ -15,11 +15,13 @@ from arq.connections import ArqRedis
 
 import jobs.worker
 from connectors.testing import MemoryConnector
+from jobs.commands import Actor, Commands
 from jobs.export import ExportPipeline
+from jobs.kinds import build_pipelines
 from jobs.model import JobKind, JobStatus
 from jobs.settings import Secret
 from jobs.webhooks import SIGNATURE_HEADER, sign, verify
-from jobs.worker import build_pipelines, create_worker, watch_deadlines
+from jobs.worker import create_worker, watch_deadlines
 
 SECRET = "webhook-secret-" + "w" * 30
 
@@ -92,7 +94,7 @@ async def test_job_events_are_delivered_signed_and_retried(
     async with resources_factory(
         {"crm": crm}, webhook_urls=(url,), webhook_secret=Secret(SECRET)
     ) as resources:
-        job = await ExportPipeline(resources).create(subject="alice", requested_by="alice")
+        job = await Commands(resources).request_export(Actor("alice", staff=False), subject="alice")
         worker = await run_worker(redis, resources)
     assert state.bad_signatures == 0
     assert [(e["type"], e["job"]["id"]) for e in state.received] == [
@@ -158,9 +160,9 @@ async def test_metrics_describe_jobs_connectors_and_archives(
         "ads": MemoryConnector("ads", fail="403 from the ads API"),
     }
     async with resources_factory(connectors) as resources:
-        pipeline = ExportPipeline(resources)
-        await pipeline.create(subject="alice", requested_by="alice")
-        await pipeline.create(subject="bob", requested_by="bob", connectors=["crm"])
+        commands = Commands(resources)
+        await commands.request_export(Actor("alice", staff=False), subject="alice")
+        await commands.request_export(Actor("bob", staff=False), subject="bob", connectors=["crm"])
         await run_worker(redis, resources)
         text = await resources.metrics.render(await resources.store.counts(), 0, 0)
     assert 'handover_jobs{kind="export",status="failed"} 1' in text

@@ -15,9 +15,10 @@ import pytest
 from aiohttp import ClientSession
 
 from connectors.testing import MemoryConnector, SyntheticConnector
+from jobs.kinds import build_pipelines
 from jobs.signing import jwk_public_key
 from jobs.verify import verify_archive
-from jobs.worker import build_pipelines, expire_archives
+from jobs.worker import expire_archives
 from tests.service.conftest import Api, ApiFactory
 
 ALICE = {
