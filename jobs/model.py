@@ -22,11 +22,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from connectors.items import Subject
+
+#: A live job is at risk once less than this share of its time to the deadline is left.
+AT_RISK_SHARE = 0.25
 
 
 class JobKind(StrEnum):
@@ -374,6 +377,22 @@ class Job:
     not_before: datetime | None = None
     error: str | None = None
     identity: Identity = field(default_factory=Identity)
+
+    def deadline_state(self, now: datetime) -> str | None:
+        """``overdue``, ``at risk`` (under a quarter of its time left) or ``ok``; None once ended.
+
+        The one rule behind the dashboard's badges, the API's ``deadline`` and the
+        store's ``overdue`` and ``at_risk`` searches, so a badge and a filter never
+        disagree.
+        """
+        if self.status.terminal:
+            return None
+        remaining = self.due_at - now
+        if remaining < timedelta(0):
+            return "overdue"
+        if remaining < (self.due_at - self.created_at) * AT_RISK_SHARE:
+            return "at risk"
+        return "ok"
 
     @property
     def subject_view(self) -> Subject:

@@ -35,7 +35,7 @@ import logging
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -100,22 +100,6 @@ class Flash:
 
 StaffHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def deadline_state(job: Job, now: datetime) -> str | None:
-    """``overdue``, ``at risk`` (under a quarter of its time left) or ``ok``; ``None`` once ended.
-
-    The same rule as the store's ``overdue`` and ``at_risk`` searches, so a badge
-    and a filter never disagree.
-    """
-    if job.status.terminal:
-        return None
-    remaining = job.due_at - now
-    if remaining < timedelta(0):
-        return "overdue"
-    if remaining < (job.due_at - job.created_at) / 4:
-        return "at risk"
-    return "ok"
 
 
 def relative(moment: datetime, now: datetime) -> str:
@@ -200,9 +184,7 @@ class Dashboard:
             lstrip_blocks=True,
         )
         self._templates.filters.update(when=when, size=size, excerpt=excerpt)
-        self._templates.globals.update(
-            relative=relative, deadline_state=deadline_state, event_details=event_details
-        )
+        self._templates.globals.update(relative=relative, event_details=event_details)
 
     def routes(self) -> list[web.RouteDef]:
         """Every dashboard route."""
@@ -609,4 +591,4 @@ def add_dashboard_routes(app: web.Application, secret: str) -> None:
     app.router.add_routes(Dashboard(secret).routes())
 
 
-__all__ = ["Dashboard", "add_dashboard_routes", "deadline_state"]
+__all__ = ["Dashboard", "add_dashboard_routes"]

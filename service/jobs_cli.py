@@ -453,17 +453,10 @@ def _moment(text: str | None, *, seconds: bool = False) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
-def deadline_marker(job: Job, now: datetime) -> str:
-    """``OVERDUE`` or ``AT RISK`` (under a quarter of the time left) for a live job, else ``""``."""
-    if job["status"] in ENDED:
-        return ""
-    due = datetime.fromisoformat(job["due_at"])
-    created = datetime.fromisoformat(job["created_at"])
-    if due <= now:
-        return "OVERDUE"
-    if due - now < (due - created) / 4:
-        return "AT RISK"
-    return ""
+def deadline_marker(job: Job) -> str:
+    """``OVERDUE`` or ``AT RISK`` as the API judged the job, else ``""``."""
+    state = job.get("deadline")
+    return state.upper() if state in {"overdue", "at risk"} else ""
 
 
 def _error_excerpt(job: Job) -> str:
@@ -472,13 +465,13 @@ def _error_excerpt(job: Job) -> str:
     return error if len(error) <= ERROR_EXCERPT else error[: ERROR_EXCERPT - 1] + "…"
 
 
-def jobs_table(jobs: Sequence[Job], now: datetime) -> str:
+def jobs_table(jobs: Sequence[Job]) -> str:
     """One aligned row per job."""
     rows = []
     for job in jobs:
         runs = job["connectors"].values()
         done = sum(run["status"] in FINISHED_RUNS for run in runs)
-        due = f"{_moment(job['due_at'])} {deadline_marker(job, now)}".rstrip()
+        due = f"{_moment(job['due_at'])} {deadline_marker(job)}".rstrip()
         rows.append(
             [
                 job["id"],
@@ -521,10 +514,10 @@ def event_details(event: Event) -> str:
     )
 
 
-def job_report(job: Job, events: Sequence[Event], now: datetime) -> str:
+def job_report(job: Job, events: Sequence[Event]) -> str:
     """The job's facts, its connectors and its timeline."""
     options = job["options"]
-    due = f"{_moment(job['due_at'])} UTC {deadline_marker(job, now)}".rstrip()
+    due = f"{_moment(job['due_at'])} UTC {deadline_marker(job)}".rstrip()
     if options.get("extended_months"):
         due += f" (extended by {options['extended_months']} month(s))"
     facts = [
@@ -604,7 +597,7 @@ async def list_jobs(api: ApiClient, args: argparse.Namespace) -> int:
             break
         params["cursor"] = cursor
     if not args.json:
-        print(jobs_table(jobs, datetime.now(UTC)) if jobs else "No jobs match.")
+        print(jobs_table(jobs) if jobs else "No jobs match.")
     if cursor is not None and not args.all:
         print("More jobs match: --all lists every page.", file=sys.stderr)
     return 0
@@ -613,7 +606,7 @@ async def list_jobs(api: ApiClient, args: argparse.Namespace) -> int:
 async def show_job(api: ApiClient, args: argparse.Namespace) -> int:
     """``jobs show``: facts, connectors, timeline."""
     job = await api.job(args.id)
-    print(job_report(job, await api.events(job["id"]), datetime.now(UTC)))
+    print(job_report(job, await api.events(job["id"])))
     return 0
 
 

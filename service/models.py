@@ -312,6 +312,10 @@ class JobOut(BaseModel):
     created_at: datetime
     updated_at: datetime
     due_at: datetime = Field(description="The legal deadline: one month from receipt (Art. 12(3)).")
+    deadline: Literal["ok", "at risk", "overdue"] | None = Field(
+        description="Where a live job stands against its deadline (at risk: under a quarter "
+        "of its time left); null once it has ended."
+    )
     options: dict[str, object]
     generation: int = Field(description="Incremented by each retry.")
     not_before: datetime | None = Field(description="A confirmed erasure runs after this.")

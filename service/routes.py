@@ -106,6 +106,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "created_at": job.created_at,
         "updated_at": job.updated_at,
         "due_at": job.due_at,
+        "deadline": job.deadline_state(utcnow()),
         "options": _public_options(job.options),
         "generation": job.generation,
         "connectors": {
