@@ -30,7 +30,7 @@ from typing import Any
 import jinja2
 import orjson
 
-from jobs.model import Job, StagedPart
+from jobs.model import Job, StagedPart, iso
 from jobs.protection import AES_METHOD, AES_OVERHEAD, ZipMemberCipher, aes_extra
 from jobs.signing import Signer
 from jobs.storage import ObjectStore, ObjectWriter, StorageError
@@ -84,10 +84,6 @@ def _file_entry(part: StagedPart) -> dict[str, Any]:
     }
 
 
-def _iso(value: datetime) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
 _TEMPLATES = jinja2.Environment(
     loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=True,
@@ -111,9 +107,9 @@ def _index_html(
 ) -> bytes:
     page = _TEMPLATES.get_template("export_index.html").render(
         job=job,
-        created_at=_iso(job.created_at),
-        generated_at=_iso(generated_at),
-        expires_at=_iso(expires_at),
+        created_at=iso(job.created_at),
+        generated_at=iso(generated_at),
+        expires_at=iso(expires_at),
         manifest=MANIFEST,
         signature=SIGNATURE,
         connectors=[{key: None for key, _ in _PROCESSING_DETAILS} | dict(c) for c in connectors],
@@ -218,10 +214,10 @@ async def write_archive(
     manifest = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "job": {"id": job.id, "kind": job.kind.value, "created_at": _iso(job.created_at)},
+        "job": {"id": job.id, "kind": job.kind.value, "created_at": iso(job.created_at)},
         "subject": {"id": job.subject},
-        "generated_at": _iso(generated_at),
-        "expires_at": _iso(expires_at),
+        "generated_at": iso(generated_at),
+        "expires_at": iso(expires_at),
         "signing_key_id": signer.key_id,
         "scope": job.options.get("scope"),
         "identity": job.identity.statement(),

@@ -39,6 +39,7 @@ from jobs.model import (
     JobStatus,
     RunStatus,
     check_transition,
+    iso,
     utcnow,
 )
 from jobs.pipeline import LIVE, Pipeline
@@ -175,7 +176,7 @@ class Commands:
         grace = self.resources.settings.grace
 
         def confirmed(job: Job) -> None:
-            job.options["confirmed_at"] = now.isoformat().replace("+00:00", "Z")
+            job.options["confirmed_at"] = iso(now)
             job.options["confirmed_by"] = actor.id
             job.not_before = now + grace
 
@@ -331,7 +332,7 @@ class Commands:
         names = list(dict.fromkeys(connectors))
         if not names:
             raise InvalidRequest("connectors", "name the processors to go without")
-        decided_at = utcnow().isoformat().replace("+00:00", "Z")
+        decided_at = iso(utcnow())
 
         def decided(job: Job) -> None:
             for name in names:

@@ -19,31 +19,26 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from connectors.base import Connector
 from connectors.errors import PermanentError
 from connectors.items import File, Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
-from jobs.model import (
-    Job,
-    JobKind,
-    JobStatus,
-    utcnow,
-)
+from jobs.model import Job, JobKind, JobStatus, iso, utcnow
 from jobs.pipeline import Outcome, Pipeline
 from jobs.receipt import build_receipt
 from jobs.storage import ObjectMissing
 from jobs.store import JobQuery
 
 
-def _iso(value: Any) -> Any:
-    return value.isoformat().replace("+00:00", "Z") if hasattr(value, "isoformat") else value
-
-
 def erasure_entries(report: ErasureReport) -> list[dict[str, Any]]:
     """A report's datasets as JSON-ready dicts."""
-    return [{k: _iso(v) for k, v in asdict(entry).items()} for entry in report.datasets]
+    return [
+        {k: iso(v) if isinstance(v, datetime) else v for k, v in asdict(entry).items()}
+        for entry in report.datasets
+    ]
 
 
 class ErasurePipeline(Pipeline):
@@ -113,7 +108,7 @@ class ErasurePipeline(Pipeline):
             )
             raise PermanentError(f"verification failed: record(s) left after erasure: {listed}")
         return {
-            "checked_at": _iso(utcnow()),
+            "checked_at": iso(utcnow()),
             "passed": True,
             "remaining": {dataset: count for dataset, count in sorted(found.items())},
         }

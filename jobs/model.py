@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, overload
 
 from connectors.items import Subject
 
@@ -213,8 +213,8 @@ class ConnectorRun:
             "bytes": self.bytes,
             "error": self.error,
             "error_class": self.error_class,
-            "started_at": _iso(self.started_at),
-            "finished_at": _iso(self.finished_at),
+            "started_at": iso(self.started_at),
+            "finished_at": iso(self.finished_at),
             "staged_key": self.staged_key,
             "parts": [p.to_dict() for p in self.parts],
             "report": self.report,
@@ -337,7 +337,7 @@ class ArchiveResult:
             "key": self.key,
             "size": self.size,
             "sha256": self.sha256,
-            "expires_at": _iso(self.expires_at),
+            "expires_at": iso(self.expires_at),
             "key_id": self.key_id,
             "files": self.files,
         }
@@ -407,14 +407,14 @@ class Job:
             "subject": self.subject,
             "status": self.status.value,
             "requested_by": self.requested_by,
-            "created_at": _iso(self.created_at),
-            "updated_at": _iso(self.updated_at),
-            "due_at": _iso(self.due_at),
+            "created_at": iso(self.created_at),
+            "updated_at": iso(self.updated_at),
+            "due_at": iso(self.due_at),
             "options": self.options,
             "generation": self.generation,
             "result": self.result.to_dict() if self.result else None,
             "receipt": self.receipt,
-            "not_before": _iso(self.not_before),
+            "not_before": iso(self.not_before),
             "error": self.error,
             "identity": self.identity.to_dict(),
         }
@@ -448,7 +448,12 @@ class Job:
         )
 
 
-def _iso(value: datetime | None) -> str | None:
+@overload
+def iso(value: datetime) -> str: ...
+@overload
+def iso(value: datetime | None) -> str | None: ...
+def iso(value: datetime | None) -> str | None:
+    """A moment as Handover writes it everywhere: ISO 8601, UTC as ``Z``."""
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
@@ -470,7 +475,7 @@ class Event:
         """JSON-ready form."""
         return {
             "id": self.id,
-            "at": _iso(self.at),
+            "at": iso(self.at),
             "type": self.type,
             "actor": self.actor,
             **self.data,

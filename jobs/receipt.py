@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from jobs.model import Job, JobKind, run_statement
+from jobs.model import Job, JobKind, iso, run_statement
 from jobs.signing import SignatureError, Signer, verify
 
 FORMAT = "handover-receipt"
@@ -29,10 +29,6 @@ FORMAT_VERSION = 1
 def canonical(document: Mapping[str, Any]) -> bytes:
     """The bytes a receipt's signature covers."""
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def build_receipt(
@@ -58,7 +54,7 @@ def build_receipt(
                 "type": described.get("type"),
                 "recipient": described.get("recipient"),
                 **run_statement(run),
-                "finished_at": _iso(run.finished_at),
+                "finished_at": iso(run.finished_at),
                 **(run.report or {}),
             }
         )
@@ -68,13 +64,13 @@ def build_receipt(
         "kind": job.kind.value,
         "job": {
             "id": job.id,
-            "requested_at": _iso(job.created_at),
+            "requested_at": iso(job.created_at),
             "confirmed_at": job.options.get("confirmed_at"),
             "dry_run": bool(job.options.get("dry_run")),
         },
         "subject": {"id": job.subject},
         "identity": job.identity.statement(),
-        "issued_at": _iso(issued_at),
+        "issued_at": iso(issued_at),
         "connectors": entries,
     }
     if job.kind is JobKind.ERASURE:

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from jobs.model import Job, utcnow
+from jobs.model import Job, iso, utcnow
 
 SIGNATURE_HEADER = "Handover-Signature"
 DELIVER_TASK = "deliver_webhook"
@@ -40,13 +40,13 @@ def payload(job: Job, event: str) -> dict[str, Any]:
     return {
         "id": str(uuid.uuid4()),
         "type": event,
-        "at": utcnow().isoformat().replace("+00:00", "Z"),
+        "at": iso(utcnow()),
         "job": {
             "id": job.id,
             "kind": job.kind.value,
             "status": job.status.value,
             "subject": job.subject,
-            "due_at": job.due_at.isoformat().replace("+00:00", "Z"),
+            "due_at": iso(job.due_at),
             "error": job.error,
             "links": {"self": f"/v1/jobs/{job.id}"},
         },
