@@ -3,6 +3,9 @@
 The TOML file is named by ``HANDOVER_CONFIG``; a variable wins over the file.
 Every value is checked at start: a bad one raises :class:`SettingsError` with one
 line naming the setting and what is wrong, and the process stops there.
+
+:class:`Settings` is a pydantic-settings model: each field's type names the parser of
+its text. :meth:`Settings.load` is the only reader of the file and the variables.
 """
 
 from __future__ import annotations
@@ -10,12 +13,16 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
+
+import pydantic
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connectors.registry import ConnectorConfig
 
@@ -26,28 +33,17 @@ class SettingsError(Exception):
     """A setting is missing or malformed; the message names it."""
 
 
-class Secret:
-    """A string that never shows itself in ``repr`` or ``str``."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
+class Secret(pydantic.Secret[str]):
+    """A string that never shows itself in ``repr`` or ``str``; equal to a Secret of the same."""
 
     def reveal(self) -> str:
         """The secret value itself."""
-        return self._value
+        return self.get_secret_value()
 
     def __repr__(self) -> str:
         return "Secret('**********')"
 
     __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and other._value == self._value
-
-    def __hash__(self) -> int:
-        return hash(self._value)
 
 
 _DURATION = re.compile(r"(\d+)\s*(ms|y|w|d|h|m|s)")
@@ -95,29 +91,22 @@ def parse_size(value: object) -> int:
     return int(match.group(1)) * _SIZE_UNITS[match.group(2)]
 
 
-def _positive_int(value: object) -> int:
-    number = int(str(value))
-    if number < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
-    return number
+def _at_least(least: int) -> Callable[[object], int]:
+    """The parser of a whole number no smaller than ``least``."""
 
+    def parse(value: object) -> int:
+        number = int(str(value))
+        if number < least:
+            raise ValueError(f"expected a whole number of at least {least}, got {value!r}")
+        return number
 
-def _count(value: object) -> int:
-    number = int(str(value))
-    if number < 0:
-        raise ValueError(f"expected a whole number of at least 0, got {value!r}")
-    return number
+    return parse
 
 
 def _text(value: object) -> str:
     if not isinstance(value, str | int | float) or isinstance(value, bool):
         raise ValueError(f"expected text, got {value!r}")
     return str(value)
-
-
-def _optional_text(value: object) -> str | None:
-    text = _text(value).strip()
-    return text or None
 
 
 def _url(value: object) -> str | None:
@@ -153,22 +142,22 @@ def _jwks_url(value: object) -> str | None:
     return url
 
 
-def _redis_url(value: object) -> Secret | None:
+def _redis_url(value: object) -> str | None:
     url = _url(value)
     if url is None:
         return None
     if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
         raise ValueError("expected a redis://, rediss:// or unix:// URL")
-    return Secret(url)
+    return url
 
 
-def _secret(value: object) -> Secret | None:
+def _secret(value: object) -> str | None:
     text = _text(value)
     if not text:
         return None
     if len(text) < 32:
         raise ValueError("must be at least 32 characters")
-    return Secret(text)
+    return text
 
 
 def _prefix(value: object) -> str:
@@ -222,38 +211,18 @@ def _identity_claims(value: object) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
-_PARSERS: dict[str, Any] = {
-    "redis_url": _redis_url,
-    "s3_bucket": _optional_text,
-    "s3_prefix": _prefix,
-    "s3_endpoint_url": _url,
-    "s3_public_endpoint_url": _url,
-    "s3_sse": _optional_text,
-    "s3_part_size": parse_size,
-    "jwt_secret": _secret,
-    "jwks_url": _jwks_url,
-    "jwt_issuer": _optional_text,
-    "jwt_audience": _optional_text,
-    "jwt_leeway": parse_duration,
-    "archive_ttl": parse_duration,
-    "link_ttl": parse_duration,
-    "deadline": parse_duration,
-    "data_dir": _path,
-    "signing_key_file": _optional_path,
-    "worker_concurrency": _positive_int,
-    "worker_poll_delay": parse_duration,
-    "connector_timeout": parse_duration,
-    "default_formats": _formats,
-    "public_url": _url,
-    "webhook_urls": _url_list,
-    "webhook_secret": _secret,
-    "max_downloads": _count,
-    "rate_limit": _count,
-    "subject_rate_limit": _count,
-    "erasure_grace": parse_duration,
-    "reauth_max_age": parse_duration,
-    "identity_claims": _identity_claims,
-}
+def _parsed(parse: Callable[[Any], object], *ready: type) -> BeforeValidator:
+    """Parse a variable's text or a TOML value; None and ``ready`` values (from code) pass."""
+    return BeforeValidator(
+        lambda value: value if isinstance(value, (type(None), *ready)) else parse(value)
+    )
+
+
+_Duration = Annotated[timedelta, _parsed(parse_duration, timedelta)]
+_Count = Annotated[int, _parsed(_at_least(0))]
+_Text = Annotated[str | None, _parsed(lambda value: _text(value).strip() or None)]
+_Url = Annotated[str | None, _parsed(_url)]
+_SecretText = Annotated[Secret | None, _parsed(_secret, Secret)]
 
 
 def _redacted_url(secret: Secret | None) -> str | None:
@@ -264,111 +233,6 @@ def _redacted_url(secret: Secret | None) -> str | None:
         return secret.reveal()
     netloc = parts.netloc.replace(f":{parts.password}@", ":****@")
     return urlunsplit(parts._replace(netloc=netloc))
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Every knob Handover has, typed and checked. See README for each one's meaning."""
-
-    redis_url: Secret | None = None
-    s3_bucket: str | None = None
-    s3_prefix: str = "handover/"
-    s3_endpoint_url: str | None = None
-    s3_public_endpoint_url: str | None = None
-    s3_sse: str | None = None
-    s3_part_size: int = 8 * 2**20
-    jwt_secret: Secret | None = None
-    jwks_url: str | None = None
-    jwt_issuer: str | None = None
-    jwt_audience: str | None = None
-    jwt_leeway: timedelta = timedelta(seconds=30)
-    archive_ttl: timedelta = timedelta(days=7)
-    link_ttl: timedelta = timedelta(minutes=15)
-    deadline: timedelta = timedelta(days=30)
-    data_dir: Path = Path(".handover")
-    signing_key_file: Path | None = None
-    worker_concurrency: int = 50
-    worker_poll_delay: timedelta = timedelta(milliseconds=50)
-    connector_timeout: timedelta = timedelta(hours=1)
-    default_formats: tuple[str, ...] = ("json",)
-    public_url: str | None = None
-    webhook_urls: tuple[str, ...] = ()
-    webhook_secret: Secret | None = None
-    max_downloads: int = 0
-    rate_limit: int = 120
-    subject_rate_limit: int = 20
-    erasure_grace: timedelta | None = None
-    reauth_max_age: timedelta = timedelta(minutes=10)
-    identity_claims: tuple[tuple[str, str], ...] = ()
-    connectors: tuple[ConnectorConfig, ...] = field(default=(), repr=False)
-    retention: tuple[RetentionConfig, ...] = field(default=(), repr=False)
-
-    def __post_init__(self) -> None:
-        if self.s3_part_size < 5 * 2**20:
-            raise SettingsError("HANDOVER_S3_PART_SIZE: S3 needs parts of at least 5MiB")
-        if self.link_ttl <= timedelta(0):
-            raise SettingsError("HANDOVER_LINK_TTL: must be longer than zero")
-        if self.archive_ttl <= timedelta(0):
-            raise SettingsError("HANDOVER_ARCHIVE_TTL: must be longer than zero")
-        if self.jwt_leeway > timedelta(minutes=5):
-            raise SettingsError("HANDOVER_JWT_LEEWAY: at most 5m of clock skew is allowed")
-        if self.webhook_urls and self.webhook_secret is None:
-            raise SettingsError(
-                "HANDOVER_WEBHOOK_SECRET: required when HANDOVER_WEBHOOK_URLS is set"
-            )
-
-    def __repr__(self) -> str:
-        shown = []
-        for f in fields(self):
-            if not f.repr:
-                continue
-            value = getattr(self, f.name)
-            if f.name == "redis_url":
-                value = _redacted_url(value)
-            shown.append(f"{f.name}={value!r}")
-        return f"Settings({', '.join(shown)})"
-
-    @property
-    def grace(self) -> timedelta:
-        """The wait between confirming an erasure and doing it: 24 h, none when embedded."""
-        if self.erasure_grace is not None:
-            return self.erasure_grace
-        return timedelta(0) if self.embedded_redis else timedelta(hours=24)
-
-    @property
-    def embedded_redis(self) -> bool:
-        """No Redis URL configured: run on the in-process store."""
-        return self.redis_url is None
-
-    @classmethod
-    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Settings from ``environ`` (default: the process environment) and its config file."""
-        environ = os.environ if environ is None else environ
-        raw: dict[str, object] = {}
-        config_path = environ.get(f"{ENV_PREFIX}CONFIG")
-        connector_tables: Mapping[str, Any] = {}
-        retention_tables: Mapping[str, Any] = {}
-        if config_path:
-            document = _read_toml(Path(config_path))
-            connector_tables = document.pop("connectors", {})
-            retention_tables = document.pop("retention", {})
-            for key, value in document.items():
-                if key not in _PARSERS:
-                    raise SettingsError(f"HANDOVER_CONFIG: {config_path}: unknown setting {key!r}")
-                raw[key] = value
-        for name in _PARSERS:
-            env_name = f"{ENV_PREFIX}{name.upper()}"
-            if env_name in environ:
-                raw[name] = environ[env_name]
-        values: dict[str, Any] = {}
-        for name, value in raw.items():
-            try:
-                values[name] = _PARSERS[name](value)
-            except (ValueError, TypeError) as exc:
-                raise SettingsError(f"{ENV_PREFIX}{name.upper()}: {exc}") from None
-        values["connectors"] = _connector_configs(connector_tables, config_path or "")
-        values["retention"] = _retention_configs(retention_tables, config_path or "")
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -386,6 +250,129 @@ class RetentionConfig:
         if self.dataset is not None:
             return self.dataset in {dataset, f"{connector}/{dataset}"}
         return self.category == category
+
+
+class Settings(BaseSettings):
+    """Every knob Handover has, typed and checked. See README for each one's meaning."""
+
+    model_config = SettingsConfigDict(frozen=True, case_sensitive=True)
+
+    redis_url: Annotated[Secret | None, _parsed(_redis_url, Secret)] = None
+    s3_bucket: _Text = None
+    s3_prefix: Annotated[str, _parsed(_prefix)] = "handover/"
+    s3_endpoint_url: _Url = None
+    s3_public_endpoint_url: _Url = None
+    s3_sse: _Text = None
+    s3_part_size: Annotated[int, _parsed(parse_size)] = 8 * 2**20
+    jwt_secret: _SecretText = None
+    jwks_url: Annotated[str | None, _parsed(_jwks_url)] = None
+    jwt_issuer: _Text = None
+    jwt_audience: _Text = None
+    jwt_leeway: _Duration = timedelta(seconds=30)
+    archive_ttl: _Duration = timedelta(days=7)
+    link_ttl: _Duration = timedelta(minutes=15)
+    deadline: _Duration = timedelta(days=30)
+    data_dir: Annotated[Path, _parsed(_path, Path)] = Path(".handover")
+    signing_key_file: Annotated[Path | None, _parsed(_optional_path, Path)] = None
+    worker_concurrency: Annotated[int, _parsed(_at_least(1))] = 50
+    worker_poll_delay: _Duration = timedelta(milliseconds=50)
+    connector_timeout: _Duration = timedelta(hours=1)
+    default_formats: Annotated[tuple[str, ...], _parsed(_formats)] = ("json",)
+    public_url: _Url = None
+    webhook_urls: Annotated[tuple[str, ...], _parsed(_url_list)] = ()
+    webhook_secret: _SecretText = None
+    max_downloads: _Count = 0
+    rate_limit: _Count = 120
+    subject_rate_limit: _Count = 20
+    erasure_grace: Annotated[timedelta | None, _parsed(parse_duration, timedelta)] = None
+    reauth_max_age: _Duration = timedelta(minutes=10)
+    identity_claims: Annotated[tuple[tuple[str, str], ...], _parsed(_identity_claims, tuple)] = ()
+    connectors: tuple[ConnectorConfig, ...] = Field(default=(), repr=False)
+    retention: tuple[RetentionConfig, ...] = Field(default=(), repr=False)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The keyword arguments alone: :meth:`load` reads the environ it is given, and the file."""
+        return (init_settings,)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _one_line(
+        cls, values: Any, handler: pydantic.ModelWrapValidatorHandler[Settings]
+    ) -> Settings:
+        try:
+            return handler(values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            problem = error["ctx"]["error"] if error["type"] == "value_error" else error["msg"]
+            raise SettingsError(f"{ENV_PREFIX}{str(error['loc'][0]).upper()}: {problem}") from None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.s3_part_size < 5 * 2**20:
+            raise SettingsError("HANDOVER_S3_PART_SIZE: S3 needs parts of at least 5MiB")
+        if self.link_ttl <= timedelta(0):
+            raise SettingsError("HANDOVER_LINK_TTL: must be longer than zero")
+        if self.archive_ttl <= timedelta(0):
+            raise SettingsError("HANDOVER_ARCHIVE_TTL: must be longer than zero")
+        if self.jwt_leeway > timedelta(minutes=5):
+            raise SettingsError("HANDOVER_JWT_LEEWAY: at most 5m of clock skew is allowed")
+        if self.webhook_urls and self.webhook_secret is None:
+            raise SettingsError(
+                "HANDOVER_WEBHOOK_SECRET: required when HANDOVER_WEBHOOK_URLS is set"
+            )
+        return self
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, _redacted_url(value) if name == "redis_url" else value
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    @property
+    def grace(self) -> timedelta:
+        """The wait between confirming an erasure and doing it: 24 h, none when embedded."""
+        if self.erasure_grace is not None:
+            return self.erasure_grace
+        return timedelta(0) if self.embedded_redis else timedelta(hours=24)
+
+    @property
+    def embedded_redis(self) -> bool:
+        """No Redis URL configured: run on the in-process store."""
+        return self.redis_url is None
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Settings from ``environ`` (default: the process environment) and its config file."""
+        environ = os.environ if environ is None else environ
+        path = environ.get(f"{ENV_PREFIX}CONFIG") or ""
+        document = _read_toml(Path(path)) if path else {}
+        connectors, retention = document.pop("connectors", {}), document.pop("retention", {})
+        unknown = [key for key in document if key not in VARIABLES.values()]
+        if unknown:
+            raise SettingsError(f"HANDOVER_CONFIG: {path}: unknown setting {unknown[0]!r}")
+        document.update((name, environ[var]) for var, name in VARIABLES.items() if var in environ)
+        return cls(
+            **document,
+            connectors=_connector_configs(connectors, path),
+            retention=_retention_configs(retention, path),
+        )
+
+
+#: Each setting's ``HANDOVER_*`` variable and its field; the README's table lists them all.
+VARIABLES = {
+    f"{ENV_PREFIX}{name.upper()}": name
+    for name in Settings.model_fields
+    if name not in {"connectors", "retention"}  # tables of the file, no variable
+}
 
 
 def _retention_configs(tables: object, path: str) -> tuple[RetentionConfig, ...]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import logging
 import sys
 from collections.abc import Sequence
@@ -88,7 +87,7 @@ def _with_public_url(settings: Settings, host: str, port: int) -> Settings:
     if settings.public_url:
         return settings
     shown = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
-    return dataclasses.replace(settings, public_url=f"http://{shown}:{port}")
+    return settings.model_copy(update={"public_url": f"http://{shown}:{port}"})
 
 
 def _banner(settings: Settings, base_url: str) -> str:

@@ -10,6 +10,7 @@ import pytest
 
 from connectors.registry import ConnectorConfig
 from jobs.settings import (
+    VARIABLES,
     Secret,
     Settings,
     SettingsError,
@@ -298,3 +299,44 @@ def test_secret_never_shows_itself() -> None:
     assert JWT_SECRET not in f"{secret}"
     assert secret == Secret(JWT_SECRET)
     assert secret != Secret(JWT_SECRET + "x")
+
+
+def test_settings_from_code_take_typed_values_and_are_checked() -> None:
+    settings = Settings(
+        redis_url=Secret("redis://127.0.0.1:6379/2"),
+        data_dir=Path("/srv/handover"),
+        archive_ttl=timedelta(hours=2),
+        identity_claims=(("crm_id", "hubspot_contact_id"),),
+    )
+
+    assert settings.redis_url == Secret("redis://127.0.0.1:6379/2")
+    assert settings.data_dir == Path("/srv/handover")
+    assert settings.archive_ttl == timedelta(hours=2)
+    with pytest.raises(SettingsError, match=r"^HANDOVER_WORKER_CONCURRENCY: "):
+        Settings(worker_concurrency=0)
+    with pytest.raises(SettingsError, match=r"^HANDOVER_LINK_TTL: "):
+        Settings(link_ttl=timedelta(0))
+
+
+def test_settings_read_only_the_environ_they_are_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HANDOVER_ARCHIVE_TTL", "1h")
+    monkeypatch.setenv("DEADLINE", "1d")
+
+    assert Settings() == Settings.load({})
+    assert Settings.load({}).archive_ttl == timedelta(days=7)
+
+
+def test_tables_come_only_from_the_file() -> None:
+    settings = Settings.load({"HANDOVER_CONNECTORS": "crm", "HANDOVER_RETENTION": "7d"})
+
+    assert settings.connectors == () and settings.retention == ()
+    assert "HANDOVER_CONNECTORS" not in VARIABLES and "HANDOVER_RETENTION" not in VARIABLES
+
+
+def test_a_copy_keeps_the_rest() -> None:
+    settings = Settings.load({"HANDOVER_JWT_SECRET": JWT_SECRET})
+
+    copy = settings.model_copy(update={"public_url": "http://127.0.0.1:8080"})
+
+    assert copy.public_url == "http://127.0.0.1:8080"
+    assert copy.jwt_secret == settings.jwt_secret and settings.public_url is None
