@@ -52,8 +52,9 @@ from typing import Any, ClassVar
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, Unidentified
-from connectors.http import HttpClient, Options, bearer
+from connectors.httpclient import HttpClient, bearer
 from connectors.items import Dataset, Item, Record, Subject
+from connectors.options import Options
 from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
 
 DEFAULT_BASE_URL = "https://analyticsadmin.googleapis.com"

@@ -1,4 +1,4 @@
-"""The generic ``http`` connector against a local helpdesk API, and the shared HTTP plumbing."""
+"""The generic ``http`` connector against a local helpdesk API, and through it the HTTP client."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ import pytest
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, RateLimited, TransientError, Unidentified
-from connectors.http import HttpClient, HttpConnector, Secret, TokenBucket, parse_retry_after
+from connectors.http import HttpConnector
+from connectors.httpclient import TokenBucket
 from connectors.items import Record, Subject
+from connectors.options import Secret
 from connectors.registry import load_type
 from connectors.reports import RetentionRule
 from connectors.testing import ConnectorContract
@@ -462,26 +464,6 @@ async def test_the_client_side_rate_limit_spaces_requests(
     assert all(sum(1 for at in arrivals if start <= at < start + 1) <= 3 for start in arrivals)
 
 
-def test_the_token_bucket_refuses_past_its_burst() -> None:
-    clock = FakeClock()
-    bucket = TokenBucket(4, 2, clock=clock, sleep=clock.sleep)
-    assert [bucket.try_take() for _ in range(3)] == [0.0, 0.0, 0.25]
-    clock.now = 0.25
-    assert bucket.try_take() == 0.0
-    assert bucket.try_take() == 0.25
-    clock.now = 10.0
-    assert [bucket.try_take() for _ in range(3)] == [0.0, 0.0, 0.25]
-
-
-def test_retry_after_reads_seconds_and_http_dates() -> None:
-    now = datetime(2024, 6, 1, 12, 0, 0, tzinfo=UTC)
-    assert parse_retry_after("120", now=now) == 120.0
-    assert parse_retry_after("Sat, 01 Jun 2024 12:00:30 GMT", now=now) == 30.0
-    assert parse_retry_after("Sat, 01 Jun 2024 11:00:00 GMT", now=now) == 0.0
-    assert parse_retry_after("soon", now=now) is None
-    assert parse_retry_after(None) is None
-
-
 def test_secrets_stay_out_of_repr() -> None:
     for auth in (
         {"type": "bearer", "token": TOKEN},
@@ -624,19 +606,6 @@ async def test_a_value_that_completes_a_dot_segment_is_encoded(
         found = await export(connector, Subject(".", "dots@example.com"))
     assert found == {"tickets": ["t0"]}
     assert [seen.raw_path for seen in fake.requests] == ["/users/%2E%2E/tickets"]
-
-
-def test_the_client_sends_a_relative_target_as_written() -> None:
-    client = HttpClient("helpdesk", "https://api.example.com/v2/")
-    assert str(client.url("/users/%2E%2E/tickets")) == (
-        "https://api.example.com/v2/users/%2E%2E/tickets"
-    )
-    assert str(client.url("users/café 50%/x?state=all")) == (
-        "https://api.example.com/v2/users/caf%C3%A9%2050%25/x?state=all"
-    )
-    assert str(client.url("https://api.example.com/v2/feed?offset=2")) == (
-        "https://api.example.com/v2/feed?offset=2"
-    )
 
 
 async def test_requests_before_open_are_refused() -> None:

@@ -1,0 +1,105 @@
+"""The ``sql`` connector's failures, mapped once to transient or permanent connector errors.
+
+:func:`mapped_errors` wraps every request: an error raised by SQLAlchemy, a
+database driver (asyncpg, aiomysql/PyMySQL, aiosqlite/sqlite3) or the network
+becomes a :class:`~connectors.errors.TransientError` when a retry may get past it
+(a lost or refused connection, a pool timeout, a serialization failure or
+deadlock, a lock or statement timeout, a server short of resources or shutting
+down, SQLite busy or locked) and a :class:`~connectors.errors.PermanentError`
+otherwise. The message names the connector, the database URL with its password
+hidden, and the driver's own message, never the statement or its values. An
+error from our own code passes through unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+
+from connectors.errors import ConnectorError, PermanentError, TransientError
+
+# SQLSTATEs (PostgreSQL, and MySQL's where it gives one) a retry may get past:
+# connection exceptions, serialization failures, deadlocks, lock and statement
+# timeouts, a server short of resources or shutting down.
+_TRANSIENT_SQLSTATE_CLASSES = ("08", "53")
+_TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03"})
+# MySQL/MariaDB error numbers of the same kinds: too many connections, shutdown,
+# lock wait timeout, deadlock, query interrupted or timed out, lost connections.
+_TRANSIENT_MYSQL_ERRORS = frozenset(
+    {1040, 1053, 1158, 1159, 1160, 1161, 1205, 1213, 1317, 1927, 2002, 2003, 2006, 2013}
+    | {2055, 3024, 4031}
+)
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+@contextmanager
+def mapped_errors(url: URL, *, connector: str) -> Iterator[None]:
+    """Turn driver and SQLAlchemy errors into transient or permanent connector errors."""
+    try:
+        yield
+    except ConnectorError:
+        raise
+    except Exception as exc:
+        if not _from_the_database(exc):
+            raise
+        where = url.render_as_string(hide_password=True)
+        message = f"connector {connector!r}: {where}: {_describe(exc)}"
+        if _is_transient(exc):
+            raise TransientError(message) from exc
+        raise PermanentError(message) from exc
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, the DB-API error SQLAlchemy wraps, and their causes."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        orig = getattr(current, "orig", None)
+        pending += [orig if isinstance(orig, BaseException) else None, current.__cause__]
+        pending.append(current.__context__)
+
+
+_DRIVER_PACKAGES = frozenset({"asyncpg", "aiomysql", "pymysql", "aiosqlite", "sqlite3"})
+
+
+def _from_the_database(exc: Exception) -> bool:
+    """Whether ``exc`` comes from SQLAlchemy, a driver or the network, not from our own code."""
+    package = type(exc).__module__.partition(".")[0]
+    return isinstance(exc, SQLAlchemyError | OSError) or package in _DRIVER_PACKAGES
+
+
+def _is_transient(exc: BaseException) -> bool:
+    for error in _causes(exc):
+        if isinstance(error, OSError | PoolTimeoutError):
+            return True
+        if isinstance(error, DBAPIError) and error.connection_invalidated:
+            return True
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and (
+            sqlstate in _TRANSIENT_SQLSTATES or sqlstate[:2] in _TRANSIENT_SQLSTATE_CLASSES
+        ):
+            return True
+        sqlite_code = getattr(error, "sqlite_errorcode", None)
+        if isinstance(sqlite_code, int) and sqlite_code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+            return True
+        from_mysql = type(error).__module__.startswith("pymysql") and bool(error.args)
+        if from_mysql and error.args[0] in _TRANSIENT_MYSQL_ERRORS:
+            return True
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's echo of the statement and its values."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        cause = exc.orig.__cause__ or exc.orig
+        return f"{type(cause).__name__}: {cause}"
+    return f"{type(exc).__name__}: {exc}".split("\n[SQL:")[0]
