@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from jobs.model import utcnow
 
@@ -62,21 +61,20 @@ class AuditLog:
             **details,
         }
         body = orjson.dumps(entry, option=orjson.OPT_SORT_KEYS)
-        pipe: Any
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(self.head_key)
-                    raw = await pipe.get(self.head_key)
-                    prev = raw.decode() if raw is not None else GENESIS
-                    digest = chain_hash(prev, body)
-                    pipe.multi()
-                    pipe.xadd(self.key, {"prev": prev, "hash": digest, "body": body})
-                    pipe.set(self.head_key, digest)
-                    await pipe.execute()
-                    return digest
-                except WatchError:
-                    continue
+
+        async def attempt(pipe: Any) -> str:
+            raw = await pipe.get(self.head_key)
+            prev = raw.decode() if raw is not None else GENESIS
+            digest = chain_hash(prev, body)
+            pipe.multi()
+            pipe.xadd(self.key, {"prev": prev, "hash": digest, "body": body})
+            pipe.set(self.head_key, digest)
+            return digest
+
+        appended: str = await self.redis.transaction(
+            attempt, self.head_key, value_from_callable=True
+        )
+        return appended
 
     async def entries(self, count: int = 100) -> list[dict[str, Any]]:
         """The newest ``count`` entries, newest first."""

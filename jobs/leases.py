@@ -23,7 +23,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,7 +60,9 @@ class Leases:
         owner: str | None = None,
         ttl: float = LEASE_SECONDS,
         heartbeat: float = HEARTBEAT_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        """``clock`` gives the time in seconds since the epoch (tests move one by hand)."""
         self.redis: Any = redis
         self.key = f"{namespace}leases"
         self.owners = f"{namespace}lease:owners"
@@ -68,34 +70,31 @@ class Leases:
         self.owner = owner or owner_id()
         self.ttl = ttl
         self.heartbeat = heartbeat
+        self.clock = clock
 
     def _expiry(self) -> int:
-        return int((time.time() + self.ttl) * 1000)
+        return int((self.clock() + self.ttl) * 1000)
 
     async def acquire(self, unit: str, function: str, args: list[Any]) -> bool:
         """Take the lease on ``unit`` unless another owner holds a live one."""
-        pipe: Any
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(self.key, self.owners)
-                    expiry = await pipe.zscore(self.key, unit)
-                    holder = await pipe.hget(self.owners, unit)
-                    now_ms = time.time() * 1000
-                    if (
-                        expiry is not None
-                        and expiry > now_ms
-                        and holder not in (None, self.owner.encode())
-                    ):
-                        return False
-                    pipe.multi()
-                    pipe.zadd(self.key, {unit: self._expiry()})
-                    pipe.hset(self.owners, unit, self.owner)
-                    pipe.hset(self.tasks, unit, orjson.dumps({"function": function, "args": args}))
-                    await pipe.execute()
-                    return True
-                except WatchError:
-                    continue
+
+        async def attempt(pipe: Any) -> bool:
+            expiry = await pipe.zscore(self.key, unit)
+            holder = await pipe.hget(self.owners, unit)
+            now_ms = self.clock() * 1000
+            if expiry is not None and expiry > now_ms and holder not in (None, self.owner.encode()):
+                await pipe.unwatch()  # the refusal stands as read
+                return False
+            pipe.multi()
+            pipe.zadd(self.key, {unit: self._expiry()})
+            pipe.hset(self.owners, unit, self.owner)
+            pipe.hset(self.tasks, unit, orjson.dumps({"function": function, "args": args}))
+            return True
+
+        acquired: bool = await self.redis.transaction(
+            attempt, self.key, self.owners, value_from_callable=True
+        )
+        return acquired
 
     async def renew(self, unit: str) -> bool:
         """Extend our lease; ``False`` when it is no longer ours."""
@@ -107,22 +106,18 @@ class Leases:
 
     async def release(self, unit: str) -> None:
         """Give the lease up (only if it is still ours)."""
-        pipe: Any
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(self.owners)
-                    holder = await pipe.hget(self.owners, unit)
-                    if holder != self.owner.encode():
-                        return
-                    pipe.multi()
-                    pipe.zrem(self.key, unit)
-                    pipe.hdel(self.owners, unit)
-                    pipe.hdel(self.tasks, unit)
-                    await pipe.execute()
-                    return
-                except WatchError:
-                    continue
+
+        async def attempt(pipe: Any) -> None:
+            holder = await pipe.hget(self.owners, unit)
+            if holder != self.owner.encode():
+                await pipe.unwatch()  # the refusal stands as read
+                return
+            pipe.multi()
+            pipe.zrem(self.key, unit)
+            pipe.hdel(self.owners, unit)
+            pipe.hdel(self.tasks, unit)
+
+        await self.redis.transaction(attempt, self.owners)
 
     @contextlib.asynccontextmanager
     async def hold(self, unit: str, function: str, args: list[Any]) -> AsyncIterator[bool]:
@@ -148,7 +143,7 @@ class Leases:
 
     async def any_live(self, fragment: str) -> bool:
         """Whether a live lease's unit contains ``fragment`` (e.g. ``"|<job id>|<gen>|"``)."""
-        now_ms = time.time() * 1000
+        now_ms = self.clock() * 1000
         async for _unit, expiry in self.redis.zscan_iter(self.key, match=f"*{fragment}*"):
             if expiry > now_ms:
                 return True
@@ -156,7 +151,7 @@ class Leases:
 
     async def reap(self) -> list[ExpiredLease]:
         """Remove every expired lease and return what each one was doing."""
-        now_ms = int(time.time() * 1000)
+        now_ms = int(self.clock() * 1000)
         reaped = []
         for raw in await self.redis.zrangebyscore(self.key, "-inf", f"({now_ms}", start=0, num=500):
             unit = raw.decode()

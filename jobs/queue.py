@@ -11,6 +11,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 QUEUE_NAME = "handover:queue"
+#: Where each worker reports that it is alive (arq's health check), read by readiness checks.
+HEALTH_CHECK_KEY = "handover:worker:health"
 
 
 def _fallback(value: Any) -> Any:
@@ -59,6 +61,20 @@ async def connect(url: str, retries: int = PATIENT_RETRIES) -> ArqRedis:
         default_queue_name=QUEUE_NAME,
     )
     return pool
+
+
+class Queue:
+    """The arq work queue, as seen from outside the workers."""
+
+    def __init__(self, redis: ArqRedis, name: str = QUEUE_NAME) -> None:
+        # redis-py annotates async results as sync-or-async unions; Any keeps awaits honest.
+        self.redis: Any = redis
+        self.name = name
+
+    async def depth(self) -> int:
+        """Tasks in the queue: waiting, deferred or running (arq drops a task when it ends)."""
+        depth: int = await self.redis.zcard(self.name)
+        return depth
 
 
 def embedded_redis() -> ArqRedis:

@@ -13,12 +13,14 @@ from connectors.base import Connector
 from connectors.demo import seed_demo_database
 from connectors.registry import ConnectorConfig, build_connectors
 from jobs.audit import AuditLog
+from jobs.idempotency import IdempotencyStore
 from jobs.identity import IdentityConfigError, plan_sources
 from jobs.keyring import KeyRing
 from jobs.leases import Leases
 from jobs.localstore import LocalStore, load_link_secret
 from jobs.metrics import Metrics
-from jobs.queue import API_RETRIES, connect, embedded_redis
+from jobs.queue import API_RETRIES, Queue, connect, embedded_redis
+from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings, SettingsError
 from jobs.signing import Signer
 from jobs.storage import ObjectStore, S3Store
@@ -65,6 +67,7 @@ class Resources:
     settings: Settings
     redis: ArqRedis
     store: JobStore
+    queue: Queue
     storage: ObjectStore
     connectors: Mapping[str, Connector]
     signer: Signer
@@ -72,6 +75,8 @@ class Resources:
     metrics: Metrics
     leases: Leases
     audit: AuditLog
+    rate_limiter: RateLimiter
+    idempotency: IdempotencyStore
     #: The connectors that look identifiers up, in the order they run (:mod:`jobs.identity`).
     identity_sources: tuple[Connector, ...] = ()
 
@@ -132,6 +137,7 @@ async def open_resources(
             settings=settings,
             redis=redis,
             store=JobStore(redis, namespace),
+            queue=Queue(redis),
             storage=storage,
             connectors=connectors,
             signer=signer,
@@ -139,5 +145,7 @@ async def open_resources(
             metrics=Metrics(redis, namespace),
             leases=Leases(redis, namespace),
             audit=AuditLog(redis, namespace),
+            rate_limiter=RateLimiter(redis, namespace),
+            idempotency=IdempotencyStore(redis, namespace),
             identity_sources=sources,
         )

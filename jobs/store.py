@@ -21,13 +21,16 @@ kinds stays). Every change to a
 job happens in :meth:`JobStore.modify` (status moves through
 :meth:`JobStore.transition`), inside one optimistic Redis transaction that checks
 the change, writes it, keeps the indexes and counts right and appends the event.
+Each transaction is an ``attempt`` that redis-py's ``Redis.transaction`` runs on a
+pipeline watching the keys it reads, and runs again on a fresh read when one of
+them changed before the write. An attempt that refuses unwatches first, so its
+answer stands as read and nothing is written.
 Searches (:meth:`JobStore.search`) walk these indexes, never the key space.
 """
 
 from __future__ import annotations
 
 import base64
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +38,6 @@ from typing import Any
 
 import orjson
 from redis.asyncio import Redis
-from redis.exceptions import WatchError
 
 from jobs.model import (
     ConnectorRun,
@@ -106,8 +108,7 @@ class JobStore:
         return self._decode(raw)
 
     async def _read_watched(self, pipe: Any, key: str, job_id: str) -> Job:
-        """Watch the job's key and read it, inside an optimistic transaction."""
-        await pipe.watch(key)
+        """Read the job through ``pipe``, which watches its key (a transaction's attempt)."""
         raw = await pipe.hgetall(key)
         if not raw:
             raise JobNotFound(job_id)
@@ -163,31 +164,30 @@ class JobStore:
         """
         expected = frozenset(expect) if expect is not None else None
         key = self._job_key(job_id)
-        pipe: Any
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    job = await self._read_watched(pipe, key, job_id)
-                    if expected is not None and job.status not in expected:
-                        return None
-                    previous, previous_due = job.status, job.due_at
-                    runs_before = {n: r.to_dict() for n, r in job.connectors.items()}
-                    change(job)
-                    if job.status.terminal:
-                        job.identity.forget()  # identifiers live on the job only while it is
-                    job.updated_at = utcnow()
-                    pipe.multi()
-                    mapping = {"core": orjson.dumps(job.core_dict())}
-                    for name, run in job.connectors.items():
-                        if run.to_dict() != runs_before.get(name):
-                            mapping[f"run:{name}"] = orjson.dumps(run.to_dict())
-                    pipe.hset(key, mapping=mapping)
-                    self._index(pipe, job, previous, previous_due)
-                    self._queue_event(pipe, job_id, event, actor, data or {})
-                    await pipe.execute()
-                    return job
-                except WatchError:
-                    continue
+
+        async def attempt(pipe: Any) -> Job | None:
+            job = await self._read_watched(pipe, key, job_id)
+            if expected is not None and job.status not in expected:
+                await pipe.unwatch()  # the refusal stands as read
+                return None
+            previous, previous_due = job.status, job.due_at
+            runs_before = {n: r.to_dict() for n, r in job.connectors.items()}
+            change(job)
+            if job.status.terminal:
+                job.identity.forget()  # identifiers live on the job only while it is
+            job.updated_at = utcnow()
+            pipe.multi()
+            mapping = {"core": orjson.dumps(job.core_dict())}
+            for name, run in job.connectors.items():
+                if run.to_dict() != runs_before.get(name):
+                    mapping[f"run:{name}"] = orjson.dumps(run.to_dict())
+            pipe.hset(key, mapping=mapping)
+            self._index(pipe, job, previous, previous_due)
+            self._queue_event(pipe, job_id, event, actor, data or {})
+            return job
+
+        changed: Job | None = await self.redis.transaction(attempt, key, value_from_callable=True)
+        return changed
 
     async def transition(
         self,
@@ -238,25 +238,24 @@ class JobStore:
         """
         key = self._job_key(job_id)
         field = f"run:{connector}"
-        pipe: Any
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    job = await self._read_watched(pipe, key, job_id)
-                    if job.generation != generation or job.status.terminal:
-                        return None
-                    run = job.connectors[connector]
-                    update(run)
-                    pipe.multi()
-                    pipe.hset(key, field, orjson.dumps(run.to_dict()))
-                    if event is not None:
-                        self._queue_event(
-                            pipe, job_id, event, actor, {"connector": connector, **(data or {})}
-                        )
-                    await pipe.execute()
-                    return job
-                except WatchError:
-                    continue
+
+        async def attempt(pipe: Any) -> Job | None:
+            job = await self._read_watched(pipe, key, job_id)
+            if job.generation != generation or job.status.terminal:
+                await pipe.unwatch()  # the refusal stands as read
+                return None
+            run = job.connectors[connector]
+            update(run)
+            pipe.multi()
+            pipe.hset(key, field, orjson.dumps(run.to_dict()))
+            if event is not None:
+                self._queue_event(
+                    pipe, job_id, event, actor, {"connector": connector, **(data or {})}
+                )
+            return job
+
+        updated: Job | None = await self.redis.transaction(attempt, key, value_from_callable=True)
+        return updated
 
     async def add_event(
         self, job_id: str, event: str, actor: str, data: dict[str, Any] | None = None
@@ -320,25 +319,21 @@ class JobStore:
         that has ended without releasing (its worker died) no longer counts.
         """
         gate = self._gate_key(subject)
-        pipe: Any
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(gate)
-                    raw = await pipe.hget(gate, "holder")
-                    holder: str | None = raw.decode() if raw else None
-                    if holder and holder != job_id and await self._is_live(holder):
-                        pipe.multi()
-                        pipe.sadd(f"{gate}:waiting", job_id)
-                        await pipe.execute()
-                        return holder
-                    pipe.multi()
-                    pipe.hset(gate, "holder", job_id)
-                    pipe.srem(f"{gate}:waiting", job_id)
-                    await pipe.execute()
-                    return None
-                except WatchError:
-                    continue
+
+        async def attempt(pipe: Any) -> str | None:
+            raw = await pipe.hget(gate, "holder")
+            holder: str | None = raw.decode() if raw else None
+            if holder and holder != job_id and await self._is_live(holder):
+                pipe.multi()
+                pipe.sadd(f"{gate}:waiting", job_id)
+                return holder
+            pipe.multi()
+            pipe.hset(gate, "holder", job_id)
+            pipe.srem(f"{gate}:waiting", job_id)
+            return None
+
+        running: str | None = await self.redis.transaction(attempt, gate, value_from_callable=True)
+        return running
 
     async def claim_active(self, kind: JobKind, subject: str, job_id: str) -> str | None:
         """Record ``job_id`` as the subject's one live job of ``kind``.
@@ -347,37 +342,18 @@ class JobStore:
         A recorded job that has ended no longer counts, so nothing needs releasing.
         """
         key = f"{self.ns}active:{kind.value}:{subject}"
-        pipe: Any
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.get(key)
-                    if (
-                        raw is not None
-                        and raw.decode() != job_id
-                        and await self._is_live(raw.decode())
-                    ):
-                        return str(raw.decode())
-                    pipe.multi()
-                    pipe.set(key, job_id)
-                    await pipe.execute()
-                    return None
-                except WatchError:
-                    continue
 
-    async def hit(self, scope: str, window_seconds: int, limit: int) -> int:
-        """Count one request in ``scope``'s current window; seconds to wait if over ``limit``."""
-        now = int(time.time())
-        window = now // window_seconds
-        key = f"{self.ns}rate:{scope}:{window}"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, window_seconds + 1)
-            count, _ = await pipe.execute()
-        if count <= limit:
-            return 0
-        return (window + 1) * window_seconds - now
+        async def attempt(pipe: Any) -> str | None:
+            raw = await pipe.get(key)
+            if raw is not None and raw.decode() != job_id and await self._is_live(raw.decode()):
+                await pipe.unwatch()  # the refusal stands as read
+                return str(raw.decode())
+            pipe.multi()
+            pipe.set(key, job_id)
+            return None
+
+        active: str | None = await self.redis.transaction(attempt, key, value_from_callable=True)
+        return active
 
     async def subject_busy_with_another(self, subject: str, job_id: str) -> bool:
         """Whether a live job other than ``job_id`` holds the subject's gate."""
@@ -391,21 +367,17 @@ class JobStore:
     async def release_subject(self, subject: str, job_id: str) -> list[str]:
         """``job_id`` has ended: free the subject; returns the jobs that were waiting."""
         gate = self._gate_key(subject)
-        pipe: Any
-        async with self.redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(gate)
-                    raw = await pipe.hget(gate, "holder")
-                    pipe.multi()
-                    if raw is not None and raw.decode() == job_id:
-                        pipe.hdel(gate, "holder")
-                    pipe.smembers(f"{gate}:waiting")
-                    pipe.delete(f"{gate}:waiting")
-                    results = await pipe.execute()
-                    return sorted(member.decode() for member in results[-2])
-                except WatchError:
-                    continue
+
+        async def attempt(pipe: Any) -> None:
+            raw = await pipe.hget(gate, "holder")
+            pipe.multi()
+            if raw is not None and raw.decode() == job_id:
+                pipe.hdel(gate, "holder")
+            pipe.smembers(f"{gate}:waiting")
+            pipe.delete(f"{gate}:waiting")
+
+        results = await self.redis.transaction(attempt, gate)
+        return sorted(member.decode() for member in results[-2])
 
     async def counts(self) -> dict[str, dict[str, int]]:
         """How many jobs there are of each kind in each status."""

@@ -5,23 +5,21 @@ response for 24 hours. A repeat with the same key and the same request (method,
 path, body) replays that response with ``Idempotent-Replayed: true``; a repeat
 with another request is a 422; a repeat while the first still runs is a 409.
 A request that fails with an error releases the key, so the client may retry.
-Keys are per caller (the token's subject), so one caller cannot replay another's.
+Keys are per caller (the token's subject), so one caller cannot replay another's;
+:class:`jobs.idempotency.IdempotencyStore` keeps them.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 
-import orjson
 from aiohttp import web
 
+from jobs.idempotency import Earlier, StoredResponse
 from service.appkeys import AUTHORITY, RESOURCES
 from service.problems import Handler, Problem
 
 HEADER = "Idempotency-Key"
-PENDING_SECONDS = 60
-KEPT_SECONDS = 24 * 3600
 REPLAYED_HEADERS = ("Location", "Content-Type")
 
 
@@ -41,55 +39,48 @@ async def idempotency_middleware(request: web.Request, handler: Handler) -> web.
     fingerprint = hashlib.sha256(
         f"{request.method} {request.rel_url.path}\n".encode() + body
     ).hexdigest()
-    redis = request.app[RESOURCES].redis
-    ns = request.app[RESOURCES].store.ns
-    caller_digest = hashlib.sha256(caller.encode()).hexdigest()[:16]
-    slot = f"{ns}idem:{caller_digest}:{hashlib.sha256(key.encode()).hexdigest()}"
-    claim = orjson.dumps({"fingerprint": fingerprint, "state": "pending"})
-    if not await redis.set(slot, claim, nx=True, ex=PENDING_SECONDS):
-        return await _repeat(await redis.get(slot), fingerprint)
+    keys = request.app[RESOURCES].idempotency
+    if not await keys.claim(caller, key, fingerprint):
+        return _repeat(await keys.earlier(caller, key), fingerprint)
     try:
         response = await handler(request)
     except BaseException:
-        await redis.delete(slot)
+        await keys.release(caller, key)
         raise
     if not isinstance(response, web.Response) or response.status >= 500 or response.body is None:
-        await redis.delete(slot)
+        await keys.release(caller, key)
         return response
-    stored = {
-        "fingerprint": fingerprint,
-        "state": "done",
-        "status": response.status,
-        "headers": {h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers},
-        "body": base64.b64encode(bytes(response.body)).decode(),  # type: ignore[arg-type]
-    }
-    await redis.set(slot, orjson.dumps(stored), ex=KEPT_SECONDS)
+    kept = StoredResponse(
+        status=response.status,
+        headers={h: response.headers[h] for h in REPLAYED_HEADERS if h in response.headers},
+        body=bytes(response.body),  # type: ignore[arg-type]
+    )
+    await keys.keep(caller, key, fingerprint, kept)
     return response
 
 
-async def _repeat(raw: bytes | None, fingerprint: str) -> web.Response:
-    if raw is None:
+def _repeat(earlier: Earlier | None, fingerprint: str) -> web.Response:
+    if earlier is None:
         raise Problem(409, "Conflict", f"a request with this {HEADER} just ended; send it again")
-    earlier = orjson.loads(raw)
-    if earlier["fingerprint"] != fingerprint:
+    if earlier.fingerprint != fingerprint:
         raise Problem(
             422,
             "Idempotency key reused",
             f"this {HEADER} was used for a different request",
             slug="idempotency-key-reused",
         )
-    if earlier["state"] != "done":
+    if earlier.response is None:
         raise Problem(
             409,
             "Conflict",
             f"the request with this {HEADER} is still being processed",
             headers={"Retry-After": "1"},
         )
-    headers = {**earlier["headers"], "Idempotent-Replayed": "true"}
+    headers = {**earlier.response.headers, "Idempotent-Replayed": "true"}
     content_type = headers.pop("Content-Type", "application/json").split(";")[0]
     return web.Response(
-        status=earlier["status"],
-        body=base64.b64decode(earlier["body"]),
+        status=earlier.response.status,
+        body=earlier.response.body,
         headers=headers,
         content_type=content_type,
     )

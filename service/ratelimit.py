@@ -1,7 +1,8 @@
 """Abuse limits: requests per minute per token, and new requests per hour per subject.
 
-Fixed windows counted in Redis, shared by every API process. Past a limit the
-answer is 429 problem+json with ``Retry-After`` saying when the window ends.
+Fixed windows counted by :class:`jobs.ratelimit.RateLimiter`, shared by every API
+process. Past a limit the answer is 429 problem+json with ``Retry-After`` saying
+when the window ends.
 """
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.S
     limit = request.app[SETTINGS].rate_limit
     header = request.headers.get("Authorization", "")
     if limit and header.lower().startswith("bearer "):
-        store = request.app[RESOURCES].store
-        wait = await store.hit(f"token:{_digest(header[7:].strip())}", TOKEN_WINDOW_SECONDS, limit)
+        limiter = request.app[RESOURCES].rate_limiter
+        token = _digest(header[7:].strip())
+        wait = await limiter.hit(f"token:{token}", TOKEN_WINDOW_SECONDS, limit)
         if wait:
             raise too_many(wait, f"at most {limit} requests a minute per token")
     return await handler(request)
@@ -46,7 +48,7 @@ async def limit_subject(request: web.Request, subject: str) -> None:
     limit = request.app[SETTINGS].subject_rate_limit
     if not limit:
         return
-    store = request.app[RESOURCES].store
-    wait = await store.hit(f"subject:{_digest(subject)}", SUBJECT_WINDOW_SECONDS, limit)
+    limiter = request.app[RESOURCES].rate_limiter
+    wait = await limiter.hit(f"subject:{_digest(subject)}", SUBJECT_WINDOW_SECONDS, limit)
     if wait:
         raise too_many(wait, f"at most {limit} new requests an hour about one subject")

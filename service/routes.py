@@ -16,13 +16,12 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from jobs.commands import Actor
+from jobs.health import check_readiness
 from jobs.identity import checked_identifiers
 from jobs.ids import is_ulid
 from jobs.localstore import LINK_PATH, LocalStore
 from jobs.model import Identity, Job, JobKind, JobStatus, utcnow
-from jobs.queue import QUEUE_NAME
 from jobs.storage import StorageError, content_type_of
-from jobs.worker import HEALTH_CHECK_KEY
 from service import models
 from service.appkeys import AUTHORITY, COMMANDS, RESOURCES, SETTINGS
 from service.auth import Principal, Role
@@ -366,7 +365,7 @@ async def stats(request: web.Request) -> web.Response:
         {
             "counts": await resources.store.counts(),
             "overdue": await resources.store.count_overdue(utcnow()),
-            "queue_depth": await resources.redis.zcard(QUEUE_NAME),
+            "queue_depth": await resources.queue.depth(),
         }
     )
 
@@ -376,7 +375,7 @@ async def metrics(request: web.Request) -> web.Response:
     text = await resources.metrics.render(
         await resources.store.counts(),
         await resources.store.count_overdue(utcnow()),
-        await resources.redis.zcard(QUEUE_NAME),
+        await resources.queue.depth(),
     )
     return web.Response(
         text=text,
@@ -502,29 +501,10 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    resources = request.app[RESOURCES]
-    checks: dict[str, str] = {}
-    try:
-        await resources.redis.ping()
-        policy = (await resources.redis.config_get("maxmemory-policy")).get("maxmemory-policy")
-        checks["redis"] = (
-            "ok"
-            if policy in (None, "noeviction")
-            else f"maxmemory-policy is {policy}, must be noeviction"
-        )
-        heartbeat = await resources.redis.get(HEALTH_CHECK_KEY)
-        checks["worker"] = "ok" if heartbeat else "no worker has reported in the last 60 s"
-    except Exception as exc:
-        checks["redis"] = f"unreachable: {type(exc).__name__}: {exc}"
-    try:
-        await resources.storage.check()
-        checks["storage"] = "ok"
-    except StorageError as exc:
-        checks["storage"] = f"unusable: {exc}"
-    ready = all(value == "ok" for value in checks.values())
+    readiness = await check_readiness(request.app[RESOURCES])
     return json_response(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status=200 if ready else 503,
+        {"status": "ready" if readiness.ready else "not ready", "checks": readiness.checks},
+        status=200 if readiness.ready else 503,
     )
 
 

@@ -57,6 +57,18 @@ async def test_an_intact_log_verifies(log: AuditLog) -> None:
     assert completed.stdout.startswith("OK: 6 audit entries, chain intact")
 
 
+async def test_concurrent_appends_all_land_in_one_unbroken_chain(log: AuditLog) -> None:
+    writers = [AuditLog(log.redis, "handover:") for _ in range(12)]
+    hashes = await asyncio.gather(
+        *(w.append("support-1", "action.concurrent", f"job-{n}") for n, w in enumerate(writers))
+    )
+    assert len(set(hashes)) == 12
+    result = await log.verify()
+    assert result.ok, result.problems
+    assert result.entries == 18
+    assert result.head in hashes
+
+
 async def test_a_changed_entry_is_detected(log: AuditLog, redis: ArqRedis) -> None:
     def change(entries: list[dict[bytes, bytes]]) -> list[dict[bytes, bytes]]:
         body = orjson.loads(entries[2][b"body"])

@@ -1,0 +1,85 @@
+"""Readiness: Redis, the workers and object storage, each "ok" or what is wrong."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+from redis.asyncio import Redis
+
+from jobs.health import check_readiness
+from jobs.localstore import LocalStore
+from jobs.queue import HEALTH_CHECK_KEY
+from jobs.resources import Resources
+from tests.conftest import free_port
+
+NO_WORKER = "no worker has reported in the last 60 s"
+
+
+@pytest.fixture
+async def resources(resources_factory: Callable[..., Any]) -> AsyncIterator[Resources]:
+    async with resources_factory() as opened:
+        yield opened
+
+
+class EvictingRedis:
+    """A Redis that answers but is configured to evict keys under memory pressure."""
+
+    async def ping(self) -> bool:
+        return True
+
+    async def config_get(self, name: str) -> dict[str, str]:
+        return {name: "allkeys-lru"}
+
+    async def get(self, key: str) -> bytes | None:
+        return b"worker info" if key == HEALTH_CHECK_KEY else None
+
+
+async def test_ready_when_redis_answers_a_worker_reported_and_storage_works(
+    resources: Resources, redis: ArqRedis
+) -> None:
+    await redis.set(HEALTH_CHECK_KEY, "j_complete=0 j_failed=0", ex=31)
+    readiness = await check_readiness(resources)
+    assert readiness.checks == {"redis": "ok", "worker": "ok", "storage": "ok"}
+    assert readiness.ready
+
+
+async def test_not_ready_while_no_worker_has_reported(resources: Resources) -> None:
+    readiness = await check_readiness(resources)
+    assert readiness.checks == {"redis": "ok", "worker": NO_WORKER, "storage": "ok"}
+    assert not readiness.ready
+
+
+async def test_an_evicting_redis_is_not_ready(resources: Resources) -> None:
+    evicting = dataclasses.replace(resources, redis=EvictingRedis())  # type: ignore[arg-type]
+    readiness = await check_readiness(evicting)
+    assert readiness.checks["redis"] == "maxmemory-policy is allkeys-lru, must be noeviction"
+    assert readiness.checks["worker"] == "ok"
+    assert not readiness.ready
+
+
+async def test_an_unreachable_redis_says_why_and_skips_the_worker_check(
+    resources: Resources,
+) -> None:
+    nobody = Redis.from_url(f"redis://127.0.0.1:{free_port()}/0")
+    unreachable = dataclasses.replace(resources, redis=nobody)
+    try:
+        readiness = await check_readiness(unreachable)
+    finally:
+        await nobody.aclose()
+    assert readiness.checks["redis"].startswith("unreachable: ConnectionError: ")
+    assert list(readiness.checks) == ["redis", "storage"]
+    assert not readiness.ready
+
+
+async def test_unusable_storage_says_why(resources: Resources, tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    broken = LocalStore(blocker / "objects", link_secret=b"s" * 32, base_url="http://x")
+    readiness = await check_readiness(dataclasses.replace(resources, storage=broken))
+    assert readiness.checks["storage"].startswith("unusable: cannot write under ")
+    assert not readiness.ready

@@ -1,0 +1,49 @@
+"""Fixed-window rate limits against a real Redis: counts, waits, scopes and expiry."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from arq.connections import ArqRedis
+
+from jobs.ratelimit import RateLimiter
+
+#: A day: a test never straddles two windows unless it runs across midnight UTC.
+WINDOW = 86400
+
+
+@pytest.fixture
+def limiter(redis: ArqRedis) -> RateLimiter:
+    return RateLimiter(redis, "handover:")
+
+
+def seconds_left_in_window() -> int:
+    return WINDOW - int(time.time()) % WINDOW
+
+
+async def test_hits_up_to_the_limit_pass_and_the_next_waits_for_the_window_end(
+    limiter: RateLimiter,
+) -> None:
+    assert [await limiter.hit("token:a", WINDOW, 3) for _ in range(3)] == [0, 0, 0]
+    before = seconds_left_in_window()
+    wait = await limiter.hit("token:a", WINDOW, 3)
+    assert before - 1 <= wait <= before
+    assert wait > 0
+
+
+async def test_scopes_are_counted_apart(limiter: RateLimiter) -> None:
+    await limiter.hit("token:a", WINDOW, 1)
+    assert await limiter.hit("token:a", WINDOW, 1) > 0
+    assert await limiter.hit("token:b", WINDOW, 1) == 0
+
+
+async def test_a_window_is_one_counter_that_expires_just_after_it(
+    limiter: RateLimiter, redis: ArqRedis
+) -> None:
+    for _ in range(2):
+        await limiter.hit("subject:s", WINDOW, 5)
+    window = int(time.time()) // WINDOW
+    key = f"handover:rate:subject:s:{window}"
+    assert await redis.get(key) == b"2"
+    assert 0 < await redis.ttl(key) <= WINDOW + 1
