@@ -77,6 +77,7 @@ import asyncio
 import base64
 import hashlib
 import posixpath
+import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
@@ -332,7 +333,8 @@ class ConnectorContract(ABC):
         """A connector whose processor fails: unreachable, refusing its credentials, gone.
 
         Return ``None`` only when the connector has no processor that can fail (it
-        generates its data, say). Not overriding it fails the contract's error test.
+        generates its data, say): the error test then checks nothing and warns so.
+        Not overriding it fails the contract's error test.
         """
         raise AssertionError(
             f"{type(self).__name__} does not override make_failing_connector(): return a "
@@ -614,6 +616,13 @@ class ConnectorContract(ABC):
             try:
                 connector = await self.make_failing_connector()
                 if connector is None:
+                    warnings.warn(
+                        f"{type(self).__name__}.make_failing_connector() returned None, so the "
+                        "error test checked nothing: return a connector whose processor fails "
+                        "(a closed port, wrong credentials, a missing bucket) unless nothing "
+                        "can fail",
+                        stacklevel=2,
+                    )
                     return
                 await self._expect_failures(connector)
             finally:

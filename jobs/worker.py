@@ -11,14 +11,14 @@ import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, suppress
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 import arq.worker
 from arq import cron
 from arq.connections import ArqRedis, log_redis_info
-from arq.constants import in_progress_key_prefix, job_key_prefix
+from arq.constants import in_progress_key_prefix
 from arq.worker import Retry, Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -33,10 +33,8 @@ from jobs.pipeline import (
     RUN_TASK,
     Pipeline,
     RetryPolicy,
-    resolve_task_id,
-    run_task_id,
 )
-from jobs.queue import QUEUE_NAME, deserialize, serialize
+from jobs.queue import HEALTH_CHECK_KEY, QUEUE_NAME, deserialize, serialize
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
 from jobs.storage import ObjectMissing, S3Store
@@ -49,7 +47,6 @@ log = logging.getLogger("handover.worker")
 
 _PIPELINES = "handover_pipelines"
 _STACK = "handover_stack"
-HEALTH_CHECK_KEY = "handover:worker:health"
 FINISH_TIMEOUT = timedelta(hours=6)
 EXPIRING_SOON = timedelta(days=1)
 EVERY_5_MINUTES = set(range(0, 60, 5))
@@ -109,32 +106,38 @@ async def finish(ctx: dict[str, Any], kind: str, job_id: str, generation: int) -
 
 
 async def _waiting_in_queue(resources: Resources, job: Job) -> bool:
-    """Whether one of the job's tasks sits in the queue, not yet picked up (nothing lost)."""
-    task_ids = [
-        run_task_id(job, name) for name, run in job.connectors.items() if not run.status.settled
-    ]
-    task_ids += [f"finish:{job.id}:{job.generation}", resolve_task_id(job)]
+    """Whether one of the job's tasks sits in the queue, not yet picked up (nothing lost).
+
+    Copies queued again under a fresh id (``…|again|…`` by the sweeper,
+    ``…|recovered|…`` by the watchdog) count too: every task id of the job's
+    generation holds ``<job id>:<generation>`` or ``|<job id>|<generation>|``.
+    """
+    patterns = (f"*:{job.id}:{job.generation}*", f"*|{job.id}|{job.generation}|*")
+    queued: set[str] = set()
+    for pattern in patterns:
+        async for member, _ in resources.redis.zscan_iter(QUEUE_NAME, match=pattern):
+            queued.add(member.decode() if isinstance(member, bytes) else str(member))
+    if not queued:
+        return False
     async with resources.redis.pipeline(transaction=False) as pipe:
-        for task_id in task_ids:
-            pipe.exists(job_key_prefix + task_id)
+        for task_id in sorted(queued):
             pipe.exists(in_progress_key_prefix + task_id)
-        answers = await pipe.execute()
-    return any(
-        queued and not running for queued, running in zip(answers[::2], answers[1::2], strict=True)
-    )
+        running = await pipe.execute()
+    return not all(running)
 
 
-async def sweep(ctx: dict[str, Any]) -> int:
+async def sweep(ctx: dict[str, Any], now: datetime | None = None) -> int:
     """Cron, every 10 s: queue again any live job's work that nothing has touched for 30 s.
 
     The safety net under leases: a task lost to a Redis outage or a crash between
     two writes leaves a live job whose runs are neither queued, nor leased, nor
     finished. Queuing is idempotent (deterministic task ids), so sweeping a job
-    whose task is merely waiting in the queue changes nothing.
+    whose task is merely waiting in the queue changes nothing. ``now`` is the
+    current time (tests pass one).
     """
     resources = _resources(ctx)
     store = resources.store
-    now = utcnow()
+    now = now or utcnow()
     swept = 0
     for status in (JobStatus.QUEUED, JobStatus.RUNNING):
         for job_id in await store.ids_by_status(status, limit=10_000):

@@ -1,19 +1,21 @@
 """Shared fixtures: a real Redis server, moto's S3 server over real HTTP, settings and resources.
 
 Redis: ``HANDOVER_TEST_REDIS_URL``, or database 13, 14 or 15 of the local server, one per
-pytest-xdist worker; each test gets its database flushed. ``make test`` starts a server when
-none answers. With no server the tests fail with a message saying so; they never skip.
+pytest-xdist worker; each test gets its database flushed. A run whose workers would share a
+database (more than three workers, or more than one on ``HANDOVER_TEST_REDIS_URL``) is refused
+before any worker starts. ``make test`` starts a server when none answers. With no server the
+tests fail with a message saying so; they never skip.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +28,51 @@ from jobs.queue import connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
 from jobs.storage import S3Store
+from tests.polling import eventually_sync
+
+#: The local server's databases the tests may flush: one per pytest-xdist worker.
+TEST_DATABASES = (13, 14, 15)
 
 
-def _redis_url() -> str:
-    """The test Redis: one database per pytest-xdist worker (13, 14, 15), so runs never meet."""
-    if "HANDOVER_TEST_REDIS_URL" in os.environ:
-        return os.environ["HANDOVER_TEST_REDIS_URL"]
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
-    return f"redis://127.0.0.1:6379/{13 + int(worker.removeprefix('gw')) % 3}"
+def refuse_shared_databases(workers: int, environ: Mapping[str, str]) -> None:
+    """Fail when ``workers`` pytest-xdist workers would share a Redis database.
+
+    Every test flushes its database, so two workers on one would delete each other's
+    jobs mid-test: failures that look like product bugs.
+    """
+    if workers <= 1:
+        return
+    if "HANDOVER_TEST_REDIS_URL" in environ:
+        raise pytest.UsageError(
+            f"HANDOVER_TEST_REDIS_URL names one Redis database, which {workers} pytest-xdist "
+            "workers would share, each flushing it under the others' tests: run without -n, "
+            "or unset it so that each worker gets a database of its own"
+        )
+    if workers > len(TEST_DATABASES):
+        databases = ", ".join(map(str, TEST_DATABASES))
+        raise pytest.UsageError(
+            f"{workers} pytest-xdist workers, but the tests have {len(TEST_DATABASES)} Redis "
+            f"databases ({databases}), one per worker: run with -n {len(TEST_DATABASES)} or "
+            "fewer, or run without -n on HANDOVER_TEST_REDIS_URL"
+        )
 
 
-REDIS_URL = _redis_url()
+def redis_url(environ: Mapping[str, str]) -> str:
+    """This process's test Redis: ``HANDOVER_TEST_REDIS_URL``, or its xdist worker's database."""
+    refuse_shared_databases(int(environ.get("PYTEST_XDIST_WORKER_COUNT", "1")), environ)
+    if "HANDOVER_TEST_REDIS_URL" in environ:
+        return environ["HANDOVER_TEST_REDIS_URL"]
+    worker = int(environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    return f"redis://127.0.0.1:6379/{TEST_DATABASES[worker]}"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_setupnodes(config: pytest.Config, specs: Sequence[Any]) -> None:
+    """Refuse, before any worker starts, a run whose workers would share a Redis database."""
+    refuse_shared_databases(len(specs), os.environ)
+
+
+REDIS_URL = redis_url(os.environ)
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -55,13 +91,18 @@ def free_port() -> int:
 
 def wait_for_port(port: int, deadline_seconds: float = 20.0) -> None:
     """Poll until something accepts connections on ``port``, or fail."""
-    deadline = time.monotonic() + deadline_seconds
-    while time.monotonic() < deadline:
+
+    def connecting() -> str:
         with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port} after {deadline_seconds}s")
+            code = sock.connect_ex(("127.0.0.1", port))
+        return "connected" if code == 0 else errno.errorcode.get(code, str(code))
+
+    eventually_sync(
+        connecting,
+        until=lambda answer: answer == "connected",
+        timeout=deadline_seconds,
+        what=f"something to listen on port {port}",
+    )
 
 
 @pytest.fixture(scope="session")

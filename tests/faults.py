@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from aiohttp import ClientSession, web
@@ -185,12 +184,3 @@ class HandoverProcess:
         code = self.popen.wait(timeout=timeout)
         self._handle.close()
         return code
-
-
-def wait_until(predicate: object, deadline: float, what: str) -> None:
-    """Poll a synchronous predicate until true, or fail naming ``what``."""
-    end = time.monotonic() + deadline
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > end:
-            raise AssertionError(f"gave up after {deadline}s waiting for {what}")
-        time.sleep(0.05)

@@ -30,7 +30,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 import tomllib
 import uuid
 import zipfile
@@ -51,10 +50,11 @@ from sqlalchemy.engine import make_url
 from connectors.demo import demo_connector_configs, seed_demo_database
 from connectors.items import Record, Subject
 from connectors.registry import build_connectors, load_type
-from jobs.settings import _PARSERS, Settings
+from jobs.settings import VARIABLES, Settings
 from service.cli import _parser
 from service.routes import OPERATIONS
 from tests.conftest import REDIS_URL, free_port, wait_for_port
+from tests.polling import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -67,7 +67,7 @@ SEED_GENERATOR = ROOT / "deploy" / "make-platform-seed.py"
 POSTGRES_URL = os.environ.get(
     "HANDOVER_TEST_POSTGRES_URL", "postgresql://handover:handover@127.0.0.1:5432/postgres"
 )
-SETTING_VARIABLES = {"HANDOVER_CONFIG"} | {f"HANDOVER_{name.upper()}" for name in _PARSERS}
+SETTING_VARIABLES = {"HANDOVER_CONFIG", *VARIABLES}
 # What the operator sets before `docker compose up` (the file's comment says so).
 OPERATOR = {
     "HANDOVER_JWT_SECRET": "deploy-test-jwt-secret-" + "d" * 32,
@@ -706,14 +706,18 @@ async def demo_export(tmp_path: Path, subject: str) -> dict[str, list[Any]]:
 async def wait_for_job(
     session: ClientSession, base: str, job_id: str, headers: dict[str, str]
 ) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
-    while True:
+
+    async def current() -> dict[str, Any]:
         async with session.get(f"{base}/v1/jobs/{job_id}", headers=headers) as response:
             job: dict[str, Any] = await response.json()
-        if job["status"] in {"succeeded", "failed", "canceled"}:
             return job
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.1)
+
+    return await eventually(
+        current,
+        until=lambda job: job["status"] in {"succeeded", "failed", "canceled"},
+        timeout=60,
+        what=f"job {job_id} to end",
+    )
 
 
 async def test_the_stack_serves_alices_export_from_the_platform_database(
@@ -797,13 +801,16 @@ async def test_the_stack_serves_alices_export_from_the_platform_database(
             assert response.status == 200
             (tmp_path / "receipt.json").write_bytes(await response.read())
 
-        deadline = time.monotonic() + 20
-        while True:
+        async def readiness() -> tuple[int, dict[str, Any]]:
             async with session.get(f"{base}/readyz") as response:
-                ready = await response.json()
-            if response.status == 200 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.2)
+                return response.status, await response.json()
+
+        _, ready = await eventually(
+            readiness,
+            until=lambda answer: answer[0] == 200,
+            timeout=20,
+            what="/readyz to answer 200",
+        )
         assert ready["status"] == "ready", ready
 
     for document in (archive, tmp_path / "receipt.json"):

@@ -9,7 +9,6 @@ it never skips it.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import os
@@ -17,7 +16,6 @@ import re
 import socket
 import sqlite3
 import threading
-import time
 import tomllib
 import tracemalloc
 import uuid
@@ -48,13 +46,14 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.sql.expression import Executable
 
-from connectors import sql
 from connectors.base import Connector
 from connectors.errors import PermanentError, TransientError, Unidentified
 from connectors.items import Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from connectors.sql import SqlConnector
+from connectors.sql import connector as sql_connector
 from connectors.testing import ConnectorContract
+from tests.polling import eventually
 
 POSTGRES_URL = os.environ.get(
     "HANDOVER_TEST_POSTGRES_URL", "postgresql://handover:handover@127.0.0.1:5432/postgres"
@@ -199,7 +198,7 @@ identity = "email"
 erase = "delete"
 """
 
-# What the connector should yield per dataset, queried independently of sql.py
+# What the connector should yield per dataset, queried independently of connectors/sql/
 # (typed by this file's own schema, since SQLite keeps no types of its own).
 EXPECTED_QUERIES = {
     "profile": (
@@ -724,7 +723,7 @@ async def test_a_retain_table_is_blocked_with_its_own_legal_basis(database: Data
 async def test_anonymisation_pages_through_a_composite_key(
     database: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(sql, "_BATCH_ROWS", 1)
+    monkeypatch.setattr(sql_connector, "_BATCH_ROWS", 1)
     options = platform_options()
     table_options("consents", options).update(
         erase="anonymise", anonymise={"granted": {"fixed": False}}
@@ -1074,10 +1073,12 @@ async def aiosqlite_threads_finished(deadline_seconds: float = 10.0) -> None:
     A connection that fails to open stops its thread with a future nobody awaits;
     the thread then reports to the loop, which must not be closed yet.
     """
-    deadline = time.monotonic() + deadline_seconds
-    while any("_connection_worker_thread" in t.name for t in threading.enumerate()):
-        assert time.monotonic() < deadline, "aiosqlite worker threads still running"
-        await asyncio.sleep(0.01)
+    await eventually(
+        lambda: [t.name for t in threading.enumerate() if "_connection_worker_thread" in t.name],
+        until=lambda running: not running,
+        timeout=deadline_seconds,
+        what="aiosqlite's worker threads to end",
+    )
 
 
 async def test_a_connector_not_opened_says_so() -> None:

@@ -106,6 +106,11 @@ class TestSyntheticConnector(ConnectorContract):
     async def make_failing_connector(self) -> Connector | None:
         return None  # it generates its data: there is no processor to fail
 
+    def test_failures_are_classified_connector_errors(self) -> None:
+        """Nothing can fail, so the kit checks nothing here, and says so."""
+        with pytest.warns(UserWarning, match="returned None, so the error test checked nothing"):
+            super().test_failures_are_classified_connector_errors()
+
 
 class ByEmail(MemoryConnector):
     """The CRM keyed by email address: it cannot find a subject whose email is unknown."""
@@ -508,6 +513,17 @@ def test_the_contract_asks_for_a_failing_connector() -> None:
     contract = probe(crm)
     with pytest.raises(AssertionError, match="does not override make_failing_connector"):
         contract.test_failures_are_classified_connector_errors()
+
+
+def test_the_contract_says_when_no_failing_connector_was_given() -> None:
+    contract = probe(crm, failing=lambda: None)
+    with pytest.warns(UserWarning, match="checked nothing") as warned:
+        contract.test_failures_are_classified_connector_errors()
+    assert [str(w.message) for w in warned] == [
+        "Probe.make_failing_connector() returned None, so the error test checked nothing: "
+        "return a connector whose processor fails (a closed port, wrong credentials, a missing "
+        "bucket) unless nothing can fail"
+    ]
 
 
 def test_the_contract_asks_for_data_on_the_subject() -> None:

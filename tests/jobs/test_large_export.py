@@ -52,7 +52,11 @@ def peak_rss_mb(pid: int) -> int | None:
 
 
 def run_worker(environ: dict[str, str]) -> int:
-    """Run a burst worker to completion; returns its peak RSS in MB."""
+    """Run a burst worker to completion; returns its peak RSS in MB, sampled every 20 ms.
+
+    A measurement, not a wait: the process's exit is what ends it, and ``VmHWM`` can
+    only be read while the process lives.
+    """
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "worker", "--burst"],
         env=environ,

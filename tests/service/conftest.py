@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import time
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from jobs.settings import Secret
 from jobs.worker import create_worker
 from service.app import create_app
 from service.auth import TokenAuthority
+from tests.polling import eventually
 
 JWT_SECRET = "test-secret-" + "x" * 40
 ALICE_EMAIL = "alice@example.com"
@@ -83,6 +83,14 @@ class Api:
         assert headers["Location"] == f"/v1/jobs/{job['id']}"
         return job  # type: ignore[no-any-return]
 
+    async def job(
+        self, job_id: str, *, sub: str = "alice", roles: tuple[str, ...] = ()
+    ) -> dict[str, Any]:
+        """The job as its reader sees it through the API."""
+        status, _, job = await self.request("GET", f"/v1/jobs/{job_id}", sub=sub, roles=roles)
+        assert status == 200, job
+        return job  # type: ignore[no-any-return]
+
     async def wait(
         self,
         job_id: str,
@@ -93,14 +101,12 @@ class Api:
     ) -> dict[str, Any]:
         """Poll the job until it reaches one of ``statuses`` (default: any end state)."""
         wanted = set(statuses) or {"succeeded", "failed", "canceled", "expired"}
-        end = time.monotonic() + deadline
-        while True:
-            status, _, job = await self.request("GET", f"/v1/jobs/{job_id}", sub=sub, roles=roles)
-            assert status == 200, job
-            if job["status"] in wanted:
-                return job  # type: ignore[no-any-return]
-            assert time.monotonic() < end, f"job still {job['status']} after {deadline}s: {job}"
-            await asyncio.sleep(0.02)
+        return await eventually(
+            lambda: self.job(job_id, sub=sub, roles=roles),
+            until=lambda job: job["status"] in wanted,
+            timeout=deadline,
+            what=f"job {job_id} to be {' or '.join(sorted(wanted))}",
+        )
 
 
 ApiFactory = Callable[..., Awaitable[Api]]

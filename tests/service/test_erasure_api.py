@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -15,9 +14,13 @@ import pytest
 from connectors.items import Item, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector
+from jobs.model import utcnow
+from jobs.queue import QUEUE_NAME
 from jobs.settings import RetentionConfig
 from jobs.signing import jwk_public_key
 from jobs.verify import verify_receipt_file
+from jobs.worker import WorkerContext, sweep, watchdog
+from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory
 
 INVOICES = [{"id": "inv-1", "amount_cents": 1999}, {"id": "inv-2", "amount_cents": 500}]
@@ -72,12 +75,44 @@ def records(api: Api, connector: str, subject: str = "alice") -> dict[str, Any]:
     return {name: list(rows) for name, rows in memory.records.get(subject, {}).items()}
 
 
+async def assert_nothing_runs_unconfirmed(api: Api, job_id: str) -> None:
+    """Nothing of an unconfirmed erasure runs, however long we wait.
+
+    The worker drains its queue and no task of the job exists (queued, deferred,
+    running or done); the crons that queue lost work again queue none of it, the
+    sweeper not even a year on; the job, its timeline and every processor's data
+    stay as they were.
+    """
+    held = {name: records(api, name) for name in api.resources.connectors}
+    redis = api.resources.redis
+    await eventually(
+        lambda: redis.zcard(QUEUE_NAME),
+        until=lambda depth: depth == 0,
+        timeout=10,
+        what="the worker to drain its queue (its own crons come and go)",
+    )
+    ctx: dict[str, Any] = {}
+    await WorkerContext(api.resources.settings, resources=api.resources).on_startup(ctx)
+    assert await watchdog(ctx) == 0
+    assert await sweep(ctx, now=utcnow() + timedelta(days=365)) == 0
+    # arq keeps a task under arq:job:, arq:in-progress:, arq:retry: or arq:result:.
+    assert [key async for key in redis.scan_iter(match=f"arq:*{job_id}*")] == []
+    job = await api.job(job_id)
+    assert job["status"] == "awaiting_confirmation", job
+    assert {name: run["status"] for name, run in job["connectors"].items()} == {
+        name: "pending" for name in api.resources.connectors
+    }
+    _, _, timeline = await api.request("GET", f"/v1/jobs/{job_id}/events")
+    assert [event["type"] for event in timeline["events"]] == ["created"]
+    assert {name: records(api, name) for name in api.resources.connectors} == held
+
+
 async def test_erasure_waits_for_confirmation_then_erases_keeps_invoices_and_signs(
     api: Api, tmp_path: Path
 ) -> None:
     job = await erase(api, reason="closing my account")
     assert job["status"] == "awaiting_confirmation"
-    await asyncio.sleep(0)  # nothing runs before confirmation, however long we wait
+    await assert_nothing_runs_unconfirmed(api, job["id"])
     assert records(api, "crm")["contacts"]
 
     status, confirmed = await confirm(api, job["id"])
@@ -171,10 +206,12 @@ async def test_cancel_during_grace_touches_nothing(api_factory: ApiFactory) -> N
     # The deferred runs were aborted and would refuse a canceled job anyway: run them now.
     for name in ("crm", "billing"):
         await api.resources.redis.enqueue_job("run_connector", "erasure", job["id"], name, 1)
-    deadline = time.monotonic() + 10
-    while await api.resources.redis.zcard("handover:queue"):
-        assert time.monotonic() < deadline
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: api.resources.redis.zcard(QUEUE_NAME),
+        until=lambda depth: depth == 0,
+        timeout=10,
+        what="the worker to run the aborted erasure's runs",
+    )
     assert records(api, "crm")["contacts"] == [{"id": 1, "email": "alice@example.com"}]
     assert records(api, "billing")["cards"] == [{"last4": "4242"}]
     status, _, problem = await api.request("POST", f"/v1/jobs/{job['id']}/cancel")
@@ -299,13 +336,17 @@ async def test_an_erasure_waits_while_an_export_of_the_subject_runs(
     await api.wait(export["id"], "running")
     erasure = await erase(api)
     await confirm(api, erasure["id"])
-    deadline = time.monotonic() + 10
-    while True:
+
+    async def timeline() -> list[str]:
         _, _, body = await api.request("GET", f"/v1/jobs/{erasure['id']}/events")
-        if any(e["type"] == "waiting" for e in body["events"]):
-            break
-        assert time.monotonic() < deadline, body
-        await asyncio.sleep(0.02)
+        return [event["type"] for event in body["events"]]
+
+    await eventually(
+        timeline,
+        until=lambda types: "waiting" in types,
+        timeout=10,
+        what=f"erasure {erasure['id']} to wait for the export",
+    )
     assert (await api.request("GET", f"/v1/jobs/{erasure['id']}"))[2]["status"] == "queued"
     gate.set()
     exported = await api.wait(export["id"])

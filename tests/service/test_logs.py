@@ -6,7 +6,6 @@ import asyncio
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import orjson
@@ -15,6 +14,7 @@ from aiohttp import ClientSession
 from service.logs import redact
 from tests.conftest import free_port, wait_for_port
 from tests.faults import HandoverProcess
+from tests.polling import eventually
 from tests.service.test_processes import clean_env
 
 SUBJECT = "s-4f2a91c7"
@@ -36,15 +36,15 @@ def test_redaction_removes_tokens_and_signatures() -> None:
 async def wait_for(
     session: ClientSession, url: str, headers: dict[str, str], status: str
 ) -> dict[str, object]:
-    deadline = time.monotonic() + 60
-    while True:
+    async def current() -> dict[str, object]:
         async with session.get(url, headers=headers) as response:
             job: dict[str, object] = await response.json()
-        if job["status"] == status:
-            return job
-        assert job["status"] not in {"failed", "canceled"}, job
-        assert time.monotonic() < deadline, job
-        await asyncio.sleep(0.05)
+        assert job["status"] == status or job["status"] not in {"failed", "canceled"}, job
+        return job
+
+    return await eventually(
+        current, until=lambda job: job["status"] == status, timeout=60, what=f"{url} to be {status}"
+    )
 
 
 async def test_a_full_export_and_erasure_log_nothing_personal(tmp_path: Path) -> None:

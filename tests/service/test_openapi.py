@@ -12,8 +12,6 @@ documented media type that validates against the documented schema.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -30,6 +28,7 @@ from connectors.errors import PermanentError
 from connectors.items import Item, Subject
 from connectors.testing import MemoryConnector
 from service.routes import OPERATIONS
+from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory
 
 JSON_MEDIA = {"application/json", "application/problem+json"}
@@ -231,15 +230,18 @@ class Client:
     async def ended(self, job_id: str, who: tuple[str, ...]) -> dict[str, Any]:
         return await self.until(job_id, who, *ENDED)
 
+    async def job(self, job_id: str, who: tuple[str, ...]) -> dict[str, Any]:
+        status, _, job = await self.call("GET", f"/v1/jobs/{job_id}", who=who)
+        assert status == 200, job
+        return job  # type: ignore[no-any-return]
+
     async def until(self, job_id: str, who: tuple[str, ...], *statuses: str) -> dict[str, Any]:
-        deadline = time.monotonic() + 30
-        while True:
-            status, _, job = await self.call("GET", f"/v1/jobs/{job_id}", who=who)
-            assert status == 200, job
-            if job["status"] in statuses:
-                return job  # type: ignore[no-any-return]
-            assert time.monotonic() < deadline, f"job still {job['status']}: {job}"
-            await asyncio.sleep(0.02)
+        return await eventually(
+            lambda: self.job(job_id, who),
+            until=lambda job: job["status"] in statuses,
+            timeout=30,
+            what=f"job {job_id} to be {' or '.join(statuses)}",
+        )
 
 
 def query_value(value: Any) -> str:

@@ -13,10 +13,10 @@ import os
 import re
 import subprocess
 import sys
-import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import ClientSession
@@ -24,6 +24,7 @@ from aiohttp import ClientSession
 from jobs.signing import jwk_public_key
 from jobs.verify import verify_archive
 from tests.conftest import REDIS_URL, free_port, wait_for_port
+from tests.polling import eventually
 
 JWT = "process-test-secret-" + "q" * 40
 
@@ -70,12 +71,18 @@ async def export_download_verify(base: str, token: str, tmp_path: Path) -> Path:
         async with session.post(f"{base}/v1/exports", json={}, headers=headers) as response:
             assert response.status == 202, await response.text()
             job = await response.json()
-        deadline = time.monotonic() + 60
-        while job["status"] not in {"succeeded", "failed"}:
-            assert time.monotonic() < deadline, job
-            await asyncio.sleep(0.1)
+
+        async def current() -> dict[str, Any]:
             async with session.get(f"{base}/v1/jobs/{job['id']}", headers=headers) as response:
-                job = await response.json()
+                answer: dict[str, Any] = await response.json()
+                return answer
+
+        job = await eventually(
+            current,
+            until=lambda job: job["status"] in {"succeeded", "failed"},
+            timeout=60,
+            what=f"export {job['id']} to end",
+        )
         assert job["status"] == "succeeded", job
         async with session.get(f"{base}/v1/jobs/{job['id']}/download", headers=headers) as response:
             assert response.status == 200
@@ -96,11 +103,12 @@ async def test_serve_on_embedded_defaults(tmp_path: Path, processes: list[Proces
     serve = Process(["serve", "--port", str(port)], env, tmp_path / "serve.log")
     processes.append(serve)
     await asyncio.to_thread(wait_for_port, port, 30)
-    deadline = time.monotonic() + 10
-    while "Subject token" not in serve.output():
-        assert time.monotonic() < deadline, serve.output()
-        await asyncio.sleep(0.05)
-    banner = serve.output()
+    banner = await eventually(
+        serve.output,
+        until=lambda output: "Subject token" in output,
+        timeout=10,
+        what="the serve banner's subject token",
+    )
     token = re.search(r"Subject token \(alice, 24 h\):\s+(\S+)", banner)
     assert token, banner
     assert f"curl -si -X POST http://127.0.0.1:{port}/v1/exports" in banner
