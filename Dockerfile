@@ -19,9 +19,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
-# The project and its runtime dependencies; not the dev extras.
+# The project, its runtime dependencies and the drivers of the databases a sql
+# connector may read (docker-compose's platform database is PostgreSQL); not the dev extras.
 COPY --from=build /wheels /tmp/wheels
-RUN pip install /tmp/wheels/*.whl && rm -rf /tmp/wheels
+RUN whl=$(ls /tmp/wheels/*.whl) && pip install "${whl}[postgres,mysql]" && rm -rf /tmp/wheels
 
 # A user of its own; the data dir and the directory docker-compose.yml mounts the
 # shared signing key volume on belong to it, so named volumes start out writable.

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+from bench_connectors import install_plugin
 from harness import (
     BENCH_DIR,
     JWT_SECRET,
@@ -98,6 +100,7 @@ def load(
 
 async def measure(args: argparse.Namespace, workdir: Path) -> Table:
     """Both endpoints against both servers; the table."""
+    os.environ["PYTHONPATH"] = install_plugin(workdir / "plugin")  # memory, synthetic
     table = Table(
         key="api",
         title="3. API",

@@ -30,6 +30,9 @@ DISTRIBUTION = "handover_bench"
 ENTRY_POINTS = {
     "bench-sleepy": "bench_connectors:SleepyConnector",
     "bench-replay": "bench_connectors:ReplayConnector",
+    # Handover's test connectors, which it does not publish as production types.
+    "memory": "connectors.testing:MemoryConnector",
+    "synthetic": "connectors.testing:SyntheticConnector",
 }
 REPLAY_POOL = 4096
 

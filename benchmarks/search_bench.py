@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import urllib.parse
@@ -26,6 +27,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from bench_connectors import install_plugin
 from harness import (
     BENCH_DIR,
     JWT_SECRET,
@@ -215,6 +217,7 @@ def _paths(port: int, token: str) -> list[tuple[str, str, bytes, int]]:
 
 async def measure(args: argparse.Namespace, workdir: Path) -> Table:
     """Seed, then every query against the API and the bare reference; the table."""
+    os.environ["PYTHONPATH"] = install_plugin(workdir / "plugin")  # memory, synthetic
     table = Table(
         key="search",
         title="5. Search",

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -79,6 +80,34 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
 }
 os.environ.update(AWS_ENV)
+
+
+#: The test connectors, registered for the tests only: they are no production connector types.
+TEST_CONNECTOR_TYPES = {
+    "memory": "connectors.testing:MemoryConnector",
+    "synthetic": "connectors.testing:SyntheticConnector",
+}
+TEST_DISTRIBUTION = "handover-test-connectors"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Publish the test connector types, for this process and the processes it starts.
+
+    Entry points come from distributions on the path, so a ``dist-info`` directory
+    in a temporary folder adds them; ``PYTHONPATH`` carries it to child processes
+    (``handover worker``, ``handover serve``) the tests run.
+    """
+    folder = Path(tempfile.mkdtemp(prefix="handover-test-connectors-"))
+    info = folder / f"{TEST_DISTRIBUTION.replace('-', '_')}-0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {TEST_DISTRIBUTION}\nVersion: 0\n"
+    )
+    lines = [f"{name} = {target}" for name, target in TEST_CONNECTOR_TYPES.items()]
+    (info / "entry_points.txt").write_text("[handover.connectors]\n" + "\n".join(lines) + "\n")
+    sys.path.append(str(folder))
+    paths = [str(folder), *filter(None, [os.environ.get("PYTHONPATH")])]
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths)
 
 
 def free_port() -> int:

@@ -475,6 +475,8 @@ def test_the_image_is_slim_non_root_and_runs_handover() -> None:
     assert names.index("USER") < names.index("ENTRYPOINT")
     installs = [args for args in dockerfile_values("RUN") if "pip install" in args]
     assert installs and not any("[dev]" in args or "-e " in args for args in installs)
+    # docker-compose's platform database is PostgreSQL: its driver is an extra.
+    assert any("[postgres" in args for args in installs), installs
     assert dockerfile_exec("ENTRYPOINT") == ["handover"]
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "handover"]
     assert script.value == "service.cli:main"

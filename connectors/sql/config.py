@@ -11,6 +11,8 @@ match a strict pattern, so they can be quoted by the dialect and nothing else.
 
 from __future__ import annotations
 
+import importlib.util
+
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +45,11 @@ _DRIVERS = {
     "mariadb+aiomysql": "mysql+aiomysql",
     "sqlite": "sqlite+aiosqlite",
     "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+#: The drivers installed only with a package extra: their module, and the extra.
+_OPTIONAL_DRIVERS = {
+    "postgresql+asyncpg": ("asyncpg", "postgres"),
+    "mysql+aiomysql": ("aiomysql", "mysql"),
 }
 
 _TABLE_KEYS = frozenset(
@@ -141,6 +148,12 @@ class SqlOptions:
             raise self._fail(
                 f"url scheme {url.drivername!r} is not supported;"
                 " use postgresql://, mysql://, mariadb:// or sqlite:///path"
+            )
+        module, extra = _OPTIONAL_DRIVERS.get(driver, ("", ""))
+        if module and importlib.util.find_spec(module) is None:
+            raise self._fail(
+                f"url {url.drivername}:// needs the {module} driver, which is not installed: "
+                f"pip install 'handover[{extra}]'"
             )
         url = url.set(drivername=driver)
         if driver == "mysql+aiomysql" and "charset" not in url.query:

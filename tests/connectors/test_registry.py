@@ -12,6 +12,10 @@ from dataclasses import dataclass
 import pytest
 
 from connectors import ConnectorLoadError
+from connectors.google_analytics import GoogleAnalyticsConnector
+from connectors.hotjar import HotjarConnector
+from connectors.http import HttpConnector
+from connectors.hubspot import HubSpotConnector
 from connectors.registry import (
     ENTRY_POINT_GROUP,
     ConnectorConfig,
@@ -20,6 +24,7 @@ from connectors.registry import (
     load_type,
 )
 from connectors.s3files import S3FilesConnector
+from connectors.sql import SqlConnector
 from connectors.testing import MemoryConnector, SyntheticConnector
 
 
@@ -125,12 +130,26 @@ def plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Plugin]:
 
 def test_built_ins_register_through_the_entry_point_group() -> None:
     types = available_types()
-    for name, cls in {
-        "memory": MemoryConnector,
-        "synthetic": SyntheticConnector,
+    built_in = {
+        "sql": SqlConnector,
+        "http": HttpConnector,
         "s3files": S3FilesConnector,
-    }.items():
+        "hubspot": HubSpotConnector,
+        "hotjar": HotjarConnector,
+        "google-analytics": GoogleAnalyticsConnector,
+    }
+    for name, cls in built_in.items():
         assert types[name].dist is not None and types[name].dist.name == "handover"
+        assert load_type(name, types) is cls
+    published = {ep.name for ep in types.values() if ep.dist and ep.dist.name == "handover"}
+    assert published == set(built_in)  # the test connectors are no production types
+
+
+def test_the_test_connectors_come_from_the_tests_only() -> None:
+    types = available_types()
+    for name, cls in {"memory": MemoryConnector, "synthetic": SyntheticConnector}.items():
+        assert types[name].dist is not None
+        assert types[name].dist.name == "handover-test-connectors"
         assert load_type(name, types) is cls
 
 

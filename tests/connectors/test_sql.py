@@ -9,6 +9,8 @@ it never skips it.
 
 from __future__ import annotations
 
+import importlib.util
+
 import hashlib
 import hmac
 import os
@@ -1353,3 +1355,27 @@ class TestSqlConnectorByEmailOnMariadb(SqlByEmailContract):
 
 class TestSqlConnectorByEmailOnSqlite(SqlByEmailContract):
     backend = "sqlite"
+
+
+@pytest.mark.parametrize(
+    ("url", "module", "extra"),
+    [
+        ("postgresql://db/platform", "asyncpg", "postgres"),
+        ("mariadb://db/platform", "aiomysql", "mysql"),
+    ],
+)
+def test_a_driver_not_installed_is_named_with_the_extra_that_installs_it(
+    monkeypatch: pytest.MonkeyPatch, url: str, module: str, extra: str
+) -> None:
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == module else find_spec(name, *a),
+    )
+    with pytest.raises(PermanentError) as raised:
+        SqlConnector("platform", **platform_options(url=url))
+    assert str(raised.value) == (
+        f"connector 'platform': url {url.split(':')[0]}:// needs the {module} driver, "
+        f"which is not installed: pip install 'handover[{extra}]'"
+    )

@@ -165,7 +165,11 @@ def test_list_shows_installed_types_and_configured_connectors_without_options(
         installed.splitlines()[1],
     ]
     types = rows(installed)
-    assert types["memory"][1:] == ["handover", "0.1.0", "connectors.testing:MemoryConnector"]
+    assert types["memory"][1:] == [
+        "handover-test-connectors",
+        "0",
+        "connectors.testing:MemoryConnector",
+    ]
     assert types["s3files"][3] == "connectors.s3files:S3FilesConnector"
     assert configured.splitlines() == [
         "Configured connectors",
