@@ -12,7 +12,6 @@ match a strict pattern, so they can be quoted by the dialect and nothing else.
 from __future__ import annotations
 
 import importlib.util
-
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass

@@ -9,10 +9,9 @@ it never skips it.
 
 from __future__ import annotations
 
-import importlib.util
-
 import hashlib
 import hmac
+import importlib.util
 import os
 import re
 import socket
