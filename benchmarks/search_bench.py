@@ -48,7 +48,17 @@ from harness import (
     wait_for_port,
 )
 from jobs.ids import new_ulid
-from jobs.model import ConnectorRun, Job, JobKind, JobStatus, RunStatus, utcnow
+from jobs.model import (
+    ConnectorRun,
+    ErasureOptions,
+    ExportOptions,
+    ExportScope,
+    Job,
+    JobKind,
+    JobStatus,
+    RunStatus,
+    utcnow,
+)
 from jobs.queue import connect
 from jobs.store import JobStore
 from service.auth import TokenAuthority
@@ -110,9 +120,16 @@ def synthetic_job(rng: random.Random, now_ms: int) -> Job:
         created_at=created,
         updated_at=created,
         due_at=created + DEADLINE,
-        options={"formats": ["json"], "categories": []},
+        options=(
+            ExportOptions(formats=["json"], scope=EVERYTHING)
+            if kind is JobKind.EXPORT
+            else ErasureOptions.model_validate({"kind": kind.value})
+        ),
         connectors={name: ConnectorRun(status=run_status, records=17) for name in CONNECTORS},
     )
+
+
+EVERYTHING = ExportScope(connectors="all", categories="all", left_out=[])
 
 
 class _DeferredPipeline:

@@ -21,15 +21,18 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from jobs.archive.formats import FORMATS
 from jobs.erasure import ErasurePipeline
 from jobs.export import protection_of
-from jobs.formats import FORMATS
 from jobs.identity import checked_identifiers
 from jobs.kinds import build_pipelines
 from jobs.model import (
     ActiveJobExists,
     ConnectorRun,
     DownloadLimitReached,
+    ErasureOptions,
+    ExportOptions,
+    ExportScope,
     Identity,
     IllegalTransition,
     InvalidRequest,
@@ -120,17 +123,18 @@ class Commands:
             subject=subject,
             requested_by=actor.id,
             connectors=chosen,
-            options={
-                "formats": formats,
-                "categories": sorted(set(categories or [])),
-                "protection": protection_of(password, age_recipient),
-                "scope": {
-                    "connectors": sorted(set(connectors)) if connectors else "all",
-                    "categories": sorted(set(categories)) if categories else "all",
-                    "left_out": [name for name in self.resources.connectors if name not in chosen],
-                },
-            },
+            options=ExportOptions(
+                formats=formats,
+                categories=sorted(set(categories or [])),
+                protection=protection_of(password, age_recipient),
+                scope=ExportScope(
+                    connectors=sorted(set(connectors)) if connectors else "all",
+                    categories=sorted(set(categories)) if categories else "all",
+                    left_out=[name for name in self.resources.connectors if name not in chosen],
+                ),
+            ),
             identity=identity,
+            archive_password=password,
         )
         active = await self.resources.store.claim_active(JobKind.EXPORT, subject, job.id)
         if active is not None:
@@ -160,7 +164,9 @@ class Commands:
             subject=subject,
             requested_by=actor.id,
             connectors=pipeline.select_connectors(connectors),
-            options={"dry_run": dry_run, "reason": reason},
+            options=ErasureOptions.model_validate(
+                {"kind": kind.value, "dry_run": dry_run, "reason": reason}
+            ),
             status=JobStatus.AWAITING_CONFIRMATION if confirm else JobStatus.QUEUED,
             identity=identity,
         )
@@ -176,8 +182,8 @@ class Commands:
         grace = self.resources.settings.grace
 
         def confirmed(job: Job) -> None:
-            job.options["confirmed_at"] = iso(now)
-            job.options["confirmed_by"] = actor.id
+            job.erasure_options.confirmed_at = now
+            job.erasure_options.confirmed_by = actor.id
             job.not_before = now + grace
 
         job = await self.resources.store.transition(
@@ -247,14 +253,14 @@ class Commands:
             raise InvalidRequest("months", "extend by at least one month")
 
         def extended(job: Job) -> None:
-            used = int(job.options.get("extended_months", 0))
+            used = job.extended_months
             if used + months > MAX_EXTENSION_MONTHS:
                 raise InvalidRequest(
                     "months",
                     f"the deadline may be extended by {MAX_EXTENSION_MONTHS} months in all; "
                     f"{used} already used",
                 )
-            job.options["extended_months"] = used + months
+            job.extended_months = used + months
             job.due_at += months * MONTH
 
         job = await self._change_live(
@@ -367,10 +373,10 @@ class Commands:
         limit = self.resources.settings.max_downloads
 
         def counted(job: Job) -> None:
-            done = int(job.options.get("downloads", 0))
-            if limit and done >= limit:
+            options = job.export_options
+            if limit and options.downloads >= limit:
                 raise DownloadLimitReached(job.id, limit)
-            job.options["downloads"] = done + 1
+            options.downloads += 1
 
         job = await self.resources.store.modify(
             job_id,

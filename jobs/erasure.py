@@ -7,7 +7,7 @@ anonymises what its processor holds — telling that recipient, Art. 19 — exce
 what a retention rule obliges the platform to keep, which is blocked instead.
 After erasing, the connector's export runs again: anything found beyond what was
 retained or anonymised fails the run, naming the leftovers. The finished job
-carries a signed receipt (:mod:`jobs.receipt`).
+carries a signed receipt (:mod:`jobs.archive.receipt`).
 
 A restriction marks the subject's data restricted at every processor that can;
 one that cannot says so, and the receipt records it. A dry run of either reports
@@ -26,11 +26,11 @@ from connectors.base import Connector
 from connectors.errors import PermanentError
 from connectors.items import File, Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
+from jobs.archive.receipt import build_receipt
 from jobs.model import Job, JobKind, JobStatus, iso, utcnow
 from jobs.pipeline import Outcome, Pipeline
-from jobs.receipt import build_receipt
-from jobs.storage import ObjectMissing
-from jobs.store import JobQuery
+from jobs.search import JobQuery
+from jobs.storage.base import ObjectMissing
 
 
 def erasure_entries(report: ErasureReport) -> list[dict[str, Any]]:
@@ -59,7 +59,7 @@ class ErasurePipeline(Pipeline):
     async def work(self, connector: Connector, job: Job) -> Outcome:
         """Erase (and verify) or restrict at one processor."""
         subject = job.subject_view
-        dry_run = bool(job.options.get("dry_run"))
+        dry_run = job.erasure_options.dry_run
         if job.kind is JobKind.RESTRICTION:
             restriction = await connector.restrict(subject, dry_run=dry_run)
             return Outcome(
@@ -117,7 +117,7 @@ class ErasurePipeline(Pipeline):
         """Erase Handover's own copies (after a real erasure), then sign the receipt."""
         resources = self.resources
         copies = []
-        if job.kind is JobKind.ERASURE and not job.options.get("dry_run"):
+        if job.kind is JobKind.ERASURE and not job.erasure_options.dry_run:
             copies = await self._erase_own_copies(job)
         await resources.keyring.publish(resources.signer)
         described = {name: connector.describe() for name, connector in resources.connectors.items()}

@@ -1,8 +1,8 @@
 """The export pipeline: each connector's records staged, then bundled into a signed archive.
 
 Each run encodes and deflates its connector's items into one staged object
-(:mod:`jobs.staging`); the finish step copies those bytes into the archive
-(:mod:`jobs.archive`) without recompressing, signs the manifest and uploads the
+(:mod:`jobs.archive.staging`); the finish step copies those bytes into the archive
+(:mod:`jobs.archive.writer`) without recompressing, signs the manifest and uploads the
 archive with a multipart upload. Staged objects live at deterministic keys, so a
 run that arq executes twice overwrites its own output and duplicates nothing.
 """
@@ -17,20 +17,22 @@ from typing import Any
 from connectors.base import Connector
 from connectors.errors import PermanentError
 from connectors.items import File, Record
-from jobs.archive import HashingWriter, StagedFile, write_archive
+from jobs.archive.protection import AgeWriter, ProtectionError, age_recipient
+from jobs.archive.staging import Stager
+from jobs.archive.writer import HashingWriter, StagedFile, write_archive
 from jobs.model import (
+    ArchiveFile,
     ArchiveResult,
     InvalidRequest,
     Job,
     JobKind,
+    Protection,
     StagedPart,
     run_statement,
     utcnow,
 )
 from jobs.pipeline import Outcome, Pipeline
-from jobs.protection import AgeWriter, ProtectionError, age_recipient
-from jobs.staging import Stager
-from jobs.storage import ObjectWriter
+from jobs.storage.base import ObjectWriter
 
 BATCH_RECORDS = 2000
 
@@ -52,8 +54,9 @@ class ExportPipeline(Pipeline):
         )
 
     async def _stage(self, connector: Connector, job: Job, staged_key: str) -> list[StagedPart]:
-        categories = set(job.options.get("categories") or [])
-        stager = Stager(connector.name, connector.dataset, job.options["formats"])
+        options = job.export_options
+        categories = set(options.categories)
+        stager = Stager(connector.name, connector.dataset, options.formats)
         writer = self.resources.storage.writer(staged_key)
         subject = job.subject_view
         try:
@@ -97,9 +100,7 @@ class ExportPipeline(Pipeline):
 
         def record_result(job: Job) -> None:
             job.result = result
-            protection = job.options.get("protection")
-            if protection and "password" in protection:
-                job.options["protection"] = {"kind": "password"}  # forget the password
+            job.archive_password = None  # the archive is written: forget its password
 
         return record_result
 
@@ -127,11 +128,11 @@ class ExportPipeline(Pipeline):
         ]
         key = resources.archive_key(job.id)
         await resources.keyring.publish(resources.signer)
-        protection = job.options.get("protection") or {}
+        protection = job.export_options.protection
         stored = HashingWriter(resources.storage.writer(key, "application/octet-stream"))
         destination: ObjectWriter = stored
-        if protection.get("kind") == "age":
-            destination = AgeWriter(stored, age_recipient(protection["recipient"]))
+        if protection is not None and protection.kind == "age":
+            destination = AgeWriter(stored, age_recipient(protection.recipient or ""))
         try:
             files = await write_archive(
                 job=job,
@@ -142,7 +143,7 @@ class ExportPipeline(Pipeline):
                 connectors=described,
                 generated_at=generated_at,
                 expires_at=expires_at,
-                password=protection.get("password"),
+                password=job.archive_password,
             )
             await destination.complete()
         except BaseException:
@@ -155,27 +156,27 @@ class ExportPipeline(Pipeline):
             sha256=stored.sha256.hexdigest(),
             expires_at=expires_at,
             key_id=resources.signer.key_id,
-            files=[
-                {k: f[k] for k in ("path", "connector", "format", "records", "bytes")}
-                for f in files
-            ],
+            files=[ArchiveFile(**{k: f[k] for k in ArchiveFile.model_fields}) for f in files],
         )
 
 
-def protection_of(password: str | None, recipient: str | None) -> dict[str, str] | None:
-    """How an archive is to be protected: an AES-256 password, an age recipient, or neither."""
+def protection_of(password: str | None, recipient: str | None) -> Protection | None:
+    """How an archive is to be protected: an AES-256 password, an age recipient, or neither.
+
+    The password itself goes to :attr:`~jobs.model.Job.archive_password`, never here.
+    """
     if password is not None and recipient is not None:
         raise InvalidRequest("protection", "choose a password or an age recipient, not both")
     if password is not None:
         if len(password) < 12:
             raise InvalidRequest("password", "use at least 12 characters")
-        return {"kind": "password", "password": password}
+        return Protection(kind="password")
     if recipient is not None:
         try:
             age_recipient(recipient)
         except (ProtectionError, ValueError) as exc:
             raise InvalidRequest("age_recipient", str(exc)) from None
-        return {"kind": "age", "recipient": recipient}
+        return Protection(kind="age", recipient=recipient)
     return None
 
 

@@ -4,7 +4,7 @@
   ``noeviction``): an evicting Redis would silently drop jobs and queued tasks.
 - ``worker``: some worker's arq health key is present (each worker refreshes it
   every 30 s, see :mod:`jobs.worker`). Not checked when Redis does not answer.
-- ``storage``: the object store is usable (:meth:`~jobs.storage.ObjectStore.check`).
+- ``storage``: the object store is usable (:meth:`~jobs.storage.base.ObjectStore.check`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from jobs.queue import HEALTH_CHECK_KEY
 from jobs.resources import Resources
-from jobs.storage import StorageError
+from jobs.storage.base import StorageError
 
 OK = "ok"
 

@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from jobs.archive.signing import Signer, public_jwk
 from jobs.model import utcnow
-from jobs.signing import Signer, public_jwk
 
 
 class KeyRing:

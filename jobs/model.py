@@ -21,10 +21,12 @@ store calls it inside the same Redis transaction that writes the move and its ev
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, overload
+from typing import Annotated, Any, Literal, overload
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.items import Subject
 
@@ -141,8 +143,13 @@ def check_transition(job_id: str, current: JobStatus, target: JobStatus) -> None
         raise IllegalTransition(job_id, current, target)
 
 
-@dataclass
-class StagedPart:
+class Record(BaseModel):
+    """Part of a job's record: typed, and refusing fields it does not know."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class StagedPart(Record):
     """One file of the archive-to-be, already encoded and deflated in staging.
 
     ``chunks`` are ``(offset, length)`` ranges of the connector's staged object whose
@@ -161,32 +168,8 @@ class StagedPart:
     compressed_size: int
     chunks: list[tuple[int, int]]
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "path": self.path,
-            "connector": self.connector,
-            "dataset": self.dataset,
-            "category": self.category,
-            "format": self.format,
-            "records": self.records,
-            "bytes": self.bytes,
-            "sha256": self.sha256,
-            "crc32": self.crc32,
-            "compressed_size": self.compressed_size,
-            "chunks": [list(c) for c in self.chunks],
-        }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StagedPart:
-        """Inverse of :meth:`to_dict`."""
-        values = dict(data)
-        values["chunks"] = [(int(a), int(b)) for a, b in data["chunks"]]
-        return cls(**values)
-
-
-@dataclass
-class ConnectorRun:
+class ConnectorRun(Record):
     """One connector's share of a job."""
 
     status: RunStatus = RunStatus.PENDING
@@ -198,49 +181,13 @@ class ConnectorRun:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     staged_key: str | None = None
-    parts: list[StagedPart] = field(default_factory=list)
+    parts: list[StagedPart] = Field(default_factory=list)
     report: dict[str, Any] | None = None
     #: Why the processor was not asked: ``{"reason", "by", "at"}`` (status ``not_asked``).
     decision: dict[str, str] | None = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "decision": self.decision,
-            "status": self.status.value,
-            "attempts": self.attempts,
-            "records": self.records,
-            "bytes": self.bytes,
-            "error": self.error,
-            "error_class": self.error_class,
-            "started_at": iso(self.started_at),
-            "finished_at": iso(self.finished_at),
-            "staged_key": self.staged_key,
-            "parts": [p.to_dict() for p in self.parts],
-            "report": self.report,
-        }
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ConnectorRun:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            status=RunStatus(data["status"]),
-            attempts=data["attempts"],
-            records=data["records"],
-            bytes=data["bytes"],
-            error=data.get("error"),
-            error_class=data.get("error_class"),
-            started_at=_from_iso(data.get("started_at")),
-            finished_at=_from_iso(data.get("finished_at")),
-            staged_key=data.get("staged_key"),
-            parts=[StagedPart.from_dict(p) for p in data.get("parts", [])],
-            report=data.get("report"),
-            decision=data.get("decision"),
-        )
-
-
-@dataclass
-class Identity:
+class Identity(Record):
     """Who the subject is at the processors: identifiers and the evidence for each.
 
     ``identifiers`` maps a name (``email``, ``phone_number``, ``hubspot_contact_id``, …)
@@ -252,8 +199,8 @@ class Identity:
     sources have run for the identifiers known now.
     """
 
-    identifiers: dict[str, str] = field(default_factory=dict)
-    evidence: list[dict[str, Any]] = field(default_factory=list)
+    identifiers: dict[str, str] = Field(default_factory=dict)
+    evidence: list[dict[str, Any]] = Field(default_factory=list)
     resolved: bool = False
 
     def subject(self, subject_id: str) -> Subject:
@@ -283,25 +230,6 @@ class Identity:
         """Drop the values (the job has ended); the evidence stays."""
         self.identifiers.clear()
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (for the store only: it holds the values)."""
-        return {
-            "identifiers": self.identifiers,
-            "evidence": self.evidence,
-            "resolved": self.resolved,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> Identity:
-        """Inverse of :meth:`to_dict`."""
-        if not data:
-            return cls()
-        return cls(
-            identifiers=dict(data.get("identifiers") or {}),
-            evidence=list(data.get("evidence") or []),
-            resolved=bool(data.get("resolved")),
-        )
-
 
 def run_statement(run: ConnectorRun) -> dict[str, Any]:
     """Whether a processor was asked, as signed documents state it.
@@ -320,8 +248,17 @@ def run_statement(run: ConnectorRun) -> dict[str, Any]:
     return {"asked": run.status is RunStatus.SUCCEEDED, "status": run.status.value}
 
 
-@dataclass
-class ArchiveResult:
+class ArchiveFile(Record):
+    """One file of a finished archive, as its job lists it."""
+
+    path: str
+    connector: str | None
+    format: str
+    records: int | None
+    bytes: int
+
+
+class ArchiveResult(Record):
     """Where the finished archive lives and how to check it."""
 
     key: str
@@ -329,37 +266,59 @@ class ArchiveResult:
     sha256: str
     expires_at: datetime
     key_id: str
-    files: list[dict[str, Any]]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "key": self.key,
-            "size": self.size,
-            "sha256": self.sha256,
-            "expires_at": iso(self.expires_at),
-            "key_id": self.key_id,
-            "files": self.files,
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ArchiveResult:
-        """Inverse of :meth:`to_dict`."""
-        expires_at = _from_iso(data["expires_at"])
-        assert expires_at is not None
-        return cls(
-            key=data["key"],
-            size=data["size"],
-            sha256=data["sha256"],
-            expires_at=expires_at,
-            key_id=data["key_id"],
-            files=data["files"],
-        )
+    files: list[ArchiveFile]
 
 
-@dataclass
-class Job:
-    """A request and everything known about its progress."""
+class Protection(Record):
+    """How an archive is protected end to end: an AES-256 password, or an age recipient.
+
+    The password itself is never here: it is :attr:`Job.archive_password`, kept only
+    until the archive is written.
+    """
+
+    kind: Literal["password", "age"]
+    recipient: str | None = None
+
+
+class ExportScope(Record):
+    """What an export was asked for, and which processors that left out."""
+
+    connectors: list[str] | Literal["all"]
+    categories: list[str] | Literal["all"]
+    left_out: list[str]
+
+
+class ExportOptions(Record):
+    """An export's request: formats, categories, protection, scope; and its downloads."""
+
+    kind: Literal["export"] = "export"
+    formats: list[str]
+    categories: list[str] = Field(default_factory=list)
+    protection: Protection | None = None
+    scope: ExportScope
+    downloads: int = 0
+
+
+class ErasureOptions(Record):
+    """An erasure's or restriction's request, and its confirmation."""
+
+    kind: Literal["erasure", "restriction"]
+    dry_run: bool = False
+    reason: str | None = None
+    confirmed_at: datetime | None = None
+    confirmed_by: str | None = None
+
+
+Options = Annotated[ExportOptions | ErasureOptions, Field(discriminator="kind")]
+"""A job's kind-specific request, told apart by its ``kind``."""
+
+
+class Job(Record):
+    """A request and everything known about its progress.
+
+    Stored as its ``core`` (everything but the runs) and one entry per run, so a
+    run's update writes only that run (:mod:`jobs.store`).
+    """
 
     id: str
     kind: JobKind
@@ -369,14 +328,31 @@ class Job:
     created_at: datetime
     updated_at: datetime
     due_at: datetime
-    options: dict[str, Any]
+    options: Options
+    extended_months: int = 0
     generation: int = 1
-    connectors: dict[str, ConnectorRun] = field(default_factory=dict)
+    connectors: dict[str, ConnectorRun] = Field(default_factory=dict)
     result: ArchiveResult | None = None
     receipt: dict[str, Any] | None = None
     not_before: datetime | None = None
     error: str | None = None
-    identity: Identity = field(default_factory=Identity)
+    identity: Identity = Field(default_factory=Identity)
+    #: An export's archive password, kept only until its archive is written or the job ends.
+    archive_password: str | None = Field(default=None, repr=False)
+
+    @property
+    def export_options(self) -> ExportOptions:
+        """The options of an export job."""
+        if not isinstance(self.options, ExportOptions):
+            raise TypeError(f"job {self.id} is an {self.kind.value}, not an export")
+        return self.options
+
+    @property
+    def erasure_options(self) -> ErasureOptions:
+        """The options of an erasure or restriction job."""
+        if not isinstance(self.options, ErasureOptions):
+            raise TypeError(f"job {self.id} is an {self.kind.value}, not an erasure")
+        return self.options
 
     def deadline_state(self, now: datetime) -> str | None:
         """``overdue``, ``at risk`` (under a quarter of its time left) or ``ok``; None once ended.
@@ -399,53 +375,10 @@ class Job:
         """The subject with every identifier known now, as connectors receive it."""
         return self.identity.subject(self.subject)
 
-    def core_dict(self) -> dict[str, Any]:
-        """Everything but the per-connector runs, which are stored separately."""
-        return {
-            "id": self.id,
-            "kind": self.kind.value,
-            "subject": self.subject,
-            "status": self.status.value,
-            "requested_by": self.requested_by,
-            "created_at": iso(self.created_at),
-            "updated_at": iso(self.updated_at),
-            "due_at": iso(self.due_at),
-            "options": self.options,
-            "generation": self.generation,
-            "result": self.result.to_dict() if self.result else None,
-            "receipt": self.receipt,
-            "not_before": iso(self.not_before),
-            "error": self.error,
-            "identity": self.identity.to_dict(),
-        }
-
-    @classmethod
-    def from_parts(cls, core: dict[str, Any], runs: dict[str, ConnectorRun]) -> Job:
-        """Rebuild a job from its stored core and runs."""
-        created_at = _from_iso(core["created_at"])
-        updated_at = _from_iso(core["updated_at"])
-        due_at = _from_iso(core["due_at"])
-        assert created_at
-        assert updated_at
-        assert due_at
-        return cls(
-            id=core["id"],
-            kind=JobKind(core["kind"]),
-            subject=core["subject"],
-            status=JobStatus(core["status"]),
-            requested_by=core["requested_by"],
-            created_at=created_at,
-            updated_at=updated_at,
-            due_at=due_at,
-            options=core["options"],
-            generation=core["generation"],
-            connectors=runs,
-            result=ArchiveResult.from_dict(core["result"]) if core.get("result") else None,
-            receipt=core.get("receipt"),
-            not_before=_from_iso(core.get("not_before")),
-            error=core.get("error"),
-            identity=Identity.from_dict(core.get("identity")),
-        )
+    def ended(self) -> None:
+        """Forget what the job held only while live: identifier values, an archive password."""
+        self.identity.forget()
+        self.archive_password = None
 
 
 @overload
@@ -457,8 +390,9 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def _from_iso(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
+def epoch_ms(value: datetime) -> int:
+    """A moment as the job store's indexes score it: whole milliseconds since the epoch."""
+    return int(value.timestamp() * 1000)
 
 
 @dataclass(frozen=True)

@@ -59,13 +59,14 @@ from jobs.model import (
     Job,
     JobKind,
     JobStatus,
+    Options,
     RunStatus,
     StagedPart,
     utcnow,
 )
 from jobs.queue import QUEUE_NAME, deserialize
 from jobs.resources import Resources
-from jobs.storage import StorageError
+from jobs.storage.base import StorageError
 from jobs.webhooks import DELIVER_TASK
 
 log = logging.getLogger("handover.pipeline")
@@ -183,9 +184,10 @@ class Pipeline(ABC):
         subject: str,
         requested_by: str,
         connectors: Sequence[str],
-        options: dict[str, Any],
+        options: Options,
         status: JobStatus = JobStatus.QUEUED,
         identity: Identity | None = None,
+        archive_password: str | None = None,
     ) -> Job:
         """A job received now, due one month from now (Art. 12(3))."""
         check_identifier_value(subject, "subject")
@@ -202,6 +204,7 @@ class Pipeline(ABC):
             options=options,
             connectors={name: ConnectorRun() for name in connectors},
             identity=identity or Identity(),
+            archive_password=archive_password,
         )
 
     async def submit(self, job: Job) -> Job:

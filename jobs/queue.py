@@ -11,6 +11,8 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 QUEUE_NAME = "handover:queue"
+#: What Redis raises when it cannot be reached: callers answer "try again shortly".
+REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (ConnectionError, TimeoutError)
 #: Where each worker reports that it is alive (arq's health check), read by readiness checks.
 HEALTH_CHECK_KEY = "handover:worker:health"
 

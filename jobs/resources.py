@@ -12,18 +12,19 @@ from connectors import demo
 from connectors.base import Connector
 from connectors.demo import seed_demo_database
 from connectors.registry import ConnectorConfig, build_connectors
+from jobs.archive.signing import Signer
 from jobs.audit import AuditLog
 from jobs.idempotency import IdempotencyStore
 from jobs.identity import IdentityConfigError, plan_sources
 from jobs.keyring import KeyRing
 from jobs.leases import Leases
-from jobs.localstore import LocalStore, load_link_secret
 from jobs.metrics import Metrics
 from jobs.queue import API_RETRIES, Queue, connect, embedded_redis
 from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings, SettingsError
-from jobs.signing import Signer
-from jobs.storage import ObjectStore, S3Store
+from jobs.storage.base import ObjectStore
+from jobs.storage.local import LocalStore, load_link_secret
+from jobs.storage.s3 import S3Store
 from jobs.store import JobStore
 
 DEMO_DATABASE = "demo-platform.sqlite3"

@@ -25,14 +25,12 @@ Each transaction is an ``attempt`` that redis-py's ``Redis.transaction`` runs on
 pipeline watching the keys it reads, and runs again on a fresh read when one of
 them changed before the write. An attempt that refuses unwatches first, so its
 answer stands as read and nothing is written.
-Searches (:meth:`JobStore.search`) walk these indexes, never the key space.
+Searches (:meth:`JobStore.search`, :mod:`jobs.search`) walk these indexes, never the key space.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -46,8 +44,19 @@ from jobs.model import (
     JobKind,
     JobStatus,
     check_transition,
+    epoch_ms,
     utcnow,
 )
+from jobs.search import JobPage, JobQuery, JobSearch
+
+
+def _core(job: Job) -> bytes:
+    """The job's record without its runs, which are stored one field each."""
+    return job.model_dump_json(exclude={"connectors"}).encode()
+
+
+def _run(run: ConnectorRun) -> bytes:
+    return run.model_dump_json().encode()
 
 
 class JobNotFound(Exception):
@@ -58,10 +67,6 @@ class JobNotFound(Exception):
         self.job_id = job_id
 
 
-def _ms(value: datetime) -> int:
-    return int(value.timestamp() * 1000)
-
-
 class JobStore:
     """Reads and writes jobs; safe to share between tasks and processes."""
 
@@ -69,6 +74,7 @@ class JobStore:
         # redis-py annotates async results as sync-or-async unions; Any keeps awaits honest.
         self.redis: Any = redis
         self.ns = namespace
+        self._search = JobSearch(redis, namespace)
 
     def _job_key(self, job_id: str) -> str:
         return f"{self.ns}job:{job_id}"
@@ -82,12 +88,10 @@ class JobStore:
     async def create(self, job: Job) -> Job:
         """Store a new job, its indexes and its ``created`` event."""
         async with self.redis.pipeline(transaction=True) as pipe:
-            mapping = {"core": orjson.dumps(job.core_dict())}
-            mapping.update(
-                {f"run:{n}": orjson.dumps(r.to_dict()) for n, r in job.connectors.items()}
-            )
+            mapping = {"core": _core(job)}
+            mapping.update({f"run:{n}": _run(r) for n, r in job.connectors.items()})
             pipe.hset(self._job_key(job.id), mapping=mapping)
-            created_ms = _ms(job.created_at)
+            created_ms = epoch_ms(job.created_at)
             pipe.zadd(f"{self.ns}idx:created", {job.id: created_ms})
             pipe.zadd(f"{self.ns}idx:kind:{job.kind.value}", {job.id: created_ms})
             pipe.zadd(f"{self.ns}idx:subject:{job.subject}", {job.id: created_ms})
@@ -117,17 +121,17 @@ class JobStore:
     def _decode(self, raw: dict[bytes, bytes]) -> Job:
         core = orjson.loads(raw[b"core"])
         runs = {
-            key.decode()[4:]: ConnectorRun.from_dict(orjson.loads(value))
+            key.decode()[4:]: ConnectorRun.model_validate_json(value)
             for key, value in raw.items()
             if key.startswith(b"run:")
         }
-        return Job.from_parts(core, runs)
+        return Job.model_validate({**core, "connectors": runs})
 
     def _index(
         self, pipe: Any, job: Job, previous: JobStatus | None, previous_due: datetime | None
     ) -> None:
         """Queue the index and count changes that take the job from its previous state."""
-        created_ms = _ms(job.created_at)
+        created_ms = epoch_ms(job.created_at)
         if previous != job.status:
             if previous is not None:
                 pipe.zrem(self._status_key(previous), job.id)
@@ -135,11 +139,11 @@ class JobStore:
             pipe.zadd(self._status_key(job.status), {job.id: created_ms})
             pipe.hincrby(f"{self.ns}counts", f"{job.kind.value}:{job.status.value}", 1)
         if job.result is not None and job.status is JobStatus.SUCCEEDED:
-            pipe.zadd(f"{self.ns}idx:expires", {job.id: _ms(job.result.expires_at)})
+            pipe.zadd(f"{self.ns}idx:expires", {job.id: epoch_ms(job.result.expires_at)})
         elif previous is JobStatus.SUCCEEDED:
             pipe.zrem(f"{self.ns}idx:expires", job.id)
         if previous != job.status or previous_due != job.due_at:
-            due_ms = _ms(job.due_at)
+            due_ms = epoch_ms(job.due_at)
             pipe.zadd(f"{self.ns}idx:due", {job.id: due_ms})
             if job.status.terminal:
                 pipe.zrem(f"{self.ns}idx:open", job.id)
@@ -171,16 +175,16 @@ class JobStore:
                 await pipe.unwatch()  # the refusal stands as read
                 return None
             previous, previous_due = job.status, job.due_at
-            runs_before = {n: r.to_dict() for n, r in job.connectors.items()}
+            runs_before = {n: _run(r) for n, r in job.connectors.items()}
             change(job)
             if job.status.terminal:
-                job.identity.forget()  # identifiers live on the job only while it is
+                job.ended()  # identifiers and a password live on the job only while it is
             job.updated_at = utcnow()
             pipe.multi()
-            mapping = {"core": orjson.dumps(job.core_dict())}
+            mapping = {"core": _core(job)}
             for name, run in job.connectors.items():
-                if run.to_dict() != runs_before.get(name):
-                    mapping[f"run:{name}"] = orjson.dumps(run.to_dict())
+                if _run(run) != runs_before.get(name):
+                    mapping[f"run:{name}"] = _run(run)
             pipe.hset(key, mapping=mapping)
             self._index(pipe, job, previous, previous_due)
             self._queue_event(pipe, job_id, event, actor, data or {})
@@ -247,7 +251,7 @@ class JobStore:
             run = job.connectors[connector]
             update(run)
             pipe.multi()
-            pipe.hset(key, field, orjson.dumps(run.to_dict()))
+            pipe.hset(key, field, _run(run))
             if event is not None:
                 self._queue_event(
                     pipe, job_id, event, actor, {"connector": connector, **(data or {})}
@@ -298,7 +302,7 @@ class JobStore:
     async def archives_expiring_before(self, moment: datetime, limit: int = 1000) -> list[str]:
         """Ids of succeeded exports whose archive expires before ``moment``, soonest first."""
         raw = await self.redis.zrangebyscore(
-            f"{self.ns}idx:expires", "-inf", f"({_ms(moment)}", start=0, num=limit
+            f"{self.ns}idx:expires", "-inf", f"({epoch_ms(moment)}", start=0, num=limit
         )
         return [item.decode() for item in raw]
 
@@ -391,140 +395,18 @@ class JobStore:
 
     async def count_overdue(self, now: datetime) -> int:
         """Live jobs past their deadline."""
-        count: int = await self.redis.zcount(f"{self.ns}idx:open", "-inf", f"({_ms(now)}")
+        count: int = await self.redis.zcount(f"{self.ns}idx:open", "-inf", f"({epoch_ms(now)}")
         return count
 
     async def search(self, query: JobQuery, now: datetime | None = None) -> JobPage:
-        """Jobs matching ``query``, one page at a time, walking the indexes.
+        """Jobs matching ``query``, one page at a time, walking the indexes (:mod:`jobs.search`).
 
         The walk is driven by the most selective index for the query and ordered
         by creation (newest first) or by due date (soonest first); a page's cursor
         names the last job seen, so pages stay stable while new jobs arrive.
         """
-        now = now or utcnow()
-        filters = [
-            f"{self.ns}idx:{name}:{value}"
-            for name, value in (
-                ("status", query.status.value if query.status else None),
-                ("kind", query.kind.value if query.kind else None),
-                ("subject", query.subject),
-                ("connector", query.connector),
-            )
-            if value is not None
-        ]
-        low, high = "-inf", "+inf"
-        if query.overdue or query.at_risk or query.due_before is not None:
-            drive = f"{self.ns}idx:open"
-            descending = False
-            if query.overdue:
-                high = f"({_ms(now)}"
-            else:
-                if query.at_risk:
-                    low = str(_ms(now))
-                if query.due_before is not None:
-                    high = f"({_ms(query.due_before)}"
-        elif query.sort == "due":
-            drive, descending = f"{self.ns}idx:due", False
-        else:
-            descending = True
-            sizes = [await self.redis.zcard(key) for key in filters]
-            drive = f"{self.ns}idx:created"
-            if filters:
-                smallest = min(range(len(filters)), key=sizes.__getitem__)
-                drive = filters.pop(smallest)
-            if query.created_after is not None:
-                low = f"({_ms(query.created_after)}"
-            if query.created_before is not None:
-                high = f"({_ms(query.created_before)}"
-        checks_created = drive.endswith(("idx:open", "idx:due")) and (
-            query.created_after is not None or query.created_before is not None or query.at_risk
-        )
-        after = _decode_cursor(query.cursor) if query.cursor else None
-        if after is not None:
-            score = str(after[0])
-            if descending:
-                high = score
-            else:
-                low = score
-        found: list[tuple[float, str]] = []
-        scanned = 0
-        exhausted = False
-        batch = max(query.limit * 2, 100)
-        while len(found) < query.limit and scanned < SEARCH_SCAN_LIMIT:
-            if descending:
-                raw = await self.redis.zrevrangebyscore(
-                    drive, high, low, start=0, num=batch, withscores=True
-                )
-            else:
-                raw = await self.redis.zrangebyscore(
-                    drive, low, high, start=0, num=batch, withscores=True
-                )
-            fetched = [(float(score), member.decode()) for member, score in raw]
-            candidates = [
-                c for c in fetched if after is None or not _at_or_before(c, after, descending)
-            ]
-            if candidates:
-                scanned += len(candidates)
-                found.extend(await self._matching(candidates, filters, query, now, checks_created))
-                after = candidates[-1]
-                if descending:
-                    high = str(after[0])
-                else:
-                    low = str(after[0])
-            if len(fetched) < batch or not candidates:
-                exhausted = len(fetched) < batch
-                if not candidates and len(fetched) == batch:
-                    # A whole batch of one score already seen: step past that score.
-                    if descending:
-                        high = f"({after[0]}" if after else high
-                    else:
-                        low = f"({after[0]}" if after else low
-                    continue
-                break
-        page = found[: query.limit]
-        next_cursor = None
-        if len(found) > query.limit or (len(found) == query.limit and not exhausted):
-            next_cursor = _encode_cursor(page[-1])
-        elif not exhausted and after is not None:
-            next_cursor = _encode_cursor(after)
-        jobs = await self._load([job_id for _, job_id in page])
-        return JobPage(jobs=jobs, next_cursor=next_cursor)
-
-    async def _matching(
-        self,
-        candidates: list[tuple[float, str]],
-        filters: list[str],
-        query: JobQuery,
-        now: datetime,
-        checks_created: bool,
-    ) -> list[tuple[float, str]]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for _, job_id in candidates:
-                for key in filters:
-                    pipe.zscore(key, job_id)
-                if checks_created:
-                    pipe.zscore(f"{self.ns}idx:created", job_id)
-            answers = await pipe.execute()
-        per = len(filters) + (1 if checks_created else 0)
-        keep = []
-        for index, (score, job_id) in enumerate(candidates):
-            row = answers[index * per : (index + 1) * per]
-            if any(value is None for value in row[: len(filters)]):
-                continue
-            if checks_created:
-                created_ms = row[-1]
-                if created_ms is None:
-                    continue
-                if query.created_after is not None and created_ms <= _ms(query.created_after):
-                    continue
-                if query.created_before is not None and created_ms >= _ms(query.created_before):
-                    continue
-                if query.at_risk:
-                    remaining = score - _ms(now)
-                    if remaining < 0 or remaining >= (score - created_ms) / 4:
-                        continue
-            keep.append((score, job_id))
-        return keep
+        job_ids, next_cursor = await self._search.find(query, now or utcnow())
+        return JobPage(jobs=await self._load(job_ids), next_cursor=next_cursor)
 
     async def _load(self, job_ids: list[str]) -> list[Job]:
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -532,9 +414,6 @@ class JobStore:
                 pipe.hgetall(self._job_key(job_id))
             raws = await pipe.execute()
         return [self._decode(raw) for raw in raws if raw]
-
-
-SEARCH_SCAN_LIMIT = 20_000
 
 
 def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
@@ -545,55 +424,3 @@ def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:
         actor=fields[b"actor"].decode(),
         data=orjson.loads(fields[b"data"]),
     )
-
-
-@dataclass(frozen=True)
-class JobQuery:
-    """What support staff (or a subject, for their own jobs) look for."""
-
-    kind: JobKind | None = None
-    status: JobStatus | None = None
-    subject: str | None = None
-    connector: str | None = None
-    overdue: bool = False
-    at_risk: bool = False
-    due_before: datetime | None = None
-    created_after: datetime | None = None
-    created_before: datetime | None = None
-    sort: str = "created"
-    limit: int = 50
-    cursor: str | None = None
-
-
-@dataclass(frozen=True)
-class JobPage:
-    """One page of a search; ``next_cursor`` is ``None`` on the last page."""
-
-    jobs: list[Job]
-    next_cursor: str | None
-
-
-class BadCursor(ValueError):
-    """A search cursor that this service did not make."""
-
-
-def _encode_cursor(position: tuple[float, str]) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([position[0], position[1]])).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[float, str]:
-    try:
-        score, job_id = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return float(score), str(job_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
-        raise BadCursor(f"cursor {cursor!r} is not one this service made") from exc
-
-
-def _at_or_before(
-    candidate: tuple[float, str], cursor: tuple[float, str], descending: bool
-) -> bool:
-    """Whether ``candidate`` was already on an earlier page."""
-    score, job_id = candidate
-    if score != cursor[0]:
-        return score > cursor[0] if descending else score < cursor[0]
-    return job_id >= cursor[1] if descending else job_id <= cursor[1]

@@ -36,9 +36,10 @@ from jobs.pipeline import (
 )
 from jobs.queue import HEALTH_CHECK_KEY, QUEUE_NAME, deserialize, serialize
 from jobs.resources import Resources, open_resources
+from jobs.search import JobQuery
 from jobs.settings import Settings
-from jobs.storage import ObjectMissing, S3Store
-from jobs.store import JobQuery
+from jobs.storage.base import ObjectMissing
+from jobs.storage.s3 import S3Store
 from jobs.webhooks import DELIVER_TASK, DeliveryFailed, Sender, encode, payload
 from jobs.webhooks import MAX_TRIES as WEBHOOK_TRIES
 from jobs.webhooks import backoff as webhook_backoff

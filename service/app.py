@@ -15,14 +15,15 @@ from jobs.queue import connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings, SettingsError
 from jobs.worker import create_worker
+from service.api.handlers import MAX_BODY_BYTES
+from service.api.middleware import problem_middleware
+from service.api.operations import add_routes
 from service.appkeys import AUTHORITY, COMMANDS, RESOURCES, SETTINGS
 from service.auth import TokenAuthority, load_or_create_secret
 from service.dashboard import add_dashboard_routes
 from service.docs import add_doc_routes
 from service.idempotency import idempotency_middleware
-from service.problems import problem_middleware
 from service.ratelimit import rate_limit_middleware
-from service.routes import MAX_BODY_BYTES, add_routes
 
 
 def jwt_secret(settings: Settings) -> str | None:

@@ -48,11 +48,12 @@ from yarl import URL
 from jobs.commands import Actor
 from jobs.model import Event, Job, JobKind, JobStatus, RunStatus, utcnow
 from jobs.pipeline import LIVE
-from service import models
+from service.api import models
+from service.api.middleware import Handler
+from service.api.views import stream_events
 from service.appkeys import AUTHORITY, COMMANDS, RESOURCES
 from service.auth import Principal
 from service.problems import Problem, to_problem
-from service.routes import stream_events
 
 log = logging.getLogger("handover.dashboard")
 
@@ -99,7 +100,6 @@ class Flash:
 
 
 StaffHandler = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def relative(moment: datetime, now: datetime) -> str:
@@ -457,7 +457,7 @@ class Dashboard:
             "last_event": events[-1].id if events else "-",
             "finished": finished,
             "live": job.status in LIVE,
-            "extended_months": int(job.options.get("extended_months", 0)),
+            "extended_months": job.extended_months,
             "unidentified": [
                 name for name, run in job.connectors.items() if run.status is RunStatus.UNIDENTIFIED
             ],

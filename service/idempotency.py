@@ -16,8 +16,9 @@ import hashlib
 from aiohttp import web
 
 from jobs.idempotency import Earlier, StoredResponse
+from service.api.middleware import Handler
 from service.appkeys import AUTHORITY, RESOURCES
-from service.problems import Handler, Problem
+from service.problems import Problem
 
 HEADER = "Idempotency-Key"
 REPLAYED_HEADERS = ("Location", "Content-Type")

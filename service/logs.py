@@ -3,7 +3,7 @@
 Every line is one JSON object (structlog renders stdlib records too: aiohttp,
 arq, botocore). Handover's own code never logs a subject's id or email: jobs
 are named by id, and where a subject must be named, by a keyed hash
-(:meth:`jobs.signing.Signer.pseudonym`). As a second line of defence, a
+(:meth:`jobs.archive.signing.Signer.pseudonym`). As a second line of defence, a
 redaction step removes bearer tokens, JWTs and URL signatures from every line,
 and the access log records the matched route, never the raw path or query.
 """

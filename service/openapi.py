@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from service.models import ProblemOut
-from service.routes import OPERATIONS
+from service.api.models import ProblemOut
+from service.api.operations import OPERATIONS
 
 REF = "#/components/schemas/{model}"
 IDEMPOTENCY_KEY = {

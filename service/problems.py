@@ -1,21 +1,18 @@
-"""RFC 9457 problem responses, and the one middleware that maps every error to one.
+"""RFC 9457 problem responses, and the mapping of every expected error to one.
 
 Handlers raise; they never build error responses themselves. Domain errors from
-``jobs`` and aiohttp's own HTTP errors become ``application/problem+json``; an
-unexpected exception becomes a 500 problem with no traceback in the body.
+``jobs`` and aiohttp's own HTTP errors become ``application/problem+json``
+(:func:`to_problem`); the API's error middleware (``service/api/middleware.py``)
+and the dashboard answer with them.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
 from aiohttp import web
 from pydantic import ValidationError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from jobs.model import (
     ActiveJobExists,
@@ -24,10 +21,10 @@ from jobs.model import (
     InvalidRequest,
     JobEnded,
 )
-from jobs.storage import StorageError
-from jobs.store import BadCursor, JobNotFound
-
-log = logging.getLogger("handover.api")
+from jobs.queue import REDIS_UNAVAILABLE
+from jobs.search import BadCursor
+from jobs.storage.base import StorageError
+from jobs.store import JobNotFound
 
 PROBLEM_TYPE = "https://handover.dev/problems/"
 PROBLEM_JSON = "application/problem+json"
@@ -130,7 +127,7 @@ def to_problem(exc: BaseException) -> Problem | None:
         return Problem(
             422, "Invalid request", str(exc), errors=[{"field": "cursor", "message": str(exc)}]
         )
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    if isinstance(exc, REDIS_UNAVAILABLE):
         return Problem(
             503,
             "Service unavailable",
@@ -156,27 +153,3 @@ def to_problem(exc: BaseException) -> Problem | None:
         headers = {k: v for k, v in exc.headers.items() if k.lower() in {"allow", "retry-after"}}
         return Problem(exc.status, title, detail, headers=headers)
     return None
-
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answer every error as problem+json."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        problem = to_problem(exc)
-        assert problem is not None
-        return problem.response(request.path)
-    except Exception as exc:
-        problem = to_problem(exc)
-        if problem is None:
-            log.exception("unexpected error on %s %s", request.method, request.path)
-            problem = Problem(
-                500, "Internal error", "the server failed to answer; it has been logged"
-            )
-        return problem.response(request.path)

@@ -11,8 +11,9 @@ import hashlib
 
 from aiohttp import web
 
+from service.api.middleware import Handler
 from service.appkeys import RESOURCES, SETTINGS
-from service.problems import Handler, Problem
+from service.problems import Problem
 
 TOKEN_WINDOW_SECONDS = 60
 SUBJECT_WINDOW_SECONDS = 3600

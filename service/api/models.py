@@ -12,8 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from jobs.model import JobKind, JobStatus
-from jobs.store import JobQuery
+from jobs.model import JobKind, JobStatus, Options
+from jobs.search import JobQuery
 
 Format = Literal["json", "csv", "ndjson"]
 JobStatusName = Literal[
@@ -244,6 +244,8 @@ class JobSearch(BaseModel):
 class ConnectorProgress(BaseModel):
     """One connector's share of a job."""
 
+    model_config = ConfigDict(extra="forbid")
+
     status: RunStatusName
     records: int
     bytes: int
@@ -275,6 +277,8 @@ class IdentityEvidence(BaseModel):
 class ArchiveFile(BaseModel):
     """One file inside the archive."""
 
+    model_config = ConfigDict(extra="forbid")
+
     path: str
     connector: str | None
     format: str
@@ -284,6 +288,8 @@ class ArchiveFile(BaseModel):
 
 class ArchiveInfo(BaseModel):
     """The finished archive."""
+
+    model_config = ConfigDict(extra="forbid")
 
     size: int
     sha256: str
@@ -295,6 +301,8 @@ class ArchiveInfo(BaseModel):
 class JobLinks(BaseModel):
     """Where to go next."""
 
+    model_config = ConfigDict(extra="forbid")
+
     self: str
     events: str
     download: str | None
@@ -302,7 +310,9 @@ class JobLinks(BaseModel):
 
 
 class JobOut(BaseModel):
-    """A request and its progress."""
+    """A request and its progress: a field the API sends and this model lacks is an error."""
+
+    model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="Sortable id (ULID).", examples=["01JD2Z6S41ABCDEFGHJKMNPQRS"])
     kind: Literal["export", "erasure", "restriction"]
@@ -316,7 +326,8 @@ class JobOut(BaseModel):
         description="Where a live job stands against its deadline (at risk: under a quarter "
         "of its time left); null once it has ended."
     )
-    options: dict[str, object]
+    options: Options = Field(description="What was asked: an export's or an erasure's options.")
+    extended_months: int = Field(description="Months the deadline was extended by (at most 2).")
     generation: int = Field(description="Incremented by each retry.")
     not_before: datetime | None = Field(description="A confirmed erasure runs after this.")
     identity: list[IdentityEvidence] = Field(

@@ -19,9 +19,9 @@ import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from jobs.archive import FORMAT, MANIFEST, SIGNATURE
-from jobs.receipt import verify_receipt
-from jobs.signing import SignatureError, jwk_public_key, verify
+from jobs.archive.receipt import verify_receipt
+from jobs.archive.signing import SignatureError, jwk_public_key, verify
+from jobs.archive.writer import FORMAT, MANIFEST, SIGNATURE
 
 READ_CHUNK = 1 << 20
 

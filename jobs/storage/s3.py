@@ -1,14 +1,9 @@
-"""Object storage: where staged parts and finished archives live.
+"""S3 object storage through boto3 (AWS, MinIO, moto), run in worker threads.
 
-:class:`ObjectStore` is the seam; :class:`S3Store` speaks S3 through boto3 (AWS,
-MinIO, moto) and the embedded mode has a local-disk store of the same shape.
-Writes stream through :class:`ObjectWriter`: S3 multipart with a bounded number
+Writes stream through :class:`S3MultipartWriter`: S3 multipart with a bounded number
 of parts in flight, aborted on failure, so nothing is ever held whole in memory.
-
-Errors::
-
-    StorageError            the store failed or could not be reached
-     └── ObjectMissing      the key does not exist
+boto3's errors leave as :class:`~jobs.storage.base.StorageError` (or
+:class:`~jobs.storage.base.ObjectMissing` for a key that holds nothing).
 """
 
 from __future__ import annotations
@@ -18,78 +13,16 @@ import contextlib
 import math
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectWriter, StorageError, content_type_of
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
-
-READ_CHUNK = 1 << 20
-
-
-def content_type_of(filename: str) -> str:
-    """The media type a downloaded archive is served as."""
-    return "application/zip" if filename.endswith(".zip") else "application/octet-stream"
-
-
-class StorageError(Exception):
-    """The object store failed or could not be reached."""
-
-
-class ObjectMissing(StorageError):
-    """No object at this key."""
-
-
-class ObjectWriter(Protocol):
-    """A streaming upload: ``write`` pieces, then ``complete`` (or ``abort``)."""
-
-    async def write(self, data: bytes) -> None:
-        """Append ``data`` to the object."""
-
-    async def complete(self) -> int:
-        """Make the object visible; returns its size."""
-
-    async def abort(self) -> None:
-        """Drop everything written; the key is left as it was."""
-
-
-class ObjectStore(Protocol):
-    """The storage operations Handover needs."""
-
-    def writer(self, key: str, content_type: str = "application/octet-stream") -> ObjectWriter:
-        """A streaming writer for ``key``."""
-
-    def read(self, key: str, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
-        """The object's bytes (or a range of them), in chunks."""
-
-    async def put(
-        self, key: str, data: bytes, content_type: str = "application/octet-stream"
-    ) -> None:
-        """Store a small object in one call."""
-
-    async def get(self, key: str) -> bytes:
-        """A small object's bytes."""
-
-    async def exists(self, key: str) -> bool:
-        """Whether ``key`` holds an object."""
-
-    async def delete(self, key: str) -> None:
-        """Remove ``key``; no error when it is already gone."""
-
-    async def delete_prefix(self, prefix: str) -> int:
-        """Remove every object under ``prefix``; returns how many."""
-
-    async def download_url(self, key: str, *, ttl: timedelta, filename: str) -> str:
-        """A URL that downloads ``key`` as an attachment for ``ttl``."""
-
-    async def check(self) -> None:
-        """Raise :class:`StorageError` when the store is unusable."""
-
-    async def close(self) -> None:
-        """Release connections."""
 
 
 def _error(exc: Exception, key: str) -> StorageError:

@@ -1,6 +1,6 @@
 """The embedded object store: files under the data dir, with HMAC-signed download links.
 
-Same shape as :class:`~jobs.storage.S3Store`, for ``handover serve`` with no bucket
+Same shape as :class:`~jobs.storage.s3.S3Store`, for ``handover serve`` with no bucket
 configured. Objects are written to a temporary file and renamed into place on
 completion, so a reader never sees half an object. Download links point at the
 API itself (``/v1/objects/...``), which serves them only while the link's
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import quote, urlencode
 
-from jobs.storage import READ_CHUNK, ObjectMissing, ObjectWriter, StorageError
+from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectWriter, StorageError
 
 LINK_PATH = "/v1/objects/"
 

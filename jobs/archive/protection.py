@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from jobs.storage import ObjectWriter
+from jobs.storage.base import ObjectWriter
 
 
 class ProtectionError(ValueError):
@@ -151,7 +151,7 @@ def age_header(recipient: X25519PublicKey, file_key: bytes) -> bytes:
 
 
 class AgeWriter:
-    """An :class:`~jobs.storage.ObjectWriter` that age-encrypts what it is given."""
+    """An :class:`~jobs.storage.base.ObjectWriter` that age-encrypts what it is given."""
 
     def __init__(self, target: ObjectWriter, recipient: X25519PublicKey) -> None:
         self._target = target

@@ -7,8 +7,8 @@
     handover worker  [--burst]               a worker alone, on shared Redis and S3
     handover token   --sub S [--role R] [--ttl 1h] [--email E]
     handover verify  FILE (--key FILE | --keys-url URL)   an export archive or a receipt
-    handover connectors new NAME [--dir DIR] | list | check   see service/connectors_cli.py
-    handover jobs list | show ID | retry ID | cancel ID | extend ID   see service/jobs_cli.py
+    handover connectors new NAME [--dir DIR] | list | check   see service/cli/connectors.py
+    handover jobs list | show ID | retry ID | cancel ID | extend ID   see service/cli/jobs.py
     handover audit verify                    check the audit log's hash chain
     handover export [SUBJECT] [--wait] [--download FILE]   over the API (HANDOVER_URL, _TOKEN)
 
@@ -27,16 +27,18 @@ from pathlib import Path
 from aiohttp import web
 
 from connectors.errors import ConnectorLoadError
+from jobs.archive.signing import SignatureError
+from jobs.archive.verify import fetch_keys, load_keys, verify_file
 from jobs.audit import AuditLog
 from jobs.queue import API_RETRIES, connect
 from jobs.resources import NAMESPACE
 from jobs.settings import Settings, SettingsError, parse_duration
-from jobs.signing import SignatureError
-from jobs.verify import fetch_keys, load_keys, verify_file
 from jobs.worker import create_worker
-from service import connectors_cli, jobs_cli, logs
+from service import logs
 from service.app import create_app, jwt_secret
 from service.auth import Role, TokenAuthority
+from service.cli import connectors as connectors_cli
+from service.cli import jobs as jobs_cli
 
 EXIT_USAGE = 2
 
@@ -219,7 +221,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

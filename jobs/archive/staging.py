@@ -19,7 +19,7 @@ from isal import isal_zlib
 
 from connectors.errors import PermanentError
 from connectors.items import Dataset, Record
-from jobs.formats import RENDERERS, Renderer
+from jobs.archive.formats import RENDERERS, Renderer
 from jobs.model import StagedPart
 
 CHUNK_SIZE = 1 << 20
@@ -90,7 +90,17 @@ class Stager:
         if path in self._streams:
             raise PermanentError(f"connector {self.connector!r} produced {path!r} twice")
         part = StagedPart(
-            path, self.connector, dataset.name, dataset.category, fmt, 0, 0, "", 0, 0, []
+            path=path,
+            connector=self.connector,
+            dataset=dataset.name,
+            category=dataset.category,
+            format=fmt,
+            records=0,
+            bytes=0,
+            sha256="",
+            crc32=0,
+            compressed_size=0,
+            chunks=[],
         )
         stream = _Stream(part)
         self._streams[path] = stream

@@ -30,11 +30,11 @@ from typing import Any
 import jinja2
 import orjson
 
+from jobs.archive.protection import AES_METHOD, AES_OVERHEAD, ZipMemberCipher, aes_extra
+from jobs.archive.signing import Signer
+from jobs.archive.zipwriter import DEFLATED, ZipWriter
 from jobs.model import Job, StagedPart, iso
-from jobs.protection import AES_METHOD, AES_OVERHEAD, ZipMemberCipher, aes_extra
-from jobs.signing import Signer
-from jobs.storage import ObjectStore, ObjectWriter, StorageError
-from jobs.zipwriter import DEFLATED, ZipWriter
+from jobs.storage.base import ObjectStore, ObjectWriter, StorageError
 
 FORMAT = "handover-export"
 FORMAT_VERSION = 1
@@ -52,7 +52,7 @@ class StagedFile:
 
 
 class HashingWriter:
-    """An :class:`~jobs.storage.ObjectWriter` that counts and hashes what passes through."""
+    """An :class:`~jobs.storage.base.ObjectWriter` that counts and hashes what passes through."""
 
     def __init__(self, target: ObjectWriter) -> None:
         self.target = target
@@ -114,7 +114,7 @@ def _index_html(
         signature=SIGNATURE,
         connectors=[{key: None for key, _ in _PROCESSING_DETAILS} | dict(c) for c in connectors],
         details=_PROCESSING_DETAILS,
-        scope=job.options.get("scope") or {},
+        scope=job.export_options.scope.model_dump(mode="json"),
         not_asked=[c for c in connectors if c.get("asked") is False],
         identity=job.identity.statement(),
         files=files,
@@ -219,7 +219,7 @@ async def write_archive(
         "generated_at": iso(generated_at),
         "expires_at": iso(expires_at),
         "signing_key_id": signer.key_id,
-        "scope": job.options.get("scope"),
+        "scope": job.export_options.scope.model_dump(mode="json"),
         "identity": job.identity.statement(),
         "connectors": list(connectors),
         "files": files,

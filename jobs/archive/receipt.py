@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from jobs.archive.signing import SignatureError, Signer, verify
 from jobs.model import Job, JobKind, iso, run_statement
-from jobs.signing import SignatureError, Signer, verify
 
 FORMAT = "handover-receipt"
 FORMAT_VERSION = 1
@@ -65,8 +65,8 @@ def build_receipt(
         "job": {
             "id": job.id,
             "requested_at": iso(job.created_at),
-            "confirmed_at": job.options.get("confirmed_at"),
-            "dry_run": bool(job.options.get("dry_run")),
+            "confirmed_at": iso(job.erasure_options.confirmed_at),
+            "dry_run": job.erasure_options.dry_run,
         },
         "subject": {"id": job.subject},
         "identity": job.identity.statement(),

@@ -1,0 +1,77 @@
+"""The object store seam: what every store offers, how a streaming write goes, its errors.
+
+:class:`ObjectStore` and :class:`ObjectWriter` are the contract that
+:class:`~jobs.storage.s3.S3Store` and :class:`~jobs.storage.local.LocalStore` both
+keep; a store reports its failures as :class:`StorageError`, and a key that holds
+nothing as :class:`ObjectMissing`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Protocol
+
+READ_CHUNK = 1 << 20
+
+
+def content_type_of(filename: str) -> str:
+    """The media type a downloaded archive is served as."""
+    return "application/zip" if filename.endswith(".zip") else "application/octet-stream"
+
+
+class StorageError(Exception):
+    """The object store failed or could not be reached."""
+
+
+class ObjectMissing(StorageError):
+    """No object at this key."""
+
+
+class ObjectWriter(Protocol):
+    """A streaming upload: ``write`` pieces, then ``complete`` (or ``abort``)."""
+
+    async def write(self, data: bytes) -> None:
+        """Append ``data`` to the object."""
+
+    async def complete(self) -> int:
+        """Make the object visible; returns its size."""
+
+    async def abort(self) -> None:
+        """Drop everything written; the key is left as it was."""
+
+
+class ObjectStore(Protocol):
+    """The storage operations Handover needs."""
+
+    def writer(self, key: str, content_type: str = "application/octet-stream") -> ObjectWriter:
+        """A streaming writer for ``key``."""
+
+    def read(self, key: str, start: int = 0, length: int | None = None) -> AsyncIterator[bytes]:
+        """The object's bytes (or a range of them), in chunks."""
+
+    async def put(
+        self, key: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> None:
+        """Store a small object in one call."""
+
+    async def get(self, key: str) -> bytes:
+        """A small object's bytes."""
+
+    async def exists(self, key: str) -> bool:
+        """Whether ``key`` holds an object."""
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; no error when it is already gone."""
+
+    async def delete_prefix(self, prefix: str) -> int:
+        """Remove every object under ``prefix``; returns how many."""
+
+    async def download_url(self, key: str, *, ttl: timedelta, filename: str) -> str:
+        """A URL that downloads ``key`` as an attachment for ``ttl``."""
+
+    async def check(self) -> None:
+        """Raise :class:`StorageError` when the store is unusable."""
+
+    async def close(self) -> None:
+        """Release connections."""

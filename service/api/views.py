@@ -1,0 +1,94 @@
+"""How the API answers: JSON bodies, a job as clients see it, a job's live timeline.
+
+:func:`job_view` is the one shape of a job the API shows (``models.JobOut``);
+:func:`stream_events` serves a job's timeline as server-sent events, and the
+dashboard serves its own with it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from jobs.model import Job, JobStatus, utcnow
+from service.appkeys import RESOURCES
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    """A JSON response encoded with orjson."""
+    return web.Response(
+        body=orjson.dumps(data), status=status, content_type="application/json", headers=headers
+    )
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    """A job as the API shows it (``models.JobOut``): no storage keys or staged parts,
+    no identifier values (only their kinds, and how each was verified), no secrets."""
+    base = f"/v1/jobs/{job.id}"
+    view = job.model_dump(
+        mode="json",
+        exclude={"connectors", "result", "receipt", "identity", "archive_password"},
+    )
+    view["deadline"] = job.deadline_state(utcnow())
+    view["identity"] = job.identity.statement()
+    view["connectors"] = {
+        name: run.model_dump(mode="json", exclude={"staged_key", "parts"})
+        for name, run in job.connectors.items()
+    }
+    view["result"] = job.result.model_dump(mode="json", exclude={"key"}) if job.result else None
+    view["links"] = {
+        "self": base,
+        "events": f"{base}/events",
+        "download": f"{base}/download" if job.result is not None else None,
+        "receipt": f"{base}/receipt" if job.receipt is not None else None,
+    }
+    return view
+
+
+def accepted(job: Job) -> web.Response:
+    """202 with the job and its Location."""
+    return json_response(job_view(job), status=202, headers={"Location": f"/v1/jobs/{job.id}"})
+
+
+ENDING_STATUSES = {s.value for s in JobStatus if s.terminal}
+KEEPALIVE_SECONDS = 15.0
+
+
+async def stream_events(request: web.Request, job_id: str, after: str) -> web.StreamResponse:
+    """Server-sent events: the timeline so far, then each new event until the job ends."""
+    store = request.app[RESOURCES].store
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-store",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await response.prepare(request)
+    events = await store.events(job_id, after=after)
+    try:
+        while True:
+            for event in events:
+                body = orjson.dumps(event.to_dict()).decode()
+                await response.write(
+                    f"id: {event.id}\nevent: {event.type}\ndata: {body}\n\n".encode()
+                )
+                after = event.id
+            if any(e.data.get("status") in ENDING_STATUSES for e in events):
+                break
+            if not events and (await store.get(job_id)).status.terminal:
+                break
+            events = await store.wait_for_events(job_id, after, KEEPALIVE_SECONDS)
+            if not events:
+                await response.write(b": keep-alive\n\n")
+    except ConnectionResetError:
+        return response  # the client went away: nothing to finish, nothing to report
+    await response.write_eof()
+    return response
+
+
+__all__ = ["stream_events"]
