@@ -28,7 +28,7 @@ from connectors.base import Connector
 from jobs.queue import connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
-from jobs.storage import S3Store
+from jobs.storage.s3 import S3Store
 from tests.polling import eventually_sync
 
 #: The local server's databases the tests may flush: one per pytest-xdist worker.

@@ -25,7 +25,7 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 T = TypeVar("T")
 
@@ -57,8 +57,36 @@ class _Wait:
         return text if diagnosis is None else f"{text}\n{diagnosis}"
 
 
+# An async probe's T is what it awaits to, a plain probe's what it returns: two overloads,
+# since mypy cannot solve T from one union of the two callables.
+@overload
 async def eventually(
-    probe: Callable[[], Awaitable[T]] | Callable[[], T],
+    probe: Callable[[], Awaitable[T]],
+    *,
+    timeout: float,  # noqa: ASYNC109 -- as below
+    what: str,
+    until: Callable[[T], object] = ...,
+    interval: float = ...,
+    ignoring: tuple[type[BaseException], ...] = ...,
+    diagnose: Callable[[], Any] | None = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    probe: Callable[[], T],
+    *,
+    timeout: float,  # noqa: ASYNC109 -- as below
+    what: str,
+    until: Callable[[T], object] = ...,
+    interval: float = ...,
+    ignoring: tuple[type[BaseException], ...] = ...,
+    diagnose: Callable[[], Any] | None = ...,
+) -> T: ...
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T] | T],
     *,
     timeout: float,  # noqa: ASYNC109 -- the deadline is part of the failure's message
     what: str,
@@ -83,8 +111,8 @@ async def eventually(
             wait.last = exc
         else:
             wait.last = value
-            if until(value):  # type: ignore[arg-type]
-                return value  # type: ignore[return-value]
+            if until(value):
+                return value
         try:
             pause = wait.pause()
         except AssertionError:

@@ -51,8 +51,8 @@ from connectors.demo import demo_connector_configs, seed_demo_database
 from connectors.items import Record, Subject
 from connectors.registry import build_connectors, load_type
 from jobs.settings import VARIABLES, Settings
-from service.cli import _parser
-from service.routes import OPERATIONS
+from service.api.operations import OPERATIONS
+from service.cli.main import _parser
 from tests.conftest import REDIS_URL, free_port, wait_for_port
 from tests.polling import eventually
 
@@ -479,7 +479,7 @@ def test_the_image_is_slim_non_root_and_runs_handover() -> None:
     assert any("[postgres" in args for args in installs), installs
     assert dockerfile_exec("ENTRYPOINT") == ["handover"]
     (script,) = [ep for ep in entry_points(group="console_scripts") if ep.name == "handover"]
-    assert script.value == "service.cli:main"
+    assert script.value == "service.cli.main:main"
     data_dir = dockerfile_env()["HANDOVER_DATA_DIR"]
     assert data_dir in dockerfile_volumes()
     key_dir = str(
@@ -664,7 +664,7 @@ async def started() -> AsyncIterator[list[Process]]:
 
 
 def handover(arguments: list[str]) -> list[str]:
-    """The image's ENTRYPOINT (`handover`, i.e. service.cli:main) with ``arguments``."""
+    """The image's ENTRYPOINT (`handover`, i.e. service.cli.main:main) with ``arguments``."""
     return [sys.executable, "-m", "service.cli", *arguments]
 
 

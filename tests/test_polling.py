@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
@@ -28,7 +29,11 @@ class Counter:
 
 
 async def test_returns_the_first_value_that_holds_sync_or_async() -> None:
-    for make in (lambda c: c, lambda c: c.later):
+    makers: tuple[Callable[[Counter], Callable[[], int] | Callable[[], Awaitable[int]]], ...] = (
+        lambda c: c,
+        lambda c: c.later,
+    )
+    for make in makers:
         counter = Counter(ready_at=3)
         value = await eventually(make(counter), until=counter.ready, timeout=5, what="three calls")
         assert (value, counter.calls) == (3, 3)
@@ -67,7 +72,9 @@ async def test_an_assertion_in_the_probe_fails_at_once() -> None:
 
 
 async def test_ignored_errors_count_as_not_yet_and_show_as_last_seen() -> None:
-    answers = iter([ConnectionError("down"), ConnectionError("still down"), "up"])
+    answers: Iterator[ConnectionError | str] = iter(
+        [ConnectionError("down"), ConnectionError("still down"), "up"]
+    )
 
     def server() -> str:
         answer = next(answers)

@@ -139,7 +139,8 @@ def test_built_ins_register_through_the_entry_point_group() -> None:
         "google-analytics": GoogleAnalyticsConnector,
     }
     for name, cls in built_in.items():
-        assert types[name].dist is not None and types[name].dist.name == "handover"
+        dist = types[name].dist
+        assert dist is not None and dist.name == "handover"
         assert load_type(name, types) is cls
     published = {ep.name for ep in types.values() if ep.dist and ep.dist.name == "handover"}
     assert published == set(built_in)  # the test connectors are no production types
@@ -148,8 +149,9 @@ def test_built_ins_register_through_the_entry_point_group() -> None:
 def test_the_test_connectors_come_from_the_tests_only() -> None:
     types = available_types()
     for name, cls in {"memory": MemoryConnector, "synthetic": SyntheticConnector}.items():
-        assert types[name].dist is not None
-        assert types[name].dist.name == "handover-test-connectors"
+        dist = types[name].dist
+        assert dist is not None
+        assert dist.name == "handover-test-connectors"
         assert load_type(name, types) is cls
 
 

@@ -282,7 +282,8 @@ class SilentWhenDown(MemoryConnector):
     """Its processor is down, and it answers "nothing held" instead of failing."""
 
     async def export(self, subject: Subject) -> AsyncIterator[Item]:
-        for item in ():
+        nothing: tuple[Item, ...] = ()
+        for item in nothing:
             yield item
 
     async def erase(

@@ -228,7 +228,7 @@ async def test_an_unexpected_exception_fails_only_that_connector(
         assert done.status is JobStatus.FAILED
         assert done.connectors["buggy"].error_class == "internal"
         assert done.connectors["crm"].status is RunStatus.SUCCEEDED
-        uploads = resources.storage.client.list_multipart_uploads(Bucket=resources.storage.bucket)  # type: ignore[attr-defined]
+        uploads = resources.storage.client.list_multipart_uploads(Bucket=resources.storage.bucket)
         assert uploads.get("Uploads", []) == []
 
 

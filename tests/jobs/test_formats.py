@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from connectors.errors import PermanentError
-from jobs.formats import (
+from jobs.archive.formats import (
     FORMATS,
     RENDERERS,
     CsvRenderer,

@@ -12,9 +12,9 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from jobs.health import check_readiness
-from jobs.localstore import LocalStore
 from jobs.queue import HEALTH_CHECK_KEY
 from jobs.resources import Resources
+from jobs.storage.local import LocalStore
 from tests.conftest import free_port
 
 NO_WORKER = "no worker has reported in the last 60 s"

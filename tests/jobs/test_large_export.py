@@ -21,12 +21,12 @@ from arq.connections import ArqRedis
 
 from connectors.items import Subject
 from connectors.testing import SyntheticConnector
+from jobs.archive.signing import Signer
+from jobs.archive.verify import verify_archive
 from jobs.commands import Actor, Commands
 from jobs.model import JobStatus
 from jobs.resources import open_resources
 from jobs.settings import Settings
-from jobs.signing import Signer
-from jobs.verify import verify_archive
 from tests.conftest import REDIS_URL
 
 RECORD_BYTES = 500

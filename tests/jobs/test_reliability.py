@@ -27,12 +27,12 @@ from aiohttp import ClientSession
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from jobs.archive.verify import verify_archive
 from jobs.commands import Actor, Commands
 from jobs.model import Job, JobStatus
 from jobs.queue import connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
-from jobs.verify import verify_archive
 from tests.conftest import free_port, wait_for_port
 from tests.faults import HandoverProcess, RedisServer, S3FaultProxy
 from tests.polling import eventually

@@ -10,7 +10,9 @@ import pytest
 from arq.connections import ArqRedis
 
 from jobs.model import ConnectorRun, Job, JobKind, JobStatus
-from jobs.store import BadCursor, JobQuery, JobStore
+from jobs.search import BadCursor, JobQuery
+from jobs.store import JobStore
+from tests.factories import options_for
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 KINDS = list(JobKind)
@@ -23,16 +25,17 @@ def make_job() -> Callable[[random.Random, int], Job]:
     def make(rng: random.Random, n: int) -> Job:
         created = NOW - timedelta(days=rng.uniform(0, 60), milliseconds=n)
         due = created + timedelta(days=30) + timedelta(days=rng.choice([0, 0, 0, 30]))
+        kind = rng.choice(KINDS)
         return Job(
             id=f"01J{n:023d}",
-            kind=rng.choice(KINDS),
+            kind=kind,
             subject=rng.choice(["alice", "bob", "carol", "dave"]),
             status=rng.choice(LIVE + ENDED),
             requested_by="alice",
             created_at=created,
             updated_at=created,
             due_at=due,
-            options={},
+            options=options_for(kind),
             connectors={c: ConnectorRun() for c in rng.sample(["crm", "billing", "devices"], 2)},
         )
 

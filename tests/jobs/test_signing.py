@@ -15,8 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from jobs import signing
-from jobs.signing import SignatureError, Signer, jwk_public_key, key_id, public_jwk, verify
+from jobs.archive.signing import SignatureError, Signer, jwk_public_key, key_id, public_jwk, verify
 
 MANIFEST = b'{"job": "01HZZ", "files": [{"path": "crm/contacts.json", "sha256": "ab"}]}\n'
 
@@ -208,7 +207,7 @@ def test_key_file_made_meanwhile_by_another_process_wins(
         Path(target).write_bytes(pem)
         real_link(source, target)
 
-    monkeypatch.setattr(signing.os, "link", link_after_the_other_process)
+    monkeypatch.setattr(os, "link", link_after_the_other_process)
 
     ours = Signer.from_file(path, create=True)
 

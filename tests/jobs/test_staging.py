@@ -17,9 +17,9 @@ import pytest
 from connectors.errors import PermanentError
 from connectors.items import Record
 from connectors.testing import MemoryConnector
-from jobs.formats import FORMATS
+from jobs.archive.formats import FORMATS
+from jobs.archive.staging import Stager
 from jobs.model import StagedPart
-from jobs.staging import Stager
 
 CONNECTOR = "shop"
 ORDER_FIELDS = ("id", "total", "note")
@@ -109,7 +109,7 @@ def interleaved(stager_factory: Callable[..., Stager]) -> Staged:
 
 
 def expected_orders() -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for round_ in range(ROUNDS):
         rows.extend(order(i) for i in range(round_ * BATCH, (round_ + 1) * BATCH))
         rows.append(order(10_000 + round_))

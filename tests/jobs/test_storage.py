@@ -14,8 +14,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import boto3
 import pytest
 
-from jobs.localstore import LINK_PATH, LocalStore
-from jobs.storage import READ_CHUNK, ObjectMissing, ObjectStore, S3Store, StorageError
+from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectStore, StorageError
+from jobs.storage.local import LINK_PATH, LocalStore
+from jobs.storage.s3 import S3Store
 
 MiB = 2**20
 BIG = 12 * MiB

@@ -12,6 +12,7 @@ from arq.connections import ArqRedis
 
 from jobs.ids import new_ulid
 from jobs.model import (
+    ArchiveFile,
     ArchiveResult,
     ConnectorRun,
     IllegalTransition,
@@ -23,6 +24,7 @@ from jobs.model import (
     utcnow,
 )
 from jobs.store import JobNotFound, JobStore
+from tests.factories import options_for
 
 CONNECTORS = ("crm", "billing", "devices", "analytics", "support")
 
@@ -52,7 +54,7 @@ def job_factory() -> Callable[..., Job]:
             "created_at": now,
             "updated_at": now,
             "due_at": now + timedelta(days=30),
-            "options": {"formats": ["json", "csv"]},
+            "options": options_for(JobKind.EXPORT, ["json", "csv"]),
             "connectors": {name: ConnectorRun() for name in connectors},
         }
         values.update(overrides)
@@ -92,17 +94,17 @@ async def test_create_and_get_round_trip(store: JobStore, job_factory: Callable[
         staged_key="staging/x/crm",
         parts=[
             StagedPart(
-                "crm/contacts.json",
-                "crm",
-                "contacts",
-                "contact",
-                "json",
-                12,
-                3400,
-                "ab" * 32,
-                123456,
-                800,
-                [(0, 500), (900, 300)],
+                path="crm/contacts.json",
+                connector="crm",
+                dataset="contacts",
+                category="contact",
+                format="json",
+                records=12,
+                bytes=3400,
+                sha256="ab" * 32,
+                crc32=123456,
+                compressed_size=800,
+                chunks=[(0, 500), (900, 300)],
             )
         ],
     )
@@ -122,7 +124,9 @@ async def test_result_and_error_round_trip(
         sha256="cd" * 32,
         expires_at=utcnow() + timedelta(days=7),
         key_id="0123456789abcdef",
-        files=[{"path": "manifest.json", "bytes": 10}],
+        files=[
+            ArchiveFile(path="manifest.json", connector=None, format="json", records=None, bytes=10)
+        ],
     )
     job = job_factory(status=JobStatus.SUCCEEDED, result=result, error=None, generation=3)
     await store.create(job)

@@ -17,6 +17,7 @@ from arq.connections import ArqRedis
 from jobs.ids import new_ulid
 from jobs.model import ConnectorRun, Job, JobKind, JobStatus, utcnow
 from jobs.store import JobStore
+from tests.factories import options_for
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ async def stored(store: JobStore, status: JobStatus = JobStatus.QUEUED) -> Job:
         created_at=now,
         updated_at=now,
         due_at=now + timedelta(days=30),
-        options={"formats": ["json"]},
+        options=options_for(JobKind.EXPORT),
         connectors={"crm": ConnectorRun()},
     )
     return await store.create(job)

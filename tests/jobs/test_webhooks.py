@@ -22,6 +22,7 @@ from jobs.model import JobKind, JobStatus
 from jobs.settings import Secret
 from jobs.webhooks import SIGNATURE_HEADER, sign, verify
 from jobs.worker import create_worker, watch_deadlines
+from tests.factories import options_for
 
 SECRET = "webhook-secret-" + "w" * 30
 
@@ -123,7 +124,7 @@ async def test_deadline_watch_notifies_once_per_job(
             subject="alice",
             requested_by="alice",
             connectors=["crm"],
-            options={"formats": ["json"]},
+            options=options_for(JobKind.EXPORT),
         )
         job.created_at -= timedelta(minutes=50)
         job.due_at -= timedelta(minutes=50)

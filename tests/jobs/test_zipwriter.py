@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.zipwriter import DEFLATED, STORED, ZipWriter
+from jobs.archive.zipwriter import DEFLATED, STORED, ZipWriter
 
 MODIFIED = datetime(2024, 5, 17, 13, 45, 59, tzinfo=UTC)
 MAX32 = 0xFFFFFFFF

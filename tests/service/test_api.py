@@ -14,9 +14,9 @@ import pytest
 from aiohttp import ClientSession
 
 from connectors.testing import MemoryConnector, SyntheticConnector
+from jobs.archive.signing import jwk_public_key
+from jobs.archive.verify import verify_archive
 from jobs.kinds import build_pipelines
-from jobs.signing import jwk_public_key
-from jobs.verify import verify_archive
 from jobs.worker import expire_archives
 from tests.service.conftest import Api, ApiFactory
 
@@ -102,7 +102,7 @@ async def test_export_end_to_end_holds_every_record_and_verifies(api: Api, tmp_p
     assert [row["email"] for row in rows] == ["alice@example.com", "alice@work.example"]
     assert rows[0]["tags"] == '["vip"]' and rows[1]["score"] == ""
     assert archive.read("crm/files/avatar.png") == crm().files["alice"]["avatar.png"]
-    expected = telemetry().generate(type("S", (), {"id": "alice"})())  # type: ignore[arg-type]
+    expected = telemetry().generate(type("S", (), {"id": "alice"})())
     assert orjson.loads(archive.read("telemetry/telemetry.json")) == expected
     assert b"bob@example.com" not in b"".join(archive.read(n) for n in archive.namelist())
 
@@ -216,7 +216,7 @@ async def test_bad_bodies_are_problems(api: Api, body: bytes, status: int, needl
 
 
 async def test_bad_requests_never_500(api: Api) -> None:
-    cases = [
+    cases: list[tuple[str, str, dict[str, Any], int]] = [
         (
             "POST",
             "/v1/exports",

@@ -12,7 +12,7 @@ from pathlib import Path
 import jwt
 import pytest
 
-from jobs.signing import Signer, public_jwk
+from jobs.archive.signing import Signer, public_jwk
 from tests.service.conftest import Api, ApiFactory
 from tests.service.test_api import crm, download_archive
 

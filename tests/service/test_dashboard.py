@@ -19,7 +19,7 @@ import pytest
 from aiohttp import ClientResponse, ClientSession, CookieJar
 from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
 
-from connectors.base import Item, Subject
+from connectors.items import Item, Subject
 from connectors.testing import MemoryConnector
 from jobs.model import Job, utcnow
 from tests.service.conftest import Api, ApiFactory

@@ -14,11 +14,11 @@ import pytest
 from connectors.items import Item, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector
+from jobs.archive.signing import jwk_public_key
+from jobs.archive.verify import verify_receipt_file
 from jobs.model import utcnow
 from jobs.queue import QUEUE_NAME
 from jobs.settings import RetentionConfig
-from jobs.signing import jwk_public_key
-from jobs.verify import verify_receipt_file
 from jobs.worker import WorkerContext, sweep, watchdog
 from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory

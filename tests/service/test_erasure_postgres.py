@@ -26,9 +26,9 @@ import pytest
 
 from connectors.demo import demo_connector_configs
 from connectors.registry import ConnectorConfig, build_connectors
+from jobs.archive.signing import jwk_public_key
+from jobs.archive.verify import verify_receipt_file
 from jobs.settings import RetentionConfig
-from jobs.signing import jwk_public_key
-from jobs.verify import verify_receipt_file
 from tests.service.conftest import Api, ApiFactory
 
 ROOT = Path(__file__).resolve().parents[2]

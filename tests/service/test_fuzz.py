@@ -29,7 +29,7 @@ from schemathesis.errors import InvalidSchema
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
 from connectors.testing import MemoryConnector
-from service.routes import OPERATIONS
+from service.api.operations import OPERATIONS
 from tests.service.conftest import Api, ApiFactory
 
 MAX_EXAMPLES = 12

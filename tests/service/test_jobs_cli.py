@@ -24,6 +24,7 @@ from jobs.ids import new_ulid
 from jobs.model import ConnectorRun, Job, JobKind, JobStatus
 from jobs.worker import create_worker
 from tests.conftest import free_port
+from tests.factories import options_for
 from tests.service.conftest import Api, ApiFactory
 from tests.service.test_api import download_archive
 from tests.service.test_cli import handover
@@ -86,7 +87,7 @@ def stored_job(subject: str, created: datetime, due: datetime) -> Job:
         created_at=created,
         updated_at=created,
         due_at=due,
-        options={"formats": ["json"]},
+        options=options_for(JobKind.EXPORT),
         connectors={"crm": ConnectorRun()},
     )
 

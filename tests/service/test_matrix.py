@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from connectors.testing import MemoryConnector
-from service.routes import OPERATIONS
+from service.api.operations import OPERATIONS
 from tests.service.conftest import Api, ApiFactory
 
 OWNER = "alice"

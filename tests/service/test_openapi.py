@@ -27,7 +27,7 @@ from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 from connectors.errors import PermanentError
 from connectors.items import Item, Subject
 from connectors.testing import MemoryConnector
-from service.routes import OPERATIONS
+from service.api.operations import OPERATIONS
 from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory
 

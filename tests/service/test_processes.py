@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from jobs.signing import jwk_public_key
-from jobs.verify import verify_archive
+from jobs.archive.signing import jwk_public_key
+from jobs.archive.verify import verify_archive
 from tests.conftest import REDIS_URL, free_port, wait_for_port
 from tests.polling import eventually
 

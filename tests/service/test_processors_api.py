@@ -24,8 +24,8 @@ from connectors.google_analytics import GoogleAnalyticsConnector
 from connectors.hotjar import HotjarConnector
 from connectors.http import HttpConnector
 from connectors.hubspot import HubSpotConnector
-from jobs.receipt import verify_receipt
-from jobs.signing import jwk_public_key
+from jobs.archive.receipt import verify_receipt
+from jobs.archive.signing import jwk_public_key
 from tests.connectors.processor_servers import (
     FakeGoogleAnalytics,
     FakeHotjar,

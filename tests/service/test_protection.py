@@ -16,8 +16,9 @@ import pytest
 import pyzipper
 
 from connectors.testing import MemoryConnector
-from jobs.signing import jwk_public_key
-from jobs.verify import verify_archive
+from jobs.archive.signing import jwk_public_key
+from jobs.archive.verify import verify_archive
+from jobs.model import Protection
 from tests.service.conftest import Api, ApiFactory
 from tests.service.test_api import ALICE, crm, download_archive
 
@@ -33,11 +34,12 @@ async def api(api_factory: ApiFactory) -> Api:
 
 async def test_a_password_protects_every_member(api: Api, tmp_path: Path) -> None:
     job = await api.export(password=PASSWORD, formats=["json", "csv"])
-    assert job["options"]["protection"] == {"kind": "password"}  # never shown
+    assert job["options"]["protection"] == {"kind": "password", "recipient": None}  # never shown
     done = await api.wait(job["id"])
     assert done["status"] == "succeeded", done
     stored = await api.resources.store.get(job["id"])
-    assert stored.options["protection"] == {"kind": "password"}  # forgotten once written
+    assert stored.export_options.protection == Protection(kind="password")
+    assert stored.archive_password is None  # forgotten once written
     data, _ = await download_archive(api, job["id"])
     with pyzipper.AESZipFile(io.BytesIO(data)) as archive:
         archive.setpassword(PASSWORD.encode())
