@@ -119,13 +119,13 @@ class JobStore:
         return self._decode(raw)
 
     def _decode(self, raw: dict[bytes, bytes]) -> Job:
-        core = orjson.loads(raw[b"core"])
-        runs = {
+        job = Job.model_validate_json(raw[b"core"])
+        job.connectors = {
             key.decode()[4:]: ConnectorRun.model_validate_json(value)
             for key, value in raw.items()
             if key.startswith(b"run:")
         }
-        return Job.model_validate({**core, "connectors": runs})
+        return job
 
     def _index(
         self, pipe: Any, job: Job, previous: JobStatus | None, previous_due: datetime | None
