@@ -16,7 +16,7 @@ here, a pipeline (:mod:`jobs.kinds`) and a connector capability.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -186,34 +186,28 @@ class Commands:
             job.erasure_options.confirmed_by = actor.id
             job.not_before = now + grace
 
-        job = await self.resources.store.transition(
+        job = await self._move(
             job_id,
             JobStatus.QUEUED,
-            actor=actor.id,
+            actor,
             event="confirmed",
             expect={JobStatus.AWAITING_CONFIRMATION},
             change=confirmed,
             data={"runs_after": (now + grace).isoformat()},
         )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise IllegalTransition(job_id, current.status, JobStatus.QUEUED)
         await self.pipelines[job.kind].enqueue_runs(job, defer=grace)
         await self.audit(actor, "erasure.confirmed", job)
         return job
 
     async def cancel(self, actor: Actor, job_id: str, reason: str | None = None) -> Job:
         """Stop a job that has not ended; running connector work is aborted within seconds."""
-        job = await self.resources.store.transition(
+        job = await self._move(
             job_id,
             JobStatus.CANCELED,
-            actor=actor.id,
+            actor,
             expect=LIVE,
             data={"reason": reason} if reason else None,
         )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise IllegalTransition(job_id, current.status, JobStatus.CANCELED)
         pipeline = self.pipelines[job.kind]
         await pipeline.abort_tasks(job)
         await pipeline.cleanup(job)
@@ -232,17 +226,14 @@ class Commands:
                 if run.status not in {RunStatus.SUCCEEDED, RunStatus.NOT_ASKED}:
                     job.connectors[name] = ConnectorRun(attempts=run.attempts)
 
-        job = await self.resources.store.transition(
+        job = await self._move(
             job_id,
             JobStatus.QUEUED,
-            actor=actor.id,
+            actor,
             event="retried",
             expect={JobStatus.FAILED},
             change=again,
         )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise IllegalTransition(job_id, current.status, JobStatus.QUEUED)
         await self.pipelines[job.kind].enqueue_runs(job)
         await self.audit(actor, "job.retried", job)
         return job
@@ -390,6 +381,26 @@ class Commands:
             current = await self.resources.store.get(job_id)
             raise JobEnded(job_id, current.status, "download it")
         await self.audit(actor, "archive.downloaded", job)
+        return job
+
+    async def _move(
+        self,
+        job_id: str,
+        target: JobStatus,
+        actor: Actor,
+        *,
+        expect: Iterable[JobStatus],
+        event: str | None = None,
+        change: Callable[[Job], None] | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> Job:
+        """Move the job to ``target`` from one of ``expect``; from elsewhere, say it can't."""
+        job = await self.resources.store.transition(
+            job_id, target, actor=actor.id, event=event, data=data, expect=expect, change=change
+        )
+        if job is None:
+            current = await self.resources.store.get(job_id)
+            raise IllegalTransition(job_id, current.status, target)
         return job
 
     async def _change_live(
