@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pyrage
@@ -94,3 +95,17 @@ async def test_bad_protection_is_422(api: Api, body: dict[str, str], needle: str
     status, _, problem = await api.request("POST", "/v1/exports", json=body)
     assert status == 422
     assert needle in problem["detail"]
+
+
+async def test_a_password_is_forgotten_when_an_export_ends_without_an_archive(
+    api_factory: ApiFactory,
+) -> None:
+    api = await api_factory({"crm": crm()}, worker=False)  # nothing runs: the job stays queued
+    job = await api.export(password=PASSWORD)
+    assert (await api.resources.store.get(job["id"])).archive_password == PASSWORD
+    status, _, canceled = await api.request("POST", f"/v1/jobs/{job['id']}/cancel")
+    assert status == 200 and canceled["status"] == "canceled"
+    assert (await api.resources.store.get(job["id"])).archive_password is None
+    redis: Any = api.resources.redis  # redis-py types its results for sync and async at once
+    raw = await redis.hgetall(f"handover:job:{job['id']}")
+    assert not any(PASSWORD.encode() in value for value in raw.values())
