@@ -254,7 +254,7 @@ class Commands:
             job.extended_months = used + months
             job.due_at += months * MONTH
 
-        job = await self._change_live(
+        job = await self._change(
             job_id,
             extended,
             actor,
@@ -302,7 +302,7 @@ class Commands:
                 check_transition(job.id, job.status, JobStatus.QUEUED)
                 job.status = JobStatus.QUEUED
 
-        job = await self._change_live(
+        job = await self._change(
             job_id,
             added,
             actor,
@@ -346,7 +346,7 @@ class Commands:
                 check_transition(job.id, job.status, JobStatus.QUEUED)
                 job.status = JobStatus.QUEUED
 
-        job = await self._change_live(
+        job = await self._change(
             job_id,
             decided,
             actor,
@@ -369,17 +369,15 @@ class Commands:
                 raise DownloadLimitReached(job.id, limit)
             options.downloads += 1
 
-        job = await self.resources.store.modify(
+        job = await self._change(
             job_id,
             counted,
-            actor=actor.id,
-            event="downloaded",
-            data={"link_ttl_seconds": link_ttl_seconds},
+            actor,
+            "downloaded",
+            {"link_ttl_seconds": link_ttl_seconds},
+            action="download it",
             expect={JobStatus.SUCCEEDED},
         )
-        if job is None:
-            current = await self.resources.store.get(job_id)
-            raise JobEnded(job_id, current.status, "download it")
         await self.audit(actor, "archive.downloaded", job)
         return job
 
@@ -403,7 +401,7 @@ class Commands:
             raise IllegalTransition(job_id, current.status, target)
         return job
 
-    async def _change_live(
+    async def _change(
         self,
         job_id: str,
         change: Callable[[Job], None],
@@ -412,9 +410,12 @@ class Commands:
         data: dict[str, Any],
         *,
         action: str,
+        expect: Iterable[JobStatus] = LIVE,
     ) -> Job:
+        """Apply ``change`` to a job in one of ``expect`` (a live one by default); from any
+        other state, say the job has ended and what could not be done."""
         job = await self.resources.store.modify(
-            job_id, change, actor=actor.id, event=event, data=data, expect=LIVE
+            job_id, change, actor=actor.id, event=event, data=data, expect=expect
         )
         if job is None:
             current = await self.resources.store.get(job_id)
