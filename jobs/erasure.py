@@ -16,7 +16,6 @@ what would happen and changes nothing, so it needs no confirmation.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from datetime import datetime
@@ -30,7 +29,6 @@ from jobs.archive.receipt import build_receipt
 from jobs.model import Job, JobKind, JobStatus, iso, utcnow
 from jobs.pipeline import Outcome, Pipeline
 from jobs.search import JobQuery
-from jobs.storage.base import ObjectMissing
 
 
 def erasure_entries(report: ErasureReport) -> list[dict[str, Any]]:
@@ -162,12 +160,11 @@ class ErasurePipeline(Pipeline):
                     target = JobStatus.CANCELED
                 else:
                     continue
-                archive_deleted = False
                 if export.result is not None:
-                    with contextlib.suppress(ObjectMissing):
-                        await storage.delete(export.result.key)
-                    archive_deleted = True
-                await storage.delete_prefix(self.resources.staging_prefix(export.id))
+                    await storage.delete(export.result.key)  # no error when already gone
+                staged_deleted = await storage.delete_prefix(
+                    self.resources.staging_prefix(export.id)
+                )
                 moved = await store.transition(
                     export.id,
                     target,
@@ -179,8 +176,8 @@ class ErasurePipeline(Pipeline):
                     {
                         "job": export.id,
                         "kind": export.kind.value,
-                        "archive_deleted": archive_deleted,
-                        "staging_deleted": staged,
+                        "archive_deleted": export.result is not None,
+                        "staged_objects_deleted": staged_deleted,
                         "status": (moved or await store.get(export.id)).status.value,
                     }
                 )

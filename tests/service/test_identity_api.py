@@ -323,6 +323,10 @@ async def test_an_erasure_deletes_handovers_own_copies_and_says_so(api: Api) -> 
     assert exported["status"] == "succeeded"
     archive_key = api.resources.archive_key(export["id"])
     assert await api.resources.storage.exists(archive_key)
+    # A second export waits for support (no email in this token) with crm's part staged.
+    waiting = await api.wait((await api.export())["id"], "needs_attention")
+    staged_key = (await api.resources.store.get(waiting["id"])).connectors["crm"].staged_key
+    assert staged_key is not None and await api.resources.storage.exists(staged_key)
 
     status, _, erasure = await api.request(
         "POST", "/v1/erasures", sub=None, headers=headers, json={}
@@ -343,16 +347,26 @@ async def test_an_erasure_deletes_handovers_own_copies_and_says_so(api: Api) -> 
     events = (await api.request("GET", f"/v1/jobs/{export['id']}/events"))[2]["events"]
     assert events[-1]["status"] == "expired"
     assert events[-1]["reason"] == f"erased: the subject's data was erased by job {erasure['id']}"
+    canceled = (await api.request("GET", f"/v1/jobs/{waiting['id']}"))[2]
+    assert canceled["status"] == "canceled"
     receipt = (await api.request("GET", f"/v1/jobs/{erasure['id']}/receipt"))[2]
     assert receipt["handover_copies"] == [
+        {
+            "job": waiting["id"],
+            "kind": "export",
+            "archive_deleted": False,
+            "staged_objects_deleted": 1,  # crm's staged part
+            "status": "canceled",
+        },
         {
             "job": export["id"],
             "kind": "export",
             "archive_deleted": True,
-            "staging_deleted": True,
+            "staged_objects_deleted": 0,  # its staging went when its archive was written
             "status": "expired",
-        }
+        },
     ]
+    assert not await api.resources.storage.exists(staged_key)
 
 
 async def test_a_partial_export_says_what_it_left_out(api: Api) -> None:
