@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar
 
 from connectors.errors import PermanentError, Unidentified
 from connectors.items import Dataset, Item, Subject
 from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
+
+_journal: ContextVar[Callable[[ErasureReport], Awaitable[None]] | None] = ContextVar(
+    "handover_commit_journal", default=None
+)
+
+
+@contextmanager
+def journaling(record: Callable[[ErasureReport], Awaitable[None]]) -> Iterator[None]:
+    """Within this block, :meth:`Connector.before_commit` hands each plan to ``record``.
+
+    Handover wraps every erasure in it; ``record`` writes the plan
+    durably and returns only once it is written.
+    """
+    token = _journal.set(record)
+    try:
+        yield
+    finally:
+        _journal.reset(token)
 
 
 class Connector(ABC):
@@ -42,6 +62,10 @@ class Connector(ABC):
     #: What GDPR Art. 15(1) asks the platform to tell about this processing (purposes,
     #: legal_basis, recipient, retention, source); set from configuration.
     processing: Mapping[str, str] = {}
+    #: Whether :meth:`erase` calls :meth:`before_commit` before every change it commits.
+    #: Only then can Handover tell, after a crash, what an interrupted attempt changed;
+    #: otherwise the receipt says that it cannot.
+    journals_commits: ClassVar[bool] = False
 
     def __init__(self, name: str, **options: Any) -> None:
         if options:
@@ -114,6 +138,21 @@ class Connector(ABC):
         ``dry_run`` nothing changes and the report says what would happen. Must be
         idempotent: a repeat reports zero new deletions and succeeds.
         """
+
+    async def before_commit(self, planned: ErasureReport) -> None:
+        """From :meth:`erase`: what is about to change, just before committing it.
+
+        Handover records the plan durably before this returns, so if the process
+        dies between the commit and the end of :meth:`erase`, the next attempt's
+        findings tell whether the plan was committed, and the receipt still counts
+        it. If recording fails this raises, and the change must not be committed
+        (let the exception roll the transaction back). A connector that commits in
+        several steps calls it once per step, with that step's counts only. Not
+        called in a dry run. Connectors that call it set ``journals_commits = True``.
+        """
+        record = _journal.get()
+        if record is not None:
+            await record(planned)
 
     async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
         """Mark the subject's data restricted (Art. 18) where the processor supports it."""

@@ -21,11 +21,12 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from connectors.base import Connector
+from connectors.base import Connector, journaling
 from connectors.errors import PermanentError
 from connectors.items import File, Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from jobs.archive.receipt import build_receipt
+from jobs.journal import ADDITIVE, ErasureJournal, tally
 from jobs.model import Job, JobKind, JobStatus, iso, utcnow
 from jobs.pipeline import Outcome, Pipeline
 from jobs.search import JobQuery
@@ -43,6 +44,11 @@ class ErasurePipeline(Pipeline):
     """The work of erasure and restriction jobs."""
 
     kinds = (JobKind.ERASURE, JobKind.RESTRICTION)
+
+    @property
+    def journal(self) -> ErasureJournal:
+        """The journal of every erasure run's attempts (:mod:`jobs.journal`)."""
+        return ErasureJournal(self.resources.redis, self.resources.store.ns)
 
     def retention_for(self, connector: Connector) -> dict[str, RetentionRule]:
         """The retention rules that apply to each of the connector's datasets."""
@@ -69,13 +75,46 @@ class ErasurePipeline(Pipeline):
                 },
             )
         retention = self.retention_for(connector)
-        report = await connector.erase(subject, dry_run=dry_run, retention=retention)
-        entries = erasure_entries(report)
-        result: dict[str, Any] = {"datasets": entries, "note": report.note}
-        if not dry_run:
+        if dry_run:
+            report = await connector.erase(subject, dry_run=True, retention=retention)
+            entries = erasure_entries(report)
+            result: dict[str, Any] = {"datasets": entries, "note": report.note}
+        else:
+            report, result = await self._erase(connector, job, retention)
             result["verification"] = await self._verify(connector, subject, report, retention)
-        changed = sum(e["deleted"] + e["anonymised"] for e in entries)
+        changed = sum(e["deleted"] + e["anonymised"] for e in result["datasets"])
         return Outcome(records=changed, report=result)
+
+    async def _erase(
+        self, connector: Connector, job: Job, retention: Mapping[str, RetentionRule]
+    ) -> tuple[ErasureReport, dict[str, Any]]:
+        """Erase, journaling each step; the report and what every attempt did, together.
+
+        The counts are those of the whole run (:func:`jobs.journal.tally`): an
+        attempt interrupted after its commit still counts, and one whose outcome
+        cannot be established is named, not guessed.
+        """
+        journal = self.journal
+        attempt = await journal.start(job.id, connector.name)
+
+        async def record(planned: ErasureReport) -> None:
+            await journal.plan(job.id, connector.name, attempt, planned)
+
+        with journaling(record):
+            report = await connector.erase(job.subject_view, dry_run=False, retention=retention)
+        await journal.confirm(job.id, connector.name, attempt, report)
+        total = tally(
+            await journal.attempts(job.id, connector.name),
+            journals_commits=connector.journals_commits,
+        )
+        entries = []
+        for entry in erasure_entries(report):
+            entry.update(total.counts.get(entry["dataset"], dict.fromkeys(ADDITIVE, 0)))
+            entries.append(entry)
+        result: dict[str, Any] = {"datasets": entries, "note": report.note}
+        if total.interrupted:
+            result["interrupted_attempts"] = [i.statement() for i in total.interrupted]
+        return report, result
 
     async def _verify(
         self,
@@ -139,12 +178,14 @@ class ErasurePipeline(Pipeline):
         ``expired``; a live export that already staged data (it waits for support)
         is canceled and its staging deleted. A live export with nothing staged yet
         is left to run: it will show what remains after the erasure. Each entry
-        states what was deleted, for the receipt.
+        states what was deleted, for the receipt, and is journaled once done, so a
+        finish that runs again after a crash lists the copies it deleted before.
         """
         store = self.resources.store
         storage = self.resources.storage
         reason = f"erased: the subject's data was erased by job {job.id}"
-        copies: list[dict[str, Any]] = []
+        # A finish interrupted after deleting some copies left them recorded.
+        copies = await self.journal.copies(job.id)
         cursor = None
         while True:
             page = await store.search(
@@ -172,15 +213,15 @@ class ErasurePipeline(Pipeline):
                     expect={export.status},
                     data={"reason": reason},
                 )
-                copies.append(
-                    {
-                        "job": export.id,
-                        "kind": export.kind.value,
-                        "archive_deleted": export.result is not None,
-                        "staged_objects_deleted": staged_deleted,
-                        "status": (moved or await store.get(export.id)).status.value,
-                    }
-                )
+                copy = {
+                    "job": export.id,
+                    "kind": export.kind.value,
+                    "archive_deleted": export.result is not None,
+                    "staged_objects_deleted": staged_deleted,
+                    "status": (moved or await store.get(export.id)).status.value,
+                }
+                await self.journal.record_copy(job.id, copy)
+                copies.append(copy)
             cursor = page.next_cursor
             if cursor is None:
                 return copies

@@ -64,7 +64,7 @@ from jobs.model import (
     StagedPart,
     utcnow,
 )
-from jobs.queue import QUEUE_NAME, deserialize
+from jobs.queue import QUEUE_NAME, REDIS_UNAVAILABLE, deserialize
 from jobs.resources import Resources
 from jobs.storage.base import StorageError
 from jobs.webhooks import DELIVER_TASK
@@ -411,6 +411,8 @@ class Pipeline(ABC):
         except Unidentified as exc:
             await self._unidentified_run(job_id, name, generation, exc)
             return
+        except REDIS_UNAVAILABLE:
+            raise  # Handover's own store, not the processor: the task is queued again
         except (TransientError, StorageError) as exc:
             delay = self.retry_policy.delay(attempt, exc)
             if delay is None:

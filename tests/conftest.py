@@ -86,6 +86,7 @@ os.environ.update(AWS_ENV)
 TEST_CONNECTOR_TYPES = {
     "memory": "connectors.testing:MemoryConnector",
     "synthetic": "connectors.testing:SyntheticConnector",
+    "crashing-sql": "tests.crashing:CrashingSqlConnector",
 }
 TEST_DISTRIBUTION = "handover-test-connectors"
 

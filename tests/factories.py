@@ -1,9 +1,11 @@
-"""Job options as the commands make them, for tests that build jobs by hand."""
+"""Job options as the commands make them, and configuration files, for tests."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
+from connectors.registry import ConnectorConfig
 from jobs.model import ErasureOptions, ExportOptions, ExportScope, JobKind, Options
 
 
@@ -13,3 +15,29 @@ def options_for(kind: JobKind, formats: Sequence[str] = ("json",)) -> Options:
         scope = ExportScope(connectors="all", categories="all", left_out=[])
         return ExportOptions(formats=list(formats), scope=scope)
     return ErasureOptions.model_validate({"kind": kind.value})
+
+
+def toml_value(value: object) -> str:
+    """``value`` as a TOML value (inline tables and arrays; strings JSON-escaped)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        fields = (f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
+        return "{" + ", ".join(fields) + "}"
+    raise TypeError(f"no TOML for {type(value).__name__}")
+
+
+def connectors_toml(configs: Sequence[ConnectorConfig]) -> str:
+    """A ``HANDOVER_CONFIG`` file's ``[connectors.*]`` tables for ``configs``."""
+    lines = []
+    for config in configs:
+        lines.append(f"[connectors.{config.name}]")
+        lines.append(f"type = {toml_value(config.type)}")
+        lines += [f"{key} = {toml_value(value)}" for key, value in config.options.items()]
+    return "\n".join(lines) + "\n"

@@ -67,6 +67,7 @@ class SqlConnector(Connector):
 
     categories: ClassVar[frozenset[str]] = frozenset()
     datasets: ClassVar[tuple[Dataset, ...]] = ()
+    journals_commits: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -214,9 +215,12 @@ class SqlConnector(Connector):
                         entries[bound.spec.dataset] = await self._erase_table(
                             connection, bound, subject, rule=rule, dry_run=dry_run, now=now
                         )
+                    report = ErasureReport(tuple(entries[spec.dataset] for spec in self._tables))
                     if dry_run:
                         await transaction.rollback()
-        return ErasureReport(tuple(entries[spec.dataset] for spec in self._tables))
+                    else:
+                        await self.before_commit(report)  # raising rolls everything back
+        return report
 
     async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
         """Set ``block_column`` on the subject's rows of every table that has one."""

@@ -6,13 +6,16 @@ platform. With a retention rule for invoices (tax law), each test shows one of:
 erasure removes the subject's rows and anonymises the configured columns, keeps
 invoices blocked with their legal basis, a fresh export then holds only the
 retained data, the receipt verifies; a dry run changes nothing; a canceled
-erasure touches nothing.
+erasure touches nothing; a worker killed at any step of an erasure (or Redis failing
+right after the commit) still ends in a receipt that counts exactly what was removed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import os
+import time
 import uuid
 import zipfile
 from collections.abc import AsyncIterator
@@ -23,12 +26,24 @@ from typing import Any
 import asyncpg
 import orjson
 import pytest
+from arq.connections import ArqRedis
 
 from connectors.demo import demo_connector_configs
 from connectors.registry import ConnectorConfig, build_connectors
 from jobs.archive.signing import jwk_public_key
 from jobs.archive.verify import verify_receipt_file
-from jobs.settings import RetentionConfig
+from jobs.commands import Actor, Commands
+from jobs.keyring import KeyRing
+from jobs.kinds import build_pipelines
+from jobs.leases import Leases
+from jobs.model import JobKind, JobStatus
+from jobs.resources import NAMESPACE, open_resources
+from jobs.settings import RetentionConfig, Settings
+from jobs.worker import watchdog
+from tests.conftest import REDIS_URL
+from tests.factories import connectors_toml
+from tests.faults import HandoverProcess
+from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -198,3 +213,142 @@ async def test_a_canceled_erasure_touches_nothing(api_factory: ApiFactory, api: 
     status, _, canceled = await slow.request("POST", f"/v1/jobs/{job['id']}/cancel")
     assert status == 200 and canceled["status"] == "canceled"
     assert await dump(url) == before
+
+
+async def alices_rows(url: str) -> dict[str, int]:
+    """How many rows of alice's each dataset of the ``devices`` connector holds."""
+    connection = await asyncpg.connect(url)
+    try:
+        devices = await connection.fetchval("SELECT count(*) FROM devices WHERE owner_id = 'alice'")
+        telemetry = await connection.fetchval(
+            "SELECT count(*) FROM telemetry JOIN devices ON devices.id = telemetry.device_id"
+            " WHERE devices.owner_id = 'alice'"
+        )
+    finally:
+        await connection.close()
+    return {"devices": devices, "telemetry": telemetry}
+
+
+async def grow_telemetry(url: str, rows: int) -> None:
+    """Give alice's first device ``rows`` more readings."""
+    connection = await asyncpg.connect(url)
+    try:
+        await connection.execute(
+            "INSERT INTO telemetry (device_id, ts, temperature, humidity)"
+            " SELECT 'alice-dev-1', 2000000000 + n, 20.5, 40.0 FROM generate_series(1, $1) AS n",
+            rows,
+        )
+    finally:
+        await connection.close()
+
+
+@pytest.mark.parametrize(
+    ("crash_at", "crash", "outcome"),
+    [
+        ("before_commit", "kill", "rolled back"),
+        ("after_commit", "kill", "committed"),
+        ("verification", "kill", None),
+        ("after_commit", "redis", "committed"),
+        ("finish", "kill", None),
+    ],
+)
+async def test_a_receipt_after_a_crash_counts_exactly_what_the_erasure_removed(
+    platform_db: str,
+    redis: ArqRedis,
+    tmp_path: Path,
+    crash_at: str,
+    crash: str,
+    outcome: str | None,
+) -> None:
+    """A worker dies (or Redis fails) at one step of an erasure on real PostgreSQL;
+    another worker finishes it, and the signed receipt states what was really removed."""
+    await grow_telemetry(platform_db, 20_000)
+    before = await alices_rows(platform_db)
+    marker = tmp_path / "crash-once"
+    sqlalchemy_url = "postgresql+asyncpg://" + platform_db.split("://", 1)[1]
+    configs = [
+        ConnectorConfig(
+            c.name,
+            "crashing-sql" if c.name == "devices" else c.type,
+            {**c.options, "url": sqlalchemy_url}
+            | (
+                {"crash_at": crash_at, "crash": crash, "marker": str(marker)}
+                if c.name == "devices"
+                else {}
+            ),
+        )
+        for c in demo_connector_configs(tmp_path / "unused.sqlite3")
+    ]
+    config = tmp_path / "handover.toml"
+    config.write_text(connectors_toml(configs))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
+    env.update(
+        HANDOVER_CONFIG=str(config),
+        HANDOVER_REDIS_URL=REDIS_URL,
+        HANDOVER_DATA_DIR=str(tmp_path / "data"),
+        HANDOVER_JWT_SECRET="journal-secret-" + "j" * 40,
+        HANDOVER_ERASURE_GRACE="0s",
+        HANDOVER_WORKER_POLL_DELAY="50ms",
+    )
+    settings = Settings.load(env)
+    workers: list[HandoverProcess] = []
+    try:
+        async with open_resources(settings, redis=redis) as resources:
+            commands = Commands(resources)
+            actor = Actor("alice", staff=False)
+            workers.append(HandoverProcess(env, tmp_path / "worker-1.log", logs_only=True))
+            # An earlier export: its archive is Handover's own copy, which the erasure deletes.
+            export = await commands.request_export(actor, subject="alice")
+            exported = await eventually(
+                lambda: resources.store.get(export.id),
+                until=lambda j: j.status.terminal,
+                timeout=60,
+                what="the export to end",
+                diagnose=lambda: workers[0].log.read_text()[-2000:],
+            )
+            assert exported.status is JobStatus.SUCCEEDED, exported.error
+            marker.touch()
+            job = await commands.request_erasure(actor, JobKind.ERASURE, subject="alice")
+            await commands.confirm(actor, job.id)
+            if crash == "kill":
+                await eventually(
+                    lambda: workers[0].popen.poll(),
+                    until=lambda code: code is not None,
+                    timeout=60,
+                    what="the worker to die at the injected crash",
+                    diagnose=lambda: workers[0].log.read_text()[-2000:],
+                )
+                assert not marker.exists()
+                rows = await alices_rows(platform_db)
+                assert rows == (before if crash_at == "before_commit" else dict.fromkeys(rows, 0))
+                # The watchdog, as it runs once the dead worker's lease has expired.
+                late = Leases(redis, NAMESPACE, clock=lambda: time.time() + 3600)
+                watched = dataclasses.replace(resources, leases=late)
+                assert await watchdog({"handover_pipelines": build_pipelines(watched)}) >= 1
+                workers.append(HandoverProcess(env, tmp_path / "worker-2.log", logs_only=True))
+            done = await eventually(
+                lambda: resources.store.get(job.id),
+                until=lambda j: j.status.terminal,
+                timeout=60,
+                what="the erasure to end",
+                diagnose=lambda: "\n".join(w.log.read_text()[-2000:] for w in workers),
+            )
+    finally:
+        for worker in workers:
+            if worker.alive:
+                worker.kill()
+    assert done.status is JobStatus.SUCCEEDED, done.error
+    assert await alices_rows(platform_db) == {"devices": 0, "telemetry": 0}
+    assert done.receipt is not None
+    devices = next(c for c in done.receipt["connectors"] if c["connector"] == "devices")
+    deleted = {e["dataset"]: e["deleted"] for e in devices["datasets"]}
+    assert deleted == before  # what really went, across every attempt
+    assert before["telemetry"] > 20_000
+    interrupted = devices.get("interrupted_attempts", [])
+    assert [i["outcome"] for i in interrupted] == ([outcome] if outcome else [])
+    (copy,) = done.receipt["handover_copies"]
+    assert copy["job"] == export.id and copy["archive_deleted"] and copy["status"] == "expired"
+    path = tmp_path / "receipt.json"
+    path.write_bytes(orjson.dumps(done.receipt))
+    keyring = KeyRing(redis, NAMESPACE, settings.archive_ttl)
+    assert verify_receipt_file(path, [jwk_public_key(k) for k in await keyring.active()]).ok

@@ -1,0 +1,95 @@
+"""What an erasure did across its attempts, from its journal (:func:`jobs.journal.tally`).
+
+The crash scenarios themselves run on real PostgreSQL with real worker processes in
+``tests/service/test_erasure_postgres.py``; these cover every rule of the judgement.
+"""
+
+from __future__ import annotations
+
+from jobs.journal import Attempt, Counts, tally
+
+
+def counts(**datasets: int) -> Counts:
+    return {name: {"deleted": n, "anonymised": 0} for name, n in datasets.items()}
+
+
+def attempt(n: int, *plans: Counts, confirmed: Counts | None = None) -> Attempt:
+    return Attempt(f"a{n}", f"2026-12-06T00:00:0{n}Z", list(plans), confirmed)
+
+
+def test_confirmed_attempts_add_up() -> None:
+    # The first attempt erased, then its verification failed; a retry erased the rest.
+    result = tally(
+        [
+            attempt(1, counts(rows=5), confirmed=counts(rows=5)),
+            attempt(2, counts(rows=2), confirmed=counts(rows=2)),
+        ],
+        journals_commits=True,
+    )
+    assert result.counts == {"rows": {"deleted": 7, "anonymised": 0}}
+    assert result.interrupted == ()
+
+
+def test_a_plan_whose_records_are_gone_was_committed() -> None:
+    result = tally(
+        [attempt(1, counts(rows=5, other=1)), attempt(2, counts(rows=0), confirmed=counts())],
+        journals_commits=True,
+    )
+    assert result.counts == {
+        "rows": {"deleted": 5, "anonymised": 0},
+        "other": {"deleted": 1, "anonymised": 0},
+    }
+    assert [(i.attempt, i.outcome) for i in result.interrupted] == [(1, "committed")]
+
+
+def test_an_only_step_whose_records_are_still_there_was_rolled_back() -> None:
+    result = tally(
+        [attempt(1, counts(rows=5)), attempt(2, counts(rows=6), confirmed=counts(rows=6))],
+        journals_commits=True,
+    )
+    assert result.counts == {"rows": {"deleted": 6, "anonymised": 0}}
+    assert [i.outcome for i in result.interrupted] == ["rolled back"]
+
+
+def test_earlier_steps_count_and_an_ambiguous_last_step_is_left_out_and_named() -> None:
+    # Three batches: the first two committed (the connector went on); of the third,
+    # counts alone cannot tell, as the next attempt still found records.
+    result = tally(
+        [
+            attempt(1, counts(rows=10), counts(rows=10), counts(rows=10)),
+            attempt(2, counts(rows=4), confirmed=counts(rows=4)),
+        ],
+        journals_commits=True,
+    )
+    assert result.counts == {"rows": {"deleted": 24, "anonymised": 0}}
+    (interrupted,) = result.interrupted
+    assert interrupted.outcome == "unknown"
+    statement = interrupted.statement()
+    assert statement["last_step_planned"] == counts(rows=10)
+    assert "could not be established" in statement["note"]
+
+
+def test_an_attempt_that_planned_nothing_changed_nothing_if_the_connector_journals() -> None:
+    history = [attempt(1), attempt(2, counts(rows=3), confirmed=counts(rows=3))]
+    assert tally(history, journals_commits=True).interrupted == ()
+    # A connector that does not journal may have changed anything: the receipt says so.
+    unjournaled = tally(history, journals_commits=False)
+    assert [i.outcome for i in unjournaled.interrupted] == ["unknown"]
+    assert unjournaled.counts == {"rows": {"deleted": 3, "anonymised": 0}}
+
+
+def test_an_interruption_is_judged_by_the_next_attempt_that_found_anything() -> None:
+    # Attempt 2 died before planning; attempt 3's findings judge attempt 1.
+    result = tally(
+        [attempt(1, counts(rows=5)), attempt(2), attempt(3, counts(), confirmed=counts())],
+        journals_commits=True,
+    )
+    assert result.counts["rows"]["deleted"] == 5
+    assert [i.outcome for i in result.interrupted] == ["committed"]
+
+
+def test_a_plan_of_nothing_is_not_an_interruption() -> None:
+    result = tally(
+        [attempt(1, counts(rows=0)), attempt(2, confirmed=counts(rows=0))], journals_commits=True
+    )
+    assert result.interrupted == ()
