@@ -52,6 +52,9 @@ What the contract checks:
   (blocked, still shown to the subject); the report counts what was deleted or
   anonymised per dataset, and what was retained with the rule's legal basis;
 - a second erasure succeeds and reports nothing new deleted or anonymised;
+- a connector that sets ``journals_commits`` calls ``before_commit`` in every real
+  erasure with counts adding up to its report, and never in a dry run; one that
+  does not set it never calls it;
 - erasing one subject leaves another subject's data alone;
 - a restriction answers a :class:`~connectors.reports.RestrictionReport` and,
   with ``dry_run``, changes nothing;
@@ -80,14 +83,14 @@ import posixpath
 import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import AsyncIterable, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, ClassVar, TypeVar
 
 import orjson
 
-from connectors.base import Connector
+from connectors.base import Connector, journaling
 from connectors.errors import ConnectorError, PermanentError, TransientError, Unidentified
 from connectors.items import Dataset, File, Record, Subject
 from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
@@ -259,6 +262,27 @@ def _check_erasure_report(connector: Connector, report: object) -> ErasureReport
     return report
 
 
+def _check_plans(
+    connector: Connector, plans: Sequence[ErasureReport], report: ErasureReport, *, dry_run: bool
+) -> None:
+    """``before_commit`` was called as :attr:`Connector.journals_commits` promises."""
+    if plans and dry_run:
+        raise AssertionError("erase called before_commit in a dry run, which commits nothing")
+    if plans and not connector.journals_commits:
+        raise AssertionError("erase calls before_commit: set journals_commits = True")
+    if dry_run or not connector.journals_commits:
+        return
+    for dataset in dict.fromkeys(entry.dataset for entry in report.datasets):
+        for count in ("deleted", "anonymised"):
+            planned = sum(getattr(plan.dataset(dataset), count) for plan in plans)
+            reported = getattr(report.dataset(dataset), count)
+            if planned != reported:
+                raise AssertionError(
+                    f"journals_commits: before_commit planned {planned} {count} in "
+                    f"{dataset!r}, but erase reported {reported}"
+                )
+
+
 def _check_restriction_report(connector: Connector, report: object) -> RestrictionReport:
     if not isinstance(report, RestrictionReport):
         raise AssertionError(f"restrict returned {type(report).__name__}, not a RestrictionReport")
@@ -362,11 +386,19 @@ class ConnectorContract(ABC):
     async def _erase(
         self, connector: Connector, subject: Subject, *, dry_run: bool
     ) -> ErasureReport:
-        report = await _guarded(
-            f"erase of {subject.id!r}",
-            connector.erase(subject, dry_run=dry_run, retention=self.retention()),
-        )
-        return _check_erasure_report(connector, report)
+        plans: list[ErasureReport] = []
+
+        async def record(planned: ErasureReport) -> None:
+            plans.append(_check_erasure_report(connector, planned))
+
+        with journaling(record):
+            report = await _guarded(
+                f"erase of {subject.id!r}",
+                connector.erase(subject, dry_run=dry_run, retention=self.retention()),
+            )
+        report = _check_erasure_report(connector, report)
+        _check_plans(connector, plans, report, dry_run=dry_run)
+        return report
 
     async def _holding_of_subject(self, connector: Connector) -> _Holding:
         holding = await _collect(connector, self.subject_with_data())

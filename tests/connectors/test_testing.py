@@ -278,6 +278,21 @@ class ReportsNothing(MemoryConnector):
         return ErasureReport()
 
 
+class PromisesAJournal(MemoryConnector):
+    """Says it journals its commits, and never calls before_commit."""
+
+    journals_commits: ClassVar[bool] = True
+
+
+class JournalsWithoutSaying(MemoryConnector):
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        report = await super().erase(subject, dry_run=dry_run, retention=retention)
+        await self.before_commit(report)
+        return report
+
+
 class SilentWhenDown(MemoryConnector):
     """Its processor is down, and it answers "nothing held" instead of failing."""
 
@@ -440,6 +455,16 @@ BROKEN = {
         broken(ReportsNothing),
         "test_erasure_leaves_only_retained_data",
         "counts none deleted or anonymised",
+    ),
+    "promises a journal": (
+        broken(PromisesAJournal),
+        "test_erasure_leaves_only_retained_data",
+        "before_commit planned 0 deleted in 'contacts', but erase reported 1",
+    ),
+    "journals without saying": (
+        broken(JournalsWithoutSaying),
+        "test_dry_run_erasure_changes_nothing",
+        "erase called before_commit in a dry run",
     ),
     "answers nothing without an identifier": (
         broken_by_email(AnswersNothingWithoutEmail),
