@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import random
 import uuid
@@ -68,6 +67,7 @@ from jobs.queue import QUEUE_NAME, REDIS_UNAVAILABLE, deserialize
 from jobs.resources import Resources
 from jobs.storage.base import StorageError
 from jobs.webhooks import DELIVER_TASK
+from jobs.webhooks import digest as webhook_digest
 
 log = logging.getLogger("handover.pipeline")
 
@@ -218,13 +218,13 @@ class Pipeline(ABC):
     async def notify(self, job: Job, event: str) -> None:
         """Queue a signed webhook to every configured URL (once per job, event and generation)."""
         for url in self.resources.settings.webhook_urls:
-            digest = hashlib.sha256(url.encode()).hexdigest()[:12]
+            target = webhook_digest(url)  # the task names the URL without its token
             await self.resources.redis.enqueue_job(
                 DELIVER_TASK,
-                url,
+                target,
                 job.id,
                 event,
-                _job_id=f"webhook:{digest}:{job.id}:{event}:{job.generation}",
+                _job_id=f"webhook:{target}:{job.id}:{event}:{job.generation}",
             )
 
     async def enqueue_runs(

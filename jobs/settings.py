@@ -25,6 +25,7 @@ from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connectors.registry import ConnectorConfig
+from jobs.webhooks import target_problem
 
 ENV_PREFIX = "HANDOVER_"
 
@@ -281,6 +282,7 @@ class Settings(BaseSettings):
     public_url: _Url = None
     webhook_urls: Annotated[tuple[str, ...], _parsed(_url_list)] = ()
     webhook_secret: _SecretText = None
+    webhook_allow_link_local: bool = False
     max_downloads: _Count = 0
     rate_limit: _Count = 120
     subject_rate_limit: _Count = 20
@@ -328,6 +330,13 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "HANDOVER_WEBHOOK_SECRET: required when HANDOVER_WEBHOOK_URLS is set"
             )
+        for url in () if self.webhook_allow_link_local else self.webhook_urls:
+            problem = target_problem(url)
+            if problem is not None:
+                raise SettingsError(
+                    f"HANDOVER_WEBHOOK_URLS: {problem}; refused unless "
+                    "HANDOVER_WEBHOOK_ALLOW_LINK_LOCAL=true"
+                )
         return self
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:

@@ -4,7 +4,11 @@ Each notification is a JSON POST to every configured URL, signed with
 HMAC-SHA256 over ``"{timestamp}.{body}"`` in the header
 ``Handover-Signature: t=<unix seconds>,v1=<hex>`` (reject old timestamps to stop
 replays), and delivered by a worker task retried with exponential backoff and
-jitter. Event types::
+jitter. Targets are checked twice: at start-up a URL naming a link-local or cloud metadata
+address is refused (unless ``HANDOVER_WEBHOOK_ALLOW_LINK_LOCAL``), and at delivery
+the host's resolved addresses are checked again (a name that resolves there is
+refused) and redirects are not followed. Tasks and logs name a URL by its digest or
+without its query, so a token in a webhook URL never reaches a log. Event types::
 
     job.created  job.succeeded  job.failed  job.canceled
     job.expiring_soon   an export's archive expires within a day, not yet downloaded
@@ -15,14 +19,18 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import random
+import socket
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import orjson
+from aiohttp.abc import AbstractResolver, ResolveResult
 
 from jobs.model import Job, iso, utcnow
 
@@ -31,8 +39,70 @@ DELIVER_TASK = "deliver_webhook"
 MAX_TRIES = 10
 
 
+#: Cloud metadata services by name (their addresses are link-local, refused anyway).
+METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data"})
+
+
 class DeliveryFailed(Exception):
     """The receiver did not accept the notification this time."""
+
+
+def digest(url: str) -> str:
+    """How tasks and logs name a webhook URL without revealing it (its query may hold a token)."""
+    return hashlib.sha256(url.encode()).hexdigest()[:12]
+
+
+def shown(url: str) -> str:
+    """``url`` as logs show it: without its query, fragment or credentials."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    netloc = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        netloc += f":{parts.port}"
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def forbidden_address(address: str) -> bool:
+    """Whether a webhook may not reach ``address``: link-local (cloud metadata lives
+    there), unspecified or multicast, IPv4 mapped into IPv6 included."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_link_local or ip.is_unspecified or ip.is_multicast
+
+
+def target_problem(url: str) -> str | None:
+    """Why ``url`` may not be a webhook target, judged from the URL alone; ``None`` if it may."""
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host in METADATA_HOSTS or forbidden_address(host):
+        return f"{shown(url)} names a link-local or cloud metadata address"
+    return None
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves as usual, then refuses a host whose addresses are all forbidden."""
+
+    def __init__(self, *, allow_link_local: bool = False) -> None:
+        self._resolver = aiohttp.ThreadedResolver()
+        self.allow_link_local = allow_link_local
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = [
+            result
+            for result in await self._resolver.resolve(host, port, family)
+            if self.allow_link_local or not forbidden_address(result["host"])
+        ]
+        if not results:
+            raise OSError(f"{host} resolves only to link-local or forbidden addresses")
+        return results
+
+    async def close(self) -> None:
+        await self._resolver.close()
 
 
 def payload(job: Job, event: str) -> dict[str, Any]:
@@ -83,6 +153,7 @@ class Sender:
     session: aiohttp.ClientSession
     secret: str
     timeout: float = 10.0
+    allow_link_local: bool = False
 
     async def send(self, url: str, body: bytes) -> None:
         """One delivery attempt; :class:`DeliveryFailed` unless the receiver answers 2xx."""
@@ -91,14 +162,27 @@ class Sender:
             SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
             "User-Agent": "Handover-Webhooks/1",
         }
+        problem = None if self.allow_link_local else target_problem(url)
+        if problem is not None:
+            raise DeliveryFailed(problem)
         try:
             async with self.session.post(
-                url, data=body, headers=headers, timeout=aiohttp.ClientTimeout(total=self.timeout)
+                url,
+                data=body,
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,  # a redirect could lead anywhere: not followed
             ) as response:
                 if not 200 <= response.status < 300:
-                    raise DeliveryFailed(f"{url} answered {response.status}")
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise DeliveryFailed(f"{url} unreachable: {type(exc).__name__}") from exc
+                    raise DeliveryFailed(f"{shown(url)} answered {response.status}")
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise DeliveryFailed(f"{shown(url)} unreachable: {type(exc).__name__}") from exc
+
+
+def session(*, allow_link_local: bool = False) -> aiohttp.ClientSession:
+    """An HTTP session for deliveries, resolving names through :class:`GuardedResolver`."""
+    resolver = GuardedResolver(allow_link_local=allow_link_local)
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver))
 
 
 def encode(document: dict[str, Any]) -> bytes:

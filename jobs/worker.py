@@ -14,7 +14,6 @@ from contextlib import AsyncExitStack, suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-import aiohttp
 import arq.worker
 from arq import cron
 from arq.connections import ArqRedis, log_redis_info
@@ -40,9 +39,11 @@ from jobs.search import JobQuery
 from jobs.settings import Settings
 from jobs.storage.base import ObjectMissing
 from jobs.storage.s3 import S3Store
-from jobs.webhooks import DELIVER_TASK, DeliveryFailed, Sender, encode, payload
+from jobs.webhooks import DELIVER_TASK, DeliveryFailed, Sender, encode, payload, shown
 from jobs.webhooks import MAX_TRIES as WEBHOOK_TRIES
 from jobs.webhooks import backoff as webhook_backoff
+from jobs.webhooks import digest as webhook_digest
+from jobs.webhooks import session as webhook_session
 
 log = logging.getLogger("handover.worker")
 
@@ -236,25 +237,31 @@ async def watch_deadlines(ctx: dict[str, Any]) -> int:
     return sent
 
 
-async def deliver_webhook(ctx: dict[str, Any], url: str, job_id: str, event: str) -> None:
+async def deliver_webhook(ctx: dict[str, Any], target: str, job_id: str, event: str) -> None:
     """Task: one webhook delivery, retried with backoff until the receiver accepts it.
 
     The task names the job, not its content, so no personal data sits in the queue
-    or in the worker's log of the task's arguments.
+    or in the worker's log of the task's arguments; and it names the configured URL
+    by its digest (:func:`jobs.webhooks.digest`), so no token in a URL does either.
     """
-    resources = _resources(ctx)
-    secret = resources.settings.webhook_secret
-    if secret is None:
-        log.error("webhook to %s dropped: HANDOVER_WEBHOOK_SECRET is not set", url)
+    settings = _resources(ctx).settings
+    url = next((u for u in settings.webhook_urls if webhook_digest(u) == target), None)
+    if url is None:
+        log.error("webhook %s dropped: that URL is no longer configured", target)
         return
-    body = encode(payload(await resources.store.get(job_id), event))
+    secret = settings.webhook_secret
+    if secret is None:
+        log.error("webhook to %s dropped: HANDOVER_WEBHOOK_SECRET is not set", shown(url))
+        return
+    body = encode(payload(await _resources(ctx).store.get(job_id), event))
+    allow = settings.webhook_allow_link_local
     try:
-        async with aiohttp.ClientSession() as session:
-            await Sender(session, secret.reveal()).send(url, body)
+        async with webhook_session(allow_link_local=allow) as session:
+            await Sender(session, secret.reveal(), allow_link_local=allow).send(url, body)
     except DeliveryFailed as exc:
         attempt = ctx["job_try"]
         if attempt >= WEBHOOK_TRIES:
-            log.error("webhook to %s given up after %d attempts: %s", url, attempt, exc)
+            log.error("webhook to %s given up after %d attempts: %s", shown(url), attempt, exc)
             return
         raise Retry(defer=webhook_backoff(attempt)) from exc
 

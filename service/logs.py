@@ -4,8 +4,10 @@ Every line is one JSON object (structlog renders stdlib records too: aiohttp,
 arq, botocore). Handover's own code never logs a subject's id or email: jobs
 are named by id, and where a subject must be named, by a keyed hash
 (:meth:`jobs.archive.signing.Signer.pseudonym`). As a second line of defence, a
-redaction step removes bearer tokens, JWTs and URL signatures from every line,
-and the access log records the matched route, never the raw path or query.
+redaction step removes bearer tokens, JWTs, URL signatures and tokens, and email
+addresses from every line; a malformed request is logged as its error's class, not
+its raw request line; and the access log records the matched route, never the raw
+path or query.
 """
 
 from __future__ import annotations
@@ -19,16 +21,19 @@ from typing import Any, TextIO
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 
 _SECRETS = [
     (re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [redacted]"),
     (re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"), "[jwt redacted]"),
     (
         re.compile(
-            r"(?i)(x-amz-signature|x-amz-credential|x-amz-security-token|signature)=[^&\s\"']+"
+            r"(?i)(x-amz-signature|x-amz-credential|x-amz-security-token|signature|token)"
+            r"=[^&\s\"']+"
         ),
         r"\1=[redacted]",
     ),
+    (re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}"), "[email redacted]"),
 ]
 
 
@@ -44,6 +49,22 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
         if isinstance(value, str):
             event[key] = redact(value)
     return event
+
+
+class _MalformedRequests(logging.Filter):
+    """aiohttp logs a malformed request with its raw request line (a path may hold an
+    email): keep one line naming the error's class, without the bytes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.msg, record.args = "malformed request refused (%s %s)", (
+                error.code,
+                type(error).__name__,
+            )
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"  # the client's fault
+        return True
 
 
 def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
@@ -72,6 +93,7 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     )
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
+    handler.addFilter(_MalformedRequests())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -82,7 +104,10 @@ class AccessLogger(AbstractAccessLogger):
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
         route = "unmatched"
-        match_info = getattr(request, "match_info", None)
+        try:
+            match_info = getattr(request, "match_info", None)
+        except AssertionError:  # a malformed request never reached the router
+            match_info = None
         resource = getattr(getattr(match_info, "route", None), "resource", None)
         if resource is not None and resource.canonical:
             route = resource.canonical

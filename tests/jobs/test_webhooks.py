@@ -1,4 +1,5 @@
-"""Webhooks reach the platform signed, once per event, retried until accepted."""
+"""Webhooks reach the platform signed, once per event, retried until accepted, and
+nowhere else: never a link-local or metadata address, never through a redirect."""
 
 from __future__ import annotations
 
@@ -19,8 +20,16 @@ from jobs.commands import Actor, Commands
 from jobs.export import ExportPipeline
 from jobs.kinds import build_pipelines
 from jobs.model import JobKind, JobStatus
-from jobs.settings import Secret
-from jobs.webhooks import SIGNATURE_HEADER, sign, verify
+from jobs.settings import Secret, Settings, SettingsError
+from jobs.webhooks import (
+    SIGNATURE_HEADER,
+    DeliveryFailed,
+    GuardedResolver,
+    Sender,
+    sign,
+    verify,
+)
+from jobs.webhooks import session as webhook_session
 from jobs.worker import create_worker, watch_deadlines
 from tests.factories import options_for
 
@@ -179,3 +188,81 @@ async def test_metrics_describe_jobs_connectors_and_archives(
     )
     assert int(archive_bytes.split()[-1]) > 100
     assert "# TYPE handover_job_duration_seconds histogram" in text
+
+
+async def test_a_token_in_a_webhook_url_stays_out_of_the_queue_and_the_logs(
+    resources_factory: Callable[..., Any],
+    redis: ArqRedis,
+    receiver: tuple[Receiver, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    state, url = receiver
+    secret_url = f"{url}?token=hook-token-{'t' * 20}"
+    crm = MemoryConnector("crm", records={"alice": {"contacts": [{"id": 1}]}})
+    async with resources_factory(
+        {"crm": crm}, webhook_urls=(secret_url,), webhook_secret=Secret(SECRET)
+    ) as resources:
+        job = await Commands(resources).request_export(Actor("alice", staff=False), subject="alice")
+        queued = await redis.keys("arq:job:*")
+        assert queued
+        for key in queued:
+            assert b"hook-token" not in (await redis.get(key) or b"")
+        with caplog.at_level("DEBUG"):
+            await run_worker(redis, resources)
+    assert [e["type"] for e in state.received] == ["job.created", "job.succeeded"]
+    assert [e["job"]["id"] for e in state.received] == [job.id, job.id]
+    # The receiver's own access log (in this process) is the platform's, not Handover's.
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name != "aiohttp.access")
+    assert "deliver_webhook" in ours  # arq logged each delivery, and
+    assert "hook-token" not in ours  # named the URL by its digest
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[fe80::1]/hooks",
+        "http://[::ffff:169.254.169.254]/hooks",
+        "http://metadata.google.internal/computeMetadata/v1/",
+        "http://0.0.0.0/hooks",
+    ],
+)
+def test_webhooks_to_link_local_or_metadata_addresses_stop_start_up(url: str) -> None:
+    environ = {"HANDOVER_WEBHOOK_URLS": url, "HANDOVER_WEBHOOK_SECRET": SECRET}
+    with pytest.raises(SettingsError, match="HANDOVER_WEBHOOK_URLS: .* link-local or cloud"):
+        Settings.load(environ)
+    allowed = Settings.load({**environ, "HANDOVER_WEBHOOK_ALLOW_LINK_LOCAL": "true"})
+    assert allowed.webhook_urls == (url,)
+
+
+async def test_a_name_resolving_to_a_link_local_address_is_refused_at_delivery() -> None:
+    resolver = GuardedResolver()
+    with pytest.raises(OSError, match="resolves only to link-local"):
+        await resolver.resolve("169.254.169.254", 80)
+    assert [r["host"] for r in await resolver.resolve("127.0.0.1", 80)] == ["127.0.0.1"]
+    await resolver.close()
+
+
+async def test_a_webhook_redirect_is_not_followed() -> None:
+    hits: list[str] = []
+
+    async def redirect(request: web.Request) -> web.Response:
+        hits.append("redirect")
+        raise web.HTTPTemporaryRedirect("/elsewhere")
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        hits.append("elsewhere")
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/hooks", redirect)
+    app.router.add_post("/elsewhere", elsewhere)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with webhook_session() as session:
+            with pytest.raises(DeliveryFailed, match="answered 307"):
+                await Sender(session, SECRET).send(str(server.make_url("/hooks")), b"{}")
+    finally:
+        await server.close()
+    assert hits == ["redirect"]

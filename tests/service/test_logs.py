@@ -27,10 +27,10 @@ def test_redaction_removes_tokens_and_signatures() -> None:
         "Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.sig "
         "and X-Amz-Signature=deadbeef&X-Amz-Credential=AKIA/x"
     )
-    clean = redact(line)
+    clean = redact(line + " POST /hook?token=t0p-secret for sam.o'brien+x@mail.example.org")
     assert "abcdef0123" not in clean and "deadbeef" not in clean and "eyJzdWIi" not in clean
-    assert "AKIA" not in clean
-    assert "signature=[redacted]" in clean
+    assert "AKIA" not in clean and "t0p-secret" not in clean and "mail.example" not in clean
+    assert "signature=[redacted]" in clean and "token=[redacted]" in clean
 
 
 async def wait_for(
@@ -97,6 +97,15 @@ async def test_a_full_export_and_erasure_log_nothing_personal(tmp_path: Path) ->
                 f"{base}/v1/jobs?subject={SUBJECT}", headers=headers
             ) as response:
                 assert response.status == 200
+        # Malformed requests carrying the subject's email in their request line.
+        for raw in (
+            f"GET /v1/jobs?email={EMAIL} HTTP/1.1 extra\r\nHost: x\r\n\r\n",
+            f"GET /v1/jobs/\x01{EMAIL} HTTP/1.1\r\nHost: x\r\n\r\n",
+        ):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(raw.encode())
+            assert (await reader.read(12)) == b"HTTP/1.0 400"
+            writer.close()
     finally:
         serve.terminate()
     lines = log.read_text().splitlines()
@@ -110,3 +119,4 @@ async def test_a_full_export_and_erasure_log_nothing_personal(tmp_path: Path) ->
     assert token not in text and token.split(".")[1] not in text
     assert not re.search(r"signature=[0-9a-f]{16}", text)
     assert '"route": "/v1/jobs/{job_id}"' in text  # the access log names routes, not paths
+    assert text.count("malformed request refused") == 2 and "Traceback" not in text
