@@ -493,3 +493,52 @@ def test_token_settings_are_read() -> None:
     assert settings.jwt_leeway == timedelta(minutes=2)
     assert Settings.load({}).jwt_leeway == timedelta(seconds=30)
     assert Settings.load({"HANDOVER_JWKS_URL": "http://127.0.0.1:8080/jwks"}).jwks_url
+
+
+async def test_keys_a_token_carries_or_points_to_are_never_trusted(
+    start_api: Callable[..., Awaitable[Call]], idp: IdentityProvider, rsa_key: SigningKey
+) -> None:
+    """``jwk``, ``jku`` and ``x5u`` headers name the attacker's own key: only the
+    identity provider's published set verifies, and the pointed-to URL is never fetched."""
+    attacker_fetches: list[str] = []
+    attacker = SigningKey("rsa-1", _private_rsa(), "RS256")
+
+    async def serve_keys(request: web.Request) -> web.Response:
+        attacker_fetches.append(request.path)
+        return web.json_response({"keys": [attacker.jwk()]})
+
+    app = web.Application()
+    app.router.add_get("/{name}", serve_keys)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        call = await start_api(jwks_url=idp.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
+        assert (await call(rsa_key.sign(claims())))[0] == 200
+        for header in (
+            {"jwk": attacker.jwk()},
+            {"jku": str(server.make_url("/jwks.json"))},
+            {"x5u": str(server.make_url("/cert.pem"))},
+        ):
+            for kid in ("rsa-1", "attacker"):
+                problem = _problem(*await call(attacker.sign(claims(), kid=kid, **header)), 401)
+                assert "signature does not verify" in problem["detail"] or (
+                    "'attacker' is not one the identity provider publishes" in problem["detail"]
+                ), (header, kid, problem)
+    finally:
+        await server.close()
+    assert attacker_fetches == []
+
+
+@pytest.mark.parametrize(
+    "kid",
+    ["../../../../etc/passwd", "rsa-1\x00", "' OR 1=1 --", "k" * 4000, "\u202ersa-1", ""],
+)
+async def test_hostile_kid_values_are_401_problems(
+    start_api: Callable[..., Awaitable[Call]],
+    idp: IdentityProvider,
+    rsa_key: SigningKey,
+    kid: str,
+) -> None:
+    call = await start_api(jwks_url=idp.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
+    problem = _problem(*await call(rsa_key.sign(claims(), kid=kid)), 401)
+    assert "key" in problem["detail"]
