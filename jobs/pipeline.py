@@ -22,6 +22,13 @@ which re-runs only those) or decides, with a reason, to go without it
 (:meth:`jobs.commands.Commands.go_without`: the run becomes ``not_asked`` and every
 signed document says so). Changes people ask for live in :mod:`jobs.commands`.
 
+Every job reaches an end. Staged output found gone at the finish is made again by
+running its connectors as a new generation, :data:`MAX_RESTAGES` times at most; a
+permanent storage error at the finish fails the job at once; a job that makes no
+progress however often the sweeper queues its work is failed by
+:meth:`Pipeline.fail_stalled`. Object storage failing is classed ``storage``
+(:func:`classify`), its text saying transient or permanent (:func:`error_text`).
+
 Subclasses say what a connector's work is (:meth:`Pipeline.work`) and what a
 finished job's result is (:meth:`Pipeline.complete`).
 """
@@ -34,9 +41,9 @@ import logging
 import random
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from arq.jobs import Job as ArqJob
@@ -61,6 +68,7 @@ from jobs.model import (
     Options,
     RunStatus,
     StagedPart,
+    iso,
     utcnow,
 )
 from jobs.queue import QUEUE_NAME, REDIS_UNAVAILABLE, deserialize
@@ -74,6 +82,9 @@ log = logging.getLogger("handover.pipeline")
 RESOLVE_TASK = "resolve_identity"
 RUN_TASK = "run_connector"
 FINISH_TASK = "finish"
+#: How many times a connector runs again because its staged output vanished before the
+#: finish; one more loss fails the job, naming the connectors and the missing objects.
+MAX_RESTAGES = 3
 
 
 @dataclass(frozen=True)
@@ -104,19 +115,55 @@ class Outcome:
     report: dict[str, Any] | None = None
 
 
+class StagingLost(Exception):
+    """Staged output that finished runs wrote is gone (e.g. the object store restarted empty).
+
+    ``missing`` maps each connector whose output is gone to the key it was staged at.
+    The finish step answers by running those connectors again (:data:`MAX_RESTAGES`
+    times at most), not by retrying a read that cannot succeed.
+    """
+
+    def __init__(self, missing: Mapping[str, str]) -> None:
+        self.missing = dict(sorted(missing.items()))
+        super().__init__(
+            "staged output gone: " + ", ".join(f"{n} ({k})" for n, k in self.missing.items())
+        )
+
+
 def error_text(exc: BaseException) -> str:
-    """An error as one bounded line for the job record."""
+    """An error as one bounded line for the job record; a storage error says which kind."""
     text = str(exc) or type(exc).__name__
+    if isinstance(exc, StorageError):
+        text = f"{exc.kind} storage error: {text}"
     return text if len(text) <= 500 else text[:497] + "..."
 
 
 def classify(exc: BaseException) -> str:
-    """The error classes the API reports: transient, permanent, or internal (a bug)."""
+    """The error classes the API reports: transient, permanent, storage, or internal (a bug).
+
+    ``storage`` is object storage failing (misconfigured, full, unreachable); whether
+    it is transient or permanent is in the error's text (:func:`error_text`).
+    """
+    if isinstance(exc, StorageError):
+        return "storage"
     if isinstance(exc, TransientError):
         return "transient"
     if isinstance(exc, ConnectorError):
         return "permanent"
     return "internal"
+
+
+def last_progress(job: Job) -> datetime:
+    """When the job last moved: its record changed, or one of its runs started or finished."""
+    moments = [job.updated_at]
+    for run in job.connectors.values():
+        moments += [m for m in (run.started_at, run.finished_at) if m is not None]
+    return max(moments)
+
+
+def progress_mark(job: Job) -> str:
+    """What changes whenever the job makes progress (the sweeper counts sweeps between)."""
+    return f"{job.generation}|{job.status.value}|{iso(last_progress(job))}"
 
 
 def run_task_id(job: Job, connector: str) -> str:
@@ -392,7 +439,7 @@ class Pipeline(ABC):
             run.status = RunStatus.RUNNING
             run.attempts += 1
             run.started_at = utcnow()
-            run.error = run.error_class = None
+            run.error = run.error_class = run.error_detail = None
 
         if (
             await store.update_run(
@@ -414,7 +461,8 @@ class Pipeline(ABC):
         except REDIS_UNAVAILABLE:
             raise  # Handover's own store, not the processor: the task is queued again
         except (TransientError, StorageError) as exc:
-            delay = self.retry_policy.delay(attempt, exc)
+            permanent = isinstance(exc, StorageError) and not exc.transient
+            delay = None if permanent else self.retry_policy.delay(attempt, exc)
             if delay is None:
                 await self._fail_run(job_id, name, generation, exc)
                 return
@@ -485,15 +533,19 @@ class Pipeline(ABC):
 
     async def _fail_run(self, job_id: str, name: str, generation: int, exc: BaseException) -> None:
         error_class = classify(exc)
-        message = error_text(exc)
+        message, detail = error_text(exc), getattr(exc, "detail", None)
         if error_class == "internal":
             log.error("connector %s failed unexpectedly in job %s", name, job_id, exc_info=exc)
+            # A bug's message may quote anything, the subject's data included: staff see
+            # its class, admins its text.
+            message, detail = f"internal error ({type(exc).__name__}), a bug", message
 
         def failed(run: ConnectorRun) -> None:
             run.status = RunStatus.FAILED
             run.finished_at = utcnow()
             run.error = message
             run.error_class = error_class
+            run.error_detail = detail
 
         after = await self.resources.store.update_run(
             job_id,
@@ -530,8 +582,13 @@ class Pipeline(ABC):
     async def finish(self, job_id: str, generation: int, attempt: int = 1) -> None:
         """End the job once every run has finished: its result, or a failure naming why.
 
-        Done under a lease, like a connector run. Object storage failing (the archive
-        upload) is retried with backoff; the archive is rewritten from the start.
+        Done under a lease, like a connector run. Object storage failing transiently
+        (the archive upload) is retried with backoff, the archive rewritten from the
+        start; once retries are spent the task fails and the sweeper queues it again,
+        until the job counts as stalled (:func:`jobs.worker.sweep`). A permanent
+        storage error fails the job at once, saying so. Staged output found gone is
+        made again: its connectors run again, as a new generation of the job
+        (:data:`MAX_RESTAGES` times at most).
         """
         unit = f"finish|{job_id}|{generation}|"
         task_args = [self.kinds[0].value, job_id, generation]
@@ -541,13 +598,174 @@ class Pipeline(ABC):
             try:
                 await self._finish(job_id, generation)
             except StorageError as exc:
+                if not exc.transient:
+                    await self._fail_finish(job_id, generation, exc)
+                    return
                 delay = self.retry_policy.delay(attempt, exc)
+                await self.resources.store.add_event(
+                    job_id,
+                    "finish.retrying" if delay is not None else "finish.error",
+                    "worker",
+                    {"error": error_text(exc), "error_class": "storage"},
+                )
                 if delay is None:
                     raise
-                await self.resources.store.add_event(
-                    job_id, "finish.retrying", "worker", {"error": error_text(exc)}
-                )
                 raise Retry(defer=delay) from exc
+
+    async def _fail_finish(self, job_id: str, generation: int, exc: StorageError) -> None:
+        """The finish met a storage error that trying again cannot mend: the job fails."""
+        message = error_text(exc)
+
+        def record_failure(job: Job) -> None:
+            if job.generation != generation:
+                raise _Moved
+            job.error = f"could not finish: {message}"
+
+        with contextlib.suppress(_Moved):
+            ended = await self.resources.store.transition(
+                job_id,
+                JobStatus.FAILED,
+                actor="worker",
+                expect={JobStatus.RUNNING},
+                change=record_failure,
+                data={"error": message, "error_class": "storage"},
+            )
+            if ended is not None:
+                await self.ended(ended)
+
+    async def _restage(self, job: Job, lost: StagingLost) -> None:
+        """Run again the connectors whose staged output is gone, as a new generation.
+
+        A new generation gives the runs fresh task ids, staging keys and a fresh finish,
+        and makes any late worker of the old one harmless. A connector whose output
+        was already made again :data:`MAX_RESTAGES` times fails instead, with the job.
+        """
+        names = sorted(lost.missing)
+        missing = [lost.missing[name] for name in names]
+        spent = [name for name in names if job.connectors[name].restages >= MAX_RESTAGES]
+        if spent:
+            await self._fail_restaging(job, lost, spent)
+            return
+        restage = max(job.connectors[name].restages for name in names) + 1
+
+        def restaged(current: Job) -> None:
+            if current.generation != job.generation:
+                raise _Moved
+            current.generation += 1
+            for name in names:
+                before = current.connectors[name]
+                current.connectors[name] = ConnectorRun(
+                    attempts=before.attempts, restages=before.restages + 1
+                )
+
+        with contextlib.suppress(_Moved):
+            after = await self.resources.store.modify(
+                job.id,
+                restaged,
+                actor="worker",
+                event="staging.lost",
+                data={
+                    "connectors": names,
+                    "missing": missing,
+                    "restage": restage,
+                    "max_restages": MAX_RESTAGES,
+                    "generation": job.generation + 1,
+                },
+                expect={JobStatus.RUNNING},
+            )
+            if after is not None:
+                log.warning("job %s: staged output of %s gone; run again", job.id, names)
+                await self.enqueue_runs(after)
+
+    async def _fail_restaging(self, job: Job, lost: StagingLost, spent: list[str]) -> None:
+        names = sorted(lost.missing)
+        gone = ", ".join(f"{name} ({lost.missing[name]})" for name in names)
+        reason = (
+            f"staged output vanished again after {MAX_RESTAGES} restages of "
+            f"{', '.join(spent)}; missing: {gone}"
+        )
+
+        def record_failure(current: Job) -> None:
+            if current.generation != job.generation:
+                raise _Moved
+            current.error = reason
+            now = utcnow()
+            for name in names:
+                run = current.connectors[name]
+                run.status = RunStatus.FAILED
+                run.finished_at = now
+                run.error = f"permanent storage error: staged output {lost.missing[name]!r} gone"
+                run.error_class = "storage"
+
+        with contextlib.suppress(_Moved):
+            ended = await self.resources.store.transition(
+                job.id,
+                JobStatus.FAILED,
+                actor="worker",
+                expect={JobStatus.RUNNING},
+                change=record_failure,
+                data={
+                    "connectors": names,
+                    "missing": [lost.missing[name] for name in names],
+                    "error": reason,
+                    "error_class": "storage",
+                },
+            )
+            if ended is not None:
+                await self.ended(ended)
+
+    async def fail_stalled(self, job: Job, sweeps: int) -> Job | None:
+        """End a live job whose work was queued again ``sweeps`` times without progress.
+
+        Fails it, saying what never finished and the last error seen, unless it made
+        progress meanwhile (then ``None``). Failed, not ``needs_attention``: nothing
+        a person supplies resumes it, while a retry (:meth:`jobs.commands.Commands.retry`)
+        runs its unfinished work again as a new generation.
+        """
+        since = last_progress(job)
+        unsettled = sorted(n for n, run in job.connectors.items() if not run.status.settled)
+        if not job.identity.resolved or job.status is JobStatus.QUEUED:
+            stuck = "its identity step never completed"
+        elif unsettled:
+            stuck = "connector(s) never finished: " + ", ".join(
+                f"{name} ({job.connectors[name].status.value})" for name in unsettled
+            )
+        else:
+            stuck = "its finish step never completed"
+        errors = [
+            event.data["error"]
+            for event in await self.resources.store.events(job.id)
+            if event.at >= since and isinstance(event.data.get("error"), str)
+        ]
+        reason = (
+            f"stalled: no progress since {iso(since)} though its work was queued again "
+            f"{sweeps} times; {stuck}" + (f"; last error: {errors[-1]}" if errors else "")
+        )
+
+        def record_failure(current: Job) -> None:
+            if current.generation != job.generation or last_progress(current) != since:
+                raise _Moved  # it moved after all
+            current.error = reason
+            now = utcnow()
+            for name in unsettled:
+                run = current.connectors[name]
+                run.error = f"stalled: never finished ({run.status.value} when given up)"
+                run.status = RunStatus.FAILED
+                run.finished_at = now
+
+        with contextlib.suppress(_Moved):
+            ended = await self.resources.store.transition(
+                job.id,
+                JobStatus.FAILED,
+                actor="watchdog",
+                expect={job.status},
+                change=record_failure,
+                data={"error": reason, "sweeps": sweeps},
+            )
+            if ended is not None:
+                await self.ended(ended)
+            return ended
+        return None
 
     async def _finish(self, job_id: str, generation: int) -> None:
         store = self.resources.store
@@ -590,7 +808,11 @@ class Pipeline(ABC):
             run.status in {RunStatus.SUCCEEDED, RunStatus.NOT_ASKED}
             for run in job.connectors.values()
         ):
-            change = await self.complete(job)
+            try:
+                change = await self.complete(job)
+            except StagingLost as lost:
+                await self._restage(job, lost)
+                return
             ended = await store.transition(
                 job_id,
                 JobStatus.SUCCEEDED,
@@ -636,6 +858,10 @@ class Pipeline(ABC):
             )
             with contextlib.suppress(TimeoutError):
                 await arq_job.abort(timeout=0)
+
+
+class _Moved(Exception):
+    """The job moved on (a new generation, or progress) since it was read: change nothing."""
 
 
 def _needs(identifiers: Iterable[str]) -> str:

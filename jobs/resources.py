@@ -1,34 +1,61 @@
-"""What a Handover process shares between requests and jobs, opened and closed in one place."""
+"""What a Handover process shares between requests and jobs, opened and closed in one place.
+
+Opening checks what a process needs before it says it runs, and stops it with
+:class:`StartupError`, one line naming the setting and the cause, when something is
+missing: Redis that does not answer (``HANDOVER_REDIS_URL``), an embedded store that
+cannot run (``HANDOVER_DATA_DIR``), object storage that cannot be used
+(``HANDOVER_S3_ENDPOINT_URL``, ``HANDOVER_S3_BUCKET``) and a connector whose
+``check()`` finds it misconfigured, or whose database (the platform's own) cannot be
+used (its ``[connectors.NAME]`` table). A third-party processor that cannot be reached
+at that moment only gets a warning: its runs retry.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import logging
+import shutil
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 
-from arq.connections import ArqRedis
+from arq.connections import ArqRedis, create_pool
+from botocore.exceptions import ClientError
+from redis.exceptions import RedisError
 
 from connectors import demo
 from connectors.base import Connector
 from connectors.demo import seed_demo_database
+from connectors.errors import ConnectorError, ConnectorLoadError, TransientError
 from connectors.registry import ConnectorConfig, build_connectors
 from jobs.archive.signing import Signer
 from jobs.audit import AuditLog
+from jobs.embedded import EmbeddedStoreError, embedded_store, exclusive_store
 from jobs.idempotency import IdempotencyStore
 from jobs.identity import IdentityConfigError, plan_sources
 from jobs.keyring import KeyRing
 from jobs.leases import Leases
 from jobs.metrics import Metrics
-from jobs.queue import API_RETRIES, Queue, connect, embedded_redis
+from jobs.queue import API_RETRIES, Queue, connect, redis_settings
 from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings, SettingsError
-from jobs.storage.base import ObjectStore
+from jobs.storage.base import ObjectStore, StorageError
 from jobs.storage.local import LocalStore, load_link_secret
 from jobs.storage.s3 import S3Store
 from jobs.store import JobStore
 
+log = logging.getLogger("handover.resources")
+
 DEMO_DATABASE = "demo-platform.sqlite3"
 NAMESPACE = "handover:"
+#: Longest a connector's start-up check may take before the process gives up on it.
+CONNECTOR_CHECK_TIMEOUT = 20.0
+
+
+class StartupError(Exception):
+    """What a process needs at start cannot be had; the message is one line naming the setting."""
 
 
 def demo_connector_configs(settings: Settings) -> tuple[ConnectorConfig, ...]:
@@ -111,22 +138,33 @@ async def open_resources(
     then the request fails (503) instead of hanging. Workers pass their own, patient
     connection.
     """
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        settings.data_dir.chmod(0o700)  # one made by an older version, or by hand: private
+    except OSError as exc:
+        raise StartupError(f"HANDOVER_DATA_DIR: cannot use {settings.data_dir}: {exc}") from None
     async with AsyncExitStack() as stack:
         if redis is None:
             if settings.redis_url is None:
-                redis = embedded_redis()
+                try:
+                    url = await stack.enter_async_context(embedded_store(settings.data_dir))
+                except EmbeddedStoreError as exc:
+                    raise StartupError(str(exc)) from None
             else:
-                redis = await connect(settings.redis_url.reveal(), retries=redis_retries)
+                url = settings.redis_url.reveal()
+                await probe_redis(url)
+            redis = await connect(url, retries=redis_retries)
             stack.push_async_callback(redis.aclose)
         if storage is None:
             storage = open_storage(settings)
             stack.push_async_callback(storage.close)
+            await _check_storage(settings, storage)
         if connectors is None:
-            connectors = build_connectors(list(connector_configs(settings)))
+            connectors = _build_connectors(settings)
             for connector in connectors.values():
                 await connector.open()
                 stack.push_async_callback(connector.close)
+            await _check_connectors(connectors, configured=bool(settings.connectors))
         try:
             sources = plan_sources(connectors, (name for _, name in settings.identity_claims))
         except IdentityConfigError as exc:
@@ -150,3 +188,131 @@ async def open_resources(
             idempotency=IdempotencyStore(redis, namespace),
             identity_sources=sources,
         )
+
+
+def _build_connectors(settings: Settings) -> dict[str, Connector]:
+    """The connectors the settings name; one that cannot be built stops us, naming its table."""
+    if not settings.connectors:
+        return build_connectors(list(connector_configs(settings)))
+    built: dict[str, Connector] = {}
+    for config in settings.connectors:
+        try:
+            built.update(build_connectors([config]))
+        except ConnectorLoadError as exc:
+            raise SettingsError(f"HANDOVER_CONFIG: [connectors.{config.name}]: {exc}") from None
+    return built
+
+
+async def probe_redis(url: str) -> None:
+    """Stop at once, in one line, when ``url`` is malformed or its Redis cannot be used.
+
+    One attempt, no retries: a process that starts without its Redis says so instead
+    of retrying in the background while it looks alive.
+    """
+    try:
+        settings = dataclasses.replace(redis_settings(url, retries=0), conn_retries=0)
+    except (ValueError, RuntimeError) as exc:
+        raise SettingsError(f"HANDOVER_REDIS_URL: {exc}") from None
+    where = settings.unix_socket_path or f"{settings.host}:{settings.port}"
+    try:
+        client = await create_pool(settings)
+    except (TimeoutError, RedisError, OSError) as exc:
+        raise StartupError(f"HANDOVER_REDIS_URL: Redis at {where} cannot be used: {exc}") from None
+    await client.aclose()
+
+
+async def _check_storage(settings: Settings, storage: ObjectStore) -> None:
+    try:
+        await storage.check()
+    except StorageError as exc:
+        if settings.s3_bucket is None:
+            raise StartupError(f"HANDOVER_DATA_DIR: local object storage: {exc}") from None
+        endpoint = settings.s3_endpoint_url or "AWS"
+        if isinstance(exc.__cause__, ClientError):  # S3 answered: no such bucket, or no access
+            raise StartupError(
+                f"HANDOVER_S3_BUCKET: bucket {settings.s3_bucket!r} at {endpoint} "
+                f"cannot be used: {exc}"
+            ) from None
+        raise StartupError(
+            f"HANDOVER_S3_ENDPOINT_URL: {endpoint} cannot be reached: {exc}"
+        ) from None
+
+
+async def _check_connector(connector: Connector) -> tuple[str, bool] | None:
+    """What is wrong with ``connector`` and whether it stops start-up; None when its check passes.
+
+    A misconfiguration (a permanent error: credentials refused, a table missing, a
+    connector's own bug) stops it, and so does any failure of a processor that is part
+    of the platform (:attr:`Connector.needed_at_start`: its database). A third-party
+    processor that merely cannot be reached now does not: its runs retry, and the
+    process says so in one warning.
+    """
+    try:
+        await asyncio.wait_for(connector.check(), CONNECTOR_CHECK_TIMEOUT)
+    except TimeoutError:
+        problem = f"its check did not answer within {CONNECTOR_CHECK_TIMEOUT:.0f} s"
+        return problem, connector.needed_at_start
+    except TransientError as exc:
+        return str(exc), connector.needed_at_start
+    except ConnectorError as exc:
+        return str(exc), True
+    except Exception as exc:  # a third-party connector's own bug: still one line
+        return f"{type(exc).__name__}: {exc}", True
+    return None
+
+
+async def _check_connectors(connectors: Mapping[str, Connector], *, configured: bool) -> None:
+    """Stop, naming the first connector that cannot be used at start (all checked at once)."""
+    outcomes = await asyncio.gather(*(_check_connector(c) for c in connectors.values()))
+    for name, outcome in zip(connectors, outcomes, strict=True):
+        if outcome is None:
+            continue
+        problem, stops = outcome
+        if not stops:
+            log.warning(
+                "connector %s: its processor cannot be reached now (%s); its runs will retry",
+                name,
+                problem,
+            )
+            continue
+        if configured:
+            raise StartupError(f"HANDOVER_CONFIG: [connectors.{name}] cannot be used: {problem}")
+        raise StartupError(
+            f"HANDOVER_DATA_DIR: the demo connector {name!r} cannot be used: {problem}"
+        )
+
+
+async def reset_demo(settings: Settings) -> None:
+    """A fresh demo: the demo platform's data as first seeded, and no jobs.
+
+    Clears the embedded store (jobs, queue, audit log) and the archives on local disk,
+    and seeds the demo database again. Keeps the signing key, the JWT secret (tokens
+    stay valid) and the download links' secret. Refused when connectors are
+    configured (not the demo), on a shared Redis, and while a ``handover serve`` runs on
+    the data dir.
+    """
+    if settings.connectors:
+        raise SettingsError(
+            "HANDOVER_CONFIG: connectors are configured; `handover demo reset` resets the "
+            "demo platform only"
+        )
+    if settings.redis_url is not None:
+        raise SettingsError(
+            "HANDOVER_REDIS_URL: set; `handover demo reset` clears the embedded store only"
+        )
+    try:
+        async with exclusive_store(settings.data_dir) as store:
+            store.clear()
+            _reseed_demo(settings)
+    except EmbeddedStoreError as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _reseed_demo(settings: Settings) -> None:
+    """Delete the archives on local disk and the demo database, then seed it again."""
+    if settings.s3_bucket is None:
+        shutil.rmtree(settings.data_dir / "objects", ignore_errors=True)
+    database = settings.data_dir / DEMO_DATABASE
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{database}{suffix}").unlink(missing_ok=True)
+    seed_demo_database(database)

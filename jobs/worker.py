@@ -14,16 +14,16 @@ from contextlib import AsyncExitStack, suppress
 from datetime import datetime, timedelta
 from typing import Any
 
-import arq.worker
 from arq import cron
-from arq.connections import ArqRedis, log_redis_info
+from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.worker import Retry, Worker, func
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.base import Connector
+from jobs.arqworker import PatientWorker
+from jobs.epoch import Epochs, EpochWatch
 from jobs.kinds import build_pipelines
 from jobs.model import Job, JobKind, JobStatus, utcnow
 from jobs.pipeline import (
@@ -32,8 +32,11 @@ from jobs.pipeline import (
     RUN_TASK,
     Pipeline,
     RetryPolicy,
+    last_progress,
+    progress_mark,
 )
-from jobs.queue import HEALTH_CHECK_KEY, QUEUE_NAME, deserialize, serialize
+from jobs.queue import HEALTH_CHECK_KEY, QUEUE_NAME, REDIS_UNAVAILABLE, deserialize, serialize
+from jobs.reconcile import ReconcileError, Reconciler
 from jobs.resources import Resources, open_resources
 from jobs.search import JobQuery
 from jobs.settings import Settings
@@ -49,24 +52,23 @@ log = logging.getLogger("handover.worker")
 
 _PIPELINES = "handover_pipelines"
 _STACK = "handover_stack"
+_EPOCH = "handover_epoch"
 FINISH_TIMEOUT = timedelta(hours=6)
 EXPIRING_SOON = timedelta(days=1)
 EVERY_5_MINUTES = set(range(0, 60, 5))
 EVERY_10_SECONDS = set(range(0, 60, 10))
+EVERY_5_SECONDS = set(range(0, 60, 5))
+#: Seconds between a worker's heartbeats (arq's health key, which lives a second longer):
+#: short, so that readiness finds a worker again soon after Redis lost its data.
+HEALTH_CHECK_INTERVAL = 5
 SWEEP_QUIET = timedelta(seconds=30)
+#: A live job whose work the sweeper queued again this many times with no progress in
+#: between (no run started or finished, the job unchanged) is failed at the next sweep.
+STALL_SWEEPS = 5
+#: How long the sweeper remembers a job's sweeps after its last one.
+SWEEP_MEMORY = timedelta(days=1)
 #: On SIGTERM, running work gets this long to finish before it is canceled and re-queued.
 SHUTDOWN_GRACE_SECONDS = 10
-
-
-async def _log_redis_info(redis: ArqRedis, log_func: Any) -> None:
-    """arq's start-up INFO log, tolerating the embedded store, which has no INFO command."""
-    try:
-        await log_redis_info(redis, log_func)
-    except ResponseError:
-        log_func("redis: embedded in-process store")
-
-
-arq.worker.log_redis_info = _log_redis_info  # type: ignore[attr-defined,assignment]
 
 
 def pipelines(ctx: Mapping[str, Any]) -> dict[JobKind, Pipeline]:
@@ -128,6 +130,31 @@ async def _waiting_in_queue(resources: Resources, job: Job) -> bool:
     return not all(running)
 
 
+def _sweeps_key(resources: Resources, job_id: str) -> str:
+    return f"{resources.store.ns}sweeps:{job_id}"
+
+
+async def _sweeps_without_progress(resources: Resources, job: Job) -> int:
+    """How many times the sweeper queued the job's work again since it last progressed.
+
+    Kept in Redis beside the job (any worker's sweeper continues the count) as the
+    progress mark (:func:`jobs.pipeline.progress_mark`) and the count since that mark.
+    """
+    redis: Any = resources.redis  # redis-py types async results as sync-or-async unions
+    raw = await redis.hgetall(_sweeps_key(resources, job.id))
+    if raw.get(b"mark", b"").decode() != progress_mark(job):
+        return 0
+    return int(raw.get(b"count", 0))
+
+
+async def _count_sweep(resources: Resources, job: Job, count: int) -> None:
+    key = _sweeps_key(resources, job.id)
+    async with resources.redis.pipeline(transaction=True) as pipe:
+        pipe.hset(key, mapping={"mark": progress_mark(job), "count": count})
+        pipe.expire(key, SWEEP_MEMORY)
+        await pipe.execute()
+
+
 async def sweep(ctx: dict[str, Any], now: datetime | None = None) -> int:
     """Cron, every 10 s: queue again any live job's work that nothing has touched for 30 s.
 
@@ -136,6 +163,13 @@ async def sweep(ctx: dict[str, Any], now: datetime | None = None) -> int:
     finished. Queuing is idempotent (deterministic task ids), so sweeping a job
     whose task is merely waiting in the queue changes nothing. ``now`` is the
     current time (tests pass one).
+
+    Never forever: the sweeps of a job are counted (in Redis) until it progresses,
+    and a job swept :data:`STALL_SWEEPS` times with no progress in between, for
+    ``HANDOVER_STALL_TIMEOUT`` or longer (an object store down for a few minutes must
+    not fail jobs), is failed at the next sweep, with the reason
+    (:meth:`jobs.pipeline.Pipeline.fail_stalled`).
+    Returns how many jobs it queued again or ended.
     """
     resources = _resources(ctx)
     store = resources.store
@@ -146,10 +180,7 @@ async def sweep(ctx: dict[str, Any], now: datetime | None = None) -> int:
             job = await store.get(job_id)
             if job.not_before is not None and now < job.not_before:
                 continue
-            moments = [job.updated_at]
-            for run in job.connectors.values():
-                moments += [m for m in (run.started_at, run.finished_at) if m is not None]
-            if now - max(moments) < SWEEP_QUIET:
+            if now - last_progress(job) < SWEEP_QUIET:
                 continue
             if await store.subject_busy_with_another(job.subject, job.id):
                 continue
@@ -158,6 +189,14 @@ async def sweep(ctx: dict[str, Any], now: datetime | None = None) -> int:
             if await _waiting_in_queue(resources, job):
                 continue
             pipeline = pipelines(ctx)[job.kind]
+            sweeps = await _sweeps_without_progress(resources, job)
+            stalled_for = now - last_progress(job)
+            if sweeps >= STALL_SWEEPS and stalled_for >= resources.settings.stall_timeout:
+                if await pipeline.fail_stalled(job, sweeps) is not None:
+                    log.warning("job %s failed: no progress through %d sweeps", job.id, sweeps)
+                    await resources.redis.delete(_sweeps_key(resources, job.id))
+                    swept += 1
+                continue
             if (
                 job.status is JobStatus.RUNNING
                 and job.identity.resolved
@@ -166,7 +205,10 @@ async def sweep(ctx: dict[str, Any], now: datetime | None = None) -> int:
                 await pipeline.fan_in(job, again=True)
             else:
                 await pipeline.enqueue_runs(job, again=True)
-            await store.add_event(job.id, "swept", "watchdog", {})
+            await _count_sweep(resources, job, sweeps + 1)
+            await store.add_event(
+                job.id, "swept", "watchdog", {"without_progress": sweeps + 1, "of": STALL_SWEEPS}
+            )
             swept += 1
     return swept
 
@@ -266,6 +308,41 @@ async def deliver_webhook(ctx: dict[str, Any], target: str, job_id: str, event: 
         raise Retry(defer=webhook_backoff(attempt)) from exc
 
 
+async def check_epoch(ctx: dict[str, Any]) -> bool:
+    """Cron, every 5 s: whether Redis lost its data since this worker joined its epoch.
+
+    Not unique: each worker queues a check each time, and the worker that runs one
+    checks its own memory (:class:`jobs.epoch.EpochWatch`): it logs the loss once,
+    records it and publishes its signing key again.
+    """
+    watch: EpochWatch | None = ctx.get(_EPOCH)
+    if watch is None:  # inside the API, which watches for the whole process
+        return False
+    try:
+        return await watch.check() is not None
+    except REDIS_UNAVAILABLE:  # readiness says so; the next check tries again
+        return False
+
+
+async def reconcile_storage(ctx: dict[str, Any], now: datetime | None = None) -> int:
+    """Cron, hourly: delete the archives and staged parts no job owns (:mod:`jobs.reconcile`).
+
+    Only folders older than ``HANDOVER_RECONCILE_MIN_AGE``; returns how many were
+    deleted. ``now`` is the current time (tests pass one).
+    """
+    resources = _resources(ctx)
+    try:
+        result = await Reconciler.of(resources).run(
+            min_age=resources.settings.reconcile_min_age, actor="cleanup", now=now
+        )
+    except ReconcileError as exc:
+        log.warning("storage not reconciled: %s", exc)
+        return 0
+    if result.deleted:
+        log.info("storage reconciled: %s", "; ".join(result.lines()))
+    return len(result.deleted)
+
+
 class WorkerContext:
     """Builds the ``on_startup`` / ``on_shutdown`` pair for given settings."""
 
@@ -277,12 +354,14 @@ class WorkerContext:
         connectors: Mapping[str, Connector] | None = None,
         resources: Resources | None = None,
         retry_policy: RetryPolicy | None = None,
+        watch_epoch: bool = True,
     ) -> None:
         self.settings = settings
         self.redis = redis
         self.connectors = connectors
         self.resources = resources
         self.retry_policy = retry_policy
+        self.watch_epoch = watch_epoch
 
     async def on_startup(self, ctx: dict[str, Any]) -> None:
         stack = AsyncExitStack()
@@ -293,6 +372,8 @@ class WorkerContext:
             )
         if isinstance(resources.storage, S3Store):
             await resources.storage.ensure_lifecycle(resources.prefix, self.settings.archive_ttl)
+        if self.watch_epoch:
+            ctx[_EPOCH] = await _join_epoch(resources)
         await resources.keyring.publish(resources.signer)
         ctx[_STACK] = stack
         ctx[_PIPELINES] = build_pipelines(resources, self.retry_policy)
@@ -301,6 +382,15 @@ class WorkerContext:
         stack = ctx.pop(_STACK, None)
         if stack is not None:
             await stack.aclose()
+
+
+async def _join_epoch(resources: Resources) -> EpochWatch:
+    async def publish_key() -> None:
+        await resources.keyring.publish(resources.signer)
+
+    watch = EpochWatch(Epochs(resources.redis, resources.store.ns), on_lost=publish_key)
+    await watch.start()
+    return watch
 
 
 def create_worker(
@@ -313,13 +403,23 @@ def create_worker(
     burst: bool = False,
     poll_delay: float | None = None,
     handle_signals: bool = True,
+    watch_epoch: bool = True,
 ) -> Worker:
-    """An arq worker for Handover's tasks on ``redis``."""
+    """An arq worker for Handover's tasks on ``redis``.
+
+    ``watch_epoch=False`` leaves noticing a Redis that lost its data to the API the
+    worker runs inside (``handover serve``), which watches for the whole process.
+    """
     context = WorkerContext(
-        settings, redis=redis, connectors=connectors, resources=resources, retry_policy=retry_policy
+        settings,
+        redis=redis,
+        connectors=connectors,
+        resources=resources,
+        retry_policy=retry_policy,
+        watch_epoch=watch_epoch,
     )
     connector_timeout = settings.connector_timeout.total_seconds() + 60
-    return Worker(
+    return PatientWorker(
         functions=[
             # keep_result=0: a run that found its subject busy can be queued again when woken.
             func(
@@ -348,6 +448,8 @@ def create_worker(
                 watchdog, name="watchdog", second=EVERY_10_SECONDS, unique=True, run_at_startup=True
             ),
             cron(sweep, name="sweep", second={5, 15, 25, 35, 45, 55}, unique=True),
+            cron(check_epoch, name="check_epoch", second=EVERY_5_SECONDS, unique=False),
+            cron(reconcile_storage, name="reconcile_storage", minute={30}, unique=True),
         ],
         queue_name=QUEUE_NAME,
         redis_pool=redis,
@@ -362,7 +464,7 @@ def create_worker(
         job_serializer=serialize,
         job_deserializer=deserialize,
         health_check_key=HEALTH_CHECK_KEY,
-        health_check_interval=30,
+        health_check_interval=HEALTH_CHECK_INTERVAL,
         keep_result=3600,
         allow_abort_jobs=True,
         job_completion_wait=SHUTDOWN_GRACE_SECONDS,

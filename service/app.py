@@ -11,18 +11,20 @@ from importlib.metadata import version
 from aiohttp import web
 
 from jobs.commands import Commands
+from jobs.epoch import Epochs, EpochWatch
 from jobs.queue import connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings, SettingsError
 from jobs.worker import create_worker
 from service.api.handlers import MAX_BODY_BYTES
-from service.api.middleware import problem_middleware
+from service.api.middleware import nosniff, problem_middleware
 from service.api.operations import add_routes
 from service.appkeys import AUTHORITY, COMMANDS, RESOURCES, SETTINGS
 from service.auth import TokenAuthority, load_or_create_secret
 from service.dashboard import add_dashboard_routes
 from service.docs import add_doc_routes
 from service.idempotency import idempotency_middleware
+from service.proxies import forwarded_middleware
 from service.ratelimit import rate_limit_middleware
 
 
@@ -34,7 +36,13 @@ def jwt_secret(settings: Settings) -> str | None:
     if settings.jwt_secret is not None:
         return settings.jwt_secret.reveal()
     if settings.embedded_redis:
-        return load_or_create_secret(settings.data_dir / "jwt-secret")
+        path = settings.data_dir / "jwt-secret"
+        try:
+            return load_or_create_secret(path)
+        except OSError as exc:
+            raise SettingsError(
+                f"HANDOVER_DATA_DIR: cannot keep the JWT secret in {path}: {exc}"
+            ) from None
     if settings.jwks_url is not None:
         return None
     raise SettingsError(
@@ -52,13 +60,20 @@ def create_app(
     """The Handover API; with ``run_worker`` a worker runs inside the same process."""
     settings = settings or Settings.load()
     app = web.Application(
-        middlewares=[problem_middleware, rate_limit_middleware, idempotency_middleware],
+        middlewares=[
+            forwarded_middleware,
+            problem_middleware,
+            rate_limit_middleware,
+            idempotency_middleware,
+        ],
         client_max_size=MAX_BODY_BYTES,
     )
+    app.on_response_prepare.append(nosniff)
     app[SETTINGS] = settings
     secret = jwt_secret(settings)
     app[AUTHORITY] = TokenAuthority.from_settings(settings, secret)
     app.cleanup_ctx.append(_resources_ctx(resources))
+    app.cleanup_ctx.append(_epoch_ctx)
     if run_worker:
         app.cleanup_ctx.append(_worker_ctx)
     add_routes(app)
@@ -83,6 +98,29 @@ def _resources_ctx(
     return resources_ctx
 
 
+async def _epoch_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Join Redis's epoch, publish the signing key, and watch for Redis losing its data.
+
+    The API signs nothing itself: it publishes the key workers sign with when they
+    share it (``HANDOVER_SIGNING_KEY_FILE``), at start and again after a loss, so that
+    ``/v1/keys`` lists it even before a worker does.
+    """
+    resources = app[RESOURCES]
+
+    async def publish_key() -> None:
+        if resources.settings.signing_key_file is not None:
+            await resources.keyring.publish(resources.signer)
+
+    watch = EpochWatch(Epochs(resources.redis, resources.store.ns), on_lost=publish_key)
+    await watch.start()
+    await publish_key()
+    task = asyncio.create_task(watch.watch())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     resources = app[RESOURCES]
     settings = app[SETTINGS]
@@ -90,7 +128,9 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     redis = resources.redis
     if settings.redis_url is not None:
         redis = await connect(settings.redis_url.reveal())
-    worker = create_worker(settings, redis=redis, resources=resources, handle_signals=False)
+    worker = create_worker(
+        settings, redis=redis, resources=resources, handle_signals=False, watch_epoch=False
+    )
     task = asyncio.create_task(worker.async_run())
     yield
     task.cancel()

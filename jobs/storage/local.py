@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import hmac
 import os
@@ -18,14 +19,39 @@ import secrets
 import shutil
 import time
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote, urlencode
 
-from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectWriter, StorageError
+from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectWriter, StorageError, StoredObject
 
 LINK_PATH = "/v1/objects/"
+
+#: What a disk answers that stays until someone acts: full, over quota, read-only, forbidden.
+PERMANENT_ERRNOS = frozenset(
+    {
+        errno.ENOSPC,
+        errno.EDQUOT,
+        errno.EROFS,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EFBIG,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENAMETOOLONG,
+    }
+)
+
+
+def _error(exc: OSError, action: str, key: str) -> StorageError:
+    """The file system's error as Handover's: permanent for a full, read-only or forbidden
+    disk, transient otherwise (an I/O error or a busy device may pass)."""
+    reason = exc.strerror or str(exc)
+    return StorageError(
+        f"local store cannot {action} {key!r}: {reason}",
+        transient=exc.errno not in PERMANENT_ERRNOS,
+    )
 
 
 def load_link_secret(path: Path) -> bytes:
@@ -42,35 +68,55 @@ def load_link_secret(path: Path) -> bytes:
     return bytes.fromhex(secret)
 
 
-class LocalWriter:
-    """Streams into a temporary file beside the target; renamed into place on completion."""
+def _private_file(path: Path) -> IO[bytes]:
+    """``path`` created for writing, mode 0600."""
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
-    def __init__(self, target: Path) -> None:
+
+class LocalWriter:
+    """Streams into a temporary file beside the target; renamed into place on completion.
+
+    A failing disk (full, read-only) leaves as :class:`StorageError` and leaves no
+    partial file behind.
+    """
+
+    def __init__(self, target: Path, key: str | None = None) -> None:
         self._target = target
+        self._key = key or target.name
         self._temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
         self._handle: IO[bytes] | None = None
         self._size = 0
 
     async def write(self, data: bytes) -> None:
-        if self._handle is None:
-            self._target.parent.mkdir(parents=True, exist_ok=True)
-            self._handle = await asyncio.to_thread(self._temporary.open, "wb")
-        self._size += len(data)
-        await asyncio.to_thread(self._handle.write, data)
+        try:
+            if self._handle is None:
+                # Subjects' data: readable by Handover's own user only, whatever the umask.
+                self._target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                self._handle = await asyncio.to_thread(_private_file, self._temporary)
+            self._size += len(data)
+            await asyncio.to_thread(self._handle.write, data)
+        except OSError as exc:
+            await self.abort()
+            raise _error(exc, "write", self._key) from exc
 
     async def complete(self) -> int:
         if self._handle is None:
             await self.write(b"")
         assert self._handle is not None
-        self._handle.close()
-        os.replace(self._temporary, self._target)
+        try:
+            await asyncio.to_thread(self._handle.close)
+            os.replace(self._temporary, self._target)
+        except OSError as exc:
+            await self.abort()
+            raise _error(exc, "write", self._key) from exc
         return self._size
 
     async def abort(self) -> None:
         if self._handle is not None:
-            self._handle.close()
-            self._handle = None
-        with contextlib.suppress(FileNotFoundError):
+            handle, self._handle = self._handle, None
+            with contextlib.suppress(OSError):  # a full disk fails the flush on close too
+                handle.close()
+        with contextlib.suppress(OSError):
             self._temporary.unlink()
 
 
@@ -85,11 +131,11 @@ class LocalStore:
     def _path(self, key: str) -> Path:
         path = (self.root / key).resolve()
         if self.root not in path.parents:
-            raise StorageError(f"key {key!r} leaves the store")
+            raise StorageError(f"key {key!r} leaves the store", transient=False)
         return path
 
     def writer(self, key: str, content_type: str = "application/octet-stream") -> ObjectWriter:
-        return LocalWriter(self._path(key))
+        return LocalWriter(self._path(key), key)
 
     async def read(
         self, key: str, start: int = 0, length: int | None = None
@@ -99,12 +145,17 @@ class LocalStore:
             handle = await asyncio.to_thread(open, path, "rb")
         except FileNotFoundError:
             raise ObjectMissing(f"no object at {key!r}") from None
+        except OSError as exc:
+            raise _error(exc, "read", key) from exc
         with handle:
             handle.seek(start)
             remaining = length
             while remaining is None or remaining > 0:
                 size = READ_CHUNK if remaining is None else min(READ_CHUNK, remaining)
-                chunk = await asyncio.to_thread(handle.read, size)
+                try:
+                    chunk = await asyncio.to_thread(handle.read, size)
+                except OSError as exc:
+                    raise _error(exc, "read", key) from exc
                 if not chunk:
                     break
                 if remaining is not None:
@@ -125,12 +176,18 @@ class LocalStore:
         return self._path(key).is_file()
 
     async def delete(self, key: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise _error(exc, "delete", key) from exc
 
     async def delete_prefix(self, prefix: str) -> int:
         if not prefix:
-            raise StorageError("refusing to delete an empty prefix (the whole store)")
+            raise StorageError(
+                "refusing to delete an empty prefix (the whole store)", transient=False
+            )
         base = self._path(prefix.rstrip("/"))
         if base.is_dir():
             count = sum(1 for p in base.rglob("*") if p.is_file())
@@ -138,28 +195,58 @@ class LocalStore:
             return count
         return 0
 
-    def _signature(self, key: str, expires: int, filename: str) -> str:
-        message = f"{key}\n{expires}\n{filename}".encode()
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        folder = prefix.rpartition("/")[0]
+        directory = self._path(folder) if folder else self.root
+        try:
+            found = await asyncio.to_thread(self._files_under, directory)
+        except OSError as exc:
+            raise _error(exc, "list", prefix) from exc
+        for key, size, mtime in sorted(found):
+            if key.startswith(prefix):
+                yield StoredObject(key, size, datetime.fromtimestamp(mtime, UTC))
+
+    def _files_under(self, directory: Path) -> list[tuple[str, int, float]]:
+        """Every object file below ``directory``: a writer's ``.….partial`` is none yet."""
+        if not directory.is_dir():
+            return []
+        files = []
+        for path in directory.rglob("*"):
+            if path.name.startswith("."):
+                continue
+            with contextlib.suppress(FileNotFoundError):  # deleted while listed
+                if path.is_file():
+                    stat = path.stat()
+                    key = path.relative_to(self.root).as_posix()
+                    files.append((key, stat.st_size, stat.st_mtime))
+        return files
+
+    def _signature(self, key: str, expires: int, filename: str, nonce: str) -> str:
+        message = f"{key}\n{expires}\n{filename}\n{nonce}".encode()
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     async def download_url(self, key: str, *, ttl: timedelta, filename: str) -> str:
+        """A signed link; each is unique (a nonce), so each can be used once (the API
+        remembers its signature once used)."""
         expires = int(time.time() + ttl.total_seconds())
+        nonce = secrets.token_urlsafe(12)
         query = urlencode(
             {
                 "expires": expires,
                 "filename": filename,
-                "signature": self._signature(key, expires, filename),
+                "nonce": nonce,
+                "signature": self._signature(key, expires, filename, nonce),
             }
         )
         return f"{self.base_url}{LINK_PATH}{quote(key)}?{query}"
 
-    def check_link(self, key: str, expires: str, filename: str, signature: str) -> Path:
+    def check_link(self, key: str, expires: str, filename: str, nonce: str, signature: str) -> Path:
         """The file a download link points at; :class:`StorageError` if forged or expired."""
         try:
             deadline = int(expires)
         except ValueError:
             raise StorageError("malformed link expiry") from None
-        expected = self._signature(key, deadline, filename)
+        expected = self._signature(key, deadline, filename, nonce)
         if not hmac.compare_digest(expected.encode(), signature.encode()):
             raise StorageError("the link's signature does not match")
         if deadline < time.time():
@@ -171,12 +258,15 @@ class LocalStore:
 
     async def check(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             probe = self.root / ".probe"
             probe.write_bytes(b"ok")
             probe.unlink()
         except OSError as exc:
-            raise StorageError(f"cannot write under {self.root}: {exc}") from exc
+            raise StorageError(
+                f"cannot write under {self.root}: {exc}",
+                transient=exc.errno not in PERMANENT_ERRNOS,
+            ) from exc
 
     async def close(self) -> None:
         return None

@@ -2,8 +2,9 @@
 
 Writes stream through :class:`S3MultipartWriter`: S3 multipart with a bounded number
 of parts in flight, aborted on failure, so nothing is ever held whole in memory.
-boto3's errors leave as :class:`~jobs.storage.base.StorageError` (or
-:class:`~jobs.storage.base.ObjectMissing` for a key that holds nothing).
+boto3's errors leave as :class:`~jobs.storage.base.StorageError`, classified transient
+or permanent in :func:`_error` (or :class:`~jobs.storage.base.ObjectMissing` for a key
+that holds nothing).
 """
 
 from __future__ import annotations
@@ -17,20 +18,68 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    InvalidRegionError,
+    NoCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    PartialCredentialsError,
+)
 
-from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectWriter, StorageError, content_type_of
+from jobs.storage.base import (
+    READ_CHUNK,
+    ObjectMissing,
+    ObjectWriter,
+    StorageError,
+    StoredObject,
+    content_type_of,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
+#: S3 error codes that may pass on their own (throttling, timeouts, an upload S3 forgot).
+TRANSIENT_CODES = frozenset(
+    {
+        "InternalError",
+        "ServiceUnavailable",
+        "SlowDown",
+        "RequestTimeout",
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "NoSuchUpload",
+    }
+)
+#: botocore's errors that say the client is misconfigured: asking again cannot help.
+MISCONFIGURED = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    NoRegionError,
+    ParamValidationError,
+    InvalidRegionError,
+)
+
+
 def _error(exc: Exception, key: str) -> StorageError:
+    """boto3's error as Handover's, transient or permanent, classified here once.
+
+    Transient: a 5xx, a 408 or 429, a throttling or timeout code, a connection
+    refused or timed out. Permanent: a missing bucket, a denied access, bad
+    credentials, any other 4xx, a client misconfigured.
+    """
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
         if code in {"NoSuchKey", "404", "NotFound"}:
             return ObjectMissing(f"no object at {key!r}")
-        return StorageError(f"S3 {code or 'error'} on {key!r}: {exc}")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        transient = status >= 500 or status in {408, 429} or code in TRANSIENT_CODES
+        return StorageError(f"S3 {code or 'error'} on {key!r}: {exc}", transient=transient)
+    if isinstance(exc, MISCONFIGURED):
+        return StorageError(f"S3 request for {key!r} cannot be sent: {exc}", transient=False)
     return StorageError(f"S3 unreachable on {key!r}: {exc}")
 
 
@@ -175,11 +224,13 @@ class S3Store:
         public_endpoint_url: str | None = None,
         part_size: int = 8 << 20,
         server_side_encryption: str | None = None,
+        max_attempts: int = 5,
     ) -> None:
+        """``max_attempts`` is botocore's, per call, before a transient error is raised."""
         config = Config(
             signature_version="s3v4",
             s3={"addressing_style": "path"} if endpoint_url else {},
-            retries={"max_attempts": 5, "mode": "adaptive"},
+            retries={"max_attempts": max_attempts, "mode": "adaptive"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             max_pool_connections=20,
@@ -277,6 +328,19 @@ class S3Store:
             raise _error(exc, prefix) from exc
         return deleted
 
+    async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            try:
+                page = await asyncio.to_thread(self.client.list_objects_v2, **params)
+            except (ClientError, BotoCoreError) as exc:
+                raise _error(exc, prefix) from exc
+            for item in page.get("Contents", []):
+                yield StoredObject(item["Key"], item["Size"], item["LastModified"])
+            if not page.get("IsTruncated"):
+                return
+            params["ContinuationToken"] = page["NextContinuationToken"]
+
     async def download_url(self, key: str, *, ttl: timedelta, filename: str) -> str:
         return await asyncio.to_thread(
             self._presigner.generate_presigned_url,
@@ -294,7 +358,12 @@ class S3Store:
         try:
             await asyncio.to_thread(self.client.head_bucket, Bucket=self.bucket)
         except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, self.bucket) from exc
+            error = _error(exc, self.bucket)
+            if isinstance(error, ObjectMissing):  # HEAD has no body: a 404 names no code
+                raise StorageError(
+                    f"S3 bucket {self.bucket!r} does not exist", transient=False
+                ) from exc
+            raise error from exc
 
     async def ensure_lifecycle(self, prefix: str, archive_ttl: timedelta) -> None:
         """Merge Handover's lifecycle rules into the bucket's, keeping the operator's own.

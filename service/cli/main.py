@@ -3,6 +3,7 @@
 ::
 
     handover serve   [--host H] [--port P]   API and worker in one process (embedded default)
+    handover demo reset                      the demo platform's data and jobs as new
     handover api     [--host H] [--port P]   the API alone, on shared Redis and S3
     handover worker  [--burst]               a worker alone, on shared Redis and S3
     handover token   --sub S [--role R] [--ttl 1h] [--email E]
@@ -10,9 +11,15 @@
     handover connectors new NAME [--dir DIR] | list | check   see service/cli/connectors.py
     handover jobs list | show ID | retry ID | cancel ID | extend ID   see service/cli/jobs.py
     handover audit verify                    check the audit log's hash chain
+    handover storage reconcile [--dry-run] [--min-age 1h]   delete archives and staged parts
+                                             no job owns, see service/cli/storage.py
+    handover epoch show | acknowledge        whether Redis lost its data, see service/cli/epoch.py
     handover export [SUBJECT] [--wait] [--download FILE]   over the API (HANDOVER_URL, _TOKEN)
 
-A bad setting or argument prints one line naming it and exits non-zero.
+A bad setting or argument prints one line naming it and exits 2; so does a start-up
+problem (Redis, the embedded store, object storage or a connector unusable, the port
+taken), with exit 1. ``serve`` and ``api`` bind their port first and print their banner
+(tokens, and where jobs and archives are kept) only once everything has started.
 """
 
 from __future__ import annotations
@@ -20,27 +27,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
+import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.log import access_logger
 
 from connectors.errors import ConnectorLoadError
 from jobs.archive.signing import SignatureError
 from jobs.archive.verify import fetch_keys, load_keys, verify_file
 from jobs.audit import AuditLog
 from jobs.queue import API_RETRIES, connect
-from jobs.resources import NAMESPACE
+from jobs.resources import NAMESPACE, StartupError, open_resources, probe_redis, reset_demo
 from jobs.settings import Settings, SettingsError, parse_duration
 from jobs.worker import create_worker
 from service import logs
 from service.app import create_app, jwt_secret
 from service.auth import Role, TokenAuthority
 from service.cli import connectors as connectors_cli
+from service.cli import epoch as epoch_cli
 from service.cli import jobs as jobs_cli
+from service.cli import storage as storage_cli
 
 EXIT_USAGE = 2
+#: Files 0600, directories 0700.
+PRIVATE_UMASK = 0o077
+EXIT_STARTUP = 1
 
 
 class CommandError(Exception):
@@ -57,6 +74,21 @@ def _parser() -> argparse.ArgumentParser:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--host", default="127.0.0.1")
         command.add_argument("--port", type=int, default=8080)
+    demo = commands.add_parser(
+        "demo", help="the demo platform (`handover serve` with no connectors)"
+    )
+    demo_commands = demo.add_subparsers(dest="demo_command", required=True, metavar="ACTION")
+    demo_commands.add_parser(
+        "reset",
+        help="a fresh demo: the demo database seeded again, and no jobs",
+        description=(
+            "Seed the demo platform's database (DATA_DIR/demo-platform.sqlite3) again and "
+            "clear the embedded store: every job, the queue and the audit log, and the "
+            "archives on local disk. Keeps the signing key and the JWT secret, so tokens "
+            "stay valid. Refused while a `handover serve` runs on the data dir, when "
+            "connectors are configured (HANDOVER_CONFIG) or on a shared Redis."
+        ),
+    )
     worker = commands.add_parser("worker", help="run a worker (needs HANDOVER_REDIS_URL)")
     worker.add_argument("--burst", action="store_true", help="exit once the queue is empty")
     token = commands.add_parser("token", help="print a signed bearer token")
@@ -82,6 +114,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
     audit_commands.add_parser("verify", help="check that no entry was changed, inserted or removed")
+    storage_cli.add_parser(commands)
+    epoch_cli.add_parser(commands)
     return parser
 
 
@@ -92,18 +126,34 @@ def _with_public_url(settings: Settings, host: str, port: int) -> Settings:
     return settings.model_copy(update={"public_url": f"http://{shown}:{port}"})
 
 
-def _banner(settings: Settings, base_url: str) -> str:
-    secret = jwt_secret(settings)
-    mode = (
-        "embedded store and local disk" if settings.embedded_redis else "Redis and object storage"
+def _where(settings: Settings) -> str:
+    """Where jobs and archives really are kept, as the banner names them."""
+    if settings.redis_url is None:
+        jobs = f"jobs in the embedded store at {(settings.data_dir / 'store').absolute()}"
+    else:
+        parts = urlsplit(settings.redis_url.reveal())
+        jobs = f"jobs in Redis at {parts.scheme}://{parts.netloc.rpartition('@')[2]}{parts.path}"
+    if settings.s3_bucket is None:
+        archives = f"archives on local disk at {(settings.data_dir / 'objects').absolute()}"
+    else:
+        endpoint = settings.s3_endpoint_url or "AWS"
+        archives = f"archives in S3 bucket {settings.s3_bucket} at {endpoint}"
+    return f"{jobs}; {archives}"
+
+
+def _banner(settings: Settings, base_url: str, *, tokens: bool) -> str:
+    served = (
+        f"Handover is serving on {base_url}; API docs at {base_url}/docs\n"
+        f"Keeping {_where(settings)}\n"
     )
-    if secret is None:  # tokens come from the identity provider: none to print
-        return f"Handover is serving on {base_url} ({mode}); API docs at {base_url}/docs\n"
+    secret = jwt_secret(settings)
+    if secret is None or not tokens:  # tokens come from the identity provider, or none asked
+        return served
     authority = TokenAuthority.from_settings(settings, secret)
     subject = authority.issue("alice", [Role.SUBJECT.value], 24 * 3600)
     support = authority.issue("support-1", [Role.SUPPORT.value], 24 * 3600)
     return (
-        f"Handover is serving on {base_url} ({mode}); API docs at {base_url}/docs\n"
+        f"{served}"
         f"Subject token (alice, 24 h):  {subject}\n"
         f"Support token (24 h):         {support}\n"
         "Ask for an export:\n"
@@ -112,36 +162,79 @@ def _banner(settings: Settings, base_url: str) -> str:
     )
 
 
+def _bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before anything else starts: a taken port stops us first."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server(
+            (host, port),
+            family=family,
+            backlog=128,
+            dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6(),
+        )
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise StartupError(f"--port {port}: cannot listen on {host}:{port}: {reason}") from None
+
+
 def _serve(settings: Settings, host: str, port: int, *, with_worker: bool) -> None:
-    settings = _with_public_url(settings, host, port)
     if not with_worker and settings.embedded_redis:
         raise CommandError(
             "HANDOVER_REDIS_URL: `handover api` needs a shared Redis; "
             "`handover serve` runs on the embedded store"
         )
-    app = create_app(settings, run_worker=with_worker)
-    base_url = settings.public_url or f"http://{host}:{port}"
-    if with_worker:
-        banner = _banner(settings, base_url)
+    listening = _bind(host, port)
+    try:
+        port = listening.getsockname()[1]  # the one the system chose for --port 0
+        settings = _with_public_url(settings, host, port)
+        app = create_app(settings, run_worker=with_worker)
+        base_url = settings.public_url or f"http://{host}:{port}"
+        banner = _banner(settings, base_url, tokens=with_worker)
+    except BaseException:
+        listening.close()
+        raise
+    asyncio.run(_run_app(app, listening, banner))
 
-        async def announce(app: web.Application) -> None:
-            print(banner, flush=True)
 
-        app.on_startup.append(announce)
-    web.run_app(app, host=host, port=port, print=None, access_log_class=logs.AccessLogger)
+async def _run_app(app: web.Application, listening: socket.socket, banner: str) -> None:
+    """Start everything, then listen and print the banner; stop on SIGTERM or SIGINT."""
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    runner = web.AppRunner(app, access_log_class=logs.AccessLogger, access_log=access_logger)
+    try:
+        await runner.setup()
+        await web.SockSite(runner, listening).start()
+        print(banner, flush=True)
+        await stopping.wait()
+    finally:
+        await runner.cleanup()
+        listening.close()
 
 
 async def _run_worker(settings: Settings, burst: bool) -> None:
+    """A worker, once Redis, object storage and every connector have been found usable."""
     if settings.redis_url is None:
         raise CommandError("HANDOVER_REDIS_URL: a worker needs the shared Redis the API uses")
+    await probe_redis(settings.redis_url.reveal())
     redis = await connect(settings.redis_url.reveal())
-    worker = create_worker(settings, redis=redis, burst=burst)
     try:
-        await worker.async_run()
-    except asyncio.CancelledError:
-        pass  # SIGTERM/SIGINT: arq cancelled its main task after re-queueing running jobs
+        async with open_resources(settings, redis=redis) as resources:
+            worker = create_worker(settings, redis=redis, resources=resources, burst=burst)
+            try:
+                await worker.async_run()
+            except asyncio.CancelledError:
+                pass  # SIGTERM/SIGINT: arq cancelled its main task after re-queueing running jobs
+            finally:
+                await worker.close()
     finally:
-        await worker.close()
+        await redis.aclose()
+
+
+async def _demo_reset(settings: Settings) -> None:
+    await reset_demo(settings)
+    print(f"The demo in {settings.data_dir.absolute()} is as new: demo data seeded, no jobs")
 
 
 def _token(
@@ -165,7 +258,12 @@ def _verify(archive: Path, key: Path | None, keys_url: str | None) -> int:
     if result.ok and result.receipt is not None:
         job = result.receipt["job"]["id"]
         kind = result.receipt["kind"]
-        print(f"OK: {archive}: {kind} receipt of job {job}, signed by key {result.key_id}")
+        signed = f"receipt of job {job}, signed by key {result.key_id}"
+        if result.receipt["job"].get("dry_run") is True:
+            done = "restricted" if kind == "restriction" else "erased"
+            print(f"OK: {archive}: dry-run {kind} {signed}: nothing was {done}")
+        else:
+            print(f"OK: {archive}: {kind} {signed}")
         return 0
     if result.ok:
         print(
@@ -197,6 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``handover`` console script."""
     args = _parser().parse_args(argv)
     logs.configure(logging.INFO)
+    # Whatever Handover writes (archives, staged data, the demo database, the embedded
+    # store, keys) holds personal data or secrets: readable by its own user only.
+    os.umask(PRIVATE_UMASK)
     try:
         if args.command == "verify":
             return _verify(args.archive, args.key, args.keys_url)
@@ -204,6 +305,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return connectors_cli.run(args)
         if args.command in jobs_cli.COMMANDS:
             return jobs_cli.run(args)
+        if args.command == "storage":
+            return storage_cli.run(args)
+        if args.command == "epoch":
+            return epoch_cli.run(args)
         settings = Settings.load()
         if args.command == "serve":
             _serve(settings, args.host, args.port, with_worker=True)
@@ -211,6 +316,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             _serve(settings, args.host, args.port, with_worker=False)
         elif args.command == "worker":
             asyncio.run(_run_worker(settings, args.burst))
+        elif args.command == "demo":
+            asyncio.run(_demo_reset(settings))
         elif args.command == "token":
             _token(settings, args.sub, args.role, args.ttl, args.email)
         elif args.command == "audit":
@@ -218,6 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (SettingsError, CommandError, SignatureError, ConnectorLoadError) as exc:
         print(f"handover: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StartupError as exc:
+        print(f"handover: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     except KeyboardInterrupt:
         return 130
     return 0

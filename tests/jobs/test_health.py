@@ -3,26 +3,37 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Callable
+import logging
+import subprocess
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from jobs import health
+from jobs.embedded import redis_server
+from jobs.epoch import Epochs
 from jobs.health import check_readiness
-from jobs.queue import HEALTH_CHECK_KEY
+from jobs.queue import HEALTH_CHECK_KEY, connect
 from jobs.resources import Resources
 from jobs.storage.local import LocalStore
 from tests.conftest import free_port
+from tests.polling import eventually_sync
 
 NO_WORKER = "no worker has reported in the last 60 s"
+#: How a managed Redis service turns ``CONFIG`` off.
+NO_CONFIG = ("--appendonly", "no", "--rename-command", "CONFIG", "")
 
 
 @pytest.fixture
 async def resources(resources_factory: Callable[..., Any]) -> AsyncIterator[Resources]:
     async with resources_factory() as opened:
+        await Epochs(opened.redis, opened.store.ns).begin()  # as each process does at start
         yield opened
 
 
@@ -44,13 +55,13 @@ async def test_ready_when_redis_answers_a_worker_reported_and_storage_works(
 ) -> None:
     await redis.set(HEALTH_CHECK_KEY, "j_complete=0 j_failed=0", ex=31)
     readiness = await check_readiness(resources)
-    assert readiness.checks == {"redis": "ok", "worker": "ok", "storage": "ok"}
+    assert readiness.checks == {"redis": "ok", "worker": "ok", "epoch": "ok", "storage": "ok"}
     assert readiness.ready
 
 
 async def test_not_ready_while_no_worker_has_reported(resources: Resources) -> None:
     readiness = await check_readiness(resources)
-    assert readiness.checks == {"redis": "ok", "worker": NO_WORKER, "storage": "ok"}
+    assert readiness.checks == {"redis": "ok", "worker": NO_WORKER, "epoch": "ok", "storage": "ok"}
     assert not readiness.ready
 
 
@@ -83,3 +94,44 @@ async def test_unusable_storage_says_why(resources: Resources, tmp_path: Path) -
     readiness = await check_readiness(dataclasses.replace(resources, storage=broken))
     assert readiness.checks["storage"].startswith("unusable: cannot write under ")
     assert not readiness.ready
+
+
+@pytest.fixture
+def redis_without_config() -> Iterator[str]:
+    """A real Redis with ``CONFIG`` disabled, as managed services ship it; its URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [str(redis_server()), "--port", str(port), "--bind", "127.0.0.1", "--save", "", *NO_CONFIG],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        with SyncRedis(port=port) as client:
+            eventually_sync(
+                client.ping,
+                timeout=10,
+                what="the Redis without CONFIG to answer",
+                ignoring=(RedisConnectionError,),
+            )
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+async def test_a_redis_that_refuses_config_is_still_ready_and_says_so_once(
+    resources: Resources, redis_without_config: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    health._policy_unknown.cache_clear()  # said once per process: this test's process
+    managed = await connect(redis_without_config)
+    try:
+        await managed.set(HEALTH_CHECK_KEY, "j_complete=0", ex=31)
+        with caplog.at_level(logging.WARNING, logger="handover.health"):
+            for _ in range(2):
+                readiness = await check_readiness(dataclasses.replace(resources, redis=managed))
+                assert readiness.checks["redis"] == "ok", readiness.checks
+                assert readiness.checks["worker"] == "ok", readiness.checks
+    finally:
+        await managed.aclose()
+    warnings = [r.getMessage() for r in caplog.records if r.name == "handover.health"]
+    assert len(warnings) == 1, warnings
+    assert "cannot check that maxmemory-policy is noeviction" in warnings[0]

@@ -3,6 +3,11 @@
 Workers run as ``handover worker`` processes on a private Redis (AOF on) and
 moto's S3 server behind a proxy that fails on purpose. Tests are bounded in time
 and count; every wait polls with a deadline.
+
+Every job reaches an end: staged output that vanishes is staged again, a bounded
+number of times; a job that makes no progress is failed after a bounded number of
+sweeps; object storage failing is classed ``storage``, transient or permanent. Those
+tests run their worker in the test's process (a tiny disk's in its own), fast.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import contextlib
 import io
 import os
 import random
+import shutil
 import time
 import zipfile
 from collections import Counter
@@ -24,17 +30,24 @@ import boto3
 import orjson
 import pytest
 from aiohttp import ClientSession
+from arq.connections import ArqRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from connectors.items import Item, Subject
+from connectors.testing import MemoryConnector, SyntheticConnector
 from jobs.archive.verify import verify_archive
 from jobs.commands import Actor, Commands
-from jobs.model import Job, JobStatus
-from jobs.queue import connect
+from jobs.model import Job, JobStatus, RunStatus, iso, utcnow
+from jobs.pipeline import MAX_RESTAGES, RetryPolicy, last_progress
+from jobs.queue import HEALTH_CHECK_KEY, connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings
-from tests.conftest import free_port, wait_for_port
-from tests.faults import HandoverProcess, RedisServer, S3FaultProxy
+from jobs.storage.local import LocalStore
+from jobs.storage.s3 import S3Store
+from jobs.worker import STALL_SWEEPS, SWEEP_QUIET, WorkerContext, create_worker, sweep
+from tests.conftest import REDIS_URL, free_port, wait_for_port
+from tests.faults import HandoverProcess, RedisServer, S3FaultProxy, on_a_tiny_disk
 from tests.polling import eventually
 
 JWT = "reliability-secret-" + "r" * 40
@@ -399,3 +412,358 @@ async def test_chaos_200_exports_while_workers_die_redis_restarts_and_storage_fa
                 f"{kills} workers SIGKILLed, {restarts} Redis restart, "
                 f"{cluster.proxy.failed} of {cluster.proxy.requests} S3 calls failed on purpose"
             )
+
+
+FAST = RetryPolicy(max_tries=4, base_delay=0.01, max_delay=0.05)
+ALICE = {"alice": {"contacts": [{"id": 1, "email": "alice@example.com"}]}}
+
+
+async def drain(redis: ArqRedis, resources: Resources) -> None:
+    """Run a worker until the queue is empty (retries included)."""
+    worker = create_worker(
+        resources.settings,
+        redis=redis,
+        resources=resources,
+        burst=True,
+        poll_delay=0,
+        handle_signals=False,
+        retry_policy=FAST,
+    )
+    await worker.main()
+
+
+@contextlib.asynccontextmanager
+async def worker_running(redis: ArqRedis, resources: Resources) -> AsyncIterator[None]:
+    """A worker in this process, started (its storage checked) before the block runs."""
+    worker = create_worker(
+        resources.settings,
+        redis=redis,
+        resources=resources,
+        poll_delay=0.01,
+        handle_signals=False,
+        retry_policy=FAST,
+    )
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await eventually(
+            lambda: redis.exists(HEALTH_CHECK_KEY),
+            until=lambda found: found == 1,
+            timeout=20,
+            what="the worker to start",
+        )
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def ended(
+    resources: Resources, job_id: str, diagnose: Callable[[], Any] | None = None
+) -> Job:
+    return await eventually(
+        lambda: resources.store.get(job_id),
+        until=lambda job: job.status.terminal,
+        timeout=30,
+        what=f"job {job_id} to end",
+        diagnose=diagnose,
+    )
+
+
+async def event_data(resources: Resources, job_id: str, event: str) -> list[dict[str, Any]]:
+    return [e.data for e in await resources.store.events(job_id) if e.type == event]
+
+
+def staged_key(resources: Resources, job: Job, generation: int, connector: str) -> str:
+    return f"{resources.staging_prefix(job.id)}{generation}/{connector}.bin"
+
+
+class Gated(MemoryConnector):
+    """Exports once ``gate`` opens: the test acts between the other runs and the finish."""
+
+    def __init__(self, name: str, gate: asyncio.Event, **options: Any) -> None:
+        super().__init__(name, **options)
+        self.gate = gate
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        await self.gate.wait()
+        async for item in super().export(subject):
+            yield item
+
+
+def delete_staging(resources: Resources, job_id: str) -> int:
+    """Delete the job's staged objects in the store itself (moto, or the files on disk)."""
+    prefix = resources.staging_prefix(job_id)
+    storage = resources.storage
+    if isinstance(storage, LocalStore):
+        staged = [path for path in (storage.root / prefix).rglob("*") if path.is_file()]
+        shutil.rmtree(storage.root / prefix)
+        return len(staged)
+    assert isinstance(storage, S3Store)
+    client = boto3.client("s3", endpoint_url=resources.settings.s3_endpoint_url)
+    listed = client.list_objects_v2(Bucket=storage.bucket, Prefix=prefix).get("Contents", [])
+    for item in listed:
+        client.delete_object(Bucket=storage.bucket, Key=item["Key"])
+    return len(listed)
+
+
+@pytest.mark.parametrize("store", ["s3", "local"])
+async def test_staged_output_deleted_before_the_finish_is_staged_again_and_the_archive_whole(
+    resources_factory: Callable[..., Any], redis: ArqRedis, tmp_path: Path, store: str
+) -> None:
+    gate = asyncio.Event()
+    connectors = {
+        "crm": MemoryConnector("crm", records=ALICE),
+        "tickets": Gated("tickets", gate, records={"alice": {"tickets": [{"id": 7}]}}),
+    }
+    overrides = {"s3_bucket": None} if store == "local" else {}
+    async with (
+        resources_factory(connectors, **overrides) as resources,
+        worker_running(redis, resources),
+    ):
+        job = await Commands(resources).request_export(Actor("alice", staff=False), subject="alice")
+        await eventually(
+            lambda: resources.store.get(job.id),
+            until=lambda job: job.connectors["crm"].status is RunStatus.SUCCEEDED,
+            timeout=20,
+            what="crm to stage its output",
+        )
+        assert await asyncio.to_thread(delete_staging, resources, job.id) == 1
+        gate.set()
+        done = await ended(resources, job.id)
+
+        assert done.status is JobStatus.SUCCEEDED, (done.error, done.connectors)
+        assert await event_data(resources, job.id, "staging.lost") == [
+            {
+                "connectors": ["crm"],
+                "missing": [staged_key(resources, job, 1, "crm")],
+                "restage": 1,
+                "max_restages": MAX_RESTAGES,
+                "generation": 2,
+            }
+        ]
+        assert done.generation == 2
+        assert done.connectors["crm"].restages == 1
+        assert done.connectors["tickets"].restages == 0
+        assert done.result is not None
+        path = tmp_path / "archive.zip"
+        path.write_bytes(await resources.storage.get(done.result.key))
+        assert verify_archive(path, [resources.signer.public_key]).ok
+        with zipfile.ZipFile(path) as archive:
+            assert b"alice@example.com" in archive.read("crm/contacts.json")
+            assert b"7" in archive.read("tickets/tickets.json")
+
+
+async def test_staged_output_that_keeps_vanishing_fails_the_job_after_the_restages(
+    resources_factory: Callable[..., Any], redis: ArqRedis, s3_endpoint: str, bucket: str
+) -> None:
+    proxy = S3FaultProxy(s3_endpoint, forget=f"/{bucket}/handover/staging/")
+    await proxy.start()
+    try:
+        crm = MemoryConnector("crm", records=ALICE)
+        async with resources_factory({"crm": crm}, s3_endpoint_url=proxy.url) as resources:
+            job = await Commands(resources).request_export(
+                Actor("alice", staff=False), subject="alice"
+            )
+            await drain(redis, resources)
+            done = await resources.store.get(job.id)
+            lost = await event_data(resources, job.id, "staging.lost")
+            types = [e.type for e in await resources.store.events(job.id)]
+    finally:
+        await proxy.stop()
+
+    keys = [staged_key(resources, job, n, "crm") for n in range(1, MAX_RESTAGES + 2)]
+    assert done.status is JobStatus.FAILED
+    assert [(d["restage"], d["missing"]) for d in lost] == [
+        (n, [keys[n - 1]]) for n in range(1, MAX_RESTAGES + 1)
+    ]
+    assert done.error == (
+        f"staged output vanished again after {MAX_RESTAGES} restages of crm; "
+        f"missing: crm ({keys[-1]})"
+    )
+    run = done.connectors["crm"]
+    assert (run.status, run.error_class, run.restages) == (
+        RunStatus.FAILED,
+        "storage",
+        MAX_RESTAGES,
+    )
+    assert run.error == f"permanent storage error: staged output {keys[-1]!r} gone"
+    assert proxy.forgotten == MAX_RESTAGES + 1
+    assert "finish.retrying" not in types and types[-1] == "failed"
+
+
+async def test_a_finish_that_never_gets_through_ends_after_the_sweeps_with_its_last_error(
+    settings_factory: Callable[..., Settings], redis: ArqRedis, s3_endpoint: str, bucket: str
+) -> None:
+    proxy = S3FaultProxy(s3_endpoint, unavailable=f"/{bucket}/handover/archives/")
+    await proxy.start()
+    storage = S3Store(bucket, endpoint_url=proxy.url, part_size=5 * 2**20, max_attempts=1)
+    crm = MemoryConnector("crm", records=ALICE)
+    try:
+        async with open_resources(
+            settings_factory(s3_endpoint_url=proxy.url),
+            redis=redis,
+            storage=storage,
+            connectors={"crm": crm},
+        ) as resources:
+            ctx: dict[str, Any] = {}
+            await WorkerContext(resources.settings, resources=resources).on_startup(ctx)
+            job = await Commands(resources).request_export(
+                Actor("alice", staff=False), subject="alice"
+            )
+            await drain(redis, resources)
+            stuck = await resources.store.get(job.id)
+            assert stuck.status is JobStatus.RUNNING
+            moment = utcnow()
+            for _ in range(STALL_SWEEPS):
+                moment += SWEEP_QUIET
+                assert await sweep(ctx, now=moment) == 1
+                await drain(redis, resources)
+            stall_timeout = resources.settings.stall_timeout
+            assert await sweep(ctx, now=last_progress(stuck) + stall_timeout) == 1
+            done = await resources.store.get(job.id)
+            errors = await event_data(resources, job.id, "finish.error")
+    finally:
+        await storage.close()
+        await proxy.stop()
+
+    assert done.status is JobStatus.FAILED
+    assert len(errors) == STALL_SWEEPS + 1  # the first finish, then one per sweep: no more
+    assert done.error == (
+        f"stalled: no progress since {iso(last_progress(stuck))} though its work was queued "
+        f"again {STALL_SWEEPS} times; its finish step never completed; "
+        f"last error: {errors[-1]['error']}"
+    )
+    assert errors[-1]["error"].startswith(
+        f"transient storage error: S3 InternalError on '{resources.archive_key(job.id)}'"
+    )
+
+
+async def test_a_missing_bucket_fails_the_run_at_once_as_a_permanent_storage_error(
+    resources_factory: Callable[..., Any], redis: ArqRedis, s3_endpoint: str, bucket: str
+) -> None:
+    crm = MemoryConnector("crm", records=ALICE)
+    async with resources_factory({"crm": crm}) as resources, worker_running(redis, resources):
+        client = boto3.client("s3", endpoint_url=s3_endpoint)
+        await asyncio.to_thread(client.delete_bucket, Bucket=bucket)
+        job = await Commands(resources).request_export(Actor("alice", staff=False), subject="alice")
+        done = await ended(resources, job.id)
+        retries = await event_data(resources, job.id, "connector.retrying")
+
+    run = done.connectors["crm"]
+    assert (done.status, run.status, run.error_class, run.attempts) == (
+        JobStatus.FAILED,
+        RunStatus.FAILED,
+        "storage",
+        1,
+    )
+    key = staged_key(resources, job, 1, "crm")
+    assert run.error is not None
+    assert run.error.startswith(f"permanent storage error: S3 NoSuchBucket on {key!r}")
+    assert done.error == f"connector(s) failed: crm: {run.error}"
+    assert retries == []
+
+
+async def test_an_unavailable_store_fails_the_run_as_a_transient_storage_error_after_retries(
+    settings_factory: Callable[..., Settings], redis: ArqRedis, s3_endpoint: str, bucket: str
+) -> None:
+    proxy = S3FaultProxy(s3_endpoint, unavailable=f"/{bucket}/handover/staging/")
+    await proxy.start()
+    storage = S3Store(bucket, endpoint_url=proxy.url, part_size=5 * 2**20, max_attempts=1)
+    crm = MemoryConnector("crm", records=ALICE)
+    try:
+        async with open_resources(
+            settings_factory(s3_endpoint_url=proxy.url),
+            redis=redis,
+            storage=storage,
+            connectors={"crm": crm},
+        ) as resources:
+            job = await Commands(resources).request_export(
+                Actor("alice", staff=False), subject="alice"
+            )
+            await drain(redis, resources)
+            done = await resources.store.get(job.id)
+            retries = await event_data(resources, job.id, "connector.retrying")
+    finally:
+        await storage.close()
+        await proxy.stop()
+
+    run = done.connectors["crm"]
+    assert (done.status, run.error_class, run.attempts) == (
+        JobStatus.FAILED,
+        "storage",
+        FAST.max_tries,
+    )
+    assert run.error is not None
+    key = staged_key(resources, job, 1, "crm")
+    assert run.error.startswith(f"transient storage error: S3 InternalError on {key!r}")
+    assert len(retries) == FAST.max_tries - 1
+
+
+async def test_a_finish_the_store_denies_fails_the_job_at_once_saying_so(
+    resources_factory: Callable[..., Any], redis: ArqRedis, s3_endpoint: str, bucket: str
+) -> None:
+    proxy = S3FaultProxy(s3_endpoint, deny=f"/{bucket}/handover/archives/")
+    await proxy.start()
+    try:
+        crm = MemoryConnector("crm", records=ALICE)
+        async with resources_factory({"crm": crm}, s3_endpoint_url=proxy.url) as resources:
+            job = await Commands(resources).request_export(
+                Actor("alice", staff=False), subject="alice"
+            )
+            await drain(redis, resources)
+            done = await resources.store.get(job.id)
+            failed = await event_data(resources, job.id, "failed")
+            types = [e.type for e in await resources.store.events(job.id)]
+    finally:
+        await proxy.stop()
+
+    assert done.status is JobStatus.FAILED
+    assert done.error is not None
+    assert done.error.startswith(
+        f"could not finish: permanent storage error: S3 AccessDenied on "
+        f"'{resources.archive_key(job.id)}'"
+    )
+    assert [(d["error_class"], f"could not finish: {d['error']}") for d in failed] == [
+        ("storage", done.error)
+    ]
+    assert "finish.retrying" not in types
+
+
+async def test_a_full_disk_fails_the_run_at_once_as_a_permanent_storage_error(
+    resources_factory: Callable[..., Any], redis: ArqRedis, tmp_path: Path
+) -> None:
+    disk = tmp_path / "tiny-disk"
+    disk.mkdir()
+    config = tmp_path / "handover.toml"
+    config.write_text('[connectors.telemetry]\ntype = "synthetic"\nrecords = 2000\nentropy = 1.0\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
+    env.update(
+        HANDOVER_CONFIG=str(config),
+        HANDOVER_REDIS_URL=REDIS_URL,
+        HANDOVER_DATA_DIR=str(disk),
+        HANDOVER_JWT_SECRET=JWT,
+    )
+    telemetry = SyntheticConnector("telemetry", records=2000, entropy=1.0)
+    async with resources_factory({"telemetry": telemetry}, s3_bucket=None) as resources:
+        worker = HandoverProcess(env, tmp_path / "worker.log", prefix=on_a_tiny_disk(disk))
+        try:
+            job = await Commands(resources).request_export(
+                Actor("alice", staff=False), subject="alice", formats=["ndjson"]
+            )
+            done = await ended(resources, job.id, diagnose=lambda: worker.log.read_text())
+        finally:
+            assert await asyncio.to_thread(worker.terminate) == 0
+
+    run = done.connectors["telemetry"]
+    assert (done.status, run.status, run.error_class, run.attempts) == (
+        JobStatus.FAILED,
+        RunStatus.FAILED,
+        "storage",
+        1,
+    )
+    key = staged_key(resources, job, 1, "telemetry")
+    assert run.error == (
+        f"permanent storage error: local store cannot write {key!r}: No space left on device"
+    )
+    assert list(disk.iterdir()) == []  # the tiny disk was the worker's alone, and is gone

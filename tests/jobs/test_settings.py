@@ -14,6 +14,7 @@ from jobs.settings import (
     Secret,
     Settings,
     SettingsError,
+    default_data_dir,
     parse_duration,
     parse_size,
 )
@@ -46,7 +47,7 @@ def test_defaults_without_configuration() -> None:
     assert settings.archive_ttl == timedelta(days=7)
     assert settings.link_ttl == timedelta(minutes=15)
     assert settings.deadline == timedelta(days=30)
-    assert settings.data_dir == Path(".handover")
+    assert settings.data_dir == default_data_dir() and settings.data_dir.is_absolute()
     assert settings.worker_concurrency == 50
     assert settings.worker_poll_delay == timedelta(milliseconds=50)
     assert settings.connector_timeout == timedelta(hours=1)
@@ -340,3 +341,57 @@ def test_a_copy_keeps_the_rest() -> None:
 
     assert copy.public_url == "http://127.0.0.1:8080"
     assert copy.jwt_secret == settings.jwt_secret and settings.public_url is None
+
+
+@pytest.mark.parametrize(
+    "redis_url",
+    [
+        "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3/mymaster/2",
+        "redis+sentinel://sentinel.internal/mymaster",
+        "redis+sentinel://[::1]:26380/mymaster/0",
+    ],
+)
+def test_sentinel_urls_are_accepted(redis_url: str) -> None:
+    settings = Settings.load({"HANDOVER_REDIS_URL": redis_url})
+    assert settings.redis_url is not None
+    assert settings.redis_url.reveal() == redis_url
+    assert f"redis_url='{redis_url}'" in repr(settings)
+
+
+def test_a_sentinel_url_s_password_is_hidden() -> None:
+    url = f"redis+sentinel://:{REDIS_PASSWORD}@s1.internal:26379,s2.internal:26379/mymaster/1"
+    settings = Settings.load({"HANDOVER_REDIS_URL": url})
+
+    for text in (repr(settings), str(settings)):
+        assert REDIS_PASSWORD not in text
+        assert "redis+sentinel://:****@s1.internal:26379,s2.internal:26379/mymaster/1" in text
+
+
+@pytest.mark.parametrize(
+    ("url", "mentions"),
+    [
+        ("redis+sentinel://s1:26379,s2:26379", "no master name"),
+        ("redis+sentinel://s1:26379/", "no master name"),
+        ("redis+sentinel://s1:26379,s2:many/mymaster", "Sentinel 2 is not host[:port]"),
+        ("redis+sentinel://s1:26379,,s3/mymaster", "Sentinel 2 is not host[:port]"),
+        ("redis+sentinel://s1:0/mymaster", "Sentinel 1 is not host[:port]"),
+        ("redis+sentinel://s1:70000/mymaster", "Sentinel 1 is not host[:port]"),
+        ("redis+sentinel://s1/mymaster/first", "whole number"),
+        ("redis+sentinel://s1/mymaster/0/extra", "whole number"),
+        ("redis+sentinel://s1/mymaster?db=2", "no ?query"),
+        ("redis://redis.internal:port/0", "port from 1 to 65535"),
+        ("redis://redis.internal:6379/zero", "whole database number"),
+    ],
+)
+def test_malformed_redis_urls_are_refused_in_one_line_without_the_password(
+    url: str, mentions: str
+) -> None:
+    with_password = url.replace("://", f"://:{REDIS_PASSWORD}@", 1)
+    with pytest.raises(SettingsError) as raised:
+        Settings.load({"HANDOVER_REDIS_URL": with_password})
+
+    message = str(raised.value)
+    assert message.startswith("HANDOVER_REDIS_URL: ")
+    assert mentions in message
+    assert REDIS_PASSWORD not in message
+    assert "\n" not in message

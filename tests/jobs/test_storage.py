@@ -17,6 +17,7 @@ import pytest
 from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectStore, StorageError
 from jobs.storage.local import LINK_PATH, LocalStore
 from jobs.storage.s3 import S3Store
+from tests.conftest import free_port
 
 MiB = 2**20
 BIG = 12 * MiB
@@ -290,6 +291,34 @@ async def test_s3_check(s3_store: S3Store, s3_endpoint: str) -> None:
         await S3Store("no-such-bucket-here", endpoint_url=s3_endpoint).check()
 
 
+async def test_s3_errors_say_whether_trying_again_can_help(
+    s3_store: S3Store, s3_endpoint: str
+) -> None:
+    missing_bucket = S3Store("no-such-bucket-here", endpoint_url=s3_endpoint)
+    with pytest.raises(StorageError) as no_bucket:
+        await missing_bucket.put("staging/a.bin", b"data")
+    assert not no_bucket.value.transient
+    assert str(no_bucket.value).startswith("S3 NoSuchBucket on 'staging/a.bin'")
+    with pytest.raises(StorageError) as checked:
+        await missing_bucket.check()
+    assert not isinstance(checked.value, ObjectMissing) and not checked.value.transient
+    assert str(checked.value) == "S3 bucket 'no-such-bucket-here' does not exist"
+
+    with pytest.raises(ObjectMissing) as no_key:
+        await s3_store.get("staging/never-written.bin")
+    assert not no_key.value.transient
+
+    closed = S3Store(
+        s3_store.bucket, endpoint_url=f"http://127.0.0.1:{free_port()}", max_attempts=1
+    )
+    with pytest.raises(StorageError) as refused:
+        await closed.put("staging/a.bin", b"data")
+    assert refused.value.transient
+    assert str(refused.value).startswith("S3 unreachable on 'staging/a.bin'")
+    for store in (missing_bucket, closed):
+        await store.close()
+
+
 def lifecycle_rules(client: Any, bucket: str) -> dict[str, dict[str, Any]]:
     rules = client.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
     by_id = {rule["ID"]: rule for rule in rules}
@@ -383,7 +412,7 @@ async def test_local_link_with_changed_signature_is_refused(
         local_store.check_link(**params)
 
 
-@pytest.mark.parametrize("field", ["key", "filename", "expires"])
+@pytest.mark.parametrize("field", ["key", "filename", "expires", "nonce"])
 async def test_local_link_with_changed_field_is_refused(
     local_store: LocalStore, link_params: Callable[..., Any], field: str
 ) -> None:
@@ -394,6 +423,7 @@ async def test_local_link_with_changed_field_is_refused(
         "key": "archives/b.zip",
         "filename": "other.zip",
         "expires": str(int(params["expires"]) + 3600),
+        "nonce": "another-nonce",
     }[field]
 
     with pytest.raises(StorageError, match="signature"):
@@ -422,7 +452,7 @@ async def test_expired_local_link_is_refused(
 
 async def test_local_link_with_malformed_expiry_is_refused(local_store: LocalStore) -> None:
     with pytest.raises(StorageError, match="malformed"):
-        local_store.check_link("archives/a.zip", "soon", "a.zip", "00")
+        local_store.check_link("archives/a.zip", "soon", "a.zip", "n0nce", "00")
 
 
 async def test_local_link_to_a_deleted_object_is_missing(

@@ -19,11 +19,11 @@ from arq.jobs import Job as Task
 from connectors.testing import MemoryConnector
 from jobs.commands import Actor, Commands
 from jobs.leases import LEASE_SECONDS, ExpiredLease, Leases
-from jobs.model import ConnectorRun, Job
+from jobs.model import ConnectorRun, Job, JobStatus, RunStatus, iso
 from jobs.pipeline import RESOLVE_TASK, RUN_TASK
 from jobs.queue import QUEUE_NAME, deserialize
 from jobs.resources import NAMESPACE, Resources
-from jobs.worker import SWEEP_QUIET, WorkerContext, sweep, watchdog
+from jobs.worker import STALL_SWEEPS, SWEEP_QUIET, WorkerContext, sweep, watchdog
 
 #: Ten milliseconds: well clear of the leases' millisecond resolution and float rounding.
 JUST = 0.01
@@ -253,3 +253,80 @@ async def test_the_sweeper_leaves_a_leased_job_alone(
     assert list((await queued(resources.redis)).values()) == [
         (RESOLVE_TASK, ["export", job.id, job.generation])
     ]
+
+
+async def another_worker(resources: Resources) -> dict[str, Any]:
+    """The context of another worker process: it shares nothing with the first but Redis."""
+    context: dict[str, Any] = {}
+    await WorkerContext(resources.settings, resources=resources).on_startup(context)
+    return context
+
+
+async def sweep_and_lose(
+    ctx: dict[str, Any], resources: Resources, clock: ManualClock, moment: datetime
+) -> None:
+    """One sweep that queues the job's lost work again, and that work lost again."""
+    assert await sweep(ctx, now=clock.set(moment)) == 1
+    assert len(await queued(resources.redis)) == 1
+    await lose_every_task(resources.redis)
+
+
+async def test_the_sweeper_fails_a_job_that_never_progresses_instead_of_sweeping_it_forever(
+    resources: Resources, ctx: dict[str, Any], clock: ManualClock
+) -> None:
+    job = await live_job_with_its_task_lost(resources)
+    moment = job.updated_at + SWEEP_QUIET
+    for sweeps in range(STALL_SWEEPS):
+        # Every other sweep on another worker: the count lives in Redis, not in a process.
+        context = ctx if sweeps % 2 == 0 else await another_worker(resources)
+        await sweep_and_lose(context, resources, clock, moment)
+        moment += SWEEP_QUIET
+
+    # Within HANDOVER_STALL_TIMEOUT of its last progress it is still swept, not failed:
+    # an object store down for a few minutes must not fail jobs.
+    assert moment - job.updated_at < resources.settings.stall_timeout
+    await sweep_and_lose(ctx, resources, clock, moment)
+    moment = job.updated_at + resources.settings.stall_timeout
+    assert await sweep(ctx, now=clock.set(moment)) == 1
+    assert await queued(resources.redis) == {}
+    failed = await resources.store.get(job.id)
+    assert failed.status is JobStatus.FAILED
+    assert failed.error == (
+        f"stalled: no progress since {iso(job.updated_at)} though its work was queued again "
+        f"{STALL_SWEEPS + 1} times; its identity step never completed"
+    )
+    assert failed.connectors["crm"].status is RunStatus.FAILED
+    events = [e for e in await resources.store.events(job.id) if e.type in {"swept", "failed"}]
+    assert [(e.type, e.data.get("without_progress")) for e in events] == [
+        *[("swept", n) for n in range(1, STALL_SWEEPS + 2)],
+        ("failed", None),
+    ]
+    assert events[-1].actor == "watchdog" and events[-1].data["error"] == failed.error
+    assert await sweep(ctx, now=clock.set(moment + 10 * SWEEP_QUIET)) == 0
+
+    retried = await Commands(resources).retry(Actor("support-1", staff=True), job.id)
+    assert retried.status is JobStatus.QUEUED and retried.generation == 2
+    assert retried.connectors["crm"].status is RunStatus.PENDING
+
+
+async def test_progress_between_sweeps_starts_the_sweepers_count_again(
+    resources: Resources, ctx: dict[str, Any], clock: ManualClock
+) -> None:
+    job = await live_job_with_its_task_lost(resources)
+    moment = job.updated_at + SWEEP_QUIET
+    for _ in range(STALL_SWEEPS):
+        await sweep_and_lose(ctx, resources, clock, moment)
+        moment += SWEEP_QUIET
+
+    def started(run: ConnectorRun) -> None:
+        run.started_at = moment  # progress: a run started
+
+    assert await resources.store.update_run(job.id, "crm", started, generation=job.generation)
+    for _ in range(STALL_SWEEPS):
+        moment += SWEEP_QUIET
+        await sweep_and_lose(ctx, resources, clock, moment)
+
+    assert (await resources.store.get(job.id)).status is JobStatus.QUEUED
+    events = await resources.store.events(job.id)
+    swept = [e.data["without_progress"] for e in events if e.type == "swept"]
+    assert swept == [n for _ in range(2) for n in range(1, STALL_SWEEPS + 1)]

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import jwt
 import pytest
 
 from jobs.archive.signing import Signer, public_jwk
+from tests.conftest import free_port
 from tests.service.conftest import Api, ApiFactory
 from tests.service.test_api import crm, download_archive
 
@@ -183,7 +185,10 @@ path = "/members/{identities.loyalty_number}"
             "connectors: connector 'loyalty' needs loyalty_number, "
             "which no token claim and no identity source provides",
         ),
-        ('[connectors.x]\ntype = "nope"\n', "unknown connector type 'nope'"),
+        (
+            '[connectors.x]\ntype = "nope"\n',
+            "HANDOVER_CONFIG: [connectors.x]: unknown connector type 'nope'",
+        ),
     ],
 )
 def test_connectors_that_cannot_work_stop_the_service_with_one_line(
@@ -231,4 +236,113 @@ def test_bad_settings_stop_with_one_line(
     result = handover(*args, env={"HANDOVER_DATA_DIR": str(tmp_path), **env})
     assert result.returncode == 2
     assert result.stderr.startswith(f"handover: {message}")
+    assert result.stderr.count("\n") == 1
+
+
+def members_of(path: Path) -> list[tuple[str, bytes]]:
+    with zipfile.ZipFile(path) as source:
+        return [(info.filename, source.read(info)) for info in source.infolist()]
+
+
+def write_members(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate it is told to write
+        with zipfile.ZipFile(path, "w") as target:
+            for name, data in members:
+                target.writestr(name, data)
+    return path
+
+
+async def test_verify_refuses_a_forged_copy_of_a_member_placed_first(
+    archive: tuple[Path, Api], tmp_path: Path
+) -> None:
+    path, api = archive
+    members = members_of(path)
+    forged = tmp_path / "forged.zip"
+    write_members(forged, [("crm/contacts.json", b'[{"id": 1, "forged": true}]\n'), *members])
+    key = str(write_key(tmp_path, api.resources.signer))
+
+    result = handover("verify", str(forged), "--key", key)
+
+    assert result.returncode == 1, result.stdout
+    assert result.stdout == ""
+    assert (
+        f"FAIL: {forged}: crm/contacts.json: the archive holds 2 members of this name; "
+        "a forged copy could be the one an unzip tool keeps\n"
+    ) in result.stderr
+
+
+async def receipt_bytes(api: Api, job_id: str) -> bytes:
+    headers = api.auth("alice")
+    async with api.session.get(f"{api.base}/v1/jobs/{job_id}/receipt", headers=headers) as answer:
+        assert answer.status == 200
+        return await answer.read()
+
+
+@pytest.fixture
+async def dry_run_receipt(api_factory: ApiFactory, tmp_path: Path) -> tuple[Path, Path, str]:
+    """A dry-run erasure's receipt from the API, the key that signed it, and the job id."""
+    api = await api_factory({"crm": crm()})
+    status, _, job = await api.request("POST", "/v1/erasures", json={"dry_run": True})
+    assert status == 202, job
+    await api.wait(job["id"], "succeeded")
+    path = tmp_path / "receipt.json"
+    path.write_bytes(await receipt_bytes(api, job["id"]))
+    return path, write_key(tmp_path, api.resources.signer), job["id"]
+
+
+def test_verify_says_a_dry_run_receipt_erased_nothing(
+    dry_run_receipt: tuple[Path, Path, str],
+) -> None:
+    path, key, job_id = dry_run_receipt
+
+    result = handover("verify", str(path), "--key", str(key))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"OK: {path}: dry-run erasure receipt of job {job_id}, ")
+    assert result.stdout.endswith(": nothing was erased\n")
+
+
+def test_verify_refuses_a_receipt_that_repeats_a_key(
+    dry_run_receipt: tuple[Path, Path, str],
+) -> None:
+    path, key, _ = dry_run_receipt
+    data = path.read_bytes()
+    assert data.count(b'"dry_run":true') == 1, data
+    # A reader keeping the first copy sees a real erasure; the signature covers the last.
+    path.write_bytes(data.replace(b'"dry_run":true', b'"dry_run":false,"dry_run":true'))
+
+    result = handover("verify", str(path), "--key", str(key))
+
+    assert result.returncode == 1, result.stdout
+    assert result.stderr == (
+        f"FAIL: {path}: the receipt repeats the key(s) 'dry_run' within one object: "
+        "readers disagree on which copy counts, so it is refused\n"
+    )
+
+
+def test_verify_refuses_keys_over_http_to_another_machine(tmp_path: Path) -> None:
+    receipt = tmp_path / "receipt.json"
+    receipt.write_bytes(b"{}")
+    url = "http://keys.example.com/v1/keys"
+
+    result = handover("verify", str(receipt), "--keys-url", url)
+
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"handover: keys URL {url!r}: plain http is accepted only to this machine "
+        "(127.0.0.0/8, ::1, localhost); use https, or pin the key with --key FILE\n"
+    )
+
+
+def test_verify_fetches_keys_over_https(tmp_path: Path) -> None:
+    # Nothing listens there: the URL passed the rule when the fetch itself is what fails.
+    url = f"https://127.0.0.1:{free_port()}/v1/keys"
+    receipt = tmp_path / "receipt.json"
+    receipt.write_bytes(b"{}")
+
+    result = handover("verify", str(receipt), "--keys-url", url)
+
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"handover: cannot fetch keys from {url}: "), result.stderr
     assert result.stderr.count("\n") == 1

@@ -1,0 +1,135 @@
+"""arq's worker, made to ride out Redis going away instead of exiting.
+
+arq 0.28 claims each job in ``Worker.start_jobs`` under ``WATCH``. A connection lost
+there surfaces from redis-py as ``WatchError`` ("A ConnectionError occurred on while
+watching one or more keys"), which redis-py never retries: raised by the check
+before ``EXEC`` it escaped arq's polling loop and ended ``async_run``, so the
+``handover worker`` process exited whenever Redis restarted under load; raised by
+``EXEC`` itself, arq took it for "claimed by another worker", and a claim that had
+reached Redis left the job unclaimable until its ``arq:in-progress`` key expired.
+A ``ConnectionError`` (``BusyLoadingError`` while a restarted Redis loads its data)
+that outlasts redis-py's retries escaped the loop the same way.
+
+:class:`PatientWorker` treats these as "Redis is away": it logs one warning per outage,
+backs off, and polls again, logging once more when Redis answers. It claims a job
+with a value of its own, so that when ``EXEC``'s reply is lost it reads the claim back
+and knows whether the job is its to run. A job it could not claim stays in the queue
+for the next poll. Tasks that lose Redis mid-way are handled by the tasks themselves
+(``jobs/worker.py``), enqueues by the client (``jobs/queue.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from functools import cached_property
+
+from arq.constants import in_progress_key_prefix
+from arq.utils import timestamp_ms
+from arq.worker import Worker
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError, WatchError
+
+log = logging.getLogger("handover.worker")
+
+#: What arq's polling loop raises when Redis is unreachable, restarting or failing over.
+REDIS_AWAY: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, WatchError)
+#: Pause after the first failed poll; doubled after each further one, up to the cap.
+FIRST_BACKOFF_SECONDS = 0.1
+MAX_BACKOFF_SECONDS = 5.0
+
+
+class PatientWorker(Worker):
+    """An arq ``Worker`` whose polling loop survives Redis restarts and failovers."""
+
+    _failed_polls = 0
+    _away_since = 0.0
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        """For each job id, claim the job and run it, as arq does, holding a slot while it runs."""
+        for job_id_b in job_ids:
+            await self.sem.acquire()
+            if self.job_counter >= self.max_jobs:
+                self.sem.release()
+                return
+            self.job_counter += 1
+            job_id = job_id_b.decode()
+            try:
+                score = await self._claim(job_id)
+            except REDIS_AWAY:
+                self._release_slot()
+                raise
+            if score is None:
+                self._release_slot()
+                continue
+            task = self.loop.create_task(self.run_job(job_id, score))
+            task.add_done_callback(lambda _: self._release_slot())
+            self.tasks[job_id] = task
+
+    async def _claim(self, job_id: str) -> int | None:
+        """The job's queue score once this worker holds its in-progress key; None if it can't.
+
+        None when the job is running elsewhere, gone from the queue, deferred, or
+        claimed by another worker meanwhile.
+        """
+        key = in_progress_key_prefix + job_id
+        claim = self._claim_value
+        async with self.pool.pipeline(transaction=True) as pipe:
+            await pipe.watch(key)
+            ongoing = await pipe.exists(key)
+            score = await pipe.zscore(self.queue_name, job_id)
+            if ongoing or not score or score > timestamp_ms():
+                return None
+            pipe.multi()  # type: ignore[no-untyped-call]
+            pipe.psetex(key, int(self.in_progress_timeout_s * 1000), claim)
+            try:
+                await pipe.execute()
+            except ResponseError:
+                return None
+            except WatchError:
+                # Another worker's claim changed the key, or the connection was lost
+                # with EXEC's reply: the key says which, and whether EXEC was applied.
+                if await self.pool.get(key) != claim:
+                    return None
+        return int(score)
+
+    @cached_property
+    def _claim_value(self) -> bytes:
+        """What this worker writes into the in-progress keys of the jobs it claims."""
+        return f"handover-worker-{uuid.uuid4().hex}".encode()
+
+    def _release_slot(self) -> None:
+        self.job_counter -= 1
+        self.sem.release()
+
+    async def _poll_iteration(self) -> None:
+        try:
+            await super()._poll_iteration()
+        except REDIS_AWAY as exc:
+            await self._redis_away(exc)
+        else:
+            self._redis_back()
+
+    async def _redis_away(self, exc: Exception) -> None:
+        backoff = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2**self._failed_polls)
+        if self._failed_polls == 0:
+            self._away_since = time.monotonic()
+            log.warning(
+                "Redis unavailable while polling (%s: %s); polling again, backing off up to %.0f s",
+                type(exc).__name__,
+                exc,
+                MAX_BACKOFF_SECONDS,
+            )
+        self._failed_polls += 1
+        await asyncio.sleep(backoff)
+
+    def _redis_back(self) -> None:
+        if self._failed_polls == 0:
+            return
+        log.info(
+            "Redis answers again: polling resumed after %.1f s (%d failed polls)",
+            time.monotonic() - self._away_since,
+            self._failed_polls,
+        )
+        self._failed_polls = 0
