@@ -66,6 +66,10 @@ class Connector(ABC):
     #: Only then can Handover tell, after a crash, what an interrupted attempt changed;
     #: otherwise the receipt says that it cannot.
     journals_commits: ClassVar[bool] = False
+    #: Whether Handover refuses to start while :meth:`check` fails, even transiently:
+    #: true for processors that are part of the platform itself (its database). A
+    #: third-party processor that cannot be reached at start only gets a warning.
+    needed_at_start: ClassVar[bool] = False
 
     def __init__(self, name: str, **options: Any) -> None:
         if options:

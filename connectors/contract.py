@@ -70,8 +70,12 @@ What the contract checks:
 - a connector whose processor fails (:meth:`~ConnectorContract.make_failing_connector`)
   raises a classified :class:`~connectors.errors.TransientError` or
   :class:`~connectors.errors.PermanentError` from export and erase, rather than
-  answering "nothing held"; and throughout, anything a connector raises is a
-  :class:`~connectors.errors.ConnectorError`.
+  answering "nothing held"; the message of every error it raises quotes none of
+  :meth:`~ConnectorContract.subject_with_data`'s identifier values (its id, email or
+  identities, those of five characters or more, in any case): messages are shown to
+  support staff and sent in webhooks, so the processor's own words belong in the
+  error's ``detail`` (admins only), which must be text or None; and throughout,
+  anything a connector raises is a :class:`~connectors.errors.ConnectorError`.
 """
 
 from __future__ import annotations
@@ -668,6 +672,7 @@ class ConnectorContract(ABC):
             await _guarded("open", connector.open())
         except ConnectorError as exc:
             _require_classified("open", exc)
+            _require_safe_message("open", exc, subject)
             return
         try:
             with_failure: dict[str, Callable[[], Awaitable[object]]] = {
@@ -681,6 +686,7 @@ class ConnectorContract(ABC):
                     await _guarded(operation, call())
                 except ConnectorError as exc:
                     _require_classified(operation, exc)
+                    _require_safe_message(operation, exc, subject)
                     continue
                 raise AssertionError(
                     f"{operation} on the failing connector succeeded: a processor that "
@@ -694,6 +700,7 @@ class ConnectorContract(ABC):
                     await _guarded(operation, optional())
                 except ConnectorError as exc:
                     _require_classified(operation, exc)
+                    _require_safe_message(operation, exc, subject)
         finally:
             await _guarded("close", connector.close())
 
@@ -738,4 +745,28 @@ def _require_classified(operation: str, exc: ConnectorError) -> None:
         raise AssertionError(
             f"{operation} raised {type(exc).__name__}: {exc} — classify it as TransientError "
             "(retry may help) or PermanentError (it will not)"
+        ) from exc
+
+
+_SHORTEST_CHECKED_VALUE = 5
+"""Shorter identifier values (``"1"``, ``"bob"``) cannot be told from other words."""
+
+
+def _require_safe_message(operation: str, exc: ConnectorError, subject: Subject) -> None:
+    """``exc``'s message quotes none of ``subject``'s identifiers; its detail is text or None."""
+    message = str(exc).casefold()
+    values = {subject.id, subject.email, *subject.identities.values()}
+    checked = sorted((v for v in values if v and len(v) >= _SHORTEST_CHECKED_VALUE), key=len)
+    for value in reversed(checked):  # the longest first: it names the leak best
+        if value.casefold() in message:
+            raise AssertionError(
+                f"{operation} raised {type(exc).__name__} whose message quotes the subject's "
+                f"identifier {value!r}: {exc} — messages are shown to support staff and sent "
+                "in webhooks; name the operation instead, and put the processor's own words "
+                "in the error's detail= (admins only)"
+            ) from exc
+    if exc.detail is not None and not isinstance(exc.detail, str):
+        raise AssertionError(
+            f"{operation} raised {type(exc).__name__} with a detail of type "
+            f"{type(exc.detail).__name__}: give text or None"
         ) from exc

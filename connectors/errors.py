@@ -12,15 +12,37 @@
 
 Connectors map foreign errors at their boundary (``raise TransientError(...) from exc``);
 the job pipeline decides what to do from the class alone.
+
+An error has two texts. Its message (``str(error)``) is Handover's own words, safe for
+support staff and webhooks: the connector, the operation, an HTTP method and path
+*template*, the HTTP status, the driver's error class or SQLSTATE; never a processor's
+answer, never a subject's identifier. :attr:`ConnectorError.detail` holds the
+processor's own words (a body excerpt, a database driver's message), credentials
+scrubbed: they may hold personal data, and are shown to admins only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+DETAIL_CHARS = 1000
+"""The most characters of :attr:`ConnectorError.detail` kept; the rest is cut."""
+
 
 class ConnectorError(Exception):
-    """Base of every error a connector reports."""
+    """Base of every error a connector reports.
+
+    ``message`` (``str(error)``) is Handover's own words, shown to staff and sent in
+    webhooks. ``detail``, keyword-only, is the processor's own words: may hold personal
+    data; shown to admins only. It is kept out of ``str(error)`` and cut at
+    :data:`DETAIL_CHARS` characters.
+    """
+
+    def __init__(self, *args: object, detail: str | None = None) -> None:
+        super().__init__(*args)
+        if detail is not None and len(detail) > DETAIL_CHARS:
+            detail = detail[:DETAIL_CHARS] + "…"
+        self.detail = detail
 
 
 class TransientError(ConnectorError):
@@ -30,8 +52,8 @@ class TransientError(ConnectorError):
 class RateLimited(TransientError):
     """The processor asks us to slow down; ``retry_after`` is in seconds."""
 
-    def __init__(self, message: str, *, retry_after: float) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, retry_after: float, detail: str | None = None) -> None:
+        super().__init__(message, detail=detail)
         self.retry_after = retry_after
 
 

@@ -9,6 +9,7 @@
     identifier = "client_id"          # user_id (default), client_id, app_instance_id,
                                       # or user_provided_data
     identity = "ga_client_id"         # the Subject.identities key holding it
+    max_response_mib = 32             # optional: the most one answer may weigh
 
 Erasure calls ``POST /v1alpha/{name=properties/*}:submitUserDeletion`` on
 ``https://analyticsadmin.googleapis.com`` with exactly one of ``userId``,
@@ -21,7 +22,11 @@ number reduced to its digits with a ``+`` prefix. Without ``identity``, ``user_i
 takes the subject's id and ``user_provided_data`` the subject's email; ``client_id``
 and ``app_instance_id`` need an ``identity`` to read from. Google's errors arrive as
 ``{"error": {"code", "message", "status"}}`` (https://cloud.google.com/apis/design/errors);
-``RESOURCE_EXHAUSTED`` (429) without ``Retry-After`` waits 30 seconds.
+``RESOURCE_EXHAUSTED`` (429) without ``Retry-After`` waits 30 seconds. An error
+message names the operation, the endpoint, the HTTP status and the ``status`` when it
+is one of Google's canonical codes (``PERMISSION_DENIED``); Google's ``message`` goes
+to the error's ``detail``. Each answer is bounded (``max_response_mib``) and no
+redirect is followed (see :mod:`connectors.httpclient`).
 
 The identifier the deletion is keyed by (the ``identity``, or the subject's id or
 email) is the connector's one entry in ``identifiers``: a subject without it
@@ -52,7 +57,7 @@ from typing import Any, ClassVar
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, Unidentified
-from connectors.httpclient import HttpClient, bearer
+from connectors.httpclient import MIB, HttpClient, bearer
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.options import Options
 from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
@@ -68,6 +73,30 @@ IDENTIFIERS = {
 }
 """Configuration names of the identifiers, and the request fields that carry them."""
 
+GOOGLE_ERROR_CODES = frozenset(
+    {
+        "CANCELLED",
+        "UNKNOWN",
+        "INVALID_ARGUMENT",
+        "DEADLINE_EXCEEDED",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "RESOURCE_EXHAUSTED",
+        "FAILED_PRECONDITION",
+        "ABORTED",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "INTERNAL",
+        "UNAVAILABLE",
+        "DATA_LOSS",
+    }
+)
+"""Google's canonical error codes (``google.rpc.Code``), the ``status`` of an error answer."""
+
+_PROPERTY_PATH = f"/{API_VERSION}/properties/{{property}}"
+_DELETION_PATH = f"{_PROPERTY_PATH}:submitUserDeletion"
 _RESOURCE_EXHAUSTED_WAIT_SECONDS = 30.0
 _GMAIL_DOMAINS = ("gmail.com", "googlemail.com")
 
@@ -87,7 +116,8 @@ class GoogleAnalyticsConnector(Connector):
     """Erases through Google Analytics' user deletion API; exports a notice, not data.
 
     Options: ``property`` (required), ``access_token`` (required), ``identifier``,
-    ``identity``, ``base_url``, ``rate_limit`` (requests per second), ``timeout``.
+    ``identity``, ``base_url``, ``rate_limit`` (requests per second), ``timeout``,
+    ``max_response_mib``.
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"usage"})
@@ -112,6 +142,7 @@ class GoogleAnalyticsConnector(Connector):
         base_url: object = DEFAULT_BASE_URL,
         rate_limit: object = 5.0,
         timeout: object = 30.0,
+        max_response_mib: object = 32,
         **unknown: Any,
     ) -> None:
         super().__init__(name, **unknown)
@@ -139,6 +170,10 @@ class GoogleAnalyticsConnector(Connector):
             rate_limit=options.number("rate_limit", rate_limit),
             timeout=options.positive("timeout", timeout),
             default_retry_after=_RESOURCE_EXHAUSTED_WAIT_SECONDS,
+            max_response_bytes=max(
+                1, int(options.positive("max_response_mib", max_response_mib) * MIB)
+            ),
+            error_code=_google_error_code,
         )
 
     def __repr__(self) -> str:
@@ -165,6 +200,7 @@ class GoogleAnalyticsConnector(Connector):
             f"/{API_VERSION}/{self.property}",
             operation="read property",
             headers=bearer(self._token),
+            path_template=_PROPERTY_PATH,
         )
         answer = response.json()
         return answer if isinstance(answer, dict) else {}
@@ -230,6 +266,7 @@ class GoogleAnalyticsConnector(Connector):
             operation="submit user deletion",
             json={IDENTIFIERS[self.identifier]: value},
             headers=bearer(self._token),
+            path_template=_DELETION_PATH,
         )
         answer = response.json()
         accepted_at = answer.get("deletionRequestTime") if isinstance(answer, dict) else None
@@ -249,3 +286,10 @@ class GoogleAnalyticsConnector(Connector):
         """Google Analytics cannot restrict a user; one it cannot be asked about is unidentified."""
         self.subject_identifier(subject)
         return await super().restrict(subject, dry_run=dry_run)
+
+
+def _google_error_code(answer: Any) -> str | None:
+    """The canonical ``status`` of a Google error answer, if it is one."""
+    error = answer.get("error") if isinstance(answer, dict) else None
+    status = error.get("status") if isinstance(error, dict) else None
+    return status if isinstance(status, str) and status in GOOGLE_ERROR_CODES else None

@@ -9,6 +9,7 @@
     client_secret = "…"
     site_ids = [3456789]           # optional: also look up by user id on these sites
     user_id_identity = "hotjar"    # optional Subject.identities key; default the subject's id
+    max_response_mib = 32          # optional: the most one answer may weigh
 
 Endpoints used, from Hotjar's API reference
 (https://help.hotjar.com/hc/en-us/articles/12244109929751-Hotjar-API-Reference):
@@ -37,6 +38,12 @@ to 10 a second, and a 429 without ``Retry-After`` waits 20 seconds.
 The subject is looked up by email and, with ``site_ids``, by their user id on
 those sites: a subject with neither raises :class:`~connectors.errors.Unidentified`
 (an empty lookup would claim that Hotjar holds nothing).
+
+Each answer is bounded (``max_response_mib``) and no redirect is followed (see
+:mod:`connectors.httpclient`). Error messages name the operation, the endpoint, the
+status and, from the token endpoint, the OAuth error code when it is one RFC 6749
+§5.2 defines (``invalid_client``); the rest of Hotjar's answer goes to the error's
+``detail``.
 """
 
 from __future__ import annotations
@@ -49,13 +56,26 @@ from typing import Any, ClassVar
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, Unidentified
-from connectors.httpclient import HttpClient, bearer
+from connectors.httpclient import MIB, HttpClient, bearer
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.options import Options, Secret
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
 DEFAULT_BASE_URL = "https://api.hotjar.io"
 
+_TOKEN_PATH = "/v1/oauth/token"
+_LOOKUP_PATH = "/v1/organizations/{organization_id}/user-lookup"
+_OAUTH_ERRORS = frozenset(
+    {
+        "invalid_request",
+        "invalid_client",
+        "invalid_grant",
+        "unauthorized_client",
+        "unsupported_grant_type",
+        "invalid_scope",
+    }
+)
+"""The token endpoint's error codes, as RFC 6749 §5.2 defines them."""
 _TOKEN_MARGIN_SECONDS = 60.0
 _RATE_LIMITED_WAIT_SECONDS = 20.0
 _REPORT_DELIVERY = (
@@ -88,7 +108,8 @@ class HotjarConnector(Connector):
     """Looks the subject up with Hotjar's User Lookup API, and deletes what it finds.
 
     Options: ``organization_id``, ``client_id``, ``client_secret`` (required),
-    ``site_ids``, ``user_id_identity``, ``base_url``, ``rate_limit``, ``timeout``.
+    ``site_ids``, ``user_id_identity``, ``base_url``, ``rate_limit``, ``timeout``,
+    ``max_response_mib``.
     ``identifiers`` are ``email`` and, with ``site_ids``, the identity holding the
     site user id (``user_id_identity``, or the subject's ``id``).
     """
@@ -116,6 +137,7 @@ class HotjarConnector(Connector):
         base_url: object = DEFAULT_BASE_URL,
         rate_limit: object = 10.0,
         timeout: object = 30.0,
+        max_response_mib: object = 32,
         **unknown: Any,
     ) -> None:
         super().__init__(name, **unknown)
@@ -134,6 +156,10 @@ class HotjarConnector(Connector):
             rate_limit=options.number("rate_limit", rate_limit),
             timeout=options.positive("timeout", timeout),
             default_retry_after=_RATE_LIMITED_WAIT_SECONDS,
+            max_response_bytes=max(
+                1, int(options.positive("max_response_mib", max_response_mib) * MIB)
+            ),
+            error_code=_oauth_error,
         )
         self._tokens = _TokenCache()
 
@@ -169,8 +195,9 @@ class HotjarConnector(Connector):
     async def _fetch_token(self) -> tuple[Secret, float]:
         response = await self.client.request(
             "POST",
-            "/v1/oauth/token",
+            _TOKEN_PATH,
             operation="obtain access token",
+            path_template=_TOKEN_PATH,
             form={
                 "grant_type": "client_credentials",
                 "client_id": self._client_id,
@@ -204,7 +231,7 @@ class HotjarConnector(Connector):
     async def _user_lookup(self, looked_up_by: Mapping[str, Any], *, delete: bool) -> Any:
         operation = "user lookup with deletion" if delete else "user lookup"
         body = {**looked_up_by, "delete_all_hits": delete}
-        path = f"/v1/organizations/{self.organization_id}/user-lookup"
+        path = _LOOKUP_PATH.format(organization_id=self.organization_id)
         token = await self._access_token()
         response = await self.client.request(
             "POST",
@@ -214,6 +241,7 @@ class HotjarConnector(Connector):
             headers=bearer(token),
             secrets=(token,),
             accept=(401,),
+            path_template=_LOOKUP_PATH,
         )
         if response.status == 401:
             token = await self._access_token(renew_after=token)
@@ -224,6 +252,7 @@ class HotjarConnector(Connector):
                 json=body,
                 headers=bearer(token),
                 secrets=(token,),
+                path_template=_LOOKUP_PATH,
             )
         return response.json()
 
@@ -274,6 +303,12 @@ class HotjarConnector(Connector):
         """Hotjar cannot restrict processing; a subject it cannot be asked about is unidentified."""
         self.require_identifier(subject)
         return await super().restrict(subject, dry_run=dry_run)
+
+
+def _oauth_error(answer: Any) -> str | None:
+    """The RFC 6749 error code of a token endpoint's answer, if it is one."""
+    code = answer.get("error") if isinstance(answer, dict) else None
+    return code if isinstance(code, str) and code in _OAUTH_ERRORS else None
 
 
 def _describe(key: str) -> str:

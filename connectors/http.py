@@ -10,7 +10,8 @@ in TOML rather than in code::
                                                  # or header (name, value)
     rate_limit = 5           # requests per second, client side (token bucket); 0 = off
     burst = 5                # requests the bucket allows at once (default: rate_limit)
-    timeout = 30             # seconds per request
+    timeout = 30             # seconds per request, the whole answer included
+    max_response_mib = 32    # the most one answer may weigh; a larger one is refused
 
     [[connectors.tickets.datasets]]
     name = "tickets"
@@ -41,7 +42,11 @@ default, optional ``size_param``/``size``; ends on an empty or short page);
 ``cursor`` (the next cursor read at ``next`` in the body and sent back as ``param``);
 ``link`` (the ``Link: <…>; rel="next"`` header, RFC 8288); ``next_url`` (the next
 page's URL read at ``next`` in the body). Next-page URLs must stay on ``base_url``'s
-origin, so credentials never travel to another host.
+origin, so credentials never travel to another host. A processor's paging is not
+trusted to end: an export stops with a :class:`~connectors.errors.PermanentError` at
+``max_pages`` pages (10,000 unless set in the ``pagination`` table), at a cursor or
+next-page URL it was already given, and at a page that repeats the one before it
+(a processor ignoring the page parameter).
 
 Erasure counts what each dataset holds first (one export pass), then calls the
 erase endpoints; a repeat finds nothing and reports zero. A dataset may carry its
@@ -54,9 +59,12 @@ the kept data too), and the optional ``restrict`` endpoint (same keys) blocks th
 subject.
 
 Requests go through :class:`~connectors.httpclient.HttpClient`, which spaces them
-(``rate_limit``, ``burst``) and classifies every failure once: rate limited with
-the ``Retry-After`` delay, transient, or permanent naming the status. Credentials
-are read by :class:`~connectors.options.Options` into
+(``rate_limit``, ``burst``), bounds each answer (``max_response_mib``) and its time
+(``timeout``), follows no redirect, and classifies every failure once: rate limited
+with the ``Retry-After`` delay, transient, or permanent naming the status. Error
+messages name the operation and the path *template* (``GET /users/{id}/tickets``),
+never the subject's values; the processor's answer goes to the error's ``detail``.
+Credentials are read by :class:`~connectors.options.Options` into
 :class:`~connectors.options.Secret` and scrubbed from every message; they are
 never part of a ``repr``.
 
@@ -67,6 +75,7 @@ tokens), RFC 7617 (basic auth), RFC 3986 (percent-encoding, dot segments).
 from __future__ import annotations
 
 import base64
+import hashlib
 import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -76,7 +85,7 @@ from urllib.parse import quote, urljoin
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, Unidentified
-from connectors.httpclient import HttpClient, HttpResponse
+from connectors.httpclient import MIB, HttpClient, HttpResponse
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.options import Options, Secret
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
@@ -108,6 +117,19 @@ def _resolve_path(document: Any, keys: Sequence[str]) -> Any:
 
 
 _VARIABLE = re.compile(r"\{([^{}]*)\}")
+
+
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type (for messages that must not show it)."""
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    return "null" if value is None else "value"
 
 
 def _subject_values(subject: Subject) -> dict[str, str]:
@@ -266,9 +288,9 @@ class HttpConnector(Connector):
 
     Options: ``base_url``, ``datasets`` (list of tables), ``erase`` (table),
     optional ``restrict`` (table), ``auth`` (table), ``headers``, ``rate_limit``,
-    ``burst``, ``timeout`` and ``check_path`` (a GET that proves the API answers;
-    it names no subject, so it takes no variables). ``identifiers`` are the
-    variables the templates use.
+    ``burst``, ``timeout``, ``max_response_mib`` and ``check_path`` (a GET that
+    proves the API answers; it names no subject, so it takes no variables).
+    ``identifiers`` are the variables the templates use.
     """
 
     def __init__(
@@ -284,6 +306,7 @@ class HttpConnector(Connector):
         rate_limit: object = 5.0,
         burst: object = None,
         timeout: object = 30.0,
+        max_response_mib: object = 32,
         check_path: object = None,
         **unknown: Any,
     ) -> None:
@@ -340,6 +363,9 @@ class HttpConnector(Connector):
             rate_limit=options.number("rate_limit", rate_limit),
             burst=None if burst is None else options.positive("burst", burst),
             timeout=options.positive("timeout", timeout),
+            max_response_bytes=max(
+                1, int(options.positive("max_response_mib", max_response_mib) * MIB)
+            ),
         )
 
     def __repr__(self) -> str:
@@ -404,12 +430,15 @@ class HttpConnector(Connector):
                 "erase",
             ),
         )
-        dataset = Dataset(
-            name=options.text(f"{where}.name", table.get("name")),
-            category=options.text(f"{where}.category", table.get("category")),
-            description=str(table.get("description", "")),
-            fields=options.text_list(f"{where}.fields", table.get("fields", [])),
-        )
+        try:
+            dataset = Dataset(
+                name=options.text(f"{where}.name", table.get("name")),
+                category=options.text(f"{where}.category", table.get("category")),
+                description=str(table.get("description", "")),
+                fields=options.text_list(f"{where}.fields", table.get("fields", [])),
+            )
+        except ValueError as exc:  # the name: it becomes a path in the archive
+            raise options.error(where, f"has a bad name: {exc}") from None
         records_text = table.get("records", "")
         if not isinstance(records_text, str):
             raise options.error(f"{where}.records", "must be a JSON pointer or dotted path")
@@ -505,7 +534,11 @@ class HttpConnector(Connector):
         """GET ``check_path`` when configured; any classified error says what is wrong."""
         if self._check_path is not None:
             await self.client.request(
-                "GET", self._check_path, operation="check", headers=self._auth_headers()
+                "GET",
+                self._check_path,
+                operation="check",
+                headers=self._auth_headers(),
+                path_template=self._check_path,
             )
 
     def _values(self, subject: Subject, needs: frozenset[str]) -> dict[str, str]:
@@ -532,9 +565,12 @@ class HttpConnector(Connector):
         self, spec: _DatasetSpec, values: Mapping[str, str]
     ) -> AsyncIterator[list[Mapping[str, Any]]]:
         paging = spec.pagination
+        where = f"{self.name}: export {spec.dataset.name}"
         target = spec.path.render(values, self.name, in_path=True)
         params = {key: t.render(values, self.name, in_path=False) for key, t in spec.params}
         page_number, cursor = paging.start, None
+        followed: set[bytes] = set()  # digests of the cursors and next-page URLs given so far
+        previous: bytes | None = None  # the digest of the last page holding records
         for page in range(1, paging.max_pages + 1):
             query = dict(params)
             if paging.style == "page":
@@ -550,11 +586,19 @@ class HttpConnector(Connector):
                 params=query,
                 headers=self._auth_headers(),
                 accept=spec.absent,
+                path_template=spec.path.text,
             )
             if response.status in spec.absent:
                 return
             document = response.json()
             rows = self._rows(spec, document, page)
+            digest = hashlib.sha256(response.body).digest() if rows else None
+            if digest is not None and digest == previous:
+                raise PermanentError(
+                    f"{where}: page {page} repeats page {page - 1} word for word: the "
+                    "processor's paging does not advance"
+                )
+            previous = digest
             yield rows
             if paging.style == "none":
                 return
@@ -566,21 +610,24 @@ class HttpConnector(Connector):
             following = self._next(spec, response, document)
             if following is None:
                 return
-            if paging.style == "cursor":
-                if following == cursor:
-                    raise PermanentError(
-                        f"{self.name}: export {spec.dataset.name}: the cursor repeats itself"
-                    )
-                cursor = following
-                continue
-            following = urljoin(response.url, following)
-            if following == response.url:
+            if paging.style != "cursor":
+                followed.add(hashlib.sha256(response.url.encode()).digest())
+                following = urljoin(response.url, following)
+            seen = hashlib.sha256(following.encode()).digest()
+            if seen in followed:
+                what = "cursor" if paging.style == "cursor" else "next-page URL"
                 raise PermanentError(
-                    f"{self.name}: export {spec.dataset.name}: the next page is the same page"
+                    f"{where}: page {page} gives a {what} already followed: the processor's "
+                    "paging goes round in a circle"
                 )
-            target, params = following, {}
+            followed.add(seen)
+            if paging.style == "cursor":
+                cursor = following
+            else:
+                target, params = following, {}
         raise PermanentError(
-            f"{self.name}: export {spec.dataset.name}: more than {paging.max_pages} pages"
+            f"{where}: more than {paging.max_pages} pages (pagination.max_pages): the "
+            "processor's paging does not end"
         )
 
     def _next(self, spec: _DatasetSpec, response: HttpResponse, document: Any) -> str | None:
@@ -602,7 +649,10 @@ class HttpConnector(Connector):
             raise PermanentError(f"{where}: {spec.records_text!r} is not a list")
         for row in found:
             if not isinstance(row, dict):
-                raise PermanentError(f"{where}: records must be JSON objects, got {row!r:.60}")
+                raise PermanentError(
+                    f"{where}: records must be JSON objects, got a JSON {_json_type(row)}",
+                    detail=f"{row!r:.200}",
+                )
         return found
 
     async def _counts(self, values: Mapping[str, str]) -> dict[str, int]:
@@ -623,6 +673,7 @@ class HttpConnector(Connector):
             json=_render_body(endpoint.body, values, self.name),
             headers=self._auth_headers(),
             accept=endpoint.success | endpoint.absent,
+            path_template=endpoint.path.text,
         )
         if response.status in endpoint.absent:
             return False

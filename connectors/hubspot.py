@@ -6,6 +6,7 @@ Authenticates with a private app's access token (``Authorization: Bearer …``):
     type = "hubspot"
     token = "pat-eu1-…"   # scopes crm.objects.contacts.read/.write, crm.schemas.contacts.read
     properties = ["email", "firstname", "lastname"]   # optional; default: every contact property
+    max_response_mib = 32                             # optional; the most one answer may weigh
 
 Endpoints used, as HubSpot documents them:
 
@@ -31,6 +32,12 @@ private apps get 100–190 requests per 10 seconds and the search endpoints five
 second per token, so the client-side bucket defaults to 4 per second. A 429 carries
 ``{"errorType": "RATE_LIMIT", "policyName": …}``; without a ``Retry-After`` the
 connector waits out HubSpot's 10-second window.
+
+HubSpot's answers are not trusted to be well-formed: the search stops at 100 pages
+and at an ``after`` cursor it was already given, each answer is bounded
+(``max_response_mib``) and redirects are not followed (see
+:mod:`connectors.httpclient`). Error messages name the operation and the endpoint;
+HubSpot's error body, which may quote the contact, goes to the error's ``detail``.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from typing import Any, ClassVar
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, Unidentified
-from connectors.httpclient import HttpClient, bearer
+from connectors.httpclient import MIB, HttpClient, bearer
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.options import Options
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
@@ -61,8 +68,8 @@ class HubSpotConnector(Connector):
 
     Options: ``token`` (private app access token, required), ``base_url``,
     ``properties`` (names to export; default all), ``rate_limit`` (requests per
-    second), ``timeout`` (seconds). The contact is found by the subject's email or
-    their ``hubspot_contact_id``.
+    second), ``timeout`` (seconds), ``max_response_mib``. The contact is found by
+    the subject's email or their ``hubspot_contact_id``.
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"contact"})
@@ -85,6 +92,7 @@ class HubSpotConnector(Connector):
         properties: object = None,
         rate_limit: object = 4.0,
         timeout: object = 30.0,
+        max_response_mib: object = 32,
         **unknown: Any,
     ) -> None:
         super().__init__(name, **unknown)
@@ -100,6 +108,9 @@ class HubSpotConnector(Connector):
             rate_limit=options.number("rate_limit", rate_limit),
             timeout=options.positive("timeout", timeout),
             default_retry_after=_RATE_LIMIT_WINDOW_SECONDS,
+            max_response_bytes=max(
+                1, int(options.positive("max_response_mib", max_response_mib) * MIB)
+            ),
         )
 
     def __repr__(self) -> str:
@@ -135,6 +146,7 @@ class HubSpotConnector(Connector):
             json=json,
             headers=bearer(self._token),
             accept=accept,
+            path_template=path,
         )
         return response.status, response.json()
 
@@ -207,20 +219,30 @@ class HubSpotConnector(Connector):
             "limit": _SEARCH_PAGE_SIZE,
         }
         ids: list[str] = []
+        given: set[str] = set()
         for page in range(1, _MAX_SEARCH_PAGES + 1):
+            operation = f"search contact page {page}"
             _, found = await self._request(
-                "POST", "/crm/v3/objects/contacts/search", f"search contact page {page}", json=body
+                "POST", "/crm/v3/objects/contacts/search", operation, json=body
             )
-            ids.extend(str(contact["id"]) for contact in _results(found, self.name))
-            after = ((found.get("paging") or {}).get("next") or {}).get("after")
-            if not after:
+            ids.extend(str(contact["id"]) for contact in _results(found, self.name, "id"))
+            after = _next_after(found)
+            if after is None:
                 return ids
+            if after in given:
+                raise PermanentError(
+                    f"{self.name}: {operation}: HubSpot gives an 'after' cursor already "
+                    "followed: its paging goes round in a circle"
+                )
+            given.add(after)
             body["after"] = after
-        raise PermanentError(f"{self.name}: the contact search did not end after {page} pages")
+        raise PermanentError(
+            f"{self.name}: the contact search did not end after {_MAX_SEARCH_PAGES} pages"
+        )
 
     async def _property_names(self) -> list[str]:
         _, found = await self._request("GET", "/crm/v3/properties/contacts", "list properties")
-        return [str(prop["name"]) for prop in _results(found, self.name)]
+        return [str(prop["name"]) for prop in _results(found, self.name, "name")]
 
     async def _read(self, ids: Sequence[str], properties: Sequence[str]) -> list[dict[str, Any]]:
         contacts = []
@@ -237,7 +259,7 @@ class HubSpotConnector(Connector):
                     ],
                 },
             )
-            for contact in _results(found, self.name):
+            for contact in _results(found, self.name, "id"):
                 contacts.append(
                     {
                         "id": str(contact["id"]),
@@ -254,10 +276,19 @@ class HubSpotConnector(Connector):
         return contacts
 
 
-def _results(document: Any, connector: str) -> list[dict[str, Any]]:
+def _results(document: Any, connector: str, key: str) -> list[dict[str, Any]]:
+    """The ``results`` of an answer, each an object holding ``key``."""
     results = document.get("results") if isinstance(document, dict) else None
     if not isinstance(results, list) or not all(
-        isinstance(item, dict) and ("id" in item or "name" in item) for item in results
+        isinstance(item, dict) and key in item for item in results
     ):
         raise PermanentError(f"{connector}: HubSpot answered without a results list")
     return results
+
+
+def _next_after(document: dict[str, Any]) -> str | None:
+    """The search answer's ``paging.next.after`` cursor, or None on the last page."""
+    paging = document.get("paging")
+    following = paging.get("next") if isinstance(paging, dict) else None
+    after = following.get("after") if isinstance(following, dict) else None
+    return str(after) if after else None

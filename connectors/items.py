@@ -2,9 +2,25 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
+"""What a connector's or a dataset's name may be: it becomes part of archive paths
+(``<connector>/<dataset>.json``) and of retention rules (``connector/dataset``), so no
+``/``, ``.``, ``\\`` or anything else a path could be made of."""
+
+
+def check_name(kind: str, name: object) -> str:
+    """``name`` if it is a valid connector or dataset name (:data:`NAME`); else ValueError."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise ValueError(
+            f"{kind} name {name!r} must be 1 to 63 letters, digits, - or _, "
+            "starting with a letter or digit"
+        )
+    return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +59,9 @@ class Dataset:
     ``notice`` marks a dataset that is a statement about the processing rather than
     data held on the subject (e.g. "this processor offers no per-user export"): it
     is exported for everyone and is not something an erasure removes.
+
+    ``name`` must match :data:`NAME` (it names the dataset's file in the archive):
+    a declaration with any other name raises :class:`ValueError`.
     """
 
     name: str
@@ -50,6 +69,9 @@ class Dataset:
     description: str = ""
     fields: tuple[str, ...] = ()
     notice: bool = False
+
+    def __post_init__(self) -> None:
+        check_name("dataset", self.name)
 
 
 @dataclass(frozen=True, slots=True)

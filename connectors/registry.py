@@ -5,6 +5,13 @@ built-ins exactly like third-party packages. Discovery lists the entry points
 first and imports one only when configuration asks for its type, so a broken
 plugin nobody uses costs nothing, and one that is used fails with a
 :class:`~connectors.errors.ConnectorLoadError` naming its distribution.
+
+Names become paths inside the archive (``<connector>/<dataset>.json``), so both
+follow one rule, :data:`connectors.items.NAME`: a connector's name is checked here,
+for every connector built from configuration, and a dataset's name where it is
+declared (:class:`~connectors.items.Dataset`, configured datasets such as an
+``http`` connector's included). Either stops the build with one line naming the
+connector and the name.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any
 
 from connectors.base import Connector
 from connectors.errors import ConnectorLoadError
+from connectors.items import check_name
 
 ENTRY_POINT_GROUP = "handover.connectors"
 #: Options every connector accepts: the Art. 15(1) information about its processing.
@@ -62,6 +70,10 @@ def build_connectors(configs: list[ConnectorConfig]) -> dict[str, Connector]:
     types = available_types()
     built: dict[str, Connector] = {}
     for config in configs:
+        try:
+            check_name("connector", config.name)
+        except ValueError as exc:
+            raise ConnectorLoadError(str(exc)) from None
         cls = load_type(config.type, types)
         options = {k: v for k, v in config.options.items() if k not in PROCESSING_FIELDS}
         processing = {k: str(v) for k, v in config.options.items() if k in PROCESSING_FIELDS}

@@ -9,6 +9,7 @@ live::
     prefix = "uploads/{subject}/"
     endpoint_url = "http://127.0.0.1:9000"   # MinIO, moto; leave out for AWS
     category = "usage"
+    max_objects = 1000000                    # optional: the most objects one subject may have
 
 Every object under the subject's prefix is one file of the ``files`` dataset: an
 export streams each body in chunks, an erasure deletes them. A retained ``files``
@@ -16,11 +17,23 @@ dataset is kept and blocked instead, as a restriction blocks it: the objects get
 the tag ``handover-restricted=true``. Credentials come from the usual AWS chain
 (environment, shared config, instance role). boto3 is synchronous, so every call
 runs in a worker thread.
+
+Listings are streamed a page (1,000 keys) at a time, for export, erasure and
+restriction alike, so memory stays flat whatever the subject holds; and bounded: a
+listing that passes ``max_objects`` objects (each page counting at least one), or
+hands back a continuation token it already gave, ends in a
+:class:`~connectors.errors.PermanentError` rather than running forever.
+
+Error messages name the connector, the bucket, the operation (``list objects``,
+``read object``…), the HTTP status and S3's error code when it is one S3 documents;
+never an object key or the prefix, which hold the subject's id. The store's own
+message, and the key, go to the error's ``detail`` (admins only).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import string
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
@@ -43,6 +56,42 @@ DATASET = "files"
 RESTRICTED_TAG = "handover-restricted"
 _LIST_PAGE = 1000  # keys per ListObjectsV2 page (S3's maximum)
 _DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+DEFAULT_MAX_OBJECTS = 1_000_000
+# S3's documented error codes: one of these may stand in a message; another
+# store's own code goes to the detail with its message.
+_S3_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccountProblem",
+        "AllAccessDisabled",
+        "AuthorizationHeaderMalformed",
+        "ExpiredToken",
+        "InternalError",
+        "InvalidAccessKeyId",
+        "InvalidArgument",
+        "InvalidBucketName",
+        "InvalidBucketState",
+        "InvalidObjectState",
+        "InvalidRequest",
+        "InvalidToken",
+        "MethodNotAllowed",
+        "NoSuchBucket",
+        "NoSuchKey",
+        "NoSuchTagSet",
+        "NotImplemented",
+        "OperationAborted",
+        "PermanentRedirect",
+        "PreconditionFailed",
+        "RequestTimeTooSkewed",
+        "RequestTimeout",
+        "ServiceUnavailable",
+        "SignatureDoesNotMatch",
+        "SlowDown",
+        "TemporaryRedirect",
+        "Throttling",
+        "ThrottlingException",
+    }
+)
 _TRANSIENT_CODES = frozenset(
     {
         "InternalError",
@@ -90,10 +139,12 @@ class S3FilesConnector(Connector):
 
     ``category`` is the GDPR category of the files (default ``usage``);
     ``endpoint_url`` points at MinIO, moto or another S3-compatible store;
-    ``chunk_size`` is how many bytes of a body are read at a time.
+    ``chunk_size`` is how many bytes of a body are read at a time; ``max_objects``
+    bounds one subject's listing.
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"usage"})
+    journals_commits: ClassVar[bool] = True
     datasets: ClassVar[tuple[Dataset, ...]] = (
         Dataset(DATASET, "usage", "files the subject uploaded or that were stored for them"),
     )
@@ -108,6 +159,7 @@ class S3FilesConnector(Connector):
         endpoint_url: str | None = None,
         region: str | None = None,
         chunk_size: int = 1 << 20,
+        max_objects: int = DEFAULT_MAX_OBJECTS,
         **options: Any,
     ) -> None:
         super().__init__(name, **options)
@@ -115,6 +167,9 @@ class S3FilesConnector(Connector):
             raise PermanentError(f"connector {name!r}: bucket must not be empty")
         if chunk_size < 1:
             raise PermanentError(f"connector {name!r}: chunk_size must be at least 1")
+        if isinstance(max_objects, bool) or not isinstance(max_objects, int) or max_objects < 1:
+            raise PermanentError(f"connector {name!r}: max_objects must be a whole number above 0")
+        self.max_objects = max_objects
         try:
             self.prefix = _check_prefix_template(prefix)
         except ValueError as exc:
@@ -136,7 +191,8 @@ class S3FilesConnector(Connector):
         """Where ``subject``'s files live in the bucket."""
         if not subject.id or "/" in subject.id or subject.id in {".", ".."}:
             raise PermanentError(
-                f"connector {self.name!r}: subject id {subject.id!r} cannot name an S3 prefix"
+                f"connector {self.name!r}: the subject's id cannot name an S3 prefix "
+                "(it is empty, '.' or '..', or holds a '/')"
             )
         return self.prefix.format(subject=subject.id)
 
@@ -146,92 +202,133 @@ class S3FilesConnector(Connector):
 
     async def check(self) -> None:
         """Raise unless the bucket exists and answers."""
-        await self._call(f"bucket {self.bucket!r}", self.client.head_bucket, Bucket=self.bucket)
+        await self._call("check the bucket", self.client.head_bucket, Bucket=self.bucket)
 
     async def export(self, subject: Subject) -> AsyncIterator[Item]:
         """Yield every object under the subject's prefix as a :class:`File`, streamed."""
         prefix = self.subject_prefix(subject)
-        async for key in self._keys(prefix):
-            try:
-                head = await self._call(key, self.client.head_object, Bucket=self.bucket, Key=key)
-            except _Gone:
-                continue  # deleted since it was listed: no longer held
-            yield File(
-                _archive_path(key[len(prefix) :]),
-                self._body(key),
-                media_type=head.get("ContentType") or "application/octet-stream",
-                dataset=DATASET,
-            )
+        async for keys in self._pages(prefix):
+            for key in keys:
+                if key.endswith("/"):
+                    continue  # an empty "folder" marker
+                try:
+                    head = await self._call(
+                        "read object metadata",
+                        self.client.head_object,
+                        Bucket=self.bucket,
+                        Key=key,
+                        key=key,
+                    )
+                except _Gone:
+                    continue  # deleted since it was listed: no longer held
+                yield File(
+                    _archive_path(key[len(prefix) :]),
+                    self._body(key),
+                    media_type=head.get("ContentType") or "application/octet-stream",
+                    dataset=DATASET,
+                )
 
     async def erase(
         self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
     ) -> ErasureReport:
         """Delete the subject's objects, or tag them restricted when ``files`` is retained.
 
-        Empty "folder" markers under the prefix go too; only files are counted.
+        Empty "folder" markers under the prefix go too; only files are counted. The
+        listing is streamed: each page is deleted (or tagged) before the next is read,
+        and each batch is journaled (:meth:`before_commit`) before it is deleted.
         """
-        everything = [
-            key async for key in self._keys(self.subject_prefix(subject), with_markers=True)
-        ]
-        files = [key for key in everything if not key.endswith("/")]
-        if not everything:
-            return ErasureReport()
         rule = retention.get(DATASET)
+        listed = files = 0
+        async for keys in self._pages(self.subject_prefix(subject)):
+            listed += len(keys)
+            found = [key for key in keys if not key.endswith("/")]
+            files += len(found)
+            if dry_run:
+                continue
+            if rule is not None:
+                await self._tag_restricted(found)
+                continue
+            for start in range(0, len(keys), _DELETE_BATCH):
+                batch = keys[start : start + _DELETE_BATCH]
+                counted = sum(not key.endswith("/") for key in batch)
+                # Journaled first: a retry after a crash still counts this batch.
+                await self.before_commit(ErasureReport((DatasetErasure(DATASET, deleted=counted),)))
+                await self._delete(batch)
+        if not listed:
+            return ErasureReport()
         if rule is not None:
-            if not dry_run:
-                await self._tag_restricted(files)
             entry = DatasetErasure(
                 DATASET,
-                retained=len(files),
+                retained=files,
                 legal_basis=rule.legal_basis,
                 retained_until=datetime.now(UTC) + rule.duration,
             )
             return ErasureReport((entry,))
-        if not dry_run:
-            for start in range(0, len(everything), _DELETE_BATCH):
-                await self._delete(everything[start : start + _DELETE_BATCH])
-        return ErasureReport((DatasetErasure(DATASET, deleted=len(files)),))
+        return ErasureReport((DatasetErasure(DATASET, deleted=files),))
 
     async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
         """Tag the subject's objects ``handover-restricted=true``."""
-        keys = [key async for key in self._keys(self.subject_prefix(subject))]
-        if not dry_run:
-            await self._tag_restricted(keys)
-        return RestrictionReport(supported=True, restricted={DATASET: len(keys)})
+        restricted = 0
+        async for keys in self._pages(self.subject_prefix(subject)):
+            found = [key for key in keys if not key.endswith("/")]
+            restricted += len(found)
+            if not dry_run:
+                await self._tag_restricted(found)
+        return RestrictionReport(supported=True, restricted={DATASET: restricted})
 
-    async def _keys(self, prefix: str, *, with_markers: bool = False) -> AsyncIterator[str]:
-        """The keys under ``prefix``; empty "folder" markers (``…/``) only ``with_markers``."""
+    async def _pages(self, prefix: str) -> AsyncIterator[list[str]]:
+        """The keys under ``prefix`` (empty "folder" markers too), one listing page at a time.
+
+        Bounded: past ``max_objects`` objects (a page counts at least one), or at a
+        continuation token already given, the listing ends in a PermanentError.
+        """
         token: str | None = None
+        given: set[bytes] = set()
+        counted = 0
         while True:
             extra = {"ContinuationToken": token} if token else {}
             page = await self._call(
-                prefix,
+                "list objects",
                 self.client.list_objects_v2,
                 Bucket=self.bucket,
                 Prefix=prefix,
                 MaxKeys=_LIST_PAGE,
                 **extra,
             )
-            for entry in page.get("Contents", []):
-                if with_markers or not entry["Key"].endswith("/"):
-                    yield entry["Key"]
+            keys = [entry["Key"] for entry in page.get("Contents", [])]
+            counted += max(1, len(keys))
+            if counted > self.max_objects:
+                raise PermanentError(
+                    f"{self._where('list objects')}: more than {self.max_objects} objects "
+                    "under the subject's prefix (max_objects): the listing was stopped"
+                )
+            yield keys
             token = page.get("NextContinuationToken")
             if not page.get("IsTruncated") or not token:
                 return
+            digest = hashlib.sha256(token.encode()).digest()
+            if digest in given:
+                raise PermanentError(
+                    f"{self._where('list objects')}: the store gives a continuation token "
+                    "already followed: its listing goes round in a circle"
+                )
+            given.add(digest)
 
     async def _body(self, key: str) -> AsyncIterator[bytes]:
         """The object's body in chunks of ``chunk_size``, fetched when first read."""
-        response = await self._call(key, self.client.get_object, Bucket=self.bucket, Key=key)
+        response = await self._call(
+            "read object", self.client.get_object, Bucket=self.bucket, Key=key, key=key
+        )
         body = response["Body"]
         try:
-            while chunk := await self._call(key, body.read, self.chunk_size):
+            while chunk := await self._call("read object", body.read, self.chunk_size, key=key):
                 yield chunk
         finally:
             await asyncio.to_thread(body.close)
 
     async def _delete(self, keys: list[str]) -> None:
         response = await self._call(
-            keys[0],
+            "delete objects",
             self.client.delete_objects,
             Bucket=self.bucket,
             Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
@@ -239,56 +336,81 @@ class S3FilesConnector(Connector):
         errors = [e for e in response.get("Errors", []) if e.get("Code") != "NoSuchKey"]
         if errors:
             first = errors[0]
+            code = str(first.get("Code", ""))
             message = (
-                f"S3 refused to delete {len(errors)} object(s) in {self.bucket!r}, "
-                f"e.g. {first.get('Key')!r}: {first.get('Code')} {first.get('Message', '')}"
+                f"{self._where('delete objects')}: S3 refused to delete {len(errors)} "
+                f"object(s){' (' + code + ')' if code in _S3_CODES else ''}"
             )
-            if first.get("Code") in _TRANSIENT_CODES:
-                raise TransientError(message)
-            raise PermanentError(message)
+            detail = f"e.g. {first.get('Key')!r}: {code} {first.get('Message', '')}"
+            if code in _TRANSIENT_CODES:
+                raise TransientError(message, detail=detail)
+            raise PermanentError(message, detail=detail)
 
     async def _tag_restricted(self, keys: list[str]) -> None:
         for key in keys:
             try:
                 current = await self._call(
-                    key, self.client.get_object_tagging, Bucket=self.bucket, Key=key
+                    "read object tags",
+                    self.client.get_object_tagging,
+                    Bucket=self.bucket,
+                    Key=key,
+                    key=key,
                 )
             except _Gone:
                 continue
             tags = [t for t in current.get("TagSet", []) if t["Key"] != RESTRICTED_TAG]
             tags.append({"Key": RESTRICTED_TAG, "Value": "true"})
             await self._call(
-                key,
+                "tag object",
                 self.client.put_object_tagging,
                 Bucket=self.bucket,
                 Key=key,
                 Tagging={"TagSet": tags},
+                key=key,
             )
 
-    async def _call(self, what: str, function: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
-        """Run one boto3 call in a thread; its errors become connector errors."""
+    async def _call(
+        self,
+        operation: str,
+        function: Callable[..., _T],
+        *args: Any,
+        key: str | None = None,
+        **kwargs: Any,
+    ) -> _T:
+        """Run one boto3 call in a thread; its errors become connector errors.
+
+        ``operation`` names the call in the message; ``key``, which holds the
+        subject's id, only in the detail.
+        """
         try:
             return await asyncio.to_thread(function, *args, **kwargs)
         except (ClientError, BotoCoreError) as exc:
-            raise self._classify(exc, what) from exc
+            raise self._classify(exc, operation, key) from exc
 
-    def _classify(self, exc: ClientError | BotoCoreError, what: str) -> ConnectorError:
-        where = f"connector {self.name!r}: S3 bucket {self.bucket!r}, {what}"
+    def _where(self, operation: str) -> str:
+        return f"connector {self.name!r}: S3 bucket {self.bucket!r}, {operation}"
+
+    def _classify(
+        self, exc: ClientError | BotoCoreError, operation: str, key: str | None
+    ) -> ConnectorError:
+        where = self._where(operation)
+        on = "" if key is None else f"key {key!r}: "
         if isinstance(exc, BotoConnectionError | HTTPClientError):
-            return TransientError(f"{where}: unreachable: {exc}")
+            return TransientError(f"{where}: unreachable ({type(exc).__name__})", detail=str(exc))
         if not isinstance(exc, ClientError):
-            return PermanentError(f"{where}: {exc}")
+            return PermanentError(f"{where}: {type(exc).__name__}", detail=on + str(exc))
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        message = f"{where}: {code or status}: {error.get('Message') or exc}"
+        message = f"{where}: HTTP {status}" + (f" {code}" if code in _S3_CODES else "")
+        detail = f"{on}{code}: {error.get('Message') or exc}"
         if code == "NoSuchBucket" or (status == 404 and exc.operation_name == "HeadBucket"):
-            return PermanentError(f"{where}: the bucket does not exist")
+            return PermanentError(f"{where}: the bucket does not exist", detail=detail)
         if code == "NoSuchKey" or status == 404:
-            return _Gone(message)
+            return _Gone(message, detail=detail)
         if code in _TRANSIENT_CODES or status >= 500 or status == 429:
-            return TransientError(message)
-        return PermanentError(message)
+            return TransientError(message, detail=detail)
+        return PermanentError(message, detail=detail)
 
 
 class _Gone(TransientError):

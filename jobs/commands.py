@@ -16,6 +16,7 @@ here, a pipeline (:mod:`jobs.kinds`) and a connector capability.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -380,6 +381,17 @@ class Commands:
         )
         await self.audit(actor, "archive.downloaded", job)
         return job
+
+    async def spend_link(self, signature: str, expires: int) -> bool:
+        """Use a local-store download link once: ``False`` if it was used already.
+
+        ``HANDOVER_MAX_DOWNLOADS`` counts links minted; a link being single-use makes
+        that a count of fetches too. Remembered until the link expires anyway.
+        """
+        key = f"{self.resources.store.ns}link-used:{signature}"
+        ttl_ms = max(1, int((expires - time.time()) * 1000))
+        spent: bool | None = await self.resources.redis.set(key, 1, nx=True, px=ttl_ms)
+        return bool(spent)
 
     async def _move(
         self,

@@ -78,6 +78,8 @@ class Principal:
     auth_time: int | None = None
     #: Identifiers the token vouches for, by name, each with the claim that did.
     identifiers: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    #: Who vouches for ``sub``: the token's ``iss``, if it names one.
+    issuer: str | None = None
 
     @property
     def is_staff(self) -> bool:
@@ -96,6 +98,10 @@ class Principal:
     def may_see(self, subject: str) -> bool:
         """Whether this principal may see jobs about ``subject``."""
         return self.is_staff or subject == self.sub
+
+
+_VERIFIED = web.RequestKey("verified", tuple[str, Principal])
+"""The bearer token a request carried and the principal it verified as."""
 
 
 class JwksError(Exception):
@@ -316,12 +322,19 @@ class TokenAuthority:
         return _principal(claims, self._identity_claims)
 
     async def authenticate(self, request: web.Request) -> Principal:
-        """The principal behind the request's bearer token; 401 if there is none."""
+        """The principal behind the request's bearer token; 401 if there is none.
+
+        Verified once per request: the rate limit and the handler ask the same question.
+        """
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("send a bearer token: Authorization: Bearer <JWT>")
-        return await self.verify(token.strip())
+        if _VERIFIED in request and request[_VERIFIED][0] == token.strip():
+            return request[_VERIFIED][1]
+        who = await self.verify(token.strip())
+        request[_VERIFIED] = (token.strip(), who)
+        return who
 
     async def _key_for(self, algorithm: object, kid: object) -> str | jwt.PyJWK:
         """What verifies a token signed with ``algorithm``: the shared secret or a JWKS key."""
@@ -399,7 +412,14 @@ def _principal(claims: Mapping[str, Any], identity_claims: Mapping[str, str]) ->
     vouched.update({name: claim for claim, name in identity_claims.items()})
     found = claim_identifiers(claims, identity_claims)
     identifiers = {name: (value, vouched[name]) for name, value in found.items()}
-    return Principal(sub=sub, roles=roles, auth_time=auth_time, identifiers=identifiers)
+    issuer = claims.get("iss")
+    return Principal(
+        sub=sub,
+        roles=roles,
+        auth_time=auth_time,
+        identifiers=identifiers,
+        issuer=issuer if isinstance(issuer, str) else None,
+    )
 
 
 def _unauthorized(detail: str) -> Problem:

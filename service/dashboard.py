@@ -17,9 +17,20 @@ Routes::
 Session: the cookie holds the staff member's bearer token itself (HttpOnly,
 SameSite=Strict, Secure over https, path ``/dashboard``), verified on every
 request, so a session ends when its token expires and the API stays stateless.
-CSRF: every form carries ``HMAC(key, token)`` with a key derived from the JWT
-secret; every POST but sign-in is refused (403) without it, and sign-in is
-refused when the browser says it was posted from another site.
+"Over https" is the browser's scheme: behind a TLS-terminating proxy listed in
+``HANDOVER_TRUSTED_PROXIES``, the one it forwards (``service/proxies.py``).
+
+CSRF: every form carries ``HMAC(key, cookie)`` with a key derived from the JWT
+secret, bound to the session cookie, or on the sign-in form to a random cookie of
+its own (``handover_login``, set with the form): a page elsewhere can neither read
+nor send either, so it can neither act as staff nor sign a browser in as someone
+else (login CSRF). Every POST is refused (403) without the right token, and also
+when the browser says it was posted from another site (``Sec-Fetch-Site`` other
+than ``same-origin``, an ``Origin`` other than this host, or ``Origin: null``).
+
+Job routes check that the id in the path is a job id (the API's own check): anything
+else is a 404. A ``Last-Event-ID`` (or ``?after=``) is checked with the API's
+validator before the event stream starts.
 
 Handlers call the domain (the store and the pipelines), never the JSON API. A
 domain error on a page renders an error page; on an action it becomes a flash
@@ -33,6 +44,7 @@ import base64
 import hmac
 import logging
 import re
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +61,7 @@ from jobs.commands import Actor
 from jobs.model import Event, Job, JobKind, JobStatus, RunStatus, utcnow
 from jobs.pipeline import LIVE
 from service.api import models
+from service.api.handlers import event_id, path_job_id
 from service.api.middleware import Handler
 from service.api.views import stream_events
 from service.appkeys import AUTHORITY, COMMANDS, RESOURCES
@@ -60,6 +73,8 @@ log = logging.getLogger("handover.dashboard")
 PREFIX = "/dashboard"
 LOGIN_PATH = f"{PREFIX}/login"
 SESSION_COOKIE = "handover_session"
+LOGIN_COOKIE = "handover_login"
+LOGIN_NONCE = re.compile(r"[A-Za-z0-9_-]{43}")
 FLASH_COOKIE = "handover_flash"
 PAGE_SIZE = 25
 ERROR_EXCERPT = 140
@@ -74,7 +89,6 @@ SECURITY_HEADERS = {
     "Cache-Control": "no-store",
 }
 FILTERS = ("status", "kind", "subject", "connector", "overdue", "at_risk", "sort")
-EVENT_ID = re.compile(r"^(-|\d+-\d+)$")
 ICON = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32">'
     '<rect width="32" height="32" rx="7" fill="#1d2330"/>'
@@ -165,6 +179,26 @@ def safe_next(target: str | None) -> str:
     return str(url)
 
 
+def from_this_site(request: web.Request) -> bool:
+    """Whether the browser says a form was posted from this site's own pages.
+
+    ``Sec-Fetch-Site``, when sent, must be ``same-origin``; ``Origin``, when sent, must
+    name this host (``null``, sent from sandboxed frames, files and redirects, names
+    none). A client sending neither is judged by its form's CSRF token alone.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site != "same-origin":
+        return False
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        url = URL(origin)
+    except ValueError:
+        return False
+    return url.is_absolute() and url.authority == request.host
+
+
 def redirect(location: str) -> web.Response:
     """303 See Other: after a POST the browser GETs ``location``."""
     return web.Response(status=303, headers={"Location": location, "Cache-Control": "no-store"})
@@ -214,6 +248,10 @@ class Dashboard:
         """The CSRF token bound to one session's cookie."""
         digest = hmac.new(self._csrf_key, session_token.encode(), "sha256").digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def _login_csrf(self, nonce: str) -> str:
+        """The sign-in form's CSRF token, bound to its ``handover_login`` cookie."""
+        return self.csrf_token(f"sign-in {nonce}")
 
     def _flash_cookie(self, flash: Flash) -> str:
         data = orjson.dumps([flash.kind, excerpt(flash.text, 600)])
@@ -270,7 +308,8 @@ class Dashboard:
             session = Session(who, self.csrf_token(token))
             if request.method == "POST":
                 form = await request.post()
-                if not hmac.compare_digest(str(form.get("csrf", "")), session.csrf):
+                posted = str(form.get("csrf", ""))
+                if not from_this_site(request) or not hmac.compare_digest(posted, session.csrf):
                     forged = Problem(
                         403,
                         "Forbidden",
@@ -279,6 +318,8 @@ class Dashboard:
                     )
                     return self._error_page(request, session, forged)
             try:
+                if "job_id" in request.match_info:
+                    path_job_id(request)
                 return await handler(request, session)
             except Exception as exc:
                 problem = to_problem(exc)
@@ -354,15 +395,45 @@ class Dashboard:
 
     async def login_form(self, request: web.Request) -> web.Response:
         """The sign-in form."""
-        return self.render(request, "login.html", {"next": safe_next(request.query.get("next"))})
+        return self._login_page(request, safe_next(request.query.get("next")))
+
+    def _login_page(
+        self, request: web.Request, target: str, status: int = 200, flash: Flash | None = None
+    ) -> web.Response:
+        """The sign-in form, its CSRF token bound to this browser's ``handover_login`` cookie."""
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not LOGIN_NONCE.fullmatch(nonce):
+            nonce = secrets.token_urlsafe(32)
+        context = {"next": target, "login_csrf": self._login_csrf(nonce)}
+        response = self.render(request, "login.html", context, status=status, flash=flash)
+        response.set_cookie(
+            LOGIN_COOKIE,
+            nonce,
+            path=LOGIN_PATH,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure,
+        )
+        return response
 
     async def login(self, request: web.Request) -> web.Response:
         """Check the pasted token; a staff member's becomes the session cookie."""
         form = await request.post()
         target = safe_next(str(form.get("next", "")))
-        origin = request.headers.get("Origin")
-        if origin and origin != "null" and URL(origin).authority != request.host:
+        if not from_this_site(request):
             return self._login_refused(request, target, 403, "Sign in from the dashboard itself.")
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        posted = str(form.get("csrf", ""))
+        if not LOGIN_NONCE.fullmatch(nonce) or not hmac.compare_digest(
+            posted, self._login_csrf(nonce)
+        ):
+            return self._login_refused(
+                request,
+                target,
+                403,
+                "This sign-in form has expired or did not come from the dashboard; "
+                "paste your token again.",
+            )
         token = str(form.get("token", "")).strip()
         if not token:
             return self._login_refused(request, target, 401, "Paste a bearer token to sign in.")
@@ -389,14 +460,13 @@ class Dashboard:
             samesite="Strict",
             secure=request.secure,
         )
+        response.del_cookie(LOGIN_COOKIE, path=LOGIN_PATH)
         return response
 
     def _login_refused(
         self, request: web.Request, target: str, status: int, message: str
     ) -> web.Response:
-        return self.render(
-            request, "login.html", {"next": target}, status=status, flash=Flash("error", message)
-        )
+        return self._login_page(request, target, status, Flash("error", message))
 
     async def logout(self, request: web.Request, session: Session) -> web.Response:
         """End the session."""
@@ -476,10 +546,11 @@ class Dashboard:
 
     async def job_events(self, request: web.Request, session: Session) -> web.StreamResponse:
         """The job's timeline, live, in the API's server-sent-event format."""
+        if "Last-Event-ID" in request.headers:
+            after = event_id(request.headers["Last-Event-ID"])
+        else:
+            after = event_id(request.query.get("after", "-"), "after")
         job = await request.app[RESOURCES].store.get(request.match_info["job_id"])
-        after = request.headers.get("Last-Event-ID") or request.query.get("after", "-")
-        if not EVENT_ID.match(after):
-            raise Problem(400, "Bad request", f"{after!r} is not an event id")
         return await stream_events(request, job.id, after)
 
     # Actions.

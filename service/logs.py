@@ -58,9 +58,12 @@ class _MalformedRequests(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, HttpProcessingError):
-            record.msg, record.args = "malformed request refused (%s %s)", (
-                error.code,
-                type(error).__name__,
+            record.msg, record.args = (
+                "malformed request refused (%s %s)",
+                (
+                    error.code,
+                    type(error).__name__,
+                ),
             )
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"  # the client's fault
@@ -97,6 +100,9 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # StreamHandler flushes after every record, so lines reach a pipe or a file as they
+    # happen. Which source botocore took credentials from is noise on every start.
+    logging.getLogger("botocore.credentials").setLevel(max(level, logging.WARNING))
 
 
 class AccessLogger(AbstractAccessLogger):

@@ -1,22 +1,32 @@
-"""Abuse limits: requests per minute per token, and new requests per hour per subject.
+"""Abuse limits: API requests per minute per caller, and new requests per hour per subject.
 
 Fixed windows counted by :class:`jobs.ratelimit.RateLimiter`, shared by every API
 process. Past a limit the answer is 429 problem+json with ``Retry-After`` saying
 when the window ends.
+
+A caller is who their token verifies as (its issuer and subject), never the token's
+spelling: another token for the same subject, or the same token written another way
+(a padding character after its signature still verifies), counts against the same
+limit. A request whose token does not verify, or that has none, counts against its
+client address (the one a trusted proxy forwards, ``service/proxies.py``). Only the
+API's operations (``/v1/``) are counted: never the health probes, which a busy address
+must not be able to fail, nor the dashboard's pages.
 """
 
 from __future__ import annotations
 
 import hashlib
 
+import orjson
 from aiohttp import web
 
 from service.api.middleware import Handler
-from service.appkeys import RESOURCES, SETTINGS
+from service.appkeys import AUTHORITY, RESOURCES, SETTINGS
 from service.problems import Problem
 
 TOKEN_WINDOW_SECONDS = 60
 SUBJECT_WINDOW_SECONDS = 3600
+API_PREFIX = "/v1/"
 
 
 def _digest(text: str) -> str:
@@ -30,17 +40,24 @@ def too_many(wait: int, detail: str) -> Problem:
     )
 
 
+async def caller_scope(request: web.Request) -> str:
+    """Whose limit a request counts against: its verified principal, else its client address."""
+    try:
+        who = await request.app[AUTHORITY].authenticate(request)
+    except Problem:  # no token, or not a valid one: the handler says why
+        return f"client:{_digest(request.remote or '')}"
+    return f"principal:{_digest(orjson.dumps([who.issuer, who.sub]).decode())}"
+
+
 @web.middleware
 async def rate_limit_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Count each request carrying a bearer token against that token's limit."""
+    """Count each API request against its caller's limit."""
     limit = request.app[SETTINGS].rate_limit
-    header = request.headers.get("Authorization", "")
-    if limit and header.lower().startswith("bearer "):
+    if limit and request.path.startswith(API_PREFIX):
         limiter = request.app[RESOURCES].rate_limiter
-        token = _digest(header[7:].strip())
-        wait = await limiter.hit(f"token:{token}", TOKEN_WINDOW_SECONDS, limit)
+        wait = await limiter.hit(await caller_scope(request), TOKEN_WINDOW_SECONDS, limit)
         if wait:
-            raise too_many(wait, f"at most {limit} requests a minute per token")
+            raise too_many(wait, f"at most {limit} requests a minute per caller")
     return await handler(request)
 
 

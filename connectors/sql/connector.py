@@ -68,6 +68,7 @@ class SqlConnector(Connector):
     categories: ClassVar[frozenset[str]] = frozenset()
     datasets: ClassVar[tuple[Dataset, ...]] = ()
     journals_commits: ClassVar[bool] = True
+    needed_at_start: ClassVar[bool] = True  # the platform's own database
 
     def __init__(
         self,

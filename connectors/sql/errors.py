@@ -6,9 +6,15 @@ becomes a :class:`~connectors.errors.TransientError` when a retry may get past i
 (a lost or refused connection, a pool timeout, a serialization failure or
 deadlock, a lock or statement timeout, a server short of resources or shutting
 down, SQLite busy or locked) and a :class:`~connectors.errors.PermanentError`
-otherwise. The message names the connector, the database URL with its password
-hidden, and the driver's own message, never the statement or its values. An
-error from our own code passes through unchanged.
+otherwise. An error from our own code passes through unchanged.
+
+The message is Handover's own words: the connector, the database URL with its
+password hidden, the driver's error class and its code — the SQLSTATE and, from
+PostgreSQL, the table, column and constraint it names; MySQL's error number;
+SQLite's result code name — never the statement or its values. The driver's own
+message goes to the error's ``detail`` (admins only): it can quote the subject's data
+(PostgreSQL's ``Key (email)=(alice@example.com) already exists``, MySQL's
+``Duplicate entry 'alice@example.com'``).
 """
 
 from __future__ import annotations
@@ -48,9 +54,12 @@ def mapped_errors(url: URL, *, connector: str) -> Iterator[None]:
             raise
         where = url.render_as_string(hide_password=True)
         message = f"connector {connector!r}: {where}: {_describe(exc)}"
+        detail = _driver_message(exc)
+        if url.password and len(str(url.password)) >= 4:
+            detail = detail.replace(str(url.password), "***")
         if _is_transient(exc):
-            raise TransientError(message) from exc
-        raise PermanentError(message) from exc
+            raise TransientError(message, detail=detail) from exc
+        raise PermanentError(message, detail=detail) from exc
 
 
 def _causes(exc: BaseException) -> Iterator[BaseException]:
@@ -97,9 +106,50 @@ def _is_transient(exc: BaseException) -> bool:
     return False
 
 
-def _describe(exc: BaseException) -> str:
-    """The driver's own message, without SQLAlchemy's echo of the statement and its values."""
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception inside SQLAlchemy's wrapping, or ``exc`` itself."""
     if isinstance(exc, DBAPIError) and exc.orig is not None:
-        cause = exc.orig.__cause__ or exc.orig
-        return f"{type(cause).__name__}: {cause}"
-    return f"{type(exc).__name__}: {exc}".split("\n[SQL:")[0]
+        return exc.orig.__cause__ or exc.orig
+    return exc
+
+
+# The diagnostic fields of a PostgreSQL error (asyncpg's names) that name the schema,
+# never a value: safe in a message.
+_POSTGRES_NAMES = (
+    ("table", "table_name"),
+    ("column", "column_name"),
+    ("constraint", "constraint_name"),
+)
+
+
+def _describe(exc: BaseException) -> str:
+    """The driver's error class and codes: what a message may say about a failure."""
+    error = _driver_error(exc)
+    codes: list[str] = []
+    sqlstate = getattr(error, "sqlstate", None)
+    if isinstance(sqlstate, str) and sqlstate:
+        codes.append(f"SQLSTATE {sqlstate}")
+    from_mysql = type(error).__module__.startswith("pymysql") and bool(error.args)
+    if from_mysql and isinstance(error.args[0], int):
+        codes.append(f"MySQL error {error.args[0]}")
+    sqlite_name = getattr(error, "sqlite_errorname", None)
+    if isinstance(sqlite_name, str) and sqlite_name:
+        codes.append(sqlite_name)
+    if isinstance(error, OSError) and error.errno is not None:
+        codes.append(f"errno {error.errno}")
+    codes += [
+        f"{label} {value}"
+        for label, attribute in _POSTGRES_NAMES
+        if isinstance(value := getattr(error, attribute, None), str) and value
+    ]
+    return type(error).__name__ + (f" ({', '.join(codes)})" if codes else "")
+
+
+def _driver_message(exc: BaseException) -> str:
+    """The driver's own message, without SQLAlchemy's echo of the statement: for ``detail``."""
+    error = _driver_error(exc)
+    text = f"{type(error).__name__}: {error}".split("\n[SQL:")[0]
+    hint = getattr(error, "detail", None)
+    if isinstance(hint, str) and hint and hint not in text:
+        text += f" DETAIL: {hint}"
+    return " ".join(text.split())

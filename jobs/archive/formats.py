@@ -2,6 +2,15 @@
 
 Each renderer turns a batch of records into bytes, with an opening and a closing,
 so a dataset of any length streams through without being held whole.
+
+CSV is opened by spreadsheets, which run a cell that starts with ``=``, ``+``, ``-``,
+``@``, tab or carriage return as a formula (CSV injection, CWE-1236). As OWASP
+recommends, such a cell, header cells included, is written with a ``'`` in front and
+in double quotes, so it is read as text. A number (an ``int``, a ``float``, a finite
+``Decimal``) is left alone, ``-3.5`` included: its cell is a numeric literal, which no
+spreadsheet runs, and marking it would turn a number into text. Every other value is
+neutralised, text that looks like a number included (``"-3.5"`` is text in the JSON
+rendering too). JSON and NDJSON carry every value exactly as the processor held it.
 """
 
 from __future__ import annotations
@@ -9,6 +18,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -85,17 +95,64 @@ class JsonRenderer(Renderer):
         return b"\n]\n" if self.count else b"]\n"
 
 
-def _cell(value: Any) -> str:
-    """A CSV cell: text as itself, scalars as their JSON text, nested values as JSON."""
-    if value is None:
-        return ""
-    if isinstance(value, str):
-        return value
+_FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+_QUOTED = re.compile("[\"',\r\n]")
+
+
+def _text(value: Any) -> str:
+    """A non-text value's cell: scalars as their JSON text, nested values as JSON."""
     encoded = dumps(value)
     if encoded.startswith(b'"'):
         text: str = orjson.loads(encoded)
         return text
     return encoded.decode()
+
+
+def _cell(value: Any) -> str:
+    """A cell's text, neutralised against formula injection (see the module doc).
+
+    Text is itself, ``None`` an empty cell, anything else its JSON text; a cell that a
+    spreadsheet would run as a formula gets a ``'`` in front (and quotes, from :class:`_Rows`).
+    A number's text is a numeric literal (a float that is not finite is ``null``), so it
+    is left as it is.
+    """
+    if isinstance(value, str):
+        text = value
+    elif value is None:
+        return ""
+    elif type(value) is int or type(value) is float:
+        return _text(value)
+    elif type(value) is Decimal and value.is_finite():
+        return str(value)
+    else:
+        text = _text(value)
+    if text.startswith(_FORMULA_TRIGGERS):
+        return "'" + text
+    return text
+
+
+def _quoted(cell: str) -> str:
+    if _QUOTED.search(cell) is None:
+        return cell
+    return '"' + cell.replace('"', '""') + '"'
+
+
+class _Rows:
+    """RFC 4180 rows of cells, a neutralised cell (one with a ``'``) quoted as well."""
+
+    def __init__(self) -> None:
+        self._out = io.StringIO()
+        self._writer = csv.writer(self._out, lineterminator="\r\n")
+
+    def add(self, cells: list[str]) -> None:
+        """One row of :func:`_cell` texts."""
+        if "'" in "".join(cells):
+            self._out.write(",".join(map(_quoted, cells)) + "\r\n")
+        else:
+            self._writer.writerow(cells)
+
+    def encoded(self) -> bytes:
+        return self._out.getvalue().encode("utf-8")
 
 
 class CsvRenderer(Renderer):
@@ -109,12 +166,11 @@ class CsvRenderer(Renderer):
     def render(self, records: Sequence[Mapping[str, Any]]) -> bytes:
         if not records:
             return b""
-        buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\r\n")
+        rows = _Rows()
         if self.count == 0:
             if not self.fields:
                 self.fields = tuple(records[0])
-            writer.writerow(self.fields)
+            rows.add([_cell(name) for name in self.fields])
         allowed = set(self.fields)
         for record in records:
             extra = record.keys() - allowed
@@ -123,9 +179,9 @@ class CsvRenderer(Renderer):
                     f"dataset {self.dataset!r}: field(s) {', '.join(sorted(map(str, extra)))} "
                     "are not among its columns; declare them in the dataset's fields"
                 )
-            writer.writerow([_cell(record.get(name)) for name in self.fields])
+            rows.add([_cell(record.get(name)) for name in self.fields])
         self.count += len(records)
-        return buffer.getvalue().encode("utf-8")
+        return rows.encoded()
 
 
 RENDERERS: dict[str, type[Renderer]] = {

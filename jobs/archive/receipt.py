@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from jobs.archive.signing import SignatureError, Signer, verify
+from jobs.archive.signing import SignatureError, Signer, refuse_repeated_keys, verify
 from jobs.model import Job, JobKind, iso, run_statement
 
 FORMAT = "handover-receipt"
@@ -80,13 +80,18 @@ def build_receipt(
 
 
 def verify_receipt(data: bytes, keys: Iterable[Ed25519PublicKey]) -> tuple[str, dict[str, Any]]:
-    """Check a receipt's signature; returns the signing key id and the receipt."""
+    """Check a receipt's signature; returns the signing key id and the receipt.
+
+    A receipt whose JSON repeats a key in one object is refused, signed or not: the
+    signature covers one reading of it, and another reader could take the other copy.
+    """
     try:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise SignatureError(f"not a JSON receipt: {exc}") from None
     if not isinstance(document, dict) or document.get("format") != FORMAT:
         raise SignatureError(f"not a Handover receipt (format is not {FORMAT!r})")
+    refuse_repeated_keys(data, "the receipt")
     signature = document.pop("signature", None)
     if not isinstance(signature, dict):
         raise SignatureError("the receipt carries no signature")

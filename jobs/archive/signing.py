@@ -6,6 +6,10 @@ A signature travels as a small JSON document beside what it signs::
 
 Public keys are published as JWKs (RFC 8037, ``kty: OKP``). The key id is the
 first 16 hex digits of the SHA-256 of the raw public key, so anyone can recompute it.
+
+Signed JSON is read strictly: an object that repeats a key is refused
+(:func:`refuse_repeated_keys`), because JSON readers disagree on which copy counts
+(RFC 8259 §4) and a checked document must read the same to every reader.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import json
 import os
 import secrets
 from collections.abc import Iterable, Mapping
@@ -69,6 +74,32 @@ def jwk_public_key(jwk: Mapping[str, Any]) -> Ed25519PublicKey:
     if "kid" in jwk and jwk["kid"] != key_id(public_key):
         raise SignatureError(f"JWK kid {jwk['kid']!r} does not match its key")
     return public_key
+
+
+def refuse_repeated_keys(data: bytes, what: str) -> None:
+    """Raise :class:`SignatureError` if a JSON object in ``data`` repeats a key.
+
+    ``data`` must already have been parsed (with orjson); this only looks for repeats.
+    """
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> None:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen:
+                repeated.append(key)
+            seen.add(key)
+
+    try:
+        json.loads(data, object_pairs_hook=pairs)
+    except (ValueError, RecursionError) as exc:
+        raise SignatureError(f"{what} is not JSON: {exc}") from None
+    if repeated:
+        keys = ", ".join(sorted(set(map(repr, repeated))))
+        raise SignatureError(
+            f"{what} repeats the key(s) {keys} within one object: "
+            "readers disagree on which copy counts, so it is refused"
+        )
 
 
 class Signer:
@@ -152,6 +183,7 @@ def verify(data: bytes, signature_document: bytes, keys: Iterable[Ed25519PublicK
         signature = _unb64url(document["signature"])
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise SignatureError(f"malformed signature document: {exc}") from exc
+    refuse_repeated_keys(signature_document, "the signature document")
     if document.get("alg") != "EdDSA":
         raise SignatureError(f"unsupported signature algorithm {document.get('alg')!r}")
     by_id = {key_id(key): key for key in keys}

@@ -1,7 +1,15 @@
 """Checking what Handover hands out, with nothing but the service's public keys.
 
 - an export archive: every file against the manifest, the manifest against its signature;
-- an erasure or restriction receipt: its signature over its canonical bytes.
+  a member name used twice (a forged copy can stand before the signed one, and unzip
+  tools disagree on which they keep) or one that could be written outside the
+  extraction directory fails it;
+- an erasure or restriction receipt: its signature over its canonical bytes; JSON
+  that repeats a key in one object fails it.
+
+Public keys come from a pinned key file or from the service's ``/v1/keys`` over
+``https``; plain ``http`` only to a loopback host (127.0.0.0/8, ::1, ``localhost``),
+where nobody between could swap the keys, and redirects are held to the same rule.
 
 Used by ``handover verify``.
 """
@@ -9,19 +17,24 @@ Used by ``handover verify``.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import urllib.request
 import zipfile
+from collections import Counter
 from dataclasses import dataclass, field
+from http.client import HTTPMessage
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+from urllib.parse import urlsplit
 
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from jobs.archive.receipt import verify_receipt
-from jobs.archive.signing import SignatureError, jwk_public_key, verify
+from jobs.archive.signing import SignatureError, jwk_public_key, refuse_repeated_keys, verify
 from jobs.archive.writer import FORMAT, MANIFEST, SIGNATURE
+from jobs.archive.zipwriter import unsafe_name
 
 READ_CHUNK = 1 << 20
 
@@ -69,14 +82,73 @@ def load_keys(path: Path) -> list[Ed25519PublicKey]:
     return parse_keys(data, str(path))
 
 
-def fetch_keys(url: str, timeout: float = 10.0) -> list[Ed25519PublicKey]:
-    """Public keys from a service's ``/v1/keys``."""
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_keys_url(url: str) -> None:
+    """Refuse a keys URL that anyone on the way could answer (see the module doc)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError as exc:
+        raise SignatureError(f"keys URL {url!r} is malformed: {exc}") from None
+    scheme = parts.scheme.lower()
+    if scheme == "https" and host:
+        return
+    if scheme == "http" and _is_loopback(host):
+        return
+    if scheme == "http":
+        raise SignatureError(
+            f"keys URL {url!r}: plain http is accepted only to this machine "
+            "(127.0.0.0/8, ::1, localhost); use https, or pin the key with --key FILE"
+        )
+    raise SignatureError(
+        f"keys URL {url!r}: {'a URL with no scheme' if not scheme else repr(scheme)} "
+        "is not accepted; use https (http only to this machine), or --key FILE"
+    )
+
+
+class _CheckedRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows a redirect only to a URL :func:`check_keys_url` accepts."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: IO[bytes],
+        code: int,
+        msg: str,
+        headers: HTTPMessage,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        try:
+            check_keys_url(newurl)
+        except SignatureError as exc:
+            raise SignatureError(f"{req.full_url} redirected elsewhere: {exc}") from None
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def fetch_keys(url: str, timeout: float = 10.0) -> list[Ed25519PublicKey]:
+    """Public keys from a service's ``/v1/keys``, over https (or http to this machine)."""
+    check_keys_url(url)
+    opener = urllib.request.build_opener(_CheckedRedirects())
+    try:
+        with opener.open(url, timeout=timeout) as response:
             data = response.read()
     except OSError as exc:
         raise SignatureError(f"cannot fetch keys from {url}: {exc}") from None
     return parse_keys(data, url)
+
+
+def _shown(name: object) -> str:
+    """A member name fit for a terminal: quoted and escaped if it holds control characters."""
+    text = str(name)
+    return text if text.isprintable() else repr(text)
 
 
 def _digest(archive: zipfile.ZipFile, name: str) -> tuple[str, int]:
@@ -98,7 +170,20 @@ def verify_archive(path: Path, keys: list[Ed25519PublicKey]) -> Verification:
         result.problems.append(f"not a readable ZIP archive: {exc}")
         return result
     with archive:
-        names = set(archive.namelist())
+        counted = Counter(archive.namelist())
+        for name, count in counted.items():
+            if count > 1:
+                result.problems.append(
+                    f"{_shown(name)}: the archive holds {count} members of this name; "
+                    "a forged copy could be the one an unzip tool keeps"
+                )
+            problem = unsafe_name(name)
+            if problem is not None:
+                result.problems.append(
+                    f"{_shown(name)}: unsafe member name ({problem}): it could be written "
+                    "outside the folder the archive is extracted to"
+                )
+        names = set(counted)
         if MANIFEST not in names or SIGNATURE not in names:
             result.problems.append(f"{MANIFEST} or {SIGNATURE} is missing: not a Handover export")
             return result
@@ -109,31 +194,35 @@ def verify_archive(path: Path, keys: list[Ed25519PublicKey]) -> Verification:
             result.problems.append(f"{SIGNATURE}: {exc}")
         try:
             manifest = orjson.loads(manifest_bytes)
+            refuse_repeated_keys(manifest_bytes, MANIFEST)
             listed = manifest["files"]
             if manifest.get("format") != FORMAT:
                 result.problems.append(f"{MANIFEST}: format is {manifest.get('format')!r}")
+        except SignatureError as exc:
+            result.problems.append(str(exc))
+            return result
         except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
             result.problems.append(f"{MANIFEST} is malformed: {exc}")
             return result
         for entry in listed:
             name = entry.get("path")
             if name not in names:
-                result.problems.append(f"{name}: listed in the manifest but missing")
+                result.problems.append(f"{_shown(name)}: listed in the manifest but missing")
                 continue
             try:
                 digest, size = _digest(archive, name)
             except (zipfile.BadZipFile, OSError, EOFError) as exc:
-                result.problems.append(f"{name}: unreadable ({exc})")
+                result.problems.append(f"{_shown(name)}: unreadable ({exc})")
                 continue
             if digest != entry.get("sha256"):
-                result.problems.append(f"{name}: SHA-256 does not match the manifest")
+                result.problems.append(f"{_shown(name)}: SHA-256 does not match the manifest")
             elif size != entry.get("bytes"):
-                result.problems.append(f"{name}: size {size} does not match the manifest")
+                result.problems.append(f"{_shown(name)}: size {size} does not match the manifest")
             else:
                 result.files += 1
         unlisted = names - {entry.get("path") for entry in listed} - {MANIFEST, SIGNATURE}
         for name in sorted(unlisted):
-            result.problems.append(f"{name}: in the archive but not in the manifest")
+            result.problems.append(f"{_shown(name)}: in the archive but not in the manifest")
     return result
 
 

@@ -6,10 +6,16 @@ uncompressed data: it is told each member's CRC-32 and sizes up front and return
 the header bytes to emit before the member's data, then the central directory.
 Sizes are known before the data, so no data descriptors are needed; ZIP64
 records appear exactly where a size, an offset or the entry count needs them.
+
+Member names are checked here, whatever the caller: a name that an unzip tool could
+write outside the directory it extracts to (zip-slip: a ``..`` segment, an absolute
+path, a backslash, a NUL, a drive letter) is refused with :class:`ValueError`, never
+renamed, as is a name used twice.
 """
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +28,32 @@ _MAX32 = 0xFFFFFFFF
 _MAX16 = 0xFFFF
 _UNIX_FILE_ATTRS = 0o100644 << 16
 _MADE_BY = (3 << 8) | 45  # Unix, spec version 4.5
+
+
+_DRIVE = re.compile(r"[A-Za-z]:")
+
+
+def unsafe_name(name: str) -> str | None:
+    """Why ``name`` must not be an archive member's name, or ``None`` when it may be."""
+    if not name:
+        return "it is empty"
+    if "\x00" in name:
+        return "it holds a NUL"
+    if "\\" in name:
+        return "it holds a backslash"
+    if name.startswith("/"):
+        return "it is an absolute path"
+    if _DRIVE.match(name):
+        return "it starts with a drive letter"
+    if ".." in name.split("/"):
+        return "it has a .. segment"
+    try:
+        encoded = name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "it is not valid Unicode"
+    if len(encoded) > _MAX16:
+        return "it is longer than 65535 bytes"
+    return None
 
 
 def _version_needed(zip64: bool, encrypted: bool) -> int:
@@ -88,12 +120,14 @@ class ZipWriter:
 
         ``extra`` is appended to the extra field (e.g. WinZip AES's), and
         ``encrypted`` sets the encryption flag; both repeat in the central directory.
+        Raises :class:`ValueError` for a name used before or one :func:`unsafe_name` refuses.
         """
+        problem = unsafe_name(name)
+        if problem is not None:
+            raise ValueError(f"bad archive member name {name!r}: {problem}")
         encoded = name.encode("utf-8")
         if encoded in self._names:
             raise ValueError(f"duplicate archive member {name!r}")
-        if not encoded or encoded.startswith(b"/") or len(encoded) > _MAX16:
-            raise ValueError(f"bad archive member name {name!r}")
         self._names.add(encoded)
         zip64 = self._force_zip64 or size >= _MAX32 or compressed_size >= _MAX32
         fields = struct.pack("<HHQQ", 0x0001, 16, size, compressed_size) if zip64 else b""

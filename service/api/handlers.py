@@ -10,6 +10,7 @@ requests to them.
 
 from __future__ import annotations
 
+import re
 from typing import TypeVar
 
 import orjson
@@ -57,11 +58,43 @@ async def principal(request: web.Request) -> Principal:
     return await request.app[AUTHORITY].authenticate(request)
 
 
-async def visible_job(request: web.Request, who: Principal) -> Job:
-    """The job in the path, if ``who`` may see it; another subject's job is a 404."""
+def path_job_id(request: web.Request) -> str:
+    """The job id in the path, checked to be one: anything else is a 404 (API and dashboard)."""
     job_id = request.match_info["job_id"]
     if not is_ulid(job_id):
         raise Problem(404, "Not found", f"no job {job_id}")
+    return job_id
+
+
+#: An event id as the timeline streams give them: Redis stream ids, ``ms-seq``, 64 bits each.
+_EVENT_ID = re.compile(r"([0-9]{1,20})-([0-9]{1,20})", re.ASCII)
+_MAX_ID_PART = 2**64 - 1
+
+
+def event_id(value: str, named: str = "Last-Event-ID") -> str:
+    """``value`` checked to be an event id a stream could resume after (``-``: the start).
+
+    Checked before a stream starts, so a bad one is a 400 problem, never an error
+    written into a stream already answered 200 (API and dashboard).
+    """
+    found = _EVENT_ID.fullmatch(value)
+    if value == "-" or (
+        found is not None
+        and max(int(part) for part in found.groups()) <= _MAX_ID_PART
+        and (int(found[1]), int(found[2])) != (_MAX_ID_PART, _MAX_ID_PART)
+    ):
+        return value
+    raise Problem(
+        400,
+        "Bad request",
+        f"{named}: {value[:64]!r} is not an event id (one a stream sent, such as 1700000000000-0)",
+        slug="bad-event-id",
+    )
+
+
+async def visible_job(request: web.Request, who: Principal) -> Job:
+    """The job in the path, if ``who`` may see it; another subject's job is a 404."""
+    job_id = path_job_id(request)
     job = await request.app[RESOURCES].store.get(job_id)
     if not who.may_see(job.subject):
         raise Problem(404, "Not found", f"no job {job_id}")
@@ -175,7 +208,7 @@ async def confirm_job(request: web.Request) -> web.Response:
                 headers={"WWW-Authenticate": 'Bearer error="insufficient_user_authentication"'},
             )
     confirmed = await request.app[COMMANDS].confirm(actor(who), job.id)
-    return json_response(job_view(confirmed))
+    return json_response(job_view(confirmed, admin=who.is_admin))
 
 
 async def cancel_job(request: web.Request) -> web.Response:
@@ -183,7 +216,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     job = await visible_job(request, who)
     body = await read_body(request, models.CancelRequest) if request.body_exists else None
     canceled = await request.app[COMMANDS].cancel(actor(who), job.id, body.reason if body else None)
-    return json_response(job_view(canceled))
+    return json_response(job_view(canceled, admin=who.is_admin))
 
 
 async def get_receipt(request: web.Request) -> web.Response:
@@ -204,15 +237,17 @@ async def get_receipt(request: web.Request) -> web.Response:
 
 
 async def get_job(request: web.Request) -> web.Response:
-    job = await visible_job(request, await principal(request))
-    return json_response(job_view(job))
+    who = await principal(request)
+    job = await visible_job(request, who)
+    return json_response(job_view(job, admin=who.is_admin))
 
 
 async def list_events(request: web.Request) -> web.StreamResponse:
     job = await visible_job(request, await principal(request))
     store = request.app[RESOURCES].store
     if "text/event-stream" in request.headers.get("Accept", ""):
-        return await stream_events(request, job.id, request.headers.get("Last-Event-ID", "-"))
+        after = event_id(request.headers.get("Last-Event-ID", "-"))
+        return await stream_events(request, job.id, after)
     events = await store.events(job.id)
     return json_response({"events": [event.to_dict() for event in events]})
 
@@ -233,7 +268,10 @@ async def list_jobs(request: web.Request) -> web.Response:
     query = params.to_query()
     page = await request.app[RESOURCES].store.search(query)
     return json_response(
-        {"jobs": [job_view(j) for j in page.jobs], "next_cursor": page.next_cursor}
+        {
+            "jobs": [job_view(j, admin=who.is_admin) for j in page.jobs],
+            "next_cursor": page.next_cursor,
+        }
     )
 
 
@@ -269,7 +307,7 @@ async def retry_job(request: web.Request) -> web.Response:
     require_staff(who)
     job = await visible_job(request, who)
     retried = await request.app[COMMANDS].retry(actor(who), job.id)
-    return json_response(job_view(retried))
+    return json_response(job_view(retried, admin=who.is_admin))
 
 
 async def add_identifiers(request: web.Request) -> web.Response:
@@ -280,7 +318,7 @@ async def add_identifiers(request: web.Request) -> web.Response:
     changed = await request.app[COMMANDS].add_identifiers(
         actor(who), job.id, body.named(), body.verified_by
     )
-    return json_response(job_view(changed))
+    return json_response(job_view(changed, admin=who.is_admin))
 
 
 async def go_without(request: web.Request) -> web.Response:
@@ -291,7 +329,7 @@ async def go_without(request: web.Request) -> web.Response:
     changed = await request.app[COMMANDS].go_without(
         actor(who), job.id, body.connectors, body.reason
     )
-    return json_response(job_view(changed))
+    return json_response(job_view(changed, admin=who.is_admin))
 
 
 async def extend_job(request: web.Request) -> web.Response:
@@ -302,7 +340,7 @@ async def extend_job(request: web.Request) -> web.Response:
     extended = await request.app[COMMANDS].extend(
         actor(who), job.id, months=body.months, reason=body.reason
     )
-    return json_response(job_view(extended))
+    return json_response(job_view(extended, admin=who.is_admin))
 
 
 async def download(request: web.Request) -> web.Response:
@@ -347,10 +385,18 @@ async def serve_object(request: web.Request) -> web.StreamResponse:
             request.match_info["key"],
             query.get("expires", ""),
             query.get("filename", ""),
+            query.get("nonce", ""),
             query.get("signature", ""),
         )
     except StorageError as exc:
         raise Problem(403, "Forbidden", f"this download link is not valid: {exc}") from None
+    if not await request.app[COMMANDS].spend_link(query["signature"], int(query["expires"])):
+        raise Problem(
+            410,
+            "Link used",
+            "each download link works once; ask for a new one (GET /v1/jobs/{id}/download)",
+            slug="link-used",
+        )
     filename = query["filename"].replace('"', "")
     return web.FileResponse(
         path,
@@ -387,4 +433,4 @@ async def readyz(request: web.Request) -> web.Response:
     )
 
 
-__all__ = ["MAX_BODY_BYTES", "actor"]
+__all__ = ["MAX_BODY_BYTES", "actor", "event_id", "path_job_id"]

@@ -5,8 +5,13 @@ Handlers raise; they never build error responses themselves. Domain errors from
 (:func:`service.problems.to_problem`); an unexpected exception is logged and becomes
 a 500 problem with no traceback in the body.
 
+Every response the app sends, problem or not, JSON, event stream, page or file,
+carries ``X-Content-Type-Options: nosniff`` (:func:`nosniff`, on
+``on_response_prepare``): a browser never reads one as anything but its declared type.
+
 The app's other middleware sits beside what it guards: the rate limits in
-``service/ratelimit.py``, ``Idempotency-Key`` replays in ``service/idempotency.py``.
+``service/ratelimit.py``, ``Idempotency-Key`` replays in ``service/idempotency.py``,
+trusted proxies' forwarded headers in ``service/proxies.py``.
 """
 
 from __future__ import annotations
@@ -42,3 +47,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
                 500, "Internal error", "the server failed to answer; it has been logged"
             )
         return problem.response(request.path)
+
+
+async def nosniff(request: web.Request, response: web.StreamResponse) -> None:
+    """Forbid content sniffing on every response, just before its headers are sent."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")

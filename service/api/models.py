@@ -253,7 +253,16 @@ class ConnectorProgress(BaseModel):
     error: str | None = Field(
         description="Why the run failed, or which identifiers an unidentified run needs."
     )
-    error_class: Literal["transient", "permanent", "internal"] | None
+    error_class: Literal["transient", "permanent", "storage", "internal"] | None = Field(
+        description="transient or permanent: the processor's error; storage: object storage "
+        "failed (the error says whether transient or permanent); internal: a bug."
+    )
+    error_detail: str | None = Field(
+        default=None,
+        description="Admins only: what the processor itself answered about the failure (an "
+        "error body, a database's message). It may hold personal data, so support staff, "
+        "subjects and webhooks never get it; `error` is Handover's own words.",
+    )
     started_at: datetime | None
     finished_at: datetime | None
     report: dict[str, object] | None = Field(
@@ -261,6 +270,10 @@ class ConnectorProgress(BaseModel):
     )
     decision: dict[str, str] | None = Field(
         description="`not_asked` runs: support's decision to go without it (reason, by, at)."
+    )
+    restages: int = Field(
+        description="Times its staged output vanished before the archive was written and it "
+        "ran again (3 at most; one more loss fails the job)."
     )
 
 

@@ -296,6 +296,7 @@ OPERATIONS: list[Operation] = [
         "event id; `Last-Event-ID` resumes) until the job ends.",
         responses={
             200: ("The events, oldest first (or an event stream).", models.EventList),
+            400: ("`Last-Event-ID` is not an event id.", models.ProblemOut),
             404: ("No such job (or not yours).", models.ProblemOut),
             **_PROBLEMS,
         },
@@ -322,7 +323,7 @@ OPERATIONS: list[Operation] = [
         "GET",
         LINK_PATH + "{key}",
         serve_object,
-        "Follow a download link (embedded storage)",
+        "Follow a download link (embedded storage; each link works once)",
         "downloads",
         auth=False,
         parameters=[
@@ -354,6 +355,12 @@ OPERATIONS: list[Operation] = [
                 },
             },
             {
+                "name": "nonce",
+                "in": "query",
+                "required": True,
+                "schema": {"type": "string", "examples": ["q8m2Yc1TnV0aLr3e"]},
+            },
+            {
                 "name": "signature",
                 "in": "query",
                 "required": True,
@@ -370,6 +377,7 @@ OPERATIONS: list[Operation] = [
             200: ("The archive.", None),
             403: ("A changed or expired link.", models.ProblemOut),
             404: ("Not served here.", models.ProblemOut),
+            410: ("The link was used already: each works once.", models.ProblemOut),
         },
     ),
     Operation(

@@ -25,10 +25,14 @@ def json_response(
     )
 
 
-def job_view(job: Job) -> dict[str, Any]:
+def job_view(job: Job, *, admin: bool = False) -> dict[str, Any]:
     """A job as the API shows it (``models.JobOut``): no storage keys or staged parts,
-    no identifier values (only their kinds, and how each was verified), no secrets."""
+    no identifier values (only their kinds, and how each was verified), no secrets.
+
+    A failed run's ``error_detail`` (the processor's own words, which may hold
+    personal data) is shown to admins only."""
     base = f"/v1/jobs/{job.id}"
+    hidden = {"staged_key", "parts"} if admin else {"staged_key", "parts", "error_detail"}
     # Python mode: orjson encodes the datetimes and enums, faster than pydantic's JSON mode.
     view = job.model_dump(
         exclude={"connectors", "result", "receipt", "identity", "archive_password"},
@@ -36,8 +40,7 @@ def job_view(job: Job) -> dict[str, Any]:
     view["deadline"] = job.deadline_state(utcnow())
     view["identity"] = job.identity.statement()
     view["connectors"] = {
-        name: run.model_dump(exclude={"staged_key", "parts"})
-        for name, run in job.connectors.items()
+        name: run.model_dump(exclude=hidden) for name, run in job.connectors.items()
     }
     view["result"] = job.result.model_dump(exclude={"key"}) if job.result else None
     view["links"] = {

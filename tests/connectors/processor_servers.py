@@ -7,12 +7,23 @@ and logs every request it sees. :meth:`FakeProcessor.fail_next` makes the next
 requests answer with a canned status (429 with ``Retry-After``, 5xx, ...) and
 :meth:`FakeProcessor.hang_next` makes one never answer, so timeouts are tested
 without waiting on luck.
+
+Every fake can also turn hostile for its next request, the way a compromised or
+broken processor would: :meth:`FakeProcessor.stream_next` streams a huge body (and
+counts what it managed to send before the client hung up),
+:meth:`FakeProcessor.gzip_bomb_next` a small gzip body that inflates to a huge one,
+:meth:`FakeProcessor.trickle_next` a body that never ends, a byte at a time, and
+:meth:`FakeProcessor.redirect_next` a redirect. :class:`Bystander` is another host,
+logging whatever reaches it; :class:`FakeS3Listing` an S3 bucket whose listing is
+what a test makes it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -57,12 +68,17 @@ class Seen:
 
 @dataclass
 class Fault:
-    """A canned answer served instead of the real handler's."""
+    """A canned answer served instead of the real handler's (``respond`` when given)."""
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     hang: bool = False
+    respond: Handler | None = None
+
+
+TRICKLE_INTERVAL = 0.02
+"""Seconds between two bytes of a trickling answer: the processor's pace, not a test's wait."""
 
 
 class FakeProcessor(ABC):
@@ -73,6 +89,8 @@ class FakeProcessor(ABC):
         self.requests: list[Seen] = []
         self.faults: list[Fault] = []
         self.release = asyncio.Event()
+        self.streamed: list[int] = []  # bytes each streamed answer got out before it ended
+        self.trickled = 0  # bytes trickled so far
 
     def fail_next(
         self,
@@ -92,6 +110,72 @@ class FakeProcessor(ABC):
     def hang_next(self) -> None:
         """Never answer the next request (until the server shuts down)."""
         self.faults.append(Fault(504, hang=True))
+
+    def stream_next(
+        self,
+        size: int,
+        *,
+        chunk: bytes = b" " * 65536,
+        prefix: bytes = b"",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """Answer the next request 200 with ``prefix`` then ``size`` bytes of ``chunk`` repeated.
+
+        The body is streamed as it is sent, never held whole; how much of it got out
+        before the client hung up is appended to :attr:`streamed`.
+        """
+
+        async def respond(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(
+                headers={"Content-Type": "application/json", **(headers or {})}
+            )
+            await response.prepare(request)
+            sent = 0
+            try:  # a client hanging up cancels this handler, or fails its next write
+                await response.write(prefix)
+                while sent < size:
+                    piece = chunk[: size - sent]
+                    await response.write(piece)
+                    sent += len(piece)
+                await response.write_eof()
+            except ConnectionError:
+                pass
+            finally:
+                self.streamed.append(sent)
+            return response
+
+        self.faults.append(Fault(200, respond=respond))
+
+    def gzip_bomb_next(self, size: int) -> int:
+        """Answer the next request with ``size`` zero bytes gzipped; returns the gzip's size."""
+        packer = zlib.compressobj(9, zlib.DEFLATED, 31)
+        megabyte = b"\0" * (1 << 20)
+        parts = [packer.compress(megabyte) for _ in range(size >> 20)]
+        body = b"".join([*parts, packer.compress(b"\0" * (size % (1 << 20))), packer.flush()])
+        headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+        self.faults.append(Fault(200, headers, body))
+        return len(body)
+
+    def trickle_next(self) -> None:
+        """Answer the next request 200 at once, then a byte every so often, never ending."""
+
+        async def respond(request: web.Request) -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "application/json"})
+            await response.prepare(request)
+            try:
+                while not self.release.is_set():
+                    await response.write(b" ")
+                    self.trickled += 1
+                    await asyncio.sleep(TRICKLE_INTERVAL)
+            except ConnectionError:
+                pass
+            return response
+
+        self.faults.append(Fault(200, respond=respond))
+
+    def redirect_next(self, location: str, status: int = 307) -> None:
+        """Answer the next request with a redirect to ``location``."""
+        self.faults.append(Fault(status, {"Location": location}))
 
     @abstractmethod
     def routes(self) -> list[web.RouteDef]:
@@ -123,6 +207,8 @@ class FakeProcessor(ABC):
         )
         if self.faults:
             fault = self.faults.pop(0)
+            if fault.respond is not None:
+                return await fault.respond(request)
             if fault.hang:
                 await self.release.wait()
             return web.Response(status=fault.status, headers=fault.headers, body=fault.body)
@@ -615,3 +701,79 @@ class FakeHotjar(FakeProcessor):
         else:
             message = "Lookup accepted; the report will be sent by email"
         return web.json_response({"status": "accepted", "message": message})
+
+
+# --- hostile surroundings -------------------------------------------------------------
+
+
+class Bystander(FakeProcessor):
+    """Another host: answers anything 200 with an empty JSON object, logging what reached it."""
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.route("*", "/{tail:.*}", self.anything)]
+
+    async def anything(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+
+@dataclass
+class ListingPage:
+    """One ListObjectsV2 answer: its keys, and the continuation token it hands back."""
+
+    keys: list[str]
+    next_token: str | None = None
+
+
+class FakeS3Listing(FakeProcessor):
+    """One S3 bucket speaking ListObjectsV2, DeleteObjects and HeadBucket, nothing more.
+
+    ``pages`` gives the listing page for a request's continuation token (None for the
+    first page): a test makes it end, repeat or run on forever. Deleted keys are
+    logged in :attr:`deleted`, in the order the requests came.
+    """
+
+    BUCKET = "uploads"
+    S3_NS = "http://s3.amazonaws.com/doc/2006-03-01/"
+
+    def __init__(self, pages: Callable[[str | None], ListingPage], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.pages = pages
+        self.deleted: list[str] = []
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get(f"/{self.BUCKET}", self.list_objects, allow_head=False),
+            web.head(f"/{self.BUCKET}", self.head_bucket),
+            web.post(f"/{self.BUCKET}", self.delete_objects),
+        ]
+
+    async def head_bucket(self, request: web.Request) -> web.Response:
+        return web.Response()
+
+    async def list_objects(self, request: web.Request) -> web.Response:
+        page = self.pages(request.query.get("continuation-token"))
+        contents = "".join(
+            f"<Contents><Key>{key}</Key><LastModified>2024-06-01T10:00:00.000Z</LastModified>"
+            f'<ETag>"0"</ETag><Size>1</Size><StorageClass>STANDARD</StorageClass></Contents>'
+            for key in page.keys
+        )
+        following = (
+            ""
+            if page.next_token is None
+            else f"<NextContinuationToken>{page.next_token}</NextContinuationToken>"
+        )
+        xml = (
+            f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="{self.S3_NS}">'
+            f"<Name>{self.BUCKET}</Name><Prefix>{request.query.get('prefix', '')}</Prefix>"
+            f"<KeyCount>{len(page.keys)}</KeyCount><MaxKeys>1000</MaxKeys>"
+            f"<IsTruncated>{'true' if page.next_token else 'false'}</IsTruncated>"
+            f"{following}{contents}</ListBucketResult>"
+        )
+        return web.Response(text=xml, content_type="application/xml")
+
+    async def delete_objects(self, request: web.Request) -> web.Response:
+        if "delete" not in request.query:
+            return web.Response(status=405)
+        self.deleted += re.findall(r"<Key>([^<]*)</Key>", (await request.read()).decode())
+        xml = f'<?xml version="1.0" encoding="UTF-8"?><DeleteResult xmlns="{self.S3_NS}"/>'
+        return web.Response(text=xml, content_type="application/xml")

@@ -16,7 +16,7 @@ from connectors.items import Record, Subject
 from connectors.registry import load_type
 from connectors.testing import ConnectorContract
 from tests.conftest import free_port
-from tests.connectors.processor_servers import FakeGoogleAnalytics, serve
+from tests.connectors.processor_servers import Bystander, FakeGoogleAnalytics, serve
 
 ALICE = Subject("alice", "Alice.Martin@GoogleMail.com", {"ga_client_id": "1197596843.1673515099"})
 
@@ -79,7 +79,10 @@ async def test_export_fails_when_google_refuses_the_token(
     connector = build(url, access_token="ya29.revoked")
     await connector.open()
     try:
-        with pytest.raises(PermanentError, match="read property: HTTP 401"):
+        with pytest.raises(
+            PermanentError,
+            match=r"read property \(GET /v1alpha/properties/\{property\}\): HTTP 401 UNAUTH",
+        ):
             [item async for item in connector.export(ALICE)]
     finally:
         await connector.close()
@@ -195,12 +198,17 @@ async def test_a_wrong_token_is_a_permanent_error(
     connector = build(url, access_token="ya29.expired")
     await connector.open()
     try:
-        with pytest.raises(PermanentError, match="HTTP 401, credentials refused") as caught:
+        with pytest.raises(PermanentError) as caught:
             await connector.erase(ALICE, dry_run=False, retention={})
     finally:
         await connector.close()
-    assert "ya29.expired" not in str(caught.value)
-    assert "invalid authentication credentials" in str(caught.value)
+    assert str(caught.value) == (
+        "analytics: submit user deletion (POST /v1alpha/properties/{property}:submitUserDeletion)"
+        ": HTTP 401 UNAUTHENTICATED, credentials refused"
+    )
+    assert caught.value.detail is not None
+    assert "invalid authentication credentials" in caught.value.detail
+    assert "ya29.expired" not in str(caught.value) + caught.value.detail
 
 
 async def test_a_property_the_token_cannot_reach_is_a_permanent_error(
@@ -256,7 +264,7 @@ async def test_a_timeout_is_transient(analytics: tuple[FakeGoogleAnalytics, str]
     connector = build(url, timeout=0.2)
     await connector.open()
     try:
-        with pytest.raises(TransientError, match="no answer within"):
+        with pytest.raises(TransientError, match="no complete answer within"):
             await connector.erase(ALICE, dry_run=False, retention={})
     finally:
         await connector.close()
@@ -329,3 +337,70 @@ class TestGoogleAnalyticsConnectorContractByClientId(TestGoogleAnalyticsConnecto
 
     def subject_without_data(self) -> Subject:
         return Subject("nobody", identities={"ga_client_id": "1234567890.1234567890"})
+
+
+# -- a hostile Google ----------------------------------------------------------------
+
+
+async def test_a_deletion_redirected_elsewhere_is_not_followed(
+    analytics: tuple[FakeGoogleAnalytics, str], connector: GoogleAnalyticsConnector
+) -> None:
+    fake, _ = analytics
+    elsewhere = Bystander()
+    async with serve(elsewhere) as other:
+        fake.redirect_next(f"{other}/v1alpha/properties/123456789:submitUserDeletion", 307)
+        with pytest.raises(PermanentError) as caught:
+            await connector.erase(ALICE, dry_run=False, retention={})
+    assert str(caught.value) == (
+        "analytics: submit user deletion (POST /v1alpha/properties/{property}:submitUserDeletion)"
+        ": HTTP 307: a redirect to another origin, not followed (redirects never are)"
+    )
+    assert elsewhere.requests == []
+    assert fake.deletions == []
+
+
+async def test_an_inflating_answer_is_refused(analytics: tuple[FakeGoogleAnalytics, str]) -> None:
+    fake, url = analytics
+    fake.gzip_bomb_next(8 * 1024 * 1024)
+    connector = build(url, max_response_mib=1)
+    await connector.open()
+    try:
+        with pytest.raises(PermanentError, match="HTTP 200: answer larger than 1 MiB"):
+            await connector.check()
+    finally:
+        await connector.close()
+
+
+async def test_a_property_trickling_forever_is_transient(
+    analytics: tuple[FakeGoogleAnalytics, str],
+) -> None:
+    fake, url = analytics
+    fake.trickle_next()
+    connector = build(url, timeout=0.3)
+    await connector.open()
+    try:
+        with pytest.raises(TransientError, match=r"read property \(GET .*\): no complete answer"):
+            [item async for item in connector.export(ALICE)]
+    finally:
+        await connector.close()
+
+
+async def test_only_googles_own_codes_reach_the_message(
+    analytics: tuple[FakeGoogleAnalytics, str], connector: GoogleAnalyticsConnector
+) -> None:
+    fake, _ = analytics
+    fake.fail_next(400, body={"error": {"message": "userId alice is invalid", "status": "alice"}})
+    fake.fail_next(
+        400, body={"error": {"message": "userId alice is invalid", "status": "INVALID_ARGUMENT"}}
+    )
+    with pytest.raises(PermanentError) as unknown:
+        await connector.erase(ALICE, dry_run=False, retention={})
+    with pytest.raises(PermanentError) as known:
+        await connector.erase(ALICE, dry_run=False, retention={})
+    where = (
+        "analytics: submit user deletion (POST /v1alpha/properties/{property}:submitUserDeletion)"
+    )
+    assert str(unknown.value) == f"{where}: HTTP 400"
+    assert str(known.value) == f"{where}: HTTP 400 INVALID_ARGUMENT"
+    assert known.value.detail is not None
+    assert "userId alice is invalid" in known.value.detail

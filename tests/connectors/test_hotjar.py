@@ -19,7 +19,7 @@ from connectors.registry import load_type
 from connectors.reports import RetentionRule
 from connectors.testing import ConnectorContract
 from tests.conftest import free_port
-from tests.connectors.processor_servers import FakeHotjar, serve
+from tests.connectors.processor_servers import Bystander, FakeHotjar, serve
 
 ALICE = Subject("alice", "alice@example.com", {"hotjar_user": "u-77"})
 LOOKUP_PATH = f"/v1/organizations/{FakeHotjar.ORGANIZATION_ID}/user-lookup"
@@ -117,8 +117,14 @@ async def test_a_token_refused_twice_is_a_permanent_error(
 ) -> None:
     fake, _ = hotjar
     fake.honour_tokens = False
-    with pytest.raises(PermanentError, match="user lookup: HTTP 401, credentials refused"):
+    with pytest.raises(PermanentError) as caught:
         await export(connector, ALICE)
+    assert str(caught.value) == (
+        "recordings: user lookup (POST /v1/organizations/{organization_id}/user-lookup): "
+        "HTTP 401, credentials refused"
+    )
+    assert caught.value.detail is not None
+    assert "Missing or invalid authorization header" in caught.value.detail
     assert len(fake.seen("/oauth/token")) == 2
 
 
@@ -230,13 +236,19 @@ async def test_wrong_client_credentials_are_a_permanent_error(
     connector = build(url, client_secret="hj-secret-wrong-0000")
     await connector.open()
     try:
-        with pytest.raises(PermanentError, match="obtain access token: HTTP 401") as caught:
+        with pytest.raises(PermanentError) as caught:
             await export(connector, ALICE)
-        with pytest.raises(PermanentError, match="invalid_client"):
+        with pytest.raises(PermanentError, match="HTTP 401 invalid_client"):
             await connector.check()
     finally:
         await connector.close()
-    assert "hj-secret-wrong-0000" not in str(caught.value)
+    assert str(caught.value) == (
+        "recordings: obtain access token (POST /v1/oauth/token): HTTP 401 invalid_client, "
+        "credentials refused"
+    )
+    assert caught.value.detail is not None
+    assert "Client authentication failed" in caught.value.detail
+    assert "hj-secret-wrong-0000" not in str(caught.value) + caught.value.detail
 
 
 async def test_an_unknown_organization_is_a_permanent_error(
@@ -246,10 +258,12 @@ async def test_an_unknown_organization_is_a_permanent_error(
     connector = build(url, organization_id=42)
     await connector.open()
     try:
-        with pytest.raises(PermanentError, match="HTTP 404.*Organization not found"):
+        with pytest.raises(PermanentError, match=r"HTTP 404$") as caught:
             await export(connector, ALICE)
     finally:
         await connector.close()
+    assert caught.value.detail is not None
+    assert "Organization not found" in caught.value.detail
 
 
 async def test_429_is_rate_limited_with_retry_after(
@@ -274,11 +288,11 @@ async def test_server_errors_are_transient(
 ) -> None:
     fake, _ = hotjar
     fake.fail_next(status, body={"error": "internal"})
-    with pytest.raises(TransientError, match=f"obtain access token: HTTP {status}"):
+    with pytest.raises(TransientError, match=rf"obtain access token \(POST .*\): HTTP {status}"):
         await export(connector, ALICE)
     await connector.check()
     fake.fail_next(status)
-    with pytest.raises(TransientError, match=f"user lookup: HTTP {status}"):
+    with pytest.raises(TransientError, match=rf"user lookup \(POST .*\): HTTP {status}"):
         await export(connector, ALICE)
 
 
@@ -352,3 +366,67 @@ class TestHotjarConnectorContractWithSites(TestHotjarConnectorContract):
 
     def options(self) -> dict[str, Any]:
         return {"site_ids": [3456789, 3456790], "user_id_identity": "hotjar_user"}
+
+
+# -- a hostile Hotjar ----------------------------------------------------------------
+
+
+async def test_a_token_endpoint_redirected_elsewhere_keeps_the_secret_home(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    """A 307 would post the client secret again, to the other host: it is not followed."""
+    fake, _ = hotjar
+    elsewhere = Bystander()
+    async with serve(elsewhere) as other:
+        fake.redirect_next(f"{other}/v1/oauth/token", 307)
+        with pytest.raises(PermanentError) as caught:
+            await export(connector, ALICE)
+    assert str(caught.value) == (
+        "recordings: obtain access token (POST /v1/oauth/token): HTTP 307: a redirect to "
+        "another origin, not followed (redirects never are)"
+    )
+    assert elsewhere.requests == []
+
+
+async def test_a_huge_token_answer_is_refused(hotjar: tuple[FakeHotjar, str]) -> None:
+    fake, url = hotjar
+    fake.stream_next(3 * 1024 * 1024, prefix=b'{"access_token": "')
+    connector = build(url, max_response_mib=1)
+    await connector.open()
+    try:
+        with pytest.raises(PermanentError, match="answer larger than 1 MiB, the rest left unread"):
+            await connector.check()
+    finally:
+        await connector.close()
+
+
+async def test_a_lookup_trickling_forever_is_transient(hotjar: tuple[FakeHotjar, str]) -> None:
+    fake, url = hotjar
+    connector = build(url, timeout=0.3)
+    await connector.open()
+    try:
+        await connector.check()
+        fake.trickle_next()
+        with pytest.raises(TransientError) as caught:
+            await export(connector, ALICE)
+    finally:
+        await connector.close()
+    assert str(caught.value) == (
+        "recordings: user lookup (POST /v1/organizations/{organization_id}/user-lookup): "
+        "no complete answer within 0.3s"
+    )
+
+
+async def test_an_error_quoting_the_subject_stays_out_of_the_message(
+    hotjar: tuple[FakeHotjar, str], connector: HotjarConnector
+) -> None:
+    fake, _ = hotjar
+    await connector.check()
+    fake.fail_next(400, body={"error": "bad_request", "message": "alice@example.com: no site"})
+    with pytest.raises(PermanentError) as caught:
+        await export(connector, ALICE)
+    assert str(caught.value) == (
+        "recordings: user lookup (POST /v1/organizations/{organization_id}/user-lookup): HTTP 400"
+    )
+    assert caught.value.detail is not None
+    assert "alice@example.com: no site" in caught.value.detail

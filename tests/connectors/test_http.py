@@ -19,7 +19,7 @@ from connectors.registry import load_type
 from connectors.reports import RetentionRule
 from connectors.testing import ConnectorContract
 from tests.conftest import free_port
-from tests.connectors.processor_servers import FakeClock, FakeTicketsApi, serve
+from tests.connectors.processor_servers import Bystander, FakeClock, FakeTicketsApi, serve
 
 TOKEN = "tk_live_9f8e7d6c5b4a39281706"
 ALICE = Subject("alice", "alice@example.com")
@@ -177,8 +177,9 @@ async def test_wrong_credentials_are_a_permanent_error_without_the_secret(
     async with opened(HttpConnector("helpdesk", **options)) as connector:
         with pytest.raises(PermanentError, match="HTTP 401, credentials refused") as caught:
             await export(connector, ALICE)
-    assert "wrong-token-123" not in str(caught.value)
-    assert "invalid credentials" in str(caught.value)
+    assert caught.value.detail is not None
+    assert "wrong-token-123" not in str(caught.value) + caught.value.detail
+    assert "invalid credentials" in caught.value.detail
 
 
 async def test_429_is_rate_limited_with_the_retry_after_delay(
@@ -229,7 +230,9 @@ async def test_a_server_error_on_a_later_page_is_transient(api: tuple[FakeTicket
         items = connector.export(ALICE)
         await anext(items)
         fake.fail_next(502)
-        with pytest.raises(TransientError, match="export tickets page 2: HTTP 502"):
+        with pytest.raises(
+            TransientError, match=r"export tickets page 2 \(GET /users/\{id\}/tickets\): HTTP 502"
+        ):
             async for _ in items:
                 pass
 
@@ -238,7 +241,7 @@ async def test_a_timeout_is_transient(api: tuple[FakeTicketsApi, str]) -> None:
     fake, url = api
     fake.hang_next()
     async with opened(HttpConnector("helpdesk", **settings(url, timeout=0.2))) as connector:
-        with pytest.raises(TransientError, match=r"no answer within 0\.2s"):
+        with pytest.raises(TransientError, match=r"no complete answer within 0\.2s"):
             await export(connector, ALICE)
 
 
@@ -249,7 +252,7 @@ async def test_a_refused_connection_is_transient() -> None:
             await export(connector, ALICE)
 
 
-async def test_other_client_errors_are_permanent_with_status_and_excerpt(
+async def test_other_client_errors_are_permanent_with_the_status_and_the_body_in_detail(
     api: tuple[FakeTicketsApi, str],
 ) -> None:
     fake, url = api
@@ -257,10 +260,10 @@ async def test_other_client_errors_are_permanent_with_status_and_excerpt(
     async with opened(HttpConnector("helpdesk", **settings(url))) as connector:
         with pytest.raises(PermanentError) as caught:
             await export(connector, ALICE)
-    message = str(caught.value)
-    assert "HTTP 422" in message
-    assert "per_page must be at most 100" in message
-    assert "\n" not in message
+    assert str(caught.value) == (
+        "helpdesk: export tickets page 1 (GET /users/{id}/tickets): HTTP 422"
+    )
+    assert caught.value.detail == '{"error": "per_page must be at most 100"}'
 
 
 async def test_a_secret_echoed_by_the_processor_is_scrubbed(
@@ -271,8 +274,9 @@ async def test_a_secret_echoed_by_the_processor_is_scrubbed(
     async with opened(HttpConnector("helpdesk", **settings(url))) as connector:
         with pytest.raises(PermanentError) as caught:
             await export(connector, ALICE)
-    assert TOKEN not in str(caught.value)
-    assert "token ********** is malformed" in str(caught.value)
+    assert caught.value.detail is not None
+    assert TOKEN not in str(caught.value) + caught.value.detail
+    assert "token ********** is malformed" in caught.value.detail
 
 
 async def test_a_next_url_off_the_base_origin_is_refused(api: tuple[FakeTicketsApi, str]) -> None:
@@ -290,10 +294,10 @@ async def test_a_next_url_off_the_base_origin_is_refused(api: tuple[FakeTicketsA
 async def test_a_repeating_cursor_is_refused(api: tuple[FakeTicketsApi, str]) -> None:
     fake, url = api
     events = settings(url)["datasets"][1]
-    page = {"events": [{"id": "e0"}], "meta": {"next_cursor": "same"}}
-    fake.fail_next(200, body=page, times=3)
+    for n in range(3):
+        fake.fail_next(200, body={"events": [{"id": f"e{n}"}], "meta": {"next_cursor": "same"}})
     async with opened(HttpConnector("helpdesk", **settings(url, datasets=[events]))) as connector:
-        with pytest.raises(PermanentError, match="cursor repeats itself"):
+        with pytest.raises(PermanentError, match="page 2 gives a cursor already followed"):
             await export(connector, ALICE)
 
 
@@ -668,6 +672,14 @@ async def test_requests_before_open_are_refused() -> None:
             r"datasets\[0\].pagination.next must be non-empty text",
         ),
         ({"datasets": [{"name": "x", "path": "/u"}]}, r"datasets\[0\].category must be"),
+        (
+            {"datasets": [{"name": "../../../../x", "category": "usage", "path": "/u/{id}"}]},
+            r"datasets\[0\] has a bad name: dataset name '../../../../x' must be 1 to 63 letters",
+        ),
+        (
+            {"datasets": [{"name": "tickets/all", "category": "usage", "path": "/u/{id}"}]},
+            r"datasets\[0\] has a bad name: dataset name 'tickets/all'",
+        ),
         ({"erase": {"path": "/u/{id}", "method": "TRACE"}}, "erase.method must be"),
         ({"erase": {"path": "/u/{id}", "success": ["ok"]}}, "erase.success must be a list of HTTP"),
     ],
@@ -727,3 +739,154 @@ class TestHttpConnectorContractByEmail(TestHttpConnectorContract):
 
     def options(self, url: str) -> dict[str, Any]:
         return dict(email_only_settings(url), check_path="/health")
+
+
+# -- a hostile processor -------------------------------------------------------------
+
+
+def events_only(url: str, **pagination: Any) -> dict[str, Any]:
+    """Only the events, found by email and paged by a cursor."""
+    events = dict(settings(url)["datasets"][1])
+    events["pagination"] = dict(events["pagination"], **pagination)
+    return settings(url, datasets=[events], erase={"path": "/users/{id}"})
+
+
+def feed_only(url: str) -> dict[str, Any]:
+    return settings(url, datasets=[settings(url)["datasets"][3]])
+
+
+async def test_a_huge_json_page_is_refused_without_being_read(
+    api: tuple[FakeTicketsApi, str],
+) -> None:
+    fake, url = api
+    fake.stream_next(
+        50 * 1024 * 1024, prefix=b'{"data": {"items": [', chunk=b'{"id": "t0"}, ' * 4096
+    )
+    async with opened(HttpConnector("helpdesk", **settings(url))) as connector:
+        with pytest.raises(PermanentError) as caught:
+            await export(connector, ALICE)
+    assert str(caught.value) == (
+        "helpdesk: export tickets page 1 (GET /users/{id}/tickets): HTTP 200: answer larger "
+        "than 32 MiB, the rest left unread"
+    )
+
+
+async def test_max_response_mib_sets_the_cap(api: tuple[FakeTicketsApi, str]) -> None:
+    fake, url = api
+    fake.stream_next(2 * 1024 * 1024)
+    options = settings(url, max_response_mib=1)
+    async with opened(HttpConnector("helpdesk", **options)) as connector:
+        with pytest.raises(PermanentError, match="answer larger than 1 MiB"):
+            await export(connector, ALICE)
+    with pytest.raises(PermanentError, match="max_response_mib must be a number above 0"):
+        HttpConnector("helpdesk", **settings(url, max_response_mib=0))
+
+
+async def test_a_cursor_that_comes_round_again_is_refused(api: tuple[FakeTicketsApi, str]) -> None:
+    fake, url = api
+    for n, cursor in enumerate(["a", "b", "a"]):
+        fake.fail_next(200, body={"events": [{"id": f"e{n}"}], "meta": {"next_cursor": cursor}})
+    async with opened(HttpConnector("helpdesk", **events_only(url))) as connector:
+        with pytest.raises(PermanentError) as caught:
+            await export(connector, ALICE)
+    assert str(caught.value) == (
+        "helpdesk: export events: page 3 gives a cursor already followed: the processor's "
+        "paging goes round in a circle"
+    )
+    assert len(fake.requests) == 3
+
+
+async def test_a_next_page_url_that_comes_round_again_is_refused(
+    api: tuple[FakeTicketsApi, str],
+) -> None:
+    fake, url = api
+    fake.fail_next(200, body={"items": [{"id": "n0"}], "links": {"next": "/feed/alice?offset=2"}})
+    fake.fail_next(200, body={"items": [{"id": "n1"}], "links": {"next": "/feed/alice"}})
+    async with opened(HttpConnector("helpdesk", **feed_only(url))) as connector:
+        with pytest.raises(PermanentError, match="page 2 gives a next-page URL already followed"):
+            await export(connector, ALICE)
+    assert len(fake.requests) == 2
+
+
+async def test_a_processor_ignoring_the_page_number_is_stopped_at_page_two(
+    api: tuple[FakeTicketsApi, str],
+) -> None:
+    fake, url = api
+    full = {"data": {"items": [{"id": "t0"}, {"id": "t1"}]}}
+    fake.fail_next(200, body=full, times=3)
+    async with opened(HttpConnector("helpdesk", **settings(url))) as connector:
+        with pytest.raises(PermanentError) as caught:
+            await export(connector, ALICE)
+    assert str(caught.value) == (
+        "helpdesk: export tickets: page 2 repeats page 1 word for word: the processor's "
+        "paging does not advance"
+    )
+
+
+async def test_paging_that_never_ends_stops_at_max_pages(api: tuple[FakeTicketsApi, str]) -> None:
+    fake, url = api
+    for n in range(6):
+        fake.fail_next(200, body={"events": [{"id": f"e{n}"}], "meta": {"next_cursor": str(n)}})
+    async with opened(HttpConnector("helpdesk", **events_only(url, max_pages=5))) as connector:
+        with pytest.raises(PermanentError) as caught:
+            await export(connector, ALICE)
+    assert str(caught.value) == (
+        "helpdesk: export events: more than 5 pages (pagination.max_pages): the processor's "
+        "paging does not end"
+    )
+    assert len(fake.requests) == 5
+
+
+async def test_a_redirected_erasure_takes_no_credentials_elsewhere() -> None:
+    """aiohttp itself would follow with an API key header: the client follows nothing."""
+    fake = FakeTicketsApi(auth_header="X-Api-Key", auth_value=TOKEN)
+    fake.add_user("alice", "alice@example.com", tickets=1)
+    elsewhere = Bystander()
+    auth = {"type": "header", "name": "X-Api-Key", "value": TOKEN}
+    async with serve(fake) as url, serve(elsewhere) as other:
+        tickets = settings(url)["datasets"][0]
+        options = settings(url, auth=auth, datasets=[tickets])
+        async with opened(HttpConnector("helpdesk", **options)) as connector:
+            await export(connector, ALICE)
+            fake.fail_next(200, body={"data": {"items": [{"id": "t0"}]}})
+            fake.redirect_next(f"{other}/users/alice", 307)
+            with pytest.raises(PermanentError) as caught:
+                await connector.erase(ALICE, dry_run=False, retention={})
+    assert str(caught.value) == (
+        "helpdesk: erase (DELETE /users/{id}): HTTP 307: a redirect to another origin, not "
+        "followed (redirects never are)"
+    )
+    assert elsewhere.requests == []
+    assert "alice" in fake.users
+
+
+async def test_a_page_trickling_forever_is_transient(api: tuple[FakeTicketsApi, str]) -> None:
+    fake, url = api
+    fake.trickle_next()
+    async with opened(HttpConnector("helpdesk", **settings(url, timeout=0.3))) as connector:
+        with pytest.raises(TransientError, match=r"page 1 \(GET .*\): no complete answer within"):
+            await export(connector, ALICE)
+    assert fake.trickled >= 3
+
+
+async def test_messages_name_templates_never_the_subjects_values(
+    api: tuple[FakeTicketsApi, str],
+) -> None:
+    """Staff and webhooks see the message; the processor's answer is kept for admins."""
+    fake, url = api
+    echo = {"error": "no events for alice@example.com", "account": "DE89370400440532013000"}
+    fake.fail_next(422, body=echo)
+    fake.fail_next(200, body={"events": ["alice@example.com"], "meta": {}})
+    subject = Subject("alice-7f3a9c", "alice@example.com")
+    async with opened(HttpConnector("helpdesk", **events_only(url))) as connector:
+        with pytest.raises(PermanentError) as first:
+            await export(connector, subject)
+        with pytest.raises(PermanentError) as second:
+            await export(connector, subject)
+    assert str(first.value) == "helpdesk: export events page 1 (GET /events): HTTP 422"
+    assert str(second.value) == (
+        "helpdesk: export events page 1: records must be JSON objects, got a JSON string"
+    )
+    for raised in (first.value, second.value):
+        assert raised.detail is not None and "alice@example.com" in raised.detail
+    assert "DE89370400440532013000" in str(first.value.detail)

@@ -18,7 +18,7 @@ from connectors.registry import load_type
 from connectors.reports import RetentionRule
 from connectors.testing import ConnectorContract
 from tests.conftest import free_port
-from tests.connectors.processor_servers import FakeHubSpot, serve
+from tests.connectors.processor_servers import Bystander, FakeHubSpot, serve
 
 ALICE = Subject("alice", "alice@example.com")
 
@@ -203,11 +203,16 @@ async def test_a_wrong_token_is_a_permanent_error(hubspot: tuple[FakeHubSpot, st
     try:
         with pytest.raises(PermanentError, match="HTTP 401, credentials refused") as caught:
             await export(connector, ALICE)
-        with pytest.raises(PermanentError, match="check: HTTP 401.*Authentication credentials not"):
+        with pytest.raises(PermanentError) as checked:
             await connector.check()
     finally:
         await connector.close()
     assert "pat-eu1-wrong" not in str(caught.value)
+    assert str(checked.value) == (
+        "crm: check (GET /crm/v3/objects/contacts): HTTP 401, credentials refused"
+    )
+    assert checked.value.detail is not None
+    assert "Authentication credentials not found" in checked.value.detail
 
 
 async def test_check_passes_with_the_right_token(
@@ -232,9 +237,11 @@ async def test_429_is_rate_limited_with_retry_after(
             "policyName": "SECONDLY",
         },
     )
-    with pytest.raises(RateLimited, match="secondly limit") as caught:
+    with pytest.raises(RateLimited, match=r"HTTP 429 \(retry after 3s\)$") as caught:
         await export(connector, ALICE)
     assert caught.value.retry_after == 3.0
+    assert caught.value.detail is not None
+    assert "secondly limit" in caught.value.detail
 
 
 async def test_429_without_retry_after_waits_out_the_ten_second_window(
@@ -263,7 +270,10 @@ async def test_a_server_error_during_gdpr_delete_is_transient_and_the_retry_dele
     fake, _ = hubspot
     fake.fail_next(200, body={"total": 1, "results": [{"id": "501"}]})
     fake.fail_next(502)
-    with pytest.raises(TransientError, match="GDPR delete contact: HTTP 502"):
+    with pytest.raises(
+        TransientError,
+        match=r"GDPR delete contact \(POST /crm/v3/objects/contacts/gdpr-delete\): HTTP 502",
+    ):
         await connector.erase(ALICE, dry_run=False, retention={})
     report = await connector.erase(ALICE, dry_run=False, retention={})
     assert report.dataset("contact").deleted == 1
@@ -321,3 +331,96 @@ class TestHubSpotConnectorContract(ConnectorContract):
     async def cleanup(self) -> None:
         if self.stack is not None:
             await self.stack.aclose()
+
+
+# -- a hostile HubSpot ---------------------------------------------------------------
+
+
+async def test_a_search_whose_cursor_comes_round_again_is_refused(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    for n, after in enumerate(["100", "200", "100"]):
+        page = {"results": [{"id": str(501 + n)}], "paging": {"next": {"after": after}}}
+        fake.fail_next(200, body=page)
+    with pytest.raises(PermanentError) as caught:
+        await export(connector, ALICE)
+    assert str(caught.value) == (
+        "crm: search contact page 3: HubSpot gives an 'after' cursor already followed: its "
+        "paging goes round in a circle"
+    )
+    assert len(fake.seen("/search")) == 3
+
+
+async def test_a_search_that_never_ends_stops_at_a_hundred_pages(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    for n in range(101):
+        page = {"results": [{"id": "501"}], "paging": {"next": {"after": str(n)}}}
+        fake.fail_next(200, body=page)
+    with pytest.raises(PermanentError, match="the contact search did not end after 100 pages"):
+        await export(connector, ALICE)
+    assert len(fake.seen("/search")) == 100
+
+
+async def test_malformed_paging_is_the_last_page(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    fake.fail_next(200, body={"results": [{"id": "501"}], "paging": ["next"]})
+    [record] = await export(connector, ALICE)
+    assert record["id"] == "501"
+
+
+async def test_a_huge_answer_is_refused(hubspot: tuple[FakeHubSpot, str]) -> None:
+    fake, url = hubspot
+    fake.stream_next(4 * 1024 * 1024, prefix=b'{"results": [', chunk=b'{"id": "1"},' * 1000)
+    connector = HubSpotConnector(
+        "crm", token=FakeHubSpot.TOKEN, base_url=url, rate_limit=0, max_response_mib=1
+    )
+    await connector.open()
+    try:
+        with pytest.raises(PermanentError) as caught:
+            await export(connector, ALICE)
+    finally:
+        await connector.close()
+    assert str(caught.value) == (
+        "crm: search contact page 1 (POST /crm/v3/objects/contacts/search): HTTP 200: answer "
+        "larger than 1 MiB, the rest left unread"
+    )
+
+
+async def test_a_gdpr_delete_redirected_elsewhere_is_not_followed(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    elsewhere = Bystander()
+    async with serve(elsewhere) as other:
+        fake.fail_next(200, body={"total": 1, "results": [{"id": "501"}]})
+        fake.redirect_next(f"{other}/gdpr-delete", 308)
+        with pytest.raises(PermanentError, match="HTTP 308: a redirect to another origin"):
+            await connector.erase(ALICE, dry_run=False, retention={})
+    assert elsewhere.requests == []  # the token never left for the other host
+    assert "501" in fake.contacts
+
+
+async def test_an_error_quoting_the_contact_stays_out_of_the_message(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    fake.fail_next(
+        400,
+        body={
+            "status": "error",
+            "message": "Property values were not valid: alice@example.com, +33 1 23",
+            "category": "VALIDATION_ERROR",
+        },
+    )
+    with pytest.raises(PermanentError) as caught:
+        await export(connector, ALICE)
+    assert str(caught.value) == (
+        "crm: search contact page 1 (POST /crm/v3/objects/contacts/search): HTTP 400"
+    )
+    assert caught.value.detail is not None
+    assert "alice@example.com, +33 1 23" in caught.value.detail

@@ -16,6 +16,7 @@ from connectors.google_analytics import GoogleAnalyticsConnector
 from connectors.hotjar import HotjarConnector
 from connectors.http import HttpConnector
 from connectors.hubspot import HubSpotConnector
+from connectors.items import Dataset
 from connectors.registry import (
     ENTRY_POINT_GROUP,
     ConnectorConfig,
@@ -238,3 +239,62 @@ def test_processing_information_is_taken_from_configuration() -> None:
     assert described["purposes"] == "Customer support"
     assert described["recipient"] == "Acme CRM Ltd"
     assert described["legal_basis"] == "Art. 6(1)(b)"
+
+
+BAD_NAMES = [
+    "../../../../x",
+    "..",
+    "billing/invoices",
+    "a\\b",
+    "x.json",
+    "",
+    "-x",
+    "x" * 64,
+    "x\x00",
+]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_connector_name_that_could_be_a_path_is_refused(name: str) -> None:
+    with pytest.raises(ConnectorLoadError) as caught:
+        build_connectors([ConnectorConfig(name, "memory")])
+    assert str(caught.value) == (
+        f"connector name {name!r} must be 1 to 63 letters, digits, - or _, "
+        "starting with a letter or digit"
+    )
+
+
+@pytest.mark.parametrize("name", [name for name in BAD_NAMES if name])  # "": not text
+def test_a_configured_dataset_name_that_could_be_a_path_is_refused(name: str) -> None:
+    options = {
+        "base_url": "https://api.example.com",
+        "erase": {"path": "/users/{id}"},
+        "datasets": [
+            {"name": "tickets", "category": "contact", "path": "/users/{id}/tickets"},
+            {"name": name, "category": "contact", "path": "/users/{id}/notes"},
+        ],
+    }
+    with pytest.raises(ConnectorLoadError) as caught:
+        build_connectors([ConnectorConfig("helpdesk", "http", options)])
+    message = str(caught.value)
+    assert message.startswith("connector 'helpdesk' could not be built: ")
+    assert f"datasets[1] has a bad name: dataset name {name!r} must be" in message
+    assert "\n" not in message
+
+
+def test_a_dataset_named_by_records_is_checked_like_a_declared_one() -> None:
+    records = {"alice": {"../../x": [{"id": 1}]}}
+    with pytest.raises(ConnectorLoadError, match=r"connector 'crm' could not be built: dataset"):
+        build_connectors([ConnectorConfig("crm", "memory", {"records": records})])
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_dataset_declared_in_code_with_a_path_for_a_name_is_refused(name: str) -> None:
+    with pytest.raises(ValueError, match="dataset name .* must be 1 to 63 letters"):
+        Dataset(name, "usage")
+
+
+@pytest.mark.parametrize("name", ["a", "9", "user_lookup", "app-db", "Telemetry2", "x" * 63])
+def test_names_of_letters_digits_dash_and_underscore_are_accepted(name: str) -> None:
+    built = build_connectors([ConnectorConfig(name, "memory", {"records": {"a": {name: []}}})])
+    assert [dataset.name for dataset in built[name].datasets] == [name]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -24,6 +25,7 @@ from connectors.registry import ConnectorConfig, build_connectors
 from connectors.s3files import S3FilesConnector
 from connectors.testing import ConnectorContract
 from tests.conftest import free_port
+from tests.connectors.processor_servers import FakeS3Listing, ListingPage, serve
 
 ALICE = Subject("alice")
 BIG = bytes(range(256)) * 12_289  # a little over 3 MiB, not a multiple of any chunk size
@@ -263,3 +265,84 @@ def test_it_registers_like_any_connector_with_its_category(s3_endpoint: str) -> 
         }
     ]
     assert uploads.subject_prefix(ALICE) == "users/alice/files/"
+
+
+# -- a hostile store -----------------------------------------------------------------
+
+
+@asynccontextmanager
+async def listing(
+    pages: Callable[[str | None], ListingPage], **options: Any
+) -> AsyncIterator[tuple[FakeS3Listing, S3FilesConnector]]:
+    """A local S3 whose ListObjectsV2 answers ``pages``, and a connector on its bucket."""
+    fake = FakeS3Listing(pages)
+    async with serve(fake) as url:
+        files = connector(url, FakeS3Listing.BUCKET, **options)
+        try:
+            yield fake, files
+        finally:
+            await files.close()
+
+
+def endless(token: str | None) -> ListingPage:
+    """A listing that never ends: two new keys and a new token each time."""
+    n = int(token or "0")
+    return ListingPage([f"uploads/alice/{n}.a", f"uploads/alice/{n}.b"], str(n + 1))
+
+
+async def test_a_listing_whose_token_comes_round_again_is_refused() -> None:
+    def circle(token: str | None) -> ListingPage:
+        return ListingPage([f"uploads/alice/{token}.bin"], "b" if token == "a" else "a")
+
+    async with listing(circle) as (fake, files), asyncio.timeout(30):
+        with pytest.raises(PermanentError) as caught:
+            await files.erase(ALICE, dry_run=True, retention={})
+    assert str(caught.value) == (
+        f"connector 'uploads': S3 bucket {FakeS3Listing.BUCKET!r}, list objects: the store "
+        "gives a continuation token already followed: its listing goes round in a circle"
+    )
+    assert len(fake.seen("/uploads")) == 3
+
+
+async def test_a_listing_that_never_ends_stops_at_max_objects() -> None:
+    async with listing(endless, max_objects=50) as (fake, files), asyncio.timeout(30):
+        with pytest.raises(PermanentError, match="more than 50 objects under the subject's"):
+            await files.restrict(ALICE, dry_run=True)
+        with pytest.raises(PermanentError, match=r"more than 50 objects .*\(max_objects\)"):
+            [item async for item in files.export(ALICE)]
+    listings = [seen for seen in fake.requests if seen.method == "GET"]
+    assert len(listings) == 2 * 26  # 25 pages of 2 keys, and the page that passed 50
+    with pytest.raises(PermanentError, match="max_objects must be a whole number above 0"):
+        connector("http://127.0.0.1:9", "b", max_objects=0)
+
+
+async def test_erasure_deletes_each_listing_page_before_reading_the_next() -> None:
+    def three_pages(token: str | None) -> ListingPage:
+        n = int(token or "0")
+        return ListingPage(
+            [f"uploads/alice/{n}.a", f"uploads/alice/{n}/"], str(n + 1) if n < 2 else None
+        )
+
+    async with listing(three_pages) as (fake, files):
+        report = await files.erase(ALICE, dry_run=False, retention={})
+    assert report.dataset("files").deleted == 3  # the "folder" markers go too, uncounted
+    assert [seen.method for seen in fake.requests if seen.method != "HEAD"] == ["GET", "POST"] * 3
+    assert fake.deleted == [
+        key for n in range(3) for key in (f"uploads/alice/{n}.a", f"uploads/alice/{n}/")
+    ]
+
+
+async def test_messages_name_the_operation_never_the_key() -> None:
+    """The subject's id is in every key and prefix: only the detail may show them."""
+    subject = Subject("alice-7f3a9c")
+    unreachable = connector(f"http://127.0.0.1:{free_port()}", "any")
+    with pytest.raises(TransientError) as listed:
+        await unreachable.erase(subject, dry_run=True, retention={})
+    await unreachable.close()
+    assert str(listed.value) == (
+        "connector 'uploads': S3 bucket 'any', list objects: unreachable (EndpointConnectionError)"
+    )
+    assert listed.value.detail is not None and "alice-7f3a9c" in listed.value.detail
+    with pytest.raises(PermanentError) as refused:
+        unreachable.subject_prefix(Subject("alice/../bob"))
+    assert "alice" not in str(refused.value)

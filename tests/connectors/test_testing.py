@@ -535,6 +535,28 @@ def test_the_contract_catches_an_unclassified_error() -> None:
         contract.test_failures_are_classified_connector_errors()
 
 
+class KeepsTheAnswerInTheDetail(MemoryConnector):
+    """Fails the way a processor's error answer should be reported: its words in the detail."""
+
+    async def _misbehave(self) -> None:
+        raise PermanentError("crm: find contact: HTTP 404", detail="no contact alice@example.com")
+
+
+def test_the_contract_catches_an_error_message_quoting_the_subject() -> None:
+    contract = probe(
+        crm, failing=lambda: crm(fail="404 from the CRM: no contact Alice@Example.com")
+    )
+    with pytest.raises(
+        AssertionError,
+        match="export raised PermanentError whose message quotes the subject's identifier "
+        "'alice@example.com'",
+    ):
+        contract.test_failures_are_classified_connector_errors()
+    probe(
+        crm, failing=broken(KeepsTheAnswerInTheDetail)
+    ).test_failures_are_classified_connector_errors()
+
+
 def test_the_contract_asks_for_a_failing_connector() -> None:
     contract = probe(crm)
     with pytest.raises(AssertionError, match="does not override make_failing_connector"):

@@ -230,3 +230,52 @@ def test_dumps_refuses_an_unserialisable_object() -> None:
 def test_json_renderers_refuse_an_unserialisable_record(fmt: str) -> None:
     with pytest.raises(PermanentError, match="not serialisable"):
         RENDERERS[fmt]("odd").render([{"thing": object()}])
+
+
+FORMULAS = ['=HYPERLINK("http://x.example","y")', "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]
+
+
+def test_csv_neutralises_formula_cells_and_column_names(render: Callable[..., bytes]) -> None:
+    record = {"=cmd": FORMULAS[0], "plain": "safe text"}
+    record |= {f"c{i}": formula for i, formula in enumerate(FORMULAS[1:])}
+    data = render("csv", [[record]])
+
+    [header, row] = list(csv.reader(io.StringIO(data.decode(), newline="")))
+    assert header[0] == "'=cmd"
+    assert row == ["'" + FORMULAS[0], "safe text", *("'" + f for f in FORMULAS[1:])]
+    assert data.decode().split("\r\n")[1] == (
+        '"\'=HYPERLINK(""http://x.example"",""y"")",safe text,'
+        + '"\'+1+1","\'-2+3","\'@SUM(A1)","\'\t=1","\'\r=1"'
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "cell"),
+    [
+        (-3.5, "-3.5"),
+        (-7, "-7"),
+        (Decimal("-19.90"), "-19.90"),
+        (-1e-25, "-1e-25"),
+        (-1e25, "-1e+25"),
+        ("-3.5", "'-3.5"),
+        ("+33 6 12 34 56 78", "'+33 6 12 34 56 78"),
+        (Decimal("-Infinity"), "'-Infinity"),
+        ({"a": "=1"}, '{"a":"=1"}'),
+        (["=1"], '["=1"]'),
+        (True, "true"),
+        ("O'Brien", "O'Brien"),
+        ("'=already marked", "'=already marked"),
+    ],
+)
+def test_csv_leaves_numbers_as_data_and_neutralises_the_rest(
+    render: Callable[..., bytes], value: object, cell: str
+) -> None:
+    [row] = csv_rows(render("csv", [[{"value": value}]]))
+    assert row == {"value": cell}
+
+
+def test_csv_lone_empty_cell_is_not_a_blank_line(render: Callable[..., bytes]) -> None:
+    data = render("csv", [[{"note": None}, {"note": ""}]])
+
+    assert data == b'note\r\n""\r\n""\r\n'
+    assert csv_rows(data) == [{"note": ""}, {"note": ""}]

@@ -239,3 +239,13 @@ def test_garbage_key_file_is_refused(tmp_path: Path) -> None:
 
 def test_repr_shows_only_the_key_id(signer: Signer) -> None:
     assert repr(signer) == f"Signer(key_id={signer.key_id!r})"
+
+
+def test_a_signature_document_that_repeats_a_key_fails(signer: Signer) -> None:
+    document = signer.sign(MANIFEST)
+    assert document.startswith(b"{\n")
+    repeated = b'{\n  "kid": "0000000000000000",\n' + document[2:]
+    assert orjson.loads(repeated) == orjson.loads(document)  # a last-wins reader sees no change
+
+    with pytest.raises(SignatureError, match=r"repeats the key\(s\) 'kid' within one object"):
+        verify(MANIFEST, repeated, [signer.public_key])

@@ -264,7 +264,25 @@ def test_duplicate_name_is_refused_and_writes_nothing() -> None:
     assert END_RECORD.unpack(directory[-END_RECORD.size :])[4] == 1
 
 
-@pytest.mark.parametrize("name", ["", "/etc/passwd", "/", "x" * (MAX16 + 1)])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "",
+        "/etc/passwd",
+        "/",
+        "x" * (MAX16 + 1),
+        "../../../../x.json",
+        "crm/../../x.json",
+        "crm/..",
+        "..",
+        "crm\\..\\..\\x.json",
+        "crm/a\\b.json",
+        "crm/x.json\x00.png",
+        "C:/Windows/x.json",
+        "c:x.json",
+        "crm/\udcff.json",
+    ],
+)
 def test_bad_name_is_refused(name: str) -> None:
     writer = ZipWriter(MODIFIED)
 
@@ -272,6 +290,19 @@ def test_bad_name_is_refused(name: str) -> None:
         writer.member_header(name, 0, 0, 2)
 
     assert writer.offset == 0
+
+
+@pytest.mark.parametrize(
+    "name", ["crm/..x/y.json", "crm/x..json", "crm/files/.hidden", "crm/files/a:b.png", "..."]
+)
+def test_names_that_only_look_odd_are_written(name: str, tmp_path: Path) -> None:
+    writer = ZipWriter(MODIFIED)
+    body = writer.member_header(name, zlib.crc32(b""), 0, 0, STORED)
+    path = tmp_path / "odd.zip"
+    path.write_bytes(body + writer.central_directory())
+
+    with zipfile.ZipFile(path) as archive:
+        assert archive.namelist() == [name]
 
 
 def test_timestamp_before_1980_is_refused() -> None:

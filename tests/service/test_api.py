@@ -235,6 +235,36 @@ async def test_bad_requests_never_500(api: Api) -> None:
         assert headers["Content-Type"].startswith("application/problem+json"), path
 
 
+async def test_every_answer_forbids_content_sniffing(api: Api) -> None:
+    job = await api.export()
+    cases: list[tuple[str, str, dict[str, Any], int]] = [
+        ("GET", f"/v1/jobs/{job['id']}", {}, 200),
+        ("GET", "/v1/keys", {}, 200),
+        ("GET", "/healthz", {}, 200),
+        ("GET", "/openapi.json", {}, 200),
+        ("GET", "/v1/jobs/01ARYZ6S41TSV4RRFFQ69G5FAV", {}, 404),
+        ("GET", "/v1/nothing-here", {}, 404),
+        ("DELETE", "/v1/exports", {}, 405),
+        (
+            "POST",
+            "/v1/exports",
+            {"data": b"{", "headers": {"Content-Type": "application/json"}},
+            400,
+        ),
+        ("GET", "/v1/connectors", {"headers": {"Authorization": "Bearer x"}}, 401),
+    ]
+    for method, path, kwargs, status in cases:
+        sub = None if "Authorization" in kwargs.get("headers", {}) else "alice"
+        got, headers, _ = await api.request(method, path, sub=sub, **kwargs)
+        assert got == status, (method, path)
+        assert headers.get("X-Content-Type-Options") == "nosniff", (method, path, headers)
+    async with api.session.get(
+        f"{api.base}/v1/jobs/{job['id']}/events",
+        headers={"Accept": "text/event-stream", **api.auth("alice")},
+    ) as stream:
+        assert stream.headers.get("X-Content-Type-Options") == "nosniff"
+
+
 @pytest.mark.parametrize(
     "authorization",
     [None, "Basic YWxpY2U6eA==", "Bearer", "Bearer not-a-jwt"],
@@ -333,3 +363,30 @@ async def test_job_responses_match_the_documented_schema(api: Api) -> None:
             jsonschema.validate({**done, field: wrong}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({k: v for k, v in done.items() if k != "status"}, schema)
+
+
+async def test_a_local_download_link_works_once(api_factory: ApiFactory) -> None:
+    """HANDOVER_MAX_DOWNLOADS counts links minted; single-use links make it count fetches."""
+    api = await api_factory({"crm": crm()}, s3_bucket=None, max_downloads=2)
+    job = await api.export()
+    await api.wait(job["id"], "succeeded")
+
+    async def link() -> str:
+        status, headers, body = await api.request("GET", f"/v1/jobs/{job['id']}/download")
+        assert status == 303, body
+        parts = urlsplit(headers["Location"])  # the store's links name HANDOVER_PUBLIC_URL
+        return f"{api.base}{parts.path}?{parts.query}"
+
+    async with ClientSession() as plain:
+        url = await link()
+        async with plain.get(url) as response:
+            assert response.status == 200
+            first = await response.read()
+        async with plain.get(url) as response:
+            assert response.status == 410
+            problem = await response.json(content_type=None)
+        assert problem["type"].endswith("link-used") and "works once" in problem["detail"]
+        async with plain.get(await link()) as response:  # a new link: the second download
+            assert response.status == 200 and await response.read() == first
+    status, _, problem = await api.request("GET", f"/v1/jobs/{job['id']}/download")
+    assert status == 403 and problem["type"].endswith("download-limit-reached")

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import ClientResponse, ClientSession, CookieJar
+from aiohttp import ClientResponse, ClientSession, ClientTimeout, CookieJar
 from playwright.async_api import ConsoleMessage, Page, async_playwright, expect
+from yarl import URL
 
 from connectors.items import Item, Subject
 from connectors.testing import MemoryConnector
@@ -76,10 +77,28 @@ class Browser:
         ) as response:
             return response, await response.text()
 
+    async def login(
+        self, data: dict[str, str], headers: dict[str, str] | None = None
+    ) -> tuple[ClientResponse, str]:
+        """Post the sign-in form as a browser does: fetched first, its token sent back."""
+        _, form = await self.get("/dashboard/login")
+        found = re.search(r'name="csrf" value="([^"]+)"', form)
+        assert found, form
+        async with self.session.post(
+            self.api.base + "/dashboard/login",
+            data={"csrf": found.group(1), **data},
+            headers=headers,
+            allow_redirects=False,
+        ) as response:
+            return response, await response.text()
+
+    def hold_session(self, sub: str = "s1", *roles: str) -> None:
+        """Hold a session without signing in: its cookie is the staff token itself."""
+        token = self.api.token(sub, *(roles or SUPPORT))
+        self.session.cookie_jar.update_cookies({"handover_session": token}, URL(self.api.base))
+
     async def sign_in(self, sub: str = "s1", *roles: str) -> ClientResponse:
-        response, _ = await self.post(
-            "/dashboard/login", {"token": self.api.token(sub, *(roles or SUPPORT))}
-        )
+        response, _ = await self.login({"token": self.api.token(sub, *(roles or SUPPORT))})
         return response
 
     async def csrf(self, path: str = "/dashboard") -> str:
@@ -123,14 +142,12 @@ async def test_sign_in_refuses_subject_bad_and_expired_tokens(
     api: Api, browser_factory: BrowserFactory
 ) -> None:
     browser = await browser_factory(api)
-    response, page = await browser.post("/dashboard/login", {"token": api.token("alice")})
+    response, page = await browser.login({"token": api.token("alice")})
     assert response.status == 403
     assert "subject&#39;s token" in page and "support or admin role" in page
-    response, page = await browser.post("/dashboard/login", {"token": "not-a-jwt"})
+    response, page = await browser.login({"token": "not-a-jwt"})
     assert response.status == 401 and "This token was refused" in page
-    response, page = await browser.post(
-        "/dashboard/login", {"token": api.token("s1", "support", ttl=-120)}
-    )
+    response, page = await browser.login({"token": api.token("s1", "support", ttl=-120)})
     assert response.status == 401 and "expired" in page
     assert "handover_session" not in response.cookies
     response, _ = await browser.get("/dashboard")
@@ -156,7 +173,7 @@ async def test_sign_in_returns_to_the_page_asked_for_and_sign_out_ends_it(
         ("//evil.example/dashboard", "/dashboard"),
         ("/v1/jobs", "/dashboard"),
     ):
-        response, _ = await browser.post("/dashboard/login", {"token": token, "next": asked})
+        response, _ = await browser.login({"token": token, "next": asked})
         assert response.status == 303 and response.headers["Location"] == landed, asked
     response, _ = await browser.post("/dashboard/logout", {"csrf": await browser.csrf()})
     page = await browser.follow(response)
@@ -165,18 +182,46 @@ async def test_sign_in_returns_to_the_page_asked_for_and_sign_out_ends_it(
     assert response.status == 303 and response.headers["Location"].startswith("/dashboard/login")
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "https://evil.example"},
+        {"Origin": "null"},
+        {"Sec-Fetch-Site": "cross-site"},
+        {"Sec-Fetch-Site": "same-site"},
+    ],
+)
 async def test_sign_in_from_another_site_is_refused(
-    api: Api, browser_factory: BrowserFactory
+    api: Api, browser_factory: BrowserFactory, headers: dict[str, str]
 ) -> None:
     browser = await browser_factory(api)
-    async with browser.session.post(
-        api.base + "/dashboard/login",
-        data={"token": api.token("s1", "support")},
-        headers={"Origin": "https://evil.example"},
-        allow_redirects=False,
-    ) as response:
-        assert response.status == 403
+    response, page = await browser.login({"token": api.token("s1", "support")}, headers)
+    assert response.status == 403 and "Sign in from the dashboard itself" in page
+    assert "handover_session" not in response.cookies
+    response, _ = await browser.get("/dashboard")
+    assert response.status == 303
+
+
+async def test_sign_in_needs_the_token_of_a_form_this_browser_fetched(
+    api: Api, browser_factory: BrowserFactory
+) -> None:
+    """Login CSRF: a page elsewhere posting the attacker's token must not sign the victim in."""
+    victim = await browser_factory(api)
+    attacker = await browser_factory(api)
+    _, attackers_form = await attacker.get("/dashboard/login")
+    attackers_csrf = re.findall(r'name="csrf" value="([^"]+)"', attackers_form)
+    assert len(attackers_csrf) == 1
+    token = api.token("mallory", "support")
+    for data in ({"token": token}, {"token": token, "csrf": attackers_csrf[0]}):
+        response, page = await victim.post("/dashboard/login", data)
+        assert response.status == 403, data
+        assert "sign-in form has expired or did not come from the dashboard" in page
         assert "handover_session" not in response.cookies
+    response, _ = await victim.get("/dashboard")
+    assert response.status == 303
+    # The refusal hands this browser a fresh form, which signs in.
+    response, _ = await victim.login({"token": api.token("s1", "support")})
+    assert response.status == 303 and "handover_session" in response.cookies
 
 
 @pytest.mark.parametrize(
@@ -342,8 +387,7 @@ async def test_actions_report_what_happened_as_flash_messages(
 
     response, _ = await browser.post(f"/dashboard/jobs/{job['id']}/cancel", {"csrf": csrf})
     assert "cannot go from succeeded to canceled" in await browser.follow(response)
-    response, _ = await browser.post("/dashboard/jobs/nope/retry", {"csrf": csrf})
-    response, page = await browser.get(response.headers["Location"])
+    response, page = await browser.post("/dashboard/jobs/nope/retry", {"csrf": csrf})
     assert response.status == 404 and "no job nope" in page and "Traceback" not in page
 
 
@@ -399,6 +443,69 @@ async def test_the_dashboard_streams_the_apis_events(
     assert re.findall(r"^id: (\S+)$", rest, flags=re.MULTILINE) == ids[2:]
     response, _ = await browser.get(f"/dashboard/jobs/{job['id']}/events?after=bogus")
     assert response.status == 400
+
+
+async def test_the_dashboard_refuses_what_is_no_event_id_before_the_stream(
+    api: Api, browser_factory: BrowserFactory
+) -> None:
+    job = await api.wait((await api.export())["id"])
+    browser = await browser_factory(api)
+    browser.hold_session()
+    events = f"{api.base}/dashboard/jobs/{job['id']}/events"
+    # Before the fix the stream answered 200, then hung on the error written into it.
+    timeout = ClientTimeout(10)
+    for after in ("1-1%0A", "%D9%A1-%D9%A1", "99999999999999999999-0", "1-1-1"):
+        async with browser.session.get(f"{events}?after={after}", timeout=timeout) as response:
+            assert response.status == 400, after
+            assert response.headers["Content-Type"].startswith("text/html")
+            assert "is not an event id" in await response.text()
+    async with browser.session.get(
+        events, headers={"Last-Event-ID": "1-x"}, timeout=timeout
+    ) as response:
+        assert response.status == 400
+
+
+async def test_job_routes_answer_404_for_what_is_not_a_job_id(
+    api: Api, browser_factory: BrowserFactory
+) -> None:
+    job = await api.wait((await api.export())["id"])
+    browser = await browser_factory(api)
+    browser.hold_session()
+    csrf = await browser.csrf()
+    for not_an_id in (f"{job['id']}:events", "rate", job["id"].lower()):
+        for suffix in ("", "/fragment", "/events"):
+            response, page = await browser.get(f"/dashboard/jobs/{not_an_id}{suffix}")
+            assert response.status == 404, (not_an_id, suffix)
+            assert f"no job {not_an_id}" in page
+        response, page = await browser.post(f"/dashboard/jobs/{not_an_id}/retry", {"csrf": csrf})
+        assert response.status == 404, not_an_id
+
+
+@pytest.mark.parametrize(
+    ("trusted_proxies", "secure"),
+    [(("127.0.0.1",), True), (("10.0.0.0/8",), False), ((), False)],
+)
+async def test_cookies_are_secure_when_a_trusted_proxy_says_the_browser_used_https(
+    api_factory: ApiFactory, trusted_proxies: tuple[str, ...], secure: bool
+) -> None:
+    api = await api_factory({"crm": crm()}, worker=False, trusted_proxies=trusted_proxies)
+    forwarded = {"X-Forwarded-Proto": "https"}
+    # api.session keeps no cookies from an IP address: each is sent back by hand, as
+    # a browser on https would.
+    async with api.session.get(f"{api.base}/dashboard/login", headers=forwarded) as response:
+        found = re.search(r'name="csrf" value="([^"]+)"', await response.text())
+        login = response.cookies["handover_login"]
+    assert found
+    async with api.session.post(
+        f"{api.base}/dashboard/login",
+        data={"csrf": found.group(1), "token": api.token("s1", "support")},
+        headers={**forwarded, "Cookie": f"handover_login={login.value}"},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == 303
+        session = response.cookies["handover_session"]
+    assert bool(login["secure"]) is secure and bool(session["secure"]) is secure
+    assert session["httponly"] and session["samesite"] == "Strict"
 
 
 @pytest.fixture

@@ -95,7 +95,8 @@ class Fixtures:
 
     export: str
     receipt: str
-    link: str
+    links: list[str]
+    """Download links, one per caller: each works once."""
     spare: dict[str, list[str]]
     """Unused jobs by kind (awaiting, failed, attention); each changing cell takes one."""
 
@@ -111,9 +112,12 @@ async def _make_fixtures(api: Api) -> Fixtures:
     assert status == 200
     export = await api.export(connectors=["crm"])
     await api.wait(export["id"], "succeeded")
-    status, headers, body = await api.request("GET", f"/v1/jobs/{export['id']}/download")
-    assert status == 303, body
-    parts = urlsplit(headers["Location"])
+    links = []
+    for _ in CALLERS:
+        status, headers, body = await api.request("GET", f"/v1/jobs/{export['id']}/download")
+        assert status == 303, body
+        parts = urlsplit(headers["Location"])
+        links.append(f"{parts.path}?{parts.query}")
     status, _, receipt = await api.request(
         "POST", "/v1/erasures", json={"connectors": ["crm"], "dry_run": True}
     )
@@ -140,7 +144,7 @@ async def _make_fixtures(api: Api) -> Fixtures:
         status, _, erasure = await api.request("POST", "/v1/erasures", json={"connectors": ["crm"]})
         assert status == 202 and erasure["status"] == "awaiting_confirmation", erasure
         spare["awaiting"].append(erasure["id"])
-    return Fixtures(export["id"], receipt["id"], f"{parts.path}?{parts.query}", spare)
+    return Fixtures(export["id"], receipt["id"], links, spare)
 
 
 @dataclass
@@ -166,7 +170,7 @@ def _cell(path: str, caller: str, fixtures: Fixtures, row: int) -> Cell:
             return Cell(url, identity, {"json": {"connectors": ["needy"], "reason": "matrix"}})
         return Cell(url, identity, {})
     if path == OBJECT:
-        return Cell(fixtures.link, identity, {})
+        return Cell(fixtures.links.pop(), identity, {})
     if path == "/v1/jobs":
         return Cell(f"/v1/jobs?subject={OWNER}", identity, {})
     if path in CREATING:

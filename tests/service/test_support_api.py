@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import ClientTimeout
 
 from connectors.testing import MemoryConnector
 from tests.service.conftest import Api, ApiFactory
@@ -186,6 +187,32 @@ async def test_live_timeline_streams_until_the_job_ends(api_factory: ApiFactory)
     ) as response:
         body = await response.text()
     assert [line[4:] for line in body.splitlines() if line.startswith("id: ")] == ids[2:]
+
+
+@pytest.mark.parametrize(
+    "last_event_id",
+    [
+        "bogus",
+        "1",
+        "1-1-1",
+        "-1-0",
+        "99999999999999999999-0",
+        "18446744073709551616-0",
+        "18446744073709551615-18446744073709551615",
+    ],
+)
+async def test_a_last_event_id_that_is_no_event_id_is_a_400_before_the_stream(
+    api: Api, last_event_id: str
+) -> None:
+    job = await api.export()
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": last_event_id}
+    # Before the fix the stream answered 200, then hung on the error written into it.
+    status, answer, problem = await api.request(
+        "GET", f"/v1/jobs/{job['id']}/events", headers=headers, timeout=ClientTimeout(10)
+    )
+    assert status == 400, problem
+    assert answer["Content-Type"].startswith("application/problem+json")
+    assert problem["status"] == 400 and "Last-Event-ID" in problem["detail"]
 
 
 async def test_idempotency_key_replays_any_post(api_factory: ApiFactory) -> None:
