@@ -16,6 +16,7 @@ import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +26,7 @@ from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connectors.registry import ConnectorConfig
+from jobs.queue import redis_settings
 from jobs.webhooks import target_problem
 
 ENV_PREFIX = "HANDOVER_"
@@ -131,6 +133,25 @@ def _url_list(value: object) -> tuple[str, ...]:
     return urls
 
 
+def _networks(value: object) -> tuple[IPv4Network | IPv6Network, ...]:
+    """``"10.0.0.0/8, 127.0.0.1"`` (or a TOML list): addresses and networks, CIDR-checked."""
+    items = value.split(",") if isinstance(value, str) else value
+    if not isinstance(items, list | tuple):
+        raise ValueError("expected a list of IP addresses or networks")
+    networks = []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        try:
+            networks.append(ip_network(text))
+        except ValueError as exc:
+            if "host bits set" in str(exc):
+                raise ValueError(f"{exc} (write the network's own address)") from None
+            raise ValueError(f"{text!r} is not an IP address or network") from None
+    return tuple(networks)
+
+
 def _jwks_url(value: object) -> str | None:
     url = _url(value)
     if url is None:
@@ -144,11 +165,11 @@ def _jwks_url(value: object) -> str | None:
 
 
 def _redis_url(value: object) -> str | None:
+    """A Redis URL that ``jobs.queue.connect`` can open: one server, or Sentinels."""
     url = _url(value)
     if url is None:
         return None
-    if urlsplit(url).scheme not in {"redis", "rediss", "unix"}:
-        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    redis_settings(url)  # raises ValueError saying what is malformed
     return url
 
 
@@ -168,6 +189,17 @@ def _prefix(value: object) -> str:
 
 def _path(value: object) -> Path:
     return Path(_text(value)).expanduser()
+
+
+def default_data_dir() -> Path:
+    """``$XDG_DATA_HOME/handover``, else ``~/.local/share/handover``: one place per user.
+
+    Absolute, so every command (``handover serve``, ``handover token``) finds the same
+    data dir whatever its current directory.
+    """
+    xdg = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".local" / "share"
+    return base / "handover"
 
 
 def _optional_path(value: object) -> Path | None:
@@ -273,11 +305,13 @@ class Settings(BaseSettings):
     archive_ttl: _Duration = timedelta(days=7)
     link_ttl: _Duration = timedelta(minutes=15)
     deadline: _Duration = timedelta(days=30)
-    data_dir: Annotated[Path, _parsed(_path, Path)] = Path(".handover")
+    data_dir: Annotated[Path, _parsed(_path, Path)] = Field(default_factory=default_data_dir)
     signing_key_file: Annotated[Path | None, _parsed(_optional_path, Path)] = None
     worker_concurrency: Annotated[int, _parsed(_at_least(1))] = 50
     worker_poll_delay: _Duration = timedelta(milliseconds=50)
     connector_timeout: _Duration = timedelta(hours=1)
+    reconcile_min_age: _Duration = timedelta(hours=1)
+    stall_timeout: _Duration = timedelta(minutes=15)
     default_formats: Annotated[tuple[str, ...], _parsed(_formats)] = ("json",)
     public_url: _Url = None
     webhook_urls: Annotated[tuple[str, ...], _parsed(_url_list)] = ()
@@ -289,6 +323,7 @@ class Settings(BaseSettings):
     erasure_grace: Annotated[timedelta | None, _parsed(parse_duration, timedelta)] = None
     reauth_max_age: _Duration = timedelta(minutes=10)
     identity_claims: Annotated[tuple[tuple[str, str], ...], _parsed(_identity_claims, tuple)] = ()
+    trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], _parsed(_networks)] = ()
     connectors: tuple[ConnectorConfig, ...] = Field(default=(), repr=False)
     retention: tuple[RetentionConfig, ...] = Field(default=(), repr=False)
 
@@ -355,7 +390,7 @@ class Settings(BaseSettings):
 
     @property
     def embedded_redis(self) -> bool:
-        """No Redis URL configured: run on the in-process store."""
+        """No Redis URL configured: run on the embedded store (:mod:`jobs.embedded`)."""
         return self.redis_url is None
 
     @classmethod
