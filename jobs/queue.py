@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+import uuid
+from typing import Any, cast
+from urllib.parse import unquote, urlsplit
 
 import orjson
-from arq.connections import ArqRedis, RedisSettings, create_pool
+from arq.connections import ArqRedis, RedisSettings
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import Job
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, TimeoutError
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError, RedisError, TimeoutError, WatchError
 
 QUEUE_NAME = "handover:queue"
 #: What Redis raises when it cannot be reached: callers answer "try again shortly".
 REDIS_UNAVAILABLE: tuple[type[Exception], ...] = (ConnectionError, TimeoutError)
 #: Where each worker reports that it is alive (arq's health check), read by readiness checks.
 HEALTH_CHECK_KEY = "handover:worker:health"
+
+log = logging.getLogger("handover.queue")
 
 
 def _fallback(value: Any) -> Any:
@@ -40,13 +49,25 @@ def deserialize(data: bytes) -> dict[str, Any]:
 #: Workers ride out a Redis restart; the API gives up within about a second and answers 503.
 PATIENT_RETRIES = 20
 API_RETRIES = 3
+#: ``redis+sentinel://[[user]:password@]host[:port][,host[:port]…]/master[/db]``: Sentinels
+#: that name the current primary of ``master``; the password is the primary's.
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+_SENTINEL_FORM = "redis+sentinel://[[user]:password@]host:port[,host:port…]/master-name[/db]"
 
 
 def redis_settings(url: str, retries: int = PATIENT_RETRIES) -> RedisSettings:
-    """arq settings for ``url`` that retry a lost connection ``retries`` times, backing off."""
-    settings = RedisSettings.from_dsn(url)
-    cap = 2.0 if retries > API_RETRIES else 0.5
-    settings.retry = Retry(ExponentialBackoff(cap=cap, base=0.05), retries)
+    """arq settings for ``url`` that retry a lost connection ``retries`` times, backing off.
+
+    ``redis://``, ``rediss://`` and ``unix://`` name one server; ``redis+sentinel://``
+    names Sentinels, asked for the current primary on every (re)connection. A malformed
+    URL raises ``ValueError`` saying what is wrong, without repeating a password.
+    """
+    if urlsplit(url).scheme == SENTINEL_SCHEME:
+        settings = _sentinel_settings(url)
+    else:
+        settings = _server_settings(url)
+    settings.retry = Retry(_backoff(retries), retries)
     settings.retry_on_error = [ConnectionError, TimeoutError, OSError]
     settings.retry_on_timeout = True
     settings.conn_timeout = 2
@@ -54,15 +75,206 @@ def redis_settings(url: str, retries: int = PATIENT_RETRIES) -> RedisSettings:
     return settings
 
 
-async def connect(url: str, retries: int = PATIENT_RETRIES) -> ArqRedis:
-    """A Redis client that can also enqueue arq jobs."""
-    pool: ArqRedis = await create_pool(
-        redis_settings(url, retries),
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        default_queue_name=QUEUE_NAME,
+def _backoff(retries: int) -> ExponentialBackoff:
+    """Patient clients wait up to 2 s between tries, the API's up to 0.5 s."""
+    return ExponentialBackoff(cap=2.0 if retries > API_RETRIES else 0.5, base=0.05)
+
+
+def _server_settings(url: str) -> RedisSettings:
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss", "unix"}:
+        raise ValueError("expected a redis://, rediss://, unix:// or redis+sentinel:// URL")
+    try:
+        return RedisSettings.from_dsn(url)
+    except ValueError:
+        raise ValueError(
+            "expected a port from 1 to 65535 and a whole database number (redis://host:6379/0)"
+        ) from None
+
+
+def _sentinel_settings(url: str) -> RedisSettings:
+    parts = urlsplit(url)
+    if parts.query or parts.fragment:
+        raise ValueError(f"a Sentinel URL takes no ?query or #fragment: {_SENTINEL_FORM}")
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    username, _, password = userinfo.partition(":")
+    master, _, database = parts.path.removeprefix("/").partition("/")
+    if not master:
+        raise ValueError(f"no master name: {_SENTINEL_FORM}")
+    database = database.removesuffix("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ValueError(f"the database must be a whole number: {_SENTINEL_FORM}")
+    return RedisSettings(
+        host=[_sentinel_address(n, host) for n, host in enumerate(hosts.split(","), 1)],
+        sentinel=True,
+        sentinel_master=unquote(master),
+        database=int(database or 0),
+        username=unquote(username) or None,
+        password=unquote(password) or None,
     )
-    return pool
+
+
+def _sentinel_address(number: int, host: str) -> tuple[str, int]:
+    parts = urlsplit(f"//{host}")
+    try:
+        port = SENTINEL_PORT if parts.port is None else parts.port
+    except ValueError:
+        port = 0
+    if not parts.hostname or not 0 < port < 65536:
+        raise ValueError(f"Sentinel {number} is not host[:port], port 1 to 65535: {_SENTINEL_FORM}")
+    return parts.hostname, port
+
+
+def describe(settings: RedisSettings) -> str:
+    """Where ``settings`` point, for messages: no password."""
+    if isinstance(settings.host, list):
+        sentinels = ",".join(f"{host}:{port}" for host, port in settings.host)
+        return f"master {settings.sentinel_master!r} of Sentinels {sentinels}"
+    return settings.unix_socket_path or f"{settings.host}:{settings.port}"
+
+
+class QueueClient(ArqRedis):
+    """arq's Redis client, whose enqueue survives a connection lost half-way.
+
+    arq's ``enqueue_job`` checks a job's keys under ``WATCH``. redis-py reports a
+    connection lost after ``WATCH`` as ``WatchError`` and never retries it: raised by
+    the check, it escaped; raised by ``EXEC``, arq took it for "the job was enqueued
+    meanwhile" and returned ``None`` with nothing queued. Here such an enqueue is tried
+    again, backing off like the connection's own retries; still failing, it raises
+    ``ConnectionError`` (Redis is away), which callers already answer.
+    """
+
+    enqueue_retry = Retry(_backoff(PATIENT_RETRIES), PATIENT_RETRIES, (WatchError,))
+
+    async def enqueue_job(self, function: str, *args: Any, **kwargs: Any) -> Job | None:
+        """arq's ``enqueue_job``; ``None`` only when the job is really queued or done already.
+
+        A job given no ``_job_id`` gets one here, so that an attempt whose ``EXEC`` was
+        applied but whose reply was lost is recognised rather than queued twice.
+        """
+        job_id: str = kwargs.get("_job_id") or uuid.uuid4().hex
+        kwargs["_job_id"] = job_id
+
+        async def attempt() -> Job | None:
+            job = await ArqRedis.enqueue_job(self, function, *args, **kwargs)
+            if job is None and not await self._known(job_id):
+                raise WatchError("the connection was lost while the job was being enqueued")
+            return job
+
+        try:
+            job: Job | None = await self.enqueue_retry.call_with_retry(attempt, _nothing)
+        except WatchError as exc:
+            raise ConnectionError(f"Redis went away while {function} was enqueued") from exc
+        return job
+
+    async def _known(self, job_id: str) -> bool:
+        found: int = await self.exists(job_key_prefix + job_id, result_key_prefix + job_id)
+        return found > 0
+
+
+async def _nothing(error: Exception) -> None:
+    """What a failed enqueue attempt needs before the next: nothing but the backoff."""
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """A connection to the primary the Sentinels name, asking them again on every retry.
+
+    redis-py's own tries each address it was given with the whole retry budget
+    (twenty tries, about 33 s) before it asks the Sentinels again: after a failover
+    every connection kept knocking on the dead primary. Here one try per address; the
+    retries go round the Sentinels.
+    """
+
+    async def connect_to(self, address: tuple[str, int]) -> None:
+        """Connect to ``address`` once; the caller's retry asks the Sentinels again."""
+        patient, self.retry = self.retry, Retry(NoBackoff(), 0)
+        try:
+            await super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self.retry = patient
+
+
+async def connect(url: str, retries: int = PATIENT_RETRIES) -> ArqRedis:
+    """A Redis client that can also enqueue arq jobs; for Sentinel URLs, of the current primary.
+
+    Every process opens Redis from ``HANDOVER_REDIS_URL`` through here. Lost connections
+    are retried ``retries`` times, backing off; a failover is followed, since each new
+    connection asks the Sentinels where the primary is. The first ``PING`` is tried
+    ``conn_retries`` more times, a second apart.
+    """
+    settings = redis_settings(url, retries)
+    client = _client(settings)
+    client.job_serializer = serialize
+    client.job_deserializer = deserialize
+    client.default_queue_name = QUEUE_NAME
+    client.enqueue_retry = Retry(_backoff(retries), retries, (WatchError,))
+    await _first_ping(client, settings)
+    return client
+
+
+def _client(settings: RedisSettings) -> QueueClient:
+    """The client arq's ``create_pool`` makes, but retrying through Sentinel too.
+
+    arq gives a Sentinel-managed client none of ``settings``' retries or timeouts.
+    """
+    options: dict[str, Any] = {
+        "db": settings.database,
+        "username": settings.username,
+        "password": settings.password,
+        "socket_connect_timeout": settings.conn_timeout,
+        "retry": settings.retry,
+        "retry_on_timeout": settings.retry_on_timeout,
+        "retry_on_error": settings.retry_on_error,
+        "max_connections": settings.max_connections,
+        "encoding": "utf8",
+    }
+    if isinstance(settings.host, list):
+        sentinels = Sentinel(  # type: ignore[no-untyped-call]
+            settings.host,
+            sentinel_kwargs={
+                "socket_connect_timeout": settings.conn_timeout,
+                "socket_timeout": settings.conn_timeout,
+            },
+        )
+        primary = sentinels.master_for(
+            settings.sentinel_master,
+            QueueClient,
+            connection_class=SentinelConnection,
+            **options,
+        )
+        return cast(QueueClient, primary)
+    return QueueClient(
+        host=settings.host,
+        port=settings.port,
+        unix_socket_path=settings.unix_socket_path,
+        ssl=settings.ssl,
+        ssl_keyfile=settings.ssl_keyfile,
+        ssl_certfile=settings.ssl_certfile,
+        ssl_cert_reqs=settings.ssl_cert_reqs,
+        ssl_ca_certs=settings.ssl_ca_certs,
+        ssl_ca_data=settings.ssl_ca_data,
+        ssl_check_hostname=settings.ssl_check_hostname,
+        **options,
+    )
+
+
+async def _first_ping(client: QueueClient, settings: RedisSettings) -> None:
+    for remaining in range(settings.conn_retries, -1, -1):
+        try:
+            await client.ping()
+            return
+        except (RedisError, OSError) as exc:  # OSError: the builtin TimeoutError too
+            if not remaining:
+                await client.aclose()
+                raise
+            log.warning(
+                "Redis (%s) does not answer (%s: %s); %d retries left",
+                describe(settings),
+                type(exc).__name__,
+                exc,
+                remaining,
+            )
+            await asyncio.sleep(settings.conn_retry_delay)
 
 
 class Queue:
@@ -77,16 +289,3 @@ class Queue:
         """Tasks in the queue: waiting, deferred or running (arq drops a task when it ends)."""
         depth: int = await self.redis.zcard(self.name)
         return depth
-
-
-def embedded_redis() -> ArqRedis:
-    """An in-process Redis-compatible store, for the embedded mode (one process only)."""
-    from fakeredis import FakeAsyncRedis, FakeServer
-
-    fake = FakeAsyncRedis(server=FakeServer())
-    return ArqRedis(
-        connection_pool=fake.connection_pool,
-        job_serializer=serialize,
-        job_deserializer=deserialize,
-        default_queue_name=QUEUE_NAME,
-    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from arq.connections import ArqRedis
 
-from jobs.queue import Queue
+from jobs.queue import SENTINEL_PORT, Queue, describe, redis_settings
 
 
 async def test_depth_counts_waiting_and_deferred_tasks(redis: ArqRedis) -> None:
@@ -19,3 +19,29 @@ async def test_depth_is_of_its_own_queue_only(redis: ArqRedis) -> None:
     await redis.enqueue_job("run_connector", "job-1", _queue_name="elsewhere")
     assert await Queue(redis).depth() == 0
     assert await Queue(redis, "elsewhere").depth() == 1
+
+
+def test_a_sentinel_url_names_the_sentinels_the_master_and_the_database() -> None:
+    settings = redis_settings("redis+sentinel://user:p%40ss@s1:26380,s2,[::1]:26381/orders/3")
+
+    assert settings.sentinel
+    assert settings.host == [("s1", 26380), ("s2", SENTINEL_PORT), ("::1", 26381)]
+    assert settings.sentinel_master == "orders"
+    assert settings.database == 3
+    assert (settings.username, settings.password) == ("user", "p@ss")
+    assert describe(settings) == "master 'orders' of Sentinels s1:26380,s2:26379,::1:26381"
+
+
+def test_a_sentinel_url_without_a_database_uses_database_0() -> None:
+    settings = redis_settings("redis+sentinel://s1/orders")
+
+    assert (settings.database, settings.password) == (0, None)
+
+
+def test_a_sentinel_url_gets_the_retries_a_server_url_gets() -> None:
+    server = redis_settings("redis://127.0.0.1:6379/4")
+    sentinel = redis_settings("redis+sentinel://s1/orders/4")
+
+    assert server.retry is not None and sentinel.retry is not None
+    for name in ("retry_on_error", "retry_on_timeout", "conn_timeout", "conn_retries", "database"):
+        assert getattr(sentinel, name) == getattr(server, name), name

@@ -46,7 +46,7 @@ def test_defaults_without_configuration() -> None:
     assert settings.jwt_secret is None
     assert settings.archive_ttl == timedelta(days=7)
     assert settings.link_ttl == timedelta(minutes=15)
-    assert settings.deadline == timedelta(days=30)
+    assert settings.jurisdiction == "gdpr" and settings.time_zone == "UTC"
     assert settings.data_dir == default_data_dir() and settings.data_dir.is_absolute()
     assert settings.worker_concurrency == 50
     assert settings.worker_poll_delay == timedelta(milliseconds=50)
