@@ -57,7 +57,7 @@ from typing import Any, ClassVar
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, Unidentified
-from connectors.httpclient import MIB, HttpClient, bearer
+from connectors.httpclient import HttpClient, bearer
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.options import Options
 from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
@@ -170,9 +170,7 @@ class GoogleAnalyticsConnector(Connector):
             rate_limit=options.number("rate_limit", rate_limit),
             timeout=options.positive("timeout", timeout),
             default_retry_after=_RESOURCE_EXHAUSTED_WAIT_SECONDS,
-            max_response_bytes=max(
-                1, int(options.positive("max_response_mib", max_response_mib) * MIB)
-            ),
+            max_response_bytes=options.mebibytes("max_response_mib", max_response_mib),
             error_code=_google_error_code,
         )
 

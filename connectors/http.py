@@ -363,9 +363,7 @@ class HttpConnector(Connector):
             rate_limit=options.number("rate_limit", rate_limit),
             burst=None if burst is None else options.positive("burst", burst),
             timeout=options.positive("timeout", timeout),
-            max_response_bytes=max(
-                1, int(options.positive("max_response_mib", max_response_mib) * MIB)
-            ),
+            max_response_bytes=options.mebibytes("max_response_mib", max_response_mib),
         )
 
     def __repr__(self) -> str:

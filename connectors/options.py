@@ -89,6 +89,10 @@ class Options:
             raise self.error(option, "must be a number above 0")
         return number
 
+    def mebibytes(self, option: str, value: object) -> int:
+        """A size given in MiB (above zero), in bytes."""
+        return max(1, int(self.positive(option, value) * 2**20))
+
     def whole(self, option: str, value: object, *, minimum: int = 1) -> int:
         """A whole number no smaller than ``minimum``."""
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:

@@ -16,27 +16,30 @@ what would happen and changes nothing, so it needs no confirmation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
 from connectors.base import Connector, journaling
-from connectors.errors import PermanentError
+from connectors.errors import ConnectorError, PermanentError
 from connectors.items import File, Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from jobs.archive.receipt import build_receipt
 from jobs.journal import ADDITIVE, ErasureJournal, tally
 from jobs.model import Job, JobKind, JobStatus, iso, utcnow
-from jobs.pipeline import Outcome, Pipeline
+from jobs.pipeline import Outcome, Pipeline, classify
 from jobs.search import JobQuery
 
 
-def erasure_entries(report: ErasureReport) -> list[dict[str, Any]]:
-    """A report's datasets as JSON-ready dicts."""
+def erasure_entries(report: ErasureReport, extra: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """A report's datasets as JSON-ready dicts, then an all-zero one per ``extra`` name
+    the report lacks."""
+    listed = {entry.dataset for entry in report.datasets}
+    datasets = [*report.datasets, *(report.dataset(n) for n in extra if n not in listed)]
     return [
         {k: iso(v) if isinstance(v, datetime) else v for k, v in asdict(entry).items()}
-        for entry in report.datasets
+        for entry in datasets
     ]
 
 
@@ -100,15 +103,22 @@ class ErasurePipeline(Pipeline):
         async def record(planned: ErasureReport) -> None:
             await journal.plan(job.id, connector.name, attempt, planned)
 
-        with journaling(record):
-            report = await connector.erase(job.subject_view, dry_run=False, retention=retention)
+        try:
+            with journaling(record):
+                report = await connector.erase(job.subject_view, dry_run=False, retention=retention)
+        except ConnectorError as exc:
+            await journal.fail(job.id, connector.name, attempt, classify(exc))
+            raise
         await journal.confirm(job.id, connector.name, attempt, report)
         total = tally(
             await journal.attempts(job.id, connector.name),
             journals_commits=connector.journals_commits,
         )
+        # Every dataset this run changed, including those only an earlier attempt found.
+        reported = [entry.dataset for entry in report.datasets]
+        names = reported + [name for name in total.counts if name not in reported]
         entries = []
-        for entry in erasure_entries(report):
+        for entry in erasure_entries(report, extra=names):
             entry.update(total.counts.get(entry["dataset"], dict.fromkeys(ADDITIVE, 0)))
             entries.append(entry)
         result: dict[str, Any] = {"datasets": entries, "note": report.note}
@@ -178,14 +188,16 @@ class ErasurePipeline(Pipeline):
         ``expired``; a live export that already staged data (it waits for support)
         is canceled and its staging deleted. A live export with nothing staged yet
         is left to run: it will show what remains after the erasure. Each entry
-        states what was deleted, for the receipt, and is journaled once done, so a
-        finish that runs again after a crash lists the copies it deleted before.
+        states what was deleted, for the receipt; each is journaled before anything of
+        it is deleted and again once done, so a finish that runs again after a crash
+        lists every copy (:meth:`jobs.journal.ErasureJournal.copies`).
         """
         store = self.resources.store
         storage = self.resources.storage
+        journal = self.journal
         reason = f"erased: the subject's data was erased by job {job.id}"
-        # A finish interrupted after deleting some copies left them recorded.
-        copies = await self.journal.copies(job.id)
+        # A finish interrupted while deleting copies left them journaled.
+        copies = await journal.copies(job.id)
         cursor = None
         while True:
             page = await store.search(
@@ -201,9 +213,16 @@ class ErasurePipeline(Pipeline):
                     target = JobStatus.CANCELED
                 else:
                     continue
+                copy: dict[str, Any] = {
+                    "job": export.id,
+                    "kind": export.kind.value,
+                    "archive_deleted": export.result is not None,
+                    "status": target.value,
+                }
+                await journal.plan_copy(job.id, copy)
                 if export.result is not None:
                     await storage.delete(export.result.key)  # no error when already gone
-                staged_deleted = await storage.delete_prefix(
+                copy["staged_objects_deleted"] = await storage.delete_prefix(
                     self.resources.staging_prefix(export.id)
                 )
                 moved = await store.transition(
@@ -213,15 +232,9 @@ class ErasurePipeline(Pipeline):
                     expect={export.status},
                     data={"reason": reason},
                 )
-                copy = {
-                    "job": export.id,
-                    "kind": export.kind.value,
-                    "archive_deleted": export.result is not None,
-                    "staged_objects_deleted": staged_deleted,
-                    "status": (moved or await store.get(export.id)).status.value,
-                }
-                await self.journal.record_copy(job.id, copy)
-                copies.append(copy)
+                copy["status"] = (moved or await store.get(export.id)).status.value
+                await journal.copy_done(job.id, copy)
+                copies[export.id] = copy
             cursor = page.next_cursor
             if cursor is None:
-                return copies
+                return list(copies.values())

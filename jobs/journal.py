@@ -9,7 +9,7 @@ durable journal (a Redis list per job and connector, AOF-persisted like the jobs
   before the connector commits that step (a connector that commits in steps plans
   each one after the previous commit returned);
 - ``confirmed`` with the attempt's report, once :meth:`~connectors.base.Connector.erase`
-  returned.
+  returned; or ``failed`` with the error's class, when it raised one.
 
 :func:`tally` turns the journal into what the erasure did across all its attempts.
 A confirmed attempt counts as reported. Of an interrupted attempt (no
@@ -22,12 +22,14 @@ on); the last one is judged by what the next attempt found in its datasets:
 - anything else cannot be told apart by counts (``unknown``): the counts leave it
   out and the receipt says so.
 
-An interrupted attempt with no plan changed nothing if the connector journals its
-commits (``journals_commits``); otherwise what it did is ``unknown``.
+An interrupted or failed attempt with no plan changed nothing if the connector
+journals its commits (``journals_commits``); otherwise what it did is ``unknown``.
+An attempt that failed with a known error is named as failed, not interrupted.
 
-The erasure's finish also records each of Handover's own copies (an earlier
-export's archive and staged objects) as it deletes it, so a finish that runs again
-after a crash still lists the copies deleted the first time.
+The erasure's finish also journals each of Handover's own copies (an earlier
+export's archive and staged objects): ``planned`` before it deletes anything, ``done``
+with what it deleted, so a finish that runs again after a crash still lists every
+copy, and says where what it deleted was not recorded.
 
 Entries hold dataset names, job ids and counts only, never personal data.
 """
@@ -44,8 +46,9 @@ import orjson
 from connectors.reports import ErasureReport
 from jobs.model import iso, utcnow
 
-#: A journal outlives its job by this long, then Redis drops it.
-JOURNAL_TTL_SECONDS = 90 * 24 * 3600
+#: A journal is kept this long after its last entry (longer than any request may take:
+#: a month, extended by two), then Redis drops it; purging a job's records drops it too.
+JOURNAL_TTL_SECONDS = 400 * 24 * 3600
 #: The counts an attempt adds up; ``retained`` is a state (rows kept now), not an event.
 ADDITIVE = ("deleted", "anonymised")
 
@@ -69,6 +72,8 @@ class Attempt:
     started_at: str
     plans: list[Counts] = field(default_factory=list)
     confirmed: Counts | None = None
+    #: The class of the error it ended with (``transient``, ``permanent``…), if any.
+    failed: str | None = None
 
     @property
     def findings(self) -> Counts | None:
@@ -86,23 +91,29 @@ class Interrupted:
     started_at: str
     outcome: Outcome
     planned: Counts
+    failed: str | None = None
 
     def statement(self) -> dict[str, Any]:
         """The attempt as receipts state it."""
-        text = {
-            "committed": "its last step was committed: the next attempt found none of "
-            "those records left, and they are counted",
-            "rolled back": "its last step was not committed: the next attempt found those "
-            "records still there",
-            "unknown": "whether its last step was committed could not be established; "
-            "the counts leave that step out",
-        }[self.outcome]
+        if not self.planned:
+            text = "what it changed at the processor could not be established"
+        else:
+            text = {
+                "committed": "its last step was committed: the next attempt found none of "
+                "those records left, and they are counted",
+                "rolled back": "its last step was not committed: the next attempt found "
+                "those records still there",
+                "unknown": "whether its last step was committed could not be established; "
+                "the counts leave that step out",
+            }[self.outcome]
+        ended = f"failed ({self.failed} error)" if self.failed else "was interrupted"
         return {
             "attempt": self.attempt,
             "started_at": self.started_at,
+            "ended": f"failed: {self.failed}" if self.failed else "interrupted",
             "outcome": self.outcome,
             "last_step_planned": self.planned,
-            "note": f"attempt {self.attempt} was interrupted; {text}",
+            "note": f"attempt {self.attempt} {ended}; {text}",
         }
 
 
@@ -152,7 +163,9 @@ def tally(attempts: Sequence[Attempt], *, journals_commits: bool) -> Tally:
         later = next((a.findings for a in attempts[number:] if a.findings is not None), None)
         if not attempt.plans:
             if not journals_commits:
-                interrupted.append(Interrupted(number, attempt.started_at, "unknown", {}))
+                interrupted.append(
+                    Interrupted(number, attempt.started_at, "unknown", {}, attempt.failed)
+                )
             continue
         *certain, last = attempt.plans
         done.extend(certain)
@@ -161,7 +174,7 @@ def tally(attempts: Sequence[Attempt], *, journals_commits: bool) -> Tally:
         outcome: Outcome = "unknown" if later is None else _judge(last, not certain, later)
         if outcome == "committed":
             done.append(last)
-        interrupted.append(Interrupted(number, attempt.started_at, outcome, last))
+        interrupted.append(Interrupted(number, attempt.started_at, outcome, last, attempt.failed))
     return Tally(_sum(done), tuple(interrupted))
 
 
@@ -175,8 +188,10 @@ class ErasureJournal:
     def _key(self, job_id: str, connector: str) -> str:
         return f"{self.ns}journal:{job_id}:{connector}"
 
-    async def _append(self, job_id: str, connector: str, entry: dict[str, Any]) -> None:
-        key = self._key(job_id, connector)
+    def _copies_key(self, job_id: str) -> str:
+        return f"{self.ns}journal-copies:{job_id}"
+
+    async def _append(self, key: str, entry: Mapping[str, Any]) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.rpush(key, orjson.dumps(entry))
             pipe.expire(key, JOURNAL_TTL_SECONDS)
@@ -185,35 +200,55 @@ class ErasureJournal:
     async def start(self, job_id: str, connector: str) -> str:
         """Record a new attempt; its id."""
         attempt = uuid.uuid4().hex
-        await self._append(
-            job_id, connector, {"attempt": attempt, "event": "started", "at": iso(utcnow())}
-        )
+        entry = {"attempt": attempt, "event": "started", "at": iso(utcnow())}
+        await self._append(self._key(job_id, connector), entry)
         return attempt
 
     async def plan(self, job_id: str, connector: str, attempt: str, report: ErasureReport) -> None:
         """Record a step about to be committed."""
         entry = {"attempt": attempt, "event": "planned", "counts": counts_of(report)}
-        await self._append(job_id, connector, entry)
+        await self._append(self._key(job_id, connector), entry)
 
     async def confirm(
         self, job_id: str, connector: str, attempt: str, report: ErasureReport
     ) -> None:
         """Record what the attempt reported once the connector returned."""
         entry = {"attempt": attempt, "event": "confirmed", "counts": counts_of(report)}
-        await self._append(job_id, connector, entry)
+        await self._append(self._key(job_id, connector), entry)
 
-    async def record_copy(self, job_id: str, copy: Mapping[str, Any]) -> None:
-        """Record one of Handover's own copies of the subject's data, once deleted."""
-        key = f"{self.ns}journal:{job_id}:handover-copies"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.rpush(key, orjson.dumps(copy))
-            pipe.expire(key, JOURNAL_TTL_SECONDS)
-            await pipe.execute()
+    async def fail(self, job_id: str, connector: str, attempt: str, error_class: str) -> None:
+        """Record that the attempt ended with an error of ``error_class``."""
+        entry = {"attempt": attempt, "event": "failed", "error_class": error_class}
+        await self._append(self._key(job_id, connector), entry)
 
-    async def copies(self, job_id: str) -> list[dict[str, Any]]:
-        """Handover's own copies recorded deleted so far, in order."""
-        key = f"{self.ns}journal:{job_id}:handover-copies"
-        return [orjson.loads(raw) for raw in await self.redis.lrange(key, 0, -1)]
+    async def plan_copy(self, job_id: str, copy: Mapping[str, Any]) -> None:
+        """Record one of Handover's own copies before deleting anything of it."""
+        await self._append(self._copies_key(job_id), {"event": "planned", "copy": copy})
+
+    async def copy_done(self, job_id: str, copy: Mapping[str, Any]) -> None:
+        """Record what was deleted of one of Handover's own copies, and its job's status."""
+        await self._append(self._copies_key(job_id), {"event": "done", "copy": copy})
+
+    async def copies(self, job_id: str) -> dict[str, dict[str, Any]]:
+        """Handover's own copies journaled so far, by export job id, in order.
+
+        A copy planned but never recorded done was being deleted when a finish was
+        interrupted: its staged objects' count is not known (``None``), and it says so.
+        """
+        copies: dict[str, dict[str, Any]] = {}
+        for raw in await self.redis.lrange(self._copies_key(job_id), 0, -1):
+            entry = orjson.loads(raw)
+            copy = entry["copy"]
+            if entry["event"] == "done":
+                copies[copy["job"]] = copy
+            elif copy["job"] not in copies:
+                copies[copy["job"]] = {
+                    **copy,
+                    "staged_objects_deleted": None,
+                    "note": "the finish was interrupted while deleting this copy; how many "
+                    "staged objects it deleted was not recorded",
+                }
+        return copies
 
     async def attempts(self, job_id: str, connector: str) -> list[Attempt]:
         """Every attempt recorded for the run, oldest first."""
@@ -230,4 +265,6 @@ class ErasureJournal:
                 attempt.plans.append(entry["counts"])
             elif entry["event"] == "confirmed":
                 attempt.confirmed = entry["counts"]
+            elif entry["event"] == "failed":
+                attempt.failed = entry["error_class"]
         return list(attempts.values())

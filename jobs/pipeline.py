@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import traceback
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -535,9 +536,16 @@ class Pipeline(ABC):
         error_class = classify(exc)
         message, detail = error_text(exc), getattr(exc, "detail", None)
         if error_class == "internal":
-            log.error("connector %s failed unexpectedly in job %s", name, job_id, exc_info=exc)
-            # A bug's message may quote anything, the subject's data included: staff see
-            # its class, admins its text.
+            # A bug's message may quote anything, the subject's data included: the log
+            # gets its class and where it was raised, staff its class, admins its text.
+            where = "".join(traceback.format_tb(exc.__traceback__))
+            log.error(
+                "connector %s failed unexpectedly in job %s: %s, raised at\n%s",
+                name,
+                job_id,
+                type(exc).__name__,
+                where,
+            )
             message, detail = f"internal error ({type(exc).__name__}), a bug", message
 
         def failed(run: ConnectorRun) -> None:

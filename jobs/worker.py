@@ -289,7 +289,7 @@ async def deliver_webhook(ctx: dict[str, Any], target: str, job_id: str, event: 
     settings = _resources(ctx).settings
     url = next((u for u in settings.webhook_urls if webhook_digest(u) == target), None)
     if url is None:
-        log.error("webhook %s dropped: that URL is no longer configured", target)
+        log.error("webhook %s dropped: that URL is no longer configured", shown(target))
         return
     secret = settings.webhook_secret
     if secret is None:

@@ -64,7 +64,7 @@ from service.api import models
 from service.api.handlers import event_id, path_job_id
 from service.api.middleware import Handler
 from service.api.views import stream_events
-from service.appkeys import AUTHORITY, COMMANDS, RESOURCES
+from service.appkeys import AUTHORITY, COMMANDS, RESOURCES, SETTINGS
 from service.auth import Principal
 from service.problems import Problem, to_problem
 
@@ -183,8 +183,10 @@ def from_this_site(request: web.Request) -> bool:
     """Whether the browser says a form was posted from this site's own pages.
 
     ``Sec-Fetch-Site``, when sent, must be ``same-origin``; ``Origin``, when sent, must
-    name this host (``null``, sent from sandboxed frames, files and redirects, names
-    none). A client sending neither is judged by its form's CSRF token alone.
+    name this service: the host the request was sent to, or ``HANDOVER_PUBLIC_URL``'s
+    origin (behind a proxy that rewrites ``Host``). ``null``, sent from sandboxed
+    frames, files and redirects, names none. A client sending neither is judged by its
+    form's CSRF token alone.
     """
     site = request.headers.get("Sec-Fetch-Site")
     if site is not None and site != "same-origin":
@@ -196,7 +198,15 @@ def from_this_site(request: web.Request) -> bool:
         url = URL(origin)
     except ValueError:
         return False
-    return url.is_absolute() and url.authority == request.host
+    if not url.is_absolute():
+        return False
+    if url.authority == request.host:
+        return True
+    public = request.app[SETTINGS].public_url
+    return public is not None and (url.scheme, url.authority) == (
+        URL(public).scheme,
+        URL(public).authority,
+    )
 
 
 def redirect(location: str) -> web.Response:

@@ -455,10 +455,13 @@ class BuggyConnector(MemoryConnector):
 
 async def test_r2_04_a_connector_bug_quoting_data_reaches_no_staff_member(
     api_factory: ApiFactory,  # noqa: F811
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     api = await api_factory({"crm": BuggyConnector("crm", records={})})
     job = await api.export()
     await api.wait(job["id"], "failed")
+    # Nor the log: it names the bug's class and where it was raised.
+    assert "KeyError, raised at" in caplog.text and "alice@example.com" not in caplog.text
     seen = await api.job(job["id"], sub="support-1", roles=("support",))
     assert seen["connectors"]["crm"]["error"] == "internal error (KeyError), a bug"
     assert "alice@example.com" not in json.dumps(seen)

@@ -73,6 +73,21 @@ def _private_file(path: Path) -> IO[bytes]:
     return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
 
 
+def _sync_and_close(handle: IO[bytes]) -> None:
+    handle.flush()
+    os.fsync(handle.fileno())
+    handle.close()
+
+
+def _sync_directory(path: Path) -> None:
+    """Make a rename in ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 class LocalWriter:
     """Streams into a temporary file beside the target; renamed into place on completion.
 
@@ -104,8 +119,11 @@ class LocalWriter:
             await self.write(b"")
         assert self._handle is not None
         try:
-            await asyncio.to_thread(self._handle.close)
+            # On disk before it is named: a job that says its archive is written must
+            # not lose it to a power cut (the embedded store syncs every write too).
+            await asyncio.to_thread(_sync_and_close, self._handle)
             os.replace(self._temporary, self._target)
+            await asyncio.to_thread(_sync_directory, self._target.parent)
         except OSError as exc:
             await self.abort()
             raise _error(exc, "write", self._key) from exc

@@ -295,14 +295,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``handover`` console script."""
     args = _parser().parse_args(argv)
     logs.configure(logging.INFO)
-    # Whatever Handover writes (archives, staged data, the demo database, the embedded
-    # store, keys) holds personal data or secrets: readable by its own user only.
-    os.umask(PRIVATE_UMASK)
     try:
         if args.command == "verify":
             return _verify(args.archive, args.key, args.keys_url)
         if args.command == "connectors":
-            return connectors_cli.run(args)
+            return connectors_cli.run(args)  # writes a developer's source files: usual modes
+        # Whatever Handover keeps (archives, staged data, the demo database, the embedded
+        # store, keys) holds personal data or secrets: readable by its own user only.
+        os.umask(PRIVATE_UMASK)
         if args.command in jobs_cli.COMMANDS:
             return jobs_cli.run(args)
         if args.command == "storage":

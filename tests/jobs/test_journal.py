@@ -1,12 +1,24 @@
 """What an erasure did across its attempts, from its journal (:func:`jobs.journal.tally`).
 
 The crash scenarios themselves run on real PostgreSQL with real worker processes in
-``tests/service/test_erasure_postgres.py``; these cover every rule of the judgement.
+``tests/service/test_erasure_postgres.py``; these cover every rule of the judgement,
+the receipt's datasets after a retry that found nothing, and Handover's own copies.
 """
 
 from __future__ import annotations
 
-from jobs.journal import Attempt, Counts, tally
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import ClassVar
+
+from arq.connections import ArqRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from connectors.items import Subject
+from connectors.reports import ErasureReport, RetentionRule
+from connectors.testing import MemoryConnector
+from jobs.journal import Attempt, Counts, ErasureJournal, tally
+from tests.service.conftest import ApiFactory, api_factory  # noqa: F401 (a fixture)
 
 
 def counts(**datasets: int) -> Counts:
@@ -93,3 +105,71 @@ def test_a_plan_of_nothing_is_not_an_interruption() -> None:
         [attempt(1, counts(rows=0)), attempt(2, confirmed=counts(rows=0))], journals_commits=True
     )
     assert result.interrupted == ()
+
+
+def test_an_attempt_that_failed_with_a_known_error_is_named_as_failed() -> None:
+    failed = attempt(1)
+    failed.failed = "transient"
+    history = [failed, attempt(2, counts(rows=3), confirmed=counts(rows=3))]
+    # A journaling connector that failed before planning changed nothing: no entry.
+    assert tally(history, journals_commits=True).interrupted == ()
+    (entry,) = tally(history, journals_commits=False).interrupted
+    statement = entry.statement()
+    assert statement["ended"] == "failed: transient"
+    assert statement["note"] == (
+        "attempt 1 failed (transient error); what it changed at the processor could not be "
+        "established"
+    )
+
+
+class CommitsThenRedisFails(MemoryConnector):
+    """Journals its erasure, commits it, then Handover's Redis fails (once): the retry
+    finds nothing left and reports no dataset at all."""
+
+    journals_commits: ClassVar[bool] = True
+    failed = False
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        if dry_run:
+            return await super().erase(subject, dry_run=True, retention=retention)
+        planned = await super().erase(subject, dry_run=True, retention=retention)
+        if planned.datasets:
+            await self.before_commit(planned)
+        report = await super().erase(subject, dry_run=False, retention=retention)
+        if not self.failed:
+            self.failed = True
+            raise RedisConnectionError("Redis failed right after the commit (injected)")
+        return report
+
+
+async def test_a_receipt_counts_datasets_only_an_earlier_attempt_found(
+    api_factory: ApiFactory,  # noqa: F811
+) -> None:
+    crm = CommitsThenRedisFails("crm", records={"alice": {"contacts": [{"id": 1}, {"id": 2}]}})
+    api = await api_factory({"crm": crm}, erasure_grace=timedelta(0))
+    status, _, job = await api.request("POST", "/v1/erasures", json={})
+    assert status == 202, job
+    assert (
+        await api.request("POST", f"/v1/jobs/{job['id']}/confirm", sub="root", roles=("admin",))
+    )[0] == 200
+    done = await api.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    report = done["connectors"]["crm"]["report"]
+    assert [(e["dataset"], e["deleted"]) for e in report["datasets"]] == [("contacts", 2)]
+    assert [i["outcome"] for i in report["interrupted_attempts"]] == ["committed"]
+    assert done["connectors"]["crm"]["records"] == 2
+
+
+async def test_own_copies_planned_but_not_recorded_done_say_so(redis: ArqRedis) -> None:
+    journal = ErasureJournal(redis, "handover:")
+    first = {"job": "E1", "kind": "export", "archive_deleted": True, "status": "expired"}
+    second = {"job": "E2", "kind": "export", "archive_deleted": False, "status": "canceled"}
+    await journal.plan_copy("J", first)
+    await journal.copy_done("J", {**first, "staged_objects_deleted": 3})
+    await journal.plan_copy("J", second)  # the finish died here
+    copies = await journal.copies("J")
+    assert copies["E1"]["staged_objects_deleted"] == 3 and "note" not in copies["E1"]
+    assert copies["E2"]["staged_objects_deleted"] is None
+    assert "was not recorded" in copies["E2"]["note"]

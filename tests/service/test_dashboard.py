@@ -710,3 +710,30 @@ async def test_support_supplies_an_email_and_watches_the_processor_asked(
     done = await api.wait(job["id"])
     assert done["connectors"]["newsletter"]["records"] == 1
     assert done["connectors"]["crm"]["attempts"] == 1
+
+
+@pytest.mark.parametrize(
+    ("origin", "status"),
+    [
+        ("https://privacy.platform.example", 303),  # HANDOVER_PUBLIC_URL, behind a proxy
+        ("https://evil.example", 403),
+        ("http://privacy.platform.example", 403),  # another scheme is another origin
+    ],
+)
+async def test_behind_a_proxy_rewriting_host_the_public_origin_may_post(
+    api_factory: ApiFactory, origin: str, status: int
+) -> None:
+    api = await api_factory(
+        {"crm": crm()}, worker=False, public_url="https://privacy.platform.example"
+    )
+    async with api.session.get(f"{api.base}/dashboard/login") as response:
+        found = re.search(r'name="csrf" value="([^"]+)"', await response.text())
+        login = response.cookies["handover_login"]
+    assert found
+    async with api.session.post(
+        f"{api.base}/dashboard/login",
+        data={"csrf": found.group(1), "token": api.token("s1", "support")},
+        headers={"Origin": origin, "Cookie": f"handover_login={login.value}"},
+        allow_redirects=False,
+    ) as response:
+        assert response.status == status
