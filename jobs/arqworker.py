@@ -13,9 +13,10 @@ that outlasts redis-py's retries escaped the loop the same way.
 :class:`PatientWorker` treats these as "Redis is away": it logs one warning per outage,
 backs off, and polls again, logging once more when Redis answers. It claims a job
 with a value of its own, so that when ``EXEC``'s reply is lost it reads the claim back
-and knows whether the job is its to run. A job it could not claim stays in the queue
-for the next poll. Tasks that lose Redis mid-way are handled by the tasks themselves
-(``jobs/worker.py``), enqueues by the client (``jobs/queue.py``).
+and knows whether the job is its to run; when even that read fails, it runs nothing and
+gives the claim back (if it was applied) once Redis answers. A job it could not claim
+stays in the queue for the next poll. Tasks that lose Redis mid-way are handled by the
+tasks themselves (``jobs/worker.py``), enqueues by the client (``jobs/queue.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import time
 import uuid
 from functools import cached_property
+from typing import Any
 
 from arq.constants import in_progress_key_prefix
 from arq.utils import timestamp_ms
@@ -38,6 +40,11 @@ REDIS_AWAY: tuple[type[Exception], ...] = (ConnectionError, TimeoutError, WatchE
 #: Pause after the first failed poll; doubled after each further one, up to the cap.
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
+#: Delete an in-progress key only if it still holds this worker's claim.
+_RELEASE_IF_OURS = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
 
 
 class PatientWorker(Worker):
@@ -90,9 +97,29 @@ class PatientWorker(Worker):
             except WatchError:
                 # Another worker's claim changed the key, or the connection was lost
                 # with EXEC's reply: the key says which, and whether EXEC was applied.
-                if await self.pool.get(key) != claim:
+                try:
+                    mine = await self.pool.get(key) == claim
+                except REDIS_AWAY:
+                    # Not knowing, the job is not run; a claim of ours, if EXEC was
+                    # applied, is given back once Redis answers (it would otherwise
+                    # hold the job for the whole in-progress timeout).
+                    self._unsettled_claims.add(job_id)
+                    raise
+                if not mine:
                     return None
         return int(score)
+
+    async def _settle_claims(self) -> None:
+        """Give back the claims made while Redis was going away and never acted on."""
+        pool: Any = self.pool  # redis-py types async results as sync-or-async unions
+        for job_id in list(self._unsettled_claims):
+            key = in_progress_key_prefix + job_id
+            await pool.eval(_RELEASE_IF_OURS, 1, key, self._claim_value)
+            self._unsettled_claims.discard(job_id)
+
+    @cached_property
+    def _unsettled_claims(self) -> set[str]:
+        return set()
 
     @cached_property
     def _claim_value(self) -> bytes:
@@ -105,6 +132,7 @@ class PatientWorker(Worker):
 
     async def _poll_iteration(self) -> None:
         try:
+            await self._settle_claims()
             await super()._poll_iteration()
         except REDIS_AWAY as exc:
             await self._redis_away(exc)
