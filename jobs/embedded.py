@@ -11,7 +11,10 @@ runs as a child process. Everything lives in ``DATA_DIR/store/``:
   process asks of it. No RDB snapshots (``save ""``).
 - ``maxmemory-policy noeviction``: a job record is never dropped to make room.
 - ``redis.sock``: the only way in (no TCP port), ``0700``; a data dir whose path is too
-  long for a socket gets one in the temporary directory, named after the data dir.
+  long for a socket gets one named after the data dir in a directory only this user
+  can enter: ``$XDG_RUNTIME_DIR`` when it is set and this user's, else
+  ``handover-<uid>`` in the temporary directory, made ``0700`` and refused when it is a
+  symlink or another user's. No other user can put a socket there, or answer on it.
 - ``lock``: an ``flock`` held by the process that runs the server. The kernel
   releases it when that process ends, however it ends, so a second ``handover
   serve`` (or ``handover demo reset``) on the same data dir is refused while the
@@ -23,7 +26,9 @@ The server dies with its owner: on Linux it gets SIGTERM when the process that
 started it ends, even by SIGKILL (``PR_SET_PDEATHSIG``), and SIGTERM makes Redis
 fsync and exit. A server that outlives its owner anyway (another OS, or a restart
 racing the old server's exit) is found at the next start, through its socket or its
-pidfile, and shut down, its data flushed, before a new one starts on the same files.
+pidfile, and shut down, its data flushed, before a new one starts on the same files;
+it is killed only if it is a ``redis-server`` on this store's socket (its process
+title says so), whatever process id the socket or the pidfile gives.
 The server is started from the thread that runs the event loop: the death signal
 follows the thread that started it.
 """
@@ -38,6 +43,7 @@ import importlib.util
 import logging
 import os
 import signal
+import stat
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -80,6 +86,46 @@ def redis_server() -> Path:
     )
 
 
+def _ours(directory: Path) -> bool:
+    """Whether ``directory`` is a real directory (no symlink) of this user, closed to others."""
+    try:
+        found = directory.lstat()
+    except OSError:
+        return False
+    return (
+        stat.S_ISDIR(found.st_mode)
+        and found.st_uid == os.getuid()
+        and stat.S_IMODE(found.st_mode) & 0o077 == 0
+    )
+
+
+def socket_directory() -> Path:
+    """Where a socket goes that the data dir has no room for: a directory of this user's.
+
+    ``$XDG_RUNTIME_DIR`` when it is this user's and closed to others; else
+    ``handover-<uid>`` in the temporary directory (see :func:`private_socket_directory`).
+    """
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and Path(runtime).is_absolute() and _ours(Path(runtime)):
+        return Path(runtime)
+    return Path(tempfile.gettempdir()) / f"handover-{os.getuid()}"
+
+
+def private_socket_directory(directory: Path) -> None:
+    """Make ``directory`` (``0700``) or check it; refuse one that is a symlink or not ours.
+
+    Another local user could otherwise make it first, and put a socket of theirs in it.
+    """
+    with suppress(FileExistsError):
+        directory.mkdir(mode=0o700)
+    if not _ours(directory):
+        raise EmbeddedStoreError(
+            f"HANDOVER_DATA_DIR: its path is too long for a socket, and {directory}, where "
+            "the socket would go, is not a private directory of this user's (another "
+            "user's, a symlink, or open to others): remove it, or use a shorter data dir path"
+        )
+
+
 @dataclass(frozen=True)
 class StoreFiles:
     """Where the embedded store of one data dir keeps what it keeps."""
@@ -96,10 +142,11 @@ class StoreFiles:
         """The server's unix socket: in the store, or named after it when that is too long."""
         inside = self.directory / "redis.sock"
         text = str(inside)
-        if len(os.fsencode(text)) <= _MAX_SOCKET_PATH and not set("?#%") & set(text):
+        # A URL would read ? # % as its own, and drops tabs and line breaks (urllib).
+        if len(os.fsencode(text)) <= _MAX_SOCKET_PATH and not set("?#%\t\n\r") & set(text):
             return inside
         digest = hashlib.sha256(os.fsencode(str(self.directory))).hexdigest()[:16]
-        return Path(tempfile.gettempdir()) / f"handover-{digest}.sock"
+        return socket_directory() / f"handover-{digest}.sock"
 
     @property
     def url(self) -> str:
@@ -133,10 +180,10 @@ class StoreFiles:
         return "\n".join(
             [
                 "port 0",
-                f'unixsocket "{self.socket}"',
+                f"unixsocket {_quoted(self.socket)}",
                 "unixsocketperm 700",
-                f'dir "{self.directory}"',
-                f'pidfile "{self.pidfile}"',
+                f"dir {_quoted(self.directory)}",
+                f"pidfile {_quoted(self.pidfile)}",
                 'logfile ""',
                 "daemonize no",
                 "appendonly yes",
@@ -149,6 +196,16 @@ class StoreFiles:
                 "",
             ]
         )
+
+
+def _quoted(path: Path) -> str:
+    """``path`` as a double-quoted ``redis.conf`` argument: every byte that is not printable
+    ASCII, and ``"`` and ``\\``, as ``\\xHH``, which Redis reads back byte for byte."""
+    escaped = "".join(
+        chr(byte) if 0x20 <= byte < 0x7F and byte not in b'"\\' else f"\\x{byte:02x}"
+        for byte in os.fsencode(path)
+    )
+    return f'"{escaped}"'
 
 
 @contextmanager
@@ -225,7 +282,9 @@ async def _stop_leftover(files: StoreFiles) -> None:
 
     A server that answers on the socket is asked to shut down (it flushes its data
     first); one the pidfile names that does not answer gets SIGTERM. Either is killed
-    if it has not ended within :data:`LEFTOVER_GRACE`.
+    if it has not ended within :data:`LEFTOVER_GRACE`, and only if it is a
+    ``redis-server`` on this store's socket: the process id a socket's answer gives is
+    only its word.
     """
     asked = await _answering_server(files)
     pids = {asked} if asked is not None else set()
@@ -239,6 +298,12 @@ async def _stop_leftover(files: StoreFiles) -> None:
         log.warning("embedded store: stopped the server an earlier run left running (pid %d)", pid)
         if await _wait_gone(pid, LEFTOVER_GRACE):
             continue
+        if not _serves_our_socket(pid, files):
+            raise EmbeddedStoreError(
+                f"HANDOVER_DATA_DIR: {files.data_dir}: something answered on {files.socket} "
+                f"as a server that would not stop (pid {pid}), but that process is no "
+                "redis-server on it: not killed"
+            )
         with suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
         if not await _wait_gone(pid, LEFTOVER_GRACE):
@@ -347,6 +412,8 @@ async def exclusive_store(data_dir: Path) -> AsyncIterator[StoreFiles]:
     """
     files = StoreFiles(data_dir)
     with _ownership(files):
+        if files.socket.parent != files.directory:
+            private_socket_directory(files.socket.parent)
         await _stop_leftover(files)
         yield files
 

@@ -16,16 +16,18 @@ Layout: ``{ns}epoch``, a string holding JSON::
 - Every process (API, worker, embedded ``serve``) joins the epoch when it starts
   (:meth:`EpochWatch.start`): it reads the marker, or begins one when there is none
   (``SET NX``: two processes starting together agree on one), and remembers it.
-- While it runs it checks (:meth:`EpochWatch.check`; the API every
-  :data:`WATCH_INTERVAL`, workers by cron): a marker that is gone, or names another
-  epoch, means Redis lost its data under it. The process logs one ERROR line, records
-  the loss in the marker (begins a new epoch naming the lost one, or adds the loss
-  to an epoch another process began without knowing of it), re-publishes its
-  signing key and remembers the new epoch.
+- While it runs it checks (:meth:`EpochWatch.check`, every :data:`WATCH_INTERVAL`
+  from a task of its own: :meth:`EpochWatch.watch`): a marker that is gone, or names
+  another epoch, means Redis lost its data under it. The process logs one ERROR line,
+  records the loss in the marker (begins a new epoch naming the lost one, or adds the
+  loss to an epoch another process began without knowing of it, even one begun
+  between this process finding the marker gone and beginning its own), re-publishes
+  its signing key and remembers the new epoch.
 - Readiness (:mod:`jobs.health`) reads the marker alone, so every API answers alike:
   a marker that is gone, or that holds a loss no one acknowledged, is not ready.
   :meth:`Epochs.acknowledge` (``handover epoch acknowledge``) records the operator's
-  acknowledgement, and readiness recovers everywhere at once.
+  acknowledgement, and readiness recovers everywhere at once. Until then every API is
+  out of its load balancer: deliberately, an operator must look at what was lost.
 
 A process that starts on an emptied Redis cannot tell it from a new one: only the
 processes that run across the loss see it.
@@ -51,8 +53,10 @@ from jobs.resources import probe_redis
 
 log = logging.getLogger("handover.epoch")
 
-#: How often the API checks the marker (workers check by cron, every 5 s).
+#: How often every process (API, worker) checks the marker.
 WATCH_INTERVAL = timedelta(seconds=5)
+#: How many times :meth:`Epochs.begin` tries to write or read a marker that keeps vanishing.
+BEGIN_ATTEMPTS = 5
 
 
 def _moment(moment: datetime) -> str:
@@ -146,11 +150,23 @@ class Epochs:
         return None if raw is None else Epoch.decode(raw)
 
     async def begin(self, lost: Loss | None = None, now: datetime | None = None) -> Epoch:
-        """Begin a new epoch unless a marker exists; returns the one that holds."""
+        """Begin a new epoch unless a marker exists; returns the one that holds.
+
+        A marker that is there for ``SET NX`` and gone when read (Redis flushed again in
+        between) is tried again, :data:`BEGIN_ATTEMPTS` times in all; then
+        :class:`RuntimeError`, naming the key.
+        """
         fresh = Epoch(id=new_ulid(), created_at=now or utcnow(), lost=lost)
-        if await self.redis.set(self.key, fresh.encode(), nx=True):
-            return fresh
-        return await self.current() or await self.begin(lost, now)
+        for _ in range(BEGIN_ATTEMPTS):
+            if await self.redis.set(self.key, fresh.encode(), nx=True):
+                return fresh
+            current = await self.current()
+            if current is not None:
+                return current
+        raise RuntimeError(
+            f"the epoch marker {self.key} vanished between writing and reading it "
+            f"{BEGIN_ATTEMPTS} times: something keeps emptying this Redis"
+        )
 
     async def record_loss(self, epoch_id: str, loss: Loss) -> Epoch | None:
         """Add ``loss`` to epoch ``epoch_id`` unless it records one already; the marker after."""
@@ -240,7 +256,7 @@ class EpochWatch:
         )
         if current is None:
             current = await self.epochs.begin(lost=loss, now=now)
-        elif current.lost is None:
+        if current.lost is None:  # an epoch begun by a process that knew of no loss
             current = await self.epochs.record_loss(current.id, loss) or current
         log.error(
             "%s. Epoch %s begins; /readyz answers 503 until `handover epoch acknowledge`; "

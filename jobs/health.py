@@ -4,11 +4,15 @@
   ``noeviction``): an evicting Redis would silently drop jobs and queued tasks. A
   managed Redis that disables ``CONFIG`` cannot be asked: that is not a failure (the
   process logs a warning once, to check the policy by the provider's means).
-- ``worker``: some worker's arq health key is present (each worker refreshes it
-  every 30 s, see :mod:`jobs.worker`). Not checked when Redis does not answer.
+- ``worker``: some worker's health key is present: each worker writes it every 5 s
+  from a task of its own, and it lives 30 s (:func:`jobs.worker.heartbeat`), so it is
+  missing once no worker has written it for 30 s, or right after Redis lost its data
+  (then the ``epoch`` check names the loss, and the heartbeat is back within 5 s).
+  Not checked when Redis does not answer.
 - ``epoch``: Redis still holds the data of the epoch this deployment works in, or an
   operator acknowledged its loss (see :mod:`jobs.epoch`). Not checked when Redis does
-  not answer.
+  not answer. It fails on every API at once, taking them all out of their load
+  balancer until ``handover epoch acknowledge``: deliberately, an operator must look.
 - ``storage``: the object store is usable (:meth:`~jobs.storage.base.ObjectStore.check`).
 """
 
@@ -27,6 +31,7 @@ from jobs.resources import Resources
 from jobs.storage.base import StorageError
 
 OK = "ok"
+NO_WORKER = "no worker has reported in the last 30 s"
 
 log = logging.getLogger("handover.health")
 
@@ -59,7 +64,7 @@ async def _check_redis(redis: Any) -> dict[str, str]:
         await redis.ping()
         checks["redis"] = await _check_eviction_policy(redis)
         heartbeat = await redis.get(HEALTH_CHECK_KEY)
-        checks["worker"] = OK if heartbeat else "no worker has reported in the last 60 s"
+        checks["worker"] = OK if heartbeat else NO_WORKER
     except Exception as exc:
         checks["redis"] = f"unreachable: {type(exc).__name__}: {exc}"
     return checks

@@ -16,10 +16,18 @@ Safe by construction:
   Handover process runs on (a wrong ``HANDOVER_REDIS_URL``) would make every folder
   look orphaned.
 
+The worker's hourly cron (:func:`jobs.worker.reconcile_storage`) runs unattended, so
+it does less (``current_epoch_only``): it deletes only folders whose newest object
+is newer than the current epoch's ``created_at``, and nothing at all while the epoch
+holds a loss no operator has acknowledged. A worker started on a wrong or emptied
+Redis begins an epoch there itself, and after a loss the lost jobs' folders are
+older than the new epoch: those are left to ``handover storage reconcile``, which an
+operator runs deliberately (after restoring Redis, if it can be).
+
 Each deletion is logged (job id, area, object count: keys hold no personal data) and
 recorded in the audit log as ``storage.orphans_deleted``. ``handover storage
-reconcile`` (:mod:`service.cli.storage`) and the worker's hourly cron
-(:func:`jobs.worker.reconcile_storage`) both run :meth:`Reconciler.run`.
+reconcile`` (:mod:`service.cli.storage`) and the worker's hourly cron both run
+:meth:`Reconciler.run`.
 """
 
 from __future__ import annotations
@@ -34,7 +42,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from jobs.audit import AuditLog
-from jobs.epoch import Epochs
+from jobs.epoch import Epoch, Epochs
 from jobs.ids import is_ulid
 from jobs.model import utcnow
 from jobs.queue import API_RETRIES, connect
@@ -80,6 +88,9 @@ class Reconciliation:
     min_age: timedelta
     deleted: list[Orphan] = field(default_factory=list)
     young: list[Orphan] = field(default_factory=list)
+    #: Kept by the cron: last written before the current epoch began (``epoch``).
+    older: list[Orphan] = field(default_factory=list)
+    epoch: Epoch | None = None
     owned: int = 0
 
     def lines(self) -> list[str]:
@@ -102,6 +113,13 @@ class Reconciliation:
             lines.append(
                 f"kept {len(self.young)} folder(s) without a job, younger than "
                 f"{_span(self.min_age)}: {ids}"
+            )
+        if self.older and self.epoch is not None:
+            ids = ", ".join(f"{orphan.job_id} ({orphan.area})" for orphan in self.older)
+            lines.append(
+                f"kept {len(self.older)} folder(s) without a job, last written before epoch "
+                f"{self.epoch.id} began ({self.epoch.created_at:%Y-%m-%d %H:%M:%S} UTC), "
+                f"left to `handover storage reconcile`: {ids}"
             )
         lines.append(f"kept {self.owned} folder(s) of existing jobs")
         return lines
@@ -130,12 +148,15 @@ class Reconciler:
         min_age: timedelta,
         actor: str,
         dry_run: bool = False,
+        current_epoch_only: bool = False,
         now: datetime | None = None,
     ) -> Reconciliation:
         """Delete (unless ``dry_run``) every job folder without a job, older than ``min_age``.
 
-        ``actor`` names who reconciles in the audit log; ``now`` is the current time
-        (tests pass one). :class:`ReconcileError` when Redis or the store fails.
+        ``current_epoch_only`` (the cron) keeps the folders last written before the
+        current epoch began, and refuses while its loss is unacknowledged. ``actor``
+        names who reconciles in the audit log; ``now`` is the current time (tests pass
+        one). :class:`ReconcileError` when Redis or the store fails.
         """
         now = now or utcnow()
         result = Reconciliation(dry_run=dry_run, min_age=min_age)
@@ -149,11 +170,17 @@ class Reconciler:
                 "HANDOVER_REDIS_URL right?), or it was emptied and none has noticed yet; "
                 "nothing deleted"
             )
+        if current_epoch_only:
+            self._refuse_unacknowledged(epoch)
+            result.epoch = epoch
         try:
             for area in AREAS:
                 async for orphan in self._orphans(area, result):
                     if now - orphan.newest < min_age:
                         result.young.append(orphan)
+                        continue
+                    if current_epoch_only and orphan.newest <= epoch.created_at:
+                        result.older.append(orphan)
                         continue
                     if not dry_run:
                         await self._delete(orphan, actor)
@@ -162,6 +189,16 @@ class Reconciler:
             done = "nothing" if dry_run else f"{len(result.deleted)} job folder(s)"
             raise ReconcileError(f"stopped: {exc}; {done} deleted before") from exc
         return result
+
+    @staticmethod
+    def _refuse_unacknowledged(epoch: Epoch) -> None:
+        loss = epoch.unacknowledged_loss
+        if loss is not None:
+            raise ReconcileError(
+                f"Redis lost its data (epoch {loss.epoch}) and no operator has acknowledged "
+                "it (`handover epoch acknowledge`): the lost jobs might be restored; "
+                "nothing deleted"
+            )
 
     async def _orphans(self, area: str, result: Reconciliation) -> AsyncIterator[Orphan]:
         """The area's job folders whose job does not exist; counts those whose job does."""

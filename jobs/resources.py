@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arq.connections import ArqRedis, create_pool
-from botocore.exceptions import ClientError
 from redis.exceptions import RedisError
 
 from connectors import demo
@@ -228,7 +227,7 @@ async def _check_storage(settings: Settings, storage: ObjectStore) -> None:
         if settings.s3_bucket is None:
             raise StartupError(f"HANDOVER_DATA_DIR: local object storage: {exc}") from None
         endpoint = settings.s3_endpoint_url or "AWS"
-        if isinstance(exc.__cause__, ClientError):  # S3 answered: no such bucket, or no access
+        if exc.answered:  # S3 answered: no such bucket, or no access
             raise StartupError(
                 f"HANDOVER_S3_BUCKET: bucket {settings.s3_bucket!r} at {endpoint} "
                 f"cannot be used: {exc}"
@@ -247,11 +246,16 @@ async def _check_connector(connector: Connector) -> tuple[str, bool] | None:
     processor that merely cannot be reached now does not: its runs retry, and the
     process says so in one warning.
     """
+    deadline = asyncio.timeout(CONNECTOR_CHECK_TIMEOUT)
     try:
-        await asyncio.wait_for(connector.check(), CONNECTOR_CHECK_TIMEOUT)
-    except TimeoutError:
-        problem = f"its check did not answer within {CONNECTOR_CHECK_TIMEOUT:.0f} s"
-        return problem, connector.needed_at_start
+        async with deadline:
+            await connector.check()
+    except TimeoutError as exc:
+        if deadline.expired():
+            problem = f"its check did not answer within {CONNECTOR_CHECK_TIMEOUT:g} s"
+            return problem, connector.needed_at_start
+        # The connector's own timeout, unmapped: most likely its processor cannot be reached.
+        return f"its check timed out: {str(exc) or 'no detail'}", connector.needed_at_start
     except TransientError as exc:
         return str(exc), connector.needed_at_start
     except ConnectorError as exc:

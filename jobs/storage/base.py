@@ -35,12 +35,16 @@ class StorageError(Exception):
 
     ``transient`` says whether trying again may help: a timeout, a 5xx, a refused
     connection may pass; a missing bucket, a denied access, a full or read-only disk
-    stay until someone fixes them. Stores decide it where the foreign error is mapped.
+    stay until someone fixes them. ``answered`` says whether the storage service
+    answered (with an error: no such bucket, access denied, a disk full) or could not
+    be reached at all (no connection, a client that cannot send). Stores decide both
+    where the foreign error is mapped.
     """
 
-    def __init__(self, message: str, *, transient: bool = True) -> None:
+    def __init__(self, message: str, *, transient: bool = True, answered: bool = True) -> None:
         super().__init__(message)
         self.transient = transient
+        self.answered = answered
 
     @property
     def kind(self) -> str:

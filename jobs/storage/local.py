@@ -214,6 +214,12 @@ class LocalStore:
         return 0
 
     async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
+        """Every object under ``prefix``, and every unfinished write (``….partial``).
+
+        A writer's temporary file is listed under its own name: it is data in the
+        store, and the folder it is in is still being written (reconciling judges a
+        folder's age by its newest file, :mod:`jobs.reconcile`).
+        """
         folder = prefix.rpartition("/")[0]
         directory = self._path(folder) if folder else self.root
         try:
@@ -225,12 +231,12 @@ class LocalStore:
                 yield StoredObject(key, size, datetime.fromtimestamp(mtime, UTC))
 
     def _files_under(self, directory: Path) -> list[tuple[str, int, float]]:
-        """Every object file below ``directory``: a writer's ``.….partial`` is none yet."""
+        """Every object file below ``directory``, and every writer's ``.….partial``."""
         if not directory.is_dir():
             return []
         files = []
         for path in directory.rglob("*"):
-            if path.name.startswith("."):
+            if path.name.startswith(".") and not path.name.endswith(".partial"):
                 continue
             with contextlib.suppress(FileNotFoundError):  # deleted while listed
                 if path.is_file():

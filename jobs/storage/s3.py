@@ -69,7 +69,8 @@ def _error(exc: Exception, key: str) -> StorageError:
 
     Transient: a 5xx, a 408 or 429, a throttling or timeout code, a connection
     refused or timed out. Permanent: a missing bucket, a denied access, bad
-    credentials, any other 4xx, a client misconfigured.
+    credentials, any other 4xx, a client misconfigured. ``answered``: S3 sent an error
+    response (not when it could not be reached, or the request not sent).
     """
     if isinstance(exc, ClientError):
         code = exc.response.get("Error", {}).get("Code", "")
@@ -79,8 +80,10 @@ def _error(exc: Exception, key: str) -> StorageError:
         transient = status >= 500 or status in {408, 429} or code in TRANSIENT_CODES
         return StorageError(f"S3 {code or 'error'} on {key!r}: {exc}", transient=transient)
     if isinstance(exc, MISCONFIGURED):
-        return StorageError(f"S3 request for {key!r} cannot be sent: {exc}", transient=False)
-    return StorageError(f"S3 unreachable on {key!r}: {exc}")
+        return StorageError(
+            f"S3 request for {key!r} cannot be sent: {exc}", transient=False, answered=False
+        )
+    return StorageError(f"S3 unreachable on {key!r}: {exc}", answered=False)
 
 
 class S3MultipartWriter:

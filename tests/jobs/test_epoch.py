@@ -29,11 +29,12 @@ from arq.connections import ArqRedis
 
 from connectors.testing import MemoryConnector
 from jobs.archive.signing import Signer
-from jobs.epoch import Epoch, Epochs, EpochWatch
+from jobs.epoch import WATCH_INTERVAL, Epoch, Epochs, EpochWatch
 from jobs.keyring import KeyRing
 from jobs.queue import HEALTH_CHECK_KEY
 from jobs.resources import NAMESPACE
 from jobs.settings import Secret
+from jobs.worker import WorkerContext, create_worker
 from service.app import create_app
 from service.auth import TokenAuthority
 from tests.conftest import REDIS_URL, free_port
@@ -300,3 +301,80 @@ async def test_the_epoch_command_on_a_redis_without_a_marker(redis: ArqRedis) ->
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.startswith(f"epoch {began.id}, begun ")
     assert shown.stdout.strip().endswith(": intact")
+
+
+async def test_a_loss_is_recorded_on_an_epoch_another_process_began_in_between(
+    redis: ArqRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The marker gone, and another process starting (a clean epoch) between this one
+    finding it gone and beginning its own: the loss is recorded on that clean epoch."""
+    starting = EpochWatch(Epochs(redis, NAMESPACE))
+
+    class Racing(Epochs):
+        async def current(self) -> Epoch | None:
+            found = await super().current()
+            if found is None and starting.epoch is None:
+                await starting.start()  # a process starts on the emptied Redis right now
+            return found
+
+    watch = EpochWatch(Racing(redis, NAMESPACE))
+    began = await watch.start()
+    await redis.flushdb()
+    loss = await watch.check()
+    assert loss is not None and loss.epoch == began.id
+    assert starting.epoch is not None and starting.epoch.lost is None
+    recorded = await marker(redis)
+    assert recorded is not None and recorded.id == starting.epoch.id
+    assert recorded.lost == loss, "the loss must be stored, or /readyz stays green"
+    assert watch.epoch == recorded
+    assert len(loss_lines(caplog)) == 1
+
+
+async def test_beginning_gives_up_on_a_marker_that_keeps_vanishing(redis: ArqRedis) -> None:
+    class Vanishing(Epochs):
+        """A marker there for each ``SET NX`` and gone for each read after it."""
+
+        async def current(self) -> Epoch | None:
+            return None
+
+    await Epochs(redis, NAMESPACE).begin()
+    with pytest.raises(RuntimeError, match=r"^the epoch marker handover:epoch vanished between"):
+        await Vanishing(redis, NAMESPACE).begin()
+
+
+async def test_a_worker_watches_the_epoch_from_a_task_of_its_own(
+    resources_factory: Callable[..., Any], redis: ArqRedis
+) -> None:
+    """No cron (which would run on any worker, and wait for a free slot): each worker's
+    own task checks its own epoch, from start-up to shut-down."""
+    async with resources_factory({"crm": MemoryConnector("crm")}) as resources:
+        worker = create_worker(resources.settings, redis=redis, resources=resources)
+        assert "check_epoch" not in {job.name for job in worker.cron_jobs}
+        context = WorkerContext(resources.settings, resources=resources)
+        ctx: dict[str, Any] = {}
+        await context.on_startup(ctx)  # no worker polls: only the watch can notice
+        try:
+            before = await marker(redis)
+            assert before is not None
+            await redis.flushdb()
+            after = await eventually(
+                lambda: marker(redis),
+                until=lambda epoch: epoch is not None and epoch.lost is not None,
+                timeout=WATCH_INTERVAL.total_seconds() * 3,
+                what="the worker's watch to record the loss",
+            )
+            assert after is not None and after.lost is not None
+            assert after.lost.epoch == before.id
+            assert len(running("EpochWatch.watch")) == 1
+        finally:
+            await context.on_shutdown(ctx)
+        assert running("EpochWatch.watch") == [], "the watch must stop with the worker"
+
+
+def running(qualname: str) -> list[asyncio.Task[Any]]:
+    """This event loop's unfinished tasks that run the coroutine function ``qualname``."""
+    return [
+        task
+        for task in asyncio.all_tasks()
+        if not task.done() and getattr(task.get_coro(), "__qualname__", "") == qualname
+    ]

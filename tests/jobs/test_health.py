@@ -1,10 +1,16 @@
-"""Readiness: Redis, the workers and object storage, each "ok" or what is wrong."""
+"""Readiness: Redis, the workers and object storage, each "ok" or what is wrong.
+
+A worker stays ready while its event loop is busy: its heartbeat outlives a stall.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import logging
 import subprocess
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,10 +28,11 @@ from jobs.health import check_readiness
 from jobs.queue import HEALTH_CHECK_KEY, connect
 from jobs.resources import Resources
 from jobs.storage.local import LocalStore
+from jobs.worker import HEALTH_KEY_TTL, create_worker
 from tests.conftest import free_port
-from tests.polling import eventually_sync
+from tests.polling import eventually, eventually_sync
 
-NO_WORKER = "no worker has reported in the last 60 s"
+NO_WORKER = f"no worker has reported in the last {HEALTH_KEY_TTL.seconds} s"
 #: How a managed Redis service turns ``CONFIG`` off.
 NO_CONFIG = ("--appendonly", "no", "--rename-command", "CONFIG", "")
 
@@ -135,3 +142,28 @@ async def test_a_redis_that_refuses_config_is_still_ready_and_says_so_once(
     warnings = [r.getMessage() for r in caplog.records if r.name == "handover.health"]
     assert len(warnings) == 1, warnings
     assert "cannot check that maxmemory-policy is noeviction" in warnings[0]
+
+
+async def test_a_worker_whose_event_loop_is_busy_for_a_while_stays_ready(
+    resources: Resources, redis: ArqRedis
+) -> None:
+    """Every slot running an export keeps the event loop busy; the worker must not drop
+    out of readiness for it (a stall of 7 s here, longer than a 5 s interval plus 1 s)."""
+    worker = create_worker(
+        resources.settings, redis=redis, resources=resources, handle_signals=False, poll_delay=0.01
+    )
+    task = asyncio.create_task(worker.async_run())
+    try:
+        await eventually(
+            lambda: redis.exists(HEALTH_CHECK_KEY),
+            until=lambda found: found == 1,
+            timeout=20,
+            what="the worker to report in",
+        )
+        time.sleep(7)  # noqa: ASYNC251 -- the point: nothing on this event loop runs meanwhile
+        assert (await check_readiness(resources)).checks["worker"] == "ok"
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await worker.close()  # on_shutdown: the heartbeat stops

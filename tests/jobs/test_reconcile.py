@@ -1,13 +1,16 @@
 """Reconciling storage with Redis, in real S3 (moto) and the local store.
 
 Job folders whose job does not exist are deleted once their newest object is older
-than the safety delay; young ones, those of existing jobs and anything that is not a
-job folder stay. A dry run deletes nothing. The worker's cron does the same with the
-delay from the settings; without an epoch marker, or without Redis, nothing is deleted.
+than the safety delay; young ones, those of existing jobs, those a writer is still
+writing and anything that is not a job folder stay. A dry run deletes nothing. The
+worker's cron does the same with the delay from the settings, but only to folders
+last written in the current epoch, and not at all while a loss is unacknowledged;
+without an epoch marker, or without Redis, nothing is deleted.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
 from typing import Any
@@ -17,7 +20,7 @@ from arq.connections import ArqRedis
 from redis.asyncio import Redis
 
 from connectors.testing import MemoryConnector
-from jobs.epoch import Epochs
+from jobs.epoch import Epochs, EpochWatch
 from jobs.export import ExportPipeline
 from jobs.ids import new_ulid
 from jobs.kinds import build_pipelines
@@ -30,6 +33,7 @@ from tests.conftest import free_port
 from tests.factories import options_for
 
 HOUR = timedelta(hours=1)
+SECOND = timedelta(seconds=1)
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -146,7 +150,8 @@ async def test_the_worker_cron_reconciles_after_the_configured_delay(
     async with resources_factory(
         {"crm": MemoryConnector("crm")}, reconcile_min_age=timedelta(minutes=30)
     ) as resources:
-        await Epochs(resources.redis, resources.store.ns).begin()
+        # Begun a while before the folders were written (S3 keeps whole seconds).
+        await Epochs(resources.redis, resources.store.ns).begin(now=utcnow() - 2 * SECOND)
         layout = Layout(resources)
         await layout.write()
         worker = create_worker(resources.settings, redis=resources.redis, resources=resources)
@@ -195,14 +200,99 @@ async def test_a_listing_is_in_key_order_with_sizes_and_times(resources: Resourc
     before = utcnow() - timedelta(seconds=1)
     for key in ("b/2", "a/1", "b/10", "c", "bb/3"):
         await storage.put(f"{resources.prefix}{key}", key.encode() * 2)
-    if isinstance(storage, LocalStore):  # a write in progress is no object yet
+    unfinished = []
+    if isinstance(storage, LocalStore):  # a write in progress is listed under its own name
         writer = storage.writer(f"{resources.prefix}b/unfinished")
         await writer.write(b"half")
+        unfinished = [("b/.unfinished.partial", -1)]
     listed = [item async for item in storage.list_objects(f"{resources.prefix}b")]
-    assert [(item.key.removeprefix(resources.prefix), item.size) for item in listed] == [
-        ("b/10", 8),
-        ("b/2", 6),
-        ("bb/3", 8),
-    ]
+    shown = [(item.key.removeprefix(resources.prefix), item.size) for item in listed]
+    if unfinished:  # its name ends in a random part; its size is what reached the disk
+        assert shown[0][0].startswith("b/.unfinished.") and shown[0][0].endswith(".partial")
+        shown[0] = ("b/.unfinished.partial", -1)
+    assert shown == [*unfinished, ("b/10", 8), ("b/2", 6), ("bb/3", 8)]
     assert all(before <= item.modified <= utcnow() + timedelta(seconds=1) for item in listed)
     assert [item async for item in storage.list_objects(f"{resources.prefix}nothing/")] == []
+
+
+async def test_the_cron_leaves_folders_older_than_the_epoch_to_the_operator(
+    resources_factory: Callable[..., Any], redis: ArqRedis
+) -> None:
+    """A worker on an emptied or wrong Redis begins the epoch itself: every folder then
+    looks lost, and is older than that epoch. The cron keeps them; the command deletes."""
+    async with resources_factory({"crm": MemoryConnector("crm")}) as resources:
+        layout = Layout(resources)
+        await layout.write()
+        everything = await layout.keys()
+        await redis.flushdb()  # the jobs are gone, or this was never their Redis
+        await EpochWatch(Epochs(redis, resources.store.ns)).start(now=utcnow() + 2 * SECOND)
+        ctx = {"handover_pipelines": build_pipelines(resources)}
+        assert await reconcile_storage(ctx, now=utcnow() + 2 * HOUR) == 0
+        assert await layout.keys() == everything
+        kept = await Reconciler.of(resources).run(
+            min_age=HOUR,
+            actor="test",
+            dry_run=True,
+            current_epoch_only=True,
+            now=utcnow() + 2 * HOUR,
+        )
+        assert kept.deleted == []
+        assert {(o.area, o.job_id) for o in kept.older} == {
+            ("archives", layout.job_id),
+            ("archives", layout.lost_export),
+            ("staging", layout.job_id),
+            ("staging", layout.lost_export),
+            ("staging", layout.lost_run),
+        }
+        assert any("left to `handover storage reconcile`" in line for line in kept.lines())
+        done = await Reconciler.of(resources).run(
+            min_age=HOUR, actor="cli", now=utcnow() + 2 * HOUR
+        )
+        assert len(done.deleted) == 5, "the operator's command deletes them"
+
+
+async def test_the_cron_deletes_nothing_while_a_loss_is_unacknowledged(
+    resources_factory: Callable[..., Any], redis: ArqRedis
+) -> None:
+    async with resources_factory({"crm": MemoryConnector("crm")}) as resources:
+        epochs = Epochs(redis, resources.store.ns)
+        watch = EpochWatch(epochs)
+        await watch.start(now=utcnow() - 4 * SECOND)
+        await redis.flushdb()
+        assert await watch.check(now=utcnow() - 2 * SECOND) is not None  # the loss, recorded
+        layout = Layout(resources)
+        await layout.write()  # stragglers of lost jobs, written in the new epoch
+        ctx = {"handover_pipelines": build_pipelines(resources)}
+        assert await reconcile_storage(ctx, now=utcnow() + 2 * HOUR) == 0
+        assert len(await layout.keys()) == 10
+        with pytest.raises(ReconcileError, match="no operator has acknowledged it"):
+            await Reconciler.of(resources).run(
+                min_age=HOUR, actor="cleanup", current_epoch_only=True, now=utcnow() + 2 * HOUR
+            )
+        await epochs.acknowledge()
+        assert await reconcile_storage(ctx, now=utcnow() + 2 * HOUR) == 3
+        assert await layout.keys() == layout.owned()
+
+
+async def test_a_folder_a_writer_is_still_writing_is_kept(
+    resources_factory: Callable[..., Any],
+) -> None:
+    """On local disk, a job folder whose finished objects are old but whose writer is
+    still at work (its ``.partial`` file fresh) is young."""
+    async with resources_factory({"crm": MemoryConnector("crm")}, s3_bucket=None) as resources:
+        await Epochs(resources.redis, resources.store.ns).begin(now=utcnow() - 3 * HOUR)
+        storage = resources.storage
+        assert isinstance(storage, LocalStore)
+        lost = new_ulid()
+        finished = resources.staging_prefix(lost) + "crm.part"
+        await storage.put(finished, b"old part")
+        two_hours_ago = (utcnow() - 2 * HOUR).timestamp()
+        os.utime(storage.root / finished, (two_hours_ago, two_hours_ago))
+        writer = storage.writer(resources.staging_prefix(lost) + "billing.part")
+        await writer.write(b"still being written")
+        result = await Reconciler.of(resources).run(min_age=HOUR, actor="test")
+        assert result.deleted == []
+        assert [(o.job_id, o.objects) for o in result.young] == [(lost, 2)]
+        assert await storage.exists(finished)
+        await writer.complete()
+        assert await storage.exists(resources.staging_prefix(lost) + "billing.part")

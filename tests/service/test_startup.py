@@ -10,6 +10,9 @@
 - One data dir, one ``handover serve``; ``handover demo reset`` brings the demo back
   as new, and is refused while a ``serve`` runs or when the demo is not in use.
 - ``handover token`` finds the data dir whatever its current directory.
+- Which setting a failure names comes from what the failure was: S3 that answered
+  (the bucket) or could not be reached (the endpoint), a connector's check that did
+  not answer in time or timed out on its own.
 """
 
 from __future__ import annotations
@@ -27,8 +30,12 @@ from pathlib import Path
 import pytest
 from aiohttp import ClientSession
 
+from connectors.testing import MemoryConnector
+from jobs import resources
 from jobs.resources import DEMO_DATABASE
-from jobs.settings import default_data_dir
+from jobs.settings import Settings, default_data_dir
+from jobs.storage.base import StorageError
+from jobs.storage.s3 import S3Store
 from tests.conftest import REDIS_URL, free_port, wait_for_port
 from tests.polling import eventually
 from tests.service.test_processes import Process, clean_env
@@ -391,3 +398,53 @@ def test_a_third_party_processor_down_at_start_is_a_warning_not_a_stop(tmp_path:
     assert result.returncode == 0, result.stderr
     warnings = [line for line in result.stderr.splitlines() if "cannot be reached now" in line]
     assert len(warnings) == 1 and "connector crm" in warnings[0], result.stderr
+
+
+async def test_s3_says_whether_it_answered_and_start_up_names_the_setting_by_it(
+    s3_endpoint: str, tmp_path: Path
+) -> None:
+    """Told at the storage boundary (``StorageError.answered``), not by botocore's types."""
+    cases = {
+        "missing bucket": ("no-such-bucket-for-handover", s3_endpoint, True, "HANDOVER_S3_BUCKET"),
+        "no endpoint": (
+            "handover",
+            f"http://127.0.0.1:{free_port()}",
+            False,
+            "HANDOVER_S3_ENDPOINT_URL",
+        ),
+    }
+    for case, (bucket, endpoint, answered, setting) in cases.items():
+        store = S3Store(bucket, endpoint_url=endpoint)
+        try:
+            with pytest.raises(StorageError) as failed:
+                await store.check()
+            assert failed.value.answered is answered, case
+            settings = Settings(data_dir=tmp_path, s3_bucket=bucket, s3_endpoint_url=endpoint)
+            with pytest.raises(resources.StartupError) as stopped:
+                await resources._check_storage(settings, store)
+            assert str(stopped.value).startswith(f"{setting}: "), case
+        finally:
+            await store.close()
+
+
+class TimingOut(MemoryConnector):
+    """A connector whose check raises its own ``TimeoutError``, or never answers."""
+
+    def __init__(self, name: str, *, hang: bool) -> None:
+        super().__init__(name)
+        self.hang = hang
+
+    async def check(self) -> None:
+        if self.hang:
+            await asyncio.Event().wait()
+        raise TimeoutError("the processor's login took over 5 s")
+
+
+async def test_a_connectors_own_timeout_is_not_taken_for_a_check_that_did_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(resources, "CONNECTOR_CHECK_TIMEOUT", 0.05)
+    own = await resources._check_connector(TimingOut("crm", hang=False))
+    assert own == ("its check timed out: the processor's login took over 5 s", False)
+    silent = await resources._check_connector(TimingOut("crm", hang=True))
+    assert silent == ("its check did not answer within 0.05 s", False)
