@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import uuid
 from typing import Any, cast
@@ -210,6 +211,18 @@ async def connect(url: str, retries: int = PATIENT_RETRIES) -> ArqRedis:
     client.enqueue_retry = Retry(_backoff(retries), retries, (WatchError,))
     await _first_ping(client, settings)
     return client
+
+
+async def probe(url: str) -> str:
+    """Reach the Redis ``url`` names once, no retries (through Sentinel, its primary);
+    where it is, for messages. Raises ``ValueError`` for a malformed URL, and what the
+    connection raised when it cannot be used."""
+    settings = dataclasses.replace(redis_settings(url, retries=0), conn_retries=0)
+    where = describe(settings)
+    client = _client(settings)
+    await _first_ping(client, settings)  # closes the client when it raises
+    await client.aclose()
+    return where
 
 
 def _client(settings: RedisSettings) -> QueueClient:

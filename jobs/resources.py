@@ -13,7 +13,6 @@ at that moment only gets a warning: its runs retry.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import shutil
 from collections.abc import AsyncIterator, Mapping
@@ -21,7 +20,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from arq.connections import ArqRedis, create_pool
+from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from connectors import demo
@@ -37,7 +36,7 @@ from jobs.identity import IdentityConfigError, plan_sources
 from jobs.keyring import KeyRing
 from jobs.leases import Leases
 from jobs.metrics import Metrics
-from jobs.queue import API_RETRIES, Queue, connect, redis_settings
+from jobs.queue import API_RETRIES, Queue, connect, describe, probe, redis_settings
 from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings, SettingsError
 from jobs.storage.base import ObjectStore, StorageError
@@ -209,15 +208,13 @@ async def probe_redis(url: str) -> None:
     of retrying in the background while it looks alive.
     """
     try:
-        settings = dataclasses.replace(redis_settings(url, retries=0), conn_retries=0)
+        where = describe(redis_settings(url, retries=0))
     except (ValueError, RuntimeError) as exc:
         raise SettingsError(f"HANDOVER_REDIS_URL: {exc}") from None
-    where = settings.unix_socket_path or f"{settings.host}:{settings.port}"
     try:
-        client = await create_pool(settings)
+        await probe(url)
     except (TimeoutError, RedisError, OSError) as exc:
         raise StartupError(f"HANDOVER_REDIS_URL: Redis at {where} cannot be used: {exc}") from None
-    await client.aclose()
 
 
 async def _check_storage(settings: Settings, storage: ObjectStore) -> None:

@@ -15,7 +15,7 @@ from jobs.epoch import Epochs, EpochWatch
 from jobs.queue import connect
 from jobs.resources import Resources, open_resources
 from jobs.settings import Settings, SettingsError
-from jobs.worker import create_worker
+from jobs.worker import SHUTDOWN_GRACE_SECONDS, create_worker
 from service.api.handlers import MAX_BODY_BYTES
 from service.api.middleware import nosniff, problem_middleware
 from service.api.operations import add_routes
@@ -133,7 +133,15 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(worker.async_run())
     yield
+    # As a `handover worker` on SIGTERM: no new work, running work gets the grace period,
+    # then what still runs is cancelled (its lease lapses and it is queued again).
+    worker.allow_pick_jobs = False
+    running = [t for t in worker.tasks.values() if not t.done()]
+    if running:
+        await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    for job in worker.tasks.values():
+        job.cancel()
+    await asyncio.gather(task, *worker.tasks.values(), return_exceptions=True)
+    worker.tasks.clear()  # settled: close() would re-raise their cancellation
     await worker.close()
