@@ -538,7 +538,11 @@ class Pipeline(ABC):
         if error_class == "internal":
             # A bug's message may quote anything, the subject's data included: the log
             # gets its class and where it was raised, staff its class, admins its text.
-            where = "".join(traceback.format_tb(exc.__traceback__))
+            # Frames only: the message may hold anything, a source line a literal.
+            where = "".join(
+                f"  {frame.filename}:{frame.lineno} in {frame.name}\n"
+                for frame in traceback.extract_tb(exc.__traceback__)
+            )
             log.error(
                 "connector %s failed unexpectedly in job %s: %s, raised at\n%s",
                 name,

@@ -286,11 +286,11 @@ async def _check_connectors(connectors: Mapping[str, Connector], *, configured: 
 async def reset_demo(settings: Settings) -> None:
     """A fresh demo: the demo platform's data as first seeded, and no jobs.
 
-    Clears the embedded store (jobs, queue, audit log) and the archives on local disk,
-    and seeds the demo database again. Keeps the signing key, the JWT secret (tokens
-    stay valid) and the download links' secret. Refused when connectors are
-    configured (not the demo), on a shared Redis, and while a ``handover serve`` runs on
-    the data dir.
+    Clears the embedded store (jobs, queue, audit log), the archives on local disk and
+    the notices in the maildir, and seeds the demo database again. Keeps the signing
+    key, the JWT secret (tokens stay valid) and the download links' secret. Refused
+    when connectors are configured (not the demo), on a shared Redis, and while a
+    ``handover serve`` runs on the data dir.
     """
     if settings.connectors:
         raise SettingsError(
@@ -310,9 +310,15 @@ async def reset_demo(settings: Settings) -> None:
 
 
 def _reseed_demo(settings: Settings) -> None:
-    """Delete the archives on local disk and the demo database, then seed it again."""
+    """Delete the archives on local disk, the notices sent and the demo database, then
+    seed it again."""
+    from jobs.notices import maildir_path  # it builds on these resources
+
     if settings.s3_bucket is None:
         shutil.rmtree(settings.data_dir / "objects", ignore_errors=True)
+    mail = maildir_path(settings)
+    if mail is not None:
+        shutil.rmtree(mail, ignore_errors=True)
     database = settings.data_dir / DEMO_DATABASE
     for suffix in ("", "-wal", "-shm", "-journal"):
         Path(f"{database}{suffix}").unlink(missing_ok=True)

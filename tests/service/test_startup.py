@@ -299,10 +299,12 @@ async def test_demo_reset_brings_the_demo_back_as_new(tmp_path: Path) -> None:
         database.execute("DELETE FROM users WHERE id = 'carol'")
     assert demo_rows(data_dir) == seeded - 1
 
+    assert list((data_dir / "mail").rglob("*.*"))  # the acknowledgement notice sent
     reset, _ = await asyncio.to_thread(handover, "demo", "reset", env=env)
     assert reset.returncode == 0, reset.stderr
     assert f"The demo in {data_dir} is as new" in reset.stdout
     assert demo_rows(data_dir) == seeded
+    assert not (data_dir / "mail").exists()
 
     serve = Process(["serve", "--port", str(port)], env, tmp_path / "serve-2.log")
     try:
