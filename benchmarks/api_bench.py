@@ -4,9 +4,12 @@ One ``handover api`` process (Redis database 7, S3 on moto's server, three
 connectors configured, no worker: created jobs just queue) and one bare aiohttp
 process (``bare_server.py``) that answers with the very bytes the API answered.
 ``loadgen.py`` drives each in turn from its own process: 50 keep-alive
-connections, closed loop, 1 s warm-up then 5 s counted. Runs alternate bare and
-Handover, three of each; Redis is flushed before each ``POST`` run. The server's
-CPU share during the run tells whether it (not the generator) was the bottleneck.
+connections, closed loop, 1 s warm-up then 3 s counted. The ``GET`` runs spread
+their requests over 10,000 jobs (created first through ``Commands.request_export``,
+one subject each), in a shuffled order, so no cache sees one job asked 50 times at
+once; the bare server routes the same paths. Runs alternate bare and Handover, three
+of each; Redis is flushed before each ``POST`` run. The server's CPU share during the
+run tells whether it (not the generator) was the bottleneck.
 
 Run alone: ``.venv/bin/python benchmarks/api_bench.py``.
 """
@@ -14,18 +17,22 @@ Run alone: ``.venv/bin/python benchmarks/api_bench.py``.
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
 import os
+import random
 import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+from arq.connections import ArqRedis
 
 from bench_connectors import install_plugin
 from harness import (
     BENCH_DIR,
     JWT_SECRET,
     REDIS_URL,
+    BenchmarkError,
     Process,
     ProcessGroup,
     Table,
@@ -36,13 +43,20 @@ from harness import (
     free_port,
     fresh_redis,
     median,
+    redis_cpu_seconds,
+    sixteen_cores,
     timer,
     verdict,
     wait_for_port,
 )
+from jobs.commands import Actor, Commands
+from jobs.resources import open_resources
+from jobs.settings import Settings
 from service.auth import TokenAuthority
 
 CONNECTIONS = 50
+JOBS = 10_000  # the GET runs spread over this many jobs
+SEED_CONCURRENCY = 50
 WARMUP = 1.0
 DURATION = 3.0
 REPEATS = 3
@@ -73,29 +87,61 @@ def _call(port: int, method: str, path: str, token: str, body: bytes | None) -> 
 
 
 def load(
-    server: Process, port: int, method: str, path: str, headers: list[str], body: Path | None
+    server: Process,
+    port: int,
+    method: str,
+    path: str | Path,
+    headers: list[str],
+    body: Path | None,
 ) -> dict[str, Any]:
-    """One loadgen run against ``server``; its figures plus the server's CPU share."""
+    """One loadgen run against ``server``; its figures plus the server's CPU share.
+
+    ``path`` is one path, or a file of paths the run spreads its requests over.
+    """
     args = [
         str(BENCH_DIR / "loadgen.py"),
         f"--port={port}",
         f"--method={method}",
-        f"--path={path}",
+        f"--path-file={path}" if isinstance(path, Path) else f"--path={path}",
         f"--connections={CONNECTIONS}",
         f"--warmup={WARMUP}",
         f"--duration={DURATION}",
         *(f"--header={h}" for h in headers),
         *([f"--body-file={body}"] if body else []),
     ]
-    before = server.cpu_seconds()
+    before, redis_before = server.cpu_seconds(), redis_cpu_seconds()
     with timer() as elapsed:
         runs, _ = child_result(args, base_environment(), WARMUP + DURATION + 60)
     figures: dict[str, Any] = runs[0]
-    figures["server_cpu"] = (server.cpu_seconds() - before) / elapsed()
+    used = server.cpu_seconds() - before
+    figures["server_cpu"] = used / elapsed()
+    # Per request: over the run's requests, warm-up included (at the counted rate).
+    requests = figures["rps"] * (WARMUP + DURATION)
+    figures["server_cpu_per_request"] = used / requests
+    figures["redis_cpu_per_request"] = (redis_cpu_seconds() - redis_before) / requests
     expected = "202" if method == "POST" else "200"
     if set(figures["statuses"]) != {expected}:
-        raise RuntimeError(f"{method} {path} answered {figures['statuses']}")
+        raise BenchmarkError(f"{method} {path} answered {figures['statuses']}")
     return figures
+
+
+async def seed_jobs(env: dict[str, str], redis: ArqRedis, count: int) -> list[str]:
+    """``count`` queued exports, one subject each, created as the API creates them."""
+    async with open_resources(Settings.load(env), redis=redis) as resources:
+        commands = Commands(resources)
+        numbers = iter(range(count))
+        ids: list[str] = []
+
+        async def lane() -> None:
+            for number in numbers:
+                job = await commands.request_export(
+                    Actor("support-1", staff=True), subject=f"subject-{number:05d}"
+                )
+                ids.append(job.id)
+
+        await asyncio.gather(*(lane() for _ in range(SEED_CONCURRENCY)))
+    random.Random(7).shuffle(ids)
+    return ids
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> Table:
@@ -109,10 +155,11 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
             "runs it, access log on as the CLI configures it) against one bare aiohttp "
             f"process answering the same bytes. `loadgen.py`: {CONNECTIONS} keep-alive "
             f"connections, closed loop, {WARMUP:.0f} s warm-up + {DURATION:.0f} s counted, "
-            f"medians of {REPEATS} alternating runs. HS256 JWT on every request: GET by the "
-            "subject, POST by support staff naming a new subject each time (one live export "
-            "per subject). Rate limits on, set too high to trip; Redis flushed before each "
-            "POST run."
+            f"medians of {REPEATS} alternating runs. HS256 JWT on every request (one support "
+            f"staff token): GET spread over {JOBS:,} jobs in a shuffled order (the bare "
+            "server routes the same paths), POST naming a new subject each time (one live "
+            "export per subject). Rate limits on, set too high to trip; Redis flushed before "
+            "each POST run."
         ),
         columns=[
             "endpoint",
@@ -149,14 +196,16 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
         api = group.start("api", command, env)
         wait_for_port(api_port, api)
         authority = TokenAuthority(JWT_SECRET)
-        token = authority.issue("alice", ["subject"], 3600)
         staff = authority.issue("support-1", ["support"], 3600)
-        job_id = json.loads(_call(api_port, "POST", "/v1/exports", token, b"{}"))["id"]
-        job = _call(api_port, "GET", f"/v1/jobs/{job_id}", token, None)
+        with timer() as seeding:
+            job_ids = await seed_jobs(env, redis, JOBS)
+        job = _call(api_port, "GET", f"/v1/jobs/{job_ids[0]}", staff, None)
         created = _call(api_port, "POST", "/v1/exports", staff, b'{"subject": "load-sample"}')
         (workdir / "job.json").write_bytes(job)
         (workdir / "created.json").write_bytes(created)
         (workdir / "request.json").write_bytes(b'{"subject": "load-{n}"}')
+        (workdir / "jobs.txt").write_text("".join(f"/v1/jobs/{i}\n" for i in job_ids))
+        (workdir / "bare.txt").write_text("".join(f"/bare/job/{i}\n" for i in job_ids))
         bare_port = free_port()
         bare = group.start(
             "bare",
@@ -170,15 +219,15 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
             base_environment(),
         )
         wait_for_port(bare_port, bare)
-        auth = [f"Authorization: Bearer {token}"]
+        auth = [f"Authorization: Bearer {staff}"]
         json_body = [f"Authorization: Bearer {staff}", "Content-Type: application/json"]
         results: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for _ in range(REPEATS):
             results.setdefault(("GET", "bare"), []).append(
-                load(bare, bare_port, "GET", "/bare", auth, None)
+                load(bare, bare_port, "GET", workdir / "bare.txt", auth, None)
             )
             results.setdefault(("GET", "handover"), []).append(
-                load(api, api_port, "GET", f"/v1/jobs/{job_id}", auth, None)
+                load(api, api_port, "GET", workdir / "jobs.txt", auth, None)
             )
         for _ in range(REPEATS):
             results.setdefault(("POST", "bare"), []).append(
@@ -190,6 +239,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
             )
     await redis.flushdb()
     await redis.aclose()
+    projections = []
     for method, label in (("GET", "GET /v1/jobs/{id}"), ("POST", "POST /v1/exports")):
         ours = results[(method, "handover")]
         theirs = results[(method, "bare")]
@@ -197,6 +247,11 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
         def m(runs: list[dict[str, Any]], key: str) -> float:
             return median([run[key] for run in runs])
 
+        per_request = {
+            "API": m(ours, "server_cpu_per_request"),
+            "Redis": m(ours, "redis_cpu_per_request"),
+        }
+        projections.append(f"{label}: " + sixteen_cores(per_request, "API", "request"))
         share = m(ours, "rps") / m(theirs, "rps")
         table.rows.append(
             [
@@ -215,11 +270,20 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
         )
     table.notes += [
         f"Response bodies: GET {len(job):,} bytes (a queued export over 3 connectors), "
-        f"POST {len(created):,} bytes (the created job).",
+        f"POST {len(created):,} bytes (the created job). The {JOBS:,} jobs were created "
+        f"through `Commands.request_export`, {SEED_CONCURRENCY} at a time, in "
+        f"{seeding():.1f} s ({JOBS / seeding():,.0f} jobs/s, the benchmark's own process).",
         "Server CPU = the server's CPU seconds over the load generator's whole run "
         "(start-up and warm-up included, so a saturated server shows a little under 100%); "
         "loadgen CPU = its own over warm-up + counted time. The machine has 2 cores, shared "
         "by server, generator, Redis (and other engineers' tests).",
+        *projections,
+        "The projection: CPU per request = each process's CPU seconds over the run's requests "
+        "(Redis's from `INFO cpu`; another client of the same Redis adds to it); API "
+        "processes scale with cores, Redis is one process (its main thread; I/O threads "
+        "would lift it), load generators are elsewhere. Bare aiohttp needed "
+        f"{median([r['server_cpu_per_request'] for r in results[('GET', 'bare')]]) * 1e6:,.0f} µs "
+        "per GET here.",
     ]
     return table
 

@@ -1,10 +1,11 @@
 """The reference server: bare aiohttp endpoints that answer with fixed bytes.
 
 ``GET /bare`` answers 200 with the bytes of the first ``--get-body`` (``GET
-/bare/{n}``: the n-th, from 0); ``POST /bare`` reads the request body and answers
-202 with the bytes of ``--post-body`` and a ``Location``. Both are
-``application/json``. aiohttp's defaults otherwise, in one process, on the same
-event loop Handover's API uses.
+/bare/{n}``: the n-th, from 0; ``GET /bare/job/{id}``, any id: the first, so a
+run spread over many paths routes like one over many jobs); ``POST /bare`` reads
+the request body and answers 202 with the bytes of ``--post-body`` and a
+``Location``. Both are ``application/json``. aiohttp's defaults otherwise, in one
+process, on the same event loop Handover's API uses.
 
     python benchmarks/bare_server.py --port 8081 --get-body job.json --post-body created.json
 """
@@ -39,6 +40,7 @@ def create_app(get_bodies: list[bytes], post_body: bytes) -> web.Application:
     app = web.Application()
     app.router.add_get("/bare", get)
     app.router.add_get("/bare/{n:\\d+}", get_nth)
+    app.router.add_get("/bare/job/{job_id}", get)
     app.router.add_post("/bare", post)
     return app
 

@@ -9,8 +9,9 @@ installed with pip.
 - ``bench-sleepy`` waits ``seconds``, then yields ``records`` small records: a
   processor whose API takes that long to answer.
 - ``bench-replay`` yields ``records`` telemetry records replayed from a pool that
-  ``SyntheticConnector`` generated once at start, so the export costs Handover's
-  own work and almost nothing of the source's.
+  ``SyntheticConnector`` generated once at start, in batches of ``REPLAY_BATCH`` rows
+  (slices of the pool), so the export costs Handover's own work and almost nothing
+  of the source's.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from connectors.base import Connector
-from connectors.items import Dataset, Item, Record, Subject
+from connectors.items import Batch, Dataset, Item, Record, Records, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from connectors.testing import SyntheticConnector
 
@@ -35,6 +36,7 @@ ENTRY_POINTS = {
     "synthetic": "connectors.testing:SyntheticConnector",
 }
 REPLAY_POOL = 4096
+REPLAY_BATCH = 1024  # divides REPLAY_POOL: every batch is one slice of the pool
 
 
 class _ExportOnly(Connector):
@@ -83,12 +85,14 @@ class ReplayConnector(_ExportOnly):
         )
         self.pool: list[dict[str, Any]] = source.generate(Subject("replay"))
 
-    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+    async def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
         pool = self.pool
-        for seq in range(self.records):
-            yield Record("telemetry", pool[seq % REPLAY_POOL])
-            if seq % 1000 == 999:
-                await asyncio.sleep(0)
+        for first in range(0, self.records, REPLAY_BATCH):
+            start = first % REPLAY_POOL
+            yield Records(
+                "telemetry", pool[start : start + min(REPLAY_BATCH, self.records - first)]
+            )
+            await asyncio.sleep(0)
 
 
 def install_plugin(directory: Path) -> str:

@@ -4,8 +4,10 @@ Benchmarks are plain scripts. Each starts the processes it needs (moto's S3
 server, ``handover`` workers and APIs, load generators) through a
 :class:`ProcessGroup`, which stops every one of them by its pid when the
 benchmark ends, however it ends. Everything listens on 127.0.0.1; Redis is the
-shared server's database 7 (:data:`REDIS_URL`), flushed before use. Every wait
-is bounded by a deadline, so a benchmark fails with a message instead of hanging.
+shared server's database 7 (:data:`REDIS_URL`), flushed before use, or the one
+``HANDOVER_BENCH_REDIS_URL`` names (so that two benchmarks run at once do not flush
+each other's data). Every wait is bounded by a deadline, so a benchmark fails with a
+message instead of hanging.
 
 Each benchmark produces one :class:`Table`. Run alone, a script prints its table
 and rewrites its own section of ``BENCHMARKS.md``; ``run.py`` runs them all and
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import boto3
+import redis
 from arq.connections import ArqRedis
 
 from jobs.queue import connect
@@ -44,7 +47,7 @@ from jobs.queue import connect
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
 BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
-REDIS_URL = "redis://127.0.0.1:6379/7"
+REDIS_URL = os.environ.get("HANDOVER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/7")
 JWT_SECRET = "benchmark-secret-benchmark-secret-0123456789"
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -291,6 +294,33 @@ async def start_worker(
 
     await wait_until(polling, f"waiting for {name} to start", within, watch=[process])
     return process
+
+
+def redis_cpu_seconds() -> float:
+    """CPU seconds the Redis server of :data:`REDIS_URL` has used so far (``INFO cpu``)."""
+    with redis.Redis.from_url(REDIS_URL) as client:
+        info: dict[str, Any] = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def sixteen_cores(per_unit: Mapping[str, float], scaled: str, unit: str) -> str:
+    """What one figure would be on a 16-core machine, from each process's CPU per unit.
+
+    ``per_unit`` maps each process to its CPU seconds per request or job; ``scaled``
+    names the one that runs as many processes as there are cores left (API, worker);
+    every other one is a single process with one core of its own (Redis, moto).
+    """
+    single = {name: cpu for name, cpu in per_unit.items() if name != scaled}
+    cores = 16 - len(single)
+    limits = {scaled: cores / per_unit[scaled], **{n: 1 / cpu for n, cpu in single.items()}}
+    first = min(limits, key=lambda name: limits[name])
+    shown = ", ".join(f"{name} {cpu * 1e6:,.0f} µs" for name, cpu in per_unit.items())
+    return (
+        f"On 16 cores (CPU per {unit} measured here: {shown}): {cores} {scaled} processes "
+        f"could do {limits[scaled]:,.0f} {unit}s/s; "
+        + "; ".join(f"one {n} process saturates at {limits[n]:,.0f}/s" for n in single)
+        + f". So about {limits[first]:,.0f} {unit}s/s, and {first} saturates first."
+    )
 
 
 def process_peak_rss_mb() -> float:

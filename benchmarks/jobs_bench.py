@@ -1,8 +1,12 @@
 """Jobs: tiny exports per second end to end, on one and two workers, beside arq's no-op rate.
 
-- **Reference**: one plain arq worker process (arq's defaults: ``poll_delay`` 0.5 s,
-  ``max_jobs`` 10, pickle) on the same Redis database, draining no-op jobs that
-  this process enqueues, 50 at a time, while it runs.
+- **Reference**: one plain arq worker process with Handover's worker settings
+  (``poll_delay`` ``HANDOVER_WORKER_POLL_DELAY``, 50 ms; ``max_jobs``
+  ``HANDOVER_WORKER_CONCURRENCY``, 50; its JSON payloads, results kept, aborts allowed,
+  as ``jobs.worker.create_worker`` sets them) on the same Redis database, draining
+  no-op jobs that this process enqueues, 50 at a time, while it runs. arq's own
+  defaults (0.5 s, 10 jobs) would cap it near 20 polls × 10 jobs a second, an unfair
+  reference.
 - **Handover**: one, then two ``handover worker`` processes (default settings,
   started one after the other and polling before any job exists) run tiny exports
   (one ``bench-sleepy`` connector answering at once with three records) that this
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import sys
 import time
 import uuid
@@ -43,18 +48,24 @@ from harness import (
     empty_bucket,
     fresh_redis,
     median,
+    redis_cpu_seconds,
+    sixteen_cores,
     start_worker,
     verdict,
     wait_until,
 )
 from jobs.commands import Actor, Commands
 from jobs.model import JobStatus
+from jobs.queue import deserialize, serialize
 from jobs.resources import open_resources
 from jobs.settings import Settings
+from jobs.worker import HEALTH_CHECK_INTERVAL
 
 NOOP_QUEUE = "handover-bench:noop"
 NOOP_HEALTH_KEY = f"{NOOP_QUEUE}:health-check"
-NOOP_JOBS = 600
+NOOP_JOBS = 4000  # ~3 s at the rate arq reaches with Handover's settings
+HANDOVER_DEFAULTS = Settings()
+POLL_MS = HANDOVER_DEFAULTS.worker_poll_delay.total_seconds() * 1000
 ENQUEUE_CONCURRENCY = 50
 CREATE_CONCURRENCY = 20
 REPEATS = 3
@@ -69,13 +80,20 @@ async def noop(ctx: dict[str, Any]) -> None:
     """The reference task: nothing."""
 
 
-def run_noop_worker() -> None:
-    """A plain arq worker with arq's defaults, on database 7 (the ``noop-worker`` child)."""
+def run_noop_worker(redis_url: str) -> None:
+    """A plain arq worker with Handover's worker settings (the ``noop-worker`` child)."""
     worker = Worker(
         functions=[noop],
-        redis_settings=RedisSettings.from_dsn(REDIS_URL),
+        redis_settings=RedisSettings.from_dsn(redis_url),
         queue_name=NOOP_QUEUE,
         health_check_key=NOOP_HEALTH_KEY,
+        poll_delay=HANDOVER_DEFAULTS.worker_poll_delay.total_seconds(),
+        max_jobs=HANDOVER_DEFAULTS.worker_concurrency,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        keep_result=3600,
+        allow_abort_jobs=True,
+        health_check_interval=HEALTH_CHECK_INTERVAL,
     )
     worker.run()
 
@@ -103,7 +121,12 @@ async def _rate_until(
 
 async def noop_rate(redis: ArqRedis, worker: Process) -> float:
     """No-op jobs per second through one plain arq worker."""
-    pool = await create_pool(RedisSettings.from_dsn(REDIS_URL), default_queue_name=NOOP_QUEUE)
+    pool = await create_pool(
+        RedisSettings.from_dsn(REDIS_URL),
+        default_queue_name=NOOP_QUEUE,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+    )
     run = uuid.uuid4().hex[:8]
     keys = [f"arq:result:noop-{run}-{n}" for n in range(NOOP_JOBS)]
 
@@ -150,8 +173,12 @@ async def handover_rates(
     workdir: Path,
     processes: int,
     s3: tuple[str, str] | None,
-) -> list[float]:
-    """Start ``processes`` workers; a sizing run, then ``REPEATS`` measured runs."""
+) -> tuple[list[float], dict[str, float]]:
+    """Start ``processes`` workers; a sizing run, then ``REPEATS`` measured runs.
+
+    Returns the rates and each process's CPU seconds per job over the measured runs:
+    the workers', Redis's, moto's and this process's (creating the jobs).
+    """
     await redis.flushdb()
     config = workdir / "jobs.toml"
     config.write_text(CONFIG)
@@ -168,13 +195,30 @@ async def handover_rates(
         commands = Commands(resources)
         sizing = await export_rate(commands, redis, SIZING_JOBS, workers)
         count = max(100, min(3000, round(sizing * RUN_SECONDS)))
+        moto = next(process for process in group.processes if process.name == "moto")
+        before = _cpu(workers, moto)
         for _ in range(REPEATS):
             rates.append(await export_rate(commands, redis, count, workers))
+        used = {
+            name: (after - before[name]) / (count * REPEATS)
+            for name, after in _cpu(workers, moto).items()
+        }
     for worker in workers:
         worker.stop()
     if s3:
         empty_bucket(*s3)
-    return rates
+    return rates, used
+
+
+def _cpu(workers: list[Process], moto: Process) -> dict[str, float]:
+    """CPU seconds used so far by the workers (together), Redis, moto and this process."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return {
+        "worker": sum(worker.cpu_seconds() for worker in workers),
+        "Redis": redis_cpu_seconds(),
+        "moto": moto.cpu_seconds(),
+        "client": own.ru_utime + own.ru_stime,
+    }
 
 
 async def measure(args: argparse.Namespace, workdir: Path) -> Table:
@@ -186,13 +230,15 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
             "Tiny exports (one connector, three records) per second end to end through "
             "`handover worker` processes (default settings: concurrency 50, "
             "polling every 50 ms), beside a plain arq worker's no-op jobs per second "
-            "(arq's defaults, same Redis, same run). Medians of "
+            f"with the same settings (poll {POLL_MS:.0f} ms, "
+            f"max_jobs {HANDOVER_DEFAULTS.worker_concurrency}, JSON payloads; same Redis, "
+            "same run). Medians of "
             f"{REPEATS} runs of ~{RUN_SECONDS:.0f} s."
         ),
         columns=[
             "case",
             "jobs/s",
-            "reference: arq no-op jobs/s",
+            "reference: arq no-op jobs/s (Handover's settings)",
             "vs reference",
             "2 workers / 1 worker",
             "target",
@@ -207,7 +253,9 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
         create_bucket(*s3)
         await redis.delete(NOOP_HEALTH_KEY)
         noop_worker = group.start(
-            "noop-worker", [sys.executable, str(Path(__file__)), "noop-worker"], base_environment()
+            "noop-worker",
+            [sys.executable, str(Path(__file__)), "noop-worker", REDIS_URL],
+            base_environment(),
         )
 
         async def polling() -> bool:
@@ -218,10 +266,19 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
         noop_worker.stop()
         reference = median(noop_rates)
         table.rows.append(
-            ["arq no-op, 1 worker", f"{reference:,.0f}", f"{reference:,.0f}", "100%", "", "", ""]
+            [
+                "arq no-op, 1 worker, Handover's settings",
+                f"{reference:,.0f}",
+                f"{reference:,.0f}",
+                "100%",
+                "",
+                "reference",
+                "",
+            ]
         )
-        one = median(await handover_rates(group, redis, workdir, 1, s3))
-        two = median(await handover_rates(group, redis, workdir, 2, s3))
+        rates, per_job = await handover_rates(group, redis, workdir, 1, s3)
+        one = median(rates)
+        two = median((await handover_rates(group, redis, workdir, 2, s3))[0])
         share = one / reference
         table.rows.append(
             [
@@ -247,15 +304,22 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
         )
     await redis.flushdb()
     await redis.aclose()
-    table.notes.append(
+    client = per_job.pop("client")
+    table.notes += [
         "Everything shares the machine's 2 cores: worker process(es), Redis, moto (for S3), "
-        "and this benchmark's own process creating the jobs."
-    )
+        "and this benchmark's own process creating the jobs.",
+        "Tiny exports, 1 worker: " + sixteen_cores(per_job, "worker", "job"),
+        "The projection: CPU per job = each process's CPU seconds over the measured runs' "
+        "jobs (Redis's from `INFO cpu`); workers scale with cores, Redis and moto (standing "
+        "in for S3, which is not on this machine in production) are one process each; the "
+        f"jobs' creator ({client * 1e6:,.0f} µs per job here, through `Commands`, as the API "
+        "creates them) is left out, as API processes would be elsewhere.",
+    ]
     return table
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "noop-worker":
-        run_noop_worker()
+        run_noop_worker(sys.argv[2])
     else:
         benchmark_main("jobs", measure, __doc__ or "")

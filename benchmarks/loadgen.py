@@ -11,7 +11,8 @@ the generator was the bottleneck).
 It speaks just enough HTTP for the benchmarks: fixed request bytes (except that
 ``{n}`` in the body becomes a number unique to each request, e.g. to ask about a
 new subject each time), responses with ``Content-Length`` (aiohttp sends it for
-every ``web.Response``).
+every ``web.Response``). ``--path-file`` spreads a run over many paths (one a line,
+e.g. 10,000 job ids): each request takes the next, in the file's order, cycling.
 
     python benchmarks/loadgen.py --port 8080 --path /v1/jobs/ID --header "Authorization: Bearer T"
 """
@@ -94,6 +95,14 @@ def build_request(method: str, path: str, port: int, headers: list[str], body: b
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def cycling_maker(
+    method: str, paths: list[str], port: int, headers: list[str], body: bytes
+) -> Maker:
+    """What makes each request's bytes when the requests are spread over many paths."""
+    requests = itertools.cycle([build_request(method, p, port, headers, body) for p in paths])
+    return lambda: next(requests)
+
+
 def request_maker(method: str, path: str, port: int, headers: list[str], body: bytes) -> Maker:
     """What makes each request's bytes: fixed ones, or with ``{n}`` in the body numbered."""
     if b"{n}" not in body:
@@ -163,7 +172,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--method", default="GET")
-    parser.add_argument("--path", action="append", required=True)
+    parser.add_argument("--path", action="append", default=[])
+    parser.add_argument("--path-file", type=Path, help="spread one run over these paths")
     parser.add_argument("--repeat", type=int, default=1, help="run every path this many times")
     parser.add_argument("--header", action="append", default=[])
     parser.add_argument("--body-file", type=Path)
@@ -172,11 +182,19 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0)
     args = parser.parse_args()
     body = args.body_file.read_bytes() if args.body_file else b""
+    if not args.path and args.path_file is None:
+        parser.error("give --path or --path-file")
     makers = [
         request_maker(args.method, path, args.port, args.header, body)
         for _ in range(args.repeat)
         for path in args.path
     ]
+    if args.path_file is not None:
+        paths = args.path_file.read_text().split()
+        makers += [
+            cycling_maker(args.method, paths, args.port, args.header, body)
+            for _ in range(args.repeat)
+        ]
     figures = asyncio.run(generate(args.port, makers, args.connections, args.warmup, args.duration))
     print(json.dumps(figures))
 

@@ -12,10 +12,11 @@ from connectors.errors import (
     TransientError,
     Unidentified,
 )
-from connectors.items import Dataset, File, Item, Record, Subject
+from connectors.items import Batch, Dataset, File, Item, Record, Records, Subject
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
 __all__ = [
+    "Batch",
     "Connector",
     "ConnectorError",
     "ConnectorLoadError",
@@ -27,6 +28,7 @@ __all__ = [
     "PermanentError",
     "RateLimited",
     "Record",
+    "Records",
     "RestrictionReport",
     "RetentionRule",
     "Subject",

@@ -9,8 +9,11 @@ from contextvars import ContextVar
 from typing import Any, ClassVar
 
 from connectors.errors import PermanentError, Unidentified
-from connectors.items import Dataset, Item, Subject
+from connectors.items import Batch, Dataset, Item, Record, Records, Subject
 from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
+
+BATCH_ROWS = 1000
+"""How many rows of a one-record :meth:`Connector.export` a derived batch gathers."""
 
 _journal: ContextVar[Callable[[ErasureReport], Awaitable[None]] | None] = ContextVar(
     "handover_commit_journal", default=None
@@ -35,7 +38,9 @@ class Connector(ABC):
     """One downstream processor that holds personal data.
 
     Subclasses declare ``categories`` and ``datasets`` and implement :meth:`export`
-    and :meth:`erase`; :meth:`restrict` where the processor can restrict processing.
+    (one record at a time) or :meth:`export_batches` (many rows at once, which Handover
+    encodes faster), and :meth:`erase`; :meth:`restrict` where the processor can
+    restrict processing.
     Resources shared across jobs (pools, clients) are created in :meth:`open` and
     released in :meth:`close`; everything about one request arrives as arguments,
     so one instance serves many jobs at once and holds no per-job state.
@@ -71,7 +76,26 @@ class Connector(ABC):
     #: third-party processor that cannot be reached at start only gets a warning.
     needed_at_start: ClassVar[bool] = False
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Keep :meth:`export` and :meth:`export_batches` two views of one export.
+
+        A class that implements one of them gets the other derived from it. So a
+        subclass that overrides only :meth:`export` (to wrap a parent's, say) is what
+        the batches read, even when the parent yields batches natively.
+        """
+        super().__init_subclass__(**kwargs)
+        own = vars(cls)
+        if "export_batches" in own and "export" not in own:
+            cls.export = _derived_export(own["export_batches"])  # type: ignore[method-assign,assignment]
+        elif "export" in own and "export_batches" not in own:
+            cls.export_batches = Connector.export_batches  # type: ignore[method-assign]
+
     def __init__(self, name: str, **options: Any) -> None:
+        if type(self).export is Connector.export:
+            raise TypeError(
+                f"{type(self).__name__} implements neither export() nor export_batches(): "
+                "a connector implements at least one"
+            )
         if options:
             unknown = ", ".join(sorted(options))
             raise PermanentError(f"connector {name!r}: unknown option(s) {unknown}")
@@ -120,12 +144,26 @@ class Connector(ABC):
     async def check(self) -> None:
         """Raise a :class:`~connectors.errors.ConnectorError` when the processor is unusable."""
 
-    @abstractmethod
     def export(self, subject: Subject) -> AsyncIterator[Item]:
         """Yield every record and file this processor holds on ``subject``.
 
         Retained (blocked) records are included: the subject has a right to see them.
+        A connector that implements :meth:`export_batches` instead gets this derived:
+        its rows, one :class:`~connectors.items.Record` each.
         """
+        return _one_at_a_time(self.export_batches(subject))
+
+    def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
+        """Yield the same as :meth:`export`, with records gathered into batches of rows.
+
+        Each :class:`~connectors.items.Records` holds rows of one dataset, in the
+        order :meth:`export` would yield them; files come as they are. Handover's
+        archives read this. Implement it where the processor answers in pages (a
+        cursor's fetch, an API page): a batch costs Handover far less than its rows
+        one by one. The default gathers :meth:`export`'s consecutive records of a
+        dataset, :data:`BATCH_ROWS` at most.
+        """
+        return _gathered(self.export(subject))
 
     @abstractmethod
     async def erase(
@@ -163,3 +201,69 @@ class Connector(ABC):
         return RestrictionReport(
             supported=False, note=f"{type(self).__name__} offers no way to restrict processing"
         )
+
+
+def _derived_export(
+    batches: Callable[[Connector, Subject], AsyncIterator[Batch]],
+) -> Callable[[Connector, Subject], AsyncIterator[Item]]:
+    """An :meth:`Connector.export` that yields the rows of ``batches`` one record at a time.
+
+    It calls that class's own ``batches``, never ``self.export_batches``: a subclass's
+    batches may be derived from this very export.
+    """
+
+    def export(self: Connector, subject: Subject) -> AsyncIterator[Item]:
+        return _one_at_a_time(batches(self, subject))
+
+    export.__doc__ = "Every row of :meth:`export_batches`, one record at a time."
+    return export
+
+
+async def _one_at_a_time(batches: AsyncIterator[Batch]) -> AsyncIterator[Item]:
+    """Each row of each :class:`Records` as a :class:`Record`; anything else as it is.
+
+    Anything else is passed on unchecked: whoever reads the export checks its items.
+    """
+    try:
+        async for batch in batches:
+            if isinstance(batch, Records):
+                dataset = batch.dataset
+                for row in batch.rows:
+                    yield Record(dataset, row)
+            else:
+                yield batch
+    finally:
+        await _close(batches)
+
+
+async def _gathered(items: AsyncIterator[Item]) -> AsyncIterator[Batch]:
+    """Consecutive records of one dataset as :class:`Records` of at most :data:`BATCH_ROWS`.
+
+    Files, and anything else, are passed on as they are, in their place.
+    """
+    dataset = ""
+    rows: list[Mapping[str, Any]] = []
+    try:
+        async for item in items:
+            if isinstance(item, Record):
+                if rows and (item.dataset != dataset or len(rows) >= BATCH_ROWS):
+                    yield Records(dataset, rows)
+                    rows = []
+                dataset = item.dataset
+                rows.append(item.data)
+                continue
+            if rows:
+                yield Records(dataset, rows)
+                rows = []
+            yield item
+        if rows:
+            yield Records(dataset, rows)
+    finally:
+        await _close(items)
+
+
+async def _close(iterator: AsyncIterator[Any]) -> None:
+    """Close an async generator at once (its connection, its cursor), not when collected."""
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()

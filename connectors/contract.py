@@ -41,6 +41,11 @@ What the contract checks:
   mapping with text keys that Handover can encode as JSON, and that fits one CSV
   header (the dataset's declared ``fields``, or else the first record's keys); a
   file has a safe relative path and ``bytes`` content, whole or in chunks;
+- :meth:`~connectors.base.Connector.export_batches` (what archives read, derived from
+  ``export`` unless the connector implements it) yields only
+  :class:`~connectors.items.Records` of declared datasets, whose ``rows`` are a list
+  of rows each checked as a record is, and files; and the two hold the same items
+  (every scenario below reads both and compares them);
 - a subject the processor holds nothing on gets an empty export;
 - exports running at the same time do not mix their subjects' data;
 - an export leaves the instance's attributes as they were: a connector keeps no
@@ -96,7 +101,7 @@ import orjson
 
 from connectors.base import Connector, journaling
 from connectors.errors import ConnectorError, PermanentError, TransientError, Unidentified
-from connectors.items import Dataset, File, Record, Subject
+from connectors.items import Dataset, File, Record, Records, Subject
 from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
 
 __all__ = ["ConnectorContract"]
@@ -193,6 +198,16 @@ class _ExportChecker:
             )
         self.items.append((dataset, encoded.decode()))
 
+    def add_records(self, batch: Records) -> None:
+        dataset = self._require_declared(batch.dataset, "a batch of records")
+        rows = batch.rows
+        if not isinstance(rows, Sequence) or isinstance(rows, str | bytes):
+            raise AssertionError(
+                f"a {dataset!r} batch's rows are a {type(rows).__name__}, not a list of rows"
+            )
+        for row in rows:
+            self.add_record(Record(dataset, row))
+
     async def add_file(self, file: File) -> None:
         dataset = self._require_declared(file.dataset, f"file {file.path!r}")
         path = file.path
@@ -234,7 +249,21 @@ class _ExportChecker:
 
 
 async def _collect(connector: Connector, subject: Subject) -> _Holding:
-    """Run an export to its end, checking every item."""
+    """Run an export to its end, one record at a time and in batches, checking every item.
+
+    The two ways must hold the same: the archive reads the batches, an erasure's
+    verification the records.
+    """
+    one_by_one, batched = await _collect_both_ways(connector, subject)
+    assert batched == one_by_one, (
+        f"export_batches() and export() of {subject.id!r} differ: export_batches() has "
+        f"{_difference(one_by_one, batched)}"
+    )
+    return one_by_one
+
+
+async def _collect_both_ways(connector: Connector, subject: Subject) -> tuple[_Holding, _Holding]:
+    """What :meth:`~connectors.base.Connector.export` and then ``export_batches`` held."""
     checker = _ExportChecker(connector)
 
     async def consume() -> None:
@@ -248,8 +277,23 @@ async def _collect(connector: Connector, subject: Subject) -> _Holding:
                     f"export yielded a {type(item).__name__}; only Record and File are items"
                 )
 
+    batch_checker = _ExportChecker(connector)
+
+    async def consume_batches() -> None:
+        async for batch in connector.export_batches(subject):
+            if isinstance(batch, Records):
+                batch_checker.add_records(batch)
+            elif isinstance(batch, File):
+                await batch_checker.add_file(batch)
+            else:
+                raise AssertionError(
+                    f"export_batches yielded a {type(batch).__name__}; only Records and File "
+                    "are batches (gather records as Records(dataset, rows))"
+                )
+
     await _guarded(f"export of {subject.id!r}", consume())
-    return checker.holding()
+    await _guarded(f"export_batches of {subject.id!r}", consume_batches())
+    return checker.holding(), batch_checker.holding()
 
 
 def _check_erasure_report(connector: Connector, report: object) -> ErasureReport:
@@ -465,14 +509,16 @@ class ConnectorContract(ABC):
             subject, nobody = self.subject_with_data(), self.subject_without_data()
             for first, second in ((subject, nobody), (nobody, subject)):
                 holdings = await asyncio.gather(
-                    _collect(connector, first), _collect(connector, second)
+                    _collect_both_ways(connector, first), _collect_both_ways(connector, second)
                 )
                 together = dict(zip((first.id, second.id), holdings, strict=True))
-                assert together[subject.id] == alone, (
-                    "concurrent exports differ from a lone one: "
-                    f"{_difference(alone, together[subject.id])}"
-                )
-                assert together[nobody.id].empty, (
+                ways = zip(("export", "export_batches"), together[subject.id], strict=True)
+                for way, held in ways:
+                    assert held == alone, (
+                        f"concurrent exports differ from a lone one ({way}): "
+                        f"{_difference(alone, held)}"
+                    )
+                assert all(held.empty for held in together[nobody.id]), (
                     f"{nobody.id!r} got data while another subject's export ran"
                 )
 

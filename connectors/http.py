@@ -46,7 +46,8 @@ origin, so credentials never travel to another host. A processor's paging is not
 trusted to end: an export stops with a :class:`~connectors.errors.PermanentError` at
 ``max_pages`` pages (10,000 unless set in the ``pagination`` table), at a cursor or
 next-page URL it was already given, and at a page that repeats the one before it
-(a processor ignoring the page parameter).
+(a processor ignoring the page parameter). An export yields each page's records as
+one batch (:class:`~connectors.items.Records`), as the processor sent them.
 
 Erasure counts what each dataset holds first (one export pass), then calls the
 erase endpoints; a repeat finds nothing and reports zero. A dataset may carry its
@@ -85,8 +86,8 @@ from urllib.parse import quote, urljoin
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, Unidentified
-from connectors.httpclient import MIB, HttpClient, HttpResponse
-from connectors.items import Dataset, Item, Record, Subject
+from connectors.httpclient import HttpClient, HttpResponse
+from connectors.items import Batch, Dataset, Records, Subject
 from connectors.options import Options, Secret
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
@@ -551,13 +552,13 @@ class HttpConnector(Connector):
             raise Unidentified(self.name, (_identifier_of(missing[0]),))
         return values
 
-    async def export(self, subject: Subject) -> AsyncIterator[Item]:
-        """Every record of every configured dataset, page by page."""
+    async def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
+        """Every record of every configured dataset, each page's records as one batch."""
         values = self._values(subject, self._export_needs)
         for spec in self._specs:
             async for rows in self._pages(spec, values):
-                for row in rows:
-                    yield Record(spec.dataset.name, row)
+                if rows:
+                    yield Records(spec.dataset.name, rows)
 
     async def _pages(
         self, spec: _DatasetSpec, values: Mapping[str, str]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterable, Mapping
+from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,21 @@ class Record:
 
 
 @dataclass(frozen=True, slots=True)
+class Records:
+    """Many records of ``dataset`` at once, in order: a batch, as a cursor or a page holds them.
+
+    What :meth:`~connectors.base.Connector.export_batches` yields: each row is what a
+    :class:`Record`'s ``data`` would be. Handover encodes a batch in one go, so a page
+    of rows costs far less than the same rows one :class:`Record` at a time. Give a
+    batch a page's worth of rows (hundreds to thousands); Handover never holds more
+    than a few batches at once.
+    """
+
+    dataset: str
+    rows: Sequence[Mapping[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
 class File:
     """A binary file held on the subject (an upload, an image).
 
@@ -97,3 +112,7 @@ class File:
 
 
 Item = Record | File
+"""What :meth:`~connectors.base.Connector.export` yields, one at a time."""
+
+Batch = Records | File
+"""What :meth:`~connectors.base.Connector.export_batches` yields."""

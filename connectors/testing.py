@@ -3,7 +3,9 @@
 - :class:`MemoryConnector` is a processor in memory: it answers with the records
   it was given, erases and blocks them, and can be told to fail or to wait.
 - :class:`SyntheticConnector` generates a telemetry history of any size on the fly,
-  deterministic from its seed, without holding it in memory.
+  deterministic from its seed, without holding it in memory; it yields batches
+  (:meth:`~connectors.base.Connector.export_batches`), :class:`MemoryConnector` one
+  record at a time, so the two ways of exporting are both exercised.
 - :class:`ConnectorContract` is the contract kit: the tests every connector must
   pass, which an integrator runs in their own pytest suite (see :mod:`connectors.contract`).
   It needs no pytest plugin, and importing this module does not import pytest.
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
@@ -20,7 +23,7 @@ from typing import Any, ClassVar
 from connectors.base import Connector
 from connectors.contract import ConnectorContract
 from connectors.errors import PermanentError, TransientError
-from connectors.items import Dataset, File, Item, Record, Subject
+from connectors.items import Batch, Dataset, File, Item, Record, Records, Subject
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
 __all__ = ["ConnectorContract", "MemoryConnector", "SyntheticConnector"]
@@ -122,10 +125,11 @@ class SyntheticConnector(Connector):
     """Generates ``records`` telemetry readings of about ``record_bytes`` each, for any subject.
 
     The stream is deterministic for a given ``seed`` and subject, so a test can
-    regenerate it to compare with an archive record for record. Each ``note`` is a
-    slice of one small pool, which deflate compresses unrealistically well;
-    ``entropy`` (0 to 1) is the share of each note taken instead from a pool far
-    larger than deflate's window (``0.35`` compresses like real NDJSON, about 3.7:1).
+    regenerate it to compare with an archive record for record; it comes in batches
+    of ``batch_rows`` rows. Each ``note`` is a slice of one small pool, which deflate
+    compresses unrealistically well; ``entropy`` (0 to 1) is the share of each note
+    taken instead from a pool far larger than deflate's window (``0.35`` compresses
+    like real NDJSON, about 3.7:1).
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"telemetry"})
@@ -146,8 +150,11 @@ class SyntheticConnector(Connector):
         record_bytes: int = 200,
         seed: int = 0,
         entropy: float = 0.0,
+        batch_rows: int = 1000,
     ) -> None:
         super().__init__(name)
+        if batch_rows < 1:
+            raise PermanentError(f"connector {name!r}: batch_rows must be at least 1")
         if records < 0 or record_bytes < 64:
             raise PermanentError(f"connector {name!r}: records >= 0 and record_bytes >= 64")
         if not 0.0 <= entropy <= 1.0:
@@ -156,6 +163,7 @@ class SyntheticConnector(Connector):
         self.record_bytes = record_bytes
         self.seed = seed
         self.entropy = entropy
+        self.batch_rows = batch_rows
         self.erased: set[str] = set()
 
     def generate(self, subject: Subject) -> list[dict[str, Any]]:
@@ -193,10 +201,10 @@ class SyntheticConnector(Connector):
             self.erased.add(subject.id)
         return ErasureReport((DatasetErasure("telemetry", deleted=deleted),))
 
-    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+    async def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
         if subject.id in self.erased:
             return
-        for count, row in enumerate(self._rows(subject), 1):
-            yield Record("telemetry", row)
-            if count % 1000 == 0:
-                await asyncio.sleep(0)
+        rows = self._rows(subject)
+        while batch := list(itertools.islice(rows, self.batch_rows)):
+            yield Records("telemetry", batch)
+            await asyncio.sleep(0)

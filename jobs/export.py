@@ -1,7 +1,11 @@
 """The export pipeline: each connector's records staged, then bundled into a signed archive.
 
-Each run encodes and deflates its connector's items into one staged object
-(:mod:`jobs.archive.staging`); the finish step copies those bytes into the archive
+Each run reads its connector's export in batches (:meth:`~connectors.base.Connector.export_batches`:
+a processor's pages as they come, or a one-record connector's records gathered) and
+encodes and deflates them into one staged object (:mod:`jobs.archive.staging`: the
+event loop renders, a thread of the run's own checksums and deflates); the
+connector's next batch is read while the last one is encoded. The finish step copies
+those bytes into the archive
 (:mod:`jobs.archive.writer`) without recompressing, signs the manifest and uploads the
 archive with a multipart upload. Staged objects live at deterministic keys, so a
 run that arq executes twice overwrites its own output and duplicates nothing. A
@@ -13,15 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from connectors.base import Connector
 from connectors.errors import PermanentError
-from connectors.items import File, Record
+from connectors.items import Batch, File, Records, Subject
 from jobs.archive.protection import AgeWriter, ProtectionError, age_recipient
-from jobs.archive.staging import Stager
-from jobs.archive.writer import HashingWriter, StagedFile, write_archive
+from jobs.archive.staging import Stager, StagingThread
+from jobs.archive.writer import ArchiveOutput, StagedFile, write_archive
 from jobs.model import (
     ArchiveFile,
     ArchiveResult,
@@ -36,7 +39,8 @@ from jobs.model import (
 from jobs.pipeline import Outcome, Pipeline, StagingLost
 from jobs.storage.base import ObjectMissing, ObjectWriter
 
-BATCH_RECORDS = 2000
+PREFETCHED = 2
+"""Batches read ahead of the one being encoded."""
 
 
 class ExportPipeline(Pipeline):
@@ -60,40 +64,25 @@ class ExportPipeline(Pipeline):
         categories = set(options.categories)
         stager = Stager(connector.name, connector.dataset, options.formats)
         writer = self.resources.storage.writer(staged_key)
-        subject = job.subject_view
+        batches = _read_ahead(connector, job.subject_view)
         try:
-            async for batch in _batches(connector.export(subject), BATCH_RECORDS):
-                if isinstance(batch, File):
+            async with StagingThread(stager) as staging:
+                async for batch in batches:
                     if categories and connector.dataset(batch.dataset).category not in categories:
                         continue
-                    await self._stage_file(stager, writer, batch)
-                    continue
-                if categories:
-                    batch = [
-                        r for r in batch if connector.dataset(r.dataset).category in categories
-                    ]
-                for chunk in await asyncio.to_thread(stager.add_records, batch):
-                    await writer.write(chunk)
-            tail, parts = await asyncio.to_thread(stager.finish)
-            for chunk in tail:
-                await writer.write(chunk)
+                    if isinstance(batch, File):
+                        await _stage_file(staging, writer, batch)
+                    else:
+                        await _write(writer, await staging.add_rows(batch.dataset, batch.rows))
+                tail, parts = await staging.finish()
+                await _write(writer, tail)
             await writer.complete()
         except BaseException:
             await writer.abort()
             raise
+        finally:
+            await batches.aclose()
         return parts
-
-    async def _stage_file(self, stager: Stager, writer: Any, item: File) -> None:
-        path = stager.open_file(item.path, item.dataset)
-        if isinstance(item.content, bytes):
-            for chunk in await asyncio.to_thread(stager.add_file_data, path, item.content):
-                await writer.write(chunk)
-        else:
-            async for piece in item.content:
-                for chunk in await asyncio.to_thread(stager.add_file_data, path, piece):
-                    await writer.write(chunk)
-        for chunk in await asyncio.to_thread(stager.close_file, path):
-            await writer.write(chunk)
 
     async def complete(self, job: Job) -> Callable[[Job], None]:
         """Write the signed archive; the change records where it is.
@@ -153,7 +142,7 @@ class ExportPipeline(Pipeline):
         key = resources.archive_key(job.id)
         await resources.keyring.publish(resources.signer)
         protection = job.export_options.protection
-        stored = HashingWriter(resources.storage.writer(key, "application/octet-stream"))
+        stored = ArchiveOutput(resources.storage, key)
         destination: ObjectWriter = stored
         if protection is not None and protection.kind == "age":
             destination = AgeWriter(stored, age_recipient(protection.recipient or ""))
@@ -177,7 +166,8 @@ class ExportPipeline(Pipeline):
         return ArchiveResult(
             key=key,
             size=stored.size,
-            sha256=stored.sha256.hexdigest(),
+            sha256=stored.sha256,
+            crc32=stored.crc32,
             expires_at=expires_at,
             key_id=resources.signer.key_id,
             files=[ArchiveFile(**{k: f[k] for k in ArchiveFile.model_fields}) for f in files],
@@ -215,42 +205,51 @@ def _record_count(parts: Sequence[StagedPart]) -> int:
     return sum(seen.values())
 
 
-async def _batches(items: AsyncIterator[Any], size: int) -> AsyncIterator[list[Record] | File]:
-    """Group consecutive records into lists of at most ``size``; files pass alone.
+async def _stage_file(staging: StagingThread, writer: ObjectWriter, item: File) -> None:
+    path = staging.open_file(item.path, item.dataset)
+    if isinstance(item.content, bytes):
+        await _write(writer, await staging.add_file_data(path, item.content))
+    else:
+        async for piece in item.content:
+            await _write(writer, await staging.add_file_data(path, piece))
+    await _write(writer, await staging.close_file(path))
 
-    A producer task reads the connector while the consumer encodes the previous
-    batch, so the connector's own I/O overlaps encoding and compression. After a
-    file, the producer waits until its content has been consumed: a file's stream
-    may share the connector's connection with the items that follow it.
+
+async def _write(writer: ObjectWriter, chunks: list[bytes]) -> None:
+    for chunk in chunks:
+        await writer.write(chunk)
+
+
+async def _read_ahead(connector: Connector, subject: Subject) -> AsyncGenerator[Batch, None]:
+    """The connector's batches, read up to :data:`PREFETCHED` ahead of the one being encoded.
+
+    A producer task reads the connector while the consumer encodes, so the
+    connector's own I/O overlaps encoding. After a file, the producer waits until
+    its content has been consumed: a file's stream may share the connector's
+    connection with the items that follow it. Anything but :class:`Records` of a
+    list of rows and :class:`File` breaks the connector's contract and fails its run.
     """
-    queue: asyncio.Queue[list[Record] | File | BaseException | None] = asyncio.Queue(maxsize=2)
+    queue: asyncio.Queue[Batch | BaseException | None] = asyncio.Queue(maxsize=PREFETCHED)
     file_done = asyncio.Event()
 
     async def produce() -> None:
-        batch: list[Record] = []
+        batches: AsyncIterator[Batch] | None = None
         try:
-            async for item in items:
-                if isinstance(item, Record):
-                    batch.append(item)
-                    if len(batch) >= size:
-                        await queue.put(batch)
-                        batch = []
-                elif isinstance(item, File):
-                    if batch:
-                        await queue.put(batch)
-                        batch = []
+            batches = connector.export_batches(subject)
+            async for batch in batches:
+                if isinstance(batch, File):
                     file_done.clear()
-                    await queue.put(item)
+                    await queue.put(batch)
                     await file_done.wait()
-                else:
-                    raise PermanentError(
-                        f"connector yielded {type(item).__name__}, not a Record or File"
-                    )
-            if batch:
-                await queue.put(batch)
+                elif _checked(connector, batch).rows:
+                    await queue.put(batch)
             await queue.put(None)
         except Exception as exc:
             await queue.put(exc)
+        finally:
+            aclose = getattr(batches, "aclose", None)  # its cursor or connection, freed now
+            if aclose is not None:
+                await aclose()
 
     producer = asyncio.create_task(produce())
     try:
@@ -266,6 +265,18 @@ async def _batches(items: AsyncIterator[Any], size: int) -> AsyncIterator[list[R
         producer.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await producer
-        aclose = getattr(items, "aclose", None)
-        if aclose is not None:
-            await aclose()
+
+
+def _checked(connector: Connector, batch: object) -> Records:
+    """``batch`` if it is :class:`Records` of a list of rows; anything else fails the run."""
+    if not isinstance(batch, Records):
+        raise PermanentError(
+            f"connector {connector.name!r} yielded a {type(batch).__name__}: export() yields "
+            "Record and File items, export_batches() Records and File"
+        )
+    if not isinstance(batch.rows, Sequence) or isinstance(batch.rows, str | bytes):
+        raise PermanentError(
+            f"connector {connector.name!r}: the rows of a {batch.dataset!r} batch are a "
+            f"{type(batch.rows).__name__}, not a list of rows"
+        )
+    return batch

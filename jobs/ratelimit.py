@@ -1,4 +1,4 @@
-"""Fixed-window rate limits counted in Redis, shared by every process that counts.
+"""Fixed-window rate limits, counted in each process and added up in Redis.
 
 Layout::
 
@@ -7,33 +7,127 @@ Layout::
 
 ``window`` is the Unix time divided by the window's length, so every process
 agrees on where a window starts and ends without talking to the others.
+
+A request costs no round trip while its caller is far from the limit: the process
+counts it in memory and adds its counts to Redis every :data:`FLUSH_INTERVAL`
+(one pipelined ``INCRBY`` per window it counted in), learning every process's total
+in return. Once the total it knows of, with its own uncounted hits, reaches half the
+limit, each request is added to Redis at once (with what the process had not added
+yet) and answered from the total Redis returns. So one process counts exactly, and
+across N processes a caller gets at most the limit plus what the other processes let
+through for them in one flush interval, never more than the limit × (N + 1) / 2:
+each process admits at most half the limit without asking Redis, and past that every
+process asks. A process stopped between two flushes takes its last interval's
+counts with it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+log = logging.getLogger("handover.ratelimit")
+
+#: How often a process adds its counts to Redis.
+FLUSH_INTERVAL = 0.1
+
+
+@dataclass
+class _Window:
+    """One scope's current window, as this process knows it."""
+
+    seconds: int
+    ends_at: int
+    #: Every process's count, as Redis last told this process.
+    known: int = 0
+    #: This process's hits not added to Redis yet.
+    pending: int = 0
 
 
 class RateLimiter:
     """Counts hits per scope and window, and says how long to wait past a limit."""
 
-    def __init__(self, redis: Redis, namespace: str) -> None:
+    def __init__(
+        self, redis: Redis, namespace: str, *, flush_interval: float = FLUSH_INTERVAL
+    ) -> None:
         # redis-py annotates async results as sync-or-async unions; Any keeps awaits honest.
         self.redis: Any = redis
         self.ns = namespace
+        self.flush_interval = flush_interval
+        self._windows: dict[str, _Window] = {}
+        self._flusher: asyncio.Task[None] | None = None
 
     async def hit(self, scope: str, window_seconds: int, limit: int) -> int:
         """Count one request in ``scope``'s current window; seconds to wait if over ``limit``."""
         now = int(time.time())
         window = now // window_seconds
         key = f"{self.ns}rate:{scope}:{window}"
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, window_seconds + 1)
-            count, _ = await pipe.execute()
-        if count <= limit:
+        state = self._windows.get(key)
+        if state is None:
+            state = self._windows[key] = _Window(window_seconds, (window + 1) * window_seconds)
+        if state.known + state.pending < limit // 2:
+            state.pending += 1  # far from the limit: counted here, added within the interval
+            self._flush_soon()
             return 0
-        return (window + 1) * window_seconds - now
+        adding, state.pending = state.pending + 1, 0
+        try:
+            count = await self._add({key: (state, adding)})
+        except BaseException:
+            state.pending += adding - 1  # not counted in Redis: the earlier hits still wait
+            raise
+        return 0 if count[key] <= limit else state.ends_at - now
+
+    async def flush(self) -> None:
+        """Add this process's uncounted hits to Redis, and learn every process's totals."""
+        batch = {
+            key: (state, state.pending) for key, state in self._windows.items() if state.pending
+        }
+        for state, _ in batch.values():
+            state.pending = 0
+        try:
+            if batch:
+                await self._add(batch)
+        except BaseException:
+            for state, adding in batch.values():
+                state.pending += adding
+            raise
+        now = time.time()
+        for key, state in list(self._windows.items()):
+            if state.ends_at <= now and not state.pending:
+                del self._windows[key]
+
+    async def _add(self, batch: dict[str, tuple[_Window, int]]) -> dict[str, int]:
+        """``INCRBY`` each key by its hits (and keep it a second past its window); the totals."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for key, (state, adding) in batch.items():
+                pipe.incrby(key, adding)
+                pipe.expire(key, state.seconds + 1)
+            answers = await pipe.execute()
+        totals = dict(zip(batch, answers[::2], strict=True))
+        for key, (state, _) in batch.items():
+            state.known = max(state.known, totals[key])
+        return totals
+
+    def _flush_soon(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._flusher is None or self._flusher.done() or self._flusher.get_loop() is not loop:
+            self._flusher = loop.create_task(self._flush_while_counting())
+
+    async def _flush_while_counting(self) -> None:
+        """Flush every interval while there is something to add; then stop."""
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except (RedisError, OSError) as exc:
+                log.warning(
+                    "rate limit counts not added to Redis yet (%s: %s)", type(exc).__name__, exc
+                )
+            if not any(state.pending for state in self._windows.values()):
+                return

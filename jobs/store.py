@@ -6,7 +6,7 @@ Layout (``ns`` is the key namespace, ``handover:`` by default)::
     {ns}job:{id}:events          stream: the append-only timeline
     {ns}idx:created              zset: job id → created_at (ms)
     {ns}idx:due                  zset: job id → due_at (ms)
-    {ns}idx:open                 zset: job id → due_at (ms), live jobs only
+    {ns}idx:open                 zset: job id → due_at (ms), live jobs whose clock runs
     {ns}idx:status:{status}      zset: job id → created_at (ms)
     {ns}idx:kind:{kind}          zset: job id → created_at (ms)
     {ns}idx:subject:{subject}    zset: job id → created_at (ms)
@@ -14,6 +14,14 @@ Layout (``ns`` is the key namespace, ``handover:`` by default)::
     {ns}idx:expires              zset: job id → archive expires_at (ms), until it expires
     {ns}counts                   hash: "{kind}:{status}" → number of jobs
     {ns}gate:{subject}           hash: the job running for the subject; set ":waiting"
+    {ns}active:{kind}:{subject}  string: the subject's one live job of that kind
+
+A new job is written by :meth:`JobStore.create` in one Lua script: the subject's
+live-job mark claimed (or nothing written), the record, its indexes, counts and
+``created`` event, the arq tasks that begin it and its audit entry, all or nothing,
+in one round trip. A retry of that script after its answer was lost finds the record
+and writes nothing twice. :meth:`JobStore.get` calls made in one turn of the event
+loop (an API answering many requests at once) read in one pipeline.
 
 Job records carry no TTL: a live job is never lost to expiry. A job that ends
 loses its identifiers' values in the same transaction (the evidence of their
@@ -26,28 +34,34 @@ pipeline watching the keys it reads, and runs again on a fresh read when one of
 them changed before the write. An attempt that refuses unwatches first, so its
 answer stands as read and nothing is written.
 Searches (:meth:`JobStore.search`, :mod:`jobs.search`) walk these indexes, never the key space.
+A job that ended long enough ago is deleted whole by :meth:`JobStore.delete_ended`
+(:mod:`jobs.records`); ``counts`` keeps counting it, in the status it ended in.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import asyncio
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import orjson
+from arq.constants import job_key_prefix, result_key_prefix
 from redis.asyncio import Redis
 
+from jobs.audit import AuditEntry
 from jobs.model import (
+    ActiveJobExists,
     ConnectorRun,
     Event,
     Job,
-    JobKind,
     JobStatus,
     check_transition,
     epoch_ms,
     utcnow,
 )
-from jobs.search import JobPage, JobQuery, JobSearch
+from jobs.search import JobPage, JobQuery, JobSearch, job_indexes
 
 
 def _core(job: Job) -> bytes:
@@ -57,6 +71,159 @@ def _core(job: Job) -> bytes:
 
 def _run(run: ConnectorRun) -> bytes:
     return run.model_dump_json().encode()
+
+
+def last_activity(job: Job, last_event: datetime | None) -> datetime:
+    """When the job last changed: its last change or timeline event, or its archive's expiry.
+
+    For a job that has ended, this is its end as Handover's own retention counts it
+    (:mod:`jobs.records`): a download, a notice, an archive expiring all come after the
+    job's status did, and an archive a subject may still download keeps its job.
+    """
+    moments = [job.updated_at]
+    if last_event is not None:
+        moments.append(last_event)
+    if job.result is not None:
+        moments.append(job.result.expires_at)
+    return max(moments)
+
+
+@dataclass(frozen=True)
+class QueuedTask:
+    """An arq task queued with a new job, as ``ArqRedis.enqueue_job`` would queue it.
+
+    ``payload`` is arq's serialised job; it is queued on ``queue`` at ``score_ms`` and
+    kept ``expires_ms``, unless a task or a result with its id exists already.
+    """
+
+    task_id: str
+    queue: str
+    payload: bytes
+    score_ms: int
+    expires_ms: int
+
+
+#: The whole of a new job, in one step (:meth:`JobStore.create`). KEYS[1]: its record;
+#: ARGV[1]: JSON (one argument packs faster than many): ``mark``, the live-job mark to
+#: claim ("" for none), ``id``, ``jobs`` (the prefix of job records), ``terminal`` (the
+#: statuses that end a job), ``arq`` (arq's job and result key prefixes), ``tasks``
+#: (each: task id, queue, payload, score, expiry in ms) and ``writes`` (each: a command's
+#: words). Nothing is written when the record exists (a retry) or the mark is taken.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+local new = cjson.decode(ARGV[1])
+if new.mark ~= '' then
+  local holder = redis.call('GET', new.mark)
+  if holder and holder ~= new.id then
+    local core = redis.call('HGET', new.jobs .. holder, 'core')
+    if core then
+      local status = cjson.decode(core)['status']
+      local ended = false
+      for _, terminal in ipairs(new.terminal) do ended = ended or terminal == status end
+      if not ended then return {'active', holder} end
+    end
+  end
+  redis.call('SET', new.mark, new.id)
+end
+for _, task in ipairs(new.tasks) do
+  local job_key, result_key = new.arq[1] .. task[1], new.arq[2] .. task[1]
+  if redis.call('EXISTS', job_key, result_key) == 0 then
+    redis.call('PSETEX', job_key, task[5], task[3])
+    redis.call('ZADD', task[2], task[4], task[1])
+  end
+end
+for _, words in ipairs(new.writes) do redis.call(unpack(words)) end
+return {'created'}
+"""
+
+
+class _Writes:
+    """Writes recorded as a pipeline would queue them, to be run by a Lua script."""
+
+    def __init__(self) -> None:
+        self.writes: list[list[str]] = []
+
+    def _write(self, *words: Any) -> None:
+        self.writes.append([_word(word) for word in words])
+
+    def hset(
+        self, key: str, field: str | None = None, value: Any = None, mapping: Any = None
+    ) -> None:
+        pairs = [*([field, value] if field is not None else []), *_flat(mapping or {})]
+        self._write("HSET", key, *pairs)
+
+    def zadd(self, key: str, mapping: Mapping[str, float]) -> None:
+        self._write("ZADD", key, *(w for member, score in mapping.items() for w in (score, member)))
+
+    def xadd(self, key: str, fields: Mapping[str, Any]) -> None:
+        self._write("XADD", key, "*", *_flat(fields))
+
+    def __getattr__(self, command: str) -> Callable[..., None]:
+        """Any other command whose arguments are its words (``zrem``, ``hincrby``, ``sadd``…)."""
+        if command.startswith("_"):
+            raise AttributeError(command)
+        return lambda *words: self._write(command.upper(), *words)
+
+
+def _flat(mapping: Mapping[str, Any]) -> list[Any]:
+    return [word for pair in mapping.items() for word in pair]
+
+
+def _word(value: Any) -> str:
+    """A command's word as JSON carries it to the script: text (every value here is UTF-8)."""
+    if isinstance(value, bytes):
+        return value.decode()
+    return value if isinstance(value, str) else str(value)
+
+
+class _Reads:
+    """``HGETALL`` of the keys asked for in one turn of the event loop, in one pipeline.
+
+    Fifty requests answered at once cost one write to Redis and one read back, not
+    fifty of each. A key's error is its own asker's; a lost connection fails the batch.
+    """
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: list[tuple[str, asyncio.Future[dict[bytes, bytes]]]] = []
+        self._reading: set[asyncio.Task[None]] = set()
+
+    def hgetall(self, key: str) -> asyncio.Future[dict[bytes, bytes]]:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a new loop (tests): what waited on another is void
+            self._loop, self._waiting = loop, []
+        answer: asyncio.Future[dict[bytes, bytes]] = loop.create_future()
+        if not self._waiting:  # the first this turn: read them all once the turn is over
+            task = loop.create_task(self._read())
+            self._reading.add(task)
+            task.add_done_callback(self._reading.discard)
+        self._waiting.append((key, answer))
+        return answer
+
+    async def _read(self) -> None:
+        batch, self._waiting = self._waiting, []
+        try:
+            if len(batch) == 1:
+                answers = [await self.redis.hgetall(batch[0][0])]
+            else:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for key, _ in batch:
+                        pipe.hgetall(key)
+                    answers = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            for _, answer in batch:
+                answer.cancel()
+            raise
+        except Exception as exc:
+            answers = [exc] * len(batch)
+        for (_, answer), raw in zip(batch, answers, strict=True):
+            if answer.done():  # its request was canceled meanwhile
+                continue
+            if isinstance(raw, BaseException):
+                answer.set_exception(raw)
+            else:
+                answer.set_result(raw)
 
 
 class JobNotFound(Exception):
@@ -75,6 +242,8 @@ class JobStore:
         self.redis: Any = redis
         self.ns = namespace
         self._search = JobSearch(redis, namespace)
+        self._create = self.redis.register_script(_CREATE)
+        self._reads = _Reads(self.redis)
 
     def _job_key(self, job_id: str) -> str:
         return f"{self.ns}job:{job_id}"
@@ -85,28 +254,58 @@ class JobStore:
     def _status_key(self, status: JobStatus) -> str:
         return f"{self.ns}idx:status:{status.value}"
 
-    async def create(self, job: Job) -> Job:
-        """Store a new job, its indexes and its ``created`` event."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            mapping = {"core": _core(job)}
-            mapping.update({f"run:{n}": _run(r) for n, r in job.connectors.items()})
-            pipe.hset(self._job_key(job.id), mapping=mapping)
-            created_ms = epoch_ms(job.created_at)
-            pipe.zadd(f"{self.ns}idx:created", {job.id: created_ms})
-            pipe.zadd(f"{self.ns}idx:kind:{job.kind.value}", {job.id: created_ms})
-            pipe.zadd(f"{self.ns}idx:subject:{job.subject}", {job.id: created_ms})
-            for name in job.connectors:
-                pipe.zadd(f"{self.ns}idx:connector:{name}", {job.id: created_ms})
-            self._index(pipe, job, None, None)
-            self._queue_event(
-                pipe, job.id, "created", job.requested_by, {"status": job.status.value}
-            )
-            await pipe.execute()
+    async def create(
+        self,
+        job: Job,
+        *,
+        tasks: Sequence[QueuedTask] = (),
+        claim_active: bool = False,
+        audit: AuditEntry | None = None,
+    ) -> Job:
+        """Store a new job, its indexes and its ``created`` event, with ``tasks`` queued and
+        ``audit`` recorded, all in one step (nothing is written when anything refuses).
+
+        With ``claim_active`` the job becomes the subject's one live job of its kind, or
+        :class:`~jobs.model.ActiveJobExists` names the live one that is and nothing is
+        written; a recorded job that has ended no longer counts.
+        """
+        pipe = _Writes()  # the writes, as a transaction would queue them
+        mapping = {"core": _core(job)}
+        mapping.update({f"run:{n}": _run(r) for n, r in job.connectors.items()})
+        pipe.hset(self._job_key(job.id), mapping=mapping)
+        created_ms = epoch_ms(job.created_at)
+        pipe.zadd(f"{self.ns}idx:created", {job.id: created_ms})
+        pipe.zadd(f"{self.ns}idx:kind:{job.kind.value}", {job.id: created_ms})
+        pipe.zadd(f"{self.ns}idx:subject:{job.subject}", {job.id: created_ms})
+        for name in job.connectors:
+            pipe.zadd(f"{self.ns}idx:connector:{name}", {job.id: created_ms})
+        self._index(pipe, job, None, None)
+        self._queue_event(pipe, job.id, "created", job.requested_by, {"status": job.status.value})
+        if audit is not None:
+            pipe.xadd(audit.stream, {"body": audit.body})
+        new = {
+            "mark": f"{self.ns}active:{job.kind.value}:{job.subject}" if claim_active else "",
+            "id": job.id,
+            "jobs": f"{self.ns}job:",
+            "terminal": [status.value for status in JobStatus if status.terminal],
+            "arq": [job_key_prefix, result_key_prefix],
+            "tasks": [
+                [t.task_id, t.queue, _word(t.payload), str(t.score_ms), str(t.expires_ms)]
+                for t in tasks
+            ],
+            "writes": pipe.writes,
+        }
+        answer = await self._create(keys=[self._job_key(job.id)], args=[orjson.dumps(new)])
+        if answer[0] == b"active":
+            raise ActiveJobExists(job.kind, answer[1].decode())
         return job
 
     async def get(self, job_id: str) -> Job:
-        """The job with this id; :class:`JobNotFound` if there is none."""
-        raw = await self.redis.hgetall(self._job_key(job_id))
+        """The job with this id; :class:`JobNotFound` if there is none.
+
+        Reads asked for in the same turn of the event loop go to Redis in one pipeline.
+        """
+        raw = await self._reads.hgetall(self._job_key(job_id))
         if not raw:
             raise JobNotFound(job_id)
         return self._decode(raw)
@@ -128,9 +327,17 @@ class JobStore:
         return job
 
     def _index(
-        self, pipe: Any, job: Job, previous: JobStatus | None, previous_due: datetime | None
+        self,
+        pipe: Any,
+        job: Job,
+        previous: JobStatus | None,
+        previous_due: datetime | None,
+        was_open: bool = False,
     ) -> None:
-        """Queue the index and count changes that take the job from its previous state."""
+        """Queue the index and count changes that take the job from its previous state.
+
+        ``idx:open`` holds the live jobs whose clock runs (:attr:`Job.open_due`).
+        """
         created_ms = epoch_ms(job.created_at)
         if previous != job.status:
             if previous is not None:
@@ -142,10 +349,14 @@ class JobStore:
             pipe.zadd(f"{self.ns}idx:expires", {job.id: epoch_ms(job.result.expires_at)})
         elif previous is JobStatus.SUCCEEDED:
             pipe.zrem(f"{self.ns}idx:expires", job.id)
-        if previous != job.status or previous_due != job.due_at:
+        if (
+            previous != job.status
+            or previous_due != job.due_at
+            or was_open != (job.open_due is not None)
+        ):
             due_ms = epoch_ms(job.due_at)
             pipe.zadd(f"{self.ns}idx:due", {job.id: due_ms})
-            if job.status.terminal:
+            if job.open_due is None:  # ended, or its clock stopped (jobs.lifecycle)
                 pipe.zrem(f"{self.ns}idx:open", job.id)
             else:
                 pipe.zadd(f"{self.ns}idx:open", {job.id: due_ms})
@@ -174,7 +385,7 @@ class JobStore:
             if expected is not None and job.status not in expected:
                 await pipe.unwatch()  # the refusal stands as read
                 return None
-            previous, previous_due = job.status, job.due_at
+            previous, previous_due, was_open = job.status, job.due_at, job.open_due is not None
             runs_before = {n: _run(r) for n, r in job.connectors.items()}
             change(job)
             if job.status.terminal:
@@ -186,7 +397,7 @@ class JobStore:
                 if _run(run) != runs_before.get(name):
                     mapping[f"run:{name}"] = _run(run)
             pipe.hset(key, mapping=mapping)
-            self._index(pipe, job, previous, previous_due)
+            self._index(pipe, job, previous, previous_due, was_open)
             self._queue_event(pipe, job_id, event, actor, data or {})
             return job
 
@@ -339,26 +550,6 @@ class JobStore:
         running: str | None = await self.redis.transaction(attempt, gate, value_from_callable=True)
         return running
 
-    async def claim_active(self, kind: JobKind, subject: str, job_id: str) -> str | None:
-        """Record ``job_id`` as the subject's one live job of ``kind``.
-
-        Returns ``None`` when recorded, or the id of the live job that already is.
-        A recorded job that has ended no longer counts, so nothing needs releasing.
-        """
-        key = f"{self.ns}active:{kind.value}:{subject}"
-
-        async def attempt(pipe: Any) -> str | None:
-            raw = await pipe.get(key)
-            if raw is not None and raw.decode() != job_id and await self._is_live(raw.decode()):
-                await pipe.unwatch()  # the refusal stands as read
-                return str(raw.decode())
-            pipe.multi()
-            pipe.set(key, job_id)
-            return None
-
-        active: str | None = await self.redis.transaction(attempt, key, value_from_callable=True)
-        return active
-
     async def subject_busy_with_another(self, subject: str, job_id: str) -> bool:
         """Whether a live job other than ``job_id`` holds the subject's gate."""
         raw = await self.redis.hget(self._gate_key(subject), "holder")
@@ -383,8 +574,93 @@ class JobStore:
         results = await self.redis.transaction(attempt, gate)
         return sorted(member.decode() for member in results[-2])
 
+    async def ids_created_before(
+        self, status: JobStatus, moment: datetime, *, skip: int = 0, limit: int = 1000
+    ) -> list[str]:
+        """Ids of jobs in ``status`` created before ``moment``, oldest first, after ``skip``."""
+        raw = await self.redis.zrangebyscore(
+            self._status_key(status), "-inf", f"({epoch_ms(moment)}", start=skip, num=limit
+        )
+        return [item.decode() for item in raw]
+
+    async def ended_at(self, job_id: str) -> tuple[Job, datetime] | None:
+        """The job and its end (:func:`last_activity`) if it has ended; ``None`` if live or gone."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._job_key(job_id))
+            pipe.xrevrange(self._events_key(job_id), count=1)
+            raw, last = await pipe.execute()
+        if not raw:
+            return None
+        job = self._decode(raw)
+        if not job.status.terminal:
+            return None
+        return job, last_activity(job, _event(*last[0]).at if last else None)
+
+    async def once_keys(self) -> list[str]:
+        """The notify-once sets (:meth:`first_time`), found in one pass over the key space."""
+        found = self.redis.scan_iter(match=f"{self.ns}once:*", count=1000)
+        return sorted({key.decode() async for key in found})
+
+    async def delete_ended(
+        self,
+        job_id: str,
+        *,
+        ended_before: datetime,
+        once: Sequence[str] = (),
+        also: Callable[[Any, Job], None] | None = None,
+    ) -> Job | None:
+        """Delete a job that ended before ``ended_before``, and everything the store holds of it.
+
+        Its record, its timeline, its entries in every index (:func:`jobs.search.job_indexes`)
+        and the marks that name it (its subject's gate and live-job marks, the notify-once
+        sets ``once``), in one transaction that watches the record and the timeline;
+        ``also(pipe, job)`` queues other modules' deletions of the job in it. A job that
+        is live, or whose end (:func:`last_activity`) is not before ``ended_before``, is
+        left as it is and the answer is ``None``, as when there is no such job; so is one
+        retried or changed meanwhile, read again. The counts stay: they count every job
+        there has been.
+        """
+        key, events = self._job_key(job_id), self._events_key(job_id)
+        mark = job_id.encode()
+
+        async def attempt(pipe: Any) -> Job | None:
+            raw = await pipe.hgetall(key)
+            last = await pipe.xrevrange(events, count=1)
+            job = self._decode(raw) if raw else None
+            if (
+                job is None
+                or not job.status.terminal
+                or last_activity(job, _event(*last[0]).at if last else None) >= ended_before
+            ):
+                await pipe.unwatch()  # the refusal stands as read
+                return None
+            gate = self._gate_key(job.subject)
+            active = f"{self.ns}active:{job.kind.value}:{job.subject}"
+            await pipe.watch(gate, active)
+            holder = await pipe.hget(gate, "holder")
+            marked = await pipe.get(active)
+            pipe.multi()
+            pipe.delete(key, events)
+            for index in job_indexes(self.ns, job):
+                pipe.zrem(index, job_id)
+            for topic in once:
+                pipe.srem(topic, job_id)
+            pipe.srem(f"{gate}:waiting", job_id)
+            if holder == mark:
+                pipe.hdel(gate, "holder")
+            if marked == mark:
+                pipe.delete(active)
+            if also is not None:
+                also(pipe, job)
+            return job
+
+        deleted: Job | None = await self.redis.transaction(
+            attempt, key, events, value_from_callable=True
+        )
+        return deleted
+
     async def counts(self) -> dict[str, dict[str, int]]:
-        """How many jobs there are of each kind in each status."""
+        """How many jobs there have been of each kind in each status (purged ones as they ended)."""
         raw = await self.redis.hgetall(f"{self.ns}counts")
         counts: dict[str, dict[str, int]] = {}
         for field, value in raw.items():

@@ -21,13 +21,21 @@ become the subject's identifiers on the requests they file for themselves.
 
 Errors are problems: a token that is not good enough is a 401 naming why; a token
 that needs the identity provider's keys while they cannot be fetched is a 503.
+
+A token verified once is known by its SHA-256 for a while (:class:`VerifiedTokens`):
+at most :data:`TOKEN_CACHE_SECONDS` and never past its ``exp``, and only while the
+key that verified it is still the one the identity provider's set holds under its
+``kid``: a refetched set (a rotation, a key removed) makes every token verified by the
+set before it be checked again, so a token whose key is gone is never accepted.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping
@@ -59,6 +67,10 @@ JWKS_REFRESH_INTERVAL_SECONDS = 30.0
 JWKS_MAX_AGE_SECONDS = 900.0
 JWKS_TIMEOUT_SECONDS = 5.0
 JWKS_MAX_BYTES = 256 * 1024
+#: How long a verified token is known without being checked again (never past its ``exp``).
+TOKEN_CACHE_SECONDS = 30.0
+#: How many verified tokens a process knows at once; the oldest is forgotten first.
+TOKEN_CACHE_SIZE = 10_000
 
 
 class Role(StrEnum):
@@ -80,6 +92,10 @@ class Principal:
     identifiers: Mapping[str, tuple[str, str]] = field(default_factory=dict)
     #: Who vouches for ``sub``: the token's ``iss``, if it names one.
     issuer: str | None = None
+    #: Every verified claim, for settings that name one (``HANDOVER_JURISDICTION_CLAIM``).
+    claims: Mapping[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    #: The holder's language, from the token's ``locale`` claim (a BCP 47 tag), if well formed.
+    locale: str | None = None
 
     @property
     def is_staff(self) -> bool:
@@ -98,6 +114,11 @@ class Principal:
     def may_see(self, subject: str) -> bool:
         """Whether this principal may see jobs about ``subject``."""
         return self.is_staff or subject == self.sub
+
+    def notice_locale(self, subject: str, asked: str | None) -> str | None:
+        """The language of a request's notices: the one asked for, else this token's
+        ``locale`` claim when it is the subject's own (staff's language is not theirs)."""
+        return asked or (self.locale if subject == self.sub else None)
 
 
 _VERIFIED = web.RequestKey("verified", tuple[str, Principal])
@@ -162,6 +183,10 @@ class JwksClient:
                 f"which signs {key.algorithm_name}"
             )
         return key
+
+    def holds(self, kid: str, key: jwt.PyJWK) -> bool:
+        """Whether ``key`` is still the key ``kid`` names in the set as last fetched."""
+        return self._keys.get(kid) is key
 
     async def _refresh(self) -> None:
         async with self._lock:
@@ -241,6 +266,62 @@ def _signing_key(jwk: object) -> jwt.PyJWK | None:
     return key
 
 
+@dataclass(frozen=True)
+class _Verified:
+    principal: Principal
+    until: float
+    #: The identity provider's key that verified the token, by its kid (``None``: the secret).
+    key: tuple[str, jwt.PyJWK] | None
+
+
+class VerifiedTokens:
+    """Tokens verified lately, by the SHA-256 of their text; a hit skips the whole check.
+
+    Bounded: past ``size`` entries the oldest is forgotten. An entry lasts ``seconds``
+    at most and never past the token's ``exp``, and a token verified by an identity
+    provider key counts only while ``jwks`` still holds that very key under its ``kid``.
+    """
+
+    def __init__(
+        self,
+        jwks: JwksClient | None,
+        *,
+        size: int = TOKEN_CACHE_SIZE,
+        seconds: float = TOKEN_CACHE_SECONDS,
+    ) -> None:
+        self._jwks = jwks
+        self._size = size
+        self._seconds = seconds
+        self._entries: dict[bytes, _Verified] = {}
+
+    def get(self, digest: bytes, now: float) -> Principal | None:
+        """The principal the token with this digest verified as, if it may still be trusted."""
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if now < entry.until and (
+            entry.key is None or (self._jwks is not None and self._jwks.holds(*entry.key))
+        ):
+            return entry.principal
+        del self._entries[digest]
+        return None
+
+    def put(
+        self,
+        digest: bytes,
+        principal: Principal,
+        *,
+        expires: float,
+        now: float,
+        key: tuple[str, jwt.PyJWK] | None,
+    ) -> None:
+        """Remember a token verified at ``now`` (by ``key``, if the identity provider's),
+        until ``expires`` (its ``exp``) at the latest."""
+        if len(self._entries) >= self._size:
+            del self._entries[next(iter(self._entries))]
+        self._entries[digest] = _Verified(principal, min(now + self._seconds, expires), key)
+
+
 class TokenAuthority:
     """Verifies bearer tokens (and, with a shared secret, issues them).
 
@@ -268,6 +349,7 @@ class TokenAuthority:
         self._audience = audience
         self._leeway = leeway
         self._identity_claims = dict(identity_claims or {})
+        self._verified = VerifiedTokens(jwks)
 
     @classmethod
     def from_settings(cls, settings: Settings, secret: str | None) -> TokenAuthority:
@@ -282,11 +364,18 @@ class TokenAuthority:
         )
 
     def issue(
-        self, sub: str, roles: list[str], ttl_seconds: int = 3600, *, email: str | None = None
+        self,
+        sub: str,
+        roles: list[str],
+        ttl_seconds: int = 3600,
+        *,
+        email: str | None = None,
+        locale: str | None = None,
     ) -> str:
         """A signed HS256 token for ``sub`` with ``roles``, valid ``ttl_seconds``.
 
-        With ``email``, the token carries it as a verified ``email`` claim.
+        With ``email``, the token carries it as a verified ``email`` claim; with
+        ``locale``, a ``locale`` claim.
         """
         if self._secret is None:
             raise SettingsError(
@@ -304,6 +393,8 @@ class TokenAuthority:
         }
         if email is not None:
             claims.update(email=email, email_verified=True)
+        if locale is not None:
+            claims["locale"] = locale
         if self._issuer is not None:
             claims["iss"] = self._issuer
         if self._audience is not None:
@@ -311,7 +402,15 @@ class TokenAuthority:
         return jwt.encode(claims, self._secret, algorithm=SHARED_SECRET_ALGORITHM)
 
     async def verify(self, token: str) -> Principal:
-        """The principal a token names; a 401 problem when it is not valid."""
+        """The principal a token names; a 401 problem when it is not valid.
+
+        A token verified lately is answered from :class:`VerifiedTokens`.
+        """
+        digest = hashlib.sha256(token.encode()).digest()
+        now = time.time()
+        known = self._verified.get(digest, now)
+        if known is not None:
+            return known
         try:
             header = jwt.get_unverified_header(token)
         except jwt.InvalidTokenError as exc:
@@ -319,7 +418,10 @@ class TokenAuthority:
         algorithm = header.get("alg")
         key = await self._key_for(algorithm, header.get("kid"))
         claims = self._decode(token, key, str(algorithm))
-        return _principal(claims, self._identity_claims)
+        principal = _principal(claims, self._identity_claims)
+        held = (str(header["kid"]), key) if isinstance(key, jwt.PyJWK) else None
+        self._verified.put(digest, principal, expires=float(claims["exp"]), now=now, key=held)
+        return principal
 
     async def authenticate(self, request: web.Request) -> Principal:
         """The principal behind the request's bearer token; 401 if there is none.
@@ -419,7 +521,18 @@ def _principal(claims: Mapping[str, Any], identity_claims: Mapping[str, str]) ->
         auth_time=auth_time,
         identifiers=identifiers,
         issuer=issuer if isinstance(issuer, str) else None,
+        claims=claims,
+        locale=_locale(claims.get("locale")),
     )
+
+
+#: A language tag as OpenID Connect's ``locale`` claim holds it (BCP 47; ``_`` seen too).
+LOCALE = re.compile(r"[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{1,8}){0,4}")
+
+
+def _locale(value: object) -> str | None:
+    """The ``locale`` claim if it is a language tag; anything else is ignored, never half-used."""
+    return value if isinstance(value, str) and LOCALE.fullmatch(value) else None
 
 
 def _unauthorized(detail: str) -> Problem:

@@ -8,16 +8,27 @@ redaction step removes bearer tokens, JWTs, URL signatures and tokens, and email
 addresses from every line; a malformed request is logged as its error's class, not
 its raw request line; and the access log records the matched route, never the raw
 path or query.
+
+The access log is written straight to the JSON handler's stream, the same fields
+in the same order as structlog renders them, without a ``LogRecord`` or the
+processor chain: it is one line per request, on the API's hot path. The lines of the
+requests one turn of the event loop answered go out in one write at the end of that
+turn, and before any other line, so the order of lines stays the order of events.
+Where another handler listens (a test capturing logs), the line goes through
+``logging`` as any other.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import logging
 import re
 import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
@@ -70,6 +81,10 @@ class _MalformedRequests(logging.Filter):
         return True
 
 
+#: Request methods logged as they are; any other is redacted first, like any logged text.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     """Route every logger in the process to one JSON-lines handler."""
     shared: list[Any] = [
@@ -94,7 +109,7 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
             structlog.processors.JSONRenderer(),
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = JsonLinesHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
     handler.addFilter(_MalformedRequests())
     root = logging.getLogger()
@@ -105,10 +120,60 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     logging.getLogger("botocore.credentials").setLevel(max(level, logging.WARNING))
 
 
+class JsonLinesHandler(logging.StreamHandler[TextIO]):
+    """The stream handler :func:`configure` installs, which also takes lines written ahead.
+
+    :meth:`write_soon` keeps a line until the end of the event loop's current turn, so
+    that the lines of many requests cost one write; any record emitted meanwhile
+    writes them first.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
+        self._waiting: list[str] = []
+
+    def write_soon(self, line: str) -> None:
+        """Write ``line`` (one JSON object) at the end of this turn of the running loop."""
+        self.acquire()
+        try:
+            self._waiting.append(line)
+            first = len(self._waiting) == 1
+        finally:
+            self.release()
+        if first:
+            asyncio.get_running_loop().call_soon(self.write_waiting)
+
+    def write_waiting(self) -> None:
+        """Write the lines kept by :meth:`write_soon`, in one write."""
+        self.acquire()
+        try:
+            self._write_waiting()
+        finally:
+            self.release()
+        self.flush()
+
+    def _write_waiting(self) -> None:
+        if self._waiting:
+            self.stream.write(self.terminator.join(self._waiting) + self.terminator)
+            self._waiting.clear()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        """Write the lines waiting, then ``record``, as any stream handler does."""
+        if self._waiting:
+            self.acquire()
+            try:
+                self._write_waiting()
+            finally:
+                self.release()
+        super().emit(record)
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request: method, route template, status, duration; no path, no query."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
         route = "unmatched"
         try:
             match_info = getattr(request, "match_info", None)
@@ -117,12 +182,46 @@ class AccessLogger(AbstractAccessLogger):
         resource = getattr(getattr(match_info, "route", None), "resource", None)
         if resource is not None and resource.canonical:
             route = resource.canonical
-        self.logger.info(
-            "request",
-            extra={
-                "method": request.method,
-                "route": route,
-                "status": response.status,
-                "seconds": round(time, 4),
-            },
+        method = request.method if request.method in _METHODS else redact(request.method)
+        seconds = round(time, 4)
+        handlers = self._json_handlers()
+        if handlers is None:
+            extra = {"method": method, "route": route, "status": response.status}
+            self.logger.info("request", extra={**extra, "seconds": seconds})
+            return
+        line = (
+            '{"event": "request", "level": "info", "logger": '
+            f"{_json(self.logger.name)}, "
+            f'"timestamp": "{_now()}", "method": {_json(method)}, '
+            f'"route": {_json(route)}, "status": {response.status}, "seconds": {seconds!r}}}'
         )
+        for handler in handlers:
+            handler.write_soon(line)
+
+    def _json_handlers(self) -> list[JsonLinesHandler] | None:
+        """The handlers an info line of this logger reaches, if :func:`configure` made
+        them all; ``None`` (log it the ordinary way) if any other would see it, a
+        filter could change it, or bound context variables belong in it."""
+        if self.logger.filters or structlog.contextvars.get_contextvars():
+            return None
+        logger: logging.Logger | None = self.logger
+        found: list[JsonLinesHandler] = []
+        while logger is not None:
+            for handler in logger.handlers:
+                if not isinstance(handler, JsonLinesHandler) or not all(
+                    isinstance(f, _MalformedRequests) for f in handler.filters
+                ):
+                    return None
+                if handler.level <= logging.INFO:
+                    found.append(handler)
+            logger = logger.parent if logger.propagate else None
+        return found
+
+
+def _json(text: str) -> str:
+    return orjson.dumps(text).decode()
+
+
+def _now() -> str:
+    """The time as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it."""
+    return datetime.datetime.now(tz=datetime.UTC).isoformat().replace("+00:00", "Z")

@@ -1,8 +1,10 @@
 """Abuse limits: API requests per minute per caller, and new requests per hour per subject.
 
 Fixed windows counted by :class:`jobs.ratelimit.RateLimiter`, shared by every API
-process. Past a limit the answer is 429 problem+json with ``Retry-After`` saying
-when the window ends.
+process: each counts in memory and adds its counts to Redis every 100 ms, and counts
+in Redis at once past half a limit (the bound across processes is in that module).
+Past a limit the answer is 429 problem+json with ``Retry-After`` saying when the
+window ends.
 
 A caller is who their token verifies as (its issuer and subject), never the token's
 spelling: another token for the same subject, or the same token written another way

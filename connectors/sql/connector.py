@@ -4,7 +4,8 @@
 creates one connection pool on :meth:`~SqlConnector.open` and, for each request,
 binds its tables to the reflected schema (:mod:`connectors.sql.schema`) and maps
 every database error on the way out (:mod:`connectors.sql.errors`). Export and
-identity lookups stream rows through server-side cursors in batches; erasure and
+identity lookups stream rows through server-side cursors in batches, and an export
+yields each cursor fetch as one batch (:class:`~connectors.items.Records`); erasure and
 restriction run in one transaction (rolled back for a dry run); anonymisation
 goes in primary-key batches and skips rows already anonymised, so a repeat reports
 nothing new.
@@ -40,7 +41,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from connectors.base import Connector
 from connectors.errors import PermanentError
-from connectors.items import Dataset, Item, Record, Subject
+from connectors.items import Batch, Dataset, Records, Subject
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 from connectors.sql.config import Source, SqlOptions, TableSpec
 from connectors.sql.errors import mapped_errors
@@ -135,9 +136,10 @@ class SqlConnector(Connector):
 
     # -- the requests ----------------------------------------------------------
 
-    async def export(self, subject: Subject) -> AsyncIterator[Item]:
-        """Stream the subject's rows table by table, blocked rows included.
+    async def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
+        """Stream the subject's rows table by table, blocked rows included, a fetch at a time.
 
+        Each batch is one fetch of the table's server-side cursor (up to 1,000 rows).
         Rows of an ``anonymise`` table whose anonymised columns already hold their
         anonymised values are no longer about the subject and are left out. A
         subject without the identifier one of the tables needs raises
@@ -152,9 +154,9 @@ class SqlConnector(Connector):
                 for bound, condition in reached:
                     if condition is None:
                         continue
-                    async with aclosing(self._stream(connection, bound, condition)) as records:
-                        async for record in records:
-                            yield record
+                    async with aclosing(self._stream(connection, bound, condition)) as batches:
+                        async for batch in batches:
+                            yield batch
 
     async def resolve(self, subject: Subject) -> Mapping[str, str]:
         """Read each identifier in ``provides`` from its column of the subject's rows.
@@ -290,7 +292,7 @@ class SqlConnector(Connector):
 
     async def _stream(
         self, connection: AsyncConnection, bound: Bound, condition: ColumnElement[bool]
-    ) -> AsyncGenerator[Record, None]:
+    ) -> AsyncGenerator[Records, None]:
         spec = bound.spec
         exported = len(bound.columns)
         watched = spec.changed_columns if spec.erase == "anonymise" else ()
@@ -301,16 +303,22 @@ class SqlConnector(Connector):
             .order_by(*(bound.table.c[name] for name in bound.order_by))
             .execution_options(yield_per=_BATCH_ROWS)
         )
+        names = selected[:exported]
         result = await connection.stream(statement)
         try:
-            async for batch in result.partitions():
-                for row in batch:
-                    values = dict(zip(selected, row, strict=True))
-                    current = {name: values[name] for name in watched}
-                    if watched and self._anonymised_values(spec, current) == current:
-                        continue  # anonymised: no longer about the subject
-                    data = {name: _jsonable(values[name]) for name in selected[:exported]}
-                    yield Record(spec.dataset, data)
+            async for fetched in result.partitions():
+                if not watched:  # every column selected is exported
+                    rows = [dict(zip(names, map(_jsonable, row), strict=True)) for row in fetched]
+                else:
+                    rows = []
+                    for row in fetched:
+                        values = dict(zip(selected, row, strict=True))
+                        current = {name: values[name] for name in watched}
+                        if self._anonymised_values(spec, current) == current:
+                            continue  # anonymised: no longer about the subject
+                        rows.append({name: _jsonable(values[name]) for name in names})
+                if rows:
+                    yield Records(spec.dataset, rows)
         finally:
             await result.close()
 

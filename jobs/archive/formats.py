@@ -3,6 +3,16 @@
 Each renderer turns a batch of records into bytes, with an opening and a closing,
 so a dataset of any length streams through without being held whole.
 
+JSON and NDJSON encode a batch with plain ``orjson.dumps`` per record, in one list
+comprehension: half to two thirds of the cost of the generic encoder (:func:`dumps`)
+here, and byte for byte the same wherever it succeeds, since orjson consults the
+generic encoder's ``default`` and ``OPT_NON_STR_KEYS`` only for what it cannot write
+itself. A batch holding such a value (a ``Decimal``, ``bytes``, a set, a key that is
+not text) makes plain orjson raise, and that batch alone is encoded again by
+:func:`dumps`. Each record's bytes are copied with their separator before the batch is
+joined: orjson's own output keeps about 4 KB allocated while it lives, so a list of a
+thousand of them would hold megabytes.
+
 CSV is opened by spreadsheets, which run a cell that starts with ``=``, ``+``, ``-``,
 ``@``, tab or carriage return as a formula (CSV injection, CWE-1236). As OWASP
 recommends, such a cell, header cells included, is written with a ``'`` in front and
@@ -75,7 +85,10 @@ class NdjsonRenderer(Renderer):
 
     def render(self, records: Sequence[Mapping[str, Any]]) -> bytes:
         self.count += len(records)
-        return b"".join(dumps(record) + b"\n" for record in records)
+        try:
+            return b"".join([orjson.dumps(record) + b"\n" for record in records])
+        except TypeError:  # a value only the generic encoder writes: this batch through it
+            return b"".join([dumps(record) + b"\n" for record in records])
 
 
 class JsonRenderer(Renderer):
@@ -89,7 +102,13 @@ class JsonRenderer(Renderer):
             return b""
         lead = b"\n" if self.count == 0 else b",\n"
         self.count += len(records)
-        return lead + b",\n".join(dumps(record) for record in records)
+        try:
+            items = [orjson.dumps(record) + b",\n" for record in records]
+        except TypeError:  # a value only the generic encoder writes: this batch through it
+            items = [dumps(record) + b",\n" for record in records]
+        items[0] = lead + items[0]
+        items[-1] = items[-1][:-2]
+        return b"".join(items)
 
     def end(self) -> bytes:
         return b"\n]\n" if self.count else b"]\n"

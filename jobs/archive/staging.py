@@ -6,13 +6,35 @@ while the items stream in. The streams' output is cut into chunks and appended,
 interleaved, to the connector's single staged object; every file remembers the
 ``(offset, length)`` of its chunks, so bundling copies them without recompressing.
 Memory stays bounded by the chunk size per open file, whatever the export's size.
+
+:class:`Stager` is the work itself, without I/O or threads. :class:`StagingThread`
+drives it for the export pipeline: the event loop renders records (orjson holds the
+GIL, so another thread would not render faster), and one long-lived thread per
+connector run does SHA-256, CRC-32 and deflate, which release the GIL, on about
+:data:`FEED_SIZE` of rendered bytes at a time, while the loop reads and renders the
+next batch. At most :data:`IN_FLIGHT` pieces wait for that thread, so memory stays
+flat whatever the connector's pace.
+
+That thread needs the GIL back after each call that released it (three or four times
+a piece), and while the loop runs Python without pause (a connector generating its
+rows) CPython hands it over only every switch interval, 5 ms by default: up to 20 ms
+a MiB, which made the thread, not the connector, set the pace. A process that stages
+therefore lowers its switch interval to :data:`SWITCH_INTERVAL`, once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
 import hashlib
 import posixpath
+import queue
+import sys
+import threading
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from types import TracebackType
 from typing import Any
 
 from isal import isal_zlib
@@ -24,6 +46,14 @@ from jobs.model import StagedPart
 
 CHUNK_SIZE = 1 << 20
 COMPRESSION_LEVEL = 1
+FEED_SIZE = 1 << 20
+"""Rendered bytes of one archive file gathered before they go to the staging thread."""
+IN_FLIGHT = 4
+"""Pieces handed to the staging thread and not yet done, at most."""
+RENDER_ROWS = 2000
+"""Rows rendered at a time: a larger batch is rendered in slices of this many."""
+SWITCH_INTERVAL = 0.001
+"""The longest a thread waits for the GIL while another runs Python, in seconds."""
 
 
 class _Stream:
@@ -36,8 +66,9 @@ class _Stream:
         self._deflate = isal_zlib.compressobj(COMPRESSION_LEVEL, isal_zlib.DEFLATED, -15)
         self.pending: list[bytes] = []
         self.pending_size = 0
+        self.opening = b""  # rendered bytes that go before the first records (a JSON "[")
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | memoryview) -> None:
         if not data:
             return
         self._sha.update(data)
@@ -59,8 +90,14 @@ class _Stream:
 class Stager:
     """Turns one connector's items into staged bytes and the parts that index them.
 
-    Not thread-safe, and needs none: the pipeline calls it from one thread at a
-    time. Every method returns the bytes to append to the staged object, in order.
+    Every method that returns bytes returns those to append to the staged object,
+    in order. Called from one thread, it does everything; :class:`StagingThread`
+    splits it in two, each half called from one thread only: rendering
+    (:meth:`render_rows`, :meth:`open_file`, :meth:`end_records`) from the event
+    loop, and everything that checksums, deflates or appends (:meth:`feed`,
+    :meth:`close_file`, :meth:`close_records`) from the staging thread, in the order
+    the loop handed them over. The halves share no state but the parts, whose
+    fields each writes its own of (records; sizes, checksums and chunks).
     """
 
     def __init__(
@@ -114,13 +151,41 @@ class Stager:
             grouped.setdefault(record.dataset, []).append(record.data)
         out: list[bytes] = []
         for name, rows in grouped.items():
-            for path in self._record_paths(name):
-                renderer = self._renderers[path]
-                stream = self._streams[path]
-                stream.feed(renderer.render(rows))
-                stream.part.records += len(rows)
-                out.extend(self._drain(stream, self._chunk_size))
+            out.extend(self.add_rows(name, rows))
         return out
+
+    def add_rows(self, dataset: str, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
+        """Encode rows of one dataset; returns staged bytes ready to append."""
+        out: list[bytes] = []
+        if not rows:
+            return out
+        for path, data in self.render_rows(dataset, rows):
+            out.extend(self.feed(path, data))
+        return out
+
+    def render_rows(
+        self, dataset: str, rows: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, bytes]]:
+        """Rows of one dataset rendered in every format: ``(archive path, bytes)`` for :meth:`feed`.
+
+        The first rows of a dataset open its files, their opening bytes in front.
+        """
+        rendered = []
+        for path in self._record_paths(dataset):
+            stream = self._streams[path]
+            data = self._renderers[path].render(rows)
+            if stream.opening:
+                data = stream.opening + data
+                stream.opening = b""
+            stream.part.records += len(rows)
+            rendered.append((path, data))
+        return rendered
+
+    def feed(self, path: str, data: bytes | memoryview) -> list[bytes]:
+        """Checksum and deflate rendered bytes of ``path``; returns staged bytes ready to append."""
+        stream = self._streams[path]
+        stream.feed(data)
+        return self._drain(stream, self._chunk_size)
 
     def _record_paths(self, name: str) -> list[str]:
         paths = self._record_streams.get(name)
@@ -132,7 +197,7 @@ class Stager:
             path = f"{self.connector}/{dataset.name}.{fmt}"
             renderer = RENDERERS[fmt](dataset.name, dataset.fields)
             stream = self._open(path, dataset, fmt)
-            stream.feed(renderer.begin())
+            stream.opening = renderer.begin()
             self._renderers[path] = renderer
             paths.append(path)
         self._record_streams[name] = paths
@@ -147,11 +212,9 @@ class Stager:
         self._open(archive_path, self._dataset(dataset), "binary")
         return archive_path
 
-    def add_file_data(self, archive_path: str, data: bytes) -> list[bytes]:
+    def add_file_data(self, archive_path: str, data: bytes | memoryview) -> list[bytes]:
         """Feed a piece of a binary file; returns staged bytes ready to append."""
-        stream = self._streams[archive_path]
-        stream.feed(data)
-        return self._drain(stream, self._chunk_size)
+        return self.feed(archive_path, data)
 
     def close_file(self, archive_path: str) -> list[bytes]:
         """Finish a binary file; returns its last staged bytes."""
@@ -163,12 +226,25 @@ class Stager:
     def finish(self) -> tuple[list[bytes], list[StagedPart]]:
         """Close every open dataset; returns the last staged bytes and every part."""
         out: list[bytes] = []
-        for path, renderer in self._renderers.items():
-            stream = self._streams[path]
-            stream.feed(renderer.end())
-            stream.close()
-            out.extend(self._drain(stream, 1))
-        return out, [self._streams[path].part for path in self._order]
+        for path, data in self.end_records():
+            out.extend(self.feed(path, data))
+            out.extend(self.close_records(path))
+        return out, self.parts
+
+    def end_records(self) -> list[tuple[str, bytes]]:
+        """Every dataset file's closing bytes, to :meth:`feed` before :meth:`close_records`."""
+        return [(path, renderer.end()) for path, renderer in self._renderers.items()]
+
+    def close_records(self, path: str) -> list[bytes]:
+        """Finish dataset file ``path`` (closing bytes fed); returns its last staged bytes."""
+        stream = self._streams[path]
+        stream.close()
+        return self._drain(stream, 1)
+
+    @property
+    def parts(self) -> list[StagedPart]:
+        """Every archive file staged, in the order each was opened."""
+        return [self._streams[path].part for path in self._order]
 
     def _drain(self, stream: _Stream, threshold: int) -> list[bytes]:
         if stream.pending_size < threshold or not stream.pending:
@@ -185,3 +261,167 @@ class Stager:
         part.compressed_size += len(chunk)
         self._offset += len(chunk)
         return [chunk]
+
+
+class StagingThread:
+    """Drives a :class:`Stager` from the event loop, with its checksums and deflate on a thread.
+
+    The loop renders (:meth:`Stager.render_rows`) and gathers each archive file's
+    bytes until about ``feed_size`` of them; then one long-lived thread of this
+    run's own feeds them to the file's SHA-256, CRC-32 and deflate
+    (:meth:`Stager.feed`). Every method returns the staged bytes the thread has
+    finished so far, in the order they belong in the staged object, and waits only
+    while ``in_flight`` pieces are still with the thread. Use it as an async context
+    manager: leaving it stops the thread, whatever happened.
+    """
+
+    def __init__(
+        self,
+        stager: Stager,
+        *,
+        feed_size: int = FEED_SIZE,
+        in_flight: int = IN_FLIGHT,
+        render_rows: int = RENDER_ROWS,
+    ) -> None:
+        self._stager = stager
+        self._feed_size = feed_size
+        self._in_flight = in_flight
+        self._render_rows = render_rows
+        self._gathered: dict[str, list[bytes | memoryview]] = {}
+        self._gathered_size: dict[str, int] = {}
+        self._loop = asyncio.get_running_loop()
+        self._inbox: queue.SimpleQueue[Callable[[], list[bytes]] | None] = queue.SimpleQueue()
+        self._done: collections.deque[list[bytes]] = collections.deque()
+        self._pending = 0
+        self._failure: BaseException | None = None
+        self._lock = threading.Lock()
+        self._waiter: asyncio.Future[None] | None = None
+        self._thread = threading.Thread(
+            target=self._work, name=f"handover-staging-{stager.connector}", daemon=True
+        )
+
+    async def __aenter__(self) -> StagingThread:
+        if sys.getswitchinterval() > SWITCH_INTERVAL:
+            sys.setswitchinterval(SWITCH_INTERVAL)
+        self._thread.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._inbox.put(None)  # it ends once what it holds is done: a few pieces at most
+
+    @property
+    def in_flight(self) -> int:
+        """Pieces handed to the thread whose staged bytes the loop has not taken yet."""
+        return self._pending
+
+    async def add_rows(self, dataset: str, rows: Sequence[Mapping[str, Any]]) -> list[bytes]:
+        """Render rows of one dataset, :data:`RENDER_ROWS` at a time; staged bytes so far."""
+        out: list[bytes] = []
+        step = self._render_rows
+        for start in range(0, len(rows), step):
+            batch = rows if len(rows) <= step else rows[start : start + step]
+            for path, data in self._stager.render_rows(dataset, batch):
+                if self._gather(path, data):
+                    out.extend(
+                        await self._hand_over(partial(self._stager.feed, path, self._take(path)))
+                    )
+        return out
+
+    def open_file(self, path: str, dataset: str) -> str:
+        """Start a binary file: :meth:`Stager.open_file`."""
+        return self._stager.open_file(path, dataset)
+
+    async def add_file_data(self, archive_path: str, data: bytes) -> list[bytes]:
+        """Feed a piece of a binary file, in slices of ``feed_size``; staged bytes so far."""
+        out: list[bytes] = []
+        view = memoryview(data)
+        for start in range(0, len(view), self._feed_size):
+            if self._gather(archive_path, view[start : start + self._feed_size]):
+                piece = self._take(archive_path)
+                out.extend(await self._hand_over(partial(self._stager.feed, archive_path, piece)))
+        return out
+
+    async def close_file(self, archive_path: str) -> list[bytes]:
+        """Finish a binary file; staged bytes so far."""
+        out = await self._flush(archive_path)
+        out.extend(await self._hand_over(partial(self._stager.close_file, archive_path)))
+        return out
+
+    async def finish(self) -> tuple[list[bytes], list[StagedPart]]:
+        """Close every dataset, wait for the thread; the last staged bytes and every part."""
+        out: list[bytes] = []
+        for path, data in self._stager.end_records():
+            self._gather(path, data)
+            out.extend(await self._flush(path))
+            out.extend(await self._hand_over(partial(self._stager.close_records, path)))
+        out.extend(await self._ready(0))
+        return out, self._stager.parts
+
+    def _gather(self, path: str, data: bytes | memoryview) -> bool:
+        """Keep ``data`` for ``path``; whether enough is kept to hand over."""
+        if data:
+            self._gathered.setdefault(path, []).append(data)
+            self._gathered_size[path] = self._gathered_size.get(path, 0) + len(data)
+        return self._gathered_size.get(path, 0) >= self._feed_size
+
+    def _take(self, path: str) -> bytes | memoryview:
+        pieces = self._gathered.pop(path, [])
+        self._gathered_size.pop(path, None)
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
+
+    async def _flush(self, path: str) -> list[bytes]:
+        if path not in self._gathered:
+            return []
+        return await self._hand_over(partial(self._stager.feed, path, self._take(path)))
+
+    async def _hand_over(self, work: Callable[[], list[bytes]]) -> list[bytes]:
+        """Queue ``work`` for the thread; what it has finished, once few enough pieces wait."""
+        if self._failure is not None:
+            raise self._failure
+        self._pending += 1
+        self._inbox.put(work)
+        return await self._ready(self._in_flight)
+
+    async def _ready(self, most: int) -> list[bytes]:
+        """The staged bytes the thread has finished, once at most ``most`` pieces wait."""
+        out: list[bytes] = []
+        while True:
+            while self._done:
+                out.extend(self._done.popleft())
+                self._pending -= 1
+            if self._failure is not None:
+                raise self._failure
+            if self._pending <= most:
+                return out
+            with self._lock:
+                if self._done:
+                    continue
+                waiter = self._waiter = self._loop.create_future()
+            await waiter
+
+    def _work(self) -> None:
+        """The thread: each piece in turn, until told to stop or a piece fails."""
+        while (work := self._inbox.get()) is not None:
+            try:
+                staged = work()
+            except BaseException as exc:  # raised in the loop, by whoever waits next
+                self._failure = exc
+                staged = []
+            self._done.append(staged)
+            with self._lock:
+                waiter, self._waiter = self._waiter, None
+            if waiter is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    self._loop.call_soon_threadsafe(_wake, waiter)
+            if self._failure is not None:
+                return
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -1,9 +1,12 @@
 """Checking what Handover hands out, with nothing but the service's public keys.
 
-- an export archive: every file against the manifest, the manifest against its signature;
-  a member name used twice (a forged copy can stand before the signed one, and unzip
-  tools disagree on which they keep) or one that could be written outside the
-  extraction directory fails it;
+- an export archive: every file against the manifest's SHA-256, the manifest against its
+  signature (that is what vouches for the content: an archive S3 assembled has no
+  SHA-256 of its own, and its job records S3's full-object CRC-32 instead, which
+  :attr:`Verification.crc32`, computed here, can be compared with); a member name
+  used twice (a forged copy can stand before the signed one, and unzip tools disagree
+  on which they keep) or one that could be written outside the extraction directory
+  fails it;
 - an erasure or restriction receipt: its signature over its canonical bytes; JSON
   that repeats a key in one object fails it.
 
@@ -30,6 +33,7 @@ from urllib.parse import urlsplit
 import orjson
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from isal import isal_zlib
 
 from jobs.archive.receipt import verify_receipt
 from jobs.archive.signing import SignatureError, jwk_public_key, refuse_repeated_keys, verify
@@ -47,11 +51,22 @@ class Verification:
     key_id: str | None = None
     problems: list[str] = field(default_factory=list)
     receipt: dict[str, Any] | None = None
+    crc32: str | None = None
+    """The archive file's CRC-32 (8 hex digits), to compare with its job's ``result.crc32``."""
 
     @property
     def ok(self) -> bool:
         """Nothing wrong was found."""
         return not self.problems
+
+    @property
+    def summary(self) -> str:
+        """What an intact archive was checked against, in one line."""
+        return (
+            f"{self.files} files match the manifest, signed by key {self.key_id} (each "
+            f"file's SHA-256); the archive's CRC-32 is {self.crc32}, as its job's "
+            "result.crc32 should be"
+        )
 
 
 def parse_keys(data: bytes, source: str) -> list[Ed25519PublicKey]:
@@ -161,9 +176,22 @@ def _digest(archive: zipfile.ZipFile, name: str) -> tuple[str, int]:
     return sha.hexdigest(), size
 
 
+def _crc32(path: Path) -> str:
+    crc = 0
+    with path.open("rb") as handle:
+        while chunk := handle.read(READ_CHUNK):
+            crc = isal_zlib.crc32(chunk, crc)
+    return f"{crc:08x}"
+
+
 def verify_archive(path: Path, keys: list[Ed25519PublicKey]) -> Verification:
     """Check the archive at ``path``; every problem found is listed, not just the first."""
     result = Verification()
+    try:
+        result.crc32 = _crc32(path)
+    except OSError as exc:
+        result.problems.append(f"cannot read: {exc.strerror or exc}")
+        return result
     try:
         archive = zipfile.ZipFile(path)
     except (OSError, zipfile.BadZipFile) as exc:

@@ -12,9 +12,18 @@
       <connector>/<dataset>.<json|csv|ndjson>
       <connector>/files/…
 
-The data files were deflated in staging; here their bytes are copied from the
-staged objects straight into the output stream, which goes to object storage
-through a multipart upload. Nothing is held whole in memory or on disk.
+The data files were deflated in staging, and bundling does not touch their bytes
+again when it can help it. On S3 (an :class:`~jobs.storage.base.AssemblingStore`) the
+archive is a multipart upload whose parts are the ZIP's headers, written here, and
+ranges of the staged objects, which S3 copies itself (``UploadPartCopy``): their bytes
+never pass through the worker, but for at most 5 MiB per range that S3's smallest
+part size needs (:class:`~jobs.storage.s3.S3Assembler`). Then no SHA-256 of the whole
+archive exists (computing one would mean reading it back): the signed manifest's
+per-file SHA-256 vouches for the content, and S3's full-object CRC-32 for the
+transport (:class:`ArchiveOutput`). A password-protected archive
+(every member encrypted here) and an age-encrypted one (the whole stream encrypted
+here), like any archive in the local store, are written byte by byte, and have both.
+Nothing is held whole in memory or on disk either way.
 """
 
 from __future__ import annotations
@@ -29,12 +38,19 @@ from typing import Any
 
 import jinja2
 import orjson
+from isal import isal_zlib
 
 from jobs.archive.protection import AES_METHOD, AES_OVERHEAD, ZipMemberCipher, aes_extra
 from jobs.archive.signing import Signer
 from jobs.archive.zipwriter import DEFLATED, ZipWriter
 from jobs.model import Job, StagedPart, iso
-from jobs.storage.base import ObjectStore, ObjectWriter, StorageError
+from jobs.storage.base import (
+    AssemblingStore,
+    ObjectAssembler,
+    ObjectStore,
+    ObjectWriter,
+    StorageError,
+)
 
 FORMAT = "handover-export"
 FORMAT_VERSION = 1
@@ -51,24 +67,64 @@ class StagedFile:
     part: StagedPart
 
 
-class HashingWriter:
-    """An :class:`~jobs.storage.base.ObjectWriter` that counts and hashes what passes through."""
+class ArchiveOutput:
+    """Where an archive goes: an :class:`~jobs.storage.base.ObjectWriter` that counts,
+    checks and, on a store that can, has staged bytes copied by the store itself.
 
-    def __init__(self, target: ObjectWriter) -> None:
-        self.target = target
-        self.sha256 = hashlib.sha256()
+    While every byte passes through here, the whole archive's SHA-256 and CRC-32 are
+    computed here. Once a range went to :meth:`copy`, :attr:`sha256` is ``None`` (no
+    SHA-256 of the whole exists without reading the archive back) and :attr:`crc32` is
+    the one the store computed over the object it holds, ``None`` if it gave none.
+    """
+
+    def __init__(
+        self, storage: ObjectStore, key: str, content_type: str = "application/octet-stream"
+    ) -> None:
+        self._assembler: ObjectAssembler | None = (
+            storage.assembler(key, content_type) if isinstance(storage, AssemblingStore) else None
+        )
+        self.target: ObjectWriter = self._assembler or storage.writer(key, content_type)
+        self._sha256 = hashlib.sha256()
+        self._crc32 = 0
+        self._copied = False
         self.size = 0
 
+    @property
+    def can_copy(self) -> bool:
+        """Whether :meth:`copy` is there: the store assembles objects from ranges."""
+        return self._assembler is not None
+
     async def write(self, data: bytes) -> None:
-        self.sha256.update(data)
+        self._sha256.update(data)
+        self._crc32 = isal_zlib.crc32(data, self._crc32)
         self.size += len(data)
         await self.target.write(data)
+
+    async def copy(self, key: str, start: int, length: int) -> None:
+        """Append ``length`` bytes of the stored object ``key`` from ``start``."""
+        if self._assembler is None:
+            raise TypeError("this store cannot copy ranges; write the bytes")
+        self._copied = True
+        self.size += length
+        await self._assembler.copy(key, start, length)
 
     async def complete(self) -> int:
         return await self.target.complete()
 
     async def abort(self) -> None:
         await self.target.abort()
+
+    @property
+    def sha256(self) -> str | None:
+        """The whole archive's SHA-256 (hex), if every byte passed through here."""
+        return None if self._copied else self._sha256.hexdigest()
+
+    @property
+    def crc32(self) -> str | None:
+        """The whole archive's CRC-32 (8 hex digits): computed here, or by the store."""
+        if self._copied:
+            return self._assembler.crc32 if self._assembler is not None else None
+        return f"{self._crc32:08x}"
 
 
 def _file_entry(part: StagedPart) -> dict[str, Any]:
@@ -192,10 +248,17 @@ async def write_archive(
 ) -> list[dict[str, Any]]:
     """Stream the archive for ``job`` into ``destination`` (completed by the caller).
 
-    With a ``password`` every member is AES-256 encrypted (WinZip AE-2). Returns
-    the manifest's file list.
+    With a ``password`` every member is AES-256 encrypted (WinZip AE-2). When
+    ``destination`` is an :class:`ArchiveOutput` that can copy, the staged bytes of an
+    archive without a password are copied by the store; otherwise they are read and
+    written here. Returns the manifest's file list.
     """
     out = destination
+    copying = (
+        destination
+        if isinstance(destination, ArchiveOutput) and destination.can_copy and password is None
+        else None
+    )
     zip_writer = ZipWriter(generated_at, force_zip64=force_zip64)
     members = _Members(zip_writer, out, password)
     data_files = [_file_entry(item.part) for item in staged]
@@ -231,6 +294,10 @@ async def write_archive(
     for item in staged:
         part = item.part
         await members.begin(part.path, part.crc32, part.bytes, part.compressed_size)
+        if copying is not None:
+            for start, length in _merged_ranges(part.chunks):
+                await copying.copy(item.staged_key, start, length)
+            continue
         copied = 0
         for start, length in _merged_ranges(part.chunks):
             async for chunk in storage.read(item.staged_key, start, length):

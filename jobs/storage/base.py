@@ -4,6 +4,11 @@
 :class:`~jobs.storage.s3.S3Store` and :class:`~jobs.storage.local.LocalStore` both
 keep; a store reports its failures as :class:`StorageError`, transient or permanent
 (:attr:`StorageError.transient`), and a key that holds nothing as :class:`ObjectMissing`.
+
+A store that can also assemble an object from ranges of objects it already holds,
+without their bytes passing through Handover (S3's ``UploadPartCopy``), offers
+:class:`AssemblingStore`; its :class:`ObjectAssembler` reports the whole object's CRC-32
+as the store computed it.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 READ_CHUNK = 1 << 20
 
@@ -109,3 +114,34 @@ class ObjectStore(Protocol):
 
     async def close(self) -> None:
         """Release connections."""
+
+
+class ObjectAssembler(ObjectWriter, Protocol):
+    """A streaming write that can also append ranges of objects the same store holds.
+
+    The store decides how: a range big enough is copied by the store itself, and a
+    small one is read and written like any other bytes. Either way the object's bytes
+    come out in the order they were written and copied.
+    """
+
+    async def copy(self, key: str, start: int, length: int) -> None:
+        """Append ``length`` bytes of the object at ``key``, from byte ``start``."""
+
+    @property
+    def copied(self) -> int:
+        """Bytes the store copied itself, which never passed through this process."""
+
+    @property
+    def crc32(self) -> str | None:
+        """Once complete: the whole object's CRC-32 (8 hex digits) as the store computed
+        it, or ``None`` when the store did not say."""
+
+
+@runtime_checkable
+class AssemblingStore(Protocol):
+    """A store that can assemble an object from ranges of the objects it holds."""
+
+    def assembler(
+        self, key: str, content_type: str = "application/octet-stream"
+    ) -> ObjectAssembler:
+        """A writer for ``key`` that can also :meth:`~ObjectAssembler.copy` ranges."""

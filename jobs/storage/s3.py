@@ -2,6 +2,8 @@
 
 Writes stream through :class:`S3MultipartWriter`: S3 multipart with a bounded number
 of parts in flight, aborted on failure, so nothing is ever held whole in memory.
+:class:`S3Assembler` also appends ranges of objects already in the bucket, which S3
+copies itself (``UploadPartCopy``), and reports the full-object CRC-32 S3 computed.
 boto3's errors leave as :class:`~jobs.storage.base.StorageError`, classified transient
 or permanent in :func:`_error` (or :class:`~jobs.storage.base.ObjectMissing` for a key
 that holds nothing).
@@ -10,9 +12,10 @@ that holds nothing).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +33,7 @@ from botocore.exceptions import (
 
 from jobs.storage.base import (
     READ_CHUNK,
+    ObjectAssembler,
     ObjectMissing,
     ObjectWriter,
     StorageError,
@@ -39,7 +43,17 @@ from jobs.storage.base import (
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef
 
+
+#: S3's smallest part (the last part of an upload may be smaller).
+MIN_PART = 5 * 2**20
+#: S3's largest number of parts in one upload.
+MAX_PARTS = 10_000
+#: The most one copied part holds (S3 allows 5 GiB); larger ranges are split.
+COPY_PART = 256 * 2**20
+#: Copied parts in flight at once: each is one request, and holds no memory here.
+COPIES_IN_FLIGHT = 4
 
 #: S3 error codes that may pass on their own (throttling, timeouts, an upload S3 forgot).
 TRANSIENT_CODES = frozenset(
@@ -87,12 +101,24 @@ def _error(exc: Exception, key: str) -> StorageError:
 
 
 class S3MultipartWriter:
-    """Buffers one part at a time; up to ``max_in_flight`` parts upload meanwhile.
+    """Streams one object as S3 multipart parts; up to ``max_in_flight`` upload meanwhile.
 
-    Pieces are kept as written and joined once when they reach the part size (parts
-    may differ in size; only the last may be under S3's 5 MiB), so each byte is
-    copied once on its way out.
+    Written pieces are copied into a part buffer as they come (each byte is copied
+    once on its way out, and the piece can be freed at once); a full buffer is sent
+    and another one filled meanwhile. The buffers are reused from one part to the
+    next, at most ``max_in_flight`` + 1 of them, grown as they are first filled: a
+    long upload holds that many parts' worth whatever its size, does not ask the
+    allocator for a new part-sized block per part, and a small object holds only its
+    own size. Parts are ``part_size`` each, the last excepted. An object that never
+    fills a part goes up in one ``put_object``.
+
+    One part in flight is the default: a 1 GB export's staged object (replayed
+    source, moto) staged as fast with one as with two (7.6–8.5 s against 9.4 s), and
+    the worker peaked 13 MB lower (144 against 157 MB).
     """
+
+    #: Whether S3 is asked for the object's full-object CRC-32 (see :class:`S3Assembler`).
+    checksum = False
 
     def __init__(
         self,
@@ -100,69 +126,112 @@ class S3MultipartWriter:
         key: str,
         content_type: str,
         *,
-        max_in_flight: int = 2,
+        max_in_flight: int = 1,
     ) -> None:
         self._store = store
         self._key = key
         self._content_type = content_type
-        self._pending: list[bytes] = []
-        self._pending_size = 0
+        self._buffer = bytearray()
+        self._filled = 0
         self._upload_id: str | None = None
         self._parts: list[dict[str, Any]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
+        self._free: list[bytearray] = []
         self._size = 0
+        self._crc32: str | None = None
 
     async def write(self, data: bytes) -> None:
         self._size += len(data)
-        self._pending.append(data)
-        self._pending_size += len(data)
-        if self._pending_size >= self._store.part_size:
-            await self._start_part(self._take())
+        view = memoryview(data)
+        while view:
+            piece = view[: self._store.part_size - self._filled]
+            # Overwrites a reused buffer, and grows a new one (a slice past its end appends).
+            self._buffer[self._filled : self._filled + len(piece)] = piece
+            self._filled += len(piece)
+            view = view[len(piece) :]
+            if self._filled == self._store.part_size:
+                await self._start_part(None)
 
     def _take(self) -> bytes:
-        body = b"".join(self._pending)
-        self._pending.clear()
-        self._pending_size = 0
+        """The bytes waiting in the part buffer, which is then empty (and kept)."""
+        body = bytes(memoryview(self._buffer)[: self._filled])
+        self._filled = 0
         return body
 
-    async def _start_part(self, body: bytes) -> None:
-        client = self._store.client
+    async def _ensure_upload(self) -> str:
         if self._upload_id is None:
             try:
                 response = await asyncio.to_thread(
-                    client.create_multipart_upload,
+                    self._store.client.create_multipart_upload,
                     Bucket=self._store.bucket,
                     Key=self._key,
                     ContentType=self._content_type,
+                    **self._checksummed(ChecksumAlgorithm="CRC32", ChecksumType="FULL_OBJECT"),
                     **self._store.put_extra,
                 )
             except (ClientError, BotoCoreError) as exc:
                 raise _error(exc, self._key) from exc
             self._upload_id = response["UploadId"]
-        await self._slots.acquire()
-        self._raise_failed()
-        number = len(self._parts) + 1
-        entry: dict[str, Any] = {"PartNumber": number}
+        return self._upload_id
+
+    def _checksummed(self, **arguments: Any) -> dict[str, Any]:
+        """``arguments`` for a request, if S3 is asked for checksums; else none."""
+        return arguments if self.checksum else {}
+
+    def _next_part(self) -> dict[str, Any]:
+        if len(self._parts) >= MAX_PARTS:
+            raise StorageError(
+                f"{self._key!r} would need more than {MAX_PARTS:,} parts of "
+                f"{self._store.part_size:,} bytes; raise HANDOVER_S3_PART_SIZE",
+                transient=False,
+            )
+        entry: dict[str, Any] = {"PartNumber": len(self._parts) + 1}
         self._parts.append(entry)
-        task = asyncio.create_task(self._upload_part(number, body, entry))
+        return entry
+
+    def _track(self, task: asyncio.Task[None]) -> None:
         self._in_flight.add(task)
         task.add_done_callback(self._in_flight.discard)
 
-    async def _upload_part(self, number: int, body: bytes, entry: dict[str, Any]) -> None:
+    async def _start_part(self, body: bytes | None) -> None:
+        """Upload ``body``, or (``None``) the full part buffer."""
+        await self._ensure_upload()
+        await self._slots.acquire()
+        try:
+            self._raise_failed()
+            entry = self._next_part()
+        except BaseException:
+            self._slots.release()
+            raise
+        buffer: bytearray | None = None
+        if body is None:  # the full part buffer goes; a free one (or a new one) takes its place
+            buffer, self._buffer = self._buffer, self._free.pop() if self._free else bytearray()
+            self._filled = 0
+        payload = buffer if buffer is not None else body or b""
+        self._track(asyncio.create_task(self._upload_part(payload, buffer, entry)))
+
+    async def _upload_part(
+        self, body: bytes | bytearray, buffer: bytearray | None, entry: dict[str, Any]
+    ) -> None:
         try:
             response = await asyncio.to_thread(
                 self._store.client.upload_part,
                 Bucket=self._store.bucket,
                 Key=self._key,
                 UploadId=self._upload_id or "",
-                PartNumber=number,
-                Body=body,
+                PartNumber=entry["PartNumber"],
+                Body=body,  # type: ignore[arg-type]  # botocore takes a bytearray as a blob
+                **self._checksummed(ChecksumAlgorithm="CRC32"),
             )
             entry["ETag"] = response["ETag"]
+            if response.get("ChecksumCRC32"):
+                entry["ChecksumCRC32"] = response["ChecksumCRC32"]
         except (ClientError, BotoCoreError) as exc:
             entry["error"] = _error(exc, self._key)
         finally:
+            if buffer is not None:
+                self._free.append(buffer)
             self._slots.release()
 
     def _raise_failed(self) -> None:
@@ -173,36 +242,67 @@ class S3MultipartWriter:
     async def complete(self) -> int:
         try:
             if self._upload_id is None:
-                await self._store.put(self._key, self._take(), self._content_type)
+                await self._put_whole(self._take())
                 return self._size
-            if self._pending or not self._parts:
+            if self._filled or not self._parts:
                 await self._start_part(self._take())
             await asyncio.gather(*self._in_flight)
             self._raise_failed()
-            await asyncio.to_thread(
+            response = await asyncio.to_thread(
                 self._store.client.complete_multipart_upload,
                 Bucket=self._store.bucket,
                 Key=self._key,
                 UploadId=self._upload_id,
-                MultipartUpload={
-                    "Parts": [
-                        {"PartNumber": p["PartNumber"], "ETag": p["ETag"]} for p in self._parts
-                    ]
-                },
+                MultipartUpload={"Parts": [_completed(entry) for entry in self._parts]},
+                **self._checksummed(ChecksumType="FULL_OBJECT"),
             )
+            if self.checksum:
+                self._crc32 = await self._stored_crc32(response)
         except (ClientError, BotoCoreError) as exc:
             await self.abort()
             raise _error(exc, self._key) from exc
         except BaseException:
             await self.abort()
             raise
+        finally:
+            self._free.clear()
+            self._buffer = bytearray()
         return self._size
+
+    async def _put_whole(self, body: bytes) -> None:
+        if not self.checksum:
+            await self._store.put(self._key, body, self._content_type)
+            return
+        response = await asyncio.to_thread(
+            self._store.client.put_object,
+            Bucket=self._store.bucket,
+            Key=self._key,
+            Body=body,
+            ContentType=self._content_type,
+            ChecksumAlgorithm="CRC32",
+            **self._store.put_extra,
+        )
+        self._crc32 = await self._stored_crc32(response)
+
+    async def _stored_crc32(self, response: Mapping[str, Any]) -> str | None:
+        """The object's full-object CRC-32 as S3 reports it, asked again if the answer
+        to the write left it out (moto's does); ``None`` when S3 keeps none."""
+        if not response.get("ChecksumCRC32"):
+            response = await asyncio.to_thread(
+                self._store.client.head_object,
+                Bucket=self._store.bucket,
+                Key=self._key,
+                ChecksumMode="ENABLED",
+            )
+        return _full_object_crc32(response)
 
     async def abort(self) -> None:
         for task in list(self._in_flight):
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
         self._take()
+        self._free.clear()
+        self._buffer = bytearray()
         if self._upload_id is None:
             return
         upload_id, self._upload_id = self._upload_id, None
@@ -214,6 +314,148 @@ class S3MultipartWriter:
                 Key=self._key,
                 UploadId=upload_id,
             )
+
+
+class S3Assembler(S3MultipartWriter):
+    """An :class:`~jobs.storage.base.ObjectAssembler`: written bytes and ranges copied by S3.
+
+    A range is copied by S3 itself (``UploadPartCopy`` with a copy-source range), its
+    bytes never passing through this process, when that leaves every part but the last
+    at S3's 5 MiB or more. Part boundaries fall where the written bytes meet the copied
+    ones, so the written bytes before a copied range (a ZIP member's header) must make
+    a part of 5 MiB on their own: they are topped up with the range's first bytes, read
+    and uploaded here, and the rest of the range is copied. A range too small for that
+    is read and uploaded whole. So at most :data:`MIN_PART` bytes per copied range
+    pass through here, whatever its size; ranges over :data:`COPY_PART` are copied as
+    several parts, up to :data:`COPIES_IN_FLIGHT` at once.
+
+    The upload asks S3 for a full-object CRC-32 (``ChecksumType=FULL_OBJECT``): S3
+    checks each uploaded part's CRC-32 on arrival and combines the parts' into the
+    whole object's, which :attr:`crc32` gives once complete. CRC-64/NVME would be the
+    stronger choice, but botocore computes it only with ``awscrt`` installed, and
+    moto without it silently returns a CRC-32 under that name; any client can check
+    a CRC-32 with the standard library.
+    """
+
+    checksum = True
+
+    def __init__(self, store: S3Store, key: str, content_type: str) -> None:
+        super().__init__(store, key, content_type)
+        self._copy_slots = asyncio.Semaphore(COPIES_IN_FLIGHT)
+        self._copied = 0
+        self._sources: dict[str, int] = {}
+
+    @property
+    def copied(self) -> int:
+        return self._copied
+
+    @property
+    def crc32(self) -> str | None:
+        return self._crc32
+
+    async def copy(self, key: str, start: int, length: int) -> None:
+        held = await self._source_size(key)
+        if start + length > held:
+            raise StorageError(
+                f"{key!r} holds {held:,} bytes, not the {start + length:,} "
+                f"that copying {length:,} from byte {start:,} needs"
+            )
+        top_up = max(MIN_PART - self._filled, 0) if self._filled else 0
+        if length - top_up < MIN_PART:
+            await self._read_through(key, start, length)
+            return
+        await self._read_through(key, start, top_up)
+        if self._filled:
+            await self._start_part(self._take())
+        start, length = start + top_up, length - top_up
+        self._size += length
+        self._copied += length
+        pieces = math.ceil(length / COPY_PART)
+        for index in range(pieces):
+            piece_start = start + length * index // pieces
+            piece_end = start + length * (index + 1) // pieces
+            await self._start_copy(key, piece_start, piece_end - piece_start)
+
+    async def _source_size(self, key: str) -> int:
+        """The size of the object at ``key``, asked once: a range past its end would
+        otherwise be copied short, without a word, by some stores. Read from a listing,
+        whose body says it whatever a proxy on the way does to a HEAD's headers."""
+        if key not in self._sources:
+            try:
+                listed = await asyncio.to_thread(
+                    self._store.client.list_objects_v2,
+                    Bucket=self._store.bucket,
+                    Prefix=key,
+                    MaxKeys=1,
+                )
+            except (ClientError, BotoCoreError) as exc:
+                raise _error(exc, key) from exc
+            found = [item["Size"] for item in listed.get("Contents", []) if item["Key"] == key]
+            if not found:
+                raise ObjectMissing(f"no object at {key!r}")
+            self._sources[key] = found[0]
+        return self._sources[key]
+
+    async def _read_through(self, key: str, start: int, length: int) -> None:
+        if length:
+            async for chunk in self._store.read(key, start, length):
+                await self.write(chunk)
+
+    async def _start_copy(self, key: str, start: int, length: int) -> None:
+        await self._ensure_upload()
+        await self._copy_slots.acquire()
+        try:
+            self._raise_failed()
+            entry = self._next_part()
+        except BaseException:
+            self._copy_slots.release()
+            raise
+        self._track(asyncio.create_task(self._copy_part(key, start, length, entry)))
+
+    async def _copy_part(self, key: str, start: int, length: int, entry: dict[str, Any]) -> None:
+        try:
+            response = await asyncio.to_thread(
+                self._store.client.upload_part_copy,
+                Bucket=self._store.bucket,
+                Key=self._key,
+                UploadId=self._upload_id or "",
+                PartNumber=entry["PartNumber"],
+                CopySource={"Bucket": self._store.bucket, "Key": key},
+                CopySourceRange=f"bytes={start}-{start + length - 1}",
+            )
+            result = response["CopyPartResult"]
+            entry["ETag"] = result["ETag"]
+            if result.get("ChecksumCRC32"):
+                entry["ChecksumCRC32"] = result["ChecksumCRC32"]
+        except (ClientError, BotoCoreError) as exc:
+            error = _error(exc, self._key)
+            entry["error"] = (
+                ObjectMissing(f"no object at {key!r}")
+                if isinstance(error, ObjectMissing)
+                else error
+            )
+        finally:
+            self._copy_slots.release()
+
+
+def _completed(entry: Mapping[str, Any]) -> CompletedPartTypeDef:
+    """A part as ``CompleteMultipartUpload`` lists it."""
+    part: CompletedPartTypeDef = {"PartNumber": entry["PartNumber"], "ETag": entry["ETag"]}
+    if "ChecksumCRC32" in entry:
+        part["ChecksumCRC32"] = entry["ChecksumCRC32"]
+    return part
+
+
+def _full_object_crc32(response: Mapping[str, Any]) -> str | None:
+    """S3's ``ChecksumCRC32`` as 8 hex digits, if it is the whole object's."""
+    value = response.get("ChecksumCRC32")
+    if not value or response.get("ChecksumType", "FULL_OBJECT") != "FULL_OBJECT":
+        return None
+    try:
+        digest = base64.b64decode(value, validate=True)
+    except ValueError:
+        return None
+    return digest.hex() if len(digest) == 4 else None
 
 
 class S3Store:
@@ -253,6 +495,11 @@ class S3Store:
 
     def writer(self, key: str, content_type: str = "application/octet-stream") -> ObjectWriter:
         return S3MultipartWriter(self, key, content_type)
+
+    def assembler(
+        self, key: str, content_type: str = "application/octet-stream"
+    ) -> ObjectAssembler:
+        return S3Assembler(self, key, content_type)
 
     async def read(
         self, key: str, start: int = 0, length: int | None = None

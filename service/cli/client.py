@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -200,12 +201,14 @@ class ApiClient:
                     yield orjson.loads("\n".join(data))
                     data = []
 
-    async def download(self, job_id: str, target: Path, sha256: str | None) -> int:
+    async def download(
+        self, job_id: str, target: Path, sha256: str | None, crc32: str | None = None
+    ) -> int:
         """Follow the job's download link into ``target``; returns its size.
 
         The link is fetched without the bearer token: it carries its own signature and
-        may point at another host. ``target`` appears only once complete and, when
-        ``sha256`` is given, only if the bytes have that digest.
+        may point at another host. ``target`` appears only once complete and only if
+        the bytes have the ``sha256`` and the ``crc32`` (8 hex digits) given, if any.
         """
         async with self._request("GET", self.base + job_path(job_id, "download")) as response:
             await _raise_for_problem(response)
@@ -217,6 +220,7 @@ class ApiClient:
             link = URL(self.base).join(link)
         partial = target.with_name(target.name + ".part")
         digest = hashlib.sha256()
+        checksum = 0
         size = 0
         try:
             async with self._request("GET", link, auth=False) as response:
@@ -225,6 +229,7 @@ class ApiClient:
                 try:
                     async for chunk in response.content.iter_chunked(DOWNLOAD_CHUNK):
                         digest.update(chunk)
+                        checksum = zlib.crc32(chunk, checksum)
                         size += len(chunk)
                         await asyncio.to_thread(out.write, chunk)
                 finally:
@@ -233,6 +238,11 @@ class ApiClient:
                 raise CliError(
                     f"{target}: the download's SHA-256 {digest.hexdigest()} is not the "
                     f"archive's {sha256}; nothing saved"
+                )
+            if crc32 is not None and f"{checksum:08x}" != crc32:
+                raise CliError(
+                    f"{target}: the download's CRC-32 {checksum:08x} is not the "
+                    f"archive's {crc32}; nothing saved"
                 )
         except OSError as exc:
             await asyncio.to_thread(partial.unlink, missing_ok=True)

@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
+from arq.connections import ArqRedis
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, RateLimited, TransientError, Unidentified
 from connectors.http import HttpConnector
 from connectors.httpclient import TokenBucket
-from connectors.items import Record, Subject
+from connectors.items import Record, Records, Subject
 from connectors.options import Secret
 from connectors.registry import load_type
 from connectors.reports import RetentionRule
 from connectors.testing import ConnectorContract
+from jobs.commands import Actor, Commands
 from tests.conftest import free_port
 from tests.connectors.processor_servers import Bystander, FakeClock, FakeTicketsApi, serve
+from tests.jobs.test_export import archive_of, drain
 
 TOKEN = "tk_live_9f8e7d6c5b4a39281706"
 ALICE = Subject("alice", "alice@example.com")
@@ -126,6 +130,29 @@ async def test_export_follows_every_pagination_style(api: tuple[FakeTicketsApi, 
     ]
     assert [s.query for s in fake.seen("/notes")] == [{}, {"after": "2"}, {"after": "4"}]
     assert [s.query for s in fake.seen("/feed")] == [{}, {"offset": "2"}, {"offset": "4"}]
+
+
+async def test_each_page_is_one_batch_and_the_archive_holds_every_page(
+    api: tuple[FakeTicketsApi, str], resources_factory: Callable[..., Any], redis: ArqRedis
+) -> None:
+    _, url = api
+    by_id = [d for d in settings(url)["datasets"] if d["name"] != "events"]  # events: by email
+    async with opened(HttpConnector("helpdesk", **settings(url, datasets=by_id))) as connector:
+        batches = [batch async for batch in connector.export_batches(ALICE)]
+        async with resources_factory({"helpdesk": connector}) as resources:
+            job = await Commands(resources).request_export(
+                Actor("alice", staff=False), subject="alice", formats=["ndjson"]
+            )
+            await drain(redis, resources)
+            archive = await archive_of(resources, job.id)
+
+    pages = [(b.dataset, [r["id"] for r in b.rows]) for b in batches if isinstance(b, Records)]
+    assert len(pages) == len(batches)
+    for dataset, prefix in (("tickets", "t"), ("notes", "n"), ("feed", "n")):
+        ids = [f"{prefix}{i}" for i in range(5)]
+        assert [page for name, page in pages if name == dataset] == [ids[:2], ids[2:4], ids[4:]]
+        lines = archive.read(f"helpdesk/{dataset}.ndjson").splitlines()
+        assert [orjson.loads(line)["id"] for line in lines] == ids
 
 
 async def test_page_style_without_size_stops_on_an_empty_page(

@@ -20,7 +20,7 @@ import threading
 import tomllib
 import tracemalloc
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,7 +28,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, ClassVar
 
+import orjson
 import pytest
+from arq.connections import ArqRedis
 from sqlalchemy import (
     Boolean,
     CheckConstraint,
@@ -49,11 +51,13 @@ from sqlalchemy.sql.expression import Executable
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, TransientError, Unidentified
-from connectors.items import Record, Subject
+from connectors.items import Record, Records, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from connectors.sql import SqlConnector
 from connectors.sql import connector as sql_connector
 from connectors.testing import ConnectorContract
+from jobs.commands import Actor, Commands
+from tests.jobs.test_export import archive_of, drain
 from tests.polling import eventually
 
 POSTGRES_URL = os.environ.get(
@@ -521,6 +525,86 @@ async def test_a_consumer_stopping_early_leaves_no_connection_open(
     await platform.close()
 
     assert await database.idle()
+
+
+async def test_a_consumer_stopping_batches_early_leaves_no_connection_open(
+    database: Database, platform: SqlConnector
+) -> None:
+    stream = platform.export_batches(ALICE)
+    assert isinstance(stream, AsyncGenerator)
+    async for _ in stream:
+        break
+    await stream.aclose()
+    await platform.close()
+
+    assert await database.idle()
+
+
+readings_metadata = MetaData()
+readings = Table(
+    "readings",
+    readings_metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("user_id", String(32), nullable=False, index=True),
+    Column("note", String(64), nullable=False),
+    Column("value", Numeric(8, 2), nullable=False),
+)
+READINGS = 2 * sql_connector._BATCH_ROWS + 500  # two and a half cursor fetches of alice's
+
+
+async def test_each_cursor_fetch_is_one_batch_and_the_archive_holds_every_page(
+    database: Database, resources_factory: Callable[..., Any], redis: ArqRedis
+) -> None:
+    """Pages of 1,000 rows, rows an erasure anonymised left out of each, through a worker."""
+    alice_rows = [
+        {
+            "id": n,
+            "user_id": "alice",
+            "note": "gone" if n % 7 == 0 else f"reading {n}",  # "gone": anonymised already
+            "value": Decimal(f"{n}.25"),
+        }
+        for n in range(READINGS)
+    ]
+    bob_rows = [{"id": READINGS + n, "user_id": "bob", "note": "x", "value": 1} for n in range(50)]
+    async with database.engine.begin() as connection:
+        await connection.run_sync(readings_metadata.create_all)
+        await connection.execute(readings.insert(), alice_rows + bob_rows)
+    table = {
+        "table": "readings",
+        "category": "telemetry",
+        "subject_column": "user_id",
+        "order_by": ["id"],
+        "erase": "anonymise",
+        "anonymise": {"note": {"fixed": "gone"}},
+    }
+    connector = await opened(database.connector(tables=[table]))
+    try:
+        batches = [batch async for batch in connector.export_batches(ALICE)]
+        async with resources_factory({"platform": connector}) as resources:
+            job = await Commands(resources).request_export(
+                Actor("alice", staff=False), subject="alice", formats=["ndjson", "csv"]
+            )
+            await drain(redis, resources)
+            archive = await archive_of(resources, job.id)
+            done = await resources.store.get(job.id)
+    finally:
+        await connector.close()
+    fetches = [
+        alice_rows[start : start + sql_connector._BATCH_ROWS]
+        for start in range(0, READINGS, sql_connector._BATCH_ROWS)
+    ]
+    kept = [[row for row in fetch if row["note"] != "gone"] for fetch in fetches]
+    assert all(isinstance(batch, Records) for batch in batches)
+    sizes = [(b.dataset, len(b.rows)) for b in batches if isinstance(b, Records)]
+    assert sizes == [("readings", len(page)) for page in kept]
+    expected = [row for page in kept for row in page]
+    lines = archive.read("platform/readings.ndjson").splitlines()
+    assert [orjson.loads(line) for line in lines] == [
+        {**row, "value": str(row["value"])} for row in expected
+    ]
+    assert done.connectors["platform"].records == len(expected)
+    csv_lines = archive.read("platform/readings.csv").decode().splitlines()
+    assert csv_lines[0] == "id,user_id,note,value" and len(csv_lines) == len(expected) + 1
 
 
 async def test_an_unknown_subject_has_nothing(platform: SqlConnector) -> None:

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import pytest
 
 from connectors import (
+    Batch,
     Connector,
     ConnectorError,
     Dataset,
@@ -22,6 +23,7 @@ from connectors import (
     Item,
     PermanentError,
     Record,
+    Records,
     RestrictionReport,
     RetentionRule,
     Subject,
@@ -206,6 +208,36 @@ class TextChunks(MemoryConnector):
 class NotAnItem(MemoryConnector):
     async def export(self, subject: Subject) -> AsyncIterator[Item]:
         yield {"dataset": "contacts"}  # type: ignore[misc]
+
+
+class RecordAmongBatches(MemoryConnector):
+    async def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
+        yield Record("contacts", {"id": 1})  # type: ignore[misc]
+
+
+class RowsInAGenerator(MemoryConnector):
+    async def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
+        rows = crm_records()["alice"]["contacts"]
+        yield Records("contacts", (row for row in rows))  # type: ignore[arg-type]
+
+
+class BatchesOfAnUndeclaredDataset(MemoryConnector):
+    async def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
+        yield Records("secrets", [{"pin": "1234"}])
+
+
+class BatchesMissARecord(MemoryConnector):
+    """Its batches skip a record its export() yields: the archive would lack it."""
+
+    async def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
+        async for batch in super().export_batches(subject):
+            if isinstance(batch, Records) and batch.dataset == "invoices":
+                batch = Records(batch.dataset, batch.rows[1:])
+            yield batch
+
+    async def export(self, subject: Subject) -> AsyncIterator[Item]:
+        async for item in super().export(subject):
+            yield item
 
 
 class ForeignError(MemoryConnector):
@@ -427,6 +459,27 @@ BROKEN = {
         "discount outside the CSV columns .first record's keys",
     ),
     "unsafe file path": (broken(UnsafeFilePath), "test_export_yields_valid_items", "not a safe"),
+    "a record among batches": (
+        broken(RecordAmongBatches),
+        "test_export_yields_valid_items",
+        r"export_batches yielded a Record; only Records and File are batches",
+    ),
+    "rows in a generator": (
+        broken(RowsInAGenerator),
+        "test_export_yields_valid_items",
+        "a 'contacts' batch's rows are a generator, not a list of rows",
+    ),
+    "batches of an undeclared dataset": (
+        broken(BatchesOfAnUndeclaredDataset),
+        "test_export_yields_valid_items",
+        "'secrets', which the connector does not declare",
+    ),
+    "batches miss a record": (
+        broken(BatchesMissARecord),
+        "test_export_yields_valid_items",
+        r"export_batches\(\) and export\(\) of 'alice' differ: export_batches\(\) has "
+        r"1 item\(s\) gone, 0 item\(s\) new",
+    ),
     "text chunks": (broken(TextChunks), "test_export_yields_valid_items", "a str chunk"),
     "not an item": (broken(NotAnItem), "test_export_yields_valid_items", "only Record and File"),
     "foreign error": (broken(ForeignError), "test_export_yields_valid_items", "raised KeyError"),

@@ -110,3 +110,49 @@ async def test_entries_removed_from_the_end_are_detected(log: AuditLog, redis: A
     assert result.problems == [
         "the log's head does not match its last entry (entries were removed from the end)"
     ]
+
+
+async def test_recorded_entries_are_chained_in_the_background_in_the_order_recorded(
+    redis: ArqRedis,
+) -> None:
+    # Two processes' logs record at once; each seals in the background, one chain results.
+    first, second = AuditLog(redis, "handover:"), AuditLog(redis, "handover:")
+    recorded = await asyncio.gather(
+        *(
+            (first if n % 2 else second).record(first.entry("support-1", "action.x", f"job-{n}"))
+            for n in range(40)
+        )
+    )
+    await first.settle()
+    await second.settle()
+    assert await redis.xlen("handover:audit:pending") == 0
+    sealed = await redis.xrange("handover:audit")
+    in_order = sorted(recorded, key=lambda entry_id: [int(n) for n in entry_id.split("-")])
+    assert [fields[b"seq"].decode() for _, fields in sealed] == in_order
+    result = await first.verify()
+    assert result.ok, result.problems
+    assert result.entries == 40
+
+
+async def test_verify_seals_what_a_process_recorded_before_it_died(log: AuditLog) -> None:
+    # A process recorded entries and was killed before its background seal: Redis kept them.
+    body = log.entry("support-1", "job.canceled", "job-9").body
+    for _ in range(3):
+        await log.redis.xadd(log.pending_key, {"body": body})
+    completed = await asyncio.to_thread(audit_verify)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("OK: 9 audit entries, chain intact")
+    assert await log.redis.xlen(log.pending_key) == 0
+    assert [e["action"] for e in await log.entries(4)] == ["job.canceled"] * 3 + ["action.5"]
+
+
+async def test_sealers_racing_each_other_chain_every_entry_once(redis: ArqRedis) -> None:
+    logs = [AuditLog(redis, "handover:") for _ in range(4)]
+    for n in range(300):
+        await redis.xadd(
+            "handover:audit:pending", {"body": logs[0].entry("s_1", "a", f"job-{n}").body}
+        )
+    await asyncio.gather(*(audit.seal() for audit in logs))
+    result = await logs[0].verify()
+    assert result.ok, result.problems
+    assert result.entries == 300

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import base64
+import collections
 import csv
+import dataclasses
+import enum
 import io
 import json
+import tracemalloc
+import uuid
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
+import orjson
 import pytest
 
 from connectors.errors import PermanentError
@@ -230,6 +236,102 @@ def test_dumps_refuses_an_unserialisable_object() -> None:
 def test_json_renderers_refuse_an_unserialisable_record(fmt: str) -> None:
     with pytest.raises(PermanentError, match="not serialisable"):
         RENDERERS[fmt]("odd").render([{"thing": object()}])
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@dataclasses.dataclass
+class Point:
+    x: int
+    y: float
+
+
+class Key(str):
+    """A text key of a subclass: plain orjson refuses it, the generic encoder writes it."""
+
+
+# Every kind of value a connector may hand over, each in a record of its own; the fast
+# path (plain orjson) must write exactly what the generic encoder writes, or give way.
+VALUES: dict[str, Any] = {
+    "text": 'é, "quoted", \\, \n, \u2028, \U0001f600 and \x00',
+    "int": -(2**63),
+    "largest int": 2**64 - 1,
+    "float": -0.0,
+    "tiny float": 5e-324,
+    "nan": float("nan"),
+    "infinity": float("-inf"),
+    "bool": True,
+    "none": None,
+    "list": [1, "two", [3.0, None]],
+    "tuple": (1, (2, 3)),
+    "nested": {"a": {"b": {"c": []}}},
+    "ordered": collections.OrderedDict(b=1, a=2),
+    "naive datetime": datetime(2024, 1, 2, 3, 4, 5, 678901),
+    "aware datetime": datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
+    "other zone": datetime(2024, 1, 2, 3, 4, tzinfo=timezone(timedelta(hours=-3, minutes=-30))),
+    "date": date(2024, 2, 29),
+    "time": time(23, 59, 59, 1),
+    "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+    "enum": Colour.RED,
+    "dataclass": Point(1, 2.5),
+    "decimal": Decimal("-0.10"),
+    "decimal exponent": Decimal("1E+3"),
+    "bytes": b"\x00\xff",
+    "set": {3, 1, 2},
+    "frozenset": frozenset({"x"}),
+    "tuple of bytes": (b"a",),
+    "int key": {1: "one"},
+    "bool key": {True: "yes"},
+    "subclass key": {Key("k"): "v"},
+}
+
+
+def generic(fmt: str, batches: Sequence[Sequence[Mapping[str, Any]]]) -> bytes:
+    """What :func:`dumps` alone, record by record, makes of every batch: the reference."""
+    records = [record for batch in batches for record in batch]
+    if fmt == "ndjson":
+        return b"".join(dumps(record) + b"\n" for record in records)
+    if not records:
+        return b"[]\n"
+    return b"[\n" + b",\n".join(dumps(record) for record in records) + b"\n]\n"
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+@pytest.mark.parametrize("kind", VALUES)
+def test_the_fast_path_writes_what_the_generic_encoder_writes(
+    render: Callable[..., bytes], fmt: str, kind: str
+) -> None:
+    plain = {"id": 1, "email": "alice@example.com"}
+    record = {"id": 2, "value": VALUES[kind], **{kind: "as a key"}}
+    batches = [[plain, plain], [plain, record, plain], [record], [plain]]
+
+    assert render(fmt, batches) == generic(fmt, batches)
+
+
+@pytest.mark.parametrize("fmt", ["json", "ndjson"])
+def test_rendering_a_batch_holds_little_more_than_its_bytes(fmt: str) -> None:
+    """orjson's output pins ~4 KB while it lives: a batch must not keep a list of them."""
+    batch = [{"seq": n, "note": f"reading {n} " + "x" * 480} for n in range(2000)]
+    renderer = RENDERERS[fmt]("telemetry")
+    renderer.render(batch[:1])  # past the first batch's lead
+    tracemalloc.start()
+    try:
+        rendered = renderer.render(batch)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 3 * len(rendered), f"{peak / len(rendered):.1f} times the batch's bytes"
+
+
+def test_a_batch_plain_orjson_refuses_is_the_only_one_given_way() -> None:
+    renderer = NdjsonRenderer("contacts")
+    plain = [{"id": n} for n in range(3)]
+    assert renderer.render(plain) == b"".join(orjson.dumps(r) + b"\n" for r in plain)
+    with pytest.raises(TypeError):
+        orjson.dumps({"amount": Decimal("1.5")})
+    assert renderer.render([*plain, {"amount": Decimal("1.5")}]).endswith(b'{"amount":"1.5"}\n')
 
 
 FORMULAS = ['=HYPERLINK("http://x.example","y")', "+1+1", "-2+3", "@SUM(A1)", "\t=1", "\r=1"]

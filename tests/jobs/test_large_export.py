@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,9 @@ async def export_through_worker_process(
             bucket, done.result.key, str(archive)
         )
         assert archive.stat().st_size == done.result.size
+        # Assembled by S3 from the staged object: S3's CRC-32 of the whole, no SHA-256.
+        assert done.result.sha256 is None
+        assert done.result.crc32 == f"{zlib.crc32(archive.read_bytes()):08x}"
         return peak_mb, archive, resources.signer
 
 

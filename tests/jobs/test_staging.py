@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import csv
 import hashlib
 import io
 import json
 import random
+import sys
+import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,8 +22,9 @@ from connectors.errors import PermanentError
 from connectors.items import Record
 from connectors.testing import MemoryConnector
 from jobs.archive.formats import FORMATS
-from jobs.archive.staging import Stager
+from jobs.archive.staging import SWITCH_INTERVAL, Stager, StagingThread
 from jobs.model import StagedPart
+from tests.polling import eventually, eventually_sync
 
 CONNECTOR = "shop"
 ORDER_FIELDS = ("id", "total", "note")
@@ -82,10 +87,8 @@ def content_of(staged: Staged, part: StagedPart) -> bytes:
     return inflate(b"".join(staged.data[start : start + length] for start, length in part.chunks))
 
 
-@pytest.fixture
-def interleaved(stager_factory: Callable[..., Stager]) -> Staged:
+def stage_interleaved(stager: Stager) -> list[bytes]:
     """Two datasets and a binary file, fed in alternation like a real connector."""
-    stager = stager_factory()
     out: list[bytes] = []
     upload = stager.open_file("photos/me.bin", "uploads")
     content = file_bytes(ROUNDS * FILE_PIECE)
@@ -101,11 +104,41 @@ def interleaved(stager_factory: Callable[..., Stager]) -> Staged:
             stager.add_file_data(upload, content[round_ * FILE_PIECE : (round_ + 1) * FILE_PIECE])
         )
     out.extend(stager.close_file(upload))
-    last, parts = stager.finish()
-    out.extend(last)
+    last, _ = stager.finish()
+    return out + last
+
+
+async def stage_interleaved_on_a_thread(stager: Stager) -> list[bytes]:
+    """The same through a :class:`StagingThread`, in pieces small enough to interleave."""
+    out: list[bytes] = []
+    content = file_bytes(ROUNDS * FILE_PIECE)
+    async with StagingThread(stager, feed_size=4096, in_flight=2, render_rows=100) as staging:
+        upload = staging.open_file("photos/me.bin", "uploads")
+        for round_ in range(ROUNDS):
+            first = round_ * BATCH
+            out.extend(await staging.add_rows("orders", [order(first + i) for i in range(BATCH)]))
+            out.extend(await staging.add_rows("visits", [visit(first + i) for i in range(BATCH)]))
+            out.extend(await staging.add_rows("orders", [order(10_000 + round_)]))
+            piece = content[round_ * FILE_PIECE : (round_ + 1) * FILE_PIECE]
+            out.extend(await staging.add_file_data(upload, piece))
+        out.extend(await staging.close_file(upload))
+        last, _ = await staging.finish()
+    return out + last
+
+
+@pytest.fixture(params=["stager", "staging thread"])
+async def interleaved(
+    request: pytest.FixtureRequest, stager_factory: Callable[..., Stager]
+) -> Staged:
+    """The interleaved export, staged by the Stager alone or driven by a StagingThread."""
+    stager = stager_factory()
+    if request.param == "stager":
+        out = stage_interleaved(stager)
+    else:
+        out = await stage_interleaved_on_a_thread(stager)
     data = b"".join(out)
     assert stager.staged_size == len(data)
-    return Staged(data, {part.path: part for part in parts})
+    return Staged(data, {part.path: part for part in stager.parts})
 
 
 def expected_orders() -> list[dict[str, Any]]:
@@ -281,3 +314,107 @@ def test_same_file_path_twice_is_refused(
 
     with pytest.raises(PermanentError, match="produced 'shop/files/a.bin' twice"):
         stager.open_file(second, "uploads")
+
+
+async def test_the_staging_thread_stages_what_the_stager_alone_does(
+    stager_factory: Callable[..., Stager],
+) -> None:
+    alone, threaded = stager_factory(), stager_factory()
+    stage_interleaved(alone)
+    await stage_interleaved_on_a_thread(threaded)
+
+    def summary(stager: Stager) -> list[tuple[Any, ...]]:
+        return [(p.path, p.records, p.bytes, p.sha256, p.crc32) for p in stager.parts]
+
+    assert summary(threaded) == summary(alone)
+
+
+class GatedStager(Stager):
+    """A Stager whose checksumming half waits for ``gate``, counting the pieces it got."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.gate = threading.Event()
+        self.fed = 0
+        self.rendered = 0
+
+    def render_rows(
+        self, dataset: str, rows: Sequence[Mapping[str, Any]]
+    ) -> list[tuple[str, bytes]]:
+        self.rendered += 1
+        return super().render_rows(dataset, rows)
+
+    def feed(self, path: str, data: bytes | memoryview) -> list[bytes]:
+        self.fed += 1
+        assert self.gate.wait(timeout=30), "the test never opened the gate"
+        return super().feed(path, data)
+
+
+async def test_the_loop_waits_while_the_thread_holds_enough(connector: MemoryConnector) -> None:
+    """Memory stays flat: with the thread stuck, the loop renders no further than its bound."""
+    stager = GatedStager(connector.name, connector.dataset, ["ndjson"], chunk_size=1024)
+    async with StagingThread(stager, feed_size=1, in_flight=2) as staging:
+
+        async def add_batches() -> list[bytes]:
+            out: list[bytes] = []
+            for batch in range(10):
+                out.extend(await staging.add_rows("visits", [visit(batch)]))
+            return out
+
+        task = asyncio.create_task(add_batches())
+        await eventually(lambda: staging.in_flight == 3, timeout=10, what="3 pieces handed over")
+        for _ in range(100):  # the loop runs freely; only the thread could wake the task
+            await asyncio.sleep(0)
+        assert (stager.rendered, staging.in_flight, task.done()) == (3, 3, False)
+        stager.gate.set()
+        out = await task
+        last, [part] = await staging.finish()
+
+    lines = inflate(b"".join(out + last)).splitlines()
+    assert [json.loads(line) for line in lines] == [visit(n) for n in range(10)]
+    assert part.records == 10
+
+
+async def test_a_failure_on_the_staging_thread_is_raised_in_the_loop(
+    stager_factory: Callable[..., Stager],
+) -> None:
+    async with StagingThread(stager_factory(), feed_size=1) as staging:
+        path = staging.open_file("a.bin", "uploads")
+        await staging.close_file(path)
+
+        async def deflate_after_the_end() -> None:
+            await staging.add_file_data(path, b"more")  # raised here or, if not seen yet, below
+            await staging.finish()
+
+        with pytest.raises(Exception, match="Level buffer too small"):  # isal's own error
+            await deflate_after_the_end()
+
+
+async def test_staging_lowers_the_switch_interval(
+    stager_factory: Callable[..., Stager], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The thread must not wait 5 ms for the GIL after each hash or deflate call."""
+    monkeypatch.setattr(sys, "setswitchinterval", lambda seconds: intervals.append(seconds))
+    monkeypatch.setattr(sys, "getswitchinterval", lambda: 0.005)
+    intervals: list[float] = []
+    async with StagingThread(stager_factory()) as staging:
+        await staging.finish()
+    assert intervals == [SWITCH_INTERVAL] and SWITCH_INTERVAL <= 0.001
+
+
+def staging_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == f"handover-staging-{CONNECTOR}"]
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed"])
+async def test_the_staging_thread_ends_with_its_block(
+    stager_factory: Callable[..., Stager], fails: bool
+) -> None:
+    with contextlib.suppress(KeyError):
+        async with StagingThread(stager_factory()) as staging:
+            await staging.add_rows("visits", [visit(1)])
+            assert len(staging_threads()) == 1
+            if fails:
+                raise KeyError("the connector broke")
+            await staging.finish()
+    eventually_sync(staging_threads, until=lambda t: t == [], timeout=5, what="the thread to end")

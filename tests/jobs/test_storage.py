@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
 import urllib.request
+import zlib
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,9 +18,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import boto3
 import pytest
 
+from jobs.storage import s3
 from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectStore, StorageError
 from jobs.storage.local import LINK_PATH, LocalStore
-from jobs.storage.s3 import S3Store
+from jobs.storage.s3 import MIN_PART, S3Store
 from tests.conftest import free_port
 
 MiB = 2**20
@@ -475,3 +480,198 @@ async def test_local_key_escaping_the_root_is_refused(local_store: LocalStore, k
     with pytest.raises(StorageError, match="leaves the store"):
         await read_all(local_store, key)
     assert not (local_store.root.parent / "x").exists()
+
+
+# -- S3: parts from reused buffers; archives assembled by S3 itself ---------------------
+
+
+@dataclass
+class S3Traffic:
+    """What an S3 client asked, and the bytes it sent and received, by the real calls."""
+
+    calls: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    sent_to: Counter[str] = field(default_factory=Counter)
+    received: int = 0
+    copied: list[tuple[int, int]] = field(default_factory=list)
+    bodies: list[Any] = field(default_factory=list)
+
+
+def watch_traffic(client: Any, monkeypatch: pytest.MonkeyPatch) -> S3Traffic:
+    """Count ``client``'s calls (each still made as it was) and their payload bytes."""
+    seen = S3Traffic()
+
+    def sent(arguments: dict[str, Any], _: Any) -> None:
+        seen.sent += len(arguments["Body"])
+        seen.sent_to[arguments["Key"]] += len(arguments["Body"])
+        seen.bodies.append(arguments["Body"])
+
+    def received(_: dict[str, Any], response: Any) -> None:
+        seen.received += response["ContentLength"]
+
+    def copied(arguments: dict[str, Any], _: Any) -> None:
+        first, last = arguments["CopySourceRange"].removeprefix("bytes=").split("-")
+        seen.copied.append((int(first), int(last) - int(first) + 1))
+
+    noted: dict[str, Callable[[dict[str, Any], Any], None]] = {
+        "put_object": sent,
+        "upload_part": sent,
+        "get_object": received,
+        "upload_part_copy": copied,
+    }
+    for operation in (
+        *noted,
+        "create_multipart_upload",
+        "complete_multipart_upload",
+        "abort_multipart_upload",
+        "head_object",
+    ):
+        original = getattr(client, operation)
+
+        def call(_original: Any = original, _name: str = operation, **arguments: Any) -> Any:
+            seen.calls[_name] += 1
+            response = _original(**arguments)
+            if _name in noted:
+                noted[_name](arguments, response)
+            return response
+
+        monkeypatch.setattr(client, operation, call)
+    return seen
+
+
+@pytest.fixture
+def traffic(s3_store: S3Store, monkeypatch: pytest.MonkeyPatch) -> S3Traffic:
+    return watch_traffic(s3_store.client, monkeypatch)
+
+
+def crc32_of(data: bytes) -> str:
+    return f"{zlib.crc32(data):08x}"
+
+
+async def test_s3_writer_sends_whole_parts_from_buffers_it_reuses(
+    s3_store: S3Store, traffic: S3Traffic
+) -> None:
+    part = s3_store.part_size
+    data = payload(4 * part + part // 2)
+
+    assert await write_object(s3_store, "staging/job/crm.bin", data) == len(data)
+
+    assert [len(body) for body in traffic.bodies] == [part] * 4 + [part // 2]
+    buffers = {id(body) for body in traffic.bodies if isinstance(body, bytearray)}
+    assert len(buffers) <= 2, "one buffer for the part in flight and one filling, reused"
+    assert await s3_store.get("staging/job/crm.bin") == data
+
+
+async def test_s3_assembler_has_s3_copy_a_big_range_itself(
+    s3_store: S3Store, traffic: S3Traffic
+) -> None:
+    source = payload(14 * MiB)
+    await s3_store.put("staging/job/crm.bin", source)
+    header, tail = b"H" * 100, b"the central directory"
+    assembler = s3_store.assembler("archives/job.zip", "application/zip")
+
+    await assembler.write(header)
+    await assembler.copy("staging/job/crm.bin", 1000, 13 * MiB)
+    await assembler.write(tail)
+    size = await assembler.complete()
+
+    expected = header + source[1000 : 1000 + 13 * MiB] + tail
+    assert size == len(expected)
+    top_up = MIN_PART - len(header)  # the first part: the header and the range's first bytes
+    assert traffic.copied == [(1000 + top_up, 13 * MiB - top_up)]
+    assert assembler.copied == 13 * MiB - top_up
+    assert traffic.received == top_up
+    assert traffic.sent == len(source) + MIN_PART + len(tail)  # the source's put, then ours
+    assert assembler.crc32 == crc32_of(expected)
+    assert await s3_store.get("archives/job.zip") == expected
+
+
+async def test_s3_assembler_copies_a_range_with_nothing_before_it_whole(
+    s3_store: S3Store, traffic: S3Traffic
+) -> None:
+    source = payload(6 * MiB)
+    await s3_store.put("staging/job/crm.bin", source)
+    assembler = s3_store.assembler("archives/job.zip")
+
+    await assembler.copy("staging/job/crm.bin", 0, len(source))
+    await assembler.write(b"end")
+    await assembler.complete()
+
+    assert traffic.copied == [(0, len(source))]
+    assert traffic.received == 0
+    assert assembler.crc32 == crc32_of(source + b"end")
+    assert await s3_store.get("archives/job.zip") == source + b"end"
+
+
+async def test_s3_assembler_reads_through_a_range_too_small_to_stand_as_a_part(
+    s3_store: S3Store, traffic: S3Traffic
+) -> None:
+    source = payload(7 * MiB)
+    await s3_store.put("staging/job/crm.bin", source)
+    assembler = s3_store.assembler("archives/job.zip")
+
+    await assembler.write(b"header")
+    await assembler.copy("staging/job/crm.bin", 5, 7 * MiB - 5)  # 5 MiB short of two parts
+    await assembler.complete()
+
+    assert traffic.copied == []
+    assert assembler.copied == 0
+    assert traffic.received == 7 * MiB - 5
+    assert await s3_store.get("archives/job.zip") == b"header" + source[5:]
+    assert assembler.crc32 == crc32_of(b"header" + source[5:])
+
+
+async def test_s3_assembler_copies_a_range_over_a_copy_part_in_pieces(
+    s3_store: S3Store, traffic: S3Traffic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3, "COPY_PART", 6 * MiB)
+    source = payload(20 * MiB + 3)
+    await s3_store.put("staging/job/crm.bin", source)
+    assembler = s3_store.assembler("archives/job.zip")
+
+    await assembler.copy("staging/job/crm.bin", 0, len(source))
+    await assembler.complete()
+
+    pieces = sorted(traffic.copied)  # copied in parallel: in any order
+    assert len(pieces) == 4
+    assert [start for start, _ in pieces] == list(
+        itertools.accumulate([0] + [length for _, length in pieces[:-1]])
+    )
+    assert sum(length for _, length in pieces) == len(source)
+    assert min(length for _, length in pieces) >= MIN_PART
+    assert await s3_store.get("archives/job.zip") == source
+
+
+async def test_s3_assembler_small_object_is_one_put_with_its_crc32(
+    s3_store: S3Store, traffic: S3Traffic
+) -> None:
+    assembler = s3_store.assembler("archives/tiny.zip")
+    await assembler.write(b"PK\x05\x06" + bytes(18))
+
+    await assembler.complete()
+
+    assert traffic.calls["put_object"] == 1
+    assert assembler.crc32 == crc32_of(b"PK\x05\x06" + bytes(18))
+
+
+async def test_s3_assembler_refuses_a_range_past_its_source_and_leaves_nothing(
+    s3_store: S3Store, s3_client: Any, bucket: str
+) -> None:
+    await s3_store.put("staging/job/crm.bin", payload(6 * MiB))
+    assembler = s3_store.assembler("archives/job.zip")
+    await assembler.write(payload(6 * MiB))
+
+    with pytest.raises(StorageError, match=r"holds 6,291,456 bytes"):
+        await assembler.copy("staging/job/crm.bin", MiB, 6 * MiB)
+    await assembler.abort()
+
+    assert not await s3_store.exists("archives/job.zip")
+    assert not s3_client.list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+
+async def test_s3_assembler_copying_from_a_missing_object_says_which(s3_store: S3Store) -> None:
+    assembler = s3_store.assembler("archives/job.zip")
+
+    with pytest.raises(ObjectMissing, match="staging/job/gone.bin"):
+        await assembler.copy("staging/job/gone.bin", 0, 10 * MiB)
+    await assembler.abort()

@@ -15,7 +15,7 @@ import pytest
 from arq.connections import ArqRedis
 
 from jobs.ids import new_ulid
-from jobs.model import ConnectorRun, Job, JobKind, JobStatus, utcnow
+from jobs.model import ActiveJobExists, ConnectorRun, Job, JobKind, JobStatus, utcnow
 from jobs.store import JobStore
 from tests.factories import options_for
 
@@ -31,21 +31,27 @@ def other(redis: ArqRedis) -> JobStore:
     return JobStore(redis)
 
 
-async def stored(store: JobStore, status: JobStatus = JobStatus.QUEUED) -> Job:
+async def stored(
+    store: JobStore,
+    status: JobStatus = JobStatus.QUEUED,
+    *,
+    kind: JobKind = JobKind.EXPORT,
+    claim_active: bool = False,
+) -> Job:
     now = utcnow()
     job = Job(
         id=new_ulid(),
-        kind=JobKind.EXPORT,
+        kind=kind,
         subject="alice",
         status=status,
         requested_by="alice",
         created_at=now,
         updated_at=now,
         due_at=now + timedelta(days=30),
-        options=options_for(JobKind.EXPORT),
+        options=options_for(kind),
         connectors={"crm": ConnectorRun()},
     )
-    return await store.create(job)
+    return await store.create(job, claim_active=claim_active)
 
 
 def count_records(run: ConnectorRun) -> None:
@@ -145,11 +151,15 @@ async def test_a_gate_held_by_an_ended_job_is_free(store: JobStore) -> None:
     assert not await store.subject_busy_with_another("alice", waiting.id)
 
 
-async def test_claim_active_records_one_live_job_per_kind_and_subject(store: JobStore) -> None:
-    first, second = await stored(store), await stored(store)
-    assert await store.claim_active(JobKind.EXPORT, "alice", first.id) is None
-    assert await store.claim_active(JobKind.EXPORT, "alice", first.id) is None
-    assert await store.claim_active(JobKind.EXPORT, "alice", second.id) == first.id
-    assert await store.claim_active(JobKind.ERASURE, "alice", second.id) is None
+async def test_a_new_job_claims_one_live_job_per_kind_and_subject(
+    store: JobStore, redis: ArqRedis
+) -> None:
+    first = await stored(store, claim_active=True)
+    with pytest.raises(ActiveJobExists) as refused:
+        await stored(store, claim_active=True)
+    assert refused.value.job_id == first.id
+    assert await redis.zcard("handover:idx:created") == 1  # the refused job wrote nothing
+    await stored(store, kind=JobKind.ERASURE, claim_active=True)  # another kind's own claim
     await store.transition(first.id, JobStatus.CANCELED, actor="alice")
-    assert await store.claim_active(JobKind.EXPORT, "alice", second.id) is None
+    second = await stored(store, claim_active=True)  # an ended job no longer counts
+    assert await redis.get("handover:active:export:alice") == second.id.encode()

@@ -1,11 +1,15 @@
-"""``handover verify``'s checks: duplicated members, unsafe names, repeated keys, key URLs."""
+"""``handover verify``'s checks: duplicated members, unsafe names, repeated keys, key URLs;
+what an intact archive's verdict says, its CRC-32 included."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
 import warnings
 import zipfile
+import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -233,3 +237,29 @@ async def test_a_redirect_off_the_rule_is_refused(keys_server: str, target: str)
     with pytest.raises(SignatureError) as caught:
         await fetch(start)
     assert str(caught.value).startswith(f"{start} redirected elsewhere: keys URL {target!r}")
+
+
+def test_handover_verify_says_what_vouches_for_the_archive_and_its_crc32(
+    tmp_path: Path, signer: Signer
+) -> None:
+    members = {"crm/contacts.json": CONTACTS}
+    path = write_archive(tmp_path / "a.zip", signer, manifest_for(members), [*members.items()])
+    key = tmp_path / "keys.jwk"
+    key.write_bytes(orjson.dumps({"keys": [public_jwk(signer.public_key)]}))
+    crc32 = f"{zlib.crc32(path.read_bytes()):08x}"
+
+    assert verify_archive(path, [signer.public_key]).crc32 == crc32
+    verified = subprocess.run(
+        [sys.executable, "-m", "service.cli", "verify", str(path), "--key", str(key)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert verified.returncode == 0, verified.stderr
+    assert verified.stdout == (
+        f"OK: {path}: 1 files match the manifest, signed by key {signer.key_id} (each "
+        f"file's SHA-256); the archive's CRC-32 is {crc32}, as its job's result.crc32 "
+        "should be\n"
+    )

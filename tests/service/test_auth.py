@@ -31,8 +31,9 @@ from connectors.testing import MemoryConnector
 from jobs.settings import Secret, Settings, SettingsError
 from service.app import create_app, jwt_secret
 from service.appkeys import AUTHORITY
-from service.auth import JwksClient, TokenAuthority
+from service.auth import JwksClient, Principal, Role, TokenAuthority, VerifiedTokens
 from tests.conftest import REDIS_URL
+from tests.polling import eventually
 
 SECRET = "auth-test-secret-" + "s" * 40
 ISSUER = "https://idp.example"
@@ -266,6 +267,70 @@ async def test_unknown_kid_refreshes_the_key_set_at_most_every_30_seconds(
     problem = _problem(*await call(rsa_key.sign(claims())), 401)
     assert "'rsa-1' is not one the identity provider publishes" in problem["detail"]
     assert idp.fetches == 3
+
+
+@pytest.fixture
+def decoded(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every token PyJWT decodes (checks the signature of) from now on."""
+    seen: list[str] = []
+    decode = jwt.decode
+
+    def counted(token: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(token)
+        return decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(jwt, "decode", counted)
+    return seen
+
+
+async def test_a_verified_token_is_known_by_its_hash_until_its_key_is_gone(
+    start_api: Callable[..., Awaitable[Call]],
+    idp: IdentityProvider,
+    rsa_key: SigningKey,
+    decoded: list[str],
+) -> None:
+    clock = Clock()
+    authority = TokenAuthority(
+        SECRET, jwks=JwksClient(idp.url, clock=clock), issuer=ISSUER, audience=AUDIENCE
+    )
+    call = await start_api(authority=authority)
+    token = rsa_key.sign(claims())
+    assert [(await call(token))[0] for _ in range(5)] == [200] * 5
+    assert decoded == [token]  # checked once; then known by its hash
+    # The provider rotates its keys; a token under the new one has the set fetched again.
+    rotated = SigningKey("rsa-2", _private_rsa(), "RS256")
+    idp.published = [rotated]
+    clock.now += 31
+    assert (await call(rotated.sign(claims())))[0] == 200
+    assert idp.fetches == 2
+    # The key that verified the known token is gone: it is checked again, and refused.
+    problem = _problem(*await call(token), 401)
+    assert "'rsa-1' is not one the identity provider publishes" in problem["detail"]
+
+
+async def test_a_known_token_is_refused_once_it_expires(
+    start_api: Callable[..., Awaitable[Call]], decoded: list[str]
+) -> None:
+    call = await start_api(jwt_leeway=timedelta(0))
+    token = TokenAuthority(SECRET).issue("alice", ["subject"], ttl_seconds=2)
+    assert [(await call(token))[0] for _ in range(3)] == [200] * 3
+    assert decoded == [token]
+    status, headers, body = await eventually(
+        lambda: call(token), until=lambda answer: answer[0] != 200, timeout=10, what="expiry"
+    )
+    assert "expired" in _problem(status, headers, body, 401)["detail"]
+
+
+def test_known_tokens_are_few_and_short_lived() -> None:
+    tokens = VerifiedTokens(None, size=2, seconds=30)
+    alice = Principal("alice", frozenset({Role.SUBJECT}))
+    tokens.put(b"a", alice, expires=1000.0, now=0.0, key=None)
+    assert tokens.get(b"a", 29.9) is alice and tokens.get(b"a", 30.0) is None
+    tokens.put(b"b", alice, expires=10.0, now=0.0, key=None)  # never past its exp
+    assert tokens.get(b"b", 9.9) is alice and tokens.get(b"b", 10.0) is None
+    for digest in (b"c", b"d", b"e"):
+        tokens.put(digest, alice, expires=1000.0, now=0.0, key=None)
+    assert [tokens.get(digest, 1.0) for digest in (b"c", b"d", b"e")] == [None, alice, alice]
 
 
 def _rejected_tokens(rsa_key: SigningKey, ec_key: SigningKey) -> dict[str, tuple[str, str]]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import re
 import subprocess
 import zipfile
+import zlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -285,7 +285,8 @@ async def test_export_waits_draws_progress_and_downloads_the_archive(
     archive, _ = await download_archive(api, job_id)
     assert target.read_bytes() == archive
     _, _, job = await api.request("GET", f"/v1/jobs/{job_id}")
-    assert hashlib.sha256(archive).hexdigest() == job["result"]["sha256"]
+    assert job["result"]["sha256"] is None  # assembled by S3: no SHA-256 of the whole
+    assert f"{zlib.crc32(archive):08x}" == job["result"]["crc32"]  # S3's, checked on download
     assert (job["subject"], job["requested_by"]) == ("alice", "dpo")
     with zipfile.ZipFile(target) as bundle:
         assert {"manifest.json", "crm/contacts.csv", "billing/invoices.json"} <= set(
@@ -498,3 +499,52 @@ def test_an_unreachable_api_is_one_line_naming_the_url() -> None:
     result = handover("jobs", "show", "ID", env={"HANDOVER_URL": url, "HANDOVER_TOKEN": "t"})
     assert result.returncode == 1
     assert result.stderr == f"handover: cannot reach {url}: Connection refused\n"
+
+
+async def test_ask_resume_refuse_and_extend_follow_the_law(api_factory: ApiFactory) -> None:
+    api = await api_factory(connectors(), worker=False)
+    status, _, job = await api.request("POST", "/v1/erasures", json={"connectors": ["crm"]})
+    assert status == 202, job
+    job_id = job["id"]
+
+    asked = await cli(api, "jobs", "ask", job_id, "--needs", "a copy of your ID card")
+    assert asked.returncode == 0, asked.stderr
+    assert asked.stdout == f"{job_id} awaiting_information (the deadline's clock is paused)\n"
+    resumed = await cli(api, "jobs", "resume", job_id)
+    _, _, now = await api.request("GET", f"/v1/jobs/{job_id}")
+    due = datetime.fromisoformat(now["due_at"]).strftime("%Y-%m-%d %H:%M")
+    assert resumed.stdout == f"{job_id} awaiting_confirmation, due {due} UTC\n", resumed.stderr
+
+    days = await cli(api, "jobs", "extend", job_id, "--days", "3", "--reason", "busy")
+    assert days.returncode == 1
+    assert days.stderr == (
+        "handover: 422 Invalid request: days: GDPR extends a deadline in months: give months\n"
+    )
+    refused = await cli(
+        api, "jobs", "refuse", job_id, "--grounds", "excessive", "--reason", "asked daily"
+    )
+    assert refused.returncode == 0, refused.stderr
+    authority = api.resources.settings.complaint_authority
+    assert refused.stdout == f"{job_id} refused (excessive); complaints: {authority}\n"
+    shown = await cli(api, "jobs", "show", job_id)
+    assert "Jurisdiction:  gdpr" in shown.stdout
+    assert "Asked for:     a copy of your ID card (by s1)" in shown.stdout
+    assert "Refused:       excessive: asked daily" in shown.stdout
+    assert f"Complaints:    {authority}, {api.resources.settings.complaint_url}" in shown.stdout
+
+
+async def test_an_extension_after_the_first_month_is_refused_naming_the_rule(
+    api_factory: ApiFactory,
+) -> None:
+    api = await api_factory(connectors(), worker=False)
+    received = datetime.now(UTC) - timedelta(days=40)
+    settings = api.resources.settings
+    job = stored_job("alice", received, settings.profile().due_at(received, settings.zone))
+    await api.resources.store.create(job)
+    result = await cli(api, "jobs", "extend", job.id, "--reason", "many processors")
+    assert result.returncode == 1
+    assert result.stderr.startswith(
+        "handover: 409 Not allowed: GDPR: an extension must be announced to the subject "
+        "within 1 month of receipt (the first period), which ended "
+    )
+    assert result.stderr.count("\n") == 1

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
 import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import orjson
-from aiohttp import ClientSession
+from aiohttp import ClientSession, web
+from aiohttp.log import access_logger
+from aiohttp.test_utils import make_mocked_request
 
+from service import logs
 from service.logs import redact
 from tests.conftest import free_port, wait_for_port
 from tests.faults import HandoverProcess
@@ -120,3 +126,57 @@ async def test_a_full_export_and_erasure_log_nothing_personal(tmp_path: Path) ->
     assert not re.search(r"signature=[0-9a-f]{16}", text)
     assert '"route": "/v1/jobs/{job_id}"' in text  # the access log names routes, not paths
     assert text.count("malformed request refused") == 2 and "Traceback" not in text
+
+
+async def test_access_lines_are_written_directly_with_the_fields_structlog_would_write() -> None:
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    stream = io.StringIO()
+    logs.configure(logging.INFO, stream)
+    app = web.Application()
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.Response(status=202)
+
+    app.router.add_post("/v1/jobs/{job_id}/confirm", handler)
+    request = make_mocked_request("POST", "/v1/jobs/01HX/confirm?token=secret", app=app)
+    match_info = await app.router.resolve(request)
+    match_info.add_app(app)
+    request._match_info = match_info
+    response = web.Response(status=202)
+    made: list[logging.LogRecord] = []
+    factory = logging.getLogRecordFactory()
+
+    def counted(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        made.append(record := factory(*args, **kwargs))
+        return record
+
+    logging.setLogRecordFactory(counted)
+    try:
+        access = logs.AccessLogger(access_logger, "")
+        access.log(request, response, 0.012345)
+        assert made == []  # written straight to the stream: no record, no processor chain
+        # The same line through logging and structlog, as a test's log capture would get it.
+        access_logger.addFilter(lambda record: True)
+        access.log(request, response, 0.012345)
+        assert made
+    finally:
+        logging.setLogRecordFactory(factory)
+        access_logger.filters.clear()
+        root.handlers[:], root.level = kept
+    direct, rendered = (orjson.loads(line) for line in stream.getvalue().splitlines())
+    assert list(direct) == list(rendered)  # the same fields in the same order
+    assert direct.pop("timestamp") <= rendered.pop("timestamp")
+    assert (
+        direct
+        == rendered
+        == {
+            "event": "request",
+            "level": "info",
+            "logger": "aiohttp.access",
+            "method": "POST",
+            "route": "/v1/jobs/{job_id}/confirm",
+            "status": 202,
+            "seconds": 0.0123,
+        }
+    )

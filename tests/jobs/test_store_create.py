@@ -1,0 +1,267 @@
+"""A new job is created whole or not at all, whatever Redis command the connection dies at.
+
+Between ``Commands.request_export`` and the real Redis runs a proxy that forwards
+whole commands and counts them. At command *k* it fails, once for every *k* the
+request sends: either the command never reaches Redis, or Redis runs it and its
+answer is lost; then Redis stays unreachable. Whatever *k*, the store holds the
+export with everything that begins it (its indexes and counts, its ``created``
+event, the subject's live-export mark, its first task in the queue, its audit
+entry) or none of it. A connection cut once, with Redis still there, is retried
+by the client and creates the job exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from arq.connections import ArqRedis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from connectors.testing import MemoryConnector
+from jobs.audit import AuditLog
+from jobs.commands import Actor, Commands
+from jobs.queue import API_RETRIES, QUEUE_NAME, connect
+from jobs.resources import open_resources
+from jobs.settings import Settings
+from tests.conftest import REDIS_URL
+
+NS = "handover:"
+SUBJECT = "s-7d21"
+
+
+def _command(buffer: bytearray) -> bytes | None:
+    """The first whole RESP command in ``buffer``, taken out of it; ``None`` if incomplete."""
+    if not buffer:
+        return None
+    if not buffer.startswith(b"*"):
+        raise AssertionError(f"not a RESP array: {bytes(buffer[:40])!r}")
+    end = buffer.find(b"\r\n")
+    if end < 0:
+        return None
+    at = end + 2
+    for _ in range(int(buffer[1:end])):
+        line_end = buffer.find(b"\r\n", at)
+        if line_end < 0:
+            return None
+        length = int(buffer[at + 1 : line_end])
+        at = line_end + 2 + length + 2
+        if at > len(buffer):
+            return None
+    command = bytes(buffer[:at])
+    del buffer[:at]
+    return command
+
+
+@dataclass
+class CuttingProxy:
+    """Forwards whole commands to Redis; once armed, at command ``cut_at`` the connection fails.
+
+    Commands are counted from :meth:`arm`. ``lost``: that command never reaches Redis;
+    otherwise Redis runs it and its answer never comes back. With ``stay_down``, every
+    later connection is refused at once, until :meth:`disarm`.
+    """
+
+    upstream_port: int
+    port: int = 0
+    armed: bool = False
+    cut_at: int = 0
+    lost: bool = True
+    stay_down: bool = True
+    commands: int = 0
+    cut: bool = False
+    _server: asyncio.Server | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def arm(self, cut_at: int, *, lost: bool, stay_down: bool) -> None:
+        self.armed, self.cut, self.commands = True, False, 0
+        self.cut_at, self.lost, self.stay_down = cut_at, lost, stay_down
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.armed and self.cut and self.stay_down:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        answering = asyncio.create_task(self._answers(up_reader, writer))
+        self._tasks.add(answering)
+        buffer = bytearray()
+        try:
+            while data := await reader.read(65536):
+                buffer += data
+                while (command := _command(buffer)) is not None:
+                    if self.armed and self.commands == self.cut_at and not self.cut:
+                        self.cut = True
+                        if not self.lost:
+                            answering.cancel()  # Redis runs it; nobody hears the answer
+                            up_writer.write(command)
+                            await up_writer.drain()
+                        return
+                    self.commands += self.armed
+                    up_writer.write(command)
+                await up_writer.drain()
+        finally:
+            answering.cancel()
+            writer.close()
+            up_writer.close()
+
+    async def _answers(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while data := await up_reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What the store holds of the subject's exports."""
+
+    jobs: list[str]
+    created_events: int
+    counts: dict[bytes, bytes]
+    indexed: int
+    active: bytes | None
+    queued: list[bytes]
+    task_payloads: int
+    audit: list[bytes]
+
+
+async def stored(client: ArqRedis) -> Stored:
+    """Everything a created export leaves, read straight from Redis."""
+    redis: Any = client
+    await AuditLog(redis, NS).seal()
+    jobs = sorted(
+        key.decode()[len(f"{NS}job:") :]
+        for key in await redis.keys(f"{NS}job:*")
+        if not key.endswith(b":events")
+    )
+    events = [
+        fields[b"type"]
+        for job_id in jobs
+        for _, fields in await redis.xrange(f"{NS}job:{job_id}:events")
+    ]
+    # The job's own first task (another feature may queue tasks of its own, a notice).
+    queued = [
+        task for task in await redis.zrange(QUEUE_NAME, 0, -1) if task.startswith(b"resolve:")
+    ]
+    return Stored(
+        jobs=jobs,
+        created_events=events.count(b"created"),
+        counts=await redis.hgetall(f"{NS}counts"),
+        indexed=await redis.zcard(f"{NS}idx:created"),
+        active=await redis.get(f"{NS}active:export:{SUBJECT}"),
+        queued=queued,
+        task_payloads=sum([await redis.exists(f"arq:job:{task.decode()}") for task in queued]),
+        audit=[entry["action"].encode() for entry in await AuditLog(redis, NS).entries()],
+    )
+
+
+def whole_or_nothing(found: Stored) -> str:
+    """``"whole"`` or ``"nothing"``; an assertion error naming what is half there."""
+    if not found.jobs:
+        assert found == Stored([], 0, {}, 0, None, [], 0, []), found
+        return "nothing"
+    (job_id,) = found.jobs
+    assert found.created_events == 1, found
+    assert found.counts == {b"export:queued": b"1"}, found
+    assert found.indexed == 1 and found.active == job_id.encode(), found
+    assert [task.rsplit(b":", 1)[0] for task in found.queued] == [f"resolve:{job_id}".encode()]
+    assert found.task_payloads == 1, found
+    assert found.audit == [b"export.requested"], found
+    return "whole"
+
+
+Attempt = Callable[..., Awaitable[tuple[CuttingProxy, str]]]
+
+
+@pytest.fixture
+async def attempt(
+    redis: ArqRedis, settings_factory: Callable[..., Settings]
+) -> AsyncIterator[Attempt]:
+    """Requests an export through a :class:`CuttingProxy` cutting at a given command;
+    returns the proxy and the outcome. One client and one proxy serve every attempt."""
+    upstream_port = int(REDIS_URL.split(":")[2].split("/")[0])
+    database = REDIS_URL.rsplit("/", 1)[1]
+    proxy = CuttingProxy(upstream_port)
+    await proxy.start()
+    connectors = {"crm": MemoryConnector("crm", records={})}
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(proxy.stop)
+        clients = {}
+        for retries in (0, API_RETRIES):
+            clients[retries] = await connect(
+                f"redis://127.0.0.1:{proxy.port}/{database}", retries=retries
+            )
+            stack.push_async_callback(clients[retries].aclose)
+        commands = {
+            retries: Commands(
+                await stack.enter_async_context(
+                    open_resources(settings_factory(), redis=client, connectors=connectors)
+                )
+            )
+            for retries, client in clients.items()
+        }
+
+        async def run(cut_at: int, *, lost: bool, stay_down: bool = True) -> tuple[Any, str]:
+            await redis.flushdb()
+            using = commands[0 if stay_down else API_RETRIES]
+            proxy.arm(cut_at, lost=lost, stay_down=stay_down)
+            outcome = "created"
+            try:
+                await using.request_export(Actor("support-1", staff=True), subject=SUBJECT)
+            except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+                outcome = f"failed: {type(exc).__name__}"
+            await using.resources.audit.settle()
+            proxy.disarm()
+            return proxy, outcome
+
+        yield run
+
+
+async def test_an_export_is_created_whole_or_not_at_all_wherever_redis_fails(
+    redis: ArqRedis, attempt: Attempt
+) -> None:
+    seen: set[str] = set()
+    for lost in (True, False):
+        cut_at = 0
+        while True:
+            proxy, outcome = await attempt(cut_at, lost=lost)
+            state = whole_or_nothing(await stored(redis))
+            seen.add(state)
+            if not proxy.cut:  # the request sent fewer commands: every one has failed once
+                assert outcome == "created" and state == "whole"
+                break
+            assert outcome.startswith("failed") or state == "whole", (cut_at, outcome)
+            cut_at += 1
+    assert seen == {"whole", "nothing"}
+
+
+async def test_a_create_whose_answer_was_lost_is_retried_into_one_job(
+    redis: ArqRedis, attempt: Attempt
+) -> None:
+    # The connection is cut once after the create reached Redis; the client sends it again.
+    cut_at = 0
+    while True:
+        proxy, outcome = await attempt(cut_at, lost=False, stay_down=False)
+        assert outcome == "created", (cut_at, outcome)
+        assert whole_or_nothing(await stored(redis)) == "whole", cut_at
+        if not proxy.cut:
+            break
+        cut_at += 1

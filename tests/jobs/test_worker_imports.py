@@ -1,0 +1,88 @@
+"""What a ``handover worker`` process loads: the SQL stack only when a ``sql`` connector is
+configured (SQLAlchemy and its drivers are about 10 MB of every worker's memory).
+
+Each case runs the real command, ``handover worker --burst``, under ``python -X
+importtime``, which names every module the process imported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REDIS_URL
+
+HTTP_CONNECTOR = """
+[connectors.tickets]
+type = "http"
+base_url = "http://127.0.0.1:9"
+erase = { method = "DELETE", path = "/users/{id}" }
+
+[[connectors.tickets.datasets]]
+name = "tickets"
+category = "usage"
+path = "/users/{id}/tickets"
+"""
+
+SQL_CONNECTOR = """
+[connectors.platform]
+type = "sql"
+url = "sqlite:///{database}"
+hash_key = "a key of at least thirty-two characters, for hashing"
+
+[[connectors.platform.tables]]
+table = "users"
+dataset = "profile"
+category = "identification"
+subject_column = "id"
+erase = "delete"
+"""
+
+SQL_STACK = ("sqlalchemy", "asyncpg", "aiomysql", "pymysql", "aiosqlite")
+
+
+def imported_by_a_worker(tmp_path: Path, config: str) -> set[str]:
+    """The top-level packages a burst worker with ``config`` imported."""
+    path = tmp_path / "handover.toml"
+    path.write_text(config)
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
+    environ |= {
+        "HANDOVER_CONFIG": str(path),
+        "HANDOVER_REDIS_URL": REDIS_URL,
+        "HANDOVER_DATA_DIR": str(tmp_path / "data"),
+    }
+    worker = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "service.cli", "worker", "--burst"],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert worker.returncode == 0, worker.stderr[-3000:]
+    return {
+        found.group(1).split(".")[0]
+        for found in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", worker.stderr, re.M)
+    }
+
+
+def test_a_worker_without_a_sql_connector_loads_no_sql_stack(tmp_path: Path) -> None:
+    imported = imported_by_a_worker(tmp_path, HTTP_CONNECTOR)
+
+    assert "aiohttp" in imported, "the import log was read"
+    assert not imported & set(SQL_STACK)
+
+
+def test_a_worker_with_a_sql_connector_loads_it(tmp_path: Path) -> None:
+    database = tmp_path / "platform.sqlite3"
+    with contextlib.closing(sqlite3.connect(database)) as db:
+        db.execute("create table users (id text primary key, email text)")
+
+    imported = imported_by_a_worker(tmp_path, SQL_CONNECTOR.format(database=database))
+
+    assert "sqlalchemy" in imported
