@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install format lint test bench demo services clean
+.PHONY: install format lint test bench demo services clean catalogs
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,16 @@ lint: install
 
 services:
 	bash scripts/ensure-services
+
+# The notices' texts (jobs/notices.py): extract them, merge them into each language's
+# .po, compile the .mo files Handover reads (kept in the tree, so the wheel and
+# `make demo` need no Babel). A test fails while a text is untranslated or a .mo stale.
+catalogs: install
+	$(BIN)/pybabel extract --no-location --sort-output --project=Handover \
+		--copyright-holder=Handover -o jobs/locale/handover.pot jobs/notices.py
+	$(BIN)/pybabel update --ignore-obsolete --width=100 -D handover -d jobs/locale \
+		-i jobs/locale/handover.pot
+	$(BIN)/pybabel compile --statistics -D handover -d jobs/locale
 
 # Three pytest workers: much of the suite waits on processes, servers and deadlines.
 test: install services

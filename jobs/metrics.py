@@ -23,6 +23,14 @@ HISTOGRAMS = {
 COUNTERS = {
     "handover_connector_errors_total": "Connector failures, by connector and error class.",
     "handover_archive_bytes_total": "Bytes of export archives written.",
+    "handover_lifecycle_decisions_total": (
+        "Deadlines extended, requests refused and subjects asked for information, by "
+        "decision and jurisdiction."
+    ),
+    "handover_jobs_purged_total": (
+        "Finished jobs deleted after HANDOVER_RECORD_RETENTION, by kind and the status they "
+        "ended in (handover_jobs still counts them)."
+    ),
 }
 
 
@@ -57,12 +65,16 @@ class Metrics:
         """Add ``amount`` to counter ``name``."""
         await self.redis.hincrby(f"{self.ns}{name}", _labels(labels), amount)
 
+    def queue_count(self, pipe: Any, name: str, amount: int = 1, **labels: str) -> None:
+        """Queue adding ``amount`` to counter ``name`` on ``pipe``, in the caller's transaction."""
+        pipe.hincrby(f"{self.ns}{name}", _labels(labels), amount)
+
     async def render(
         self, counts: Mapping[str, Mapping[str, int]], overdue: int, queue_depth: int
     ) -> str:
         """Every metric, in the Prometheus text format."""
         lines = [
-            "# HELP handover_jobs Jobs by kind and status.",
+            "# HELP handover_jobs Jobs by kind and status (purged ones as they ended).",
             "# TYPE handover_jobs gauge",
         ]
         for kind, statuses in sorted(counts.items()):

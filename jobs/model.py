@@ -10,9 +10,17 @@ States and the only moves between them::
             └──────────────────┴──┼──────────▶ failed ──────────┘
                                   └─────────────┘ retry       (any live state ─▶ canceled)
 
+    any live state ─▶ awaiting_information ─▶ queued (or back to awaiting_confirmation)
+    any live state ─▶ refused
+
 ``needs_attention`` is live: a processor could not be asked (no identifier it
 needs is known) and the job waits, without holding its subject, for support to
 supply one or to decide to go without that processor.
+
+``awaiting_information`` is live: support asked the subject for what it needs (GDPR
+Art. 12(6)); the job holds no worker and no subject, and its jurisdiction says
+whether its clock stops meanwhile (:mod:`jobs.lifecycle`). ``refused`` is an end:
+the request was refused, with grounds and reasons (Art. 12(4), 12(5)).
 
 :func:`check_transition` is the one place that says which moves are legal; the
 store calls it inside the same Redis transaction that writes the move and its event.
@@ -46,6 +54,7 @@ class JobStatus(StrEnum):
     """Where a job stands."""
 
     AWAITING_CONFIRMATION = "awaiting_confirmation"
+    AWAITING_INFORMATION = "awaiting_information"
     QUEUED = "queued"
     RUNNING = "running"
     NEEDS_ATTENTION = "needs_attention"
@@ -53,6 +62,7 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELED = "canceled"
     EXPIRED = "expired"
+    REFUSED = "refused"
 
     @property
     def terminal(self) -> bool:
@@ -62,6 +72,7 @@ class JobStatus(StrEnum):
             JobStatus.FAILED,
             JobStatus.CANCELED,
             JobStatus.EXPIRED,
+            JobStatus.REFUSED,
         }
 
 
@@ -88,17 +99,31 @@ class RunStatus(StrEnum):
         return self.finished or self is RunStatus.UNIDENTIFIED
 
 
+#: Support may ask for information about, or refuse, a request in any of its live states.
+_DECIDED = frozenset({JobStatus.AWAITING_INFORMATION, JobStatus.REFUSED})
+
 _LEGAL: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.AWAITING_CONFIRMATION: frozenset({JobStatus.QUEUED, JobStatus.CANCELED}),
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED}),
+    JobStatus.AWAITING_CONFIRMATION: frozenset({JobStatus.QUEUED, JobStatus.CANCELED}) | _DECIDED,
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.FAILED, JobStatus.CANCELED})
+    | _DECIDED,
     JobStatus.RUNNING: frozenset(
         {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELED, JobStatus.NEEDS_ATTENTION}
+    )
+    | _DECIDED,
+    JobStatus.NEEDS_ATTENTION: frozenset({JobStatus.QUEUED, JobStatus.CANCELED}) | _DECIDED,
+    JobStatus.AWAITING_INFORMATION: frozenset(
+        {
+            JobStatus.QUEUED,
+            JobStatus.AWAITING_CONFIRMATION,
+            JobStatus.CANCELED,
+            JobStatus.REFUSED,
+        }
     ),
-    JobStatus.NEEDS_ATTENTION: frozenset({JobStatus.QUEUED, JobStatus.CANCELED}),
     JobStatus.SUCCEEDED: frozenset({JobStatus.EXPIRED}),
     JobStatus.FAILED: frozenset({JobStatus.QUEUED, JobStatus.EXPIRED}),
     JobStatus.CANCELED: frozenset(),
     JobStatus.EXPIRED: frozenset(),
+    JobStatus.REFUSED: frozenset(),
 }
 
 
@@ -266,11 +291,20 @@ class ArchiveFile(Record):
 
 
 class ArchiveResult(Record):
-    """Where the finished archive lives and how to check it."""
+    """Where the finished archive lives and how to check it.
+
+    ``sha256`` is the whole archive's, when its bytes passed through the worker;
+    ``None`` when the object store assembled it from the staged objects (S3), where
+    the signed manifest's per-file SHA-256 vouches for the content. ``crc32`` (8 hex
+    digits) is the whole archive's either way: computed by the worker, or S3's
+    full-object checksum (``None`` for an archive written before it was recorded, or
+    by a store that keeps none).
+    """
 
     key: str
     size: int
-    sha256: str
+    sha256: str | None
+    crc32: str | None = None
     expires_at: datetime
     key_id: str
     files: list[ArchiveFile]
@@ -304,6 +338,8 @@ class ExportOptions(Record):
     protection: Protection | None = None
     scope: ExportScope
     downloads: int = 0
+    #: The language of the subject's notices, as asked (:func:`jobs.notices.language_of`).
+    locale: str | None = None
 
 
 class ErasureOptions(Record):
@@ -314,10 +350,52 @@ class ErasureOptions(Record):
     reason: str | None = None
     confirmed_at: datetime | None = None
     confirmed_by: str | None = None
+    #: The language of the subject's notices, as asked (:func:`jobs.notices.language_of`).
+    locale: str | None = None
 
 
 Options = Annotated[ExportOptions | ErasureOptions, Field(discriminator="kind")]
 """A job's kind-specific request, told apart by its ``kind``."""
+
+
+class InformationRequest(Record):
+    """What support asked the subject for (GDPR Art. 12(6)), and the subject's answer.
+
+    ``offered`` holds identifier values the subject gave in the answer: personal data,
+    kept only while the job is live and used only once support accepts them, saying how
+    they were verified (:meth:`jobs.commands.Commands.resume`).
+    """
+
+    needs: str
+    asked_by: str
+    asked_at: datetime
+    #: The jurisdiction stops the clock while the subject is asked (see jobs.lifecycle).
+    pauses_clock: bool
+    #: The answer resumes the job by itself (when it offers no identifiers).
+    resume_on_answer: bool = False
+    #: The status the job goes back to: queued, or awaiting_confirmation.
+    resume_to: JobStatus = JobStatus.QUEUED
+    answer: str | None = None
+    answered_at: datetime | None = None
+    offered: dict[str, str] = Field(default_factory=dict, repr=False)
+    resumed_at: datetime | None = None
+    resumed_by: str | None = None
+
+    @property
+    def clock_stopped(self) -> bool:
+        """The clock is stopped now: it pauses for information, and none has come yet."""
+        return self.pauses_clock and self.answered_at is None and self.resumed_at is None
+
+
+class Refusal(Record):
+    """Why a request was refused, and where the subject may complain (Art. 12(4))."""
+
+    grounds: str
+    reason: str
+    by: str
+    at: datetime
+    authority: str | None = None
+    authority_url: str | None = None
 
 
 class Job(Record):
@@ -337,6 +415,16 @@ class Job(Record):
     due_at: datetime
     options: Options
     extended_months: int = 0
+    #: Days the deadline was extended by, under a jurisdiction counting in days.
+    extended_days: int = 0
+    #: The jurisdiction whose rules set the deadline (:mod:`jobs.lifecycle`).
+    jurisdiction: str = "gdpr"
+    #: When the request must have been acknowledged, if the jurisdiction says.
+    acknowledge_by: datetime | None = None
+    #: Time the clock stood still while the subject was asked for information, in ms.
+    clock_paused_ms: int = 0
+    information: InformationRequest | None = None
+    refusal: Refusal | None = None
     generation: int = 1
     connectors: dict[str, ConnectorRun] = Field(default_factory=dict)
     result: ArchiveResult | None = None
@@ -362,7 +450,8 @@ class Job(Record):
         return self.options
 
     def deadline_state(self, now: datetime) -> str | None:
-        """``overdue``, ``at risk`` (under a quarter of its time left) or ``ok``; None once ended.
+        """``overdue``, ``at risk`` (under a quarter of its time left) or ``ok``; ``paused``
+        while its clock stands still for the subject's information; None once ended.
 
         The one rule behind the dashboard's badges, the API's ``deadline`` and the
         store's ``overdue`` and ``at_risk`` searches, so a badge and a filter never
@@ -370,6 +459,8 @@ class Job(Record):
         """
         if self.status.terminal:
             return None
+        if self.clock_stopped:
+            return "paused"
         remaining = self.due_at - now
         if remaining < timedelta(0):
             return "overdue"
@@ -378,14 +469,41 @@ class Job(Record):
         return "ok"
 
     @property
+    def clock_stopped(self) -> bool:
+        """The job waits for the subject's information and its jurisdiction stops the clock."""
+        return (
+            self.status is JobStatus.AWAITING_INFORMATION
+            and self.information is not None
+            and self.information.clock_stopped
+        )
+
+    @property
+    def open_due(self) -> datetime | None:
+        """``due_at`` while the clock runs on a live job; None once ended or while stopped.
+
+        The store indexes a job among the open ones (overdue, at risk) by this.
+        """
+        return None if self.status.terminal or self.clock_stopped else self.due_at
+
+    def paused_for(self, now: datetime) -> timedelta:
+        """How long the clock has stood still in all, the pause under way included."""
+        paused = timedelta(milliseconds=self.clock_paused_ms)
+        if self.clock_stopped and self.information is not None:
+            paused += max(now - self.information.asked_at, timedelta(0))
+        return paused
+
+    @property
     def subject_view(self) -> Subject:
         """The subject with every identifier known now, as connectors receive it."""
         return self.identity.subject(self.subject)
 
     def ended(self) -> None:
-        """Forget what the job held only while live: identifier values, an archive password."""
+        """Forget what the job held only while live: identifier values (those a subject offered
+        too), an archive password."""
         self.identity.forget()
         self.archive_password = None
+        if self.information is not None:
+            self.information.offered.clear()
 
 
 @overload

@@ -48,10 +48,13 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from arq.jobs import Job as ArqJob
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from arq.worker import Retry
 
 from connectors.base import Connector
 from connectors.errors import ConnectorError, RateLimited, TransientError, Unidentified
+from jobs.audit import AuditEntry
 from jobs.identity import (
     check_identifier_value,
     identified,
@@ -72,9 +75,11 @@ from jobs.model import (
     iso,
     utcnow,
 )
+from jobs.notices import notify_subject
 from jobs.queue import QUEUE_NAME, REDIS_UNAVAILABLE, deserialize
 from jobs.resources import Resources
 from jobs.storage.base import StorageError
+from jobs.store import QueuedTask
 from jobs.webhooks import DELIVER_TASK
 from jobs.webhooks import digest as webhook_digest
 
@@ -167,6 +172,17 @@ def progress_mark(job: Job) -> str:
     return f"{job.generation}|{job.status.value}|{iso(last_progress(job))}"
 
 
+def _webhooks(urls: Iterable[str], job: Job, event: str) -> list[tuple[tuple[str, str, str], str]]:
+    """The webhook tasks telling ``urls`` of ``event``: arguments and task id of each."""
+    tasks = []
+    for url in urls:
+        target = webhook_digest(url)  # the task names the URL without its token
+        tasks.append(
+            ((target, job.id, event), f"webhook:{target}:{job.id}:{event}:{job.generation}")
+        )
+    return tasks
+
+
 def run_task_id(job: Job, connector: str) -> str:
     """arq's id for a connector run: deterministic, so a run is queued once at a time."""
     return f"run:{job.id}:{job.generation}:{connector}"
@@ -180,6 +196,7 @@ def resolve_task_id(job: Job) -> str:
 LIVE = frozenset(
     {
         JobStatus.AWAITING_CONFIRMATION,
+        JobStatus.AWAITING_INFORMATION,
         JobStatus.QUEUED,
         JobStatus.RUNNING,
         JobStatus.NEEDS_ATTENTION,
@@ -236,9 +253,16 @@ class Pipeline(ABC):
         status: JobStatus = JobStatus.QUEUED,
         identity: Identity | None = None,
         archive_password: str | None = None,
+        jurisdiction: str | None = None,
     ) -> Job:
-        """A job received now, due one month from now (Art. 12(3))."""
+        """A job received now, due when its jurisdiction says (default: ``HANDOVER_JURISDICTION``).
+
+        The due date and the acknowledgement deadline are computed here, once
+        (:mod:`jobs.lifecycle`), and stored with the job.
+        """
         check_identifier_value(subject, "subject")
+        settings = self.resources.settings
+        profile = settings.profile(jurisdiction)
         now = utcnow()
         return Job(
             id=new_ulid(),
@@ -248,32 +272,50 @@ class Pipeline(ABC):
             requested_by=requested_by,
             created_at=now,
             updated_at=now,
-            due_at=now + self.resources.settings.deadline,
+            due_at=profile.due_at(now, settings.zone),
+            jurisdiction=profile.name,
+            acknowledge_by=profile.acknowledge_by(now, settings.zone),
             options=options,
             connectors={name: ConnectorRun() for name in connectors},
             identity=identity or Identity(),
             archive_password=archive_password,
         )
 
-    async def submit(self, job: Job) -> Job:
-        """Store a new job and, if it is queued, queue its runs."""
-        await self.resources.store.create(job)
-        await self.notify(job, "job.created")
+    async def submit(
+        self, job: Job, *, claim_active: bool = False, audit: AuditEntry | None = None
+    ) -> Job:
+        """Store a new job with what begins it, in one step (:meth:`JobStore.create`).
+
+        Its ``job.created`` webhooks, its first task if it is queued (the identity
+        step, as :meth:`enqueue_runs` would queue it), the subject's one live job of its
+        kind with ``claim_active`` (:class:`~jobs.model.ActiveJobExists` otherwise) and
+        ``audit``'s entry, sealed into the chain in the background: all, or nothing.
+        """
+        tasks = [
+            self._task(DELIVER_TASK, *args, task_id=task_id)
+            for args, task_id in _webhooks(self.resources.settings.webhook_urls, job, "job.created")
+        ]
         if job.status is JobStatus.QUEUED:
-            await self.enqueue_runs(job)
+            task_id = resolve_task_id(job)
+            tasks.append(
+                self._task(RESOLVE_TASK, job.kind.value, job.id, job.generation, task_id=task_id)
+            )
+        await self.resources.store.create(job, tasks=tasks, claim_active=claim_active, audit=audit)
+        if audit is not None:
+            self.resources.audit.seal_soon()
         return job
+
+    def _task(self, function: str, *args: Any, task_id: str) -> QueuedTask:
+        """arq's task ``function(*args)`` as ``enqueue_job`` would queue it now, undeferred."""
+        redis = self.resources.redis
+        now = timestamp_ms()
+        payload = serialize_job(function, args, {}, None, now, serializer=redis.job_serializer)
+        return QueuedTask(task_id, QUEUE_NAME, payload, now, redis.expires_extra_ms)
 
     async def notify(self, job: Job, event: str) -> None:
         """Queue a signed webhook to every configured URL (once per job, event and generation)."""
-        for url in self.resources.settings.webhook_urls:
-            target = webhook_digest(url)  # the task names the URL without its token
-            await self.resources.redis.enqueue_job(
-                DELIVER_TASK,
-                target,
-                job.id,
-                event,
-                _job_id=f"webhook:{target}:{job.id}:{event}:{job.generation}",
-            )
+        for args, task_id in _webhooks(self.resources.settings.webhook_urls, job, event):
+            await self.resources.redis.enqueue_job(DELIVER_TASK, *args, _job_id=task_id)
 
     async def enqueue_runs(
         self, job: Job, defer: timedelta | None = None, *, again: bool = False
@@ -825,6 +867,8 @@ class Pipeline(ABC):
             except StagingLost as lost:
                 await self._restage(job, lost)
                 return
+            # Queued before the move, which forgets the address; the notice waits for it.
+            await notify_subject(self.resources, job, "completed")
             ended = await store.transition(
                 job_id,
                 JobStatus.SUCCEEDED,

@@ -4,7 +4,8 @@
 walks the indexes :mod:`jobs.store` keeps, never the key space. One index drives the walk:
 
 - a deadline query (``overdue``, ``at_risk``, ``due_before``) walks ``idx:open``, the live
-  jobs by due date, soonest first;
+  jobs whose clock runs (not one stopped while the subject is asked for information,
+  :attr:`~jobs.model.Job.open_due`) by due date, soonest first;
 - ``sort="due"`` walks ``idx:due``, every job by due date, soonest first;
 - any other query walks the smallest of its filter indexes (status, kind, subject,
   connector), or ``idx:created`` when it has none, newest first; its creation range
@@ -198,6 +199,22 @@ class _Walk:
             self._start_from(f"({self.last_seen[0]}")
         self.exhausted = len(fetched) < batch
         return unseen
+
+
+def job_indexes(namespace: str, job: Job) -> list[str]:
+    """Every index :mod:`jobs.store` may hold ``job`` in, for removing it from all of them.
+
+    Each status's index is named, not only the job's own status's, so that removing a
+    job from these leaves it in none; ``idx:expires`` is the store's, not a search's.
+    """
+    fixed = ("created", "due", "open", "expires")
+    return [
+        *(f"{namespace}idx:{name}" for name in fixed),
+        *(f"{namespace}idx:status:{status.value}" for status in JobStatus),
+        f"{namespace}idx:kind:{job.kind.value}",
+        f"{namespace}idx:subject:{job.subject}",
+        *(f"{namespace}idx:connector:{name}" for name in job.connectors),
+    ]
 
 
 def _due_range(query: JobQuery, now: datetime) -> tuple[str, str]:

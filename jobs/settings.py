@@ -20,12 +20,16 @@ from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pydantic
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connectors.registry import ConnectorConfig
+from jobs import lifecycle
+from jobs.lifecycle import Jurisdiction
+from jobs.mail import mail_address, smtp_target
 from jobs.queue import redis_settings
 from jobs.webhooks import target_problem
 
@@ -82,6 +86,22 @@ def parse_duration(value: object) -> timedelta:
     if seconds < 0:
         raise ValueError("a duration cannot be negative")
     return timedelta(seconds=seconds)
+
+
+#: The shortest ``HANDOVER_RECORD_RETENTION``: what Handover keeps beside a job and lets
+#: expire by itself (idempotency records, the sweeper's memory, webhook retries, notices'
+#: state, arq's results) is gone before the job is purged (:mod:`jobs.records`).
+MIN_RECORD_RETENTION = timedelta(days=30)
+
+
+def _record_retention(value: object) -> timedelta:
+    """A duration; ``off`` and its kin are refused: Handover's records are never kept forever."""
+    if str(value).strip().lower() in {"off", "never", "none", "forever", "false"}:
+        raise ValueError(
+            "finished jobs cannot be kept forever (storage limitation, GDPR Art. 5(1)(e)); "
+            "give the accountability period, e.g. 3y"
+        )
+    return parse_duration(value)
 
 
 def parse_size(value: object) -> int:
@@ -164,6 +184,25 @@ def _jwks_url(value: object) -> str | None:
     return url
 
 
+def _time_zone(value: object) -> str:
+    """An IANA time zone name the system knows (``Europe/Brussels``, ``UTC``)."""
+    text = _text(value).strip()
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {text!r}; expected an IANA name such as Europe/Brussels or UTC"
+        ) from None
+    return text
+
+
+def _jurisdiction_name(value: object) -> str:
+    text = _text(value).strip().lower()
+    if not lifecycle.NAME.fullmatch(text):
+        raise ValueError(f"expected a jurisdiction's name such as gdpr, got {value!r}")
+    return text
+
+
 def _redis_url(value: object) -> str | None:
     """A Redis URL that ``jobs.queue.connect`` can open: one server, or Sentinels."""
     url = _url(value)
@@ -171,6 +210,24 @@ def _redis_url(value: object) -> str | None:
         return None
     redis_settings(url)  # raises ValueError saying what is malformed
     return url
+
+
+def _smtp_url(value: object) -> str | None:
+    """An ``smtp://`` or ``smtps://`` URL :mod:`jobs.mail` can use."""
+    url = _url(value)
+    if url is None:
+        return None
+    smtp_target(url)  # raises ValueError saying what is malformed
+    return url
+
+
+def _mail_from(value: object) -> str | None:
+    """``privacy@example.com`` or ``Example privacy team <privacy@example.com>``."""
+    text = _text(value).strip()
+    if not text:
+        return None
+    mail_address(text)  # raises ValueError saying what is wrong
+    return text
 
 
 def _secret(value: object) -> str | None:
@@ -304,7 +361,13 @@ class Settings(BaseSettings):
     jwt_leeway: _Duration = timedelta(seconds=30)
     archive_ttl: _Duration = timedelta(days=7)
     link_ttl: _Duration = timedelta(minutes=15)
-    deadline: _Duration = timedelta(days=30)
+    jurisdiction: Annotated[str, _parsed(_jurisdiction_name)] = "gdpr"
+    jurisdiction_claim: _Text = "jurisdiction"
+    time_zone: Annotated[str, _parsed(_time_zone)] = "UTC"
+    complaint_authority: _Text = (
+        "Autorité de protection des données / Gegevensbeschermingsautoriteit (Belgium)"
+    )
+    complaint_url: _Url = "https://www.dataprotectionauthority.be"
     data_dir: Annotated[Path, _parsed(_path, Path)] = Field(default_factory=default_data_dir)
     signing_key_file: Annotated[Path | None, _parsed(_optional_path, Path)] = None
     worker_concurrency: Annotated[int, _parsed(_at_least(1))] = 50
@@ -312,6 +375,9 @@ class Settings(BaseSettings):
     connector_timeout: _Duration = timedelta(hours=1)
     reconcile_min_age: _Duration = timedelta(hours=1)
     stall_timeout: _Duration = timedelta(minutes=15)
+    record_retention: Annotated[timedelta, _parsed(_record_retention, timedelta)] = timedelta(
+        days=3 * 365
+    )
     default_formats: Annotated[tuple[str, ...], _parsed(_formats)] = ("json",)
     public_url: _Url = None
     webhook_urls: Annotated[tuple[str, ...], _parsed(_url_list)] = ()
@@ -324,8 +390,12 @@ class Settings(BaseSettings):
     reauth_max_age: _Duration = timedelta(minutes=10)
     identity_claims: Annotated[tuple[tuple[str, str], ...], _parsed(_identity_claims, tuple)] = ()
     trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], _parsed(_networks)] = ()
+    smtp_url: Annotated[Secret | None, _parsed(_smtp_url, Secret)] = None
+    mail_from: Annotated[str | None, _parsed(_mail_from)] = None
+    privacy_url: _Url = None
     connectors: tuple[ConnectorConfig, ...] = Field(default=(), repr=False)
     retention: tuple[RetentionConfig, ...] = Field(default=(), repr=False)
+    jurisdictions: tuple[Jurisdiction, ...] = Field(default=lifecycle.BUILT_IN, repr=False)
 
     @classmethod
     def settings_customise_sources(
@@ -359,11 +429,39 @@ class Settings(BaseSettings):
             raise SettingsError("HANDOVER_LINK_TTL: must be longer than zero")
         if self.archive_ttl <= timedelta(0):
             raise SettingsError("HANDOVER_ARCHIVE_TTL: must be longer than zero")
+        if self.record_retention < MIN_RECORD_RETENTION:
+            raise SettingsError(
+                "HANDOVER_RECORD_RETENTION: must be at least 30d: a finished job is the "
+                "evidence that a request was answered (GDPR Art. 5(2)); 3y is the default"
+            )
+        if self.jurisdiction not in {profile.name for profile in self.jurisdictions}:
+            known = ", ".join(profile.name for profile in self.jurisdictions)
+            raise SettingsError(
+                f"HANDOVER_JURISDICTION: unknown jurisdiction {self.jurisdiction!r}; known: {known}"
+            )
+        for profile in self.jurisdictions:
+            if profile.authority is None and self.complaint_authority is None:
+                raise SettingsError(
+                    f"HANDOVER_COMPLAINT_AUTHORITY: needed: {profile.name} names no authority, "
+                    "and a refused subject must be told where to complain (GDPR Art. 12(4))"
+                )
+            if profile.authority_url is None and self.complaint_url is None:
+                raise SettingsError(
+                    f"HANDOVER_COMPLAINT_URL: needed: {profile.name} names no authority's URL, "
+                    "and a refused subject must be told where to complain (GDPR Art. 12(4))"
+                )
         if self.jwt_leeway > timedelta(minutes=5):
             raise SettingsError("HANDOVER_JWT_LEEWAY: at most 5m of clock skew is allowed")
         if self.webhook_urls and self.webhook_secret is None:
             raise SettingsError(
                 "HANDOVER_WEBHOOK_SECRET: required when HANDOVER_WEBHOOK_URLS is set"
+            )
+        if self.smtp_url is not None and self.mail_from is None:
+            raise SettingsError("HANDOVER_MAIL_FROM: required when HANDOVER_SMTP_URL is set")
+        if self.smtp_url is not None and self.privacy_url is None and self.public_url is None:
+            raise SettingsError(
+                "HANDOVER_PRIVACY_URL: required when HANDOVER_SMTP_URL is set (or "
+                "HANDOVER_PUBLIC_URL): notices link subjects to where they sign in"
             )
         for url in () if self.webhook_allow_link_local else self.webhook_urls:
             problem = target_problem(url)
@@ -376,7 +474,7 @@ class Settings(BaseSettings):
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
-            yield name, _redacted_url(value) if name == "redis_url" else value
+            yield name, _redacted_url(value) if name in {"redis_url", "smtp_url"} else value
 
     def __str__(self) -> str:
         return repr(self)
@@ -387,6 +485,15 @@ class Settings(BaseSettings):
         if self.erasure_grace is not None:
             return self.erasure_grace
         return timedelta(0) if self.embedded_redis else timedelta(hours=24)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """The controller's time zone, in which deadlines end (``HANDOVER_TIME_ZONE``)."""
+        return ZoneInfo(self.time_zone)
+
+    def profile(self, name: str | None = None) -> Jurisdiction:
+        """The jurisdiction ``name`` (default ``HANDOVER_JURISDICTION``); InvalidRequest if none."""
+        return lifecycle.find(self.jurisdictions, name or self.jurisdiction)
 
     @property
     def embedded_redis(self) -> bool:
@@ -400,6 +507,7 @@ class Settings(BaseSettings):
         path = environ.get(f"{ENV_PREFIX}CONFIG") or ""
         document = _read_toml(Path(path)) if path else {}
         connectors, retention = document.pop("connectors", {}), document.pop("retention", {})
+        jurisdictions = document.pop("jurisdictions", {})
         unknown = [key for key in document if key not in VARIABLES.values()]
         if unknown:
             raise SettingsError(f"HANDOVER_CONFIG: {path}: unknown setting {unknown[0]!r}")
@@ -408,6 +516,7 @@ class Settings(BaseSettings):
             **document,
             connectors=_connector_configs(connectors, path),
             retention=_retention_configs(retention, path),
+            jurisdictions=_jurisdictions(jurisdictions, path),
         )
 
 
@@ -415,8 +524,17 @@ class Settings(BaseSettings):
 VARIABLES = {
     f"{ENV_PREFIX}{name.upper()}": name
     for name in Settings.model_fields
-    if name not in {"connectors", "retention"}  # tables of the file, no variable
+    if name not in {"connectors", "retention", "jurisdictions"}  # tables of the file, no variable
 }
+
+
+def _jurisdictions(tables: object, path: str) -> tuple[Jurisdiction, ...]:
+    if not isinstance(tables, dict):
+        raise SettingsError(f"HANDOVER_CONFIG: {path}: [jurisdictions] must be a table of tables")
+    try:
+        return lifecycle.configured(tables)
+    except ValueError as exc:
+        raise SettingsError(f"HANDOVER_CONFIG: {path}: {exc}") from None
 
 
 def _retention_configs(tables: object, path: str) -> tuple[RetentionConfig, ...]:

@@ -10,7 +10,9 @@ the host's resolved addresses are checked again (a name that resolves there is
 refused) and redirects are not followed. Tasks and logs name a URL by its digest or
 without its query, so a token in a webhook URL never reaches a log. Event types::
 
-    job.created  job.succeeded  job.failed  job.canceled
+    job.created  job.succeeded  job.failed  job.canceled  job.refused
+    job.needs_attention       a processor could not be asked: support supplies identifiers
+    job.awaiting_information  support asked the subject for information (jobs.lifecycle)
     job.expiring_soon   an export's archive expires within a day, not yet downloaded
     job.at_risk         a live request has under a quarter of its time left
 """

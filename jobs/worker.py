@@ -6,8 +6,10 @@ Resources open in ``on_startup`` and close in ``on_shutdown``.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, suppress
@@ -26,6 +28,8 @@ from jobs.arqworker import PatientWorker
 from jobs.epoch import Epochs, EpochWatch
 from jobs.kinds import build_pipelines
 from jobs.model import Job, JobKind, JobStatus, utcnow
+from jobs.notices import MAX_TRIES as NOTICE_TRIES
+from jobs.notices import NOTICE_TASK, deliver_notice
 from jobs.pipeline import (
     FINISH_TASK,
     RESOLVE_TASK,
@@ -37,6 +41,7 @@ from jobs.pipeline import (
 )
 from jobs.queue import HEALTH_CHECK_KEY, QUEUE_NAME, REDIS_UNAVAILABLE, deserialize, serialize
 from jobs.reconcile import ReconcileError, Reconciler
+from jobs.records import Records
 from jobs.resources import Resources, open_resources
 from jobs.search import JobQuery
 from jobs.settings import Settings
@@ -52,15 +57,17 @@ log = logging.getLogger("handover.worker")
 
 _PIPELINES = "handover_pipelines"
 _STACK = "handover_stack"
-_EPOCH = "handover_epoch"
+_BACKGROUND = "handover_background"
 FINISH_TIMEOUT = timedelta(hours=6)
 EXPIRING_SOON = timedelta(days=1)
 EVERY_5_MINUTES = set(range(0, 60, 5))
 EVERY_10_SECONDS = set(range(0, 60, 10))
-EVERY_5_SECONDS = set(range(0, 60, 5))
-#: Seconds between a worker's heartbeats (arq's health key, which lives a second longer):
-#: short, so that readiness finds a worker again soon after Redis lost its data.
+#: Seconds between a worker's heartbeats: short, so that readiness finds a worker again
+#: soon after Redis lost its data.
 HEALTH_CHECK_INTERVAL = 5
+#: How long a heartbeat (the health key) lives: through five missed beats, so that a
+#: worker whose event loop is busy for a while (every slot running an export) stays ready.
+HEALTH_KEY_TTL = timedelta(seconds=30)
 SWEEP_QUIET = timedelta(seconds=30)
 #: A live job whose work the sweeper queued again this many times with no progress in
 #: between (no run started or finished, the job unchanged) is failed at the next sweep.
@@ -69,6 +76,9 @@ STALL_SWEEPS = 5
 SWEEP_MEMORY = timedelta(days=1)
 #: On SIGTERM, running work gets this long to finish before it is canceled and re-queued.
 SHUTDOWN_GRACE_SECONDS = 10
+#: When the daily purge of finished jobs runs (the worker's local time), and how long it may take.
+PURGE_HOUR, PURGE_MINUTE = 4, 10
+PURGE_TIMEOUT = timedelta(hours=2)
 
 
 def pipelines(ctx: Mapping[str, Any]) -> dict[JobKind, Pipeline]:
@@ -308,32 +318,56 @@ async def deliver_webhook(ctx: dict[str, Any], target: str, job_id: str, event: 
         raise Retry(defer=webhook_backoff(attempt)) from exc
 
 
-async def check_epoch(ctx: dict[str, Any]) -> bool:
-    """Cron, every 5 s: whether Redis lost its data since this worker joined its epoch.
+async def send_notice(
+    ctx: dict[str, Any], job_id: str, notice: str, generation: int, occasion: str = ""
+) -> None:
+    """Task: one notice to a subject, retried with backoff (:mod:`jobs.notices`).
 
-    Not unique: each worker queues a check each time, and the worker that runs one
-    checks its own memory (:class:`jobs.epoch.EpochWatch`): it logs the loss once,
-    records it and publishes its signing key again.
+    Like a webhook's, the task names the job, not the subject: the address waits
+    in a key of its own until the message is handed over.
     """
-    watch: EpochWatch | None = ctx.get(_EPOCH)
-    if watch is None:  # inside the API, which watches for the whole process
-        return False
-    try:
-        return await watch.check() is not None
-    except REDIS_UNAVAILABLE:  # readiness says so; the next check tries again
-        return False
+    async with _redis_outage_retries(ctx):
+        await deliver_notice(
+            _resources(ctx), job_id, notice, generation, occasion, attempt=ctx["job_try"]
+        )
+
+
+async def heartbeat(redis: ArqRedis) -> None:
+    """Write the worker's health key every :data:`HEALTH_CHECK_INTERVAL` s until cancelled.
+
+    A task of its own, not arq's poll loop (which writes its key only between polls,
+    late when the worker is busy); the key lives :data:`HEALTH_KEY_TTL`. Readiness
+    (:mod:`jobs.health`) looks for any worker's.
+    """
+    while True:
+        try:
+            await redis.psetex(
+                HEALTH_CHECK_KEY,
+                int(HEALTH_KEY_TTL.total_seconds() * 1000),
+                f"pid {os.getpid()} at {utcnow().isoformat()}",
+            )
+        except REDIS_UNAVAILABLE as exc:  # readiness says so; the next beat tries again
+            log.debug("heartbeat not written: Redis unavailable: %s", exc)
+        except Exception:
+            log.exception("heartbeat not written")
+        await asyncio.sleep(HEALTH_CHECK_INTERVAL)
 
 
 async def reconcile_storage(ctx: dict[str, Any], now: datetime | None = None) -> int:
     """Cron, hourly: delete the archives and staged parts no job owns (:mod:`jobs.reconcile`).
 
-    Only folders older than ``HANDOVER_RECONCILE_MIN_AGE``; returns how many were
-    deleted. ``now`` is the current time (tests pass one).
+    Only folders older than ``HANDOVER_RECONCILE_MIN_AGE`` and last written in the
+    current epoch, and nothing while a loss of Redis's data is unacknowledged: older
+    folders are left to ``handover storage reconcile``. Returns how many were deleted.
+    ``now`` is the current time (tests pass one).
     """
     resources = _resources(ctx)
     try:
         result = await Reconciler.of(resources).run(
-            min_age=resources.settings.reconcile_min_age, actor="cleanup", now=now
+            min_age=resources.settings.reconcile_min_age,
+            actor="cleanup",
+            current_epoch_only=True,
+            now=now,
         )
     except ReconcileError as exc:
         log.warning("storage not reconciled: %s", exc)
@@ -341,6 +375,21 @@ async def reconcile_storage(ctx: dict[str, Any], now: datetime | None = None) ->
     if result.deleted:
         log.info("storage reconciled: %s", "; ".join(result.lines()))
     return len(result.deleted)
+
+
+async def purge_records(ctx: dict[str, Any], now: datetime | None = None) -> int:
+    """Cron, daily: delete the jobs that ended over ``HANDOVER_RECORD_RETENTION`` ago.
+
+    See :mod:`jobs.records`; returns how many were purged. ``now`` is the current time
+    (tests pass one). Redis unavailable: one warning, and the next day's run does it.
+    """
+    resources = _resources(ctx)
+    try:
+        result = await Records.of(resources).purge_finished_jobs(actor="retention", now=now)
+    except REDIS_UNAVAILABLE as exc:
+        log.warning("finished jobs not purged: Redis unavailable (%s); tomorrow's run will", exc)
+        return 0
+    return result.count
 
 
 class WorkerContext:
@@ -364,6 +413,7 @@ class WorkerContext:
         self.watch_epoch = watch_epoch
 
     async def on_startup(self, ctx: dict[str, Any]) -> None:
+        """Open the resources, join the epoch, and start the heartbeat and the epoch watch."""
         stack = AsyncExitStack()
         resources = self.resources
         if resources is None:
@@ -372,13 +422,23 @@ class WorkerContext:
             )
         if isinstance(resources.storage, S3Store):
             await resources.storage.ensure_lifecycle(resources.prefix, self.settings.archive_ttl)
-        if self.watch_epoch:
-            ctx[_EPOCH] = await _join_epoch(resources)
+        watch = await _join_epoch(resources) if self.watch_epoch else None
         await resources.keyring.publish(resources.signer)
         ctx[_STACK] = stack
         ctx[_PIPELINES] = build_pipelines(resources, self.retry_policy)
+        # Tasks of their own: a cron would run on whichever worker picked it up, and wait
+        # for a free slot. Inside the API (``serve``) the API watches the epoch.
+        background = [asyncio.create_task(heartbeat(resources.redis))]
+        if watch is not None:
+            background.append(asyncio.create_task(watch.watch()))
+        ctx[_BACKGROUND] = background
 
     async def on_shutdown(self, ctx: dict[str, Any]) -> None:
+        """Stop the heartbeat and the epoch watch, then close the resources."""
+        background: list[asyncio.Task[None]] = ctx.pop(_BACKGROUND, [])
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         stack = ctx.pop(_STACK, None)
         if stack is not None:
             await stack.aclose()
@@ -440,6 +500,7 @@ def create_worker(
                 max_tries=10,
             ),
             func(deliver_webhook, name=DELIVER_TASK, timeout=60, max_tries=WEBHOOK_TRIES + 1),
+            func(send_notice, name=NOTICE_TASK, timeout=120, max_tries=NOTICE_TRIES + 1),
         ],
         cron_jobs=[
             cron(expire_archives, name="expire_archives", minute=EVERY_5_MINUTES, unique=True),
@@ -448,8 +509,15 @@ def create_worker(
                 watchdog, name="watchdog", second=EVERY_10_SECONDS, unique=True, run_at_startup=True
             ),
             cron(sweep, name="sweep", second={5, 15, 25, 35, 45, 55}, unique=True),
-            cron(check_epoch, name="check_epoch", second=EVERY_5_SECONDS, unique=False),
             cron(reconcile_storage, name="reconcile_storage", minute={30}, unique=True),
+            cron(
+                purge_records,
+                name="purge_records",
+                hour={PURGE_HOUR},
+                minute={PURGE_MINUTE},
+                unique=True,
+                timeout=PURGE_TIMEOUT.total_seconds(),
+            ),
         ],
         queue_name=QUEUE_NAME,
         redis_pool=redis,
@@ -463,8 +531,6 @@ def create_worker(
         handle_signals=handle_signals,
         job_serializer=serialize,
         job_deserializer=deserialize,
-        health_check_key=HEALTH_CHECK_KEY,
-        health_check_interval=HEALTH_CHECK_INTERVAL,
         keep_result=3600,
         allow_abort_jobs=True,
         job_completion_wait=SHUTDOWN_GRACE_SECONDS,

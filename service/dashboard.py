@@ -10,8 +10,12 @@ Routes::
     GET  /dashboard/jobs/{id}/fragment  the job's live sections, re-fetched on each event
     GET  /dashboard/jobs/{id}/events    the timeline as server-sent events (as the API's)
     POST /dashboard/jobs/{id}/retry     (failed jobs) ─┐ each redirects to the job page
-    POST /dashboard/jobs/{id}/cancel    (live jobs)    ├ with a flash message saying
-    POST /dashboard/jobs/{id}/extend    (live jobs)   ─┘ what happened, or what was wrong
+    POST /dashboard/jobs/{id}/cancel    (live jobs)    │ with a flash message saying
+    POST /dashboard/jobs/{id}/extend    (live jobs)    │ what happened, or what was wrong
+    POST /dashboard/jobs/{id}/refuse    (live jobs)    │
+    POST /dashboard/jobs/{id}/ask       (live jobs)    │
+    POST /dashboard/jobs/{id}/resume    (awaiting information) ─┘
+    GET  /dashboard/mail                the notices filed in the maildir (embedded mode)
     GET  /dashboard/static/dashboard.css|js, /dashboard/icon.svg
 
 Session: the cookie holds the staff member's bearer token itself (HttpOnly,
@@ -40,6 +44,7 @@ Content-Security-Policy: no inline script or style, nothing from elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hmac
 import logging
@@ -47,7 +52,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -58,7 +63,10 @@ from aiohttp import web
 from yarl import URL
 
 from jobs.commands import Actor
+from jobs.lifecycle import Jurisdiction, RefusalGrounds, Unit
+from jobs.mail import read_maildir, smtp_target
 from jobs.model import Event, Job, JobKind, JobStatus, RunStatus, utcnow
+from jobs.notices import maildir_path
 from jobs.pipeline import LIVE
 from service.api import models
 from service.api.handlers import event_id, path_job_id
@@ -131,6 +139,11 @@ def relative(moment: datetime, now: datetime) -> str:
     return f"in {amount}" if seconds > 0 else f"{amount} ago"
 
 
+def duration(span: timedelta) -> str:
+    """``3 days`` / ``5 h`` / ``12 min``: a length of time, roughly."""
+    return relative(datetime.min + span, datetime.min).removeprefix("in ")
+
+
 def when(moment: datetime | None) -> str:
     """A timestamp as staff read it: UTC, to the second."""
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else "—"
@@ -167,6 +180,43 @@ def event_details(event: Event) -> dict[str, str]:
         else:
             shown[key] = str(value)
     return shown
+
+
+@dataclass(frozen=True)
+class ExtensionOffer:
+    """What the extend form offers: up to ``left`` more ``unit`` until ``until``, or why not."""
+
+    unit: str
+    left: int
+    until: datetime | None
+    why_not: str | None
+
+
+def extension_offer(job: Job, profile: Jurisdiction, now: datetime, zone: Any) -> ExtensionOffer:
+    """The extension the job's jurisdiction still allows now (the command checks it again)."""
+    extension = profile.extension
+    if extension is None:
+        return ExtensionOffer("months", 0, None, f"{profile.label} provides for no extension.")
+    used = job.extended_months if extension.unit is Unit.MONTHS else job.extended_days
+    unit = extension.unit.value
+    until = profile.extendable_until(job.created_at, zone, job.paused_for(now))
+    why = None
+    if profile.extend_once and used:
+        why = f"{profile.label} allows one extension, and it was made."
+    elif used >= extension.count:
+        why = f"The deadline has been extended by all {profile.label} allows ({extension})."
+    elif until is not None and now > until:
+        why = (
+            f"{profile.label}: an extension had to be announced by {when(until)}; "
+            "that time has passed."
+        )
+    return ExtensionOffer(unit, extension.count - used, until, why)
+
+
+def masked(address: str) -> str:
+    """``a•••@example.com``: an address as support staff see it."""
+    local, at, domain = address.partition("@")
+    return f"{local[:1]}•••{at}{domain}" if at else "•••"
 
 
 def safe_next(target: str | None) -> str:
@@ -227,7 +277,7 @@ class Dashboard:
             trim_blocks=True,
             lstrip_blocks=True,
         )
-        self._templates.filters.update(when=when, size=size, excerpt=excerpt)
+        self._templates.filters.update(when=when, size=size, excerpt=excerpt, duration=duration)
         self._templates.globals.update(relative=relative, event_details=event_details)
 
     def routes(self) -> list[web.RouteDef]:
@@ -242,9 +292,13 @@ class Dashboard:
             web.get(f"{PREFIX}/jobs/{{job_id}}", staff(self.job_page)),
             web.get(f"{PREFIX}/jobs/{{job_id}}/fragment", staff(self.job_fragment)),
             web.get(f"{PREFIX}/jobs/{{job_id}}/events", staff(self.job_events)),
+            web.get(f"{PREFIX}/mail", staff(self.mail)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/retry", staff(self.retry)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/cancel", staff(self.cancel)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/extend", staff(self.extend)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/refuse", staff(self.refuse)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/ask", staff(self.ask)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/resume", staff(self.resume)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/identifiers", staff(self.add_identifiers)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/go-without", staff(self.go_without)),
             web.get(f"{PREFIX}/static/dashboard.css", self.static),
@@ -527,17 +581,23 @@ class Dashboard:
         )
 
     async def _job_context(self, request: web.Request) -> dict[str, Any]:
-        store = request.app[RESOURCES].store
+        resources = request.app[RESOURCES]
+        store = resources.store
         job = await store.get(request.match_info["job_id"])
         events = await store.events(job.id)
         finished = sum(run.status.finished for run in job.connectors.values())
+        profile = resources.settings.profile(job.jurisdiction)
+        now = utcnow()
         return {
+            "profile": profile,
+            "extension": extension_offer(job, profile, now, resources.settings.zone),
+            "grounds": [ground.value for ground in RefusalGrounds],
+            "paused_for": job.paused_for(now),
             "job": job,
             "events": events,
             "last_event": events[-1].id if events else "-",
             "finished": finished,
             "live": job.status in LIVE,
-            "extended_months": job.extended_months,
             "unidentified": [
                 name for name, run in job.connectors.items() if run.status is RunStatus.UNIDENTIFIED
             ],
@@ -562,6 +622,22 @@ class Dashboard:
             after = event_id(request.query.get("after", "-"), "after")
         job = await request.app[RESOURCES].store.get(request.match_info["job_id"])
         return await stream_events(request, job.id, after)
+
+    async def mail(self, request: web.Request, session: Session) -> web.Response:
+        """The notices embedded mode filed instead of sending them, newest first.
+
+        Support sees each address masked, as everywhere else; admins see it whole.
+        """
+        settings = request.app[RESOURCES].settings
+        maildir = maildir_path(settings)
+        mails = await asyncio.to_thread(read_maildir, maildir) if maildir else []
+        admin = session.who.is_admin
+        context = {
+            "maildir": maildir,
+            "smtp": smtp_target(settings.smtp_url.reveal()).shown if settings.smtp_url else None,
+            "mails": [(mail, mail.to if admin else masked(mail.to)) for mail in mails],
+        }
+        return self.render(request, "mail.html", context, session=session)
 
     # Actions.
 
@@ -611,16 +687,70 @@ class Dashboard:
         form = await request.post()
 
         async def extend(job: Job) -> str:
+            amounts = {
+                unit: form[unit] for unit in ("months", "days") if str(form.get(unit, "")).strip()
+            }
             body = models.ExtendRequest.model_validate(
-                {"months": form.get("months", ""), "reason": str(form.get("reason", "")).strip()},
-                strict=False,
+                {**amounts, "reason": str(form.get("reason", "")).strip()}, strict=False
             )
             extended = await request.app[COMMANDS].extend(
-                _actor(session), job.id, months=body.months, reason=body.reason
+                _actor(session), job.id, months=body.months, days=body.days, reason=body.reason
             )
-            return f"Deadline extended to {when(extended.due_at)}."
+            return f"Deadline extended to {when(extended.due_at)}; the subject is told why."
 
         return await self._act(request, extend)
+
+    async def refuse(self, request: web.Request, session: Session) -> web.Response:
+        """Refuse a live request, with the grounds and the reason the subject is told."""
+        form = await request.post()
+
+        async def refuse(job: Job) -> str:
+            body = models.RefuseRequest.model_validate(
+                {key: str(form.get(key, "")).strip() for key in ("grounds", "reason")}
+            )
+            refused = await request.app[COMMANDS].refuse(
+                _actor(session), job.id, grounds=body.grounds, reason=body.reason
+            )
+            authority = refused.refusal.authority if refused.refusal else None
+            return (
+                f"Refused ({body.grounds.replace('_', ' ')}); the subject is told why and "
+                f"that they may complain to {authority}."
+            )
+
+        return await self._act(request, refuse)
+
+    async def ask(self, request: web.Request, session: Session) -> web.Response:
+        """Ask the subject for what is needed; the job waits for the answer."""
+        form = await request.post()
+
+        async def ask(job: Job) -> str:
+            body = models.AskRequest.model_validate(
+                {
+                    "needs": str(form.get("needs", "")).strip(),
+                    "resume_on_answer": form.get("resume_on_answer") == "on",
+                }
+            )
+            asked = await request.app[COMMANDS].ask(
+                _actor(session), job.id, needs=body.needs, resume_on_answer=body.resume_on_answer
+            )
+            clock = "paused" if asked.clock_stopped else "still running"
+            return f"The subject is asked for information; the deadline's clock is {clock}."
+
+        return await self._act(request, ask)
+
+    async def resume(self, request: web.Request, session: Session) -> web.Response:
+        """Resume a request that waits for information, accepting offered identifiers or not."""
+        form = await request.post()
+
+        async def resume(job: Job) -> str:
+            verified = str(form.get("verified_by", "")).strip()
+            body = models.ResumeRequest.model_validate({"verified_by": verified or None})
+            resumed = await request.app[COMMANDS].resume(
+                _actor(session), job.id, verified_by=body.verified_by
+            )
+            return f"Resumed; {resumed.status.value.replace('_', ' ')}, due {when(resumed.due_at)}."
+
+        return await self._act(request, resume)
 
     async def add_identifiers(self, request: web.Request, session: Session) -> web.Response:
         """Supply identifiers for processors that could not be asked, and how they were checked."""

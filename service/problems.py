@@ -14,6 +14,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from jobs.lifecycle import NotAllowed
 from jobs.model import (
     ActiveJobExists,
     DownloadLimitReached,
@@ -123,6 +124,8 @@ def to_problem(exc: BaseException) -> Problem | None:
         return Problem(403, "Download limit reached", str(exc), slug="download-limit-reached")
     if isinstance(exc, JobEnded):
         return Problem(409, "Conflict", str(exc), status_now=exc.status.value)
+    if isinstance(exc, NotAllowed):
+        return Problem(409, "Not allowed", str(exc), slug=exc.rule, rule=exc.rule)
     if isinstance(exc, BadCursor):
         return Problem(
             422, "Invalid request", str(exc), errors=[{"field": "cursor", "message": str(exc)}]

@@ -81,6 +81,7 @@ def test_the_checker_sees_a_wrong_import(tmp_path: Path) -> None:
 
 def test_connector_sdk_surface_is_stable() -> None:
     assert sorted(connectors.__all__) == [
+        "Batch",
         "Connector",
         "ConnectorError",
         "ConnectorLoadError",
@@ -92,6 +93,7 @@ def test_connector_sdk_surface_is_stable() -> None:
         "PermanentError",
         "RateLimited",
         "Record",
+        "Records",
         "RestrictionReport",
         "RetentionRule",
         "Subject",

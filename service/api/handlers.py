@@ -147,6 +147,43 @@ def requester_identity(
     return identity
 
 
+def requested_jurisdiction(
+    request: web.Request, who: Principal, subject: str, named: str | None
+) -> str | None:
+    """The law a new request is made under: as named, else the subject's token claim
+    (``HANDOVER_JURISDICTION_CLAIM``), else ``None``: ``HANDOVER_JURISDICTION``.
+
+    A claim counts only on a subject's own request (a staff token's is not the
+    subject's); a subject may not name another law than their token's claim.
+    """
+    settings = request.app[SETTINGS]
+    claim = settings.jurisdiction_claim
+    raw = who.claims.get(claim) if claim and who.sub == subject else None
+    claimed = raw.strip().lower() if isinstance(raw, str) else None
+    known = {profile.name for profile in settings.jurisdictions}
+    if raw is not None and claimed not in known:
+        raise _invalid_jurisdiction(
+            f"the token's {claim} claim names {raw!r}, which is not a jurisdiction here; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    if named is None:
+        return claimed
+    if claimed is not None and named != claimed and not who.is_staff:
+        raise _invalid_jurisdiction(
+            f"your sign-in places you under {claimed}: a request of yours is made under it"
+        )
+    return named
+
+
+def _invalid_jurisdiction(message: str) -> Problem:
+    return Problem(
+        422,
+        "Invalid request",
+        f"jurisdiction: {message}",
+        errors=[{"field": "jurisdiction", "message": message}],
+    )
+
+
 async def create_export(request: web.Request) -> web.Response:
     who = await principal(request)
     body = await read_body(request, models.ExportRequest)
@@ -161,6 +198,8 @@ async def create_export(request: web.Request) -> web.Response:
         password=body.password,
         age_recipient=body.age_recipient,
         identity=requester_identity(who, subject, body.identifiers),
+        locale=who.notice_locale(subject, body.locale),
+        jurisdiction=requested_jurisdiction(request, who, subject, body.jurisdiction),
     )
     return accepted(job)
 
@@ -179,6 +218,8 @@ async def _create_erasure_job(request: web.Request, kind: JobKind) -> web.Respon
         dry_run=body.dry_run,
         reason=body.reason,
         identity=requester_identity(who, subject, body.identifiers),
+        locale=who.notice_locale(subject, body.locale),
+        jurisdiction=requested_jurisdiction(request, who, subject, body.jurisdiction),
     )
     return accepted(job)
 
@@ -338,9 +379,61 @@ async def extend_job(request: web.Request) -> web.Response:
     job = await visible_job(request, who)
     body = await read_body(request, models.ExtendRequest)
     extended = await request.app[COMMANDS].extend(
-        actor(who), job.id, months=body.months, reason=body.reason
+        actor(who), job.id, months=body.months, days=body.days, reason=body.reason
     )
     return json_response(job_view(extended, admin=who.is_admin))
+
+
+async def refuse_job(request: web.Request) -> web.Response:
+    who = await principal(request)
+    require_staff(who)
+    job = await visible_job(request, who)
+    body = await read_body(request, models.RefuseRequest)
+    refused = await request.app[COMMANDS].refuse(
+        actor(who), job.id, grounds=body.grounds, reason=body.reason
+    )
+    return json_response(job_view(refused, admin=who.is_admin))
+
+
+async def ask_job(request: web.Request) -> web.Response:
+    who = await principal(request)
+    require_staff(who)
+    job = await visible_job(request, who)
+    body = await read_body(request, models.AskRequest)
+    asked = await request.app[COMMANDS].ask(
+        actor(who), job.id, needs=body.needs, resume_on_answer=body.resume_on_answer
+    )
+    return json_response(job_view(asked, admin=who.is_admin))
+
+
+async def answer_job(request: web.Request) -> web.Response:
+    who = await principal(request)
+    job = await visible_job(request, who)
+    if who.sub != job.subject:
+        raise Problem(
+            403,
+            "Forbidden",
+            "only the subject answers a request for information; support resumes the request",
+        )
+    body = await read_body(request, models.AnswerRequest)
+    answered = await request.app[COMMANDS].answer(
+        actor(who),
+        job.id,
+        answer=body.answer,
+        identifiers=body.identifiers.named() if body.identifiers else None,
+    )
+    return json_response(job_view(answered, admin=who.is_admin))
+
+
+async def resume_job(request: web.Request) -> web.Response:
+    who = await principal(request)
+    require_staff(who)
+    job = await visible_job(request, who)
+    body = await read_body(request, models.ResumeRequest) if request.body_exists else None
+    resumed = await request.app[COMMANDS].resume(
+        actor(who), job.id, verified_by=body.verified_by if body else None
+    )
+    return json_response(job_view(resumed, admin=who.is_admin))
 
 
 async def download(request: web.Request) -> web.Response:

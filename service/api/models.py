@@ -8,7 +8,7 @@ check real responses against these schemas, so documentation and code agree.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +18,7 @@ from jobs.search import JobQuery
 Format = Literal["json", "csv", "ndjson"]
 JobStatusName = Literal[
     "awaiting_confirmation",
+    "awaiting_information",
     "queued",
     "running",
     "needs_attention",
@@ -25,6 +26,14 @@ JobStatusName = Literal[
     "failed",
     "canceled",
     "expired",
+    "refused",
+]
+RefusalGroundsName = Literal[
+    "manifestly_unfounded",
+    "excessive",
+    "identity_not_established",
+    "rights_of_others",
+    "legal_exemption",
 ]
 RunStatusName = Literal["pending", "running", "succeeded", "failed", "unidentified", "not_asked"]
 
@@ -35,8 +44,8 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class IdentifiersIn(Strict):
-    """Identifiers support staff vouch for, and how they checked the subject's identity."""
+class Identifiers(Strict):
+    """Identifiers of the subject, by name: checked like every identifier Handover takes in."""
 
     email: str | None = Field(
         None,
@@ -59,6 +68,16 @@ class IdentifiersIn(Strict):
         "(e.g. `hubspot_contact_id`).",
         examples=[{"hubspot_contact_id": "901"}],
     )
+
+    def named(self) -> dict[str, str]:
+        """Every identifier given, by name."""
+        given = {"email": self.email, "phone_number": self.phone_number}
+        return {**{k: v for k, v in given.items() if v is not None}, **self.identities}
+
+
+class IdentifiersIn(Identifiers):
+    """Identifiers support staff vouch for, and how they checked the subject's identity."""
+
     verified_by: str = Field(
         min_length=3,
         max_length=500,
@@ -66,11 +85,6 @@ class IdentifiersIn(Strict):
         "and named in the archive or receipt (the values never are).",
         examples=["ID card checked at the front desk by J. Doe"],
     )
-
-    def named(self) -> dict[str, str]:
-        """Every identifier given, by name."""
-        given = {"email": self.email, "phone_number": self.phone_number}
-        return {**{k: v for k, v in given.items() if v is not None}, **self.identities}
 
 
 class GoWithoutRequest(Strict):
@@ -85,10 +99,34 @@ class GoWithoutRequest(Strict):
     )
 
 
+def _jurisdiction() -> Any:
+    """The ``jurisdiction`` field of a new request."""
+    return Field(
+        None,
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="The law the request is made under: `gdpr`, `uk_gdpr`, `ccpa`, `lgpd` or one "
+        "configured; it sets the deadline. Default: the token's jurisdiction claim "
+        "(`HANDOVER_JURISDICTION_CLAIM`), else `HANDOVER_JURISDICTION`. A subject's must agree "
+        "with their token's claim.",
+        examples=["gdpr"],
+    )
+
+
 _IDENTIFIERS_DESCRIPTION = (
     "Support and admin, filing for someone: identifiers to find the subject by at "
     "processors, with how identity was verified. A subject's own come from their "
     "verified token claims."
+)
+
+
+_LOCALE_FIELD = Field(
+    None,
+    max_length=35,
+    pattern=r"^[A-Za-z]{2,3}([-_][A-Za-z0-9]{1,8}){0,4}$",
+    description="The language of the notices the subject is sent (BCP 47): en, fr, nl and "
+    "de are written, any other gets English. Default: the subject's token's `locale` claim "
+    "(when they ask for themself), else English.",
+    examples=["fr-BE"],
 )
 
 
@@ -131,6 +169,7 @@ class ExportRequest(Strict):
         description="Encrypt every file of the archive with AES-256 (a ZIP that 7-Zip, "
         "WinZip and macOS open with this password). Kept only until the archive is written.",
     )
+    jurisdiction: str | None = _jurisdiction()
     age_recipient: str | None = Field(
         None,
         pattern=r"^age1[02-9ac-hj-np-z]{58}$",
@@ -139,6 +178,7 @@ class ExportRequest(Strict):
         examples=["age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"],
     )
     identifiers: IdentifiersIn | None = Field(None, description=_IDENTIFIERS_DESCRIPTION)
+    locale: str | None = _LOCALE_FIELD
 
 
 class ErasureRequest(Strict):
@@ -170,6 +210,8 @@ class ErasureRequest(Strict):
         examples=["I am closing my account"],
     )
     identifiers: IdentifiersIn | None = Field(None, description=_IDENTIFIERS_DESCRIPTION)
+    locale: str | None = _LOCALE_FIELD
+    jurisdiction: str | None = _jurisdiction()
 
 
 class RestrictionRequest(ErasureRequest):
@@ -183,14 +225,90 @@ class CancelRequest(Strict):
 
 
 class ExtendRequest(Strict):
-    """Extend a request's deadline (GDPR Art. 12(3): by two further months at most)."""
+    """Extend a request's deadline, as its jurisdiction allows (GDPR Art. 12(3): by two
+    further months, announced within the first month; CCPA: once, by 45 days)."""
 
-    months: int = Field(1, ge=1, le=2, description="How many months to add.", examples=[1])
+    months: int | None = Field(
+        None,
+        ge=1,
+        le=12,
+        description="Months to add, under a jurisdiction counting months (GDPR, UK GDPR). "
+        "Neither months nor days: all the extension left.",
+        examples=[1],
+    )
+    days: int | None = Field(
+        None,
+        ge=1,
+        le=365,
+        description="Days to add, under a jurisdiction counting days (CCPA).",
+    )
     reason: str = Field(
         min_length=3,
         max_length=1000,
-        description="Why; the subject must be told (Art. 12(3)).",
-        examples=["twelve processors to ask; the subject was told on 2026-03-02"],
+        description="Why; the subject is told, with the new due date (Art. 12(3)).",
+        examples=["twelve processors to ask; some answer by post"],
+    )
+
+
+class RefuseRequest(Strict):
+    """Refuse a request (GDPR Art. 12(4), 12(5)): the subject is told why and where to complain."""
+
+    grounds: RefusalGroundsName = Field(
+        description="manifestly_unfounded or excessive (Art. 12(5)), identity_not_established "
+        "(Art. 12(2), 12(6)), rights_of_others (Art. 15(4)), legal_exemption (Art. 23).",
+        examples=["excessive"],
+    )
+    reason: str = Field(
+        min_length=3,
+        max_length=2000,
+        description="Why, in words the subject is told.",
+        examples=["the fourth identical request this month; the last answer was sent on 2 May"],
+    )
+
+
+class AskRequest(Strict):
+    """Ask the subject for information (GDPR Art. 12(6))."""
+
+    needs: str = Field(
+        min_length=3,
+        max_length=2000,
+        description="What the subject must provide; they are told, in these words.",
+        examples=["the customer number printed on your last invoice"],
+    )
+    resume_on_answer: bool = Field(
+        False,
+        description="The subject's answer resumes the request by itself (unless it offers "
+        "identifiers, which support must accept first).",
+        examples=[False],
+    )
+
+
+class AnswerRequest(Strict):
+    """The subject's answer to a request for information."""
+
+    answer: str = Field(
+        min_length=1,
+        max_length=4000,
+        description="What was asked for, in the subject's words.",
+        examples=["My customer number is C-20931."],
+    )
+    identifiers: Identifiers | None = Field(
+        None,
+        description="Identifiers to be found by at processors. They wait until support "
+        "accepts them (`POST /v1/jobs/{id}/resume` with `verified_by`).",
+    )
+
+
+class ResumeRequest(Strict):
+    """Resume a request that waits for the subject's information."""
+
+    verified_by: str | None = Field(
+        None,
+        min_length=3,
+        max_length=500,
+        description="Accept the identifiers the subject offered, saying how they were checked "
+        "(kept as evidence); without it they are dropped.",
+        examples=["matched the customer number against the invoice on file"],
     )
 
 
@@ -305,10 +423,53 @@ class ArchiveInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     size: int
-    sha256: str
+    sha256: str | None = Field(
+        description="SHA-256 of the whole archive, when its bytes passed through the worker; "
+        "null when the object store assembled it (S3), where manifest.json's signed "
+        "per-file SHA-256 vouches for the content."
+    )
+    crc32: str | None = Field(
+        default=None,
+        description="CRC-32 of the whole archive (8 hex digits), computed by the worker or, "
+        "for an archive S3 assembled, S3's full-object checksum: a check of the download.",
+    )
     expires_at: datetime
     key_id: str = Field(description="Id of the key in GET /v1/keys that signed the manifest.")
     files: list[ArchiveFile]
+
+
+class InformationOut(BaseModel):
+    """What the subject was asked for, and what they answered."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    needs: str
+    asked_by: str
+    asked_at: datetime
+    pauses_clock: bool = Field(description="The jurisdiction stops the clock meanwhile.")
+    resume_on_answer: bool
+    resume_to: JobStatusName
+    answer: str | None
+    answered_at: datetime | None
+    offered: list[str] = Field(
+        description="Kinds of identifier the subject offered, waiting for support to accept "
+        "them (never the values)."
+    )
+    resumed_at: datetime | None
+    resumed_by: str | None
+
+
+class RefusalOut(BaseModel):
+    """A refusal, as the subject was told it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    grounds: RefusalGroundsName
+    reason: str
+    by: str
+    at: datetime
+    authority: str | None
+    authority_url: str | None
 
 
 class JobLinks(BaseModel):
@@ -334,13 +495,31 @@ class JobOut(BaseModel):
     requested_by: str
     created_at: datetime
     updated_at: datetime
-    due_at: datetime = Field(description="The legal deadline: one month from receipt (Art. 12(3)).")
-    deadline: Literal["ok", "at risk", "overdue"] | None = Field(
+    due_at: datetime = Field(
+        description="The legal deadline, as the job's jurisdiction computes it from receipt, "
+        "its extensions and the time its clock stood still (a pause under way moves it when "
+        "the subject answers)."
+    )
+    deadline: Literal["ok", "at risk", "overdue", "paused"] | None = Field(
         description="Where a live job stands against its deadline (at risk: under a quarter "
-        "of its time left); null once it has ended."
+        "of its time left; paused: its clock stands still for the subject's information); "
+        "null once it has ended."
+    )
+    jurisdiction: str = Field(description="The law whose rules set the deadline.")
+    acknowledge_by: datetime | None = Field(
+        description="When the request must have been acknowledged (CCPA: 10 business days)."
     )
     options: Options = Field(description="What was asked: an export's or an erasure's options.")
-    extended_months: int = Field(description="Months the deadline was extended by (at most 2).")
+    extended_months: int = Field(description="Months the deadline was extended by.")
+    extended_days: int = Field(description="Days the deadline was extended by (CCPA).")
+    clock_paused_ms: int = Field(
+        description="How long the clock stood still, in ms, while the subject was asked for "
+        "information (a pause under way not included)."
+    )
+    information: InformationOut | None = Field(
+        description="The last request for information to the subject, and the answer."
+    )
+    refusal: RefusalOut | None = Field(description="Why the request was refused, if it was.")
     generation: int = Field(description="Incremented by each retry.")
     not_before: datetime | None = Field(description="A confirmed erasure runs after this.")
     identity: list[IdentityEvidence] = Field(

@@ -17,6 +17,8 @@ from jobs.storage.local import LINK_PATH
 from service.api import models
 from service.api.handlers import (
     add_identifiers,
+    answer_job,
+    ask_job,
     cancel_job,
     confirm_job,
     create_erasure,
@@ -34,6 +36,8 @@ from service.api.handlers import (
     list_keys,
     metrics,
     readyz,
+    refuse_job,
+    resume_job,
     retry_job,
     serve_object,
     stats,
@@ -219,13 +223,101 @@ OPERATIONS: list[Operation] = [
         "support",
         parameters=[_JOB_ID],
         request=models.ExtendRequest,
-        description="By up to two further months in all (GDPR Art. 12(3)); the reason is required.",
+        description="As the job's jurisdiction allows: GDPR and UK GDPR by two further "
+        "months in all, announced within the first month (Art. 12(3)); CCPA once, by 45 days, "
+        "within the first 45; LGPD not at all. The subject is told the reason and the new due "
+        "date. Past the window the answer is 409 `extension-too-late`; where the law allows "
+        "none, `extension-not-allowed`; a second CCPA extension, `extension-already-made`.",
         responses={
             200: ("The job with its new due date.", models.JobOut),
             403: ("Support or admin only.", models.ProblemOut),
             404: ("No such job.", models.ProblemOut),
+            409: ("The job has ended, or the law allows no extension now.", models.ProblemOut),
+            422: ("No reason, the wrong unit, or past what the law allows.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/refuse",
+        refuse_job,
+        "Refuse a request",
+        "support",
+        parameters=[_JOB_ID],
+        request=models.RefuseRequest,
+        description="Refuses a live request with its grounds and reason (GDPR Art. 12(4), "
+        "12(5)): it ends `refused`, its work is stopped, its subject released, and the "
+        "subject is told why, where to complain (the jurisdiction's supervisory authority) "
+        "and that a judicial remedy is open. Webhook `job.refused`. Support and admin.",
+        responses={
+            200: ("The job, refused.", models.JobOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            404: ("No such job.", models.ProblemOut),
             409: ("The job has ended.", models.ProblemOut),
-            422: ("No reason, or past two months.", models.ProblemOut),
+            422: ("Unknown grounds, or no reason.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/ask",
+        ask_job,
+        "Ask the subject for information",
+        "support",
+        parameters=[_JOB_ID],
+        request=models.AskRequest,
+        description="Puts a live request in `awaiting_information` (GDPR Art. 12(6)) and "
+        "tells the subject what is needed. Its unfinished work stops and runs again once it "
+        "resumes. Where the jurisdiction says so (GDPR, UK GDPR), its clock stands still "
+        "until the answer (`deadline`: `paused`), and `due_at` moves by as much. Webhook "
+        "`job.awaiting_information`. Support and admin.",
+        responses={
+            200: ("The job, awaiting information.", models.JobOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            404: ("No such job.", models.ProblemOut),
+            409: ("The job has ended, or already awaits information.", models.ProblemOut),
+            422: ("Nothing said of what is needed.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/information",
+        answer_job,
+        "Answer a request for information",
+        "jobs",
+        parameters=[_JOB_ID],
+        request=models.AnswerRequest,
+        description="The subject's answer, and identifiers if asked for (checked like any "
+        "identifier taken in). The clock runs again. Identifiers offered wait for support to "
+        "accept them; without any, the answer resumes the request when support asked so. "
+        "The subject only.",
+        responses={
+            200: ("The job, answered (resumed, if it was to).", models.JobOut),
+            403: ("Not the subject.", models.ProblemOut),
+            404: ("No such job (or not yours).", models.ProblemOut),
+            409: ("No information is awaited, or it was given already.", models.ProblemOut),
+            422: ("No answer, or a malformed identifier.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/resume",
+        resume_job,
+        "Resume a request that waits for information",
+        "support",
+        parameters=[_JOB_ID],
+        request=models.ResumeRequest,
+        description="The request goes on (`queued`, or back to `awaiting_confirmation`), its "
+        "clock running again; with `verified_by`, the identifiers the subject offered are "
+        "accepted, else dropped. Support and admin.",
+        responses={
+            200: ("The job, resumed.", models.JobOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            404: ("No such job.", models.ProblemOut),
+            409: ("The job waits for no information.", models.ProblemOut),
+            422: ("`verified_by` with no identifiers offered.", models.ProblemOut),
             **_PROBLEMS,
         },
     ),

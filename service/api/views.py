@@ -27,7 +27,7 @@ def json_response(
 
 def job_view(job: Job, *, admin: bool = False) -> dict[str, Any]:
     """A job as the API shows it (``models.JobOut``): no storage keys or staged parts,
-    no identifier values (only their kinds, and how each was verified), no secrets.
+    no identifier values (only their kinds, and how each was verified, or offered), no secrets.
 
     A failed run's ``error_detail`` (the processor's own words, which may hold
     personal data) is shown to admins only."""
@@ -35,9 +35,20 @@ def job_view(job: Job, *, admin: bool = False) -> dict[str, Any]:
     hidden = {"staged_key", "parts"} if admin else {"staged_key", "parts", "error_detail"}
     # Python mode: orjson encodes the datetimes and enums, faster than pydantic's JSON mode.
     view = job.model_dump(
-        exclude={"connectors", "result", "receipt", "identity", "archive_password"},
+        exclude={
+            "connectors",
+            "result",
+            "receipt",
+            "identity",
+            "archive_password",
+            "information",
+        },
     )
     view["deadline"] = job.deadline_state(utcnow())
+    info = job.information
+    view["information"] = (
+        {**info.model_dump(exclude={"offered"}), "offered": sorted(info.offered)} if info else None
+    )
     view["identity"] = job.identity.statement()
     view["connectors"] = {
         name: run.model_dump(exclude=hidden) for name, run in job.connectors.items()

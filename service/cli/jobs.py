@@ -7,11 +7,20 @@
     handover jobs show ID                         facts, per-connector status, the timeline
     handover jobs retry ID [--wait]               re-run the failed connectors of a failed job
     handover jobs cancel ID [--reason TEXT]
-    handover jobs extend ID [--months N] --reason TEXT
+    handover jobs extend ID [--months N | --days N] --reason TEXT
+                                                  as the job's jurisdiction allows (GDPR: 2
+                                                  months in all, within the first month)
+    handover jobs refuse ID --grounds G --reason TEXT
+    handover jobs ask ID --needs TEXT [--resume-on-answer]
+    handover jobs resume ID [--verified-by TEXT]
     handover export [SUBJECT] [--format F]... [--connector C]... [--category C]...
                     [--wait] [--download FILE]
+    handover jobs purge [--dry-run]               delete the jobs that ended over
+                                                  HANDOVER_RECORD_RETENTION ago
 
-Every command is a client of the API at ``HANDOVER_URL`` (default
+``jobs purge`` works on the shared Redis and object storage that ``handover worker``
+reads (:mod:`jobs.records`), not over the API, and prints counts only. Every other
+command is a client of the API at ``HANDOVER_URL`` (default
 ``http://127.0.0.1:8080``) with the bearer token ``HANDOVER_TOKEN``; ``--url`` and
 ``--token`` override them. Times are shown in UTC. ``--wait`` follows the job over its
 live event stream, polling when the stream drops, and draws its progress on stderr:
@@ -39,6 +48,8 @@ import aiohttp
 import orjson
 
 from jobs.model import JobStatus, RunStatus
+from jobs.records import RecordsError, purge
+from jobs.settings import Settings
 from service.api import models
 from service.cli.client import (
     DEFAULT_URL,
@@ -60,7 +71,7 @@ BAR_WIDTH = 20
 ERROR_EXCERPT = 60
 ENDED = frozenset(status.value for status in JobStatus if status.terminal)
 #: Where following a job stops: it ended, or it waits for a person.
-SETTLED = ENDED | {JobStatus.NEEDS_ATTENTION.value}
+SETTLED = ENDED | {JobStatus.NEEDS_ATTENTION.value, JobStatus.AWAITING_INFORMATION.value}
 FINISHED_RUNS = frozenset(status.value for status in RunStatus if status.finished)
 EVENT_FIELDS = frozenset({"id", "at", "type", "actor"})
 
@@ -212,6 +223,15 @@ def _why_unsuccessful(job: Job) -> str:
             f"{job['kind']} {job['id']} needs attention: {waiting} "
             "(support adds identifiers, or decides to go without)"
         )
+    if job["status"] == JobStatus.AWAITING_INFORMATION.value:
+        needs = (job.get("information") or {}).get("needs", "")
+        return f"{job['kind']} {job['id']} awaits the subject's information: {needs}"
+    if job["status"] == JobStatus.REFUSED.value:
+        refusal = job.get("refusal") or {}
+        return (
+            f"{job['kind']} {job['id']} was refused "
+            f"({refusal.get('grounds', '')}): {refusal.get('reason', '')}"
+        )
     return f"{job['kind']} {job['id']} ended {job['status']}"
 
 
@@ -226,10 +246,20 @@ async def wait_for(api: ApiClient, job: Job, download: Path | None) -> int:
         raise JobUnsuccessful(_why_unsuccessful(ended))
     if download is None:
         return 0
-    sha256 = (ended.get("result") or {}).get("sha256")
-    size = await api.download(ended["id"], download, sha256)
+    result = ended.get("result") or {}
+    size = await api.download(ended["id"], download, result.get("sha256"), result.get("crc32"))
     print(f"Saved {download} ({size:,} bytes)", file=sys.stderr)
     return 0
+
+
+def _checksums(result: Mapping[str, Any]) -> str:
+    """The archive's checksums as the job records them."""
+    if result.get("sha256"):
+        return f"sha256 {result['sha256']}"
+    return (
+        f"crc32 {result.get('crc32') or 'unknown'} (assembled by the object store: "
+        "manifest.json signs each file's SHA-256)"
+    )
 
 
 def _moment(text: str | None, *, seconds: bool = False) -> str:
@@ -306,6 +336,10 @@ def job_report(job: Job, events: Sequence[Event]) -> str:
     due = f"{_moment(job['due_at'])} UTC {deadline_marker(job)}".rstrip()
     if job.get("extended_months"):
         due += f" (extended by {job['extended_months']} month(s))"
+    if job.get("extended_days"):
+        due += f" (extended by {job['extended_days']} day(s))"
+    if job.get("deadline") == "paused":
+        due += " (clock paused)"
     facts = [
         ("Job", job["id"]),
         ("Kind", job["kind"]),
@@ -314,9 +348,23 @@ def job_report(job: Job, events: Sequence[Event]) -> str:
         ("Requested by", job["requested_by"]),
         ("Created", f"{_moment(job['created_at'])} UTC"),
         ("Updated", f"{_moment(job['updated_at'])} UTC"),
+        ("Jurisdiction", job.get("jurisdiction", "")),
         ("Due", due),
         ("Generation", str(job["generation"])),
     ]
+    if job.get("acknowledge_by"):
+        facts.append(("Acknowledge by", f"{_moment(job['acknowledge_by'])} UTC"))
+    information = job.get("information")
+    if information:
+        facts.append(("Asked for", f"{information['needs']} (by {information['asked_by']})"))
+        if information.get("answered_at"):
+            offered = ", ".join(information.get("offered") or [])
+            answer = information["answer"] + (f" [offers {offered}]" if offered else "")
+            facts.append(("Answer", answer))
+    refusal = job.get("refusal")
+    if refusal:
+        facts.append(("Refused", f"{refusal['grounds']}: {refusal['reason']}"))
+        facts.append(("Complaints", f"{refusal['authority']}, {refusal['authority_url']}"))
     if options.get("formats"):
         facts.append(("Formats", ", ".join(options["formats"])))
     if job.get("error"):
@@ -326,7 +374,7 @@ def job_report(job: Job, events: Sequence[Event]) -> str:
         facts.append(
             (
                 "Archive",
-                f"{result['size']:,} bytes, sha256 {result['sha256']}, "
+                f"{result['size']:,} bytes, {_checksums(result)}, "
                 f"expires {_moment(result['expires_at'])} UTC",
             )
         )
@@ -413,13 +461,46 @@ async def cancel_job(api: ApiClient, args: argparse.Namespace) -> int:
 
 async def extend_job(api: ApiClient, args: argparse.Namespace) -> int:
     """``jobs extend``: a later deadline, with the reason the subject is told."""
-    body = {"months": args.months, "reason": args.reason}
+    body: dict[str, Any] = {"reason": args.reason}
+    for unit in ("months", "days"):
+        if getattr(args, unit) is not None:
+            body[unit] = getattr(args, unit)
     job: Job = await api.call("POST", job_path(args.id, "extend"), body=body)
-    months = job["extended_months"]
+    extended = (
+        f"{job['extended_days']} day(s)"
+        if job.get("extended_days")
+        else f"{job['extended_months']} month(s)"
+    )
     print(
         f"{job['id']} {job['status']}, due {_moment(job['due_at'])} UTC "
-        f"(extended by {months} month(s) in all)"
+        f"(extended by {extended} in all)"
     )
+    return 0
+
+
+async def refuse_job(api: ApiClient, args: argparse.Namespace) -> int:
+    """``jobs refuse``: the request ends refused; the subject is told why and where to complain."""
+    body = {"grounds": args.grounds, "reason": args.reason}
+    job: Job = await api.call("POST", job_path(args.id, "refuse"), body=body)
+    refusal = job["refusal"]
+    print(f"{job['id']} {job['status']} ({refusal['grounds']}); complaints: {refusal['authority']}")
+    return 0
+
+
+async def ask_job(api: ApiClient, args: argparse.Namespace) -> int:
+    """``jobs ask``: the subject is asked for what is needed; the job waits for the answer."""
+    body = {"needs": args.needs, "resume_on_answer": args.resume_on_answer}
+    job: Job = await api.call("POST", job_path(args.id, "ask"), body=body)
+    clock = "paused" if job["deadline"] == "paused" else "running"
+    print(f"{job['id']} {job['status']} (the deadline's clock is {clock})")
+    return 0
+
+
+async def resume_job(api: ApiClient, args: argparse.Namespace) -> int:
+    """``jobs resume``: a job that waits for information goes on."""
+    body = {"verified_by": args.verified_by} if args.verified_by else None
+    job: Job = await api.call("POST", job_path(args.id, "resume"), body=body)
+    print(f"{job['id']} {job['status']}, due {_moment(job['due_at'])} UTC")
     return 0
 
 
@@ -444,6 +525,24 @@ async def create_export(api: ApiClient, args: argparse.Namespace) -> int:
 Command = Callable[[ApiClient, argparse.Namespace], Awaitable[int]]
 
 
+def purge_jobs(args: argparse.Namespace) -> int:
+    """``jobs purge``: delete finished jobs past ``HANDOVER_RECORD_RETENTION``; print counts."""
+    settings = Settings.load()
+    if settings.redis_url is None:
+        print(
+            "handover: HANDOVER_REDIS_URL: purging needs the shared Redis that holds the jobs",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result = asyncio.run(purge(settings, actor="cli", dry_run=args.dry_run))
+    except RecordsError as exc:
+        print(f"handover: jobs purge: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(result.lines()))
+    return 0
+
+
 def _page_size(text: str) -> int:
     try:
         value = int(text)
@@ -462,7 +561,7 @@ def _download_target(text: str) -> Path:
 
 
 def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Add ``jobs`` (list, show, retry, cancel, extend) and ``export`` to the parser."""
+    """Add ``jobs`` (list, show, retry, cancel, extend, refuse, ask, resume, …) and ``export``."""
     api = argparse.ArgumentParser(add_help=False)
     api.add_argument("--url", help=f"the API (default: $HANDOVER_URL, else {DEFAULT_URL})")
     api.add_argument("--token", help="bearer token (default: $HANDOVER_TOKEN)")
@@ -503,12 +602,56 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cancel.set_defaults(jobs_run=cancel_job)
 
     extend = actions.add_parser(
-        "extend", parents=[api], help="extend a deadline (two further months at most)"
+        "extend",
+        parents=[api],
+        help="extend a deadline, as the job's jurisdiction allows",
+        description="GDPR and UK GDPR: by two further months in all, announced within the "
+        "first month; CCPA: once, by 45 days, within the first 45; LGPD: never. Later, "
+        "the API refuses it (409 extension-too-late).",
     )
     extend.add_argument("id", metavar="ID")
-    extend.add_argument("--months", type=int, default=1, help="1 or 2 (default 1)")
-    extend.add_argument("--reason", required=True, help="why; the subject must be told")
+    amount = extend.add_mutually_exclusive_group()
+    amount.add_argument("--months", type=int, help="months to add (GDPR); default: all left")
+    amount.add_argument("--days", type=int, help="days to add (CCPA); default: all left")
+    extend.add_argument("--reason", required=True, help="why; the subject is told")
     extend.set_defaults(jobs_run=extend_job)
+
+    refuse = actions.add_parser(
+        "refuse", parents=[api], help="refuse a request, telling the subject why"
+    )
+    refuse.add_argument("id", metavar="ID")
+    refuse.add_argument("--grounds", required=True, choices=get_args(models.RefusalGroundsName))
+    refuse.add_argument("--reason", required=True, help="why; the subject is told")
+    refuse.set_defaults(jobs_run=refuse_job)
+
+    ask = actions.add_parser(
+        "ask", parents=[api], help="ask the subject for information; the job waits"
+    )
+    ask.add_argument("id", metavar="ID")
+    ask.add_argument("--needs", required=True, help="what is needed; the subject is told")
+    ask.add_argument(
+        "--resume-on-answer", action="store_true", help="the subject's answer resumes the job"
+    )
+    ask.set_defaults(jobs_run=ask_job)
+
+    resume = actions.add_parser(
+        "resume", parents=[api], help="resume a job that waits for information"
+    )
+    resume.add_argument("id", metavar="ID")
+    resume.add_argument(
+        "--verified-by", help="accept the identifiers the subject offered, saying how checked"
+    )
+    resume.set_defaults(jobs_run=resume_job)
+
+    purge = actions.add_parser(
+        "purge",
+        help="delete the jobs that ended over HANDOVER_RECORD_RETENTION ago "
+        "(needs HANDOVER_REDIS_URL)",
+    )
+    purge.add_argument(
+        "--dry-run", action="store_true", help="count what would be purged, delete nothing"
+    )
+    purge.set_defaults(jobs_run=None)
 
     export = commands.add_parser(
         "export", parents=[api], help="ask for an export; --wait follows it live"
@@ -540,6 +683,8 @@ async def _run(connection: Connection, command: Command, args: argparse.Namespac
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
     """Carry out ``handover jobs …`` or ``handover export …``; returns the exit status."""
+    if args.jobs_run is None:
+        return purge_jobs(args)
     try:
         connection = Connection.from_args(args, os.environ if environ is None else environ)
         return asyncio.run(_run(connection, args.jobs_run, args))

@@ -266,9 +266,7 @@ def _verify(archive: Path, key: Path | None, keys_url: str | None) -> int:
             print(f"OK: {archive}: {kind} {signed}")
         return 0
     if result.ok:
-        print(
-            f"OK: {archive}: {result.files} files match the manifest, signed by key {result.key_id}"
-        )
+        print(f"OK: {archive}: {result.summary}")
         return 0
     for problem in result.problems:
         print(f"FAIL: {archive}: {problem}", file=sys.stderr)

@@ -11,7 +11,8 @@
   // unlisted type still shows up with the next listed one, and every job ends with one.
   const EVENT_TYPES = [
     "created", "confirmed", "waiting", "started", "queued", "running", "retried", "extended",
-    "succeeded", "failed", "canceled", "expired", "downloaded", "recovered",
+    "succeeded", "failed", "canceled", "expired", "downloaded", "recovered", "refused",
+    "information.requested", "information.received", "resumed",
     "connector.started", "connector.retrying", "connector.succeeded", "connector.failed",
   ];
 

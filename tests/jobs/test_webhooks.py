@@ -124,7 +124,6 @@ async def test_deadline_watch_notifies_once_per_job(
         {"crm": crm},
         webhook_urls=(url,),
         webhook_secret=Secret(SECRET),
-        deadline=timedelta(hours=1),
     ) as resources:
         pipeline = ExportPipeline(resources)
         # Received 50 minutes ago with an hour to answer: under a quarter of its time left.
@@ -136,7 +135,7 @@ async def test_deadline_watch_notifies_once_per_job(
             options=options_for(JobKind.EXPORT),
         )
         job.created_at -= timedelta(minutes=50)
-        job.due_at -= timedelta(minutes=50)
+        job.due_at = job.created_at + timedelta(hours=1)
         await pipeline.submit(job)
         ctx = {"handover_pipelines": build_pipelines(resources)}
         assert await watch_deadlines(ctx) == 1

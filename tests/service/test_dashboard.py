@@ -22,7 +22,9 @@ from yarl import URL
 
 from connectors.items import Item, Subject
 from connectors.testing import MemoryConnector
-from jobs.model import Job, utcnow
+from jobs.kinds import build_pipelines
+from jobs.model import Job, JobKind, utcnow
+from tests.factories import options_for
 from tests.service.conftest import Api, ApiFactory
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -405,7 +407,7 @@ async def test_extend_needs_a_reason_and_is_recorded(
     response, _ = await browser.post(
         f"{path}/extend", {"csrf": csrf, "months": "3", "reason": "many processors"}
     )
-    assert "less than or equal to 2" in await browser.follow(response)
+    assert "may be extended by 2 months in all; 0 already used" in await browser.follow(response)
     response, _ = await browser.post(
         f"{path}/extend", {"csrf": csrf, "months": "2", "reason": "many processors involved"}
     )
@@ -737,3 +739,137 @@ async def test_behind_a_proxy_rewriting_host_the_public_origin_may_post(
         allow_redirects=False,
     ) as response:
         assert response.status == status
+
+
+async def test_support_asks_resumes_and_refuses_from_the_job_page(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    api = await api_factory({"crm": crm()}, worker=False)
+    _, _, erasure = await api.request("POST", "/v1/erasures", json={"connectors": ["crm"]})
+    job_id = erasure["id"]
+    browser = await browser_factory(api)
+    await browser.sign_in("s1")
+    path = f"/dashboard/jobs/{job_id}"
+    _, page = await browser.get(path)
+    assert "GDPR: 1 month to answer, extendable by 2 months" in page
+    assert "Ask for information" in page and "Refuse request" in page
+    assert "GDPR: announced by" in page and "GDPR: the clock stops until the answer" in page
+    csrf = await browser.csrf(path)
+
+    response, _ = await browser.post(f"{path}/ask", {"csrf": csrf, "needs": ""})
+    assert "needs" in await browser.follow(response)
+    needs = "a copy of the invoice you mention"
+    response, _ = await browser.post(f"{path}/ask", {"csrf": csrf, "needs": needs})
+    page = await browser.follow(response)
+    assert "The subject is asked for information; the deadline&#39;s clock is paused." in page
+    assert "data-job-status>awaiting information" in page and needs in page
+    assert 'class="badge deadline-paused" data-deadline>paused' in page
+    assert "Resume request" in page and "Ask for information" not in page
+
+    response, _ = await browser.post(f"{path}/resume", {"csrf": csrf})
+    page = await browser.follow(response)
+    assert "Resumed; awaiting confirmation, due" in page
+
+    response, _ = await browser.post(f"{path}/refuse", {"csrf": csrf, "grounds": "excessive"})
+    assert "reason" in await browser.follow(response)
+    response, _ = await browser.post(
+        f"{path}/refuse",
+        {"csrf": csrf, "grounds": "excessive", "reason": "the fourth request this month"},
+    )
+    page = await browser.follow(response)
+    authority = api.resources.settings.complaint_authority
+    assert (
+        f"Refused (excessive); the subject is told why and that they may complain to {authority}."
+        in page
+    )
+    assert "data-job-status>refused" in page and "the fourth request this month" in page
+    assert "Refuse request" not in page and "nothing more to do" in page
+    entries = await api.resources.audit.entries(20)
+    actions = [(e["action"], e["actor"], e.get("via")) for e in entries if e["job"] == job_id]
+    for action in ("job.information_requested", "job.resumed", "job.refused"):
+        assert (action, "s1", "dashboard") in actions
+
+
+async def test_extend_is_offered_only_while_the_law_allows_it(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    api = await api_factory({"crm": crm()}, worker=False)
+    settings = api.resources.settings
+    erasures = build_pipelines(api.resources)[JobKind.ERASURE]
+    late = erasures.new_job(
+        JobKind.ERASURE,
+        subject="alice",
+        requested_by="alice",
+        connectors=["crm"],
+        options=options_for(JobKind.ERASURE),
+    )
+    late.created_at -= timedelta(days=40)
+    late.due_at = settings.profile().due_at(late.created_at, settings.zone)
+    await erasures.submit(late)
+    _, _, lgpd = await api.request(
+        "POST", "/v1/erasures", sub="bob", json={"connectors": ["crm"], "jurisdiction": "lgpd"}
+    )
+    _, _, ccpa = await api.request(
+        "POST", "/v1/erasures", sub="carol", json={"connectors": ["crm"], "jurisdiction": "ccpa"}
+    )
+    browser = await browser_factory(api)
+    await browser.sign_in("s1")
+
+    path = f"/dashboard/jobs/{late.id}"
+    _, page = await browser.get(path)
+    assert "GDPR: an extension had to be announced by" in page and "Extend deadline" not in page
+    response, _ = await browser.post(
+        f"{path}/extend", {"csrf": await browser.csrf(path), "months": "1", "reason": "late"}
+    )
+    assert "within 1 month of receipt (the first period), which ended" in await browser.follow(
+        response
+    )
+    _, page = await browser.get(f"/dashboard/jobs/{lgpd['id']}")
+    assert "LGPD provides for no extension." in page and "Extend deadline" not in page
+    path = f"/dashboard/jobs/{ccpa['id']}"
+    _, page = await browser.get(path)
+    assert 'name="days" type="number" min="1" max="45"' in page
+    response, _ = await browser.post(
+        f"{path}/extend", {"csrf": await browser.csrf(path), "days": "30", "reason": "many"}
+    )
+    page = await browser.follow(response)
+    assert "Deadline extended to" in page and "extended by 30 days" in page
+    assert "CCPA/CPRA allows one extension, and it was made." in page
+
+
+async def test_support_asks_in_the_browser_and_watches_the_answer_resume_the_request(
+    api_factory: ApiFactory, chromium: Path, tmp_path: Path
+) -> None:
+    gated = GatedConnector("crm", records={"alice": {"contacts": [{"id": 1}]}})
+    api = await api_factory({"crm": gated})
+    gated.gate.clear()
+    job = await api.wait((await api.export())["id"], "running")
+    problems: list[str] = []
+    async with chromium_page(chromium, tmp_path, problems) as page:
+        await page.goto(f"{api.base}/dashboard/jobs/{job['id']}")
+        await page.get_by_label("Bearer token").fill(api.token("support-sam", "support"))
+        await page.get_by_role("button", name="Sign in").click()
+        await expect(page.locator("[data-job-status]")).to_have_text("running")
+        await page.evaluate("window.sameDocument = true")
+        await page.get_by_label("Needed from the subject").fill("your customer number")
+        await page.get_by_label("their answer resumes it").check()
+        await page.get_by_role("button", name="Ask for information").click()
+        await expect(page.locator(".flash-ok")).to_contain_text("the deadline's clock is paused")
+        await expect(page.locator("[data-job-status]")).to_have_text("awaiting information")
+        await expect(page.locator("[data-deadline]")).to_have_text("paused")
+        await expect(page.locator("[data-information]")).to_contain_text("your customer number")
+        # The subject answers through the API; the page follows without reloading.
+        gated.gate.set()
+        status, _, answered = await api.request(
+            "POST", f"/v1/jobs/{job['id']}/information", json={"answer": "C-20931"}
+        )
+        assert status == 200, answered
+        await expect(page.locator("[data-answer]")).to_contain_text("C-20931")
+        await expect(page.locator("[data-job-status]")).to_have_text("succeeded")
+        await expect(page.locator('li[data-event="information.received"]')).to_contain_text(
+            "by alice"
+        )
+        await expect(page.locator('li[data-event="resumed"]')).to_have_count(1)
+        assert await page.evaluate("window.sameDocument") is True, "the page was reloaded"
+        await page.screenshot(path=str(tmp_path / "dashboard-information.png"), full_page=True)
+    assert problems == []

@@ -5,7 +5,8 @@ herself (``subject-own``), another subject (``subject-other``), support, admin.
 Requests that create jobs are "own" when a subject asks about themself and
 "other" when a subject names someone else; staff name the subject.
 
-A cell of an operation that changes its job (confirm, cancel, retry, extend) gets
+A cell of an operation that changes its job (confirm, cancel, retry, extend, refuse,
+ask, answer, resume) gets
 a fresh job of its own, and each creating cell names a subject of its own, so no
 cell depends on another's outcome. An operation
 added to ``OPERATIONS`` without a row here fails the test.
@@ -48,6 +49,10 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("GET", "/v1/stats"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
     ("POST", f"{JOB}/retry"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
     ("POST", f"{JOB}/extend"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
+    ("POST", f"{JOB}/refuse"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
+    ("POST", f"{JOB}/ask"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
+    ("POST", f"{JOB}/information"): dict(zip(CALLERS, (401, 200, 404, 403, 403), strict=True)),
+    ("POST", f"{JOB}/resume"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
     ("POST", f"{JOB}/identifiers"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
     ("POST", f"{JOB}/go-without"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
     ("GET", JOB): dict(zip(CALLERS, (401, 200, 404, 200, 200), strict=True)),
@@ -69,6 +74,10 @@ CHANGING = {
     f"{JOB}/confirm": "awaiting",
     f"{JOB}/cancel": "awaiting",
     f"{JOB}/extend": "awaiting",
+    f"{JOB}/refuse": "awaiting",
+    f"{JOB}/ask": "awaiting",
+    f"{JOB}/information": "asked",
+    f"{JOB}/resume": "asked",
     f"{JOB}/retry": "failed",
     f"{JOB}/identifiers": "attention",
     f"{JOB}/go-without": "attention",
@@ -124,11 +133,11 @@ async def _make_fixtures(api: Api) -> Fixtures:
     assert status == 202, receipt
     await api.wait(receipt["id"], "succeeded")
 
-    needed = {"awaiting": 0, "failed": 0, "attention": 0}
+    needed = {"awaiting": 0, "failed": 0, "attention": 0, "asked": 0}
     for _, path in EXPECTED:
         if path in CHANGING:
             needed[CHANGING[path]] += len(CALLERS)
-    spare: dict[str, list[str]] = {"awaiting": [], "failed": [], "attention": []}
+    spare: dict[str, list[str]] = {"awaiting": [], "failed": [], "attention": [], "asked": []}
     for _ in range(needed["attention"]):
         status, _, waiting = await api.request(
             "POST", "/v1/erasures", json={"connectors": ["needy"], "dry_run": True}
@@ -144,6 +153,14 @@ async def _make_fixtures(api: Api) -> Fixtures:
         status, _, erasure = await api.request("POST", "/v1/erasures", json={"connectors": ["crm"]})
         assert status == 202 and erasure["status"] == "awaiting_confirmation", erasure
         spare["awaiting"].append(erasure["id"])
+    for _ in range(needed["asked"]):
+        status, _, erasure = await api.request("POST", "/v1/erasures", json={"connectors": ["crm"]})
+        assert status == 202, erasure
+        body = {"needs": "matrix test"}
+        path = f"/v1/jobs/{erasure['id']}/ask"
+        status, _, asked = await api.request("POST", path, sub="s1", roles=("support",), json=body)
+        assert status == 200 and asked["status"] == "awaiting_information", asked
+        spare["asked"].append(erasure["id"])
     return Fixtures(export["id"], receipt["id"], links, spare)
 
 
@@ -166,6 +183,12 @@ def _cell(path: str, caller: str, fixtures: Fixtures, row: int) -> Cell:
         if path.endswith("/identifiers"):
             body = {"email": "alice@example.com", "verified_by": "matrix test"}
             return Cell(url, identity, {"json": body})
+        if path.endswith("/refuse"):
+            return Cell(url, identity, {"json": {"grounds": "excessive", "reason": "matrix"}})
+        if path.endswith("/ask"):
+            return Cell(url, identity, {"json": {"needs": "matrix test"}})
+        if path.endswith("/information"):
+            return Cell(url, identity, {"json": {"answer": "matrix test"}})
         if path.endswith("/go-without"):
             return Cell(url, identity, {"json": {"connectors": ["needy"], "reason": "matrix"}})
         return Cell(url, identity, {})

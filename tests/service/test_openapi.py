@@ -345,10 +345,31 @@ async def test_every_operation_answers_its_documented_example_as_documented(
     assert (await client.ended(dry_run["id"], alice))["status"] == "succeeded"
     waiting = {
         name: (await client.create("/v1/erasures", (subject, "subject"), {}), (subject, "subject"))
-        for name, subject in (("confirm", "alice"), ("cancel", "carol"), ("extend", "bob"))
+        for name, subject in (
+            ("confirm", "mona"),  # not alice: her erasure would end the export downloaded below
+            ("cancel", "carol"),
+            ("extend", "bob"),
+            ("refuse", "ivan"),
+            ("ask", "judy"),
+            ("answer", "kate"),
+            ("resume", "liam"),
+        )
     }
     for job, _ in waiting.values():
         assert job["status"] == "awaiting_confirmation"
+    # Asked for information; liam answers, offering an identifier for support to accept.
+    support = ("support-1", "support")
+    for name in ("answer", "resume"):
+        asked = f"/v1/jobs/{waiting[name][0]['id']}/ask"
+        status, _, job = await client.call("POST", asked, who=support, body={"needs": "your ID"})
+        assert status == 200 and job["status"] == "awaiting_information", job
+    status, _, job = await client.call(
+        "POST",
+        f"/v1/jobs/{waiting['resume'][0]['id']}/information",
+        who=waiting["resume"][1],
+        body={"answer": "C-1", "identifiers": {"identities": {"crm_id": "C-1"}}},
+    )
+    assert status == 200 and job["information"]["offered"] == ["crm_id"], job
     # Nobody knows erin's or frank's email: their exports wait for support.
     unknown = {}
     for name in ("erin", "frank"):
@@ -363,6 +384,10 @@ async def test_every_operation_answers_its_documented_example_as_documented(
         "confirm_job": (waiting["confirm"][0]["id"], ("root", "admin")),
         "cancel_job": (waiting["cancel"][0]["id"], waiting["cancel"][1]),
         "extend_job": (waiting["extend"][0]["id"], ("support-1", "support")),
+        "refuse_job": (waiting["refuse"][0]["id"], ("support-1", "support")),
+        "ask_job": (waiting["ask"][0]["id"], ("support-1", "support")),
+        "answer_job": (waiting["answer"][0]["id"], waiting["answer"][1]),
+        "resume_job": (waiting["resume"][0]["id"], ("support-1", "support")),
         "retry_job": (refused["id"], ("support-1", "support")),
         "add_identifiers": (unknown["erin"]["id"], ("support-1", "support")),
         "go_without": (unknown["frank"]["id"], ("support-1", "support")),
