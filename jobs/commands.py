@@ -366,12 +366,8 @@ class Commands:
             change=refused,
             data={"grounds": ground.value, "reason": reason},
         )
-        pipeline = self.pipelines[job.kind]
-        await pipeline.abort_tasks(job)
-        await pipeline.cleanup(job)
-        await pipeline.ended(job)
-        await self.audit(actor, "job.refused", job, grounds=ground.value)
-        await self._decided(job, "refused")
+        # The subject is told first: the job no longer holds their address, and nothing
+        # after this may stand between the refusal and its notice (Art. 12(4)).
         refusal = before["job"].refusal
         assert refusal is not None and refusal.authority and refusal.authority_url
         await notify_subject(
@@ -383,6 +379,12 @@ class Commands:
             authority=refusal.authority,
             authority_url=refusal.authority_url,
         )
+        pipeline = self.pipelines[job.kind]
+        await pipeline.abort_tasks(job)
+        await pipeline.cleanup(job)
+        await pipeline.ended(job)
+        await self.audit(actor, "job.refused", job, grounds=ground.value)
+        await self._decided(job, "refused")
         return job
 
     async def ask(
@@ -435,6 +437,9 @@ class Commands:
             told,
             action="ask the subject for information",
         )
+        # Told first: a failure below must not leave the subject unasked (a second ask
+        # is refused as already waiting).
+        await notify_subject(self.resources, job, "information_needed", needed=needs)
         previous = before["job"]
         if previous.status is not JobStatus.AWAITING_CONFIRMATION:
             pipeline = self.pipelines[job.kind]
@@ -443,7 +448,6 @@ class Commands:
         await self.pipelines[job.kind].notify(job, "job.awaiting_information")
         await self.audit(actor, "job.information_requested", job, clock_paused=pauses)
         await self._decided(job, "information_requested")
-        await notify_subject(self.resources, job, "information_needed", needed=needs)
         return job
 
     async def answer(

@@ -65,7 +65,7 @@ import random
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from email.message import EmailMessage
 from email.utils import format_datetime
 from functools import cache
@@ -415,7 +415,7 @@ def write(
 ) -> Letter:
     """The letter of ``notice`` about ``job`` in ``language``."""
     _ = translations(language).gettext
-    day = _day_writer(_)
+    day = _day_writer(_, settings.zone)
     received = day(job.created_at)
     what = {
         JobKind.EXPORT: _("a copy of your personal data"),
@@ -576,8 +576,9 @@ def _moment(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _day_writer(_: Callable[[str], str]) -> Callable[[datetime], str]:
-    """How the language writes a day (in UTC): ``4 January 2027``, ``4 janvier 2027``…"""
+def _day_writer(_: Callable[[str], str], zone: tzinfo) -> Callable[[datetime], str]:
+    """How the language writes a day, in the controller's time zone (where deadlines end):
+    ``4 January 2027``, ``4 janvier 2027``…"""
     months = (
         _("January"),
         _("February"),
@@ -595,7 +596,7 @@ def _day_writer(_: Callable[[str], str]) -> Callable[[datetime], str]:
     pattern = _("{day} {month} {year}")
 
     def day(moment: datetime) -> str:
-        moment = moment.astimezone(UTC)
+        moment = moment.astimezone(zone)
         return pattern.format(day=moment.day, month=months[moment.month - 1], year=moment.year)
 
     return day

@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import orjson
 import pytest
@@ -29,7 +30,7 @@ from jobs.commands import Actor, Commands
 from jobs.export import ExportPipeline
 from jobs.mail import smtp_target
 from jobs.model import Event, Identity, JobKind, JobStatus
-from jobs.notices import LANGUAGES, LOCALE_DIR, MAX_TRIES, compose, notify_subject
+from jobs.notices import LANGUAGES, LOCALE_DIR, MAX_TRIES, _day_writer, compose, notify_subject
 from jobs.resources import Resources
 from jobs.settings import Secret, Settings, SettingsError
 from jobs.worker import create_worker
@@ -492,3 +493,10 @@ def test_smtp_urls_say_how_to_reach_the_server() -> None:
     )
     assert settings.smtp_url is not None
     assert timedelta(0) < jobs.notices.LETTER_TTL < jobs.notices.STATE_TTL
+
+
+def test_days_are_written_in_the_controllers_time_zone() -> None:
+    """A deadline ends at 23:59:59.999 where the controller is: the letter names that day."""
+    due = datetime(2027, 1, 5, 7, 59, 59, 999000, tzinfo=UTC)  # 4 Jan, 23:59 in Los Angeles
+    assert _day_writer(str, ZoneInfo("America/Los_Angeles"))(due) == "4 January 2027"
+    assert _day_writer(str, UTC)(due) == "5 January 2027"
