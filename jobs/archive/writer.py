@@ -295,7 +295,15 @@ async def write_archive(
         part = item.part
         await members.begin(part.path, part.crc32, part.bytes, part.compressed_size)
         if copying is not None:
-            for start, length in _merged_ranges(part.chunks):
+            ranges = _merged_ranges(part.chunks)
+            # The header above declares compressed_size: the ranges S3 copies must make it.
+            if sum(length for _, length in ranges) != part.compressed_size:
+                raise StorageError(
+                    f"staged object {item.staged_key!r} has chunks of {part.path!r} that do "
+                    f"not add up to its {part.compressed_size} bytes",
+                    transient=False,
+                )
+            for start, length in ranges:
                 await copying.copy(item.staged_key, start, length)
             continue
         copied = 0
