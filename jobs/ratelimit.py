@@ -48,6 +48,9 @@ class _Window:
     known: int = 0
     #: This process's hits not added to Redis yet.
     pending: int = 0
+    #: This process's hits on their way to Redis, not in ``known`` yet: still counted
+    #: locally, or a process could admit another half limit while a flush is under way.
+    in_flight: int = 0
 
 
 class RateLimiter:
@@ -71,7 +74,7 @@ class RateLimiter:
         state = self._windows.get(key)
         if state is None:
             state = self._windows[key] = _Window(window_seconds, (window + 1) * window_seconds)
-        if state.known + state.pending < limit // 2:
+        if state.known + state.in_flight + state.pending < limit // 2:
             state.pending += 1  # far from the limit: counted here, added within the interval
             self._flush_soon()
             return 0
@@ -104,11 +107,17 @@ class RateLimiter:
 
     async def _add(self, batch: dict[str, tuple[_Window, int]]) -> dict[str, int]:
         """``INCRBY`` each key by its hits (and keep it a second past its window); the totals."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            for key, (state, adding) in batch.items():
-                pipe.incrby(key, adding)
-                pipe.expire(key, state.seconds + 1)
-            answers = await pipe.execute()
+        for state, adding in batch.values():
+            state.in_flight += adding
+        try:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                for key, (state, adding) in batch.items():
+                    pipe.incrby(key, adding)
+                    pipe.expire(key, state.seconds + 1)
+                answers = await pipe.execute()
+        finally:
+            for state, adding in batch.values():
+                state.in_flight -= adding
         totals = dict(zip(batch, answers[::2], strict=True))
         for key, (state, _) in batch.items():
             state.known = max(state.known, totals[key])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
@@ -51,3 +52,12 @@ async def test_a_window_is_one_counter_that_expires_just_after_it(
         lambda: redis.get(key), until=lambda count: count == b"2", timeout=5, what="the flush"
     )
     assert 0 < await redis.ttl(key) <= WINDOW + 1
+
+
+async def test_hits_arriving_while_counts_are_on_their_way_to_redis_do_not_pass_the_limit(
+    limiter: RateLimiter,
+) -> None:
+    """Forty hits at once: those that arrive while earlier ones are being added to Redis
+    are not let through as if nobody had counted them."""
+    waits = await asyncio.gather(*(limiter.hit("burst", 3600, 10) for _ in range(40)))
+    assert sum(wait == 0 for wait in waits) <= 10
