@@ -194,8 +194,12 @@ class Commands:
         )
         entry = self.audit_entry(actor, f"{kind.value}.requested", job, dry_run=dry_run)
         await pipeline.submit(job, audit=entry)
-        notice = "awaiting_confirmation" if confirm else "acknowledged"
-        await notify_subject(self.resources, job, notice)
+        # Every request is acknowledged (CCPA: within 10 business days); an erasure that
+        # waits for its confirmation also says so, a letter that may be skipped if the
+        # subject confirms before it goes.
+        await notify_subject(self.resources, job, "acknowledged")
+        if confirm:
+            await notify_subject(self.resources, job, "awaiting_confirmation")
         return job
 
     # Decisions on a request.
