@@ -150,8 +150,9 @@ async def _drain(source: Connector) -> tuple[int, float]:
     """Iterate the connector's export to its end; rows seen and seconds taken."""
     rows = 0
     start = time.perf_counter()
-    async for item in source.export(Subject(SUBJECT)):
-        batch = getattr(item, "rows", None)  # a connector may yield batches of rows
+    # As Handover reads it: batches of rows where the connector yields them.
+    async for item in source.export_batches(Subject(SUBJECT)):
+        batch = getattr(item, "rows", None)
         rows += len(batch) if batch is not None else 1
     return rows, time.perf_counter() - start
 
