@@ -524,7 +524,8 @@ async def test_a_consumer_stopping_early_leaves_no_connection_open(
     await stream.aclose()
     await platform.close()
 
-    assert await database.idle()
+    # The server notices a closed connection a moment later: poll, never sleep.
+    await eventually(database.idle, timeout=10, what="no connection of the connector's left")
 
 
 async def test_a_consumer_stopping_batches_early_leaves_no_connection_open(
@@ -537,7 +538,8 @@ async def test_a_consumer_stopping_batches_early_leaves_no_connection_open(
     await stream.aclose()
     await platform.close()
 
-    assert await database.idle()
+    # The server notices a closed connection a moment later: poll, never sleep.
+    await eventually(database.idle, timeout=10, what="no connection of the connector's left")
 
 
 readings_metadata = MetaData()
