@@ -45,8 +45,7 @@ from jobs.audit import AuditLog
 from jobs.epoch import Epoch, Epochs
 from jobs.ids import is_ulid
 from jobs.model import utcnow
-from jobs.queue import API_RETRIES, connect
-from jobs.resources import NAMESPACE, Resources, StartupError, open_storage, probe_redis
+from jobs.resources import NAMESPACE, Resources, StartupError, shared_redis_and_storage
 from jobs.settings import Settings
 from jobs.storage.base import ObjectStore, StorageError
 from jobs.store import JobNotFound, JobStore
@@ -255,17 +254,8 @@ class Reconciler:
 @asynccontextmanager
 async def open_reconciler(settings: Settings) -> AsyncIterator[Reconciler]:
     """A reconciler on the shared Redis and the object store that ``settings`` name."""
-    if settings.redis_url is None:
-        raise ReconcileError("HANDOVER_REDIS_URL is not set: job records live in the shared Redis")
-    url = settings.redis_url.reveal()
     try:
-        await probe_redis(url)  # one attempt: a Redis that does not answer is said in one line
-        redis = await connect(url, retries=API_RETRIES)
-    except (StartupError, RedisError, OSError) as exc:
+        async with shared_redis_and_storage(settings) as (redis, storage):
+            yield Reconciler(redis, storage, settings.s3_prefix)
+    except StartupError as exc:
         raise ReconcileError(f"{exc}; nothing deleted") from None
-    storage = open_storage(settings)
-    try:
-        yield Reconciler(redis, storage, settings.s3_prefix)
-    finally:
-        await storage.close()
-        await redis.aclose()

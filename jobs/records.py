@@ -55,9 +55,8 @@ from jobs.audit import AuditLog
 from jobs.metrics import Metrics
 from jobs.model import Job, JobStatus, utcnow
 from jobs.pipeline import resolve_task_id, run_task_id
-from jobs.queue import API_RETRIES, connect
 from jobs.reconcile import AREAS
-from jobs.resources import NAMESPACE, Resources, StartupError, open_storage, probe_redis
+from jobs.resources import NAMESPACE, Resources, StartupError, shared_redis_and_storage
 from jobs.settings import Settings
 from jobs.storage.base import ObjectStore, StorageError
 from jobs.store import JobStore
@@ -246,22 +245,13 @@ class Records:
 @asynccontextmanager
 async def open_records(settings: Settings) -> AsyncIterator[Records]:
     """Records on the shared Redis and the object store that ``settings`` name."""
-    if settings.redis_url is None:
-        raise RecordsError("HANDOVER_REDIS_URL: purging needs the shared Redis that holds the jobs")
-    url = settings.redis_url.reveal()
     try:
-        await probe_redis(url)  # one attempt: a Redis that does not answer is said in one line
-        redis = await connect(url, retries=API_RETRIES)
-    except (StartupError, RedisError, OSError) as exc:
+        async with shared_redis_and_storage(settings) as (redis, storage):
+            yield Records(
+                redis, storage, prefix=settings.s3_prefix, retention=settings.record_retention
+            )
+    except StartupError as exc:
         raise RecordsError(f"{exc}; nothing purged") from None
-    storage = open_storage(settings)
-    try:
-        yield Records(
-            redis, storage, prefix=settings.s3_prefix, retention=settings.record_retention
-        )
-    finally:
-        await storage.close()
-        await redis.aclose()
 
 
 async def purge(settings: Settings, *, actor: str, dry_run: bool = False) -> Purge:

@@ -201,6 +201,31 @@ def _build_connectors(settings: Settings) -> dict[str, Connector]:
     return built
 
 
+@asynccontextmanager
+async def shared_redis_and_storage(
+    settings: Settings,
+) -> AsyncIterator[tuple[ArqRedis, ObjectStore]]:
+    """The shared Redis (reached once first: one line when it does not answer) and the
+    object store ``settings`` name, for a command run beside the service; closed after.
+
+    :class:`StartupError` when Redis is not set or cannot be used.
+    """
+    if settings.redis_url is None:
+        raise StartupError("HANDOVER_REDIS_URL is not set: job records live in the shared Redis")
+    url = settings.redis_url.reveal()
+    try:
+        await probe_redis(url)
+        redis = await connect(url, retries=API_RETRIES)
+    except (RedisError, OSError) as exc:
+        raise StartupError(str(exc)) from None
+    storage = open_storage(settings)
+    try:
+        yield redis, storage
+    finally:
+        await storage.close()
+        await redis.aclose()
+
+
 async def probe_redis(url: str) -> None:
     """Stop at once, in one line, when ``url`` is malformed or its Redis cannot be used.
 
