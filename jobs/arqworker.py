@@ -53,6 +53,25 @@ class PatientWorker(Worker):
     _failed_polls = 0
     _away_since = 0.0
 
+    async def stop(self, main: asyncio.Task[None], grace: float) -> None:
+        """Stop a worker run with ``handle_signals=False`` as a SIGTERM stops one.
+
+        No new work; running work gets ``grace`` seconds, then what still runs is cancelled
+        (its lease lapses and it is queued again); then ``main`` (the ``async_run`` task)
+        ends and the worker closes. arq's ``close`` alone cancels running jobs and re-raises
+        their cancellation.
+        """
+        self.allow_pick_jobs = False
+        running = [t for t in self.tasks.values() if not t.done()]
+        if running:
+            await asyncio.wait(running, timeout=grace)
+        main.cancel()
+        for job in self.tasks.values():
+            job.cancel()
+        await asyncio.gather(main, *self.tasks.values(), return_exceptions=True)
+        self.tasks.clear()
+        await self.close()
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         """For each job id, claim the job and run it, as arq does, holding a slot while it runs."""
         for job_id_b in job_ids:

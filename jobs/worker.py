@@ -19,7 +19,7 @@ from typing import Any
 from arq import cron
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
-from arq.worker import Retry, Worker, func
+from arq.worker import Retry, func
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -464,7 +464,7 @@ def create_worker(
     poll_delay: float | None = None,
     handle_signals: bool = True,
     watch_epoch: bool = True,
-) -> Worker:
+) -> PatientWorker:
     """An arq worker for Handover's tasks on ``redis``.
 
     ``watch_epoch=False`` leaves noticing a Redis that lost its data to the API the

@@ -133,15 +133,5 @@ async def _worker_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     task = asyncio.create_task(worker.async_run())
     yield
-    # As a `handover worker` on SIGTERM: no new work, running work gets the grace period,
-    # then what still runs is cancelled (its lease lapses and it is queued again).
-    worker.allow_pick_jobs = False
-    running = [t for t in worker.tasks.values() if not t.done()]
-    if running:
-        await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
-    task.cancel()
-    for job in worker.tasks.values():
-        job.cancel()
-    await asyncio.gather(task, *worker.tasks.values(), return_exceptions=True)
-    worker.tasks.clear()  # settled: close() would re-raise their cancellation
-    await worker.close()
+    # As a `handover worker` on SIGTERM: running work gets the grace period.
+    await worker.stop(task, SHUTDOWN_GRACE_SECONDS)

@@ -6,7 +6,6 @@ A worker stays ready while its event loop is busy: its heartbeat outlives a stal
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import logging
 import subprocess
@@ -163,7 +162,4 @@ async def test_a_worker_whose_event_loop_is_busy_for_a_while_stays_ready(
         time.sleep(7)  # noqa: ASYNC251 -- the point: nothing on this event loop runs meanwhile
         assert (await check_readiness(resources)).checks["worker"] == "ok"
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        await worker.close()  # on_shutdown: the heartbeat stops
+        await worker.stop(task, grace=0)  # on_shutdown: the heartbeat stops
