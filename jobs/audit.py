@@ -18,7 +18,8 @@ Recording and chaining are two steps, so that no request waits on the chain:
   batch to the chain, removes it from ``pending`` and moves the head, only if the
   head is still the one read (another process sealing meanwhile makes it read
   again). Each process seals in the background about :data:`SEAL_DELAY` after it
-  records (one seal covers every entry recorded meanwhile, from any process);
+  records (one seal covers every entry recorded meanwhile, from any process), and
+  tries again, backing off, while Redis is away;
   :meth:`AuditLog.entries` and :meth:`AuditLog.verify` (``handover audit verify``)
   seal first, so they see every entry recorded until then, including those of a
   process that died before it sealed. :meth:`AuditLog.append` records, seals and
@@ -50,6 +51,10 @@ GENESIS = "0" * 64
 SEAL_DELAY = 0.05
 #: Entries one seal chains at most (a longer backlog takes several).
 SEAL_BATCH = 500
+#: A background seal that fails (Redis away) is tried this many times, backing off
+#: from :data:`SEAL_DELAY` to :data:`MAX_SEAL_BACKOFF` (about 20 s in all).
+SEAL_ATTEMPTS = 10
+MAX_SEAL_BACKOFF = 5.0
 
 #: Appends a batch to the chain if the head is still ``ARGV[1]`` ("" for none); each
 #: entry is ARGV ``pending id, prev, hash, body`` after it. 1 if sealed, 0 if the head moved.
@@ -148,15 +153,23 @@ class AuditLog:
             await asyncio.shield(sealer)
 
     async def _seal_in_background(self) -> None:
+        delay, failures = SEAL_DELAY, 0
         while self._more:
-            await asyncio.sleep(SEAL_DELAY)
+            await asyncio.sleep(delay)
             self._more = False
             try:
                 await self.seal()
             except (RedisError, OSError) as exc:
-                # Recorded entries stay pending in Redis: the next seal, anywhere, chains them.
+                # Recorded entries stay pending in Redis: this seal is tried again, then the
+                # next seal anywhere (or ``audit verify``) chains them.
+                failures += 1
                 log.warning("audit entries not sealed yet (%s: %s)", type(exc).__name__, exc)
-                return
+                if failures == SEAL_ATTEMPTS:
+                    return
+                self._more = True
+                delay = min(SEAL_DELAY * 2**failures, MAX_SEAL_BACKOFF)
+            else:
+                delay, failures = SEAL_DELAY, 0
 
     async def seal(self) -> dict[bytes, str]:
         """Chain every entry recorded so far, oldest first; returns the hash of each entry

@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -13,7 +14,10 @@ import pytest
 from arq.connections import ArqRedis
 
 from jobs.audit import AuditLog, chain_hash
+from jobs.queue import connect
 from tests.conftest import REDIS_URL
+from tests.faults import RedisServer
+from tests.polling import eventually
 
 
 @pytest.fixture
@@ -156,3 +160,32 @@ async def test_sealers_racing_each_other_chain_every_entry_once(redis: ArqRedis)
     result = await logs[0].verify()
     assert result.ok, result.problems
     assert result.entries == 300
+
+
+async def test_a_background_seal_that_finds_redis_away_tries_again_once_it_is_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = RedisServer(tmp_path / "redis")
+    server.start()
+    redis = await connect(server.url, retries=0)  # each failure seen, not ridden out
+    try:
+        audit = AuditLog(redis, "handover:")
+        await audit.record(audit.entry("support-1", "action.x", "job-1"))
+        server.stop()  # blocks the event loop: the seal, due 50 ms later, has not run yet
+        await eventually(
+            lambda: "audit entries not sealed yet" in caplog.text,
+            timeout=10,
+            what="the background seal to find Redis away",
+        )
+        server.start()  # the append-only file kept the recorded entry
+        await eventually(
+            lambda: redis.xlen("handover:audit:pending"),
+            until=lambda pending: pending == 0,
+            timeout=10,
+            what="the background seal to try again and chain the entry",
+        )
+        result = await audit.verify()
+        assert (result.ok, result.entries) == (True, 1)
+    finally:
+        await redis.aclose()
+        server.stop()
