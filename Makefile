@@ -29,15 +29,27 @@ lint: install
 services:
 	bash scripts/ensure-services
 
-# The notices' texts (jobs/notices.py): extract them, merge them into each language's
-# .po, compile the .mo files Handover reads (kept in the tree, so the wheel and
-# `make demo` need no Babel). A test fails while a text is untranslated or a .mo stale.
+# The notices' texts (jobs/notices.py), then the privacy center's (domain privacy,
+# service/locale: service/privacy.py and its templates), then the archive index's (domain
+# archive, jobs/locale: jobs/archive/index.py and its template): extract them, merge them into
+# each language's .po, compile the .mo files Handover reads (kept in the tree, so the
+# wheel and `make demo` need no Babel). A test fails while a text is untranslated or a .mo stale.
 catalogs: install
 	$(BIN)/pybabel extract --no-location --sort-output --project=Handover \
 		--copyright-holder=Handover -o jobs/locale/handover.pot jobs/notices.py
 	$(BIN)/pybabel update --ignore-obsolete --width=100 -D handover -d jobs/locale \
 		-i jobs/locale/handover.pot
 	$(BIN)/pybabel compile --statistics -D handover -d jobs/locale
+	$(BIN)/pybabel extract --no-location --sort-output --project=Handover \
+		--copyright-holder=Handover -F service/locale/babel.cfg -o service/locale/privacy.pot .
+	$(BIN)/pybabel update --ignore-obsolete --width=100 -D privacy -d service/locale \
+		-i service/locale/privacy.pot
+	$(BIN)/pybabel compile --statistics -D privacy -d service/locale
+	$(BIN)/pybabel extract --no-location --sort-output --project=Handover \
+		--copyright-holder=Handover -F jobs/archive/babel.cfg -o jobs/locale/archive.pot .
+	$(BIN)/pybabel update --ignore-obsolete --width=100 -D archive -d jobs/locale \
+		-i jobs/locale/archive.pot
+	$(BIN)/pybabel compile --statistics -D archive -d jobs/locale
 
 # Three pytest workers: much of the suite waits on processes, servers and deadlines.
 test: install services

@@ -12,8 +12,29 @@ from connectors.errors import (
     TransientError,
     Unidentified,
 )
-from connectors.items import Batch, Dataset, File, Item, Record, Records, Subject
-from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
+from connectors.items import (
+    Batch,
+    Dataset,
+    File,
+    Item,
+    Period,
+    Record,
+    Records,
+    Series,
+    Subject,
+)
+from connectors.reports import (
+    DatasetErasure,
+    ErasureReport,
+    FieldChange,
+    FieldRectification,
+    ObjectionReport,
+    PurposeObjection,
+    Rectifiable,
+    RectificationReport,
+    RestrictionReport,
+    RetentionRule,
+)
 
 __all__ = [
     "Batch",
@@ -23,14 +44,22 @@ __all__ = [
     "Dataset",
     "DatasetErasure",
     "ErasureReport",
+    "FieldChange",
+    "FieldRectification",
     "File",
     "Item",
+    "ObjectionReport",
+    "Period",
     "PermanentError",
+    "PurposeObjection",
     "RateLimited",
     "Record",
     "Records",
+    "Rectifiable",
+    "RectificationReport",
     "RestrictionReport",
     "RetentionRule",
+    "Series",
     "Subject",
     "TransientError",
     "Unidentified",

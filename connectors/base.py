@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, ClassVar
 
 from connectors.errors import PermanentError, Unidentified
 from connectors.items import Batch, Dataset, Item, Record, Records, Subject
-from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
+from connectors.reports import (
+    ErasureReport,
+    FieldChange,
+    ObjectionReport,
+    PurposeObjection,
+    Rectifiable,
+    RectificationReport,
+    RestrictionReport,
+    RetentionRule,
+)
 
 BATCH_ROWS = 1000
 """How many rows of a one-record :meth:`Connector.export` a derived batch gathers."""
@@ -40,7 +49,11 @@ class Connector(ABC):
     Subclasses declare ``categories`` and ``datasets`` and implement :meth:`export`
     (one record at a time) or :meth:`export_batches` (many rows at once, which Handover
     encodes faster), and :meth:`erase`; :meth:`restrict` where the processor can
-    restrict processing.
+    restrict processing (and :meth:`lift_restriction`); :meth:`object` and
+    :meth:`objections_in_force` where it can stop processing for a purpose the subject
+    objects to (``objection_purposes``);
+    :meth:`rectify` and :meth:`rectifications_in_force` where it lets fields be
+    corrected (``rectifiable``).
     Resources shared across jobs (pools, clients) are created in :meth:`open` and
     released in :meth:`close`; everything about one request arrives as arguments,
     so one instance serves many jobs at once and holds no per-job state.
@@ -67,6 +80,13 @@ class Connector(ABC):
     #: What GDPR Art. 15(1) asks the platform to tell about this processing (purposes,
     #: legal_basis, recipient, retention, source); set from configuration.
     processing: Mapping[str, str] = {}
+    #: Handover's purposes (``direct_marketing``, ``analytics``…) this processor can stop
+    #: processing for when the subject objects (GDPR Art. 21); set from configuration.
+    #: Empty: :meth:`object` reports every purpose unsupported.
+    objection_purposes: frozenset[str] = frozenset()
+    #: The fields the subject may have corrected (GDPR Art. 16), each with its value type;
+    #: set from configuration. Handover asks :meth:`rectify` for these only.
+    rectifiable: tuple[Rectifiable, ...] = ()
     #: Whether :meth:`erase` calls :meth:`before_commit` before every change it commits.
     #: Only then can Handover tell, after a crash, what an interrupted attempt changed;
     #: otherwise the receipt says that it cannot.
@@ -201,6 +221,57 @@ class Connector(ABC):
         return RestrictionReport(
             supported=False, note=f"{type(self).__name__} offers no way to restrict processing"
         )
+
+    async def object(self, subject: Subject, purposes: Sequence[str]) -> ObjectionReport:
+        """Stop processing the subject's data for ``purposes`` (GDPR Art. 21).
+
+        ``purposes`` are Handover's names. The report has one entry per purpose asked:
+        those in ``objection_purposes`` mapped to what the processor calls them, with
+        how much was changed now; any other ``supported=False`` with a note saying so.
+        Idempotent: a repeat reports nothing newly stopped. A subject the processor
+        cannot be asked about raises :class:`~connectors.errors.Unidentified`.
+        """
+        note = f"{type(self).__name__} offers no way to object to processing for this purpose"
+        return ObjectionReport(
+            tuple(PurposeObjection(purpose, supported=False, note=note) for purpose in purposes)
+        )
+
+    async def objections_in_force(
+        self, subject: Subject, purposes: Sequence[str]
+    ) -> Mapping[str, bool]:
+        """Read back, for each of ``purposes`` in ``objection_purposes``, whether processing
+        for it has stopped (``True``) or goes on (``False``): how Handover verifies an
+        objection, and shows it in force later. Purposes it cannot act on are left out.
+        """
+        return {}
+
+    async def lift_restriction(self, subject: Subject) -> RestrictionReport:
+        """End a restriction (Art. 18(3)): the subject's data is processed again, where the
+        processor restricted it. ``restricted`` counts the records no longer restricted. The
+        base class answers ``supported=False``, as :meth:`restrict` does."""
+        return RestrictionReport(
+            supported=False, note=f"{type(self).__name__} offers no way to restrict processing"
+        )
+
+    async def rectify(
+        self, subject: Subject, changes: Sequence[FieldChange]
+    ) -> RectificationReport:
+        """Correct the subject's records (GDPR Art. 16): each change is to a field declared in
+        ``rectifiable``, its value already checked against the declared type.
+
+        The report has one entry per change, in order, counting the records changed now
+        (a repeat changes nothing). Idempotent. A subject the processor cannot be asked
+        about raises :class:`~connectors.errors.Unidentified`. A connector that declares
+        nothing rectifiable is never asked.
+        """
+        raise PermanentError(f"{type(self).__name__} declares no rectifiable field")
+
+    async def rectifications_in_force(
+        self, subject: Subject, changes: Sequence[FieldChange]
+    ) -> Sequence[bool]:
+        """Read back, for each change, whether every one of the subject's records of its
+        dataset now holds the new value: how Handover verifies a rectification."""
+        raise PermanentError(f"{type(self).__name__} declares no rectifiable field")
 
 
 def _derived_export(

@@ -63,15 +63,30 @@ What the contract checks:
 - erasing one subject leaves another subject's data alone;
 - a restriction answers a :class:`~connectors.reports.RestrictionReport` and,
   with ``dry_run``, changes nothing;
+- a connector that declares ``lift_restriction`` (overrides the base class's) answers
+  it, after a restriction, with a RestrictionReport naming declared datasets; it may
+  answer that it cannot lift only if it could not restrict either; the export holds as
+  many records as before; a repeat lifts nothing new;
+- an objection answers an :class:`~connectors.reports.ObjectionReport` with one entry
+  per purpose asked: each purpose the connector declares in ``objection_purposes`` acted
+  on and, read back by ``objections_in_force``, in force, a repeat stopping nothing new;
+  any other purpose reported unsupported, with a note; and the export holds no fewer
+  records of any dataset than before (an objection stops processing, it deletes nothing;
+  it may record the refusal);
+- a rectification of each field declared ``rectifiable`` (but those identifying the
+  subject) answers a :class:`~connectors.reports.RectificationReport` with one entry per
+  change, in order; read back by ``rectifications_in_force``, each field holds its new
+  value; a repeat changes nothing; the export holds as many records as before;
 - the connector declares the ``identifiers`` it finds subjects by, and
   :meth:`~ConnectorContract.subject_with_data` and
   :meth:`~ConnectorContract.subject_without_data` carry one of them; given a
   subject without any of them (unless it needs only the ``id`` every subject
-  has), export, erase (dry run and real) and restrict raise
+  has), export, erase (dry run and real), restrict, object, rectify and (where declared)
+  lift_restriction raise
   :class:`~connectors.errors.Unidentified` naming identifiers it declares —
   never an empty export or a zero report, since the processor was not asked —
-  and leave the data as it was (a restriction may instead answer that the
-  processor cannot restrict at all);
+  and leave the data as it was (a restriction or an objection may instead answer
+  that the processor cannot restrict, or act on the purpose, at all);
 - a connector whose processor fails (:meth:`~ConnectorContract.make_failing_connector`)
   raises a classified :class:`~connectors.errors.TransientError` or
   :class:`~connectors.errors.PermanentError` from export and erase, rather than
@@ -102,7 +117,14 @@ import orjson
 from connectors.base import Connector, journaling
 from connectors.errors import ConnectorError, PermanentError, TransientError, Unidentified
 from connectors.items import Dataset, File, Record, Records, Subject
-from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
+from connectors.reports import (
+    ErasureReport,
+    FieldChange,
+    ObjectionReport,
+    RectificationReport,
+    RestrictionReport,
+    RetentionRule,
+)
 
 __all__ = ["ConnectorContract"]
 
@@ -331,15 +353,91 @@ def _check_plans(
                 )
 
 
-def _check_restriction_report(connector: Connector, report: object) -> RestrictionReport:
+def _check_restriction_report(
+    connector: Connector, report: object, operation: str = "restrict"
+) -> RestrictionReport:
     if not isinstance(report, RestrictionReport):
-        raise AssertionError(f"restrict returned {type(report).__name__}, not a RestrictionReport")
+        raise AssertionError(
+            f"{operation} returned {type(report).__name__}, not a RestrictionReport"
+        )
     declared = {d.name for d in connector.datasets}
     for dataset, count in report.restricted.items():
         if dataset not in declared:
-            raise AssertionError(f"the restriction report names undeclared dataset {dataset!r}")
+            raise AssertionError(f"the {operation} report names undeclared dataset {dataset!r}")
         if not isinstance(count, int) or count < 0:
-            raise AssertionError(f"{dataset!r}: restricted is {count!r}, not a count")
+            raise AssertionError(f"{dataset!r}: {operation} counts {count!r}, not a count")
+    return report
+
+
+def _lifts_restrictions(connector: Connector) -> bool:
+    """Whether the connector declares :meth:`~connectors.base.Connector.lift_restriction`
+    (overrides the base class's, which answers that it cannot)."""
+    return type(connector).lift_restriction is not Connector.lift_restriction
+
+
+_UNDECLARED_PURPOSE = "handover_contract_undeclared"
+"""A purpose no connector declares: the kit checks it is reported unsupported."""
+
+
+def _check_objection_report(
+    connector: Connector, report: object, asked: Sequence[str]
+) -> ObjectionReport:
+    if not isinstance(report, ObjectionReport):
+        raise AssertionError(f"object returned {type(report).__name__}, not an ObjectionReport")
+    named = [entry.purpose for entry in report.purposes]
+    assert sorted(named) == sorted(asked), (
+        f"the objection report names purposes {named}; it has one entry per purpose asked "
+        f"({list(asked)})"
+    )
+    for entry in report.purposes:
+        declared = entry.purpose in connector.objection_purposes
+        assert entry.supported is declared, (
+            f"purpose {entry.purpose!r}: supported is {entry.supported!r}, but the connector "
+            f"{'declares' if declared else 'does not declare'} it in objection_purposes"
+        )
+        assert isinstance(entry.stopped, int) and entry.stopped >= 0, (
+            f"purpose {entry.purpose!r}: stopped is {entry.stopped!r}, not a count"
+        )
+        assert declared or entry.note, (
+            f"purpose {entry.purpose!r} is not acted on: its note says why"
+        )
+    return report
+
+
+_SAMPLE_VALUES: Mapping[str, Any] = {
+    "text": "Handover contract check",
+    "email": "contract-check@example.com",
+    "integer": 7,
+    "number": 7.5,
+    "boolean": True,
+}
+"""The value the kit gives a rectifiable field of each type."""
+
+
+def _sample_changes(connector: Connector) -> list[FieldChange]:
+    """A change to each field the connector declares rectifiable, but those identifying the
+    subject (changing them would change whom the later checks find)."""
+    return [
+        FieldChange(field.dataset, field.field, _SAMPLE_VALUES[field.type])
+        for field in connector.rectifiable
+        if not field.identity
+    ]
+
+
+def _check_rectification_report(
+    report: object, changes: Sequence[FieldChange]
+) -> RectificationReport:
+    if not isinstance(report, RectificationReport):
+        raise AssertionError(f"rectify returned {type(report).__name__}, not a RectificationReport")
+    named = [(entry.dataset, entry.field) for entry in report.fields]
+    asked = [(change.dataset, change.field) for change in changes]
+    assert named == asked, (
+        f"the rectification report names {named}; it has one entry per change, in order ({asked})"
+    )
+    for entry in report.fields:
+        assert isinstance(entry.changed, int) and entry.changed >= 0, (
+            f"{entry.dataset}.{entry.field}: changed is {entry.changed!r}, not a count"
+        )
     return report
 
 
@@ -644,6 +742,118 @@ class ConnectorContract(ABC):
 
         self._run(scenario)
 
+    def test_lifting_a_restriction_answers_a_report_and_keeps_data(self) -> None:
+        """A connector declaring ``lift_restriction`` lifts what ``restrict`` restricted:
+        a RestrictionReport of declared datasets, the data kept, a repeat lifting nothing."""
+
+        async def scenario(connector: Connector) -> None:
+            if not _lifts_restrictions(connector):
+                return
+            subject = self.subject_with_data()
+            before = await self._holding_of_subject(connector)
+            restricted = _check_restriction_report(
+                connector,
+                await _guarded(
+                    f"restrict of {subject.id!r}", connector.restrict(subject, dry_run=False)
+                ),
+            )
+            what = f"lift_restriction of {subject.id!r}"
+            lifted = _check_restriction_report(
+                connector, await _guarded(what, connector.lift_restriction(subject)), what
+            )
+            assert lifted.supported or not restricted.supported, (
+                "lift_restriction answers that it cannot lift what restrict restricted "
+                f"({dict(restricted.restricted)}): a restriction must be liftable (Art. 18(3))"
+            )
+            after = await _collect(connector, subject)
+            assert after.counts() == before.counts(), (
+                "restricting then lifting keeps the data: "
+                f"{dict(before.counts())} before, {dict(after.counts())} after"
+            )
+            if not lifted.supported:
+                return
+            again = _check_restriction_report(
+                connector, await _guarded(what, connector.lift_restriction(subject)), what
+            )
+            assert not any(again.restricted.values()), (
+                f"a repeated lift reports records newly lifted: {dict(again.restricted)}"
+            )
+
+        self._run(scenario)
+
+    def test_an_objection_is_answered_for_every_purpose_and_holds(self) -> None:
+        """``object`` answers each purpose asked; those declared are acted on and hold."""
+
+        async def scenario(connector: Connector) -> None:
+            subject = self.subject_with_data()
+            declared = sorted(connector.objection_purposes)
+            before = await self._holding_of_subject(connector)
+            what = f"object of {subject.id!r}"
+            asked = [*declared, _UNDECLARED_PURPOSE]
+            _check_objection_report(
+                connector, await _guarded(what, connector.object(subject, asked)), asked
+            )
+            in_force = await _guarded(
+                f"objections_in_force of {subject.id!r}",
+                connector.objections_in_force(subject, declared),
+            )
+            assert dict(in_force) == dict.fromkeys(declared, True), (
+                f"read back after the objection, {dict(in_force)}: every purpose declared "
+                "and objected to is in force (True)"
+            )
+            again = _check_objection_report(
+                connector, await _guarded(what, connector.object(subject, declared)), declared
+            )
+            assert all(entry.stopped == 0 for entry in again.purposes), (
+                "a repeated objection reports something newly stopped: "
+                f"{[(e.purpose, e.stopped) for e in again.purposes]}"
+            )
+            after = await _collect(connector, subject)
+            lost = before.counts() - after.counts()
+            assert not lost, (
+                "an objection stops processing, it deletes nothing: "
+                f"{dict(before.counts())} before, {dict(after.counts())} after"
+            )
+
+        self._run(scenario)
+
+    def test_a_rectification_changes_each_declared_field_and_holds(self) -> None:
+        """``rectify`` changes each field declared ``rectifiable`` (identity fields aside,
+        which would change who the subject is); read back, each holds its new value."""
+
+        async def scenario(connector: Connector) -> None:
+            subject = self.subject_with_data()
+            changes = _sample_changes(connector)
+            if not changes:
+                return
+            before = await self._holding_of_subject(connector)
+            what = f"rectify of {subject.id!r}"
+            _check_rectification_report(
+                await _guarded(what, connector.rectify(subject, changes)), changes
+            )
+            in_force = await _guarded(
+                f"rectifications_in_force of {subject.id!r}",
+                connector.rectifications_in_force(subject, changes),
+            )
+            assert list(in_force) == [True] * len(changes), (
+                f"read back after the rectification, {list(in_force)}: every field changed "
+                "holds its new value (True)"
+            )
+            again = _check_rectification_report(
+                await _guarded(what, connector.rectify(subject, changes)), changes
+            )
+            assert all(entry.changed == 0 for entry in again.fields), (
+                "a repeated rectification reports records newly changed: "
+                f"{[(e.dataset, e.field, e.changed) for e in again.fields]}"
+            )
+            after = await _collect(connector, subject)
+            assert after.counts() == before.counts(), (
+                "a rectification changes values, not how many records there are: "
+                f"{dict(before.counts())} before, {dict(after.counts())} after"
+            )
+
+        self._run(scenario)
+
     def test_a_subject_without_its_identifiers_is_not_answered(self) -> None:
         """Without an identifier it declares, every operation raises Unidentified.
 
@@ -680,7 +890,13 @@ class ConnectorContract(ABC):
                 "erase": lambda: connector.erase(stranger, dry_run=False, retention=retention),
                 "dry-run restrict": lambda: connector.restrict(stranger, dry_run=True),
                 "restrict": lambda: connector.restrict(stranger, dry_run=False),
+                "object": lambda: connector.object(stranger, ["direct_marketing"]),
             }
+            changes = _sample_changes(connector)
+            if changes:
+                calls["rectify"] = lambda: connector.rectify(stranger, changes)
+            if _lifts_restrictions(connector):
+                calls["lift_restriction"] = lambda: connector.lift_restriction(stranger)
             for operation, call in calls.items():
                 await _expect_unidentified(connector, operation, named, call)
             after = await _collect(connector, self.subject_with_data())
@@ -759,8 +975,8 @@ async def _expect_unidentified(
 ) -> None:
     """``call`` on a subject lacking ``named`` must raise Unidentified naming declared ones.
 
-    A restriction may instead answer that the processor cannot restrict at all: that
-    says nothing about the subject.
+    A restriction may instead answer that the processor cannot restrict at all, an
+    objection that it cannot act on the purpose: that says nothing about the subject.
     """
     try:
         answer = await _guarded(f"{operation} of a subject without {named}", call())
@@ -778,6 +994,8 @@ async def _expect_unidentified(
             "raise connectors.errors.Unidentified (self.require_identifier(subject))"
         ) from exc
     if isinstance(answer, RestrictionReport) and not answer.supported:
+        return
+    if isinstance(answer, ObjectionReport) and not any(p.supported for p in answer.purposes):
         return
     raise AssertionError(
         f"{operation} of a subject without {named} answered {_describe_answer(answer)}: the "

@@ -9,7 +9,10 @@ fleet and its telemetry, deleted), ``billing`` (invoices: deleted, or blocked wh
 a retention rule keeps them) and ``newsletter`` (mailing-list subscriptions, keyed
 by email address, deleted). ``profile`` is also an identity source: it provides the
 subject's email from the users table, which is how ``newsletter`` finds a subject
-known only by id. They are the worked example of a declarative SQL connector.
+known only by id. ``profile`` records objections (GDPR Art. 21) in ``consents``:
+:data:`DEMO_PURPOSES` maps Handover's purposes to the platform's (``marketing_email``
+is direct marketing), and lets the account's name, email and country be rectified
+(GDPR Art. 16). They are the worked example of a declarative SQL connector.
 """
 
 from __future__ import annotations
@@ -30,6 +33,20 @@ from connectors.registry import ConnectorConfig
 
 DEMO_SUBJECTS = ("alice", "bob", "carol")
 """The user ids the demo database holds data on."""
+
+#: Who the demo platform's controller is, as every demo archive's ``index.html`` says
+#: (GDPR Art. 15(1)); ``HANDOVER_CONTROLLER`` and its kin win over it.
+DEMO_CONTROLLER = {
+    "controller": "Thermonet Demo SA, Rue de l'Exemple 12, 1000 Brussels, Belgium",
+    "controller_contact": "privacy@thermonet.example, or by post to the address above",
+    "dpo_contact": "Data Protection Officer, dpo@thermonet.example",
+    "automated_decisions": (
+        "No decision that has legal or similarly significant effects on you is taken by "
+        "automated means (GDPR Art. 22). Your devices' readings trigger alerts you set "
+        "yourself; usage analytics (Google Analytics, Hotjar, with your consent) measure "
+        "how the product is used and decide nothing about you."
+    ),
+}
 
 _SCHEMA_VERSION = 3
 """Bumped when the schema changes: an older demo database is rebuilt."""
@@ -95,6 +112,12 @@ _PEOPLE = {
     "carol": ("Carol Schmidt", "DE"),
 }
 _PURPOSES = ("marketing_email", "product_analytics", "research_panel")
+DEMO_PURPOSES = {
+    "direct_marketing": ["marketing_email"],
+    "analytics": ["product_analytics"],
+    "research": ["research_panel"],
+}
+"""Handover's purposes, and the demo platform's consent purposes that stand for each."""
 _MODELS = ("Thermo S1", "Thermo S2", "AirSense Mini")
 _MAILING_LISTS = ("product_news", "firmware_updates", "energy_tips")
 _EPOCH = datetime(2023, 1, 1, tzinfo=UTC)
@@ -126,14 +149,74 @@ def demo_connector_configs(database: Path) -> tuple[ConnectorConfig, ...]:
         "hash_key": _hash_key(database),
         "provides": {"email": "users.email"},
         "tables": deepcopy(_PROFILE_TABLES),
+        "objection": {
+            "table": "consents",
+            "purpose_column": "purpose",
+            "granted_column": "granted",
+            "updated_column": "updated_at",
+            "purposes": deepcopy(DEMO_PURPOSES),
+        },
+        **DEMO_PROCESSING["profile"],
     }
-    newsletter = {"url": url, "tables": deepcopy(_NEWSLETTER_TABLES)}
+    devices = {"url": url, "tables": deepcopy(_DEVICES_TABLES), **DEMO_PROCESSING["devices"]}
+    billing = {"url": url, "tables": deepcopy(_BILLING_TABLES), **DEMO_PROCESSING["billing"]}
+    newsletter = {
+        "url": url,
+        "tables": deepcopy(_NEWSLETTER_TABLES),
+        **DEMO_PROCESSING["newsletter"],
+    }
     return (
         ConnectorConfig("profile", "sql", profile),
-        ConnectorConfig("devices", "sql", {"url": url, "tables": deepcopy(_DEVICES_TABLES)}),
-        ConnectorConfig("billing", "sql", {"url": url, "tables": deepcopy(_BILLING_TABLES)}),
+        ConnectorConfig("devices", "sql", devices),
+        ConnectorConfig("billing", "sql", billing),
         ConnectorConfig("newsletter", "sql", newsletter),
     )
+
+
+_US_TRANSFER = (
+    "to the USA, under the EU-US Data Privacy Framework (the Commission's adequacy decision "
+    "of 10 July 2023, GDPR Art. 45) and standard contractual clauses (Art. 46(2)(c))"
+)
+#: What each demo processor's configuration states about its processing (GDPR Art. 15(1),
+#: (2)): the same words as deploy/handover.toml gives the docker-compose platform.
+DEMO_PROCESSING: dict[str, dict[str, str]] = {
+    "profile": {
+        "purposes": "Running your account (sign-in, support) and recording the consents you gave",
+        "legal_basis": "Art. 6(1)(b) GDPR, performance of the contract; for each purpose in "
+        "your consents, Art. 6(1)(a), your consent",
+        "recipient": "HubSpot, Inc. (USA), our customer relationship tool, as our processor; "
+        "with your product_analytics consent, Google LLC (Google Analytics, USA) and Hotjar "
+        "Ltd. (Malta) receive how you use the app, without your name or email",
+        "retention": "As long as your account exists; a closed account is anonymised within "
+        "30 days",
+        "source": "You, at sign-up and in your account settings",
+        "transfer": f"HubSpot, Inc. and Google LLC: {_US_TRANSFER}; Hotjar Ltd. through its US "
+        "sub-processors, under standard contractual clauses (Art. 46(2)(c))",
+    },
+    "devices": {
+        "purposes": "Operating your devices: showing their readings, alerts, firmware updates",
+        "legal_basis": "Art. 6(1)(b) GDPR, performance of the contract",
+        "recipient": "Our cloud hosting provider, as our processor, in the EU",
+        "retention": "Devices as long as they are registered to you; readings 2 years",
+        "source": "You registered the devices; the devices send their readings",
+    },
+    "billing": {
+        "purposes": "Invoicing and collecting payment for your subscription",
+        "legal_basis": "Art. 6(1)(b) GDPR, performance of the contract; Art. 6(1)(c), the "
+        "legal obligation to keep accounts",
+        "recipient": "Our payment service provider and our accountants, in the EU",
+        "retention": "10 years from the invoice's date (tax law)",
+        "source": "Issued by us from your subscription",
+    },
+    "newsletter": {
+        "purposes": "Sending the newsletters you subscribed to",
+        "legal_basis": "Art. 6(1)(a) GDPR, your consent, which you can withdraw at any time",
+        "recipient": "HubSpot, Inc. (USA), which sends our emails as our processor",
+        "retention": "Until you unsubscribe",
+        "source": "You, when you subscribed",
+        "transfer": f"HubSpot, Inc.: {_US_TRANSFER}",
+    },
+}
 
 
 _BLOCK_COLUMN = "processing_restricted"
@@ -144,6 +227,12 @@ _PROFILE_TABLES: list[dict[str, Any]] = [
         "category": "identification",
         "description": "the account: email, name, country and sign-up time",
         "columns": ["id", "email", "name", "country", "created_at", _BLOCK_COLUMN],
+        "column_descriptions": {
+            "id": "your user id on the platform",
+            "country": "the country you gave, as an ISO 3166 code",
+            "created_at": "when you signed up (UTC)",
+            _BLOCK_COLUMN: "1 if you asked for this data's processing to be restricted",
+        },
         "subject_column": "id",
         "erase": "anonymise",
         "anonymise": {
@@ -153,12 +242,18 @@ _PROFILE_TABLES: list[dict[str, Any]] = [
             "created_at": "keep",
         },
         "block_column": _BLOCK_COLUMN,
+        "rectifiable": {"name": "text", "email": "email", "country": "text"},
     },
     {
         "table": "consents",
         "category": "consent",
         "description": "each processing purpose and whether the subject agreed to it",
         "columns": ["user_id", "purpose", "granted", "updated_at", _BLOCK_COLUMN],
+        "column_descriptions": {
+            "purpose": "what the consent is for",
+            "granted": "1 if you agreed, 0 if you refused or withdrew",
+            "updated_at": "when you last gave or withdrew it (UTC)",
+        },
         "order_by": ["purpose"],
         "subject_column": "user_id",
         "erase": "delete",
@@ -171,6 +266,11 @@ _DEVICES_TABLES: list[dict[str, Any]] = [
         "category": "device",
         "description": "devices registered to the subject's account",
         "columns": ["id", "owner_id", "model", "serial", "registered_at", _BLOCK_COLUMN],
+        "column_descriptions": {
+            "owner_id": "your user id",
+            "serial": "the device's serial number",
+            "registered_at": "when the device was added to your account (UTC)",
+        },
         "subject_column": "owner_id",
         "erase": "delete",
         "block_column": _BLOCK_COLUMN,
@@ -180,6 +280,14 @@ _DEVICES_TABLES: list[dict[str, Any]] = [
         "category": "telemetry",
         "description": "temperature and humidity readings reported by those devices",
         "columns": ["device_id", "ts", "temperature", "humidity"],
+        "column_descriptions": {
+            "device_id": "the device that took the reading",
+            "ts": "when the reading was taken, in seconds since 1 January 1970 (UTC)",
+            "temperature": "the temperature, in degrees Celsius",
+            "humidity": "the relative humidity, in percent",
+        },
+        "series": {"time": "ts", "values": ["temperature", "humidity"], "by": "device_id"},
+        "time_column": "ts",
         "through": [{"column": "device_id", "references": "devices.id"}],
         "subject_column": "owner_id",
         "erase": "delete",
@@ -200,7 +308,13 @@ _BILLING_TABLES: list[dict[str, Any]] = [
             "status",
             _BLOCK_COLUMN,
         ],
+        "column_descriptions": {
+            "issued_at": "when the invoice was issued (UTC)",
+            "amount_cents": "the amount, in cents of the currency",
+            "status": "paid, or open while payment is due",
+        },
         "order_by": ["issued_at", "id"],
+        "time_column": "issued_at",
         "subject_column": "user_id",
         "erase": "delete",
         "block_column": _BLOCK_COLUMN,
@@ -212,6 +326,10 @@ _NEWSLETTER_TABLES: list[dict[str, Any]] = [
         "category": "contact",
         "description": "the mailing lists the subject's email address is subscribed to",
         "columns": ["email", "list", "subscribed_at", _BLOCK_COLUMN],
+        "column_descriptions": {
+            "list": "the mailing list",
+            "subscribed_at": "when you subscribed (UTC)",
+        },
         "order_by": ["list"],
         "subject_column": "email",
         "identity": "email",

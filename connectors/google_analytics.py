@@ -52,7 +52,7 @@ so a refused token or an unknown property fails rather than passing unnoticed.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 from connectors.base import Connector
@@ -60,7 +60,13 @@ from connectors.errors import PermanentError, Unidentified
 from connectors.httpclient import HttpClient, bearer
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.options import Options
-from connectors.reports import ErasureReport, RestrictionReport, RetentionRule
+from connectors.reports import (
+    ErasureReport,
+    ObjectionReport,
+    PurposeObjection,
+    RestrictionReport,
+    RetentionRule,
+)
 
 DEFAULT_BASE_URL = "https://analyticsadmin.googleapis.com"
 API_VERSION = "v1alpha"
@@ -121,6 +127,12 @@ class GoogleAnalyticsConnector(Connector):
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"usage"})
+    #: Google LLC is a US company: what the archive's index says unless configuration does.
+    processing: Mapping[str, str] = {
+        "recipient": "Google Ireland Ltd. and Google LLC (USA), as processors (Google Analytics)",
+        "transfer": "to the USA (Google LLC), under the EU-US Data Privacy Framework (adequacy "
+        "decision, GDPR Art. 45) and Google's standard contractual clauses (Art. 46(2)(c))",
+    }
     datasets: ClassVar[tuple[Dataset, ...]] = (
         Dataset(
             "notice",
@@ -284,6 +296,20 @@ class GoogleAnalyticsConnector(Connector):
         """Google Analytics cannot restrict a user; one it cannot be asked about is unidentified."""
         self.subject_identifier(subject)
         return await super().restrict(subject, dry_run=dry_run)
+
+    async def object(self, subject: Subject, purposes: Sequence[str]) -> ObjectionReport:
+        """Google Analytics cannot stop processing for a purpose: each purpose is reported
+        unsupported, saying what its API does allow; a subject it cannot be asked about is
+        unidentified."""
+        self.subject_identifier(subject)
+        note = (
+            "Google Analytics offers no way to stop processing one user's data for a purpose: its "
+            "Admin API only deletes a user's data (ask for erasure); collection for analytics "
+            "stops with the consent the site asks for"
+        )
+        return ObjectionReport(
+            tuple(PurposeObjection(purpose, supported=False, note=note) for purpose in purposes)
+        )
 
 
 def _google_error_code(answer: Any) -> str | None:

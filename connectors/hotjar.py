@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -59,7 +59,14 @@ from connectors.errors import PermanentError, Unidentified
 from connectors.httpclient import HttpClient, bearer
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.options import Options, Secret
-from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
+from connectors.reports import (
+    DatasetErasure,
+    ErasureReport,
+    ObjectionReport,
+    PurposeObjection,
+    RestrictionReport,
+    RetentionRule,
+)
 
 DEFAULT_BASE_URL = "https://api.hotjar.io"
 
@@ -115,6 +122,13 @@ class HotjarConnector(Connector):
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"usage"})
+    #: Hotjar relies on US sub-processors: what the archive's index says unless configuration does.
+    processing: Mapping[str, str] = {
+        "recipient": "Hotjar Ltd. (Malta), as processor, and its sub-processors",
+        "transfer": "to the USA through Hotjar's US sub-processors, under standard contractual "
+        "clauses (GDPR Art. 46(2)(c)) and, where they are certified, the EU-US Data Privacy "
+        "Framework (Art. 45)",
+    }
     datasets: ClassVar[tuple[Dataset, ...]] = (
         Dataset(
             "user_lookup",
@@ -301,6 +315,20 @@ class HotjarConnector(Connector):
         """Hotjar cannot restrict processing; a subject it cannot be asked about is unidentified."""
         self.require_identifier(subject)
         return await super().restrict(subject, dry_run=dry_run)
+
+    async def object(self, subject: Subject, purposes: Sequence[str]) -> ObjectionReport:
+        """Hotjar cannot stop processing for a purpose: each purpose is reported
+        unsupported, saying what its API does allow; a subject it cannot be asked about is
+        unidentified."""
+        self.require_identifier(subject)
+        note = (
+            "Hotjar offers no way to stop processing one user's data for a purpose: its API only "
+            "looks up or deletes a user's data (ask for erasure); recording stops with the "
+            "consent the site asks for"
+        )
+        return ObjectionReport(
+            tuple(PurposeObjection(purpose, supported=False, note=note) for purpose in purposes)
+        )
 
 
 def _oauth_error(answer: Any) -> str | None:

@@ -18,7 +18,8 @@ in TOML rather than in code::
     category = "contact"
     path = "/users/{id}/tickets"                 # {id}, {email}, {identities.KEY}
                                                  # (each value percent-encoded)
-    params = { state = "all" }                   # query parameters, templated the same way
+    params = { state = "all", from = "{since}" } # query parameters, templated the same way;
+                                                 # {since} and {until}: an export's time range
     records = "/data/items"                      # JSON pointer (RFC 6901) or dotted path
     pagination = { style = "page", param = "page", size_param = "per_page", size = 100 }
 
@@ -36,6 +37,15 @@ request for a subject without one that an operation's templates need raises
 percent-encoded into the path, and one that would make a dot segment (``.`` or
 ``..``) is sent as ``%2E``/``%2E%2E`` and never re-normalised on the way, so a
 subject id cannot lead the request to another resource (RFC 3986 §5.2.4).
+
+Time range: a dataset whose ``params`` use ``{since}`` or ``{until}`` is declared
+``by_period``; an export asking for a range sends its bounds there (ISO 8601 in UTC,
+``2026-11-01T00:00:00Z``; ``since`` included, ``until`` excluded, as the processor's
+API is documented to read them), and leaves out a parameter whose bound is open.
+A dataset asked for a bound none of its parameters takes (only ``{since}``, and an
+``until`` asked) is sent no bound at all: it is exported whole, as are datasets without
+``by_period``, and the archive's manifest says so. Erase and restrict endpoints take no
+time range.
 
 Pagination styles: ``none``; ``page`` (a page-number parameter, ``start`` at 1 by
 default, optional ``size_param``/``size``; ends on an empty or short page);
@@ -87,7 +97,7 @@ from urllib.parse import quote, urljoin
 from connectors.base import Connector
 from connectors.errors import PermanentError, Unidentified
 from connectors.httpclient import HttpClient, HttpResponse
-from connectors.items import Batch, Dataset, Records, Subject
+from connectors.items import Batch, Dataset, Period, Records, Subject
 from connectors.options import Options, Secret
 from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
 
@@ -118,6 +128,8 @@ def _resolve_path(document: Any, keys: Sequence[str]) -> Any:
 
 
 _VARIABLE = re.compile(r"\{([^{}]*)\}")
+#: Variables of an export's time range, allowed in a dataset's ``params`` only.
+PERIOD_VARIABLES = frozenset({"since", "until"})
 
 
 def _json_type(value: Any) -> str:
@@ -143,6 +155,17 @@ def _subject_values(subject: Subject) -> dict[str, str]:
     return values
 
 
+def _period_values(period: Period) -> dict[str, str]:
+    """``since`` and ``until`` as templates receive them: ISO 8601 in UTC, ``Z``-suffixed;
+    an open end has no value (the parameter using it is not sent)."""
+    bounds = (("since", period.since), ("until", period.until))
+    return {
+        name: moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for name, moment in bounds
+        if moment is not None
+    }
+
+
 def _identifier_of(variable: str) -> str:
     """The identifier a template variable stands for: ``identities.KEY`` is ``KEY``."""
     return variable.removeprefix("identities.")
@@ -153,18 +176,25 @@ class _Template:
     text: str
 
     @classmethod
-    def checked(cls, text: str, where: str, options: Options) -> _Template:
+    def checked(cls, text: str, where: str, options: Options, *, period: bool = False) -> _Template:
+        """The template, its variables checked; ``period`` allows ``{since}`` and ``{until}``."""
         for name in _VARIABLE.findall(text):
+            if period and name in PERIOD_VARIABLES:
+                continue
             if name not in ("id", "email") and not re.fullmatch(r"identities\.[\w.-]+", name):
-                raise options.error(
-                    where, f"uses unknown variable {{{name}}} (id, email, identities.KEY)"
-                )
+                known = "id, email, identities.KEY" + (", since, until" if period else "")
+                raise options.error(where, f"uses unknown variable {{{name}}} ({known})")
         return cls(text)
 
     @property
     def variables(self) -> frozenset[str]:
-        """The variables the template uses (``id``, ``email``, ``identities.KEY``)."""
-        return frozenset(_VARIABLE.findall(self.text))
+        """The subject's variables the template uses (``id``, ``email``, ``identities.KEY``)."""
+        return frozenset(_VARIABLE.findall(self.text)) - PERIOD_VARIABLES
+
+    @property
+    def period_variables(self) -> frozenset[str]:
+        """The time range's variables it uses (``since``, ``until``)."""
+        return frozenset(_VARIABLE.findall(self.text)) & PERIOD_VARIABLES
 
     def render(self, values: Mapping[str, str], connector: str, *, in_path: bool) -> str:
         """The text with the subject's values; in a path, percent-encoded segment by segment.
@@ -398,14 +428,17 @@ class HttpConnector(Connector):
 
     @staticmethod
     def _read_params(
-        options: Options, where: str, value: object
+        options: Options, where: str, value: object, *, period: bool = False
     ) -> tuple[tuple[str, _Template], ...]:
         table = options.table(where, value or {})
         return tuple(
             (
                 key,
                 _Template.checked(
-                    options.identifier(f"{where}.{key}", item), f"{where}.{key}", options
+                    options.identifier(f"{where}.{key}", item),
+                    f"{where}.{key}",
+                    options,
+                    period=period,
                 ),
             )
             for key, item in table.items()
@@ -429,12 +462,15 @@ class HttpConnector(Connector):
                 "erase",
             ),
         )
+        params = self._read_params(options, f"{where}.params", table.get("params"), period=True)
         try:
             dataset = Dataset(
                 name=options.text(f"{where}.name", table.get("name")),
                 category=options.text(f"{where}.category", table.get("category")),
                 description=str(table.get("description", "")),
                 fields=options.text_list(f"{where}.fields", table.get("fields", [])),
+                by_period=any(template.period_variables for _, template in params),
+                period_bounds=frozenset().union(*(t.period_variables for _, t in params)),
             )
         except ValueError as exc:  # the name: it becomes a path in the archive
             raise options.error(where, f"has a bad name: {exc}") from None
@@ -446,7 +482,7 @@ class HttpConnector(Connector):
             path=_Template.checked(
                 options.text(f"{where}.path", table.get("path")), f"{where}.path", options
             ),
-            params=self._read_params(options, f"{where}.params", table.get("params")),
+            params=params,
             records=_parse_path(records_text),
             records_text=records_text or "/",
             pagination=self._read_pagination(
@@ -555,8 +591,12 @@ class HttpConnector(Connector):
     async def export_batches(self, subject: Subject) -> AsyncIterator[Batch]:
         """Every record of every configured dataset, each page's records as one batch."""
         values = self._values(subject, self._export_needs)
+        period = subject.period
         for spec in self._specs:
-            async for rows in self._pages(spec, values):
+            asked = values
+            if period is not None and spec.dataset.applies(period):
+                asked = {**values, **_period_values(period)}
+            async for rows in self._pages(spec, asked):
                 if rows:
                     yield Records(spec.dataset.name, rows)
 
@@ -566,7 +606,11 @@ class HttpConnector(Connector):
         paging = spec.pagination
         where = f"{self.name}: export {spec.dataset.name}"
         target = spec.path.render(values, self.name, in_path=True)
-        params = {key: t.render(values, self.name, in_path=False) for key, t in spec.params}
+        params = {
+            key: t.render(values, self.name, in_path=False)
+            for key, t in spec.params
+            if t.period_variables <= values.keys()  # an open end of the range: not sent
+        }
         page_number, cursor = paging.start, None
         followed: set[bytes] = set()  # digests of the cursors and next-page URLs given so far
         previous: bytes | None = None  # the digest of the last page holding records

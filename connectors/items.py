@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,62}")
@@ -24,6 +25,53 @@ def check_name(kind: str, name: object) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class Period:
+    """The time range an export asks for: from ``since`` (included) to ``until`` (excluded).
+
+    Either end may be open (``None``); both are timezone-aware. A connector applies it
+    to the datasets it declares ``by_period`` and exports the others whole; the
+    archive's manifest says which is which, so a range is never claimed where it was
+    not applied.
+    """
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("since", "until"):
+            moment = getattr(self, name)
+            if moment is not None and moment.utcoffset() is None:
+                raise ValueError(f"{name} must carry a time zone")
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise ValueError("since must come before until")
+
+    @property
+    def bounds(self) -> frozenset[str]:
+        """The ends the range sets (``since``, ``until``): those not open."""
+        return frozenset(
+            name for name, moment in (("since", self.since), ("until", self.until)) if moment
+        )
+
+    def contains(self, moment: datetime) -> bool:
+        """Whether ``moment`` (timezone-aware) falls in the range."""
+        return (self.since is None or moment >= self.since) and (
+            self.until is None or moment < self.until
+        )
+
+    def statement(self) -> dict[str, str | None]:
+        """The range as signed documents state it: ISO 8601 in UTC, ``None`` for an open end."""
+        return {
+            name: None if moment is None else _utc(moment)
+            for name, moment in (("since", self.since), ("until", self.until))
+        }
+
+
+def _utc(moment: datetime) -> str:
+    """``2026-11-01T00:00:00Z``: a moment in UTC, ISO 8601."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
 class Subject:
     """The person a request is about.
 
@@ -33,12 +81,14 @@ class Subject:
     any processor runs (verified token claims, identifiers staff supplied with how
     they were verified, identity-source connectors) and hands every connector all of
     them; a connector that finds none of the identifiers it declares raises
-    :class:`~connectors.errors.Unidentified`.
+    :class:`~connectors.errors.Unidentified`. ``period``, on an export that asks for
+    one, is the time range to apply to the datasets declared ``by_period``.
     """
 
     id: str
     email: str | None = None
     identities: Mapping[str, str] = field(default_factory=dict)
+    period: Period | None = None
 
     def identifier(self, name: str) -> str | None:
         """The identifier called ``name`` (``id``, ``email`` or an identity), if known."""
@@ -47,6 +97,25 @@ class Subject:
         if name == "email":
             return self.email
         return self.identities.get(name)
+
+
+@dataclass(frozen=True, slots=True)
+class Series:
+    """How a dataset's rows make numeric time series, for the archive to chart.
+
+    ``time`` is the column holding each reading's moment (Unix seconds, or ISO 8601
+    text), ``values`` the numeric columns measured at that moment, and ``by`` the
+    column whose value tells one series from another (a device's id), if any:
+    each distinct value of ``by`` gets its own chart.
+    """
+
+    time: str
+    values: tuple[str, ...]
+    by: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.values:
+            raise ValueError("a series needs at least one value column")
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +128,13 @@ class Dataset:
     ``notice`` marks a dataset that is a statement about the processing rather than
     data held on the subject (e.g. "this processor offers no per-user export"): it
     is exported for everyone and is not something an erasure removes.
+    ``column_descriptions`` explains columns to the subject (by column name), and
+    ``series`` says how the rows chart as time series; the archive's ``index.html``
+    shows both. ``by_period`` declares that the connector applies an export's
+    :class:`Period` (``Subject.period``) to this dataset's rows; ``period_bounds``,
+    which ends of it (``since``, ``until``; both unless said). A dataset without it, or
+    asked for an end it cannot apply, is exported whole, and the manifest says so
+    (:meth:`applies`).
 
     ``name`` must match :data:`NAME` (it names the dataset's file in the archive):
     a declaration with any other name raises :class:`ValueError`.
@@ -69,9 +145,17 @@ class Dataset:
     description: str = ""
     fields: tuple[str, ...] = ()
     notice: bool = False
+    column_descriptions: Mapping[str, str] = field(default_factory=dict, hash=False)
+    series: Series | None = None
+    by_period: bool = False
+    period_bounds: frozenset[str] = frozenset({"since", "until"})
 
     def __post_init__(self) -> None:
         check_name("dataset", self.name)
+
+    def applies(self, period: Period) -> bool:
+        """Whether the connector limits this dataset to ``period``: every end it sets."""
+        return self.by_period and period.bounds <= self.period_bounds
 
 
 @dataclass(frozen=True, slots=True)

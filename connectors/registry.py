@@ -27,7 +27,7 @@ from connectors.items import check_name
 
 ENTRY_POINT_GROUP = "handover.connectors"
 #: Options every connector accepts: the Art. 15(1) information about its processing.
-PROCESSING_FIELDS = ("purposes", "legal_basis", "recipient", "retention", "source")
+PROCESSING_FIELDS = ("purposes", "legal_basis", "recipient", "retention", "source", "transfer")
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,20 @@
-"""What a connector reports after erasing or restricting, and the retention rules it obeys.
+"""What a connector reports after erasing, restricting, rectifying or acting on an objection,
+and the retention rules it obeys.
 
 Erasure (GDPR Art. 17) deletes or anonymises everything a processor holds on the
 subject, except what law obliges the platform to keep (Art. 17(3)(b)): those
 records are *retained and blocked* (Art. 18(2)) — kept, marked restricted,
 excluded from normal processing — and the report says why and until when.
+
+An objection (Art. 21) names purposes in Handover's words (``direct_marketing``,
+``analytics``…); each connector maps them to what its processor calls them (a consent
+row, a subscription type) and reports, per purpose, what it changed
+(:class:`ObjectionReport`). A purpose the processor offers no way to stop is reported
+as such, never as done.
+
+A rectification (Art. 16) changes fields a connector declares :class:`Rectifiable`, each a
+:class:`FieldChange`; the :class:`RectificationReport` counts the records changed per field,
+never their old values.
 """
 
 from __future__ import annotations
@@ -11,6 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Literal
+
+ValueType = Literal["text", "email", "integer", "number", "boolean"]
+"""The kinds of value a rectifiable field holds; Handover checks a new value against it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,4 +82,85 @@ class RestrictionReport:
 
     supported: bool
     restricted: Mapping[str, int] = field(default_factory=dict)
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PurposeObjection:
+    """What one processor did about one purpose objected to.
+
+    ``purpose`` is Handover's name, ``targets`` what the processor calls it (consent
+    purposes, subscription types); ``stopped`` counts what was changed now (consents set
+    to not granted, subscriptions ended): zero when it was stopped already, or the
+    processor held none. ``supported`` is false when the processor offers no way to stop
+    processing for it; ``note`` says why, or anything the processor added.
+    """
+
+    purpose: str
+    targets: tuple[str, ...] = ()
+    stopped: int = 0
+    supported: bool = True
+    note: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectionReport:
+    """A connector's answer to an objection (Art. 21): one entry per purpose objected to."""
+
+    purposes: tuple[PurposeObjection, ...] = ()
+    note: str | None = None
+
+    def purpose(self, name: str) -> PurposeObjection | None:
+        """The entry for ``name``, if the report has one."""
+        for entry in self.purposes:
+            if entry.purpose == name:
+                return entry
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Rectifiable:
+    """A field of a dataset the subject may have corrected (GDPR Art. 16).
+
+    ``identity`` marks a field the subject is known by (an email): by default a change
+    to it waits for staff approval (``HANDOVER_RECTIFICATION_APPROVAL``).
+    """
+
+    dataset: str
+    field: str
+    type: ValueType = "text"
+    identity: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FieldChange:
+    """One correction asked for: ``field`` of the subject's records of ``dataset`` becomes
+    ``value`` (checked against the field's declared type before a connector sees it)."""
+
+    dataset: str
+    field: str
+    value: Any
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRectification:
+    """What a processor did about one change: how many of the subject's records it changed
+    now (0 when they held the value already, or the processor holds no such record).
+
+    ``held`` false: the processor holds no such record of the subject, so nothing was
+    changed and there is nothing to read back (its verification is unknown, not passed).
+    """
+
+    dataset: str
+    field: str
+    changed: int = 0
+    note: str | None = None
+    held: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class RectificationReport:
+    """A connector's answer to a rectification: one entry per change, in the order asked."""
+
+    fields: tuple[FieldRectification, ...] = ()
     note: str | None = None

@@ -24,7 +24,19 @@ from connectors.base import Connector
 from connectors.contract import ConnectorContract
 from connectors.errors import PermanentError, TransientError
 from connectors.items import Batch, Dataset, File, Item, Record, Records, Subject
-from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
+from connectors.reports import (
+    DatasetErasure,
+    ErasureReport,
+    FieldChange,
+    FieldRectification,
+    ObjectionReport,
+    PurposeObjection,
+    Rectifiable,
+    RectificationReport,
+    RestrictionReport,
+    RetentionRule,
+    ValueType,
+)
 
 __all__ = ["ConnectorContract", "MemoryConnector", "SyntheticConnector"]
 
@@ -34,6 +46,10 @@ class MemoryConnector(Connector):
 
     ``fail`` makes every export raise a permanent error with that message
     (``fail_transient`` a transient one); ``delay`` waits that many seconds first.
+    ``objection_purposes`` are the purposes it stops processing for when the subject
+    objects; ``objected`` holds ``(subject, purpose)`` for each. ``rectifiable`` maps
+    ``"dataset.field"`` to its value type; a rectification sets the field on the subject's
+    records of the dataset.
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"identification", "usage"})
@@ -48,8 +64,18 @@ class MemoryConnector(Connector):
         fail: str | None = None,
         fail_transient: str | None = None,
         delay: float = 0.0,
+        objection_purposes: Sequence[str] = (),
+        rectifiable: Mapping[str, ValueType] | None = None,
     ) -> None:
         super().__init__(name)
+        self.objection_purposes = frozenset(objection_purposes)
+        self.rectifiable = tuple(
+            Rectifiable(dataset, field, kind, identity=kind == "email")
+            for (dataset, _, field), kind in (
+                (path.partition("."), kind) for path, kind in (rectifiable or {}).items()
+            )
+        )
+        self.objected: set[tuple[str, str]] = set()
         self.records = dict(records or {})
         self.files = dict(files or {})
         self.fail = fail
@@ -119,6 +145,70 @@ class MemoryConnector(Connector):
         return RestrictionReport(
             supported=True, restricted={name: len(rows) for name, rows in held.items()}
         )
+
+    async def object(self, subject: Subject, purposes: Sequence[str]) -> ObjectionReport:
+        await self._misbehave()
+        entries = []
+        for purpose in purposes:
+            if purpose not in self.objection_purposes:
+                entries.append(
+                    PurposeObjection(
+                        purpose, supported=False, note=f"{self.name} cannot stop {purpose}"
+                    )
+                )
+                continue
+            new = (subject.id, purpose) not in self.objected
+            self.objected.add((subject.id, purpose))
+            entries.append(PurposeObjection(purpose, (purpose,), stopped=int(new)))
+        return ObjectionReport(tuple(entries))
+
+    async def objections_in_force(
+        self, subject: Subject, purposes: Sequence[str]
+    ) -> Mapping[str, bool]:
+        await self._misbehave()
+        return {
+            purpose: (subject.id, purpose) in self.objected
+            for purpose in purposes
+            if purpose in self.objection_purposes
+        }
+
+    async def lift_restriction(self, subject: Subject) -> RestrictionReport:
+        await self._misbehave()
+        mine = {(who, name) for who, name in self.blocked if who == subject.id}
+        self.blocked -= mine
+        held = self.records.get(subject.id, {})
+        return RestrictionReport(
+            supported=True,
+            restricted={name: len(held.get(name, [])) for _, name in sorted(mine)},
+        )
+
+    async def rectify(
+        self, subject: Subject, changes: Sequence[FieldChange]
+    ) -> RectificationReport:
+        await self._misbehave()
+        held = self.records.get(subject.id, {})
+        entries = []
+        for change in changes:
+            rows = [dict(row) for row in held.get(change.dataset, [])]
+            stale = [row for row in rows if row.get(change.field) != change.value]
+            for row in stale:
+                row[change.field] = change.value
+            if stale:
+                self.records[subject.id] = {**self.records[subject.id], change.dataset: rows}
+                held = self.records[subject.id]
+            entries.append(
+                FieldRectification(change.dataset, change.field, len(stale), held=bool(rows))
+            )
+        return RectificationReport(tuple(entries))
+
+    async def rectifications_in_force(
+        self, subject: Subject, changes: Sequence[FieldChange]
+    ) -> Sequence[bool]:
+        await self._misbehave()
+        held = self.records.get(subject.id, {})
+        return [
+            all(row.get(c.field) == c.value for row in held.get(c.dataset, [])) for c in changes
+        ]
 
 
 class SyntheticConnector(Connector):

@@ -109,6 +109,7 @@ class AuditLog:
         self._seal_script = self.redis.register_script(_SEAL)
         self._sealer: asyncio.Task[None] | None = None
         self._more = False
+        self._settling = False
 
     def entry(self, actor: str, action: str, job_id: str, **details: Any) -> AuditEntry:
         """The entry for ``action`` done now by ``actor`` on ``job_id``, not yet recorded."""
@@ -147,10 +148,15 @@ class AuditLog:
             self._sealer = loop.create_task(self._seal_in_background())
 
     async def settle(self) -> None:
-        """Wait for this process's background seal, if one is under way."""
+        """Wait for this process's background seal, if one is under way, without its retries:
+        if Redis is away, the entries stay pending for the next seal."""
         sealer = self._sealer
         if sealer is not None and sealer.get_loop() is asyncio.get_running_loop():
-            await asyncio.shield(sealer)
+            self._settling = True
+            try:
+                await asyncio.shield(sealer)
+            finally:
+                self._settling = False
 
     async def _seal_in_background(self) -> None:
         delay, failures = SEAL_DELAY, 0
@@ -164,7 +170,7 @@ class AuditLog:
                 # next seal anywhere (or ``audit verify``) chains them.
                 failures += 1
                 log.warning("audit entries not sealed yet (%s: %s)", type(exc).__name__, exc)
-                if failures == SEAL_ATTEMPTS:
+                if failures == SEAL_ATTEMPTS or self._settling:
                     return
                 self._more = True
                 delay = min(SEAL_DELAY * 2**failures, MAX_SEAL_BACKOFF)

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from connectors.base import Connector, journaling
+from connectors.byhand import Answered
 from connectors.errors import ConnectorError, PermanentError
 from connectors.items import File, Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
@@ -29,6 +30,7 @@ from jobs.archive.receipt import build_receipt
 from jobs.journal import ADDITIVE, ErasureJournal, tally
 from jobs.model import Job, JobKind, JobStatus, iso, utcnow
 from jobs.pipeline import Outcome, Pipeline, classify
+from jobs.recipients import Recipients, tells
 from jobs.search import JobQuery
 
 
@@ -67,6 +69,7 @@ class ErasurePipeline(Pipeline):
         """Erase (and verify) or restrict at one processor."""
         subject = job.subject_view
         dry_run = job.erasure_options.dry_run
+        statement = connector.statement() if isinstance(connector, Answered) else None
         if job.kind is JobKind.RESTRICTION:
             restriction = await connector.restrict(subject, dry_run=dry_run)
             return Outcome(
@@ -75,6 +78,7 @@ class ErasurePipeline(Pipeline):
                     "supported": restriction.supported,
                     "restricted": dict(restriction.restricted),
                     "note": restriction.note,
+                    **({"statement": statement} if statement is not None else {}),
                 },
             )
         retention = self.retention_for(connector)
@@ -84,7 +88,11 @@ class ErasurePipeline(Pipeline):
             result: dict[str, Any] = {"datasets": entries, "note": report.note}
         else:
             report, result = await self._erase(connector, job, retention)
-            result["verification"] = await self._verify(connector, subject, report, retention)
+            if isinstance(connector, Answered):  # a person's word: nothing to export again
+                result["verification"] = connector.verification()
+                result["statement"] = statement
+            else:
+                result["verification"] = await self._verify(connector, subject, report, retention)
         changed = sum(e["deleted"] + e["anonymised"] for e in result["datasets"])
         return Outcome(records=changed, report=result)
 
@@ -166,6 +174,7 @@ class ErasurePipeline(Pipeline):
         copies = []
         if job.kind is JobKind.ERASURE and not job.erasure_options.dry_run:
             copies = await self._erase_own_copies(job)
+        recipients = await Recipients(resources).queue(job) if tells(job) else None
         await resources.keyring.publish(resources.signer)
         described = {name: connector.describe() for name, connector in resources.connectors.items()}
         receipt = build_receipt(
@@ -174,6 +183,7 @@ class ErasurePipeline(Pipeline):
             signer=resources.signer,
             issued_at=utcnow(),
             handover_copies=copies,
+            recipients=recipients,
         )
 
         def record_receipt(job: Job) -> None:

@@ -18,25 +18,40 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
+
+from connectors import demo
 from connectors.base import Connector
 from connectors.errors import PermanentError
 from connectors.items import Batch, File, Records, Subject
+from jobs.archive.index import Statement
 from jobs.archive.protection import AgeWriter, ProtectionError, age_recipient
 from jobs.archive.staging import Stager, StagingThread
 from jobs.archive.writer import ArchiveOutput, StagedFile, write_archive
+from jobs.disclosures import recipients_of
+from jobs.handoff import reply_statement
 from jobs.model import (
     ArchiveFile,
     ArchiveResult,
+    ConnectorRun,
+    DisclosureOptions,
     InvalidRequest,
     Job,
     JobKind,
     Protection,
+    RunStatus,
     StagedPart,
     run_statement,
     utcnow,
 )
+from jobs.notices import language_of, subject_link
 from jobs.pipeline import Outcome, Pipeline, StagingLost
+from jobs.settings import Settings
 from jobs.storage.base import ObjectMissing, ObjectWriter
 
 PREFETCHED = 2
@@ -44,9 +59,10 @@ PREFETCHED = 2
 
 
 class ExportPipeline(Pipeline):
-    """The work of export jobs (GDPR Art. 15 and 20)."""
+    """The work of export jobs (GDPR Art. 15 and 20), and of the exports an authority's order
+    compels (:mod:`jobs.disclosures`): the same archive, addressed to the authority."""
 
-    kinds = (JobKind.EXPORT,)
+    kinds = (JobKind.EXPORT, JobKind.DISCLOSURE)
 
     async def work(self, connector: Connector, job: Job) -> Outcome:
         """Stage the connector's records and files for the archive."""
@@ -64,7 +80,7 @@ class ExportPipeline(Pipeline):
         categories = set(options.categories)
         stager = Stager(connector.name, connector.dataset, options.formats)
         writer = self.resources.storage.writer(staged_key)
-        batches = _read_ahead(connector, job.subject_view)
+        batches = _read_ahead(connector, _asked_of(job))
         try:
             async with StagingThread(stager) as staging:
                 async for batch in batches:
@@ -82,6 +98,10 @@ class ExportPipeline(Pipeline):
             raise
         finally:
             await batches.aclose()
+        # Beside the staged object, so it lives and goes as the staged data does.
+        await self.resources.storage.put(
+            preview_key(staged_key), orjson.dumps(stager.previews), "application/json"
+        )
         return parts
 
     async def complete(self, job: Job) -> Callable[[Job], None]:
@@ -105,6 +125,22 @@ class ExportPipeline(Pipeline):
 
         return record_result
 
+    async def _previews(self, job: Job) -> dict[tuple[str, str], dict[str, Any]]:
+        """Each dataset's preview, by connector and dataset, as staging left them.
+
+        A preview gone with its staged object is left out: the index then shows none.
+        """
+        previews: dict[tuple[str, str], dict[str, Any]] = {}
+        for name, run in job.connectors.items():
+            if not run.parts or not run.staged_key:
+                continue
+            try:
+                stored = orjson.loads(await self.resources.storage.get(preview_key(run.staged_key)))
+            except ObjectMissing:
+                continue
+            previews.update(((name, dataset), preview) for dataset, preview in stored.items())
+        return previews
+
     async def _missing_staging(self, job: Job) -> dict[str, str]:
         """The connectors whose staged object is gone, and the key each was staged at."""
         missing = {}
@@ -121,6 +157,21 @@ class ExportPipeline(Pipeline):
         """Staged parts are no longer needed once the archive exists (or the job was canceled)."""
         await self.resources.storage.delete_prefix(self.resources.staging_prefix(job.id))
 
+    def _statement(self, job: Job) -> Statement:
+        resources = self.resources
+        asked = [
+            resources.connectors[name] for name in job.connectors if name in resources.connectors
+        ]
+        return statement_of(resources.settings, job, asked)
+
+    async def _addressing(self, job: Job, now: datetime) -> dict[str, Any]:
+        """Who the archive goes to: a disclosure's names the authority and its order; a
+        subject's lists the disclosures they may be told of among the recipients (Art.
+        15(1)(c)), never one whose notice is deferred or forbidden."""
+        if isinstance(job.options, DisclosureOptions):
+            return {"recipient": job.options.order.model_dump()}
+        return {"disclosures": await recipients_of(self.resources, job.subject, now)}
+
     async def _write_archive(self, job: Job) -> ArchiveResult:
         resources = self.resources
         generated_at = utcnow()
@@ -135,6 +186,8 @@ class ExportPipeline(Pipeline):
                 **resources.connectors[name].describe(),
                 **run_statement(run),
                 "records": run.records,
+                **reply_statement(run),
+                **period_statement(resources.connectors[name], job, run),
             }
             for name, run in job.connectors.items()
             if name in resources.connectors
@@ -156,7 +209,10 @@ class ExportPipeline(Pipeline):
                 connectors=described,
                 generated_at=generated_at,
                 expires_at=expires_at,
+                statement=self._statement(job),
+                previews=await self._previews(job),
                 password=job.archive_password,
+                **await self._addressing(job, generated_at),
             )
             await destination.complete()
         except BaseException:
@@ -172,6 +228,57 @@ class ExportPipeline(Pipeline):
             key_id=resources.signer.key_id,
             files=[ArchiveFile(**{k: f[k] for k in ArchiveFile.model_fields}) for f in files],
         )
+
+
+def statement_of(settings: Settings, job: Job, connectors: Sequence[Connector]) -> Statement:
+    """What the archive's ``index.html`` states beside the data (:mod:`jobs.archive.index`).
+
+    The demo platform (no connectors configured) states its own controller
+    (:data:`connectors.demo.DEMO_CONTROLLER`); the settings win over it.
+    """
+    stated = dict(demo.DEMO_CONTROLLER) if not settings.connectors else {}
+    profile = settings.profile(job.jurisdiction)
+    return Statement(
+        language=language_of(job.export_options.locale),
+        time_zone=job.export_options.time_zone or settings.time_zone,
+        controller=settings.controller or stated.get("controller"),
+        controller_contact=settings.controller_contact or stated.get("controller_contact"),
+        dpo_contact=settings.dpo_contact or stated.get("dpo_contact"),
+        rights_url=subject_link(settings, job)
+        if settings.privacy_url or settings.public_url
+        else None,
+        complaint_authority=profile.authority or settings.complaint_authority,
+        complaint_url=profile.authority_url or settings.complaint_url,
+        automated_decisions=settings.automated_decisions or stated.get("automated_decisions"),
+        retention=settings.retention,
+        recipients=settings.recipients,
+        columns={
+            connector.name: {
+                dataset.name: dict(dataset.column_descriptions)
+                for dataset in connector.datasets
+                if dataset.column_descriptions
+            }
+            for connector in connectors
+        },
+    )
+
+
+def preview_key(staged_key: str) -> str:
+    """Where the previews of a staged object's datasets are kept, beside it."""
+    return f"{staged_key.removesuffix('.bin')}.preview.json"
+
+
+def checked_time_zone(name: str | None) -> str | None:
+    """``name`` if it is an IANA time zone this system knows; InvalidRequest otherwise."""
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidRequest(
+            "time_zone", f"unknown time zone {name!r}; expected an IANA name such as Europe/Paris"
+        ) from None
+    return name
 
 
 def protection_of(password: str | None, recipient: str | None) -> Protection | None:
@@ -192,6 +299,36 @@ def protection_of(password: str | None, recipient: str | None) -> Protection | N
             raise InvalidRequest("age_recipient", str(exc)) from None
         return Protection(kind="age", recipient=recipient)
     return None
+
+
+def _asked_of(job: Job) -> Subject:
+    """The subject as an export's connectors are asked about: with its time range, if any."""
+    subject = job.subject_view
+    period = job.export_options.scope.period
+    return subject if period is None else replace(subject, period=period.period)
+
+
+def period_statement(connector: Connector, job: Job, run: ConnectorRun) -> dict[str, Any]:
+    """What a processor did with the export's time range, as the manifest states it.
+
+    The range, the datasets the connector applies it to (declared ``by_period``, for
+    every end the range sets: :meth:`~connectors.items.Dataset.applies`) and those it
+    exports whole: a range is never claimed where it was not applied. Empty when the
+    export asked for no range, or the run did not succeed (the processor was not asked,
+    or did not answer: nothing of it was applied).
+    """
+    period = job.export_options.scope.period
+    if period is None or run.status is not RunStatus.SUCCEEDED:
+        return {}
+    held = [dataset for dataset in connector.datasets if not dataset.notice]
+    asked = period.period
+    return {
+        "period": {
+            **asked.statement(),
+            "applied_to": sorted(d.name for d in held if d.applies(asked)),
+            "not_applied_to": sorted(d.name for d in held if not d.applies(asked)),
+        }
+    }
 
 
 def _record_count(parts: Sequence[StagedPart]) -> int:

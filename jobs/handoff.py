@@ -72,7 +72,10 @@ MAX_FILES = 100
 #: The most characters of a file's name kept (it becomes part of an archive path).
 MAX_NAME = 100
 #: A reply link's token: job id, connector, generation, nonce, expiry (Unix s), MAC.
-TOKEN_PATTERN = r"([0-9A-Z]{26})\.([A-Za-z0-9_-]{1,63})\.([0-9]{1,9})\.([0-9a-f]{16})\.([0-9]{1,12})\.([0-9a-f]{32})"
+TOKEN_PATTERN = (
+    r"([0-9A-Z]{26})\.([A-Za-z0-9_-]{1,63})\.([0-9]{1,9})"
+    r"\.([0-9a-f]{16})\.([0-9]{1,12})\.([0-9a-f]{32})"
+)
 _TOKEN = re.compile(TOKEN_PATTERN)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")

@@ -1,19 +1,30 @@
 """The request kinds Handover serves, and the pipeline that does each kind's work.
 
 A request kind is a command set (:mod:`jobs.commands`), a pipeline (the work) and
-a connector capability (``export``, ``erase``, ``restrict``). This table is where a
-new kind's pipeline is registered; the worker and the commands both read it.
+a connector capability (``export``, ``erase``, ``restrict``, ``object``, ``rectify``,
+``lift_restriction``).
+This table is where a new kind's pipeline is registered; the worker and the commands both
+read it.
 """
 
 from __future__ import annotations
 
 from jobs.erasure import ErasurePipeline
 from jobs.export import ExportPipeline
+from jobs.lift import LiftPipeline
 from jobs.model import JobKind
+from jobs.objection import ObjectionPipeline
 from jobs.pipeline import Pipeline, RetryPolicy
+from jobs.rectification import RectificationPipeline
 from jobs.resources import Resources
 
-PIPELINES: tuple[type[Pipeline], ...] = (ExportPipeline, ErasurePipeline)
+PIPELINES: tuple[type[Pipeline], ...] = (
+    ExportPipeline,
+    ErasurePipeline,
+    ObjectionPipeline,
+    RectificationPipeline,
+    LiftPipeline,
+)
 
 
 def build_pipelines(

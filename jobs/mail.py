@@ -132,8 +132,10 @@ def usable_address(address: str) -> bool:
     return len(address) <= 320 and _ADDRESS.fullmatch(address) is not None
 
 
-async def send_smtp(target: SmtpTarget, message: EmailMessage, sender: str, to: str) -> None:
-    """Hand ``message`` to the server for ``to``, from envelope sender ``sender``."""
+async def send_smtp(
+    target: SmtpTarget, message: EmailMessage | bytes, sender: str, to: str
+) -> None:
+    """Hand ``message`` (or its bytes) to the server for ``to``, from envelope sender ``sender``."""
     try:
         await aiosmtplib.send(
             message,
@@ -189,8 +191,15 @@ def _first_words(exc: Exception) -> str:
     return str(exc).split(":", 1)[0][:80] or type(exc).__name__
 
 
-def file_in_maildir(path: Path, message: EmailMessage) -> None:
-    """File ``message`` in the maildir at ``path`` (created, private, if missing)."""
+def ensure_maildir(path: Path) -> None:
+    """Create the maildir at ``path`` (private) if missing, before several writers share it:
+    two creating it at once could each find it half made."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    mailbox.Maildir(path, create=True)
+
+
+def file_in_maildir(path: Path, message: EmailMessage | bytes) -> None:
+    """File ``message`` (or its bytes) in the maildir at ``path`` (created, private, if missing)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     box = mailbox.Maildir(path, create=True)
     box.add(message)

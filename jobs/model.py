@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from connectors.items import Subject
+from connectors.items import Period, Subject
 
 #: A live job is at risk once less than this share of its time to the deadline is left.
 AT_RISK_SHARE = 0.25
@@ -48,6 +48,15 @@ class JobKind(StrEnum):
     EXPORT = "export"
     ERASURE = "erasure"
     RESTRICTION = "restriction"
+    #: An objection to processing for some purposes (GDPR Art. 21): :mod:`jobs.objection`.
+    OBJECTION = "objection"
+    #: A correction of inaccurate data (GDPR Art. 16): :mod:`jobs.rectification`.
+    RECTIFICATION = "rectification"
+    #: The lifting of a restriction, once the subject was told (GDPR Art. 18(3)): :mod:`jobs.lift`.
+    LIFT = "lift"
+    #: An export compelled by an authority's order, addressed to the authority, never shown to
+    #: the subject; the subject is told as the order's notice rule says: :mod:`jobs.disclosures`.
+    DISCLOSURE = "disclosure"
 
 
 class JobStatus(StrEnum):
@@ -87,6 +96,9 @@ class RunStatus(StrEnum):
     UNIDENTIFIED = "unidentified"
     #: Support decided, with a reason, to go without this processor: it was never asked.
     NOT_ASKED = "not_asked"
+    #: A person does this processor's part (an ``email`` or ``manual`` connector): asked,
+    #: and waiting for the reply, holding no worker and no lease (:mod:`jobs.handoff`).
+    WAITING_ON_PROCESSOR = "waiting_on_processor"
 
     @property
     def finished(self) -> bool:
@@ -96,7 +108,7 @@ class RunStatus(StrEnum):
     @property
     def settled(self) -> bool:
         """No work is under way or due for the run: finished, or waiting on a person."""
-        return self.finished or self is RunStatus.UNIDENTIFIED
+        return self.finished or self in {RunStatus.UNIDENTIFIED, RunStatus.WAITING_ON_PROCESSOR}
 
 
 #: Support may ask for information about, or refuse, a request in any of its live states.
@@ -217,6 +229,12 @@ class ConnectorRun(Record):
     #: Times its staged output vanished before the finish and it ran again (at most
     #: :data:`jobs.pipeline.MAX_RESTAGES`).
     restages: int = 0
+    #: A by-hand processor's request (:mod:`jobs.handoff`): how and when it was asked,
+    #: reminded, escalated; the request's nonce, which each of its reply links carries.
+    handoff: dict[str, Any] | None = None
+    #: The person's reply (:mod:`jobs.handoff`): who, when, the files (names, sizes,
+    #: SHA-256) and the statement's lines.
+    reply: dict[str, Any] | None = None
 
 
 class Identity(Record):
@@ -321,12 +339,29 @@ class Protection(Record):
     recipient: str | None = None
 
 
+class ExportPeriod(Record):
+    """The time range an export asked for: ``since`` included, ``until`` excluded."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @property
+    def period(self) -> Period:
+        """The range as connectors receive it (``Subject.period``)."""
+        return Period(self.since, self.until)
+
+
 class ExportScope(Record):
-    """What an export was asked for, and which processors that left out."""
+    """What an export was asked for, and which processors that left out.
+
+    ``period``, when the export asked for a time range; the manifest then says, per
+    processor, which datasets it was applied to and which were exported whole.
+    """
 
     connectors: list[str] | Literal["all"]
     categories: list[str] | Literal["all"]
     left_out: list[str]
+    period: ExportPeriod | None = None
 
 
 class ExportOptions(Record):
@@ -340,21 +375,143 @@ class ExportOptions(Record):
     downloads: int = 0
     #: The language of the subject's notices, as asked (:func:`jobs.notices.language_of`).
     locale: str | None = None
+    #: The IANA time zone the archive's ``index.html`` writes moments in, as asked (or the
+    #: token's ``zoneinfo`` claim); none: ``HANDOVER_TIME_ZONE``.
+    time_zone: str | None = None
+
+
+RestrictionGround = Literal[
+    "accuracy_contested", "unlawful_processing", "legal_claims", "objection_pending"
+]
+"""Why processing is restricted (GDPR Art. 18(1)): (a) the accuracy is contested, for the
+time it takes to verify it; (b) the processing is unlawful and the subject asks restriction
+rather than erasure; (c) the controller no longer needs the data but the subject needs it
+for legal claims; (d) the subject objected (Art. 21(1)), pending the balancing."""
 
 
 class ErasureOptions(Record):
-    """An erasure's or restriction's request, and its confirmation."""
+    """An erasure's or restriction's request, and its confirmation; a restriction's ground
+    (Art. 18(1)) and, where known, until when it holds."""
 
     kind: Literal["erasure", "restriction"]
     dry_run: bool = False
     reason: str | None = None
+    ground: RestrictionGround | None = None
+    until: datetime | None = None
+    #: The job that lifts this restriction (GDPR Art. 18(3)), once one was asked for.
+    lifted_by: str | None = None
     confirmed_at: datetime | None = None
     confirmed_by: str | None = None
     #: The language of the subject's notices, as asked (:func:`jobs.notices.language_of`).
     locale: str | None = None
 
 
-Options = Annotated[ExportOptions | ErasureOptions, Field(discriminator="kind")]
+class StaffDecision(Record):
+    """Staff's decision on a request that waits for one: an objection (GDPR Art. 21(1)),
+    upheld or rejected with the compelling legitimate grounds that override the subject's
+    interests; a rectification, approved or rejected with the reason."""
+
+    upheld: bool
+    grounds: str | None = None
+    by: str
+    at: datetime
+    #: How staff checked the new value of an identity field before approving its change
+    #: (free text; required then, recorded in the receipt).
+    verified_by: str | None = None
+
+
+class ObjectionOptions(Record):
+    """An objection's request: the purposes objected to, and staff's decision if it needs one.
+
+    Direct marketing (Art. 21(2), 21(3)) needs none: it runs at once. Other purposes wait
+    in ``awaiting_confirmation`` for :meth:`jobs.commands.Commands.decide`. A request naming
+    both becomes two jobs, each naming the other in ``related``.
+    """
+
+    kind: Literal["objection"] = "objection"
+    purposes: list[str]
+    reason: str | None = None
+    related: str | None = None
+    decision: StaffDecision | None = None
+    #: The language of the subject's notices, as asked (:func:`jobs.notices.language_of`).
+    locale: str | None = None
+
+
+class FieldRef(Record):
+    """A field a rectification changes: where, never the value (that is
+    :attr:`Job.new_values`, kept only while the job is live)."""
+
+    connector: str
+    dataset: str
+    field: str
+    #: The field identifies the subject (an email): approval needed by default.
+    identity: bool = False
+
+
+class RectificationOptions(Record):
+    """A rectification's request (GDPR Art. 16): the fields to correct, and staff's approval
+    when it needs one (``HANDOVER_RECTIFICATION_APPROVAL``)."""
+
+    kind: Literal["rectification"] = "rectification"
+    changes: list[FieldRef]
+    reason: str | None = None
+    approval_needed: bool = False
+    decision: StaffDecision | None = None
+    #: The language of the subject's notices, as asked (:func:`jobs.notices.language_of`).
+    locale: str | None = None
+
+
+class LiftOptions(Record):
+    """A lift's request: the restriction it ends, why, and from when (GDPR Art. 18(3)).
+
+    The subject is told by the ``restriction_lifting`` notice, recorded on the
+    restriction's timeline; the lift does nothing at a processor until that notice is sent.
+    """
+
+    kind: Literal["lift"] = "lift"
+    restriction: str
+    #: The restriction's ground (Art. 18(1)), as it recorded it.
+    ground: RestrictionGround | None = None
+    reason: str
+    lifts_at: datetime
+    #: The language of the subject's notices, as asked (:func:`jobs.notices.language_of`).
+    locale: str | None = None
+
+
+class DisclosureOrder(Record):
+    """The order that compels a disclosure: the authority (the archive's recipient), the
+    order's reference and the legal basis it was made under."""
+
+    authority: str
+    reference: str
+    legal_basis: str
+
+
+class DisclosureOptions(Record):
+    """A compelled disclosure's request: the export it runs (scope, formats), the order, and
+    the rule for telling the subject (``now``, ``deferred``, ``never``).
+
+    The rule's reasons, deferral dates and extensions live in the register
+    (:mod:`jobs.disclosures`), which outlives the job.
+    """
+
+    kind: Literal["disclosure"] = "disclosure"
+    export: ExportOptions
+    order: DisclosureOrder
+    notice: Literal["now", "deferred", "never"]
+    #: The language of the subject's notice, as asked (:func:`jobs.notices.language_of`).
+    locale: str | None = None
+
+
+Options = Annotated[
+    ExportOptions
+    | ErasureOptions
+    | ObjectionOptions
+    | RectificationOptions
+    | LiftOptions
+    | DisclosureOptions,
+    Field(discriminator="kind"),
+]
 """A job's kind-specific request, told apart by its ``kind``."""
 
 
@@ -434,12 +591,24 @@ class Job(Record):
     identity: Identity = Field(default_factory=Identity)
     #: An export's archive password, kept only until its archive is written or the job ends.
     archive_password: str | None = Field(default=None, repr=False)
+    #: A rectification's new values, one per change (personal data): kept only while the
+    #: job is live, never shown, logged, sent or signed.
+    new_values: list[Any] = Field(default_factory=list, repr=False)
 
     @property
     def export_options(self) -> ExportOptions:
-        """The options of an export job."""
+        """The options of an export job, or of the export a disclosure runs."""
+        if isinstance(self.options, DisclosureOptions):
+            return self.options.export
         if not isinstance(self.options, ExportOptions):
             raise TypeError(f"job {self.id} is an {self.kind.value}, not an export")
+        return self.options
+
+    @property
+    def disclosure_options(self) -> DisclosureOptions:
+        """The options of a disclosure job."""
+        if not isinstance(self.options, DisclosureOptions):
+            raise TypeError(f"job {self.id} is an {self.kind.value}, not a disclosure")
         return self.options
 
     @property
@@ -447,6 +616,27 @@ class Job(Record):
         """The options of an erasure or restriction job."""
         if not isinstance(self.options, ErasureOptions):
             raise TypeError(f"job {self.id} is an {self.kind.value}, not an erasure")
+        return self.options
+
+    @property
+    def objection_options(self) -> ObjectionOptions:
+        """The options of an objection job."""
+        if not isinstance(self.options, ObjectionOptions):
+            raise TypeError(f"job {self.id} is an {self.kind.value}, not an objection")
+        return self.options
+
+    @property
+    def lift_options(self) -> LiftOptions:
+        """The options of a lift job."""
+        if not isinstance(self.options, LiftOptions):
+            raise TypeError(f"job {self.id} is an {self.kind.value}, not a lift")
+        return self.options
+
+    @property
+    def rectification_options(self) -> RectificationOptions:
+        """The options of a rectification job."""
+        if not isinstance(self.options, RectificationOptions):
+            raise TypeError(f"job {self.id} is an {self.kind.value}, not a rectification")
         return self.options
 
     def deadline_state(self, now: datetime) -> str | None:
@@ -461,12 +651,19 @@ class Job(Record):
             return None
         if self.clock_stopped:
             return "paused"
-        remaining = self.due_at - now
-        if remaining < timedelta(0):
-            return "overdue"
-        if remaining < (self.due_at - self.created_at) * AT_RISK_SHARE:
-            return "at risk"
-        return "ok"
+        return deadline_standing(self.created_at, self.due_at, now)
+
+    @property
+    def waiting_on_processor(self) -> bool:
+        """Nothing is under way: every run has settled, and one waits on a person's reply.
+
+        Such a job holds no worker; the sweeper leaves it be (:func:`jobs.worker.sweep`)
+        while its clock runs on (deadline and at-risk rules as for any live job).
+        """
+        runs = self.connectors.values()
+        return all(run.status.settled for run in runs) and any(
+            run.status is RunStatus.WAITING_ON_PROCESSOR for run in runs
+        )
 
     @property
     def clock_stopped(self) -> bool:
@@ -481,8 +678,11 @@ class Job(Record):
     def open_due(self) -> datetime | None:
         """``due_at`` while the clock runs on a live job; None once ended or while stopped.
 
-        The store indexes a job among the open ones (overdue, at risk) by this.
+        The store indexes a job among the open ones (overdue, at risk) by this. A disclosure
+        has none: it is no subject's request, its deadline no subject's right.
         """
+        if self.kind is JobKind.DISCLOSURE:
+            return None
         return None if self.status.terminal or self.clock_stopped else self.due_at
 
     def paused_for(self, now: datetime) -> timedelta:
@@ -499,9 +699,10 @@ class Job(Record):
 
     def ended(self) -> None:
         """Forget what the job held only while live: identifier values (those a subject offered
-        too), an archive password."""
+        too), an archive password, a rectification's new values."""
         self.identity.forget()
         self.archive_password = None
+        self.new_values = []
         if self.information is not None:
             self.information.offered.clear()
 
@@ -539,6 +740,18 @@ class Event:
             "actor": self.actor,
             **self.data,
         }
+
+
+def deadline_standing(created_at: datetime, due_at: datetime, now: datetime) -> str:
+    """``overdue``, ``at risk`` (under a quarter of its time left) or ``ok``: where a
+    running clock stands at ``now``; :meth:`Job.deadline_state` and the DPO's report
+    (:mod:`jobs.accountability`) judge by it."""
+    remaining = due_at - now
+    if remaining < timedelta(0):
+        return "overdue"
+    if remaining < (due_at - created_at) * AT_RISK_SHARE:
+        return "at risk"
+    return "ok"
 
 
 def utcnow() -> datetime:

@@ -12,6 +12,9 @@
                                                                             authority, authority_url
     information_needed     support asks for information (Art. 12(6))        needed
     restriction_lifting    a restriction is about to be lifted (Art. 18(3)) lifts_at, reason
+    disclosed              data was disclosed to an authority under its     authority, reference,
+                           order, when the order's notice rule allows       legal_basis,
+                           (:mod:`jobs.disclosures`)                        disclosed_at
 
 :func:`notify_subject` queues one notice; the worker's task (:func:`deliver_notice`)
 writes and sends it. ``completed`` links to where the subject signs in
@@ -48,6 +51,11 @@ The timeline records ``notice.sent`` (notice, message_id, language, via),
 A server that cannot be reached, or answers 4xx, is tried again with exponential
 backoff and full jitter (as webhooks are), :data:`MAX_TRIES` times in all; a 5xx
 answer gives up at once. The job itself is never affected.
+
+Notices of a personal data breach to the subjects it affects (GDPR Art. 34) are not
+about a request: :mod:`jobs.breach_notices` sends them, one per subject, with the letter
+:func:`write_breach_notice` writes, composed once per language and copied for each
+recipient (:func:`merge_breach_notice`), and handed over as every notice is.
 
 Language: the job's ``locale`` (the request's, else the token's ``locale`` claim)
 reduced to its primary subtag: ``en``, ``fr``, ``nl`` or ``de``; anything else gets
@@ -133,6 +141,7 @@ NOTICES = {
         Notice("refused", frozenset({"grounds", "reason", "authority", "authority_url"})),
         Notice("information_needed", frozenset({"needed"})),
         Notice("restriction_lifting", frozenset({"lifts_at", "reason"})),
+        Notice("disclosed", frozenset({"authority", "reference", "legal_basis", "disclosed_at"})),
     )
 }
 
@@ -196,10 +205,12 @@ def _checked(notice: str, details: Mapping[str, Any]) -> dict[str, str]:
     return checked
 
 
-def _skip_reason(settings: Settings, job: Job) -> str | None:
+def _skip_reason(settings: Settings, job: Job, notice: str) -> str | None:
     """Why the subject cannot be written to about this job, if they cannot."""
     if isinstance(job.options, ErasureOptions) and job.options.dry_run:
         return "a dry run: nothing was asked of the processors, so nothing is told the subject"
+    if job.kind is JobKind.DISCLOSURE and notice != "disclosed":
+        return "a disclosure to an authority: the subject is told only as its notice rule says"
     if settings.smtp_url is None and maildir_path(settings) is None:
         return "notices are off: HANDOVER_SMTP_URL is not set"
     address = job.identity.identifiers.get("email")
@@ -210,9 +221,12 @@ def _skip_reason(settings: Settings, job: Job) -> str | None:
     return None
 
 
-async def notify_subject(resources: Resources, job: Job, notice: str, **details: Any) -> None:
+async def notify_subject(
+    resources: Resources, job: Job, notice: str, *, occasion: str = "", **details: Any
+) -> None:
     """Queue ``notice`` to ``job``'s subject, once per job, notice and generation (and,
-    for ``extended``, new date: each extension is told).
+    for ``extended``, new date: each extension is told; and per ``occasion`` when given,
+    key-safe text such as the id of the lift that tells it).
 
     ``job`` must still hold the subject's identifiers: for a notice about the job's
     end, pass the job as read before the transaction that ends it. ``details`` are
@@ -222,8 +236,8 @@ async def notify_subject(resources: Resources, job: Job, notice: str, **details:
     records ``notice.skipped`` with the reason and nothing is queued.
     """
     values = _checked(notice, details)
-    occasion = _occasion(notice, values)
-    skip = _skip_reason(resources.settings, job)
+    occasion = occasion or _occasion(notice, values)
+    skip = _skip_reason(resources.settings, job, notice)
     key = _state_key(resources, job.id, notice, job.generation, occasion)
     letter = {"to": job.identity.identifiers.get("email"), "details": values}
     redis: Any = resources.redis  # redis-py types async results as sync-or-async unions
@@ -255,6 +269,18 @@ async def notify_subject(resources: Resources, job: Job, notice: str, **details:
             occasion,
             _job_id=_task_id(job.id, notice, job.generation, occasion),
         )
+
+
+async def notice_state(
+    resources: Resources, job: Job, notice: str, occasion: str = ""
+) -> str | None:
+    """Where ``notice`` about ``job`` (its current generation; the ``occasion`` it was
+    queued for, if any) stands: ``queued``, ``sent``, ``failed``, ``skipped``, or None when
+    it was never asked for (or is forgotten)."""
+    key = _state_key(resources, job.id, notice, job.generation, occasion)
+    redis: Any = resources.redis  # redis-py types async results as sync-or-async unions
+    state = await redis.hget(key, "state")
+    return state.decode() if isinstance(state, bytes) else None
 
 
 def _readiness(job: Job, notice: str, generation: int) -> str | None:
@@ -325,6 +351,8 @@ async def deliver_notice(
         log.warning("notice %s of job %s not sent (attempt %d): %s", notice, job_id, attempt, exc)
         raise Retry(defer=backoff(attempt)) from None
     data = {"message_id": message_id, "language": language, "via": via}
+    if occasion:
+        data["occasion"] = occasion  # which of a job's notices of this kind: e.g. which lift's
     await _end(resources, job_id, notice, key, "sent", data)
     log.info("notice %s of job %s sent: %s", notice, job_id, message_id)
 
@@ -421,6 +449,10 @@ def write(
         JobKind.EXPORT: _("a copy of your personal data"),
         JobKind.ERASURE: _("the erasure of your personal data"),
         JobKind.RESTRICTION: _("the restriction of the processing of your personal data"),
+        JobKind.OBJECTION: _("your objection to the processing of your personal data"),
+        JobKind.RECTIFICATION: _("the rectification of your personal data"),
+        JobKind.LIFT: _("the lifting of the restriction of the processing of your personal data"),
+        JobKind.DISCLOSURE: _("a disclosure of your personal data to an authority"),
     }[job.kind]
     follow = _("Sign in to follow your request")
     link = subject_link(settings, job)
@@ -507,7 +539,42 @@ def write(
             link,
             follow,
         )
+    if notice == "disclosed":
+        return _disclosed(settings, day, details, _)
     raise ValueError(f"unknown notice {notice!r}")
+
+
+def _disclosed(
+    settings: Settings,
+    day: Callable[[datetime], str],
+    details: Mapping[str, str],
+    _: Callable[[str], str],
+) -> Letter:
+    """The ``disclosed`` letter; it links to the privacy center, never to the disclosure."""
+    base = (settings.public_url or "http://127.0.0.1:8080").rstrip("/")
+    return Letter(
+        _("Your personal data was disclosed to an authority"),
+        (
+            _(
+                "On {day}, the law compelled us to disclose personal data about you to "
+                "{authority}, under its order {reference}."
+            ).format(
+                day=day(_moment(details["disclosed_at"])),
+                authority=details["authority"],
+                reference=details["reference"],
+            ),
+            _("The legal basis of the order: {legal_basis}").format(
+                legal_basis=details["legal_basis"]
+            ),
+            _(
+                "You may ask us for a copy of your personal data, which names this "
+                "recipient, and you have the right to lodge a complaint with a supervisory "
+                "authority."
+            ),
+        ),
+        f"{base}/privacy",
+        _("Sign in to see your requests"),
+    )
 
 
 def _completed(
@@ -544,6 +611,80 @@ def _completed(
             link,
             _("Sign in to see the receipt"),
         )
+    if job.kind is JobKind.LIFT:
+        return Letter(
+            _("The restriction of your data has been lifted"),
+            (
+                _(
+                    "The restriction of the processing of your personal data has been lifted, "
+                    "as we told you beforehand."
+                ),
+                _("A signed receipt says where it was lifted. Sign in to see it."),
+            ),
+            link,
+            _("Sign in to see the receipt"),
+        )
+    if job.kind is JobKind.RECTIFICATION and not _all_found(job):
+        return Letter(
+            _("Your correction request has been handled"),
+            (
+                _(
+                    "We acted on the correction you asked for on {received}. Some or all of "
+                    "the data you named is not held where you said, and nothing was changed "
+                    "there."
+                ).format(received=received),
+                _(
+                    "A signed receipt says which data was corrected where, and where none was "
+                    "found. Sign in to see it."
+                ),
+            ),
+            link,
+            _("Sign in to see the receipt"),
+        )
+    if job.kind is JobKind.RECTIFICATION:
+        return Letter(
+            _("Your data has been corrected"),
+            (
+                _("Your personal data has been corrected, as you asked on {received}.").format(
+                    received=received
+                ),
+                _("A signed receipt says which data was corrected where. Sign in to see it."),
+            ),
+            link,
+            _("Sign in to see the receipt"),
+        )
+    if job.kind is JobKind.OBJECTION and not _all_stopped(job):
+        return Letter(
+            _("Your objection has been handled"),
+            (
+                _(
+                    "We acted on the objection you made on {received}. Some of the processors "
+                    "offer no way to stop processing for every purpose you named."
+                ).format(received=received),
+                _(
+                    "A signed receipt says where processing stopped and where it could not. "
+                    "Sign in to see it."
+                ),
+            ),
+            link,
+            _("Sign in to see the receipt"),
+        )
+    if job.kind is JobKind.OBJECTION:
+        return Letter(
+            _("Your objection has been acted on"),
+            (
+                _(
+                    "Your personal data is no longer processed for the purposes you objected "
+                    "to on {received}."
+                ).format(received=received),
+                _(
+                    "A signed receipt says what was done where, and where it could not be "
+                    "done. Sign in to see it."
+                ),
+            ),
+            link,
+            _("Sign in to see the receipt"),
+        )
     return Letter(
         _("The processing of your data is restricted"),
         (
@@ -558,6 +699,26 @@ def _completed(
     )
 
 
+def _all_found(job: Job) -> bool:
+    """Whether every processor of a rectification held each field it was asked to change
+    (none reported it unverifiable, ``verified`` null, for want of a record)."""
+    return all(
+        field.get("verified") is not None
+        for run in job.connectors.values()
+        for field in (run.report or {}).get("fields", [])
+    )
+
+
+def _all_stopped(job: Job) -> bool:
+    """Whether every processor of an objection could act on each purpose objected to (none
+    reported one ``supported: false``)."""
+    return all(
+        purpose.get("supported") is True
+        for run in job.connectors.values()
+        for purpose in (run.report or {}).get("purposes", [])
+    )
+
+
 def _grounds(grounds: str, _: Callable[[str], str]) -> str:
     known = {
         "manifestly_unfounded": _("the request is manifestly unfounded (GDPR Art. 12(5))"),
@@ -567,6 +728,13 @@ def _grounds(grounds: str, _: Callable[[str], str]) -> str:
         ),
         "identity_not_established": _(
             "your identity could not be established (GDPR Art. 11(2) and 12(2))"
+        ),
+        "data_accurate": _(
+            "the data is accurate as it stands, so it was not changed (GDPR Art. 16)"
+        ),
+        "compelling_legitimate_grounds": _(
+            "there are compelling legitimate grounds for the processing which override your "
+            "interests, rights and freedoms (GDPR Art. 21(1))"
         ),
     }
     return known.get(grounds, grounds.replace("_", " "))
@@ -646,16 +814,160 @@ def compose(
     return message, message_id, "smtp" if settings.smtp_url is not None else "maildir"
 
 
+# Notices of a personal data breach (GDPR Art. 34): not about a request, so no job.
+
+
+def write_breach_notice(settings: Settings, language: str, facts: Mapping[str, str]) -> Letter:
+    """The Art. 34 letter in ``language``: the breach's nature in clear language, and the
+    points (b), (c) and (d) of Art. 33(3) (Art. 34(2)), from ``facts`` (``nature``,
+    ``consequences``, ``measures``, ``dpo_contact``), which are staff's own words."""
+    _ = translations(language).gettext
+    base = (settings.public_url or "http://127.0.0.1:8080").rstrip("/")
+    return Letter(
+        _("A personal data breach concerns your data"),
+        (
+            _(
+                "We are writing to tell you of a personal data breach that concerns your "
+                "personal data, as the law requires when it is likely to put your rights and "
+                "freedoms at high risk."
+            ),
+            _("What happened: {nature}").format(nature=facts["nature"]),
+            _("Its likely consequences: {consequences}").format(consequences=facts["consequences"]),
+            _("What we have done, or will do, about it: {measures}").format(
+                measures=facts["measures"]
+            ),
+            _("To learn more, contact our data protection officer: {contact}").format(
+                contact=facts["dpo_contact"]
+            ),
+        ),
+        f"{base}/privacy",
+        _("Your privacy center"),
+    )
+
+
+def compose_breach_notice(
+    settings: Settings, breach_id: str, line: int, language: str, to: str, facts: Mapping[str, str]
+) -> tuple[EmailMessage, str, str]:
+    """The message of an Art. 34 notice, its Message-ID and how it goes, as :func:`compose`.
+
+    The Message-ID is made of the breach and the subject's line in the upload, so the
+    same notice sent twice (a worker killed in between) is one message to mail clients.
+    """
+    letter = write_breach_notice(settings, language, facts)
+    _ = translations(language).gettext
+    sender = settings.mail_from or EMBEDDED_SENDER
+    domain = mail_address(sender).rsplit("@", 1)[1]
+    message_id = f"<handover.breach.{breach_id}.{line}@{domain}>"
+    context = {
+        "language": language,
+        "letter": letter,
+        "greeting": _("Hello,"),
+        "reference": _("Reference of this notice: {reference}").format(reference=breach_id),
+        "footer": _("This message was sent automatically."),
+    }
+    message = EmailMessage()
+    message["Subject"] = letter.subject
+    message["From"] = sender
+    message["To"] = to
+    message["Date"] = format_datetime(utcnow())
+    message["Message-ID"] = message_id
+    message["Auto-Submitted"] = "auto-generated"
+    message["X-Handover-Breach"] = breach_id
+    message.set_content(_templates().get_template("notice.txt").render(context))
+    message.add_alternative(
+        _templates().get_template("notice.html").render(context), subtype="html"
+    )
+    message["Content-Language"] = language
+    return message, message_id, "smtp" if settings.smtp_url is not None else "maildir"
+
+
+#: Who a merged letter is addressed to before each recipient's copy is made.
+_MERGE_TO = "recipient@handover.invalid"
+
+
+@dataclass(frozen=True)
+class MergedLetter:
+    """One language's Art. 34 message, serialised once (a mail merge).
+
+    Composing a message costs milliseconds, mostly the ``email`` package's header
+    handling; a copy for one recipient replaces only its ``To`` and ``Message-ID`` in
+    the serialised bytes (its ``Date`` is when the letter was composed, at the start of
+    the task that sends it). An address that is not plain ASCII (it would need encoding)
+    gets ``None``: compose that one whole (:func:`compose_breach_notice`).
+    """
+
+    raw: bytes
+    to_field: bytes
+    id_field: bytes
+    breach_id: str
+    domain: str
+    via: str
+
+    def copy_for(self, line: int, to: str) -> tuple[bytes, str] | None:
+        """The bytes of the copy for ``to`` (line ``line`` of the upload), and its Message-ID."""
+        if not to.isascii() or "\n" in to or "\r" in to:
+            return None
+        message_id = f"<handover.breach.{self.breach_id}.{line}@{self.domain}>"
+        raw = self.raw.replace(self.to_field, b"\nTo: " + to.encode() + b"\n", 1)
+        raw = raw.replace(self.id_field, f"\nMessage-ID: {message_id}\n".encode(), 1)
+        return raw, message_id
+
+
+def merge_breach_notice(
+    settings: Settings, breach_id: str, language: str, facts: Mapping[str, str]
+) -> MergedLetter:
+    """The Art. 34 message in ``language``, ready for :meth:`MergedLetter.copy_for`."""
+    message, message_id, via = compose_breach_notice(
+        settings, breach_id, 0, language, _MERGE_TO, facts
+    )
+    raw = message.as_bytes()
+    to_field = f"\nTo: {_MERGE_TO}\n".encode()
+    id_field = f"\nMessage-ID: {message_id}\n".encode()
+    if raw.count(to_field) != 1 or raw.count(id_field) != 1:
+        raise ValueError("the merged letter's To or Message-ID is not where it is expected")
+    domain = message_id.rsplit("@", 1)[1].rstrip(">")
+    return MergedLetter(raw, to_field, id_field, breach_id, domain, via)
+
+
+async def hand_over_bytes(settings: Settings, raw: bytes, to: str) -> None:
+    """As :func:`hand_over`, for a message already serialised (a merged copy)."""
+    if settings.smtp_url is not None:
+        target = smtp_target(settings.smtp_url.reveal())
+        await send_smtp(target, raw, mail_address(settings.mail_from or EMBEDDED_SENDER), to)
+        return
+    path = maildir_path(settings)
+    if path is None:
+        raise MailRefused("notices are off: HANDOVER_SMTP_URL is not set")
+    try:
+        await asyncio.to_thread(file_in_maildir, path, raw)
+    except OSError as exc:
+        raise MailUnavailable(f"the maildir {path} cannot be written: {exc.strerror}") from None
+
+
+async def hand_over(settings: Settings, message: EmailMessage, to: str) -> None:
+    """Send ``message`` to ``to`` the way every notice goes (SMTP, or the embedded maildir);
+    :class:`~jobs.mail.MailRefused` when notices are off or the server refuses for good,
+    :class:`~jobs.mail.MailUnavailable` when worth trying again."""
+    await _hand_over(settings, message, to)
+
+
 __all__ = [
     "MAX_TRIES",
     "NOTICES",
     "NOTICE_TASK",
     "Letter",
+    "MergedLetter",
     "compose",
+    "compose_breach_notice",
     "deliver_notice",
+    "hand_over",
+    "hand_over_bytes",
     "language_of",
     "maildir_path",
+    "merge_breach_notice",
+    "notice_state",
     "notify_subject",
     "subject_link",
     "write",
+    "write_breach_notice",
 ]

@@ -14,7 +14,8 @@ arq runs every task at least once, so each step checks before it writes: a
 finished run is never redone, a finished job is never refinished, and a stale
 generation (the job was retried meanwhile) changes nothing. One job per subject
 runs at a time (an export never overlaps an erasure): a job that finds the subject
-busy waits and is woken when the running job ends.
+busy waits and is woken when the running job ends. A disclosure (a kind hidden from
+subjects) takes no part in this (:func:`takes_gate`).
 
 A processor that could not be asked never counts as done: its run stays
 ``unidentified`` until support adds identifiers (:meth:`jobs.commands.Commands.add_identifiers`,
@@ -53,8 +54,10 @@ from arq.utils import timestamp_ms
 from arq.worker import Retry
 
 from connectors.base import Connector
+from connectors.byhand import NOT_ASKED_IN_DRY_RUN, ByHandConnector
 from connectors.errors import ConnectorError, RateLimited, TransientError, Unidentified
 from jobs.audit import AuditEntry
+from jobs.handoff import Handoffs
 from jobs.identity import (
     check_identifier_value,
     identified,
@@ -64,6 +67,7 @@ from jobs.ids import new_ulid
 from jobs.metrics import seconds_between
 from jobs.model import (
     ConnectorRun,
+    ErasureOptions,
     Identity,
     InvalidRequest,
     Job,
@@ -78,6 +82,7 @@ from jobs.model import (
 from jobs.notices import notify_subject
 from jobs.queue import QUEUE_NAME, REDIS_UNAVAILABLE, deserialize
 from jobs.resources import Resources
+from jobs.search import HIDDEN_FROM_SUBJECTS
 from jobs.storage.base import StorageError
 from jobs.store import QueuedTask
 from jobs.webhooks import DELIVER_TASK
@@ -159,6 +164,17 @@ def classify(exc: BaseException) -> str:
     return "internal"
 
 
+def takes_gate(job: Job) -> bool:
+    """Whether ``job`` runs one at a time with its subject's other jobs (the subject's gate).
+
+    A kind hidden from subjects (a disclosure, :data:`jobs.search.HIDDEN_FROM_SUBJECTS`)
+    only reads, and its archive is the recipient's, outside the subject's own copies: it
+    neither waits for the subject's jobs nor holds them back, so no job the subject sees
+    ever waits for, or names, a job they must not learn of.
+    """
+    return job.kind not in HIDDEN_FROM_SUBJECTS
+
+
 def last_progress(job: Job) -> datetime:
     """When the job last moved: its record changed, or one of its runs started or finished."""
     moments = [job.updated_at]
@@ -173,7 +189,11 @@ def progress_mark(job: Job) -> str:
 
 
 def _webhooks(urls: Iterable[str], job: Job, event: str) -> list[tuple[tuple[str, str, str], str]]:
-    """The webhook tasks telling ``urls`` of ``event``: arguments and task id of each."""
+    """The webhook tasks telling ``urls`` of ``event``: arguments and task id of each; none
+    for a kind hidden from subjects (a disclosure): the platform acts for its subjects, and
+    its hooks would name the subject of a disclosure they may not learn of."""
+    if job.kind in HIDDEN_FROM_SUBJECTS:
+        return []
     tasks = []
     for url in urls:
         target = webhook_digest(url)  # the task names the URL without its token
@@ -385,7 +405,7 @@ class Pipeline(ABC):
         if job.not_before is not None and utcnow() < job.not_before:
             return  # woken early; the deferred step will come
         if job.status is JobStatus.QUEUED:
-            holder = await store.claim_subject(job.subject, job.id)
+            holder = await store.claim_subject(job.subject, job.id) if takes_gate(job) else None
             if holder is not None:
                 await store.add_event(job_id, "waiting", "worker", {"for": holder})
                 return
@@ -496,6 +516,14 @@ class Pipeline(ABC):
         try:
             if not identified(connector, job.subject_view):
                 raise Unidentified(name, connector.identifiers)
+            if isinstance(connector, ByHandConnector) and _dry_run(job):
+                await self._not_asked_in_dry_run(job_id, name, generation)
+                return
+            if isinstance(connector, ByHandConnector):
+                if job.connectors[name].reply is None:
+                    await Handoffs(self.resources).ask(job, connector)
+                    return  # the run waits for the person, holding no worker
+                connector = Handoffs(self.resources).answered(connector, job)
             async with asyncio.timeout(timeout.total_seconds()):
                 outcome = await self.work(connector, job)
         except Unidentified as exc:
@@ -574,6 +602,27 @@ class Pipeline(ABC):
         if after is not None:
             await self.fan_in(after)
 
+    async def _not_asked_in_dry_run(self, job_id: str, name: str, generation: int) -> None:
+        """A dry run asks no person: the run is ``not_asked``, saying so, and every signed
+        document states the processor was not asked (never that it holds nothing)."""
+        decision = {"reason": NOT_ASKED_IN_DRY_RUN, "by": "handover", "at": iso(utcnow())}
+
+        def not_asked(run: ConnectorRun) -> None:
+            run.status = RunStatus.NOT_ASKED
+            run.finished_at = utcnow()
+            run.decision = decision
+
+        after = await self.resources.store.update_run(
+            job_id,
+            name,
+            not_asked,
+            generation=generation,
+            event="connector.not_asked",
+            data={"reason": NOT_ASKED_IN_DRY_RUN},
+        )
+        if after is not None:
+            await self.fan_in(after)
+
     async def _fail_run(self, job_id: str, name: str, generation: int, exc: BaseException) -> None:
         error_class = classify(exc)
         message, detail = error_text(exc), getattr(exc, "detail", None)
@@ -624,7 +673,10 @@ class Pipeline(ABC):
             await self.fan_in(after)
 
     async def fan_in(self, job: Job, *, again: bool = False) -> None:
-        """Queue the finish once every run has settled (idempotent; ``again`` as above)."""
+        """Queue the finish once every run has settled (idempotent; ``again`` as above),
+        and none waits on a person's reply (:mod:`jobs.handoff` queues the run again)."""
+        if job.waiting_on_processor:
+            return
         if all(run.status.settled for run in job.connectors.values()):
             task_id = f"finish:{job.id}:{job.generation}"
             if again:
@@ -709,7 +761,10 @@ class Pipeline(ABC):
             for name in names:
                 before = current.connectors[name]
                 current.connectors[name] = ConnectorRun(
-                    attempts=before.attempts, restages=before.restages + 1
+                    attempts=before.attempts,
+                    restages=before.restages + 1,
+                    handoff=before.handoff,  # a person's reply is not asked for twice
+                    reply=before.reply,
                 )
 
         with contextlib.suppress(_Moved):
@@ -824,7 +879,11 @@ class Pipeline(ABC):
     async def _finish(self, job_id: str, generation: int) -> None:
         store = self.resources.store
         job = await store.get(job_id)
-        if job.generation != generation or job.status is not JobStatus.RUNNING:
+        if (
+            job.generation != generation
+            or job.status is not JobStatus.RUNNING
+            or job.waiting_on_processor
+        ):
             return
         failed = {
             name: run for name, run in job.connectors.items() if run.status is RunStatus.FAILED
@@ -895,7 +954,10 @@ class Pipeline(ABC):
         await self.release_subject(job)
 
     async def release_subject(self, job: Job) -> None:
-        """The job no longer works on its subject: wake the jobs waiting for it."""
+        """The job no longer works on its subject: wake the jobs waiting for it (none wait
+        for a job that never takes the gate, :func:`takes_gate`)."""
+        if not takes_gate(job):
+            return
         store = self.resources.store
         for waiting_id in await store.release_subject(job.subject, job.id):
             with contextlib.suppress(Exception):
@@ -918,6 +980,11 @@ class Pipeline(ABC):
 
 class _Moved(Exception):
     """The job moved on (a new generation, or progress) since it was read: change nothing."""
+
+
+def _dry_run(job: Job) -> bool:
+    """A dry run asks no person: a by-hand processor's run is ``not_asked``."""
+    return isinstance(job.options, ErasureOptions) and job.options.dry_run
 
 
 def _needs(identifiers: Iterable[str]) -> str:

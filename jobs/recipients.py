@@ -59,6 +59,25 @@ log = logging.getLogger("handover.recipients")
 RECIPIENT_TASK = "tell_recipient"
 #: How long a recipient's state on a job is kept: the receipt is signed again well before.
 STATE_TTL = 90 * 86400
+
+
+def _list_key(namespace: str, job_id: str) -> str:
+    return f"{namespace}recipients:{job_id}"
+
+
+def _state_key(namespace: str, job_id: str, name: str) -> str:
+    return f"{namespace}recipient:{job_id}:{name}"
+
+
+async def recipient_keys(redis: Any, namespace: str, job_id: str) -> list[str]:
+    """Every key this module keeps of a job (its list, each recipient's state and letter),
+    for Handover's own retention to delete with the job (:mod:`jobs.records`)."""
+    raw = await redis.get(_list_key(namespace, job_id))
+    names = [entry["name"] for entry in orjson.loads(raw)] if raw is not None else []
+    states = [_state_key(namespace, job_id, name) for name in names]
+    return [_list_key(namespace, job_id), *states, *(f"{key}:letter" for key in states)]
+
+
 #: How often a message waiting for its job to end (still running) looks again.
 END_POLL = timedelta(seconds=2)
 
@@ -132,7 +151,7 @@ class Recipients:
         self.resources = resources
 
     def _key(self, job_id: str, name: str) -> str:
-        return f"{self.resources.store.ns}recipient:{job_id}:{name}"
+        return _state_key(self.resources.store.ns, job_id, name)
 
     def _skip_reason(self, job: Job, recipient: RecipientConfig) -> str | None:
         settings = self.resources.settings
@@ -145,7 +164,7 @@ class Recipients:
         return None
 
     def _list_key(self, job_id: str) -> str:
-        return f"{self.resources.store.ns}recipients:{job_id}"
+        return _list_key(self.resources.store.ns, job_id)
 
     async def queue(self, job: Job) -> list[dict[str, Any]]:
         """Queue the message to each configured recipient (once per job: a second call

@@ -14,7 +14,8 @@ limitation): :meth:`Records.purge_finished_jobs` deletes every job that ended mo
 - In Redis, one transaction per job (:meth:`jobs.store.JobStore.delete_ended`) checks,
   as it deletes, that the job has ended and ended before the cutoff (one retried
   meanwhile is kept), and deletes its record, timeline, index entries, the marks that
-  name it, its erasure journals (:mod:`jobs.journal`), the sweeper's count of it
+  name it, its erasure journals (:mod:`jobs.journal`), what :mod:`jobs.recipients` keeps
+  of it, the sweeper's count of it
   (:mod:`jobs.worker`) and its tasks' ids in arq's abort set.
 - In object storage, what is left under ``archives/<id>/`` and ``staging/<id>/`` (an
   archive has normally expired already; a failed job's staged parts have not). When
@@ -55,6 +56,7 @@ from jobs.audit import AuditLog
 from jobs.metrics import Metrics
 from jobs.model import Job, JobStatus, utcnow
 from jobs.pipeline import resolve_task_id, run_task_id
+from jobs.recipients import recipient_keys
 from jobs.reconcile import AREAS
 from jobs.resources import NAMESPACE, Resources, StartupError, shared_redis_and_storage
 from jobs.settings import Settings
@@ -192,11 +194,12 @@ class Records:
                         continue
                     if once is None:
                         once = await self.store.once_keys()
+                    recipients = await recipient_keys(self.store.redis, self.ns, job_id)
                     job = await self.store.delete_ended(
                         job_id,
                         ended_before=result.cutoff,
                         once=once,
-                        also=partial(self._delete_traces, actor),
+                        also=partial(self._delete_traces, actor, recipients),
                     )
                     if job is None:
                         kept += 1
@@ -210,17 +213,18 @@ class Records:
             log.info("%s", "; ".join(result.lines()))
         return result
 
-    def _delete_traces(self, actor: str, pipe: Any, job: Job) -> None:
+    def _delete_traces(self, actor: str, recipients: list[str], pipe: Any, job: Job) -> None:
         """Queue, in the job's purge's transaction, what goes with it.
 
         The deletion of what other modules keep of the job: its erasure journals
-        (:mod:`jobs.journal`), the sweeper's count (:mod:`jobs.worker`), and the ids of its
+        (:mod:`jobs.journal`), the sweeper's count (:mod:`jobs.worker`), ``recipients`` (what
+        :mod:`jobs.recipients` keeps of it, read before the transaction), and the ids of its
         tasks that arq keeps in its abort set when a job is canceled before they ran
         (:meth:`jobs.pipeline.Pipeline.abort_tasks`), which arq never drops. And the
         purge's audit entry and count, so that a purge is recorded if and only if it happened.
         """
         journals = [f"{self.ns}journal:{job.id}:{name}" for name in (*job.connectors, COPIES)]
-        pipe.delete(*journals, f"{self.ns}sweeps:{job.id}")
+        pipe.delete(*journals, *recipients, f"{self.ns}sweeps:{job.id}")
         tasks = [resolve_task_id(job), *(run_task_id(job, name) for name in job.connectors)]
         pipe.zrem(abort_jobs_ss, *tasks)
         kind, status = job.kind.value, job.status.value

@@ -11,7 +11,8 @@ walks the indexes :mod:`jobs.store` keeps, never the key space. One index drives
   connector), or ``idx:created`` when it has none, newest first; its creation range
   bounds the walk.
 
-A job walked is kept when it is in every other filter index and, on a walk by due date,
+A job walked is kept when it is in every other filter index, is of none of the query's
+``hidden_kinds`` and, on a walk by due date,
 was created in the query's range and (``at_risk``) has under a quarter of its time left
 (:data:`~jobs.model.AT_RISK_SHARE`). A page's cursor names the last job seen (its score
 and id), so pages stay stable while new jobs arrive. A walk gives up after
@@ -34,6 +35,10 @@ from jobs.model import AT_RISK_SHARE, Job, JobKind, JobStatus, epoch_ms
 #: The most jobs one search walks past before it returns what it has found.
 SEARCH_SCAN_LIMIT = 20_000
 
+#: Kinds a subject never sees among their own jobs: a disclosure goes to an authority, and
+#: the subject learns of it only by its notice (:mod:`jobs.disclosures`).
+HIDDEN_FROM_SUBJECTS = frozenset({JobKind.DISCLOSURE})
+
 #: A job's place in the walk: its score in the driving index and its id.
 Position = tuple[float, str]
 
@@ -54,6 +59,9 @@ class JobQuery:
     sort: str = "created"
     limit: int = 50
     cursor: str | None = None
+    #: Kinds left out of the answer whatever else matches: a subject's own search never
+    #: shows the disclosures about them (:data:`HIDDEN_FROM_SUBJECTS`).
+    hidden_kinds: frozenset[JobKind] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -128,21 +136,28 @@ class JobSearch:
     async def _matching(
         self, candidates: list[Position], walk: _Walk, query: JobQuery, now: datetime
     ) -> list[Position]:
-        """The candidates in every filter index and, when the walk checks it, created in range."""
+        """The candidates in every filter index, of none of the hidden kinds and, when the walk
+        checks it, created in range."""
         keys = [*walk.filters, f"{self.ns}idx:created"] if walk.checks_created else walk.filters
-        if not keys:
+        hidden = [f"{self.ns}idx:kind:{kind.value}" for kind in sorted(query.hidden_kinds)]
+        if not keys and not hidden:
             return candidates
+        width = len(keys) + len(hidden)
         async with self.redis.pipeline(transaction=False) as pipe:
             for _, job_id in candidates:
-                for key in keys:
+                for key in [*keys, *hidden]:
                     pipe.zscore(key, job_id)
             answers = await pipe.execute()
-        rows = [answers[index : index + len(keys)] for index in range(0, len(answers), len(keys))]
+        rows = [answers[index : index + width] for index in range(0, len(answers), width)]
         return [
             candidate
             for candidate, row in zip(candidates, rows, strict=True)
-            if all(score is not None for score in row)
-            and (not walk.checks_created or _created_fits(candidate[0], row[-1], query, now))
+            if all(score is not None for score in row[: len(keys)])
+            and all(score is None for score in row[len(keys) :])
+            and (
+                not walk.checks_created
+                or _created_fits(candidate[0], row[len(keys) - 1], query, now)
+            )
         ]
 
 

@@ -203,6 +203,13 @@ def _jurisdiction_name(value: object) -> str:
     return text
 
 
+def _rectification_approval(value: object) -> str:
+    text = _text(value).strip().lower()
+    if text not in ("identity", "all", "none"):
+        raise ValueError(f"expected identity, all or none, got {value!r}")
+    return text
+
+
 def _redis_url(value: object) -> str | None:
     """A Redis URL that ``jobs.queue.connect`` can open: one server, or Sentinels."""
     url = _url(value)
@@ -342,6 +349,19 @@ class RetentionConfig:
         return self.category == category
 
 
+@dataclass(frozen=True)
+class RecipientConfig:
+    """A recipient of the subject's data that is not a connector (``[recipients.NAME]``):
+    told by email of a rectification, erasure or restriction (GDPR Art. 19) by
+    :mod:`jobs.recipients`. ``identifiers`` names what it knows subjects by: only those
+    are sent."""
+
+    name: str
+    contact: str
+    description: str | None = None
+    identifiers: tuple[str, ...] = ("email",)
+
+
 class Settings(BaseSettings):
     """Every knob Handover has, typed and checked. See README for each one's meaning."""
 
@@ -388,13 +408,27 @@ class Settings(BaseSettings):
     subject_rate_limit: _Count = 20
     erasure_grace: Annotated[timedelta | None, _parsed(parse_duration, timedelta)] = None
     reauth_max_age: _Duration = timedelta(minutes=10)
+    rectification_approval: Annotated[str, _parsed(_rectification_approval)] = "identity"
     identity_claims: Annotated[tuple[tuple[str, str], ...], _parsed(_identity_claims, tuple)] = ()
     trusted_proxies: Annotated[tuple[IPv4Network | IPv6Network, ...], _parsed(_networks)] = ()
     smtp_url: Annotated[Secret | None, _parsed(_smtp_url, Secret)] = None
     mail_from: Annotated[str | None, _parsed(_mail_from)] = None
     privacy_url: _Url = None
+    support_email: Annotated[str | None, _parsed(_mail_from)] = None
+    reply_link_ttl: _Duration = timedelta(days=30)
+    reply_max_bytes: Annotated[int, _parsed(parse_size)] = 100 * 2**20
+    controller: _Text = None
+    controller_contact: _Text = None
+    dpo_contact: _Text = None
+    automated_decisions: _Text = None
+    oidc_issuer: Annotated[str | None, _parsed(_jwks_url)] = None
+    oidc_client_id: _Text = None
+    oidc_client_secret: Annotated[
+        Secret | None, _parsed(lambda value: _text(value).strip() or None, Secret)
+    ] = None
     connectors: tuple[ConnectorConfig, ...] = Field(default=(), repr=False)
     retention: tuple[RetentionConfig, ...] = Field(default=(), repr=False)
+    recipients: tuple[RecipientConfig, ...] = Field(default=(), repr=False)
     jurisdictions: tuple[Jurisdiction, ...] = Field(default=lifecycle.BUILT_IN, repr=False)
 
     @classmethod
@@ -423,6 +457,10 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
+        if self.reply_link_ttl <= timedelta(0) or self.reply_max_bytes <= 0:
+            raise SettingsError(
+                "HANDOVER_REPLY_LINK_TTL and HANDOVER_REPLY_MAX_BYTES: must be above zero"
+            )
         if self.s3_part_size < 5 * 2**20:
             raise SettingsError("HANDOVER_S3_PART_SIZE: S3 needs parts of at least 5MiB")
         if self.link_ttl <= timedelta(0):
@@ -462,6 +500,22 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "HANDOVER_PRIVACY_URL: required when HANDOVER_SMTP_URL is set (or "
                 "HANDOVER_PUBLIC_URL): notices link subjects to where they sign in"
+            )
+        both = sorted({c.name for c in self.connectors} & {r.name for r in self.recipients})
+        if both:
+            raise SettingsError(
+                f"HANDOVER_CONFIG: [recipients.{both[0]}] is also a connector, which its jobs "
+                "tell themselves: name only recipients that are not connectors"
+            )
+        emailed = sorted(c.name for c in self.connectors if c.type == "email")
+        if emailed and self.smtp_url is not None and self.public_url is None:
+            raise SettingsError(
+                f"HANDOVER_PUBLIC_URL: required with an email connector ({', '.join(emailed)}): "
+                "the reply link in its requests must reach the processor"
+            )
+        if self.oidc_issuer is not None and self.oidc_client_id is None:
+            raise SettingsError(
+                "HANDOVER_OIDC_CLIENT_ID: required when HANDOVER_OIDC_ISSUER is set"
             )
         for url in () if self.webhook_allow_link_local else self.webhook_urls:
             problem = target_problem(url)
@@ -508,6 +562,7 @@ class Settings(BaseSettings):
         document = _read_toml(Path(path)) if path else {}
         connectors, retention = document.pop("connectors", {}), document.pop("retention", {})
         jurisdictions = document.pop("jurisdictions", {})
+        recipients = document.pop("recipients", {})
         unknown = [key for key in document if key not in VARIABLES.values()]
         if unknown:
             raise SettingsError(f"HANDOVER_CONFIG: {path}: unknown setting {unknown[0]!r}")
@@ -516,6 +571,7 @@ class Settings(BaseSettings):
             **document,
             connectors=_connector_configs(connectors, path),
             retention=_retention_configs(retention, path),
+            recipients=_recipient_configs(recipients, path),
             jurisdictions=_jurisdictions(jurisdictions, path),
         )
 
@@ -524,7 +580,7 @@ class Settings(BaseSettings):
 VARIABLES = {
     f"{ENV_PREFIX}{name.upper()}": name
     for name in Settings.model_fields
-    if name not in {"connectors", "retention", "jurisdictions"}  # tables of the file, no variable
+    if name not in {"connectors", "retention", "recipients", "jurisdictions"}  # file tables only
 }
 
 
@@ -570,6 +626,40 @@ def _retention_configs(tables: object, path: str) -> tuple[RetentionConfig, ...]
             )
         )
     return tuple(rules)
+
+
+def _recipient_configs(tables: object, path: str) -> tuple[RecipientConfig, ...]:
+    source = f"HANDOVER_CONFIG: {path}"
+    if not isinstance(tables, dict):
+        raise SettingsError(f"{source}: [recipients] must be a table of tables")
+    recipients = []
+    for name, table in tables.items():
+        where = f"{source}: [recipients.{name}]"
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,62}", name):
+            raise SettingsError(f"{where}: the name must be lowercase letters, digits, - or _")
+        if not isinstance(table, dict):
+            raise SettingsError(f"{where} must be a table")
+        unknown = set(table) - {"contact", "description", "identifiers"}
+        if unknown:
+            raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        contact, description = table.get("contact"), table.get("description")
+        try:
+            address = mail_address(contact) if isinstance(contact, str) else None
+        except ValueError as exc:
+            raise SettingsError(f"{where}: contact: {exc}") from None
+        if address is None:
+            raise SettingsError(f'{where} needs a contact = "privacy@recipient.example"')
+        if description is not None and (not isinstance(description, str) or not description):
+            raise SettingsError(f"{where}: description must be text")
+        identifiers = table.get("identifiers", ["email"])
+        if (
+            not isinstance(identifiers, list)
+            or not identifiers
+            or not all(isinstance(i, str) and i for i in identifiers)
+        ):
+            raise SettingsError(f'{where}: identifiers must be a list of names, e.g. ["email"]')
+        recipients.append(RecipientConfig(name, address, description, tuple(identifiers)))
+    return tuple(recipients)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -13,8 +13,12 @@ without its query, so a token in a webhook URL never reaches a log. Event types:
     job.created  job.succeeded  job.failed  job.canceled  job.refused
     job.needs_attention       a processor could not be asked: support supplies identifiers
     job.awaiting_information  support asked the subject for information (jobs.lifecycle)
+    job.awaiting_decision     an objection or a rectification waits for support's decision
     job.expiring_soon   an export's archive expires within a day, not yet downloaded
     job.at_risk         a live request has under a quarter of its time left
+    job.processor_overdue  a processor served by hand (email, manual) is late with its reply
+    breach.at_risk      a breach not yet notified to the authority, 48 h after awareness
+    breach.overdue      the same, past the 72 hours (jobs.breaches: a ``breach`` payload)
 """
 
 from __future__ import annotations

@@ -25,7 +25,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.base import Connector
 from jobs.arqworker import PatientWorker
+from jobs.breach_notices import MAX_TRIES as BREACH_NOTICES_TRIES
+from jobs.breach_notices import TASK as BREACH_NOTICES_TASK
+from jobs.breach_notices import TASK_TIMEOUT as BREACH_NOTICES_TIMEOUT
+from jobs.breach_notices import BreachNotices
+from jobs.breaches import WEBHOOK_TASK as BREACH_WEBHOOK_TASK
+from jobs.breaches import BreachRegister
+from jobs.breaches import webhook_payload as breach_webhook_payload
+from jobs.disclosures import DisclosureRegister
 from jobs.epoch import Epochs, EpochWatch
+from jobs.handoff import Handoffs
 from jobs.kinds import build_pipelines
 from jobs.model import Job, JobKind, JobStatus, utcnow
 from jobs.notices import MAX_TRIES as NOTICE_TRIES
@@ -38,8 +47,10 @@ from jobs.pipeline import (
     RetryPolicy,
     last_progress,
     progress_mark,
+    takes_gate,
 )
 from jobs.queue import HEALTH_CHECK_KEY, QUEUE_NAME, REDIS_UNAVAILABLE, deserialize, serialize
+from jobs.recipients import RECIPIENT_TASK, Recipients
 from jobs.reconcile import ReconcileError, Reconciler
 from jobs.records import Records
 from jobs.resources import Resources, open_resources
@@ -192,7 +203,9 @@ async def sweep(ctx: dict[str, Any], now: datetime | None = None) -> int:
                 continue
             if now - last_progress(job) < SWEEP_QUIET:
                 continue
-            if await store.subject_busy_with_another(job.subject, job.id):
+            if job.waiting_on_processor:
+                continue  # no work is lost: a person's reply queues it (jobs.handoff)
+            if takes_gate(job) and await store.subject_busy_with_another(job.subject, job.id):
                 continue
             if await resources.leases.any_live(f"|{job.id}|{job.generation}|"):
                 continue
@@ -262,6 +275,18 @@ async def expire_archives(ctx: dict[str, Any]) -> int:
     return expired
 
 
+async def chase_processors(ctx: dict[str, Any], now: datetime | None = None) -> int:
+    """Cron, every 5 minutes: remind processors served by hand, escalate those overdue.
+
+    See :meth:`jobs.handoff.Handoffs.chase`; each run escalated now gets the
+    ``job.processor_overdue`` webhook. Returns how many were escalated.
+    """
+    escalated = await Handoffs(_resources(ctx)).chase(now)
+    for job, _ in escalated:
+        await pipelines(ctx)[job.kind].notify(job, "job.processor_overdue")
+    return len(escalated)
+
+
 async def watch_deadlines(ctx: dict[str, Any]) -> int:
     """Cron: notify once per job when a request is at risk or an archive expires within a day."""
     resources = _resources(ctx)
@@ -318,6 +343,60 @@ async def deliver_webhook(ctx: dict[str, Any], target: str, job_id: str, event: 
         raise Retry(defer=webhook_backoff(attempt)) from exc
 
 
+async def deliver_breach_webhook(
+    ctx: dict[str, Any], target: str, breach_id: str, event: str
+) -> None:
+    """Task: one breach webhook (``breach.at_risk``, ``breach.overdue``), retried with backoff.
+
+    Like a job's, it names the breach and the URL's digest only; the payload says the
+    clock, never what happened (:func:`jobs.breaches.webhook_payload`).
+    """
+    resources = _resources(ctx)
+    settings = resources.settings
+    url = next((u for u in settings.webhook_urls if webhook_digest(u) == target), None)
+    if url is None or settings.webhook_secret is None:
+        log.error("breach webhook %s dropped: that URL or the secret is no longer set", target)
+        return
+    breach = await BreachRegister.of(resources).get(breach_id)
+    body = encode(breach_webhook_payload(breach, event, utcnow()))
+    allow = settings.webhook_allow_link_local
+    try:
+        async with webhook_session(allow_link_local=allow) as session:
+            sender = Sender(session, settings.webhook_secret.reveal(), allow_link_local=allow)
+            await sender.send(url, body)
+    except DeliveryFailed as exc:
+        attempt = ctx["job_try"]
+        if attempt >= WEBHOOK_TRIES:
+            log.error("webhook to %s given up after %d attempts: %s", shown(url), attempt, exc)
+            return
+        raise Retry(defer=webhook_backoff(attempt)) from exc
+
+
+async def send_breach_notices(ctx: dict[str, Any], breach_id: str, chunk: int) -> int:
+    """Task: the Art. 34 notices of one chunk of a breach's affected subjects
+    (:mod:`jobs.breach_notices`); returns how many were sent now."""
+    async with _redis_outage_retries(ctx):
+        return await BreachNotices.of(_resources(ctx)).send_chunk(
+            breach_id, chunk, attempt=ctx["job_try"]
+        )
+
+
+async def watch_breach_clocks(ctx: dict[str, Any], now: datetime | None = None) -> int:
+    """Cron, every 5 minutes: webhooks for breaches that reached 48 h or 72 h unnotified
+    (:meth:`jobs.breaches.BreachRegister.watch`), and the unfinished chunks of Art. 34
+    fan-outs queued again (:meth:`jobs.breach_notices.BreachNotices.resume`); returns how
+    many webhooks were queued."""
+    resources = _resources(ctx)
+    await BreachNotices.of(resources).resume()
+    return await BreachRegister.of(resources).watch(now)
+
+
+async def tell_deferred_disclosures(ctx: dict[str, Any], now: datetime | None = None) -> int:
+    """Cron, every minute: the ``disclosed`` notices whose deferral ended by ``now``, queued
+    (:meth:`jobs.disclosures.DisclosureRegister.tell_due`); returns how many."""
+    return await DisclosureRegister(_resources(ctx)).tell_due(now)
+
+
 async def send_notice(
     ctx: dict[str, Any], job_id: str, notice: str, generation: int, occasion: str = ""
 ) -> None:
@@ -330,6 +409,13 @@ async def send_notice(
         await deliver_notice(
             _resources(ctx), job_id, notice, generation, occasion, attempt=ctx["job_try"]
         )
+
+
+async def tell_recipient(ctx: dict[str, Any], job_id: str, recipient: str) -> None:
+    """Task: tell one recipient that is not a connector of what a job did (GDPR Art. 19),
+    retried with backoff (:mod:`jobs.recipients`). It names the job and the recipient only."""
+    async with _redis_outage_retries(ctx):
+        await Recipients(_resources(ctx)).deliver(job_id, recipient, attempt=ctx["job_try"])
 
 
 async def heartbeat(redis: ArqRedis) -> None:
@@ -501,10 +587,37 @@ def create_worker(
             ),
             func(deliver_webhook, name=DELIVER_TASK, timeout=60, max_tries=WEBHOOK_TRIES + 1),
             func(send_notice, name=NOTICE_TASK, timeout=120, max_tries=NOTICE_TRIES + 1),
+            func(tell_recipient, name=RECIPIENT_TASK, timeout=120, max_tries=NOTICE_TRIES + 1),
+            func(
+                send_breach_notices,
+                name=BREACH_NOTICES_TASK,
+                timeout=BREACH_NOTICES_TIMEOUT.total_seconds(),
+                max_tries=BREACH_NOTICES_TRIES + 1,
+                keep_result=0,
+            ),
+            func(
+                deliver_breach_webhook,
+                name=BREACH_WEBHOOK_TASK,
+                timeout=60,
+                max_tries=WEBHOOK_TRIES + 1,
+            ),
         ],
         cron_jobs=[
             cron(expire_archives, name="expire_archives", minute=EVERY_5_MINUTES, unique=True),
             cron(watch_deadlines, name="watch_deadlines", minute=EVERY_5_MINUTES, unique=True),
+            cron(chase_processors, name="chase_processors", minute=EVERY_5_MINUTES, unique=True),
+            cron(
+                watch_breach_clocks,
+                name="watch_breach_clocks",
+                minute=EVERY_5_MINUTES,
+                unique=True,
+            ),
+            cron(
+                tell_deferred_disclosures,
+                name="tell_deferred_disclosures",
+                second={20},
+                unique=True,
+            ),
             cron(
                 watchdog, name="watchdog", second=EVERY_10_SECONDS, unique=True, run_at_startup=True
             ),

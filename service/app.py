@@ -21,11 +21,15 @@ from service.api.middleware import nosniff, problem_middleware
 from service.api.operations import add_routes
 from service.appkeys import AUTHORITY, COMMANDS, RESOURCES, SETTINGS
 from service.auth import TokenAuthority, load_or_create_secret
+from service.breach_pages import add_breach_pages
 from service.dashboard import add_dashboard_routes
 from service.docs import add_doc_routes
 from service.idempotency import idempotency_middleware
+from service.privacy import add_privacy_routes
 from service.proxies import forwarded_middleware
 from service.ratelimit import rate_limit_middleware
+from service.replies import add_reply_routes
+from service.report_pages import add_report_pages
 
 
 def jwt_secret(settings: Settings) -> str | None:
@@ -78,8 +82,13 @@ def create_app(
         app.cleanup_ctx.append(_worker_ctx)
     add_routes(app)
     add_doc_routes(app, version("handover"))
-    # Without a shared secret the dashboard's CSRF keys are this process's own.
-    add_dashboard_routes(app, secret or secrets.token_urlsafe(48))
+    add_reply_routes(app)
+    # Without a shared secret the dashboard's and privacy center's keys are this process's own.
+    page_secret = secret or secrets.token_urlsafe(48)
+    add_dashboard_routes(app, page_secret)
+    add_breach_pages(app, page_secret)
+    add_report_pages(app, page_secret)
+    add_privacy_routes(app, page_secret)
     return app
 
 

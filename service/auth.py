@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 import jwt
@@ -119,6 +120,21 @@ class Principal:
         """The language of a request's notices: the one asked for, else this token's
         ``locale`` claim when it is the subject's own (staff's language is not theirs)."""
         return asked or (self.locale if subject == self.sub else None)
+
+    def reading_time_zone(self, subject: str, asked: str | None) -> str | None:
+        """The time zone an export's archive writes moments in: the one asked for, else
+        this token's ``zoneinfo`` claim (OpenID Connect) when it is the subject's own and
+        names a zone this system knows; anything else is ignored."""
+        if asked is not None:
+            return asked
+        claim = self.claims.get("zoneinfo")
+        if subject != self.sub or not isinstance(claim, str):
+            return None
+        try:
+            ZoneInfo(claim)
+        except (ZoneInfoNotFoundError, ValueError):
+            return None
+        return claim
 
 
 _VERIFIED = web.RequestKey("verified", tuple[str, Principal])

@@ -13,8 +13,14 @@ Routes::
     POST /dashboard/jobs/{id}/cancel    (live jobs)    │ with a flash message saying
     POST /dashboard/jobs/{id}/extend    (live jobs)    │ what happened, or what was wrong
     POST /dashboard/jobs/{id}/refuse    (live jobs)    │
+    POST /dashboard/jobs/{id}/decide    (objections, rectifications awaiting a decision)
+    POST /dashboard/jobs/{id}/lift      (restrictions in force: the subject told, then lifted)
     POST /dashboard/jobs/{id}/ask       (live jobs)    │
     POST /dashboard/jobs/{id}/resume    (awaiting information) ─┘
+    GET  /dashboard/jobs/{id}/tasks/{c} a run waiting on a person: what is asked, and a form
+    POST /dashboard/jobs/{id}/tasks/{c} record it done (checklist, files, statement; multipart,
+                                        its own form's CSRF token in the URL, checked
+                                        before any file; no other route takes one there)
     GET  /dashboard/mail                the notices filed in the maildir (embedded mode)
     GET  /dashboard/static/dashboard.css|js, /dashboard/icon.svg
 
@@ -63,9 +69,11 @@ from aiohttp import web
 from yarl import URL
 
 from jobs.commands import Actor
+from jobs.handoff import Handoffs, ReplyLink
+from jobs.identity import checked_identifiers
 from jobs.lifecycle import Jurisdiction, RefusalGrounds, Unit
 from jobs.mail import read_maildir, smtp_target
-from jobs.model import Event, Job, JobKind, JobStatus, RunStatus, utcnow
+from jobs.model import Event, Identity, Job, JobKind, JobStatus, RunStatus, utcnow
 from jobs.notices import maildir_path
 from jobs.pipeline import LIVE
 from service.api import models
@@ -75,6 +83,7 @@ from service.api.views import stream_events
 from service.appkeys import AUTHORITY, COMMANDS, RESOURCES, SETTINGS
 from service.auth import Principal
 from service.problems import Problem, to_problem
+from service.replies import asked_view, read_reply
 
 log = logging.getLogger("handover.dashboard")
 
@@ -297,10 +306,17 @@ class Dashboard:
             web.post(f"{PREFIX}/jobs/{{job_id}}/cancel", staff(self.cancel)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/extend", staff(self.extend)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/refuse", staff(self.refuse)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/decide", staff(self.decide)),
+            web.post(f"{PREFIX}/jobs/{{job_id}}/lift", staff(self.lift)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/ask", staff(self.ask)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/resume", staff(self.resume)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/identifiers", staff(self.add_identifiers)),
             web.post(f"{PREFIX}/jobs/{{job_id}}/go-without", staff(self.go_without)),
+            web.get(f"{PREFIX}/jobs/{{job_id}}/tasks/{{connector}}", staff(self.task_page)),
+            web.post(
+                f"{PREFIX}/jobs/{{job_id}}/tasks/{{connector}}",
+                staff(self.do_task, token_in_url=True),
+            ),
             web.get(f"{PREFIX}/static/dashboard.css", self.static),
             web.get(f"{PREFIX}/static/dashboard.js", self.static),
             web.get(f"{PREFIX}/icon.svg", self.icon),
@@ -312,6 +328,12 @@ class Dashboard:
         """The CSRF token bound to one session's cookie."""
         digest = hmac.new(self._csrf_key, session_token.encode(), "sha256").digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+    def form_token(self, session: Session, path: str) -> str:
+        """The CSRF token of the one form posted to ``path`` with its token in the URL (a
+        task's multipart form, checked before any file is read): bound to the session and
+        that path, so the URL it travels in opens no other form."""
+        return self.csrf_token(f"form {path} {session.csrf}")
 
     def _login_csrf(self, nonce: str) -> str:
         """The sign-in form's CSRF token, bound to its ``handover_login`` cookie."""
@@ -356,8 +378,13 @@ class Dashboard:
         response.del_cookie(SESSION_COOKIE, path=PREFIX)
         return response
 
-    def _staff(self, handler: StaffHandler) -> Handler:
-        """Wrap ``handler``: staff sign-in required, CSRF checked on POST, errors as pages."""
+    def _staff(self, handler: StaffHandler, *, token_in_url: bool = False) -> Handler:
+        """Wrap ``handler``: staff sign-in required, CSRF checked on POST, errors as pages.
+
+        A form's token comes in its body; with ``token_in_url`` (a multipart form, checked
+        before any file is read) in the URL's ``csrf``, as :meth:`form_token` made it for
+        that path alone. The access log never records a query (:mod:`service.logs`).
+        """
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             token = request.cookies.get(SESSION_COOKIE)
@@ -371,9 +398,13 @@ class Dashboard:
                 return self._to_login(request, "The dashboard is for support and admin staff.")
             session = Session(who, self.csrf_token(token))
             if request.method == "POST":
-                form = await request.post()
-                posted = str(form.get("csrf", ""))
-                if not from_this_site(request) or not hmac.compare_digest(posted, session.csrf):
+                if token_in_url:
+                    posted = request.query.get("csrf", "")
+                    expected = self.form_token(session, request.path)
+                else:
+                    posted = str((await request.post()).get("csrf", ""))
+                    expected = session.csrf
+                if not from_this_site(request) or not hmac.compare_digest(posted, expected):
                     forged = Problem(
                         403,
                         "Forbidden",
@@ -615,13 +646,43 @@ class Dashboard:
         return self.render(request, "job_live.html", context, session=session, shows_flash=False)
 
     async def job_events(self, request: web.Request, session: Session) -> web.StreamResponse:
-        """The job's timeline, live, in the API's server-sent-event format."""
+        """The job's timeline, live: the API's server-sent events, each a plain ``message``
+        (its type in its data) so the page's one listener refreshes on every type."""
         if "Last-Event-ID" in request.headers:
             after = event_id(request.headers["Last-Event-ID"])
         else:
             after = event_id(request.query.get("after", "-"), "after")
         job = await request.app[RESOURCES].store.get(request.match_info["job_id"])
-        return await stream_events(request, job.id, after)
+        return await stream_events(request, job.id, after, named=False)
+
+    async def task_page(self, request: web.Request, session: Session) -> web.Response:
+        """A run waiting on a person (a ``manual`` task, or an email answered by other
+        means): what is asked, and the form staff record it done with."""
+        job = await request.app[RESOURCES].store.get(request.match_info["job_id"])
+        connector = request.match_info["connector"]
+        link = request.app[COMMANDS].task_link(job, connector)
+        asked = await _task_asked(request, link)
+        form_token = self.form_token(session, request.path)
+        context = {"job": job, "asked": asked, "form_token": form_token}
+        return self.render(request, "task.html", context, session=session)
+
+    async def do_task(self, request: web.Request, session: Session) -> web.Response:
+        """Record the task done: the checklist, the files, the statement, who and when."""
+        job_id = request.match_info["job_id"]
+        connector = request.match_info["connector"]
+        try:
+            job = await request.app[RESOURCES].store.get(job_id)
+            link = request.app[COMMANDS].task_link(job, connector)
+            statement, upload = await read_reply(request, link)
+            await request.app[COMMANDS].take_reply(link, statement, upload, actor=_actor(session))
+        except Exception as exc:
+            problem = to_problem(exc)
+            if problem is None:
+                raise
+            location = f"{PREFIX}/jobs/{job_id}/tasks/{connector}"
+            return self._redirect_with(request, location, Flash("error", problem.detail))
+        done = f"{connector}: recorded as done by {session.who.sub}"
+        return self._redirect_with(request, f"{PREFIX}/jobs/{job_id}", Flash("ok", done))
 
     async def mail(self, request: web.Request, session: Session) -> web.Response:
         """The notices embedded mode filed instead of sending them, newest first.
@@ -719,6 +780,68 @@ class Dashboard:
 
         return await self._act(request, refuse)
 
+    async def lift(self, request: web.Request, session: Session) -> web.Response:
+        """Lift a restriction in force: the subject is told at the address given, then lifted."""
+        form = await request.post()
+
+        async def lift(job: Job) -> str:
+            email = str(form.get("email", "")).strip()
+            body = models.LiftRequest.model_validate(
+                {
+                    "reason": str(form.get("reason", "")).strip(),
+                    "identifiers": {
+                        "email": email,
+                        "verified_by": str(form.get("verified_by", "")).strip(),
+                    }
+                    if email
+                    else None,
+                }
+            )
+            identity = Identity()
+            identity.add(
+                checked_identifiers(body.identifiers.named()),
+                {
+                    "source": "staff",
+                    "verified_by": body.identifiers.verified_by.strip(),
+                    "by": session.who.sub,
+                },
+            )
+            lifted = await request.app[COMMANDS].lift(
+                _actor(session), job.id, reason=body.reason, identity=identity
+            )
+            return f"The subject is told; job {lifted.id} lifts the restriction once they are."
+
+        return await self._act(request, lift)
+
+    async def decide(self, request: web.Request, session: Session) -> web.Response:
+        """Uphold an objection or approve a rectification (it runs), or reject it with the
+        grounds the subject is told."""
+        form = await request.post()
+
+        async def decide(job: Job) -> str:
+            grounds = str(form.get("grounds", "")).strip()
+            verified_by = str(form.get("verified_by", "")).strip()
+            body = models.DecideRequest.model_validate(
+                {
+                    "upheld": form.get("upheld") == "true",
+                    "grounds": grounds or None,
+                    "verified_by": verified_by or None,
+                }
+            )
+            decided = await request.app[COMMANDS].decide(
+                _actor(session),
+                job.id,
+                upheld=body.upheld,
+                grounds=body.grounds,
+                verified_by=body.verified_by,
+            )
+            what = decided.kind.value.capitalize()
+            if body.upheld:
+                return f"{what} upheld; it runs ({decided.status.value})."
+            return f"{what} rejected; the subject is told the grounds and where to complain."
+
+        return await self._act(request, decide)
+
     async def ask(self, request: web.Request, session: Session) -> web.Response:
         """Ask the subject for what is needed; the job waits for the answer."""
         form = await request.post()
@@ -790,6 +913,11 @@ class Dashboard:
             return f"Going without {', '.join(body.connectors)}: recorded as not asked."
 
         return await self._act(request, decide)
+
+
+async def _task_asked(request: web.Request, link: ReplyLink) -> dict[str, Any]:
+    job, connector = await Handoffs(request.app[RESOURCES]).open(link)
+    return asked_view(request, link, job, connector)
 
 
 def _actor(session: Session) -> Actor:

@@ -56,6 +56,16 @@ def build_spec(version: str) -> dict[str, Any]:
             entry["parameters"] = parameters
         if operation.auth:
             entry["security"] = [{"bearer": []}]
+        if operation.upload is not None:
+            entry["requestBody"] = {
+                "required": True,
+                "content": {
+                    operation.upload: {
+                        "schema": {"type": "string"},
+                        "example": operation.upload_example,
+                    }
+                },
+            }
         if operation.request is not None:
             entry["requestBody"] = {
                 "required": True,

@@ -14,6 +14,10 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from jobs.breach_notices import FanOutExists, UploadTooLarge
+from jobs.breaches import AlreadyNotified, BreachNotFound
+from jobs.disclosures import DisclosureNotFound, LinkRefused
+from jobs.handoff import ReplyRefused
 from jobs.lifecycle import NotAllowed
 from jobs.model import (
     ActiveJobExists,
@@ -97,6 +101,27 @@ _HTTP_TITLES = {
 }
 
 
+#: A refused reply of a processor (:class:`jobs.handoff.ReplyRefused`): status and title.
+_REPLY_REFUSALS = {
+    "invalid": (403, "Invalid reply link"),
+    "expired": (410, "Reply link expired"),
+    "used": (409, "Already answered"),
+    "superseded": (409, "Request replaced"),
+    "ended": (409, "Request ended"),
+    "too_large": (413, "Reply too large"),
+    "unexpected": (422, "Unexpected reply"),
+}
+
+
+#: A refused authority link (:class:`jobs.disclosures.LinkRefused`): status and title.
+_LINK_REFUSALS = {
+    "invalid": (403, "Invalid link"),
+    "expired": (410, "Link expired"),
+    "used": (410, "Link used"),
+    "gone": (410, "Gone"),
+}
+
+
 def to_problem(exc: BaseException) -> Problem | None:
     """The problem an exception stands for, or ``None`` for an unexpected one."""
     if isinstance(exc, Problem):
@@ -111,6 +136,17 @@ def to_problem(exc: BaseException) -> Problem | None:
         return Problem(404, "Not found", f"no job {exc.job_id}")
     if isinstance(exc, IllegalTransition):
         return Problem(409, "Conflict", str(exc), status_now=exc.current.value)
+    if isinstance(exc, BreachNotFound | DisclosureNotFound):
+        return Problem(404, "Not found", str(exc))
+    if isinstance(exc, LinkRefused):
+        status, title = _LINK_REFUSALS[exc.reason]
+        return Problem(status, title, str(exc), slug=f"disclosure-link-{exc.reason}")
+    if isinstance(exc, AlreadyNotified):
+        return Problem(409, "Conflict", str(exc), slug="already-notified")
+    if isinstance(exc, FanOutExists):
+        return Problem(409, "Conflict", str(exc), slug="notices-already-sent")
+    if isinstance(exc, UploadTooLarge):
+        return Problem(413, "Upload too large", str(exc), slug="upload-too-large")
     if isinstance(exc, ActiveJobExists):
         return Problem(
             409,
@@ -124,6 +160,9 @@ def to_problem(exc: BaseException) -> Problem | None:
         return Problem(403, "Download limit reached", str(exc), slug="download-limit-reached")
     if isinstance(exc, JobEnded):
         return Problem(409, "Conflict", str(exc), status_now=exc.status.value)
+    if isinstance(exc, ReplyRefused):
+        status, title = _REPLY_REFUSALS[exc.reason]
+        return Problem(status, title, str(exc), slug=f"reply-{exc.reason.replace('_', '-')}")
     if isinstance(exc, NotAllowed):
         return Problem(409, "Not allowed", str(exc), slug=exc.rule, rule=exc.rule)
     if isinstance(exc, BadCursor):

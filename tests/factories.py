@@ -6,14 +6,43 @@ import json
 from collections.abc import Sequence
 
 from connectors.registry import ConnectorConfig
-from jobs.model import ErasureOptions, ExportOptions, ExportScope, JobKind, Options
+from jobs.model import (
+    DisclosureOptions,
+    DisclosureOrder,
+    ErasureOptions,
+    ExportOptions,
+    ExportScope,
+    FieldRef,
+    JobKind,
+    LiftOptions,
+    ObjectionOptions,
+    Options,
+    RectificationOptions,
+    utcnow,
+)
 
 
 def options_for(kind: JobKind, formats: Sequence[str] = ("json",)) -> Options:
-    """The options of a plain request of ``kind``: an export of everything, or an erasure."""
-    if kind is JobKind.EXPORT:
+    """The options of a plain request of ``kind``: an export of everything, an erasure, an
+    objection to direct marketing, a rectification of a contact's name, a lift, or a
+    disclosure of everything to a court, the subject told at once."""
+    if kind in (JobKind.EXPORT, JobKind.DISCLOSURE):
         scope = ExportScope(connectors="all", categories="all", left_out=[])
-        return ExportOptions(formats=list(formats), scope=scope)
+        export = ExportOptions(formats=list(formats), scope=scope)
+        if kind is JobKind.EXPORT:
+            return export
+        order = DisclosureOrder(authority="a court", reference="R-1", legal_basis="art. 1")
+        return DisclosureOptions(export=export, order=order, notice="now")
+    if kind is JobKind.OBJECTION:
+        return ObjectionOptions(purposes=["direct_marketing"])
+    if kind is JobKind.LIFT:
+        return LiftOptions(
+            restriction="01JD2Z6S41ABCDEFGHJKMNPQRS", reason="verified", lifts_at=utcnow()
+        )
+    if kind is JobKind.RECTIFICATION:
+        return RectificationOptions(
+            changes=[FieldRef(connector="crm", dataset="contacts", field="name")]
+        )
     return ErasureOptions.model_validate({"kind": kind.value})
 
 

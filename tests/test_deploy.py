@@ -47,9 +47,9 @@ from aiohttp import ClientSession
 from arq.connections import ArqRedis
 from sqlalchemy.engine import make_url
 
-from connectors.demo import demo_connector_configs, seed_demo_database
+from connectors.demo import DEMO_CONTROLLER, demo_connector_configs, seed_demo_database
 from connectors.items import Record, Subject
-from connectors.registry import build_connectors, load_type
+from connectors.registry import PROCESSING_FIELDS, build_connectors, load_type
 from jobs.settings import VARIABLES, Settings
 from service.api.operations import OPERATIONS
 from service.cli.main import _parser
@@ -450,6 +450,16 @@ def test_the_config_serves_the_demo_connectors(tmp_path: Path) -> None:
                 table["anonymise"] = {**table["anonymise"], "email": "null"}  # no hash_key here
         assert ours.options["tables"] == expected, ours.name
         assert ours.options.get("provides") == theirs.options.get("provides"), ours.name
+        for field in PROCESSING_FIELDS:  # what the archive's index states (Art. 15)
+            assert ours.options.get(field) == theirs.options.get(field), (ours.name, field)
+
+
+def test_the_stack_states_the_demo_platforms_controller() -> None:
+    """The index.html of the stack's archives names who `handover serve`'s demo names."""
+    for name, service in handover_services().items():
+        environment = container_environment(service)
+        stated = {key: environment.get(f"HANDOVER_{key.upper()}") for key in DEMO_CONTROLLER}
+        assert stated == DEMO_CONTROLLER, name
 
 
 def test_the_platform_seed_is_made_from_the_demo_data_now() -> None:

@@ -1,12 +1,13 @@
 """The ``sql`` connector's options, parsed from TOML into checked table specs.
 
 :class:`SqlOptions` reads the connector's own options (``url``, ``hash_key``,
-``connect_timeout``, ``pool_size``, ``tables``, ``provides``); each ``[[tables]]``
-entry becomes a :class:`TableSpec`, checked but not yet bound to the database's
-schema (that is :mod:`connectors.sql.schema`'s work). Every bad option raises a
-one-line :class:`~connectors.errors.PermanentError` naming the connector, the
-table and what is wrong, when the connector is built. Table and column names must
-match a strict pattern, so they can be quoted by the dialect and nothing else.
+``connect_timeout``, ``pool_size``, ``tables``, ``provides``, ``objection``); each
+``[[tables]]`` entry becomes a :class:`TableSpec`, ``objection`` an :class:`ObjectionSpec`,
+checked but not yet bound to the database's schema (that is :mod:`connectors.sql.schema`'s
+work). Every bad option raises a one-line :class:`~connectors.errors.PermanentError`
+naming the connector, the table and what is wrong, when the connector is built. Table
+and column names must match a strict pattern, so they can be quoted by the dialect and
+nothing else.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
@@ -24,7 +25,8 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 from connectors.errors import PermanentError
-from connectors.reports import RetentionRule
+from connectors.items import Series
+from connectors.reports import RetentionRule, ValueType
 
 _Strategy = Literal["delete", "anonymise", "retain"]
 _Action = Literal["null", "hash", "fixed", "keep"]
@@ -67,8 +69,13 @@ _TABLE_KEYS = frozenset(
         "block_column",
         "legal_basis",
         "retained_for_days",
+        "column_descriptions",
+        "series",
+        "time_column",
+        "rectifiable",
     }
 )
+_VALUE_TYPES = ("text", "email", "integer", "number", "boolean")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +112,12 @@ class TableSpec:
     anonymise: Mapping[str, _Rule]
     block_column: str | None
     retention: RetentionRule | None
+    column_descriptions: Mapping[str, str] = field(default_factory=dict)
+    series: Series | None = None
+    #: The column dating each row: an export's time range is applied to it.
+    time_column: str | None = None
+    #: Columns the subject may have corrected (GDPR Art. 16), and the type of their values.
+    rectifiable: Mapping[str, ValueType] = field(default_factory=dict)
 
     @property
     def chain(self) -> tuple[str, ...]:
@@ -123,6 +136,28 @@ class Source:
 
     table: str
     column: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectionSpec:
+    """Where an objection (GDPR Art. 21) is recorded: a consent table of the connector's.
+
+    ``purposes`` maps each of Handover's purposes to the values of ``purpose_column``
+    that stand for it; objecting sets ``granted_column`` to false on those rows (and
+    ``updated_column``, if named, to the time).
+    """
+
+    table: str
+    purpose_column: str
+    granted_column: str
+    updated_column: str | None
+    purposes: Mapping[str, tuple[str, ...]]
+
+
+_OBJECTION_KEYS = frozenset(
+    {"table", "purpose_column", "granted_column", "updated_column", "purposes"}
+)
+_PURPOSE_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
 class SqlOptions:
@@ -208,7 +243,31 @@ class SqlOptions:
         except CycleError as exc:
             cycle = " → ".join(exc.args[1])
             raise self._fail(f"tables reach the subject through each other: {cycle}") from None
+        self._check_rectifiable(specs)
         return tuple(specs)
+
+    def _check_rectifiable(self, specs: Sequence[TableSpec]) -> None:
+        """Refuse a rectifiable column that finds the subject's rows for any table: a
+        subject column, a ``through`` link or the column it references."""
+        finding: dict[tuple[str, str], str] = {}
+        for spec in specs:
+            source = spec.table
+            for hop in spec.through:
+                finding.setdefault((source, hop.column), f"links {source} to {hop.table}")
+                finding.setdefault(
+                    (hop.table, hop.references), f"is referenced by {source}.{hop.column}"
+                )
+                source = hop.table
+            finding.setdefault(
+                (source, spec.subject_column), f"finds the subject's rows of {spec.table}"
+            )
+        for spec in specs:
+            for column in spec.rectifiable:
+                why = finding.get((spec.table, column))
+                if why is not None:
+                    raise self._fail(
+                        f"table {spec.table!r}: rectifiable: {column} {why} and cannot be rectified"
+                    )
 
     def parse_provides(self, raw: object, tables: Sequence[TableSpec]) -> dict[str, Source]:
         """``provides = { name = "table.column" }``: each table one of ours, keyed otherwise."""
@@ -242,6 +301,42 @@ class SqlOptions:
                 )
             sources[name] = Source(table, column)
         return sources
+
+    def parse_objection(self, raw: object, tables: Sequence[TableSpec]) -> ObjectionSpec | None:
+        """``objection``: the consent table objections are recorded in, and its purposes."""
+        if raw is None:
+            return None
+        example = (
+            'objection = { table = "consents", purpose_column = "purpose", granted_column = '
+            '"granted", purposes = { direct_marketing = ["marketing_email"] } }'
+        )
+        if not isinstance(raw, Mapping):
+            raise self._fail(f"objection must be a table of options, such as {example}")
+        unknown = sorted(set(raw) - _OBJECTION_KEYS)
+        if unknown:
+            raise self._fail(
+                f"objection: unknown key(s) {', '.join(unknown)}; "
+                f"known: {', '.join(sorted(_OBJECTION_KEYS))}"
+            )
+        try:
+            table = _identifier(raw.get("table"), "objection.table")
+            spec = ObjectionSpec(
+                table=table,
+                purpose_column=_identifier(raw.get("purpose_column"), "objection.purpose_column"),
+                granted_column=_identifier(raw.get("granted_column"), "objection.granted_column"),
+                updated_column=_optional_identifier(
+                    raw.get("updated_column"), "objection.updated_column"
+                ),
+                purposes=_parse_purposes(raw.get("purposes")),
+            )
+        except ValueError as exc:
+            raise self._fail(str(exc)) from None
+        if table not in {t.table for t in tables}:
+            raise self._fail(
+                f"objection.table: {table!r} is not one of the connector's tables "
+                f"({', '.join(t.table for t in tables)})"
+            )
+        return spec
 
     def _check_uniqueness(self, specs: Sequence[TableSpec]) -> None:
         tables: set[str] = set()
@@ -297,9 +392,23 @@ def _parse_table(raw: object, *, hash_key: bool) -> TableSpec:
         anonymise=_parse_anonymise(raw.get("anonymise"), erase, hash_key=hash_key),
         block_column=_optional_identifier(raw.get("block_column"), "block_column"),
         retention=_parse_retention(raw, erase),
+        column_descriptions=_parse_column_descriptions(raw.get("column_descriptions", {})),
+        series=_parse_series(raw.get("series")),
+        time_column=_optional_identifier(raw.get("time_column"), "time_column"),
+        rectifiable=_parse_rectifiable(raw.get("rectifiable")),
     )
+    fixed = {spec.subject_column, spec.block_column} & set(spec.rectifiable)
+    if fixed:
+        raise ValueError(
+            f"rectifiable: {', '.join(sorted(c for c in fixed if c))} finds or blocks the "
+            "subject's rows and cannot be rectified"
+        )
     if erase == "retain" and spec.block_column is None:
         raise ValueError('erase = "retain" needs a block_column to mark the kept rows restricted')
+    charted = (spec.series.time, *spec.series.values, spec.series.by) if spec.series else ()
+    unlisted = [c for c in (*spec.column_descriptions, *charted) if c and c not in spec.columns]
+    if spec.columns and unlisted:
+        raise ValueError(f"column_descriptions and series name {unlisted[0]!r}, not in columns")
     return spec
 
 
@@ -315,6 +424,37 @@ def _optional_identifier(value: object, what: str) -> str | None:
     return None if value is None else _identifier(value, what)
 
 
+def _parse_column_descriptions(value: object) -> dict[str, str]:
+    """``column_descriptions = { ts = "when the reading was taken", … }``."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"column_descriptions must be a table of column = text, got {value!r}")
+    described = {}
+    for column, text in value.items():
+        _identifier(column, "column_descriptions")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"column_descriptions: {column} needs a text, got {text!r}")
+        described[column] = text.strip()
+    return described
+
+
+def _parse_series(value: object) -> Series | None:
+    """``series = { time = "ts", values = ["temperature"], by = "device_id" }``, if any."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or set(value) - {"time", "values", "by"}:
+        raise ValueError(
+            f'series must be {{ time = "…", values = ["…"], by = "…" }}, got {value!r}'
+        )
+    values = _identifiers(value.get("values", []), "series.values")
+    if not values:
+        raise ValueError("series.values must name at least one numeric column")
+    return Series(
+        time=_identifier(value.get("time"), "series.time"),
+        values=values,
+        by=_optional_identifier(value.get("by"), "series.by"),
+    )
+
+
 def _identifiers(value: object, what: str) -> tuple[str, ...]:
     if not isinstance(value, list | tuple):
         raise ValueError(f"{what} must be a list of column names, got {value!r}")
@@ -322,6 +462,50 @@ def _identifiers(value: object, what: str) -> tuple[str, ...]:
     if len(set(names)) != len(names):
         raise ValueError(f"{what} names a column twice")
     return names
+
+
+def _parse_purposes(value: object) -> dict[str, tuple[str, ...]]:
+    """``purposes = { direct_marketing = ["marketing_email"], … }``, each a non-empty list."""
+    example = '{ direct_marketing = ["marketing_email"] }'
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(
+            f"objection.purposes must map Handover's purposes to values, e.g. {example}"
+        )
+    purposes = {}
+    for name, targets in value.items():
+        if not isinstance(name, str) or not _PURPOSE_NAME.fullmatch(name):
+            raise ValueError(
+                f"objection.purposes: {name!r} is not a purpose name (lowercase letters, digits, _)"
+            )
+        if (
+            not isinstance(targets, list | tuple)
+            or not targets
+            or not all(isinstance(t, str) and t for t in targets)
+        ):
+            raise ValueError(
+                f"objection.purposes.{name} must be a list of the values standing for it, "
+                f"got {targets!r}"
+            )
+        purposes[name] = tuple(targets)
+    return purposes
+
+
+def _parse_rectifiable(value: object) -> dict[str, ValueType]:
+    """``rectifiable = { name = "text", email = "email" }``: column → type of its values."""
+    if value is None:
+        return {}
+    example = '{ name = "text", email = "email" }'
+    if not isinstance(value, Mapping) or not value:
+        raise ValueError(f"rectifiable must map columns to value types, such as {example}")
+    parsed: dict[str, ValueType] = {}
+    for column, kind in value.items():
+        name = _identifier(column, "rectifiable column")
+        if kind not in _VALUE_TYPES:
+            raise ValueError(
+                f"rectifiable.{name} must be one of {', '.join(_VALUE_TYPES)}, got {kind!r}"
+            )
+        parsed[name] = kind
+    return parsed
 
 
 def _parse_through(value: object, table: str) -> tuple[_Hop, ...]:

@@ -8,7 +8,10 @@ identity lookups stream rows through server-side cursors in batches, and an expo
 yields each cursor fetch as one batch (:class:`~connectors.items.Records`); erasure and
 restriction run in one transaction (rolled back for a dry run); anonymisation
 goes in primary-key batches and skips rows already anonymised, so a repeat reports
-nothing new.
+nothing new. A rectification (GDPR Art. 16) sets the columns a table declares
+``rectifiable`` on the subject's rows, by primary key. An objection (GDPR Art. 21)
+sets the subject's consents for the purposes objected to to not granted, in the consent
+table ``objection`` names, and reads them back.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from datetime import UTC, date, datetime, time
 from decimal import Decimal
@@ -32,18 +35,32 @@ from sqlalchemy import (
     event,
     func,
     literal,
+    not_,
+    or_,
     select,
     tuple_,
     update,
 )
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql import sqltypes
 
 from connectors.base import Connector
 from connectors.errors import PermanentError
-from connectors.items import Batch, Dataset, Records, Subject
-from connectors.reports import DatasetErasure, ErasureReport, RestrictionReport, RetentionRule
-from connectors.sql.config import Source, SqlOptions, TableSpec
+from connectors.items import Batch, Dataset, Period, Records, Subject
+from connectors.reports import (
+    DatasetErasure,
+    ErasureReport,
+    FieldChange,
+    FieldRectification,
+    ObjectionReport,
+    PurposeObjection,
+    Rectifiable,
+    RectificationReport,
+    RestrictionReport,
+    RetentionRule,
+)
+from connectors.sql.config import ObjectionSpec, Source, SqlOptions, TableSpec
 from connectors.sql.errors import mapped_errors
 from connectors.sql.schema import Bound, bind, erase_order, python_type, reach
 
@@ -61,9 +78,11 @@ class SqlConnector(Connector):
     options each; see :mod:`connectors.sql` and ``docs/sql-connector.md``),
     ``hash_key`` (the key of the ``hash`` anonymisation, at least 32 characters),
     ``connect_timeout`` (seconds; for SQLite, how long to wait for a lock),
-    ``pool_size`` and ``provides`` (identifier name → ``"table.column"`` holding it,
-    for :meth:`resolve`). Everything is checked when the connector is built: a bad
-    option raises :class:`PermanentError` naming the table and what is wrong.
+    ``pool_size``, ``provides`` (identifier name → ``"table.column"`` holding it,
+    for :meth:`resolve`) and ``objection`` (the consent table objections set to not
+    granted, with Handover's purposes mapped to its purpose values). Everything is
+    checked when the connector is built: a bad option raises :class:`PermanentError`
+    naming the table and what is wrong.
     """
 
     categories: ClassVar[frozenset[str]] = frozenset()
@@ -81,6 +100,7 @@ class SqlConnector(Connector):
         connect_timeout: object = 10,
         pool_size: object = 5,
         provides: object = None,
+        objection: object = None,
         **options: Any,
     ) -> None:
         super().__init__(name, **options)
@@ -92,12 +112,36 @@ class SqlConnector(Connector):
         self._pool_size = int(config.positive_number("pool_size", pool_size, whole=True))
         self._tables = config.parse_tables(tables, hash_key=self._hash_key is not None)
         self._sources = config.parse_provides(provides, self._tables)
+        self._objection = config.parse_objection(objection, self._tables)
+        if self._objection is not None:
+            self.objection_purposes = frozenset(self._objection.purposes)
+        # A column holding an identifier (``provides``) identifies the subject; subject
+        # columns are never rectifiable (config.parse_tables refuses them).
+        identifying = {(source.table, source.column) for source in self._sources.values()}
+        self.rectifiable = tuple(
+            Rectifiable(
+                spec.dataset,
+                column,
+                kind,
+                identity=kind == "email" or (spec.table, column) in identifying,
+            )
+            for spec in self._tables
+            for column, kind in spec.rectifiable.items()
+        )
         self._engine_instance: AsyncEngine | None = None
         self.identifiers = frozenset(spec.identity for spec in self._tables)
         self.provides = frozenset(self._sources)
         self.categories = frozenset(spec.category for spec in self._tables)  # type: ignore[misc]
         self.datasets = tuple(  # type: ignore[misc]
-            Dataset(spec.dataset, spec.category, spec.description, spec.columns)
+            Dataset(
+                spec.dataset,
+                spec.category,
+                spec.description,
+                spec.columns,
+                column_descriptions=spec.column_descriptions,
+                series=spec.series,
+                by_period=spec.time_column is not None,
+            )
             for spec in self._tables
         )
 
@@ -141,7 +185,9 @@ class SqlConnector(Connector):
 
         Each batch is one fetch of the table's server-side cursor (up to 1,000 rows).
         Rows of an ``anonymise`` table whose anonymised columns already hold their
-        anonymised values are no longer about the subject and are left out. A
+        anonymised values are no longer about the subject and are left out. With an
+        export's time range (``subject.period``), a table with a ``time_column`` gives
+        only the rows dated in it (:func:`in_period`); the others give every row. A
         subject without the identifier one of the tables needs raises
         :class:`Unidentified` before any row is yielded.
         """
@@ -154,6 +200,10 @@ class SqlConnector(Connector):
                 for bound, condition in reached:
                     if condition is None:
                         continue
+                    if subject.period is not None and bound.spec.time_column is not None:
+                        column = bound.table.c[bound.spec.time_column]
+                        await _check_time_text(connection, column, condition, self.name)
+                        condition = and_(condition, *in_period(column, subject.period))
                     async with aclosing(self._stream(connection, bound, condition)) as batches:
                         async for batch in batches:
                             yield batch
@@ -252,6 +302,277 @@ class SqlConnector(Connector):
         if unblockable:
             note = f"tables without a block_column were not restricted: {', '.join(unblockable)}"
         return RestrictionReport(supported=True, restricted=restricted, note=note)
+
+    async def object(self, subject: Subject, purposes: Sequence[str]) -> ObjectionReport:
+        """Set the subject's consents for ``purposes`` to not granted, in one transaction.
+
+        Each purpose mapped in ``objection.purposes`` reports how many of its consent
+        rows were granted and are not any more; one not mapped is reported unsupported.
+        """
+        spec = self._objection
+        entries: list[PurposeObjection] = []
+        with mapped_errors(self._url, connector=self.name):
+            async with self._engine().connect() as connection:
+                await connection.execution_options(**{_WRITE: True})
+                async with connection.begin():
+                    bound = self._objection_table(await self._bind(connection))
+                    for purpose in purposes:
+                        if spec is None or bound is None or purpose not in spec.purposes:
+                            entries.append(self._unmapped(purpose))
+                            continue
+                        targets = spec.purposes[purpose]
+                        stopped = await self._withdraw(connection, bound, spec, subject, targets)
+                        entries.append(PurposeObjection(purpose, targets, stopped=stopped))
+        return ObjectionReport(tuple(entries))
+
+    async def objections_in_force(
+        self, subject: Subject, purposes: Sequence[str]
+    ) -> Mapping[str, bool]:
+        """For each mapped purpose: whether none of the subject's consents for it is granted."""
+        spec = self._objection
+        if spec is None:
+            return {}
+        mapped = [purpose for purpose in purposes if purpose in spec.purposes]
+        in_force: dict[str, bool] = {}
+        with mapped_errors(self._url, connector=self.name):
+            async with self._engine().connect() as connection:
+                bound = self._objection_table(await self._bind(connection))
+                assert bound is not None  # the spec names one of the tables
+                condition = reach(bound, subject, connector=self.name)
+                for purpose in mapped:
+                    if condition is None:
+                        in_force[purpose] = True
+                        continue
+                    granted = self._granted(bound, spec, condition, spec.purposes[purpose])
+                    count = await _count(connection, bound, granted)
+                    in_force[purpose] = count == 0
+        return in_force
+
+    def _objection_table(self, bound_tables: Iterable[Bound]) -> Bound | None:
+        """The consent table, its objection columns checked against the database."""
+        spec = self._objection
+        if spec is None:
+            return None
+        bound = next(b for b in bound_tables if b.spec.table == spec.table)
+        columns = [spec.purpose_column, spec.granted_column, spec.updated_column]
+        missing = [name for name in columns if name is not None and name not in bound.table.c]
+        if missing:
+            raise PermanentError(
+                f"connector {self.name!r}: objection table {spec.table!r} has no column(s) "
+                f"{', '.join(missing)}"
+            )
+        return bound
+
+    def _unmapped(self, purpose: str) -> PurposeObjection:
+        note = f"connector {self.name!r} maps no consent purpose to {purpose!r}"
+        return PurposeObjection(purpose, supported=False, note=note)
+
+    @staticmethod
+    def _granted(
+        bound: Bound, spec: ObjectionSpec, condition: ColumnElement[bool], targets: Sequence[str]
+    ) -> ColumnElement[bool]:
+        """The subject's consent rows for ``targets`` that are granted."""
+        granted = bound.table.c[spec.granted_column]
+        return and_(
+            condition,
+            bound.table.c[spec.purpose_column].in_(list(targets)),
+            granted.is_not(None),
+            granted != _false(granted),
+        )
+
+    async def _withdraw(
+        self,
+        connection: AsyncConnection,
+        bound: Bound,
+        spec: ObjectionSpec,
+        subject: Subject,
+        targets: Sequence[str],
+    ) -> int:
+        """Set the subject's consents for ``targets`` to not granted; how many changed.
+
+        A granted row becomes not granted; a target the subject has no row for is
+        recorded not granted (a new row, when the table holds the subject's column
+        itself and the subject has rows in it already), so the objection stays on
+        record where the platform reads consents. Rows already not granted stay as
+        they are: a repeat changes nothing.
+        """
+        condition = reach(bound, subject, connector=self.name)
+        if condition is None:
+            return 0
+        granted = self._granted(bound, spec, condition, targets)
+        values: dict[str, Any] = {spec.granted_column: _false(bound.table.c[spec.granted_column])}
+        if spec.updated_column is not None:
+            column = bound.table.c[spec.updated_column]
+            now = datetime.now(UTC)
+            values[spec.updated_column] = (
+                now if python_type(column) is datetime else now.isoformat()
+            )
+        result = await connection.execute(update(bound.table).where(granted).values(values))
+        changed = int(result.rowcount)
+        if bound.spec.through:
+            return changed
+        purpose = bound.table.c[spec.purpose_column]
+        known = await connection.execute(select(bound.subject_column, purpose).where(condition))
+        rows = known.all()
+        if not rows:
+            return changed  # the subject is not in this table: nothing to record against
+        held = {row[1] for row in rows}
+        missing = [target for target in targets if target not in held]
+        if missing:
+            stored_subject = rows[0][0]
+            await connection.execute(
+                bound.table.insert(),
+                [
+                    {
+                        bound.subject_column.name: stored_subject,
+                        spec.purpose_column: target,
+                        **values,
+                    }
+                    for target in missing
+                ],
+            )
+        return changed + len(missing)
+
+    async def lift_restriction(self, subject: Subject) -> RestrictionReport:
+        """Clear ``block_column`` on the subject's rows of every table that has one."""
+        if not any(spec.block_column for spec in self._tables):
+            return RestrictionReport(
+                supported=False,
+                note=f"connector {self.name!r}: no table has a block_column to mark rows with",
+            )
+        lifted: dict[str, int] = {}
+        with mapped_errors(self._url, connector=self.name):
+            async with self._engine().connect() as connection:
+                await connection.execution_options(**{_WRITE: True})
+                async with connection.begin():
+                    for bound in await self._bind(connection):
+                        if bound.spec.block_column is None:
+                            continue
+                        condition = reach(bound, subject, connector=self.name)
+                        if condition is None:
+                            lifted[bound.spec.dataset] = 0
+                            continue
+                        flag = bound.table.c[bound.spec.block_column]
+                        blocked = and_(condition, flag != _false(flag))
+                        result = await connection.execute(
+                            update(bound.table).where(blocked).values({flag: _false(flag)})
+                        )
+                        lifted[bound.spec.dataset] = int(result.rowcount)
+        return RestrictionReport(supported=True, restricted=lifted)
+
+    async def rectify(
+        self, subject: Subject, changes: Sequence[FieldChange]
+    ) -> RectificationReport:
+        """Set each changed column on the subject's rows of its table, in one transaction.
+
+        Rows holding the value already are not counted; rows an erasure anonymised are no
+        longer the subject's and are left alone.
+        """
+        entries = []
+        with mapped_errors(self._url, connector=self.name, new_values=True):
+            async with self._engine().connect() as connection:
+                await connection.execution_options(**{_WRITE: True})
+                async with connection.begin():
+                    bound_tables = {b.spec.dataset: b for b in await self._bind(connection)}
+                    for change in changes:
+                        bound = self._rectifiable_table(bound_tables, change)
+                        entries.append(await self._rectify_rows(connection, bound, subject, change))
+        return RectificationReport(tuple(entries))
+
+    async def rectifications_in_force(
+        self, subject: Subject, changes: Sequence[FieldChange]
+    ) -> Sequence[bool]:
+        """For each change: whether every one of the subject's rows holds the new value."""
+        in_force = []
+        with mapped_errors(self._url, connector=self.name, new_values=True):
+            async with self._engine().connect() as connection:
+                bound_tables = {b.spec.dataset: b for b in await self._bind(connection)}
+                for change in changes:
+                    bound = self._rectifiable_table(bound_tables, change)
+                    rows = await self._subject_rows(connection, bound, subject, change.field)
+                    in_force.append(all(_same(value, change.value) for _, value in rows))
+        return in_force
+
+    def _rectifiable_table(self, bound_tables: Mapping[str, Bound], change: FieldChange) -> Bound:
+        bound = bound_tables.get(change.dataset)
+        if bound is None or change.field not in bound.spec.rectifiable:
+            raise PermanentError(
+                f"connector {self.name!r}: {change.dataset}.{change.field} is not rectifiable"
+            )
+        if change.field not in bound.table.c:
+            raise PermanentError(
+                f"connector {self.name!r}: table {bound.spec.table!r} has no column "
+                f"{change.field!r}"
+            )
+        return bound
+
+    async def _subject_rows(
+        self, connection: AsyncConnection, bound: Bound, subject: Subject, column: str
+    ) -> list[tuple[tuple[Any, ...], Any]]:
+        """The primary key and ``column`` of each of the subject's rows that is still theirs
+        (not anonymised)."""
+        condition = reach(bound, subject, connector=self.name)
+        if condition is None:
+            return []
+        spec = bound.spec
+        key = list(bound.table.primary_key.columns)
+        watched = spec.changed_columns if spec.erase == "anonymise" else ()
+        query = select(*key, bound.table.c[column], *(bound.table.c[n] for n in watched)).where(
+            condition
+        )
+        rows = []
+        for row in (await connection.execute(query)).all():
+            current = dict(zip(watched, row[len(key) + 1 :], strict=True))
+            if watched and self._anonymised_values(spec, current) == current:
+                continue
+            rows.append((tuple(row[: len(key)]), row[len(key)]))
+        return rows
+
+    async def _rectify_rows(
+        self, connection: AsyncConnection, bound: Bound, subject: Subject, change: FieldChange
+    ) -> FieldRectification:
+        """Set the column on the subject's one row of the table.
+
+        No row: nothing changed, ``held`` false. More than one: refused (a
+        :class:`PermanentError` naming the table; the transaction rolls back), as which of
+        them the subject meant is not known.
+        """
+        key = list(bound.table.primary_key.columns)
+        if not key:
+            raise PermanentError(
+                f"connector {self.name!r}: table {bound.spec.table!r} has no primary key to "
+                "rectify its rows by"
+            )
+        rows = await self._subject_rows(connection, bound, subject, change.field)
+        if not rows:
+            return FieldRectification(
+                change.dataset,
+                change.field,
+                0,
+                note=f"no row of the subject in {bound.spec.table}: nothing changed",
+                held=False,
+            )
+        if len(rows) > 1:
+            raise PermanentError(
+                f"connector {self.name!r}: table {bound.spec.table!r} holds {len(rows)} rows "
+                f"of the subject: {change.dataset}.{change.field} is changed only where the "
+                "subject has one row"
+            )
+        stale = [pk for pk, value in rows if not _same(value, change.value)]
+        if stale:
+            statement = (
+                update(bound.table)
+                .where(and_(*(column == bindparam(f"key_{i}") for i, column in enumerate(key))))
+                .values({change.field: bindparam("new_value")})
+            )
+            await connection.execute(
+                statement,
+                [
+                    {"new_value": change.value, **{f"key_{i}": v for i, v in enumerate(pk)}}
+                    for pk in stale
+                ],
+            )
+        return FieldRectification(change.dataset, change.field, len(stale))
 
     # -- one table -------------------------------------------------------------
 
@@ -427,7 +748,7 @@ class SqlConnector(Connector):
                 replaced[name] = self._hash(value)
         return replaced
 
-    def _hash(self, value: object) -> str | None:
+    def _hash(self, value: Any) -> str | None:
         """Keyed SHA-256 (HMAC) hex of ``value``; a value already hashed stays as it is."""
         if value is None:
             return None
@@ -450,6 +771,76 @@ class SqlConnector(Connector):
         return self._engine_instance
 
 
+def in_period(column: Column[Any], period: Period) -> list[ColumnElement[bool]]:
+    """Conditions keeping the rows whose ``column`` falls in ``period``.
+
+    The bounds are given in the column's own terms: a timestamp with a time zone gets
+    them as they are, one without gets them in UTC (naive), an integer column Unix
+    seconds, and a text column ISO 8601 text in UTC (``2026-11-01T00:00:00``, compared
+    as text: the column must hold that form, which :func:`_check_time_text` checks). A
+    row whose time is NULL is outside every range.
+    """
+
+    def bound(moment: datetime) -> Any:
+        kind = column.type
+        if isinstance(kind, sqltypes.DateTime):
+            return moment if kind.timezone else moment.astimezone(UTC).replace(tzinfo=None)
+        if isinstance(kind, sqltypes.Date):
+            return moment.astimezone(UTC).date()
+        if isinstance(kind, sqltypes.Integer | sqltypes.Numeric):
+            return int(moment.timestamp())
+        return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S")
+
+    conditions: list[ColumnElement[bool]] = [column.is_not(None)]
+    if period.since is not None:
+        conditions.append(column >= bound(period.since))
+    if period.until is not None:
+        conditions.append(column < bound(period.until))
+    return conditions
+
+
+def _is_text_time(column: Column[Any]) -> bool:
+    """Whether :func:`in_period` compares ``column`` as text."""
+    kind = column.type
+    return not isinstance(
+        kind, sqltypes.DateTime | sqltypes.Date | sqltypes.Integer | sqltypes.Numeric
+    )
+
+
+async def _check_time_text(
+    connection: AsyncConnection,
+    column: Column[Any],
+    condition: ColumnElement[bool],
+    connector: str,
+) -> None:
+    """A text time column compared with a range must hold ISO 8601 in UTC with a ``T``
+    (``2026-11-01T00:00:00``, optionally fractional seconds, then ``Z``, ``+00:00`` or
+    nothing): any other form
+    sorts wrongly against the bounds (SQLite's ``CURRENT_TIMESTAMP`` writes a space, which
+    sorts before ``T``: rows of the first day left out, of the last let in). The
+    subject's rows are checked first; one in another form raises :class:`PermanentError`
+    naming the column, so no range is claimed that was not applied."""
+    if not _is_text_time(column):
+        return
+    shape = "____-__-__T__:__:__"
+    utc = or_(column.like("%Z"), column.like("%+00:00"), column.not_like("%:%:%:%"))
+    in_form = or_(
+        column.like(shape),
+        column.like(shape + "Z"),
+        column.like(shape + "+00:00"),
+        and_(column.like(shape + ".%"), column.not_like("%+%") | column.like("%+00:00"), utc),
+    )
+    odd = await connection.execute(
+        select(literal(1)).where(condition, column.is_not(None), not_(in_form)).limit(1)
+    )
+    if odd.first() is not None:
+        raise PermanentError(
+            f"connector {connector!r}: {column.table.name}.{column.name} holds times not in "
+            "the form 2026-11-01T00:00:00 (ISO 8601 in UTC, with a T): an export's time "
+            "range cannot be applied to it; store it so, or as a timestamp"
+        )
+
+
 def _after(key: Sequence[Column[Any]], last: Sequence[Any]) -> ColumnElement[bool]:
     """Rows whose primary key sorts after ``last`` (keyset pagination)."""
     if len(key) == 1:
@@ -462,6 +853,20 @@ def _after(key: Sequence[Column[Any]], last: Sequence[Any]) -> ColumnElement[boo
 async def _count(connection: AsyncConnection, bound: Bound, condition: ColumnElement[bool]) -> int:
     statement = select(func.count()).select_from(bound.table).where(condition)
     return int((await connection.execute(statement)).scalar_one())
+
+
+def _same(stored: Any, value: Any) -> bool:
+    """Whether a stored value is the new one, across the drivers' types (1 and True, 2 and 2.0)."""
+    if isinstance(value, bool):
+        return stored is not None and bool(stored) is value
+    if isinstance(value, int | float) and isinstance(stored, int | float | Decimal):
+        return float(stored) == float(value)
+    return bool(stored == value)
+
+
+def _false(column: Column[Any]) -> Any:
+    """Not granted, as the column stores it: ``False`` in a boolean column, else 0."""
+    return False if python_type(column) is bool else 0
 
 
 def _looks_hashed(value: object) -> TypeGuard[str]:

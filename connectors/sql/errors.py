@@ -14,7 +14,9 @@ PostgreSQL, the table, column and constraint it names; MySQL's error number;
 SQLite's result code name — never the statement or its values. The driver's own
 message goes to the error's ``detail`` (admins only): it can quote the subject's data
 (PostgreSQL's ``Key (email)=(alice@example.com) already exists``, MySQL's
-``Duplicate entry 'alice@example.com'``).
+``Duplicate entry 'alice@example.com'``). Where a request writes new values (a
+rectification's), an integrity or data error's detail is a fixed text instead: the
+driver's would quote the new value, which must not outlive the job.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 from connectors.errors import ConnectorError, PermanentError, TransientError
@@ -40,11 +42,23 @@ _TRANSIENT_MYSQL_ERRORS = frozenset(
     | {2055, 3024, 4031}
 )
 _SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+# SQLSTATE classes of errors about the values written: data exceptions, integrity
+# constraint violations.
+_VALUE_SQLSTATE_CLASSES = ("22", "23")
+#: The detail of an integrity or data error where the request wrote new values.
+NEW_VALUE_REFUSED = (
+    "the database refused a new value (a constraint or the column's type); the driver's "
+    "message is not kept, as it may quote the value"
+)
 
 
 @contextmanager
-def mapped_errors(url: URL, *, connector: str) -> Iterator[None]:
-    """Turn driver and SQLAlchemy errors into transient or permanent connector errors."""
+def mapped_errors(url: URL, *, connector: str, new_values: bool = False) -> Iterator[None]:
+    """Turn driver and SQLAlchemy errors into transient or permanent connector errors.
+
+    ``new_values``: the request writes values that must not outlive it (a rectification's);
+    an integrity or data error's detail is then :data:`NEW_VALUE_REFUSED`.
+    """
     try:
         yield
     except ConnectorError:
@@ -54,7 +68,7 @@ def mapped_errors(url: URL, *, connector: str) -> Iterator[None]:
             raise
         where = url.render_as_string(hide_password=True)
         message = f"connector {connector!r}: {where}: {_describe(exc)}"
-        detail = _driver_message(exc)
+        detail = NEW_VALUE_REFUSED if new_values and _about_values(exc) else _driver_message(exc)
         if url.password and len(str(url.password)) >= 4:
             detail = detail.replace(str(url.password), "***")
         if _is_transient(exc):
@@ -84,6 +98,17 @@ def _from_the_database(exc: Exception) -> bool:
     """Whether ``exc`` comes from SQLAlchemy, a driver or the network, not from our own code."""
     package = type(exc).__module__.partition(".")[0]
     return isinstance(exc, SQLAlchemyError | OSError) or package in _DRIVER_PACKAGES
+
+
+def _about_values(exc: BaseException) -> bool:
+    """Whether ``exc`` is an integrity or data error: its driver's message may quote values."""
+    for error in _causes(exc):
+        if isinstance(error, IntegrityError | DataError):
+            return True
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate[:2] in _VALUE_SQLSTATE_CLASSES:
+            return True
+    return False
 
 
 def _is_transient(exc: BaseException) -> bool:

@@ -142,7 +142,14 @@ def _missing_columns(spec: TableSpec, metadata: MetaData) -> Iterator[str]:
     """``column 'table.name'`` for every configured column the database lacks."""
     wanted: list[tuple[str, str]] = [
         (spec.table, name)
-        for name in (*spec.columns, *spec.order_by, *spec.anonymise, spec.block_column)
+        for name in (
+            *spec.columns,
+            *spec.order_by,
+            *spec.anonymise,
+            *spec.rectifiable,
+            spec.block_column,
+            spec.time_column,
+        )
         if name is not None
     ]
     source = spec.table
@@ -157,7 +164,13 @@ def _missing_columns(spec: TableSpec, metadata: MetaData) -> Iterator[str]:
 
 
 def _schema_problem(spec: TableSpec, table: Table, key: tuple[str, ...]) -> str | None:
-    """What makes a present table unusable for its strategy, if anything."""
+    """What makes a present table unusable for its strategy or its rectifiable columns,
+    if anything."""
+    if spec.rectifiable and not key:
+        return "rectifiable columns need a primary key to update rows one by one"
+    for name in spec.rectifiable:
+        if name in key:
+            return f"column {name!r} is part of the primary key and cannot be rectified"
     if spec.erase != "anonymise":
         return None
     if not key:

@@ -138,6 +138,17 @@ class Signer:
         key = hmac.new(raw, b"handover pseudonym", hashlib.sha256).digest()
         return "s_" + hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()[:20]
 
+    def mac(self, purpose: bytes, data: bytes) -> str:
+        """A keyed hash (HMAC-SHA-256, hex) of ``data`` for ``purpose``, keyed like
+        :meth:`pseudonym`: every process sharing the key agrees, nobody else can make one."""
+        raw = self._private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        key = hmac.new(raw, b"handover " + purpose, hashlib.sha256).digest()
+        return hmac.new(key, data, hashlib.sha256).hexdigest()
+
     @classmethod
     def from_file(cls, path: Path, *, create: bool) -> Signer:
         """Load the PEM private key at ``path``; with ``create``, make one if there is none."""

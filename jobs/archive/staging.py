@@ -42,6 +42,7 @@ from isal import isal_zlib
 from connectors.errors import PermanentError
 from connectors.items import Dataset, Record
 from jobs.archive.formats import RENDERERS, Renderer
+from jobs.archive.preview import Gatherer
 from jobs.model import StagedPart
 
 CHUNK_SIZE = 1 << 20
@@ -116,6 +117,7 @@ class Stager:
         self._streams: dict[str, _Stream] = {}
         self._renderers: dict[str, Renderer] = {}
         self._record_streams: dict[str, list[str]] = {}
+        self._previews: dict[str, Gatherer] = {}
         self._order: list[str] = []
 
     @property
@@ -168,10 +170,13 @@ class Stager:
     ) -> list[tuple[str, bytes]]:
         """Rows of one dataset rendered in every format: ``(archive path, bytes)`` for :meth:`feed`.
 
-        The first rows of a dataset open its files, their opening bytes in front.
+        The first rows of a dataset open its files, their opening bytes in front. The
+        rows are shown to the dataset's preview (:attr:`previews`) on the way.
         """
         rendered = []
-        for path in self._record_paths(dataset):
+        paths = self._record_paths(dataset)
+        self._previews[dataset].add(rows)
+        for path in paths:
             stream = self._streams[path]
             data = self._renderers[path].render(rows)
             if stream.opening:
@@ -201,6 +206,7 @@ class Stager:
             self._renderers[path] = renderer
             paths.append(path)
         self._record_streams[name] = paths
+        self._previews[name] = Gatherer(dataset)
         return paths
 
     def open_file(self, path: str, dataset: str) -> str:
@@ -245,6 +251,11 @@ class Stager:
     def parts(self) -> list[StagedPart]:
         """Every archive file staged, in the order each was opened."""
         return [self._streams[path].part for path in self._order]
+
+    @property
+    def previews(self) -> dict[str, dict[str, Any]]:
+        """Each dataset's preview for the archive's index, by name (:mod:`jobs.archive.preview`)."""
+        return {name: gatherer.result() for name, gatherer in self._previews.items()}
 
     def _drain(self, stream: _Stream, threshold: int) -> list[bytes]:
         if stream.pending_size < threshold or not stream.pending:
@@ -313,6 +324,11 @@ class StagingThread:
         traceback: TracebackType | None,
     ) -> None:
         self._inbox.put(None)  # it ends once what it holds is done: a few pieces at most
+
+    @property
+    def previews(self) -> dict[str, dict[str, Any]]:
+        """Each dataset's preview so far: :attr:`Stager.previews`."""
+        return self._stager.previews
 
     @property
     def in_flight(self) -> int:

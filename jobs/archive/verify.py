@@ -7,8 +7,8 @@
   used twice (a forged copy can stand before the signed one, and unzip tools disagree
   on which they keep) or one that could be written outside the extraction directory
   fails it;
-- an erasure or restriction receipt: its signature over its canonical bytes; JSON
-  that repeats a key in one object fails it.
+- an erasure or restriction receipt, or a breach report (:mod:`jobs.breach_report`): its
+  signature over its canonical bytes; JSON that repeats a key in one object fails it.
 
 Public keys come from a pinned key file or from the service's ``/v1/keys`` over
 ``https``; plain ``http`` only to a loopback host (127.0.0.0/8, ::1, ``localhost``),
@@ -39,6 +39,8 @@ from jobs.archive.receipt import verify_receipt
 from jobs.archive.signing import SignatureError, jwk_public_key, refuse_repeated_keys, verify
 from jobs.archive.writer import FORMAT, MANIFEST, SIGNATURE
 from jobs.archive.zipwriter import unsafe_name
+from jobs.breach_report import FORMAT as REPORT_FORMAT
+from jobs.breach_report import verify_report
 
 READ_CHUNK = 1 << 20
 
@@ -51,6 +53,8 @@ class Verification:
     key_id: str | None = None
     problems: list[str] = field(default_factory=list)
     receipt: dict[str, Any] | None = None
+    report: dict[str, Any] | None = None
+    """A breach report's content, when the file checked is one."""
     crc32: str | None = None
     """The archive file's CRC-32 (8 hex digits), to compare with its job's ``result.crc32``."""
 
@@ -269,8 +273,31 @@ def verify_receipt_file(path: Path, keys: list[Ed25519PublicKey]) -> Verificatio
     return result
 
 
+def _format_of(data: bytes) -> object:
+    """The ``format`` a JSON document names, if it is an object that names one."""
+    try:
+        document = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    return document.get("format") if isinstance(document, dict) else None
+
+
+def verify_report_file(path: Path, keys: list[Ed25519PublicKey]) -> Verification:
+    """Check the breach report at ``path``."""
+    result = Verification()
+    try:
+        result.key_id, result.report = verify_report(path.read_bytes(), keys)
+    except OSError as exc:
+        result.problems.append(f"cannot read: {exc.strerror}")
+    except SignatureError as exc:
+        result.problems.append(str(exc))
+    return result
+
+
 def verify_file(path: Path, keys: list[Ed25519PublicKey]) -> Verification:
-    """Check an archive or a receipt, whichever ``path`` holds."""
+    """Check an archive, a receipt or a breach report, whichever ``path`` holds."""
     if path.is_file() and not zipfile.is_zipfile(path) and path.read_bytes()[:1] == b"{":
+        if _format_of(path.read_bytes()) == REPORT_FORMAT:
+            return verify_report_file(path, keys)
         return verify_receipt_file(path, keys)
     return verify_archive(path, keys)

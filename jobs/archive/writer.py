@@ -3,11 +3,15 @@
 ::
 
     handover-export-<job id>.zip
-      index.html           a readable overview of everything inside
+      index.html           the readable answer (GDPR Art. 15): every file linked, each
+                           dataset previewed and charted, the processing explained
+                           (:mod:`jobs.archive.index`)
       manifest.json        job, subject, dates, what was asked (scope) and left out,
                            the kinds of identifier used and how each was verified,
                            connectors (asked or not, and why not), and per file:
-                           path, connector, dataset, category, format, records, bytes, sha256
+                           path, connector, dataset, category, format, records, bytes, sha256;
+                           a compelled disclosure's ``recipient`` (the authority, its order),
+                           or the ``disclosures`` the subject may be told of (Art. 15(1)(c))
       manifest.json.sig    Ed25519 signature of manifest.json's exact bytes, with key id
       <connector>/<dataset>.<json|csv|ndjson>
       <connector>/files/…
@@ -33,13 +37,12 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
-import jinja2
 import orjson
 from isal import isal_zlib
 
+from jobs.archive import index
 from jobs.archive.protection import AES_METHOD, AES_OVERHEAD, ZipMemberCipher, aes_extra
 from jobs.archive.signing import Signer
 from jobs.archive.zipwriter import DEFLATED, ZipWriter
@@ -140,44 +143,6 @@ def _file_entry(part: StagedPart) -> dict[str, Any]:
     }
 
 
-_TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
-    autoescape=True,
-    undefined=jinja2.StrictUndefined,
-)
-_PROCESSING_DETAILS = (
-    ("purposes", "Purposes"),
-    ("legal_basis", "Legal basis"),
-    ("recipient", "Recipient"),
-    ("retention", "Retention"),
-    ("source", "Source"),
-)
-
-
-def _index_html(
-    job: Job,
-    generated_at: datetime,
-    expires_at: datetime,
-    connectors: Sequence[Mapping[str, Any]],
-    files: Sequence[Mapping[str, Any]],
-) -> bytes:
-    page = _TEMPLATES.get_template("export_index.html").render(
-        job=job,
-        created_at=iso(job.created_at),
-        generated_at=iso(generated_at),
-        expires_at=iso(expires_at),
-        manifest=MANIFEST,
-        signature=SIGNATURE,
-        connectors=[{key: None for key, _ in _PROCESSING_DETAILS} | dict(c) for c in connectors],
-        details=_PROCESSING_DETAILS,
-        scope=job.export_options.scope.model_dump(mode="json"),
-        not_asked=[c for c in connectors if c.get("asked") is False],
-        identity=job.identity.statement(),
-        files=files,
-    )
-    return page.encode("utf-8")
-
-
 def _deflate(data: bytes) -> bytes:
     compressor = zlib.compressobj(6, zlib.DEFLATED, -15)
     return compressor.compress(data) + compressor.flush()
@@ -243,15 +208,24 @@ async def write_archive(
     connectors: Sequence[Mapping[str, Any]],
     generated_at: datetime,
     expires_at: datetime,
+    statement: index.Statement,
+    previews: Mapping[tuple[str, str], Mapping[str, Any]],
     password: str | None = None,
     force_zip64: bool = False,
+    recipient: Mapping[str, str] | None = None,
+    disclosures: Sequence[Mapping[str, str]] = (),
 ) -> list[dict[str, Any]]:
     """Stream the archive for ``job`` into ``destination`` (completed by the caller).
 
     With a ``password`` every member is AES-256 encrypted (WinZip AE-2). When
     ``destination`` is an :class:`ArchiveOutput` that can copy, the staged bytes of an
     archive without a password are copied by the store; otherwise they are read and
-    written here. Returns the manifest's file list.
+    written here. ``index.html`` is written from the manifest's facts, the
+    ``previews`` staging gathered (by connector and dataset) and ``statement``
+    (:mod:`jobs.archive.index`). ``recipient`` names the authority a compelled
+    disclosure's archive is addressed to, and its order; ``disclosures`` are those the
+    subject may be told of, listed among the recipients (:mod:`jobs.disclosures`); the
+    manifest has either key only when given. Returns the manifest's file list.
     """
     out = destination
     copying = (
@@ -262,7 +236,16 @@ async def write_archive(
     zip_writer = ZipWriter(generated_at, force_zip64=force_zip64)
     members = _Members(zip_writer, out, password)
     data_files = [_file_entry(item.part) for item in staged]
-    index = _index_html(job, generated_at, expires_at, connectors, data_files)
+    page = index.render(
+        job=job,
+        generated_at=generated_at,
+        expires_at=expires_at,
+        connectors=connectors,
+        files=data_files,
+        previews=previews,
+        statement=statement,
+        disclosures=disclosures,
+    )
     index_entry = {
         "path": INDEX,
         "connector": None,
@@ -270,8 +253,8 @@ async def write_archive(
         "category": None,
         "format": "html",
         "records": None,
-        "bytes": len(index),
-        "sha256": hashlib.sha256(index).hexdigest(),
+        "bytes": len(page),
+        "sha256": hashlib.sha256(page).hexdigest(),
     }
     files = [index_entry, *data_files]
     manifest = {
@@ -282,13 +265,17 @@ async def write_archive(
         "generated_at": iso(generated_at),
         "expires_at": iso(expires_at),
         "signing_key_id": signer.key_id,
-        "scope": job.export_options.scope.model_dump(mode="json"),
+        "scope": job.export_options.scope.model_dump(mode="json", exclude_none=True),
         "identity": job.identity.statement(),
         "connectors": list(connectors),
         "files": files,
     }
+    if recipient is not None:
+        manifest["recipient"] = dict(recipient)
+    if disclosures:
+        manifest["disclosures"] = [dict(entry) for entry in disclosures]
     manifest_bytes = orjson.dumps(manifest, option=orjson.OPT_INDENT_2) + b"\n"
-    await members.small(INDEX, index)
+    await members.small(INDEX, page)
     await members.small(MANIFEST, manifest_bytes)
     await members.small(SIGNATURE, signer.sign(manifest_bytes))
     for item in staged:

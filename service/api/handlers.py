@@ -11,17 +11,21 @@ requests to them.
 from __future__ import annotations
 
 import re
-from typing import TypeVar
+from dataclasses import replace
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
+from connectors.base import Connector
+from jobs.breaches import BreachRegister
 from jobs.commands import Actor
 from jobs.health import check_readiness
 from jobs.identity import checked_identifiers
 from jobs.ids import is_ulid
 from jobs.model import Identity, Job, JobKind, JobStatus, utcnow
+from jobs.search import HIDDEN_FROM_SUBJECTS
 from jobs.storage.base import StorageError, content_type_of
 from jobs.storage.local import LocalStore
 from service.api import models
@@ -93,10 +97,11 @@ def event_id(value: str, named: str = "Last-Event-ID") -> str:
 
 
 async def visible_job(request: web.Request, who: Principal) -> Job:
-    """The job in the path, if ``who`` may see it; another subject's job is a 404."""
+    """The job in the path, if ``who`` may see it; another subject's job is a 404, and so is
+    a disclosure about the subject (staff only: :mod:`jobs.disclosures`)."""
     job_id = path_job_id(request)
     job = await request.app[RESOURCES].store.get(job_id)
-    if not who.may_see(job.subject):
+    if not who.may_see(job.subject) or (job.kind in HIDDEN_FROM_SUBJECTS and not who.is_staff):
         raise Problem(404, "Not found", f"no job {job_id}")
     return job
 
@@ -200,6 +205,9 @@ async def create_export(request: web.Request) -> web.Response:
         identity=requester_identity(who, subject, body.identifiers),
         locale=who.notice_locale(subject, body.locale),
         jurisdiction=requested_jurisdiction(request, who, subject, body.jurisdiction),
+        since=body.since,
+        until=body.until,
+        time_zone=who.reading_time_zone(subject, body.time_zone),
     )
     return accepted(job)
 
@@ -220,6 +228,8 @@ async def _create_erasure_job(request: web.Request, kind: JobKind) -> web.Respon
         identity=requester_identity(who, subject, body.identifiers),
         locale=who.notice_locale(subject, body.locale),
         jurisdiction=requested_jurisdiction(request, who, subject, body.jurisdiction),
+        ground=body.ground if isinstance(body, models.RestrictionRequest) else None,
+        until=body.until if isinstance(body, models.RestrictionRequest) else None,
     )
     return accepted(job)
 
@@ -280,7 +290,8 @@ async def get_receipt(request: web.Request) -> web.Response:
 async def get_job(request: web.Request) -> web.Response:
     who = await principal(request)
     job = await visible_job(request, who)
-    return json_response(job_view(job, admin=who.is_admin))
+    deciding = who.is_staff and who.sub not in {job.requested_by, job.subject}
+    return json_response(job_view(job, admin=who.is_admin, deciding=deciding))
 
 
 async def list_events(request: web.Request) -> web.StreamResponse:
@@ -307,6 +318,8 @@ async def list_jobs(request: web.Request) -> web.Response:
             raise Problem(403, "Forbidden", "a subject may only list their own jobs")
         params = params.model_copy(update={"subject": who.sub})
     query = params.to_query()
+    if not who.is_staff:
+        query = replace(query, hidden_kinds=HIDDEN_FROM_SUBJECTS)
     page = await request.app[RESOURCES].store.search(query)
     return json_response(
         {
@@ -335,6 +348,7 @@ async def metrics(request: web.Request) -> web.Response:
         await resources.store.count_overdue(utcnow()),
         await resources.queue.depth(),
     )
+    text += await BreachRegister.of(resources).metrics_text(utcnow())
     return web.Response(
         text=text,
         content_type="text/plain",
@@ -441,6 +455,13 @@ async def download(request: web.Request) -> web.Response:
     job = await visible_job(request, who)
     if who.sub != job.subject and not who.is_admin:
         raise Problem(403, "Forbidden", "support staff see requests, never their data")
+    if job.kind is JobKind.DISCLOSURE:
+        raise Problem(
+            403,
+            "Forbidden",
+            f"job {job.id} is a disclosure: its archive goes to the authority only, through a "
+            f"one-time link (POST /v1/disclosures/{job.id}/link)",
+        )
     now = utcnow()
     if job.status is JobStatus.EXPIRED or (job.result is not None and job.result.expires_at <= now):
         raise Problem(410, "Gone", f"the archive of job {job.id} has expired and was deleted")
@@ -504,7 +525,20 @@ async def serve_object(request: web.Request) -> web.StreamResponse:
 async def list_connectors(request: web.Request) -> web.Response:
     await principal(request)
     connectors = request.app[RESOURCES].connectors
-    return json_response({"connectors": [dict(c.describe()) for c in connectors.values()]})
+    return json_response({"connectors": [_connector_view(c) for c in connectors.values()]})
+
+
+def _connector_view(connector: Connector) -> dict[str, Any]:
+    """A connector as ``GET /v1/connectors`` shows it: what it tells subjects, and what may be
+    asked of it: the purposes it acts on when objected to, the fields it lets be corrected."""
+    return {
+        **connector.describe(),
+        "objection_purposes": sorted(connector.objection_purposes),
+        "rectifiable": [
+            {"dataset": r.dataset, "field": r.field, "type": r.type, "identity": r.identity}
+            for r in connector.rectifiable
+        ],
+    }
 
 
 async def list_keys(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from jobs.model import JobKind, JobStatus, Options
 from jobs.search import JobQuery
@@ -35,7 +35,9 @@ RefusalGroundsName = Literal[
     "rights_of_others",
     "legal_exemption",
 ]
-RunStatusName = Literal["pending", "running", "succeeded", "failed", "unidentified", "not_asked"]
+RunStatusName = Literal[
+    "pending", "running", "succeeded", "failed", "unidentified", "not_asked", "waiting_on_processor"
+]
 
 
 class Strict(BaseModel):
@@ -179,6 +181,28 @@ class ExportRequest(Strict):
     )
     identifiers: IdentifiersIn | None = Field(None, description=_IDENTIFIERS_DESCRIPTION)
     locale: str | None = _LOCALE_FIELD
+    time_zone: str | None = Field(
+        None,
+        max_length=64,
+        description="The IANA time zone the archive's index.html writes dates in. Default: the "
+        "subject's token's `zoneinfo` claim when they ask themselves, else "
+        "`HANDOVER_TIME_ZONE`.",
+        examples=["Europe/Paris"],
+    )
+    since: AwareDatetime | None = Field(
+        None,
+        strict=False,
+        description="Only what was recorded from this moment on (ISO 8601 with a time zone), "
+        "where the processor can filter by time; the manifest says, per processor, which "
+        "datasets the range was applied to and which were exported whole.",
+        examples=["2026-11-01T00:00:00Z"],
+    )
+    until: AwareDatetime | None = Field(
+        None,
+        strict=False,
+        description="Only what was recorded before this moment (excluded); after `since`.",
+        examples=["2026-12-01T00:00:00Z"],
+    )
 
 
 class ErasureRequest(Strict):
@@ -216,6 +240,159 @@ class ErasureRequest(Strict):
 
 class RestrictionRequest(ErasureRequest):
     """Ask for processing of the subject's data to be restricted (GDPR Art. 18)."""
+
+    ground: (
+        Literal["accuracy_contested", "unlawful_processing", "legal_claims", "objection_pending"]
+        | None
+    ) = Field(
+        None,
+        description="Why (Art. 18(1)): (a) `accuracy_contested`, while it is verified; (b) "
+        "`unlawful_processing`, restriction asked instead of erasure; (c) `legal_claims`, data "
+        "the controller no longer needs but the subject needs for legal claims; (d) "
+        "`objection_pending`, while an objection (Art. 21(1)) is weighed. Named in the receipt.",
+        examples=["accuracy_contested"],
+    )
+    until: datetime | None = Field(
+        None,
+        strict=False,  # an ISO 8601 string, as JSON carries moments
+        description="Until when, where known (a moment to come); named in the receipt.",
+        examples=["2027-03-01T00:00:00Z"],
+    )
+
+
+class ObjectionRequest(Strict):
+    """Object to processing for some purposes (GDPR Art. 21)."""
+
+    subject: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Whose data. A subject may only name themself (or omit it); "
+        "support and admin must name the subject.",
+        examples=["alice"],
+    )
+    purposes: list[str] = Field(
+        min_length=1,
+        max_length=20,
+        description="Handover's purposes: `direct_marketing` (absolute, Art. 21(2), 21(3): it "
+        "runs at once) and those the configured connectors map (`analytics`, `research`…: "
+        "they wait for support's decision, Art. 21(1)). Naming both makes two jobs, each "
+        "naming the other in `options.related`; the answer is the direct marketing one.",
+        examples=[["direct_marketing"]],
+    )
+    connectors: list[str] | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        description="Only these connectors; default: all.",
+        examples=[["profile"]],
+    )
+    reason: str | None = Field(
+        None,
+        max_length=1000,
+        description="Why, in the subject's words (Art. 21(1): grounds relating to their "
+        "particular situation); kept on the job.",
+        examples=["I no longer want marketing emails"],
+    )
+    identifiers: IdentifiersIn | None = Field(None, description=_IDENTIFIERS_DESCRIPTION)
+    locale: str | None = _LOCALE_FIELD
+    jurisdiction: str | None = _jurisdiction()
+
+
+class ChangeIn(Strict):
+    """One correction: a field of a dataset at a connector, and its new value."""
+
+    connector: str = Field(min_length=1, max_length=64, examples=["profile"])
+    dataset: str = Field(min_length=1, max_length=64, examples=["profile"])
+    field: str = Field(min_length=1, max_length=64, examples=["name"])
+    value: str | bool | int | float = Field(
+        description="The new value, of the field's type (text, email, integer, number, "
+        "boolean). Kept on the job only while it is live; never shown, sent or signed.",
+        examples=["Alice Dupont"],
+    )
+
+
+class RectificationRequest(Strict):
+    """Correct inaccurate personal data (GDPR Art. 16)."""
+
+    subject: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        description="Whose data. A subject may only name themself (or omit it); "
+        "support and admin must name the subject.",
+        examples=["alice"],
+    )
+    changes: list[ChangeIn] = Field(
+        min_length=1,
+        max_length=50,
+        description="Only fields a connector declares rectifiable (`GET /v1/connectors`: "
+        "`rectifiable`); a field that is not, or a value of the wrong type, is a 422 naming "
+        "the change (`changes[0].value`).",
+        examples=[
+            [{"connector": "profile", "dataset": "profile", "field": "name", "value": "Alice D."}]
+        ],
+    )
+    reason: str | None = Field(
+        None,
+        max_length=1000,
+        description="Why, in the requester's words; kept on the job.",
+        examples=["I married and changed my name"],
+    )
+    identifiers: IdentifiersIn | None = Field(None, description=_IDENTIFIERS_DESCRIPTION)
+    locale: str | None = _LOCALE_FIELD
+    jurisdiction: str | None = _jurisdiction()
+
+
+class DecideRequest(Strict):
+    """Support's decision on an objection (GDPR Art. 21(1)) or a rectification waiting for
+    approval."""
+
+    upheld: bool = Field(
+        description="true: upheld (approved), it runs; false: it is rejected.",
+        examples=[True],
+    )
+    grounds: str | None = Field(
+        None,
+        min_length=3,
+        max_length=2000,
+        description="Needed to reject: for an objection, the compelling legitimate grounds for "
+        "the processing that override the subject's interests, rights and freedoms; for a "
+        "rectification, why the data is accurate. The subject is told them and where to "
+        "complain.",
+        examples=["fraud prevention on the account: the analytics are needed to detect abuse"],
+    )
+    verified_by: str | None = Field(
+        None,
+        min_length=3,
+        max_length=2000,
+        description="Needed to approve a rectification of an identity field: how the new "
+        "value was checked. Recorded in the decision and the signed receipt.",
+        examples=["confirmation mail to the new address answered on 2026-03-02"],
+    )
+
+
+class LiftRequest(Strict):
+    """Lift a restriction in force (GDPR Art. 18(3)); the subject is told first."""
+
+    reason: str = Field(
+        min_length=3,
+        max_length=1000,
+        description="Why; the subject is told, before anything is lifted.",
+        examples=["the accuracy of your data was verified"],
+    )
+    lifts_at: AwareDatetime | None = Field(
+        None,
+        strict=False,  # an ISO 8601 string, as JSON carries moments
+        description="From when, with its time zone (default: now). Nothing is lifted before "
+        "the subject's notice is sent, whatever this says.",
+        examples=["2027-03-01T00:00:00Z"],
+    )
+    identifiers: IdentifiersIn = Field(
+        description="The subject's email to tell them at, with how it was verified: the "
+        "restriction, ended, no longer holds it. Without an email the subject cannot be "
+        "told, and the lift is refused (422).",
+    )
 
 
 class CancelRequest(Strict):
@@ -317,7 +494,12 @@ class JobSearch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["export", "erasure", "restriction"] | None = Field(None, examples=["export"])
+    kind: (
+        Literal[
+            "export", "erasure", "restriction", "objection", "rectification", "lift", "disclosure"
+        ]
+        | None
+    ) = Field(None, examples=["export"])
     status: JobStatusName | None = Field(None, examples=["succeeded"])
     subject: str | None = Field(None, min_length=1, max_length=256, examples=["alice"])
     connector: str | None = Field(None, min_length=1, max_length=64, examples=["profile"])
@@ -393,6 +575,17 @@ class ConnectorProgress(BaseModel):
         description="Times its staged output vanished before the archive was written and it "
         "ran again (3 at most; one more loss fails the job)."
     )
+    handoff: dict[str, object] | None = Field(
+        default=None,
+        description="A processor served by hand (`email`, `manual`): how and when it was "
+        "asked (channel, to, asked_at, reply_by, message_id), reminders sent, when it was "
+        "escalated as overdue.",
+    )
+    reply: dict[str, object] | None = Field(
+        default=None,
+        description="Its person's reply: who gave it, when, via what (link, dashboard), the "
+        "files (name, bytes, SHA-256), the statement's lines, `nothing_held`, the checklist done.",
+    )
 
 
 class IdentityEvidence(BaseModel):
@@ -464,7 +657,11 @@ class RefusalOut(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    grounds: RefusalGroundsName
+    grounds: RefusalGroundsName | Literal["compelling_legitimate_grounds", "data_accurate"] = Field(
+        description="As refused (`POST /v1/jobs/{id}/refuse`), or rejected "
+        "(`POST /v1/jobs/{id}/decide`): `compelling_legitimate_grounds` (an objection), "
+        "`data_accurate` (a rectification)."
+    )
     reason: str
     by: str
     at: datetime
@@ -483,13 +680,29 @@ class JobLinks(BaseModel):
     receipt: str | None
 
 
+class NewValueOut(BaseModel):
+    """A rectification's change with its new value, shown to the staff who decide it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    connector: str
+    dataset: str
+    field: str
+    identity: bool = Field(
+        description="The field identifies the subject: approval needs `verified_by`."
+    )
+    value: Any
+
+
 class JobOut(BaseModel):
     """A request and its progress: a field the API sends and this model lacks is an error."""
 
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="Sortable id (ULID).", examples=["01JD2Z6S41ABCDEFGHJKMNPQRS"])
-    kind: Literal["export", "erasure", "restriction"]
+    kind: Literal[
+        "export", "erasure", "restriction", "objection", "rectification", "lift", "disclosure"
+    ]
     status: JobStatusName
     subject: str
     requested_by: str
@@ -509,7 +722,10 @@ class JobOut(BaseModel):
     acknowledge_by: datetime | None = Field(
         description="When the request must have been acknowledged (CCPA: 10 business days)."
     )
-    options: Options = Field(description="What was asked: an export's or an erasure's options.")
+    options: Options = Field(
+        description="What was asked: an export's, an erasure's, an objection's or a "
+        "rectification's options (a rectification's new values never shown)."
+    )
     extended_months: int = Field(description="Months the deadline was extended by.")
     extended_days: int = Field(description="Days the deadline was extended by (CCPA).")
     clock_paused_ms: int = Field(
@@ -520,6 +736,11 @@ class JobOut(BaseModel):
         description="The last request for information to the subject, and the answer."
     )
     refusal: RefusalOut | None = Field(description="Why the request was refused, if it was.")
+    new_values: list[NewValueOut] | None = Field(
+        None,
+        description="Staff only, on GET, while a rectification waits for their decision: "
+        "each change with its new value. Never sent otherwise.",
+    )
     generation: int = Field(description="Incremented by each retry.")
     not_before: datetime | None = Field(description="A confirmed erasure runs after this.")
     identity: list[IdentityEvidence] = Field(
@@ -565,6 +786,58 @@ class EventList(BaseModel):
     events: list[EventOut]
 
 
+class ReplyAsked(BaseModel):
+    """What a reply link asks of the processor's person."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str
+    connector: str
+    kind: Literal["export", "erasure", "restriction", "rectification", "objection"] = Field(
+        description="What the person is asked: every kind a by-hand processor can be asked."
+    )
+    article: str = Field(examples=["Art. 17 (erasure), as Art. 19 requires of recipients"])
+    identifiers: dict[str, str] = Field(
+        description="Only the identifiers this processor keys its data by, as known."
+    )
+    instructions: str | None
+    checklist: list[str]
+    asks_for: Literal["files", "statement"] = Field(
+        description="An export asks for files (or `nothing_held`); the others a statement."
+    )
+    outcomes: list[str] = Field(
+        description="The outcomes a statement's lines may state for this kind of request "
+        "(none for an export); an objection's lines name its purposes in `what`.",
+        examples=[["erased", "anonymised", "kept", "not_found"]],
+    )
+    reply_by: str | None
+    due_at: datetime
+    link_expires_at: datetime
+    max_bytes: int = Field(description="The most a reply may upload, all files together.")
+
+
+class ReplyFile(BaseModel):
+    """One file of a reply, as received."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    bytes: int
+    sha256: str
+
+
+class ReplyTaken(BaseModel):
+    """A reply recorded: the run answers with it now."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str
+    connector: str
+    recorded_at: datetime
+    files: list[ReplyFile]
+    lines: int
+
+
 class ConnectorOut(BaseModel):
     """A configured connector and what it holds."""
 
@@ -580,6 +853,22 @@ class ConnectorList(BaseModel):
     """Every configured connector."""
 
     connectors: list[ConnectorOut]
+
+
+class RecipientOut(BaseModel):
+    """A recipient of subjects' data (GDPR Art. 15(1)(c), 19) and how it is told of a
+    rectification, erasure or restriction: by the job itself (``connector``) or by email."""
+
+    name: str
+    recipient: str | None
+    categories: list[str]
+    told_by: Literal["connector", "email"]
+
+
+class RecipientList(BaseModel):
+    """Every recipient of subjects' data."""
+
+    recipients: list[RecipientOut]
 
 
 class Jwk(BaseModel):
@@ -601,13 +890,14 @@ class KeySet(BaseModel):
 
 
 class ReceiptOut(BaseModel):
-    """A signed erasure or restriction receipt; `handover verify` checks it."""
+    """A signed erasure, restriction, objection or rectification receipt; `handover verify`
+    checks it."""
 
     model_config = ConfigDict(extra="allow")
 
     format: Literal["handover-receipt"]
     format_version: int
-    kind: Literal["erasure", "restriction"]
+    kind: Literal["erasure", "restriction", "objection", "rectification", "lift"]
     job: dict[str, object]
     subject: dict[str, str]
     issued_at: datetime

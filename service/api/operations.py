@@ -13,8 +13,10 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel
 
+from jobs.handoff import API_PATH, Statement
+from jobs.handoff import TOKEN_PATTERN as REPLY_TOKEN_PATTERN
 from jobs.storage.local import LINK_PATH
-from service.api import models
+from service.api import breaches, disclosures, lifts, models, objections, rectifications, reports
 from service.api.handlers import (
     add_identifiers,
     answer_job,
@@ -43,6 +45,8 @@ from service.api.handlers import (
     stats,
 )
 from service.api.middleware import Handler
+from service.api.recipients import list_recipients
+from service.replies import get_reply, post_reply
 
 
 @dataclass(frozen=True)
@@ -60,6 +64,9 @@ class Operation:
     description: str = ""
     parameters: list[dict[str, Any]] = field(default_factory=list)
     media_type: str = "application/json"
+    upload: str | None = None
+    """The media type of a body read as a stream (not a JSON request model), if any."""
+    upload_example: str = ""
 
 
 _JOB_ID = {
@@ -68,6 +75,34 @@ _JOB_ID = {
     "required": True,
     "schema": {"type": "string", "examples": ["01JD2Z6S41ABCDEFGHJKMNPQRS"]},
     "description": "The job's id.",
+}
+_BREACH_ID = {
+    "name": "breach_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "examples": ["01JD2Z6S41ABCDEFGHJKMNPQRS"]},
+    "description": "The breach's id.",
+}
+_DISCLOSURE_ID = {
+    "name": "disclosure_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "examples": ["01JD2Z6S41ABCDEFGHJKMNPQRS"]},
+    "description": "The disclosure's id (its job's).",
+}
+_REPLY_TOKEN = {
+    "name": "token",
+    "in": "path",
+    "required": True,
+    "schema": {
+        "type": "string",
+        "pattern": f"^{REPLY_TOKEN_PATTERN}$",
+        "examples": [
+            "01JD2Z6S41ABCDEFGHJKMNPQRS.payroll.1.4530b38f60a67295.1799134830."
+            "0fb9ac644e07ce575d7916b1c6418fef"
+        ],
+    },
+    "description": "The reply link's token, as the request's email gives it.",
 }
 _PROBLEMS: dict[int, tuple[str, type[BaseModel] | None]] = {
     401: ("No valid bearer token.", models.ProblemOut),
@@ -121,6 +156,98 @@ OPERATIONS: list[Operation] = [
     ),
     Operation(
         "POST",
+        "/v1/objections",
+        objections.create_objection,
+        "Object to processing",
+        "jobs",
+        request=models.ObjectionRequest,
+        description="Objection (GDPR Art. 21) at every processor: each maps Handover's purposes "
+        "to its own (a consent set to not granted, a marketing subscription ended) and reads "
+        "back that it holds; one that cannot act on a purpose says so in the receipt. Direct "
+        "marketing is absolute and runs at once; other purposes wait in "
+        "`awaiting_confirmation` for support's decision (`POST /v1/jobs/{id}/decide`). A "
+        "request naming both makes two jobs: the answer is the direct marketing one, and "
+        '`Link: </v1/jobs/ID>; rel="related"` names the other. An unknown purpose is a 422 '
+        "naming `purposes`.",
+        responses=_CREATE_RESPONSES,
+    ),
+    Operation(
+        "POST",
+        "/v1/rectifications",
+        rectifications.create_rectification,
+        "Correct inaccurate data",
+        "jobs",
+        request=models.RectificationRequest,
+        description="Rectification (GDPR Art. 16) at the connectors the changes name: only "
+        "fields a connector declares rectifiable, each value of the field's type (else a 422 "
+        "naming the change, e.g. `changes[0].value`). A change to an identity field (an email) "
+        "waits in `awaiting_confirmation` for support's approval (`POST /v1/jobs/{id}/decide`; "
+        "`HANDOVER_RECTIFICATION_APPROVAL`). Each processor's new values are read back; the "
+        "signed receipt names the fields changed where, never a value.",
+        responses=_CREATE_RESPONSES,
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/lift",
+        lifts.lift_restriction,
+        "Lift a restriction",
+        "support",
+        parameters=[_JOB_ID],
+        request=models.LiftRequest,
+        description="Lifts a restriction in force (GDPR Art. 18(3)): the subject is sent the "
+        "`restriction_lifting` notice at once (recorded on the restriction's timeline), and a "
+        "`lift` job runs from `lifts_at`, unblocking nothing at any processor until that notice "
+        "is sent (however long it is retried); a notice that cannot go fails the lift, saying "
+        "so, as does an erasure of the subject asked for or run by then. Its signed receipt "
+        "names the restriction, its ground and when the subject was told. A restriction "
+        "lifted already (by a lift not failed or canceled), not in force, or of a subject with "
+        "an erasure under way or run is refused (409); one without the subject's email to "
+        "tell them at, 422. Support and admin.",
+        responses={
+            202: ("The lift job. `Location` names it.", models.JobOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            404: ("No such job.", models.ProblemOut),
+            409: ("Not a restriction in force, lifted, or erased since.", models.ProblemOut),
+            422: (
+                "No reason, no email to tell the subject at, or a moment past or without its "
+                "time zone.",
+                models.ProblemOut,
+            ),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
+        "/v1/jobs/{job_id}/decide",
+        objections.decide_job,
+        "Decide an objection or a rectification",
+        "support",
+        parameters=[_JOB_ID],
+        request=models.DecideRequest,
+        description="Support's decision on an objection to processing other than direct "
+        "marketing (GDPR Art. 21(1)), or a rectification waiting for approval: upheld, it "
+        "runs; rejected, with its grounds stated (an objection's compelling legitimate "
+        "grounds; why the data is accurate), it ends `refused` and the subject is told the "
+        "grounds and where to complain. Approving a change to an identity field needs "
+        "`verified_by` (how the new value was checked; recorded in the receipt). Whoever "
+        "asked for the job, or is its subject, may not decide it. Support and admin.",
+        responses={
+            200: ("The job: queued, or refused.", models.JobOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            404: ("No such job.", models.ProblemOut),
+            409: (
+                "Not waiting for a decision, or asked for by (or concerning) the decider.",
+                models.ProblemOut,
+            ),
+            422: (
+                "Rejected without grounds, or an identity change approved without `verified_by`.",
+                models.ProblemOut,
+            ),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "POST",
         "/v1/jobs/{job_id}/confirm",
         confirm_job,
         "Confirm an erasure",
@@ -156,7 +283,7 @@ OPERATIONS: list[Operation] = [
         "GET",
         "/v1/jobs/{job_id}/receipt",
         get_receipt,
-        "The signed receipt of an erasure or restriction",
+        "The signed receipt of an erasure, restriction, objection or rectification",
         "jobs",
         parameters=[_JOB_ID],
         responses={
@@ -188,6 +315,26 @@ OPERATIONS: list[Operation] = [
     ),
     Operation(
         "GET",
+        "/v1/reports",
+        reports.get_report,
+        "The DPO's report: how the period's requests were handled",
+        "support",
+        description="For accountability (GDPR Art. 5(2)): the requests received from `from` "
+        "to `to` (days in `HANDOVER_TIME_ZONE`): per ISO week, received by kind and overdue "
+        "and at risk at its end; time to answer (median, 90th percentile) beside what the "
+        "deadlines allowed; per processor, failure and retry rates; refusals by grounds, "
+        "extensions by length. Counts only: no subject, identifier or staff's words. "
+        "`format=csv` answers one CSV table. Support and admin.",
+        parameters=reports.query_parameters(),
+        responses={
+            200: ("The report (JSON, or text/csv).", reports.ReportOut),
+            403: ("Support or admin only.", models.ProblemOut),
+            422: ("A missing or bad date, or a period too long.", models.ProblemOut),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
         "/v1/stats",
         stats,
         "Where requests stand",
@@ -211,7 +358,11 @@ OPERATIONS: list[Operation] = [
             200: ("The job, queued again (its generation incremented).", models.JobOut),
             403: ("Support or admin only.", models.ProblemOut),
             404: ("No such job.", models.ProblemOut),
-            409: ("The job has not failed.", models.ProblemOut),
+            409: (
+                "The job has not failed, or is a rectification (its new values are gone: "
+                "the subject asks again).",
+                models.ProblemOut,
+            ),
             **_PROBLEMS,
         },
     ),
@@ -472,6 +623,394 @@ OPERATIONS: list[Operation] = [
             410: ("The link was used already: each works once.", models.ProblemOut),
         },
     ),
+    *[
+        Operation(
+            "POST",
+            "/v1/disclosures",
+            disclosures.create_disclosure,
+            "Record a compelled disclosure and run its export",
+            "disclosures",
+            request=disclosures.DisclosureIn,
+            description="An authority's order (reference, legal basis) compels the disclosure "
+            "of the subject's data in a scope (connectors, categories, dates). Queues an "
+            "export addressed to the authority (job kind `disclosure`, never shown to the "
+            "subject; its signed manifest names the recipient and the order) and records "
+            "when the subject is told (the `disclosed` notice): `now`, `deferred` until "
+            "`notice_until` or `never`, both with `notice_reason`. The subject's later "
+            "exports list it among the recipients once they may be told. Admin only.",
+            responses={
+                202: ("The disclosure. `Location` names it.", disclosures.DisclosureOut),
+                400: ("The body is not JSON.", models.ProblemOut),
+                403: ("Admin only.", models.ProblemOut),
+                415: ("The body is not application/json.", models.ProblemOut),
+                422: (
+                    "An unknown connector, a rule without its reason, a deferral in the past.",
+                    models.ProblemOut,
+                ),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "GET",
+            "/v1/disclosures/{disclosure_id}",
+            disclosures.get_disclosure,
+            "A disclosure, its notice rule and its history",
+            "disclosures",
+            parameters=[_DISCLOSURE_ID],
+            responses={
+                200: ("The disclosure.", disclosures.DisclosureOut),
+                403: ("Support or admin only.", models.ProblemOut),
+                404: ("No such disclosure.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "POST",
+            "/v1/disclosures/{disclosure_id}/extend",
+            disclosures.extend_disclosure,
+            "Defer the subject's notice further",
+            "disclosures",
+            parameters=[_DISCLOSURE_ID],
+            request=disclosures.ExtendIn,
+            description="Only a deferred notice not yet due, to a later date, with a reason "
+            "not given before; every extension is kept and audited. Admin only.",
+            responses={
+                200: ("The disclosure with its new deferral.", disclosures.DisclosureOut),
+                403: ("Admin only.", models.ProblemOut),
+                404: ("No such disclosure.", models.ProblemOut),
+                422: (
+                    "Not deferred, already due, an earlier date, or no new reason.",
+                    models.ProblemOut,
+                ),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "POST",
+            "/v1/disclosures/{disclosure_id}/link",
+            disclosures.issue_link,
+            "A one-time link to the archive, for the authority",
+            "disclosures",
+            parameters=[_DISCLOSURE_ID],
+            request=disclosures.LinkIn,
+            description="Once the archive is ready: a link that works once and expires after "
+            "`hours` (at most 168, and never after the archive). The only way to the "
+            "archive; each link issued and used is recorded and audited. Admin only.",
+            responses={
+                200: ("The link, shown this once.", disclosures.LinkOut),
+                403: ("Admin only.", models.ProblemOut),
+                404: ("No such disclosure.", models.ProblemOut),
+                410: ("The job was purged: the archive is gone.", models.ProblemOut),
+                422: ("The archive is not ready, or has expired.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "GET",
+            "/v1/disclosures/{disclosure_id}/archive",
+            disclosures.fetch_archive,
+            "The archive, for the authority (one-time link)",
+            "disclosures",
+            auth=False,
+            parameters=[
+                _DISCLOSURE_ID,
+                {
+                    "name": "token",
+                    "in": "query",
+                    "required": True,
+                    "schema": {
+                        "type": "string",
+                        "examples": [
+                            "01JD2Z6S41ABCDEFGHJKMNPQRS.4530b38f60a67295c1d2e3f4a5b6c7d8."
+                            "1799134830.0fb9ac644e07ce575d7916b1c6418fef"
+                        ],
+                    },
+                    "description": "The link's token, as `POST .../link` gave it.",
+                },
+            ],
+            media_type="application/zip",
+            description="The token is the capability: no bearer token is needed or used. "
+            "`handover verify` checks the archive.",
+            responses={
+                200: ("The archive.", None),
+                403: ("A changed link, or another disclosure's.", models.ProblemOut),
+                404: ("No such disclosure.", models.ProblemOut),
+                410: ("The link expired or was used, or the archive is gone.", models.ProblemOut),
+            },
+        ),
+        Operation(
+            "POST",
+            "/v1/breaches",
+            breaches.create_breach,
+            "Record a personal data breach",
+            "breaches",
+            request=breaches.BreachIn,
+            description="Enters a breach in the register (GDPR Art. 33(5)) with what Art. "
+            "33(3) asks for, as far as known. The 72-hour clock runs from `aware_at`: "
+            "`at_risk` from 48 h, `overdue` after 72 h (webhooks `breach.at_risk`, "
+            "`breach.overdue`; metric `handover_breaches`). Admin only.",
+            responses={
+                201: ("The breach. `Location` names it.", breaches.BreachOut),
+                403: ("Admin only.", models.ProblemOut),
+                422: ("A missing fact, or a time in the future.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "GET",
+            "/v1/breaches",
+            breaches.list_breaches,
+            "The breach register",
+            "breaches",
+            description="Every breach, newest first, each with its clock and every version "
+            "of its facts: the register as JSON. Support and admin.",
+            responses={
+                200: ("The register.", breaches.BreachList),
+                403: ("Support or admin only.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "GET",
+            "/v1/breaches.csv",
+            breaches.breach_register_csv,
+            "The breach register as CSV",
+            "breaches",
+            media_type="text/csv",
+            description="One row per version of each breach (its whole history), with the "
+            "deadline, the clock and the authority's notification. Support and admin.",
+            responses={
+                200: ("The register, `text/csv`.", None),
+                403: ("Support or admin only.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "GET",
+            "/v1/breaches/{breach_id}",
+            breaches.get_breach,
+            "A breach and its clock",
+            "breaches",
+            parameters=[_BREACH_ID],
+            responses={
+                200: ("The breach.", breaches.BreachOut),
+                403: ("Support or admin only.", models.ProblemOut),
+                404: ("No such breach.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "POST",
+            "/v1/breaches/{breach_id}/versions",
+            breaches.update_breach,
+            "Add facts to a breach",
+            "breaches",
+            parameters=[_BREACH_ID],
+            request=breaches.BreachUpdateIn,
+            description="Information provided in phases (Art. 33(4)): a new version with the "
+            "facts given changed, and a note saying what changed; earlier versions are kept "
+            "as they were. `aware_at` cannot change. Admin only.",
+            responses={
+                200: ("The breach with its new version.", breaches.BreachOut),
+                403: ("Admin only.", models.ProblemOut),
+                404: ("No such breach.", models.ProblemOut),
+                422: ("No note, or a fact that cannot be.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "POST",
+            "/v1/breaches/{breach_id}/authority-notification",
+            breaches.notify_authority,
+            "Record that the supervisory authority was notified",
+            "breaches",
+            parameters=[_BREACH_ID],
+            request=breaches.NotificationIn,
+            description="Stops the clock: `notified`, or `notified_late` past the 72 hours, "
+            "which needs `delay_reasons` (Art. 33(1)). Recorded once. Admin only.",
+            responses={
+                200: ("The breach, its clock stopped.", breaches.BreachOut),
+                403: ("Admin only.", models.ProblemOut),
+                404: ("No such breach.", models.ProblemOut),
+                409: ("The notification is recorded already.", models.ProblemOut),
+                422: (
+                    "Late without reasons, or a time before awareness or in the future.",
+                    models.ProblemOut,
+                ),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "GET",
+            "/v1/breaches/{breach_id}/report",
+            breaches.breach_report,
+            "The signed report to the supervisory authority",
+            "breaches",
+            parameters=[_BREACH_ID],
+            description="The Art. 33(3) content of the latest version, its timeline and "
+            "phases, signed (Ed25519, as receipts); `handover verify REPORT` checks it. "
+            "Support and admin.",
+            responses={
+                200: ("The signed report.", breaches.BreachReportOut),
+                403: ("Support or admin only.", models.ProblemOut),
+                404: ("No such breach.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "POST",
+            "/v1/breaches/{breach_id}/notices",
+            breaches.start_breach_notices,
+            "Tell the affected subjects (Art. 34)",
+            "breaches",
+            parameters=[_BREACH_ID],
+            upload="text/plain",
+            upload_example="alice\nbob,fr\ncarol\n",
+            description="The body lists the affected subjects, one id per line, optionally "
+            "followed by a comma and their language (`bob,fr`); it is read as a stream "
+            "(100,000 lines are fine). Each is told, in their language (else the one an "
+            "identity source knows, else English), what happened, its likely "
+            "consequences, the measures and the DPO's contact (Art. 34(2)), at the address "
+            "the identity sources know. A malformed line refuses the whole upload, naming "
+            "it. Once per breach. With `Idempotency-Key` the body is read whole to "
+            "fingerprint it, so it may then be 64 KiB at most. Admin only.",
+            responses={
+                202: ("Under way. `Location` names its progress.", breaches.NoticesProgress),
+                403: ("Admin only.", models.ProblemOut),
+                404: ("No such breach.", models.ProblemOut),
+                409: (
+                    "Its subjects are told already, or notices are off (no SMTP URL).",
+                    models.ProblemOut,
+                ),
+                413: ("More lines or bytes than one upload takes.", models.ProblemOut),
+                415: ("The body is not text/plain (or text/csv).", models.ProblemOut),
+                422: ("A malformed line, or no subject at all.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "POST",
+            "/v1/breaches/{breach_id}/notices/retry",
+            breaches.retry_breach_notices,
+            "Send again the Art. 34 notices that never went out",
+            "breaches",
+            parameters=[_BREACH_ID],
+            description="Once every line has an outcome, the lines `failed` or "
+            "`not_looked_up` (no letter went out) are told again; `unconfirmed` lines "
+            "(perhaps sent) never are: each letter goes out at most once. Admin only.",
+            responses={
+                202: (
+                    "Under way again (or nothing to send again). `Location` names its progress.",
+                    breaches.NoticesProgress,
+                ),
+                403: ("Admin only.", models.ProblemOut),
+                404: ("No such breach.", models.ProblemOut),
+                409: ("The notices are not done yet, or notices are off.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "GET",
+            "/v1/breaches/{breach_id}/notices",
+            breaches.breach_notices,
+            "How far the Art. 34 notices are",
+            "breaches",
+            parameters=[_BREACH_ID],
+            responses={
+                200: ("Every uploaded subject counted by outcome.", breaches.NoticesProgress),
+                403: ("Support or admin only.", models.ProblemOut),
+                404: ("No such breach.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "GET",
+            "/v1/breaches/{breach_id}/notices/report.csv",
+            breaches.breach_notices_report,
+            "The delivery report of the Art. 34 notices",
+            "breaches",
+            parameters=[_BREACH_ID],
+            media_type="text/csv",
+            description="Every uploaded line in order: the subject, `sent` (with the "
+            "Message-ID), `no_address` (every identity source asked, none knows one: reach "
+            "them another way, Art. 34(3)(c)), `not_looked_up` (an identity source kept "
+            "failing), `failed` (with why), `unconfirmed` (handed over by a run that stopped "
+            "before recording it: perhaps sent, never sent twice), `duplicate` or `pending`. "
+            "Cells a spreadsheet would run as formulas are quoted. Support and admin.",
+            responses={
+                200: ("The report, `text/csv`.", None),
+                403: ("Support or admin only.", models.ProblemOut),
+                404: ("No such breach.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+        Operation(
+            "GET",
+            "/v1/breaches/{breach_id}/report.html",
+            breaches.breach_report_page,
+            "The report to the supervisory authority, as a page",
+            "breaches",
+            parameters=[_BREACH_ID],
+            media_type="text/html",
+            description="The signed report rendered for the DPO to read and submit. "
+            "Support and admin.",
+            responses={
+                200: ("The page.", None),
+                403: ("Support or admin only.", models.ProblemOut),
+                404: ("No such breach.", models.ProblemOut),
+                **_PROBLEMS,
+            },
+        ),
+    ],
+    Operation(
+        "GET",
+        API_PATH + "{token}",
+        get_reply,
+        "What a reply link asks of a processor",
+        "replies",
+        auth=False,
+        parameters=[_REPLY_TOKEN],
+        description="For processors without an API (`email` connectors): the link in the "
+        "request's email. The token is the capability; it expires (`HANDOVER_REPLY_LINK_TTL`) "
+        "and works for one reply. A person opens the same at `/reply/{token}` as a page.",
+        responses={
+            200: ("What is asked: kind, article, identifiers, by when.", models.ReplyAsked),
+            403: ("Not a link Handover made.", models.ProblemOut),
+            409: (
+                "Answered already, replaced by a newer request, or the job ended.",
+                models.ProblemOut,
+            ),
+            410: ("The link expired.", models.ProblemOut),
+        },
+    ),
+    Operation(
+        "POST",
+        API_PATH + "{token}",
+        post_reply,
+        "Reply to a request as its processor",
+        "replies",
+        auth=False,
+        request=Statement,
+        parameters=[_REPLY_TOKEN],
+        description="The statement as `application/json`; or `multipart/form-data` with a "
+        "`statement` part (the same JSON) and one `file` part per file (an export's data), "
+        "streamed to storage and checksummed. An export takes files or `nothing_held`; an "
+        "erasure or restriction a statement: what was erased, anonymised, kept (with its "
+        "legal basis), restricted or not found. Once taken, the connector's run goes on "
+        "with it: files into the archive, the statement and who gave it into the receipt.",
+        responses={
+            200: ("The reply is recorded.", models.ReplyTaken),
+            403: ("Not a link Handover made.", models.ProblemOut),
+            409: (
+                "Answered already, replaced by a newer request, or the job ended.",
+                models.ProblemOut,
+            ),
+            410: ("The link expired.", models.ProblemOut),
+            413: ("Larger than a reply may be (`HANDOVER_REPLY_MAX_BYTES`).", models.ProblemOut),
+            415: ("Neither JSON nor multipart/form-data.", models.ProblemOut),
+            422: ("Not what was asked (files for an erasure, no statement…).", models.ProblemOut),
+        },
+    ),
     Operation(
         "GET",
         "/v1/connectors",
@@ -480,6 +1019,21 @@ OPERATIONS: list[Operation] = [
         "connectors",
         responses={
             200: ("Every connector and the data it holds.", models.ConnectorList),
+            **_PROBLEMS,
+        },
+    ),
+    Operation(
+        "GET",
+        "/v1/recipients",
+        list_recipients,
+        "Who receives subjects' data",
+        "connectors",
+        description="Every recipient of subjects' data (GDPR Art. 15(1)(c), 19): each "
+        "connector, told of a rectification, erasure or restriction by the job itself, and "
+        "each recipient configured in `[recipients.NAME]`, told by email once the job "
+        "succeeded. For a subject's token and staff alike.",
+        responses={
+            200: ("Every recipient and how it is told.", models.RecipientList),
             **_PROBLEMS,
         },
     ),

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from jobs.model import Job, JobStatus, utcnow
+from jobs.model import Job, JobKind, JobStatus, utcnow
 from service.appkeys import RESOURCES
 
 
@@ -25,9 +25,11 @@ def json_response(
     )
 
 
-def job_view(job: Job, *, admin: bool = False) -> dict[str, Any]:
+def job_view(job: Job, *, admin: bool = False, deciding: bool = False) -> dict[str, Any]:
     """A job as the API shows it (``models.JobOut``): no storage keys or staged parts,
-    no identifier values (only their kinds, and how each was verified, or offered), no secrets.
+    no identifier values (only their kinds, and how each was verified, or offered), no secrets,
+    no rectification's new values — but to ``deciding`` staff (``GET /v1/jobs/{id}``) while
+    the rectification waits for their decision, as ``new_values``.
 
     A failed run's ``error_detail`` (the processor's own words, which may hold
     personal data) is shown to admins only."""
@@ -41,6 +43,7 @@ def job_view(job: Job, *, admin: bool = False) -> dict[str, Any]:
             "receipt",
             "identity",
             "archive_password",
+            "new_values",
             "information",
         },
     )
@@ -50,6 +53,16 @@ def job_view(job: Job, *, admin: bool = False) -> dict[str, Any]:
         {**info.model_dump(exclude={"offered"}), "offered": sorted(info.offered)} if info else None
     )
     view["identity"] = job.identity.statement()
+    if (
+        deciding
+        and job.kind is JobKind.RECTIFICATION
+        and job.status is JobStatus.AWAITING_CONFIRMATION
+        and len(job.new_values) == len(job.rectification_options.changes)
+    ):
+        view["new_values"] = [
+            {**ref.model_dump(), "value": value}
+            for ref, value in zip(job.rectification_options.changes, job.new_values, strict=True)
+        ]
     view["connectors"] = {
         name: run.model_dump(exclude=hidden) for name, run in job.connectors.items()
     }
@@ -57,7 +70,9 @@ def job_view(job: Job, *, admin: bool = False) -> dict[str, Any]:
     view["links"] = {
         "self": base,
         "events": f"{base}/events",
-        "download": f"{base}/download" if job.result is not None else None,
+        "download": f"{base}/download"
+        if job.result is not None and job.kind is not JobKind.DISCLOSURE
+        else None,
         "receipt": f"{base}/receipt" if job.receipt is not None else None,
     }
     return view
@@ -72,8 +87,15 @@ ENDING_STATUSES = {s.value for s in JobStatus if s.terminal}
 KEEPALIVE_SECONDS = 15.0
 
 
-async def stream_events(request: web.Request, job_id: str, after: str) -> web.StreamResponse:
-    """Server-sent events: the timeline so far, then each new event until the job ends."""
+async def stream_events(
+    request: web.Request, job_id: str, after: str, *, named: bool = True
+) -> web.StreamResponse:
+    """Server-sent events: the timeline so far, then each new event until the job ends.
+
+    Each is named by its type (``event: connector.started``); with ``named`` false each is
+    a plain ``message`` (its type in its data), for a page that reacts to every one
+    whatever its type, the types added later included.
+    """
     store = request.app[RESOURCES].store
     response = web.StreamResponse(
         headers={
@@ -88,9 +110,8 @@ async def stream_events(request: web.Request, job_id: str, after: str) -> web.St
         while True:
             for event in events:
                 body = orjson.dumps(event.to_dict()).decode()
-                await response.write(
-                    f"id: {event.id}\nevent: {event.type}\ndata: {body}\n\n".encode()
-                )
+                name = f"event: {event.type}\n" if named else ""
+                await response.write(f"id: {event.id}\n{name}data: {body}\n\n".encode())
                 after = event.id
             if any(e.data.get("status") in ENDING_STATUSES for e in events):
                 break

@@ -171,6 +171,27 @@ class ApiClient:
             await _raise_for_problem(response)
             return orjson.loads(await response.read())
 
+    async def fetch(self, path: str) -> bytes:
+        """The raw body of a ``GET`` (CSV, HTML); :class:`ApiError` for an error."""
+        async with self._request("GET", self.base + path) as response:
+            await _raise_for_problem(response)
+            return await response.read()
+
+    async def upload(self, path: str, source: Path, content_type: str = "text/plain") -> Any:
+        """POST the file ``source`` as the body, streamed; the decoded JSON answer."""
+        try:
+            handle = await asyncio.to_thread(source.open, "rb")
+        except OSError as exc:
+            raise CliError(f"{source}: cannot read it: {exc.strerror or exc}") from None
+        try:
+            async with self._request(
+                "POST", self.base + path, data=handle, headers={"Content-Type": content_type}
+            ) as response:
+                await _raise_for_problem(response)
+                return orjson.loads(await response.read())
+        finally:
+            await asyncio.to_thread(handle.close)
+
     async def job(self, job_id: str) -> Job:
         """The job, with its per-connector progress."""
         job: Job = await self.call("GET", job_path(job_id))

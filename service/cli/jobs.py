@@ -13,8 +13,19 @@
     handover jobs refuse ID --grounds G --reason TEXT
     handover jobs ask ID --needs TEXT [--resume-on-answer]
     handover jobs resume ID [--verified-by TEXT]
+    handover jobs lift ID --reason TEXT [--lifts-at ISO] [--email E --verified-by TEXT]
+                                                  a restriction lifted once the subject is
+                                                  told (Art. 18(3))
+    handover jobs decide ID (--uphold | --reject --grounds TEXT)
+                                                  an objection waiting for support (Art. 21(1))
     handover export [SUBJECT] [--format F]... [--connector C]... [--category C]...
                     [--wait] [--download FILE]
+    handover object [SUBJECT] --purpose P... [--connector C]... [--reason TEXT] [--wait]
+                                                  an objection (GDPR Art. 21)
+    handover rectify [SUBJECT] --change CONNECTOR/DATASET.FIELD=VALUE... [--reason TEXT] [--wait]
+                                                  a rectification (GDPR Art. 16); VALUE is
+                                                  read as JSON when it is (42, true, "42"),
+                                                  else as text
     handover jobs purge [--dry-run]               delete the jobs that ended over
                                                   HANDOVER_RECORD_RETENTION ago
 
@@ -64,7 +75,7 @@ from service.cli.client import (
 )
 from service.cli.connectors import table
 
-COMMANDS = frozenset({"jobs", "export"})
+COMMANDS = frozenset({"jobs", "export", "object", "rectify"})
 MAX_PAGE = 200
 POLL_SECONDS = 0.5
 BAR_WIDTH = 20
@@ -123,6 +134,10 @@ class Progress:
             self.runs[connector] = "failed"
         elif kind == "connector.unidentified":
             self.runs[connector] = "unidentified"
+        elif kind == "processor.asked":
+            self.runs[connector] = "waiting_on_processor"
+        elif kind == "processor.replied":
+            self.runs[connector] = "pending"
 
     @property
     def ended(self) -> bool:
@@ -367,6 +382,10 @@ def job_report(job: Job, events: Sequence[Event]) -> str:
         facts.append(("Complaints", f"{refusal['authority']}, {refusal['authority_url']}"))
     if options.get("formats"):
         facts.append(("Formats", ", ".join(options["formats"])))
+    for change in job.get("new_values") or []:
+        where = f"{change['connector']}/{change['dataset']}.{change['field']}"
+        how = " (identity: approve with --verified-by)" if change["identity"] else ""
+        facts.append(("New value", f"{where} = {change['value']!r}{how}"))
     if job.get("error"):
         facts.append(("Error", job["error"]))
     result = job.get("result")
@@ -522,6 +541,84 @@ async def create_export(api: ApiClient, args: argparse.Namespace) -> int:
     return await wait_for(api, job, args.download)
 
 
+async def lift_job(api: ApiClient, args: argparse.Namespace) -> int:
+    """``jobs lift``: the subject is told, then the restriction is lifted; prints the lift job."""
+    body: dict[str, Any] = {"reason": args.reason}
+    if args.lifts_at:
+        body["lifts_at"] = args.lifts_at
+    if args.email:
+        body["identifiers"] = {"email": args.email, "verified_by": args.verified_by or ""}
+    job: Job = await api.call("POST", job_path(args.id, "lift"), body=body)
+    print(f"{job['id']} {job['status']}", flush=True)
+    return await wait_for(api, job, None) if args.wait else 0
+
+
+async def decide_job(api: ApiClient, args: argparse.Namespace) -> int:
+    """``jobs decide``: support upholds an objection (it runs) or rejects it, with grounds."""
+    body: dict[str, Any] = {"upheld": args.uphold}
+    if args.grounds:
+        body["grounds"] = args.grounds
+    if args.verified_by:
+        body["verified_by"] = args.verified_by
+    job: Job = await api.call("POST", job_path(args.id, "decide"), body=body)
+    print(f"{job['id']} {job['status']}")
+    return 0
+
+
+async def create_objection(api: ApiClient, args: argparse.Namespace) -> int:
+    """``object``: object to processing; prints each job's id, then its status.
+
+    Direct marketing runs at once; other purposes wait for support's decision (a second
+    job when both are named). ``--wait`` follows the first to its end.
+    """
+    body: dict[str, Any] = {"purposes": args.purpose}
+    for key, value in (
+        ("subject", args.subject),
+        ("connectors", args.connector),
+        ("reason", args.reason),
+    ):
+        if value:
+            body[key] = value
+    job: Job = await api.call("POST", "/v1/objections", body=body)
+    jobs = [job]
+    related = job["options"].get("related")
+    if related:
+        jobs.append(await api.job(related))
+    for each in jobs:
+        print(f"{each['id']} {each['status']} {','.join(each['options']['purposes'])}", flush=True)
+    return await wait_for(api, job, None) if args.wait else 0
+
+
+async def create_rectification(api: ApiClient, args: argparse.Namespace) -> int:
+    """``rectify``: correct fields; prints the job's id and status (``awaiting_confirmation``
+    when support must approve it); ``--wait`` follows it to its end."""
+    body: dict[str, Any] = {"changes": args.change}
+    for key, value in (("subject", args.subject), ("reason", args.reason)):
+        if value:
+            body[key] = value
+    job: Job = await api.call("POST", "/v1/rectifications", body=body)
+    print(f"{job['id']} {job['status']}", flush=True)
+    return await wait_for(api, job, None) if args.wait else 0
+
+
+def _change(text: str) -> dict[str, Any]:
+    """``CONNECTOR/DATASET.FIELD=VALUE`` as the API's change; VALUE as JSON when it is."""
+    where, equals, raw = text.partition("=")
+    connector, slash, path = where.partition("/")
+    dataset, dot, field = path.partition(".")
+    if not (equals and slash and dot and connector and dataset and field):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not CONNECTOR/DATASET.FIELD=VALUE (e.g. profile/profile.name=Alice)"
+        )
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        value = raw
+    if isinstance(value, list | dict) or value is None:
+        value = raw
+    return {"connector": connector, "dataset": dataset, "field": field, "value": value}
+
+
 Command = Callable[[ApiClient, argparse.Namespace], Awaitable[int]]
 
 
@@ -570,7 +667,18 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     listing = actions.add_parser("list", parents=[api], help="jobs as a table, newest first")
     listing.add_argument("--status", choices=get_args(models.JobStatusName))
-    listing.add_argument("--kind", choices=["export", "erasure", "restriction"])
+    listing.add_argument(
+        "--kind",
+        choices=[
+            "export",
+            "erasure",
+            "restriction",
+            "objection",
+            "rectification",
+            "lift",
+            "disclosure",
+        ],
+    )
     listing.add_argument("--subject")
     listing.add_argument("--connector", help="jobs that involve this connector")
     listing.add_argument("--overdue", action="store_true", help="live jobs past their deadline")
@@ -643,6 +751,41 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     resume.set_defaults(jobs_run=resume_job)
 
+    lifting = actions.add_parser(
+        "lift",
+        parents=[api],
+        help="lift a restriction; the subject is told first (Art. 18(3))",
+        description="The subject is sent the restriction_lifting notice at once; the lift "
+        "job unblocks nothing until it is sent. Without --email the notice cannot go and "
+        "the lift fails, saying so.",
+    )
+    lifting.add_argument("id", metavar="ID", help="the restriction's job id")
+    lifting.add_argument("--reason", required=True, help="why; the subject is told")
+    lifting.add_argument("--lifts-at", help="from when, ISO 8601 (default: now)")
+    lifting.add_argument("--email", help="the subject's address, to tell them at")
+    lifting.add_argument("--verified-by", help="how that address was verified")
+    lifting.add_argument("--wait", action="store_true", help="follow the lift until it ends")
+    lifting.set_defaults(jobs_run=lift_job)
+
+    decide = actions.add_parser(
+        "decide",
+        parents=[api],
+        help="uphold or reject an objection or a rectification waiting for support",
+        description="An objection to processing other than direct marketing (GDPR Art. "
+        "21(1)), or a rectification waiting for approval: upheld, it runs; rejected, with its "
+        "grounds, it ends refused and the subject is told them.",
+    )
+    decide.add_argument("id", metavar="ID")
+    verdict = decide.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--uphold", action="store_true", help="the objection runs")
+    verdict.add_argument("--reject", action="store_true", help="refuse it (needs --grounds)")
+    decide.add_argument("--grounds", help="the compelling legitimate grounds; the subject is told")
+    decide.add_argument(
+        "--verified-by",
+        help="approving a change to an identity field: how the new value was checked",
+    )
+    decide.set_defaults(jobs_run=decide_job)
+
     purge = actions.add_parser(
         "purge",
         help="delete the jobs that ended over HANDOVER_RECORD_RETENTION ago "
@@ -675,6 +818,45 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     export.set_defaults(jobs_run=create_export)
 
+    objection = commands.add_parser(
+        "object",
+        parents=[api],
+        help="object to processing (GDPR Art. 21); direct marketing runs at once",
+    )
+    objection.add_argument(
+        "subject", nargs="?", metavar="SUBJECT", help="whose data (a subject's token may omit it)"
+    )
+    objection.add_argument(
+        "--purpose",
+        action="append",
+        required=True,
+        help="direct_marketing, or a purpose the connectors map (repeatable)",
+    )
+    objection.add_argument("--connector", action="append", help="only these (repeatable)")
+    objection.add_argument("--reason", help="why, in the subject's words")
+    objection.add_argument("--wait", action="store_true", help="follow the first job until it ends")
+    objection.set_defaults(jobs_run=create_objection)
+
+    rectification = commands.add_parser(
+        "rectify",
+        parents=[api],
+        help="correct inaccurate data (GDPR Art. 16); identity fields wait for support",
+    )
+    rectification.add_argument(
+        "subject", nargs="?", metavar="SUBJECT", help="whose data (a subject's token may omit it)"
+    )
+    rectification.add_argument(
+        "--change",
+        action="append",
+        required=True,
+        type=_change,
+        metavar="CONNECTOR/DATASET.FIELD=VALUE",
+        help="repeatable; GET /v1/connectors lists the rectifiable fields",
+    )
+    rectification.add_argument("--reason", help="why, in the subject's words")
+    rectification.add_argument("--wait", action="store_true", help="follow the job until it ends")
+    rectification.set_defaults(jobs_run=create_rectification)
+
 
 async def _run(connection: Connection, command: Command, args: argparse.Namespace) -> int:
     async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
@@ -682,7 +864,8 @@ async def _run(connection: Connection, command: Command, args: argparse.Namespac
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:
-    """Carry out ``handover jobs …`` or ``handover export …``; returns the exit status."""
+    """Carry out ``handover jobs …``, ``export …``, ``object …`` or ``rectify …``; returns
+    the exit status."""
     if args.jobs_run is None:
         return purge_jobs(args)
     try:

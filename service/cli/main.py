@@ -7,13 +7,20 @@
     handover api     [--host H] [--port P]   the API alone, on shared Redis and S3
     handover worker  [--burst]               a worker alone, on shared Redis and S3
     handover token   --sub S [--role R] [--ttl 1h] [--email E]
-    handover verify  FILE (--key FILE | --keys-url URL)   an export archive or a receipt
+    handover verify  FILE (--key FILE | --keys-url URL)   an export archive, a receipt or a
+                                             breach report
     handover connectors new NAME [--dir DIR] | list | check   see service/cli/connectors.py
     handover jobs list | show ID | retry ID | cancel ID | extend ID   see service/cli/jobs.py
     handover audit verify                    check the audit log's hash chain
     handover storage reconcile [--dry-run] [--min-age 1h]   delete archives and staged parts
                                              no job owns, see service/cli/storage.py
     handover epoch show | acknowledge        whether Redis lost its data, see service/cli/epoch.py
+    handover breach list | show | record | update | notified | report | export | notify | notices
+                                             the breach register, see service/cli/breaches.py
+    handover disclosure record | show | extend | link   disclosures an authority's order
+                                             compels, see service/cli/disclosures.py
+    handover report  --from DATE --to DATE [--json | --csv]   how the period's requests were
+                                             handled (the DPO's report), see service/cli/report.py
     handover export [SUBJECT] [--wait] [--download FILE]   over the API (HANDOVER_URL, _TOKEN)
 
 A bad setting or argument prints one line naming it and exits 2; so does a start-up
@@ -49,9 +56,12 @@ from jobs.worker import create_worker
 from service import logs
 from service.app import create_app, jwt_secret
 from service.auth import Role, TokenAuthority
+from service.cli import breaches as breaches_cli
 from service.cli import connectors as connectors_cli
+from service.cli import disclosures as disclosures_cli
 from service.cli import epoch as epoch_cli
 from service.cli import jobs as jobs_cli
+from service.cli import report as report_cli
 from service.cli import storage as storage_cli
 
 EXIT_USAGE = 2
@@ -116,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     audit_commands.add_parser("verify", help="check that no entry was changed, inserted or removed")
     storage_cli.add_parser(commands)
     epoch_cli.add_parser(commands)
+    breaches_cli.add_parser(commands)
+    disclosures_cli.add_parser(commands)
+    report_cli.add_parser(commands)
     return parser
 
 
@@ -152,8 +165,14 @@ def _banner(settings: Settings, base_url: str, *, tokens: bool) -> str:
     authority = TokenAuthority.from_settings(settings, secret)
     subject = authority.issue("alice", [Role.SUBJECT.value], 24 * 3600)
     support = authority.issue("support-1", [Role.SUPPORT.value], 24 * 3600)
+    privacy = ""
+    if settings.embedded_redis and not settings.connectors:
+        privacy = f"Privacy center (sign in as a demo subject): {base_url}/privacy/sign-in\n"
+    elif settings.oidc_issuer is not None:
+        privacy = f"Privacy center: {base_url}/privacy\n"
     return (
         f"{served}"
+        f"{privacy}"
         f"Subject token (alice, 24 h):  {subject}\n"
         f"Support token (24 h):         {support}\n"
         "Ask for an export:\n"
@@ -255,6 +274,14 @@ def _token(
 def _verify(archive: Path, key: Path | None, keys_url: str | None) -> int:
     keys = load_keys(key) if key is not None else fetch_keys(keys_url or "")
     result = verify_file(archive, keys)
+    if result.ok and result.report is not None:
+        breach = result.report["breach"]["id"]
+        version = result.report["version"]
+        print(
+            f"OK: {archive}: breach report of breach {breach} (version {version}), "
+            f"signed by key {result.key_id}"
+        )
+        return 0
     if result.ok and result.receipt is not None:
         job = result.receipt["job"]["id"]
         kind = result.receipt["kind"]
@@ -303,6 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.umask(PRIVATE_UMASK)
         if args.command in jobs_cli.COMMANDS:
             return jobs_cli.run(args)
+        if args.command == "breach":
+            return breaches_cli.run(args)
+        if args.command == "disclosure":
+            return disclosures_cli.run(args)
+        if args.command == "report":
+            return report_cli.run(args)
         if args.command == "storage":
             return storage_cli.run(args)
         if args.command == "epoch":

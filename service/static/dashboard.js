@@ -6,16 +6,6 @@
   const live = () => document.getElementById("live");
   if (!live()) return;
 
-  // Server-sent events reach only the listeners of their name, so this lists the
-  // timeline's event types (jobs/pipeline.py, jobs/erasure.py, jobs/worker.py). An
-  // unlisted type still shows up with the next listed one, and every job ends with one.
-  const EVENT_TYPES = [
-    "created", "confirmed", "waiting", "started", "queued", "running", "retried", "extended",
-    "succeeded", "failed", "canceled", "expired", "downloaded", "recovered", "refused",
-    "information.requested", "information.received", "resumed",
-    "connector.started", "connector.retrying", "connector.succeeded", "connector.failed",
-  ];
-
   const RECONNECT_MS = 5000;
   let source = null;
   let fetching = false;
@@ -66,8 +56,10 @@
       return;
     }
     if (source) return;
+    // The stream sends every event as a plain message (its type in its data), so this one
+    // listener refreshes on each, whatever its type, those added later included.
     source = new EventSource(live().dataset.events);
-    for (const type of EVENT_TYPES) source.addEventListener(type, refresh);
+    source.addEventListener("message", refresh);
     source.addEventListener("error", () => {
       // CLOSED: the browser gave up (signed out, server gone); look again in a while.
       if (source && source.readyState === EventSource.CLOSED) {

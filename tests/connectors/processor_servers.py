@@ -75,6 +75,8 @@ class Fault:
     body: bytes = b""
     hang: bool = False
     respond: Handler | None = None
+    method: str | None = None
+    """Only for a request of this method (any when None); others pass it by."""
 
 
 TRICKLE_INTERVAL = 0.02
@@ -99,13 +101,15 @@ class FakeProcessor(ABC):
         headers: Mapping[str, str] | None = None,
         body: Any = None,
         times: int = 1,
+        method: str | None = None,
     ) -> None:
-        """Answer the next ``times`` requests with ``status`` (JSON ``body`` when given)."""
+        """Answer the next ``times`` requests (of ``method``, when given) with ``status``
+        (JSON ``body`` when given)."""
         payload = b"" if body is None else web.json_response(body).body
         assert isinstance(payload, bytes)
         extra = {"Content-Type": "application/json"} if body is not None else {}
         for _ in range(times):
-            self.faults.append(Fault(status, {**extra, **(headers or {})}, payload))
+            self.faults.append(Fault(status, {**extra, **(headers or {})}, payload, method=method))
 
     def hang_next(self) -> None:
         """Never answer the next request (until the server shuts down)."""
@@ -205,8 +209,9 @@ class FakeProcessor(ABC):
                 request.rel_url.raw_path,
             )
         )
-        if self.faults:
-            fault = self.faults.pop(0)
+        fault = next((f for f in self.faults if f.method in {None, request.method}), None)
+        if fault is not None:
+            self.faults.remove(fault)
             if fault.respond is not None:
                 return await fault.respond(request)
             if fault.hang:
@@ -375,7 +380,8 @@ def _hubspot_error(status: int, message: str, category: str, **extra: Any) -> we
 
 
 class FakeHubSpot(FakeProcessor):
-    """HubSpot's CRM v3 contacts: search, properties, batch read, GDPR delete.
+    """HubSpot's CRM v3 contacts: search, properties, batch read, GDPR delete; and its
+    communication preferences v3: an email's subscription statuses, unsubscribe.
 
     ``search_page_cap`` answers at most that many results per search page (HubSpot's
     own maximum is 200), so tests can exercise ``paging.next.after``.
@@ -409,6 +415,16 @@ class FakeHubSpot(FakeProcessor):
         self.gdpr_deleted: list[str] = []
         self.search_page_cap = 200
         self._next_id = 501
+        self.subscription_types = {"7001": "Newsletter", "7002": "Product updates"}
+        #: email → subscription type id → SUBSCRIBED | NOT_SUBSCRIBED
+        self.subscriptions: dict[str, dict[str, str]] = {}
+
+    def subscribe(self, email: str, *type_ids: str) -> None:
+        """Subscribe ``email`` to these subscription types (every other one: not subscribed)."""
+        self.subscriptions[email] = {
+            type_id: "SUBSCRIBED" if type_id in type_ids else "NOT_SUBSCRIBED"
+            for type_id in self.subscription_types
+        }
 
     def add_contact(self, email: str, **properties: str) -> str:
         """A contact with these properties; returns its id."""
@@ -430,6 +446,9 @@ class FakeHubSpot(FakeProcessor):
             web.post("/crm/v3/objects/contacts/gdpr-delete", self.gdpr_delete),
             web.get("/crm/v3/properties/contacts", self.properties),
             web.get("/crm/v3/objects/contacts", self.list_contacts),
+            web.get("/communication-preferences/v3/status/email/{email}", self.statuses),
+            web.post("/communication-preferences/v3/unsubscribe", self.unsubscribe),
+            web.patch("/crm/v3/objects/contacts/{contact_id}", self.update_contact),
         ]
 
     def _authorise(self, request: web.Request) -> web.Response | None:
@@ -541,6 +560,63 @@ class FakeHubSpot(FakeProcessor):
             for name in self.PROPERTIES
         ]
         return web.json_response({"results": results})
+
+    def _status(self, email: str, type_id: str) -> dict[str, Any]:
+        return {
+            "id": type_id,
+            "name": self.subscription_types[type_id],
+            "description": f"{self.subscription_types[type_id]} emails",
+            "status": self.subscriptions[email][type_id],
+            "sourceOfStatus": "SUBSCRIPTION_STATUS",
+            "legalBasis": "CONSENT_WITH_NOTICE",
+            "legalBasisExplanation": "opted in on the website",
+        }
+
+    async def statuses(self, request: web.Request) -> web.Response:
+        if refused := self._authorise(request):
+            return refused
+        email = request.match_info["email"]
+        known = self.subscriptions.get(email, {})
+        return web.json_response(
+            {
+                "recipient": email,
+                "subscriptionStatuses": [self._status(email, type_id) for type_id in known],
+            }
+        )
+
+    async def unsubscribe(self, request: web.Request) -> web.Response:
+        if refused := self._authorise(request):
+            return refused
+        body = await request.json()
+        email, type_id = body.get("emailAddress"), body.get("subscriptionId")
+        if type_id not in self.subscription_types or email not in self.subscriptions:
+            return _hubspot_error(400, "subscriptionId or emailAddress invalid", "VALIDATION_ERROR")
+        if self.subscriptions[email][type_id] == "NOT_SUBSCRIBED":
+            return _hubspot_error(
+                400,
+                f"{email} is already unsubscribed from subscription {type_id}",
+                "VALIDATION_ERROR",
+            )
+        self.subscriptions[email][type_id] = "NOT_SUBSCRIBED"
+        return web.json_response(self._status(email, type_id))
+
+    async def update_contact(self, request: web.Request) -> web.Response:
+        if refused := self._authorise(request):
+            return refused
+        contact_id = request.match_info["contact_id"]
+        if contact_id not in self.contacts:
+            return _hubspot_error(404, "resource not found", "OBJECT_NOT_FOUND")
+        properties = (await request.json()).get("properties")
+        if not isinstance(properties, dict) or not properties:
+            return _hubspot_error(400, "properties are required", "VALIDATION_ERROR")
+        unknown = sorted(set(properties) - set(self.PROPERTIES))
+        if unknown:
+            return _hubspot_error(
+                400, f"Property values were not valid: {unknown}", "VALIDATION_ERROR"
+            )
+        self.contacts[contact_id].update({k: str(v) for k, v in properties.items()})
+        self.contacts[contact_id]["lastmodifieddate"] = "2026-12-06T10:00:00.000Z"
+        return web.json_response(self._object(contact_id, sorted(properties)))
 
     async def list_contacts(self, request: web.Request) -> web.Response:
         if refused := self._authorise(request):

@@ -19,7 +19,7 @@ from connectors.demo import DEMO_SUBJECTS, demo_connector_configs, seed_demo_dat
 from connectors.errors import Unidentified
 from connectors.items import Record, Subject
 from connectors.registry import build_connectors
-from connectors.reports import RetentionRule
+from connectors.reports import FieldChange, RetentionRule
 from connectors.sql import SqlConnector
 
 TABLES = ("users", "consents", "devices", "telemetry", "invoices", "newsletter")
@@ -375,3 +375,96 @@ async def test_telemetry_of_a_long_history_streams_every_row(
     ]
     assert len(telemetry) > 20_000
     assert telemetry == expected
+
+
+async def test_an_objection_to_direct_marketing_withdraws_the_marketing_email_consent(
+    database: Path, connectors: dict[str, Connector]
+) -> None:
+    def marketing() -> dict[str, tuple[int, str]]:
+        with connect(database) as connection:
+            rows = connection.execute(
+                "SELECT user_id, granted, updated_at FROM consents"
+                " WHERE purpose = 'marketing_email'"
+            ).fetchall()
+        return {user: (granted, updated) for user, granted, updated in rows}
+
+    before = dump(database)
+    seeded = marketing()
+    assert "alice" not in seeded and seeded["carol"][0] == 1  # the seed, as the demo shows it
+    profile = connectors["profile"]
+    assert profile.objection_purposes == {"direct_marketing", "analytics", "research"}
+
+    reports = {}
+    for name in ("alice", "carol"):
+        subject = await identified(connectors, name)
+        reports[name] = await profile.object(subject, ["direct_marketing"])
+        assert await profile.objections_in_force(subject, ["direct_marketing"]) == {
+            "direct_marketing": True
+        }
+
+    for report in reports.values():
+        entry = report.purpose("direct_marketing")
+        assert entry is not None and (entry.targets, entry.stopped) == (("marketing_email",), 1)
+    after = marketing()
+    assert after["alice"][0] == 0 and after["carol"][0] == 0  # recorded, and withdrawn
+    assert after["alice"][1] > "2026" and after["carol"][1] > "2026"
+    assert after["bob"] == seeded["bob"]
+    exported = {
+        r.data["purpose"]: r.data["granted"]
+        for r in await export(profile, "alice")
+        if r.dataset == "consents"
+    }
+    assert exported["marketing_email"] == 0
+    unchanged = {t: rows for t, rows in dump(database).items() if t != "consents"}
+    assert unchanged == {t: rows for t, rows in before.items() if t != "consents"}
+    again = await profile.object(await identified(connectors, "carol"), ["direct_marketing"])
+    assert again.purposes[0].stopped == 0
+    alice = await identified(connectors, "alice")
+    for name in ("devices", "billing", "newsletter"):
+        answer = await connectors[name].object(alice, ["direct_marketing"])
+        assert [p.supported for p in answer.purposes] == [False]
+
+
+async def test_a_rectification_of_the_name_shows_in_a_fresh_export(
+    database: Path, connectors: dict[str, Connector]
+) -> None:
+    profile = connectors["profile"]
+    assert {(r.field, r.type, r.identity) for r in profile.rectifiable} == {
+        ("name", "text", False),
+        ("email", "email", True),
+        ("country", "text", False),
+    }
+    alice = await identified(connectors, "alice")
+    change = FieldChange("profile", "name", "Alice Dupont")
+    report = await profile.rectify(alice, [change])
+    assert report.fields[0].changed == 1
+    assert await profile.rectifications_in_force(alice, [change]) == [True]
+    names = {
+        r.data["id"]: r.data["name"]
+        for r in await export(profile, "alice")
+        if r.dataset == "profile"
+    }
+    assert names == {"alice": "Alice Dupont"}
+    with connect(database) as connection:
+        others = dict(connection.execute("SELECT id, name FROM users WHERE id != 'alice'"))
+    assert others == {"bob": "Bob Jansen", "carol": "Carol Schmidt"}
+
+
+async def test_a_lifted_restriction_unblocks_the_subject_everywhere(
+    database: Path, connectors: dict[str, Connector]
+) -> None:
+    bob = await identified(connectors, "bob")
+    for connector in connectors.values():
+        await connector.restrict(bob, dry_run=False)
+    lifted = {name: await c.lift_restriction(bob) for name, c in connectors.items()}
+    again = {name: await c.lift_restriction(bob) for name, c in connectors.items()}
+
+    assert all(report.supported for report in lifted.values())
+    assert lifted["profile"].restricted == {"profile": 1, "consents": 3}
+    assert all(sum(report.restricted.values()) == 0 for report in again.values())
+    with connect(database) as connection:
+        for table in ("users", "consents", "devices", "telemetry", "invoices", "newsletter"):
+            flagged = connection.execute(
+                f"SELECT count(*) FROM {table} WHERE processing_restricted != 0"
+            ).fetchone()[0]
+            assert flagged == 0, table

@@ -157,6 +157,12 @@ async def test_a_subject_without_the_identifier_is_unidentified(
             with pytest.raises(Unidentified, match=needs):
                 await connector.restrict(bob, dry_run=dry_run)
         assert not (await connector.restrict(ALICE, dry_run=False)).supported
+        with pytest.raises(Unidentified, match=needs):
+            await connector.object(bob, ["direct_marketing"])
+        objection = await connector.object(ALICE, ["analytics"])
+        assert [(p.purpose, p.supported) for p in objection.purposes] == [("analytics", False)]
+        assert "only deletes a user's data" in (objection.purposes[0].note or "")
+        assert await connector.objections_in_force(ALICE, ["analytics"]) == {}
     finally:
         await connector.close()
     assert fake.requests == []

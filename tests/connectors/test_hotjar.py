@@ -225,8 +225,13 @@ async def test_a_subject_with_nothing_to_look_up_is_unidentified(
                 await connector.erase(bob, dry_run=dry_run, retention=retention)
         with pytest.raises(Unidentified, match=needs):
             await connector.restrict(bob, dry_run=dry_run)
+        with pytest.raises(Unidentified, match=needs):
+            await connector.object(bob, ["analytics"])
     assert fake.requests == []
     assert not (await connector.restrict(ALICE, dry_run=False)).supported
+    objection = await connector.object(ALICE, ["analytics"])
+    assert [(p.purpose, p.supported) for p in objection.purposes] == [("analytics", False)]
+    assert "looks up or deletes a user's data" in (objection.purposes[0].note or "")
 
 
 async def test_wrong_client_credentials_are_a_permanent_error(

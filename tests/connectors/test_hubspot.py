@@ -12,10 +12,10 @@ import pytest
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, RateLimited, TransientError, Unidentified
-from connectors.hubspot import HubSpotConnector
+from connectors.hubspot import NEW_VALUE_REFUSED, HubSpotConnector
 from connectors.items import Record, Subject
 from connectors.registry import load_type
-from connectors.reports import RetentionRule
+from connectors.reports import FieldChange, RetentionRule
 from connectors.testing import ConnectorContract
 from tests.conftest import free_port
 from tests.connectors.processor_servers import Bystander, FakeHubSpot, serve
@@ -424,3 +424,140 @@ async def test_an_error_quoting_the_contact_stays_out_of_the_message(
     )
     assert caught.value.detail is not None
     assert "alice@example.com, +33 1 23" in caught.value.detail
+
+
+# -- objection (GDPR Art. 21): communication preferences --------------------------------
+
+
+async def test_an_objection_to_direct_marketing_unsubscribes_every_subscription_and_rereads(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    fake.subscribe("alice@example.com", "7001", "7002")
+    fake.subscribe("bob@example.com", "7001")
+    assert connector.objection_purposes == {"direct_marketing"}
+
+    report = await connector.object(ALICE, ["direct_marketing", "analytics"])
+    in_force = await connector.objections_in_force(ALICE, ["direct_marketing", "analytics"])
+    again = await connector.object(ALICE, ["direct_marketing"])
+
+    marketing = report.purpose("direct_marketing")
+    assert marketing is not None
+    assert (marketing.targets, marketing.stopped) == (("Newsletter", "Product updates"), 2)
+    analytics = report.purpose("analytics")
+    assert analytics is not None and not analytics.supported
+    assert in_force == {"direct_marketing": True}
+    assert again.purposes[0].stopped == 0
+    assert set(fake.subscriptions["alice@example.com"].values()) == {"NOT_SUBSCRIBED"}
+    assert fake.subscriptions["bob@example.com"]["7001"] == "SUBSCRIBED"
+    sent = [json.loads(seen.body) for seen in fake.seen("/unsubscribe")]
+    assert sent == [
+        {"emailAddress": "alice@example.com", "subscriptionId": "7001"},
+        {"emailAddress": "alice@example.com", "subscriptionId": "7002"},
+    ]
+
+
+async def test_an_objection_maps_purposes_to_the_configured_subscription_types(
+    hubspot: tuple[FakeHubSpot, str],
+) -> None:
+    fake, url = hubspot
+    fake.subscribe("alice@example.com", "7001", "7002")
+    connector = HubSpotConnector(
+        "crm",
+        token=FakeHubSpot.TOKEN,
+        base_url=url,
+        rate_limit=0,
+        objection_subscriptions={"direct_marketing": ["Newsletter"], "profiling": ["7002"]},
+    )
+    await connector.open()
+    try:
+        report = await connector.object(ALICE, ["direct_marketing"])
+        assert [(p.targets, p.stopped) for p in report.purposes] == [(("Newsletter",), 1)]
+        assert fake.subscriptions["alice@example.com"] == {
+            "7001": "NOT_SUBSCRIBED",
+            "7002": "SUBSCRIBED",
+        }
+        assert await connector.objections_in_force(ALICE, ["direct_marketing", "profiling"]) == {
+            "direct_marketing": True,
+            "profiling": False,
+        }
+    finally:
+        await connector.close()
+
+
+async def test_an_objection_by_contact_id_reads_the_contacts_email(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    fake.subscribe("alice@example.com", "7001")
+    by_id = Subject("alice", identities={"hubspot_contact_id": "501"})
+    report = await connector.object(by_id, ["direct_marketing"])
+    assert report.purposes[0].stopped == 1
+    with pytest.raises(Unidentified):
+        await connector.object(Subject("alice"), ["direct_marketing"])
+
+
+async def test_an_objection_for_an_address_hubspot_does_not_know_stops_nothing(
+    connector: HubSpotConnector,
+) -> None:
+    nobody = Subject("nobody", "nobody@example.com")
+    report = await connector.object(nobody, ["direct_marketing"])
+    assert [(p.supported, p.stopped) for p in report.purposes] == [(True, 0)]
+    assert await connector.objections_in_force(nobody, ["direct_marketing"]) == {
+        "direct_marketing": True
+    }
+
+
+@pytest.mark.parametrize("mapping", [{}, {"direct_marketing": []}, ["direct_marketing"]])
+def test_a_bad_objection_mapping_is_a_one_line_permanent_error(mapping: object) -> None:
+    with pytest.raises(PermanentError, match="objection_subscriptions"):
+        HubSpotConnector("crm", token="t", objection_subscriptions=mapping)
+
+
+# -- rectification (GDPR Art. 16): contact properties -----------------------------------
+
+
+async def test_a_rectification_patches_the_contacts_properties_and_reads_them_back(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    assert {(r.dataset, r.field, r.identity) for r in connector.rectifiable} == {
+        ("contact", "firstname", False),
+        ("contact", "lastname", False),
+        ("contact", "phone", False),
+    }
+    changes = [
+        FieldChange("contact", "lastname", "Dupont"),
+        FieldChange("contact", "firstname", "Alice"),
+    ]
+
+    report = await connector.rectify(ALICE, changes)
+    again = await connector.rectify(ALICE, changes)
+
+    assert [(f.field, f.changed) for f in report.fields] == [("lastname", 1), ("firstname", 0)]
+    assert [f.changed for f in again.fields] == [0, 0]
+    assert await connector.rectifications_in_force(ALICE, changes) == [True, True]
+    assert fake.contacts["501"]["lastname"] == "Dupont"
+    patched = [json.loads(seen.body) for seen in fake.seen("/crm/v3/objects/contacts/501")]
+    assert patched == [{"properties": {"lastname": "Dupont"}}]
+    nobody = await connector.rectify(Subject("n", "nobody@example.com"), changes)
+    assert nobody.note == "HubSpot holds no contact for the subject"
+
+
+async def test_a_refused_update_does_not_keep_the_new_values_hubspot_echoes(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    echo = {"status": "error", "message": "Property values were not valid: Dupont-Échec"}
+    fake.fail_next(400, body=echo, method="PATCH")
+    with pytest.raises(PermanentError) as caught:
+        await connector.rectify(ALICE, [FieldChange("contact", "lastname", "Dupont-Échec")])
+    assert "HTTP 400" in str(caught.value) and "update contact" in str(caught.value)
+    assert caught.value.detail == NEW_VALUE_REFUSED
+    assert "Dupont-Échec" not in f"{caught.value} {caught.value.detail}"
+    assert fake.contacts["501"]["lastname"] == "Martin"
+
+
+def test_a_bad_rectifiable_mapping_is_a_one_line_permanent_error() -> None:
+    with pytest.raises(PermanentError, match="rectifiable must map contact properties"):
+        HubSpotConnector("crm", token="t", rectifiable={"firstname": "colour"})

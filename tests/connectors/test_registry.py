@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from connectors import ConnectorLoadError
+from connectors.base import Connector
+from connectors.byhand import EmailConnector, ManualConnector
 from connectors.google_analytics import GoogleAnalyticsConnector
 from connectors.hotjar import HotjarConnector
 from connectors.http import HttpConnector
@@ -138,6 +140,8 @@ def test_built_ins_register_through_the_entry_point_group() -> None:
         "hubspot": HubSpotConnector,
         "hotjar": HotjarConnector,
         "google-analytics": GoogleAnalyticsConnector,
+        "email": EmailConnector,
+        "manual": ManualConnector,
     }
     for name, cls in built_in.items():
         dist = types[name].dist
@@ -239,6 +243,25 @@ def test_processing_information_is_taken_from_configuration() -> None:
     assert described["purposes"] == "Customer support"
     assert described["recipient"] == "Acme CRM Ltd"
     assert described["legal_basis"] == "Art. 6(1)(b)"
+
+
+@pytest.mark.parametrize("processor", [HubSpotConnector, GoogleAnalyticsConnector, HotjarConnector])
+def test_a_us_processor_states_its_transfer_and_safeguards(processor: type[Connector]) -> None:
+    transfer = processor.processing["transfer"]
+    assert "USA" in transfer and "Art. 46(2)(c)" in transfer
+
+
+def test_configuration_states_a_transfer_over_the_processors_own() -> None:
+    from connectors.registry import ConnectorConfig, build_connectors
+
+    own = ConnectorConfig("crm", "hubspot", {"token": "pat-eu1-0123456789"})
+    stated = ConnectorConfig(
+        "crm-eu", "hubspot", {"token": "pat-eu1-0123456789", "transfer": "None: EU data centre"}
+    )
+    built = build_connectors([own, stated])
+    assert "Data Privacy Framework" in built["crm"].describe()["transfer"]
+    assert built["crm-eu"].describe()["transfer"] == "None: EU data centre"
+    assert built["crm-eu"].describe()["recipient"].startswith("HubSpot, Inc.")
 
 
 BAD_NAMES = [

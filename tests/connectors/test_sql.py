@@ -51,10 +51,11 @@ from sqlalchemy.sql.expression import Executable
 
 from connectors.base import Connector
 from connectors.errors import PermanentError, TransientError, Unidentified
-from connectors.items import Record, Records, Subject
-from connectors.reports import ErasureReport, RetentionRule
+from connectors.items import Record, Records, Series, Subject
+from connectors.reports import ErasureReport, FieldChange, RetentionRule
 from connectors.sql import SqlConnector
 from connectors.sql import connector as sql_connector
+from connectors.sql.errors import NEW_VALUE_REFUSED
 from connectors.testing import ConnectorContract
 from jobs.commands import Actor, Commands
 from tests.jobs.test_export import archive_of, drain
@@ -1318,7 +1319,36 @@ BAD_TABLES = [
         id="retain-days",
     ),
     pytest.param("invoices", {"legal_basis": "law"}, 'go with erase = "retain"', id="stray-basis"),
+    pytest.param(
+        "users", {"column_descriptions": ["id"]}, "column_descriptions must be", id="notes-shape"
+    ),
+    pytest.param(
+        "users", {"column_descriptions": {"id": ""}}, "column_descriptions: id", id="notes-text"
+    ),
+    pytest.param(
+        "users",
+        {"columns": ["id", "email"], "column_descriptions": {"name": "the name"}},
+        "name 'name', not in columns",
+        id="notes-column",
+    ),
+    pytest.param("telemetry", {"series": {"time": "seq"}}, "series.values", id="series-values"),
+    pytest.param(
+        "telemetry", {"series": {"values": ["v"], "at": "seq"}}, "series must be", id="series-key"
+    ),
 ]
+
+
+def test_column_descriptions_and_series_reach_the_datasets() -> None:
+    series = {"time": "seq", "values": ["value"], "by": "sensor_id"}
+    connector = build(
+        tables=with_table(
+            "telemetry", column_descriptions={"seq": "the reading's number"}, series=series
+        )
+    )
+
+    telemetry = connector.dataset("telemetry")
+    assert telemetry.column_descriptions == {"seq": "the reading's number"}
+    assert telemetry.series == Series(time="seq", values=("value",), by="sensor_id")
 
 
 @pytest.mark.parametrize(("table", "changes", "message"), BAD_TABLES)
@@ -1424,7 +1454,7 @@ class SqlContract(ConnectorContract):
 
     async def make_connector(self) -> Connector:
         self.created = await create_database(self.backend, self.tmp_path)
-        return self.created.connector(**platform_options())
+        return self.created.connector(**rectifying_options(objection=CONSENT_OBJECTION))
 
     def subject_with_data(self) -> Subject:
         return ALICE
@@ -1508,3 +1538,240 @@ def test_a_driver_not_installed_is_named_with_the_extra_that_installs_it(
         f"connector 'platform': url {url.split(':')[0]}:// needs the {module} driver, "
         f"which is not installed: pip install 'handover[{extra}]'"
     )
+
+
+# -- objection (GDPR Art. 21) ----------------------------------------------------------
+
+CONSENT_OBJECTION = {
+    "table": "consents",
+    "purpose_column": "purpose",
+    "granted_column": "granted",
+    "purposes": {"direct_marketing": ["marketing_email"], "analytics": ["product_analytics"]},
+}
+
+
+def rectifying_options(**changes: Any) -> dict[str, Any]:
+    """The platform's options with the users' name and email rectifiable."""
+    options = platform_options(**changes)
+    users = table_options("users", options)
+    users["rectifiable"] = {"name": "text", "email": "email"}
+    return options
+
+
+def consent_rows(records: list[Record]) -> dict[str, Any]:
+    return {r.data["purpose"]: bool(r.data["granted"]) for r in records if r.dataset == "consents"}
+
+
+async def test_an_objection_withdraws_the_consents_of_its_purposes_and_reads_them_back(
+    database: Database,
+) -> None:
+    connector = await opened(database.connector(**platform_options(objection=CONSENT_OBJECTION)))
+    try:
+        assert connector.objection_purposes == {"direct_marketing", "analytics"}
+        bob = Subject("bob", email="bob@example.com")
+        bob_before = consent_rows(await export(connector, bob))
+
+        report = await connector.object(ALICE, ["direct_marketing", "research"])
+        in_force = await connector.objections_in_force(ALICE, ["direct_marketing", "research"])
+        again = await connector.object(ALICE, ["direct_marketing"])
+
+        marketing = report.purpose("direct_marketing")
+        assert marketing is not None
+        assert (marketing.supported, marketing.targets, marketing.stopped) == (
+            True,
+            ("marketing_email",),
+            1,
+        )
+        research = report.purpose("research")
+        assert research is not None and not research.supported
+        assert research.note == "connector 'platform' maps no consent purpose to 'research'"
+        assert in_force == {"direct_marketing": True}  # research is not this connector's
+        assert again.purposes[0].stopped == 0  # nothing new: it was withdrawn already
+        assert consent_rows(await export(connector, ALICE)) == {
+            "marketing_email": False,
+            "product_analytics": False,
+        }
+        assert consent_rows(await export(connector, bob)) == bob_before
+
+        recorded = await connector.object(bob, ["analytics"])
+        assert [(p.purpose, p.stopped) for p in recorded.purposes] == [("analytics", 1)]
+        assert consent_rows(await export(connector, bob)) == {
+            **bob_before,
+            "product_analytics": False,
+        }
+        nobody = Subject("nobody", email="nobody@example.com")
+        untouched = await connector.object(nobody, ["direct_marketing"])
+        assert [(p.supported, p.stopped) for p in untouched.purposes] == [(True, 0)]
+        assert await export(connector, nobody) == []
+    finally:
+        await connector.close()
+
+
+@pytest.mark.parametrize(
+    ("objection", "message"),
+    [
+        ("consents", "objection must be a table of options"),
+        ({**CONSENT_OBJECTION, "colour": "red"}, "objection: unknown key(s) colour"),
+        ({**CONSENT_OBJECTION, "table": "agreements"}, "objection.table: 'agreements' is not one"),
+        ({**CONSENT_OBJECTION, "purposes": {}}, "objection.purposes must map"),
+        ({**CONSENT_OBJECTION, "purposes": {"Direct Marketing": ["x"]}}, "is not a purpose name"),
+        ({**CONSENT_OBJECTION, "purposes": {"analytics": []}}, "objection.purposes.analytics"),
+        ({**CONSENT_OBJECTION, "granted_column": None}, 'needs objection.granted_column = "..."'),
+    ],
+)
+def test_a_bad_objection_option_is_refused_naming_it(objection: object, message: str) -> None:
+    with pytest.raises(PermanentError, match=re.escape(message)):
+        SqlConnector(
+            "platform", **platform_options(url="sqlite:///platform.db", objection=objection)
+        )
+
+
+async def test_an_objection_column_missing_in_the_database_is_named(database: Database) -> None:
+    objection = {**CONSENT_OBJECTION, "updated_column": "changed_at"}
+    connector = await opened(database.connector(**platform_options(objection=objection)))
+    try:
+        with pytest.raises(PermanentError, match="objection table 'consents' has no column"):
+            await connector.object(ALICE, ["direct_marketing"])
+    finally:
+        await connector.close()
+
+
+# -- rectification (GDPR Art. 16) -------------------------------------------------------
+
+
+async def test_a_rectification_sets_the_field_on_the_subjects_rows_and_reads_it_back(
+    database: Database,
+) -> None:
+    connector = await opened(database.connector(**rectifying_options()))
+    try:
+        assert {(r.dataset, r.field, r.type, r.identity) for r in connector.rectifiable} == {
+            ("profile", "name", "text", False),
+            ("profile", "email", "email", True),
+        }
+        bob_before = await export(connector, Subject("bob", email="bob@example.com"))
+        changes = [FieldChange("profile", "name", "Alice Dupont")]
+
+        report = await connector.rectify(ALICE, changes)
+        again = await connector.rectify(ALICE, changes)
+
+        assert [(f.dataset, f.field, f.changed) for f in report.fields] == [("profile", "name", 1)]
+        assert again.fields[0].changed == 0
+        assert await connector.rectifications_in_force(ALICE, changes) == [True]
+        profile = [r.data for r in await export(connector, ALICE) if r.dataset == "profile"]
+        assert [row["name"] for row in profile] == ["Alice Dupont"]
+        assert await export(connector, Subject("bob", email="bob@example.com")) == bob_before
+        with pytest.raises(PermanentError, match=r"profile\.created_at is not rectifiable"):
+            await connector.rectify(ALICE, [FieldChange("profile", "created_at", "x")])
+    finally:
+        await connector.close()
+
+
+async def test_an_anonymised_subjects_rows_are_not_rectified(database: Database) -> None:
+    connector = await opened(database.connector(**rectifying_options()))
+    try:
+        await connector.erase(ALICE, dry_run=False, retention={})
+        report = await connector.rectify(ALICE, [FieldChange("profile", "name", "Alice D.")])
+        assert report.fields[0].changed == 0
+    finally:
+        await connector.close()
+
+
+async def test_a_new_value_refused_by_the_database_is_not_kept_in_the_error(
+    database: Database,
+) -> None:
+    async with database.engine.begin() as connection:
+        await connection.execute(text("CREATE UNIQUE INDEX users_email_unique ON users (email)"))
+    connector = await opened(database.connector(**rectifying_options()))
+    try:
+        with pytest.raises(PermanentError) as raised:
+            await connector.rectify(ALICE, [FieldChange("profile", "email", "bob@example.com")])
+    finally:
+        await connector.close()
+
+    message, _ = DUPLICATE_KEY[database.backend]
+    assert str(raised.value).endswith(f": {message}")
+    # The driver's words would quote the new value (PostgreSQL: "Key (email)=(…) already
+    # exists"); the job keeps the detail after its new values are forgotten.
+    assert raised.value.detail == NEW_VALUE_REFUSED
+    assert "bob@example.com" not in f"{raised.value} {raised.value.detail}"
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "message"),
+    [
+        ("sensors", "device_id", "sensors': rectifiable: device_id links sensors to devices"),
+        ("devices", "id", "devices': rectifiable: id is referenced by sensors.device_id"),
+        ("devices", "owner_id", "owner_id finds or blocks the subject's rows"),
+        ("newsletter", "email", "email finds or blocks the subject's rows"),
+    ],
+)
+def test_a_column_that_finds_the_subjects_rows_is_not_rectifiable(
+    table: str, column: str, message: str
+) -> None:
+    options = platform_options(url="sqlite:///platform.db")
+    table_options(table, options)["rectifiable"] = {column: "text"}
+    with pytest.raises(PermanentError, match=re.escape(message)):
+        SqlConnector("platform", **options)
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "message"),
+    [
+        ("invoices", "id", "table 'invoices': column 'id' is part of the primary key"),
+        ("users", "nickname", "missing in the database: column 'users.nickname'"),
+    ],
+)
+async def test_a_key_or_missing_rectifiable_column_is_refused_at_bind_time(
+    database: Database, table: str, column: str, message: str
+) -> None:
+    options = platform_options()
+    table_options(table, options)["rectifiable"] = {column: "text"}
+    connector = await opened(database.connector(**options))
+    try:
+        with pytest.raises(PermanentError, match=re.escape(message)):
+            await connector.check()
+    finally:
+        await connector.close()
+
+
+async def test_a_table_holding_several_rows_of_the_subject_is_not_rectified(
+    database: Database,
+) -> None:
+    options = platform_options()
+    table_options("devices", options)["rectifiable"] = {"model": "text"}
+    connector = await opened(database.connector(**options))
+    before = await database.dump()
+    try:
+        with pytest.raises(PermanentError, match=r"'devices' holds 2 rows of the subject"):
+            await connector.rectify(ALICE, [FieldChange("devices", "model", "Thermo S9")])
+    finally:
+        await connector.close()
+    assert await database.dump() == before
+
+
+async def test_no_row_of_the_subject_is_reported_as_not_held(database: Database) -> None:
+    connector = await opened(database.connector(**rectifying_options()))
+    nobody = Subject("nobody", email="nobody@example.com")
+    changes = [FieldChange("profile", "name", "Nobody")]
+    try:
+        report = await connector.rectify(nobody, changes)
+    finally:
+        await connector.close()
+    entry = report.fields[0]
+    assert (entry.changed, entry.held) == (0, False)
+    assert entry.note == "no row of the subject in users: nothing changed"
+
+
+@pytest.mark.parametrize(
+    ("rectifiable", "message"),
+    [
+        ({"name": "colour"}, "rectifiable.name must be one of text, email"),
+        ({}, "rectifiable must map columns to value types"),
+        ({"id": "text"}, "rectifiable: id finds or blocks the subject's rows"),
+    ],
+)
+def test_a_bad_rectifiable_option_is_refused_naming_it(rectifiable: object, message: str) -> None:
+    options = platform_options(url="sqlite:///platform.db")
+    table_options("users", options)["rectifiable"] = rectifiable
+    with pytest.raises(PermanentError, match=re.escape(message)):
+        SqlConnector("platform", **options)

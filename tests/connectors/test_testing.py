@@ -135,6 +135,9 @@ class ByEmail(MemoryConnector):
     async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
         return await super().restrict(self.keyed(subject), dry_run=dry_run)
 
+    async def lift_restriction(self, subject: Subject) -> RestrictionReport:
+        return await super().lift_restriction(self.keyed(subject))
+
 
 def crm_by_email(**options: Any) -> ByEmail:
     emails = {"alice": "alice@example.com", "bob": "bob@example.com"}
@@ -365,6 +368,22 @@ class RestrictsWithoutEmail(ByEmail):
         return RestrictionReport(supported=True)
 
 
+class LiftsWithoutEmail(ByEmail):
+    async def lift_restriction(self, subject: Subject) -> RestrictionReport:
+        return RestrictionReport(supported=True)
+
+
+class CannotLiftWhatItRestricted(MemoryConnector):
+    async def lift_restriction(self, subject: Subject) -> RestrictionReport:
+        return RestrictionReport(supported=False, note="the CRM cannot unblock")
+
+
+class LiftsAgainAndAgain(MemoryConnector):
+    async def lift_restriction(self, subject: Subject) -> RestrictionReport:
+        await super().lift_restriction(subject)
+        return RestrictionReport(supported=True, restricted={"contacts": 1})
+
+
 class CannotRestrictAtAll(ByEmail):
     async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
         return RestrictionReport(supported=False, note="the CRM has no restriction")
@@ -539,6 +558,21 @@ BROKEN = {
         broken_by_email(RestrictsWithoutEmail),
         "test_a_subject_without_its_identifiers_is_not_answered",
         "dry-run restrict of a subject without email answered RestrictionReport.supported=True",
+    ),
+    "lifts without an identifier": (
+        broken_by_email(LiftsWithoutEmail),
+        "test_a_subject_without_its_identifiers_is_not_answered",
+        "lift_restriction of a subject without email answered RestrictionReport.supported=True",
+    ),
+    "cannot lift what it restricted": (
+        broken(CannotLiftWhatItRestricted),
+        "test_lifting_a_restriction_answers_a_report_and_keeps_data",
+        "lift_restriction answers that it cannot lift what restrict restricted",
+    ),
+    "lifts again and again": (
+        broken(LiftsAgainAndAgain),
+        "test_lifting_a_restriction_answers_a_report_and_keeps_data",
+        r"a repeated lift reports records newly lifted: \{'contacts': 1\}",
     ),
     "declares no identifiers": (
         broken(DeclaresNoIdentifiers),

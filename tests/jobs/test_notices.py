@@ -398,6 +398,12 @@ async def test_staff_words_are_escaped_in_html_and_every_notice_is_written_in_ev
         },
         "information_needed": {"needed": "<i>a copy</i> of your last invoice"},
         "restriction_lifting": {"lifts_at": "2027-02-01T00:00:00+00:00", "reason": "verified"},
+        "disclosed": {
+            "authority": "<b>a court</b>",
+            "reference": "RG 26/01234",
+            "legal_basis": "<script>alert(1)</script>",
+            "disclosed_at": "2027-01-05T10:00:00+00:00",
+        },
     }
     async with resources_factory(crm(), **smtp(25)) as resources:
         job = await Commands(resources).request_export(

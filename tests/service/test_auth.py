@@ -607,3 +607,16 @@ async def test_hostile_kid_values_are_401_problems(
     call = await start_api(jwks_url=idp.url, jwt_issuer=ISSUER, jwt_audience=AUDIENCE)
     problem = _problem(*await call(rsa_key.sign(claims(), kid=kid)), 401)
     assert "key" in problem["detail"]
+
+
+def test_an_archive_is_written_in_the_time_zone_asked_for_else_the_subjects_own() -> None:
+    own = Principal(
+        sub="alice", roles=frozenset({Role.SUBJECT}), claims={"zoneinfo": "Europe/Paris"}
+    )
+    assert own.reading_time_zone("alice", None) == "Europe/Paris"
+    assert own.reading_time_zone("alice", "Asia/Tokyo") == "Asia/Tokyo"
+    staff = Principal(sub="s1", roles=frozenset({Role.SUPPORT}), claims={"zoneinfo": "Asia/Tokyo"})
+    assert staff.reading_time_zone("alice", None) is None, "staff's zone is not the subject's"
+    for claim in ("Mars/Olympus", 3600, "../../etc/passwd"):
+        odd = Principal(sub="alice", roles=frozenset({Role.SUBJECT}), claims={"zoneinfo": claim})
+        assert odd.reading_time_zone("alice", None) is None, claim

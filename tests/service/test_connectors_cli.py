@@ -82,7 +82,7 @@ def test_new_scaffolds_a_package_that_installs_lists_and_passes_its_contract_tes
         cwd=package,
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "13 passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
+    assert "16 passed" in tests.stdout and "skipped" not in tests.stdout, tests.stdout
 
 
 def test_the_scaffold_is_formatted_linted_and_typed(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from connectors.testing import MemoryConnector
 from jobs.kinds import build_pipelines
 from jobs.model import Job, JobKind, utcnow
 from tests.factories import options_for
+from tests.mailserver import mail_server
 from tests.service.conftest import Api, ApiFactory
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -426,7 +427,7 @@ async def test_extend_needs_a_reason_and_is_recorded(
     assert (await api.resources.audit.verify()).ok
 
 
-async def test_the_dashboard_streams_the_apis_events(
+async def test_the_dashboard_streams_the_apis_events_each_as_a_message(
     api: Api, browser_factory: BrowserFactory
 ) -> None:
     job = await api.wait((await api.export())["id"])
@@ -438,8 +439,10 @@ async def test_the_dashboard_streams_the_apis_events(
         f"{api.base}/v1/jobs/{job['id']}/events",
         headers={"Accept": "text/event-stream", **api.auth("alice")},
     ) as from_api:
-        assert stream == await from_api.text()
-    assert stream.count("event: connector.succeeded") == 1
+        named = await from_api.text()
+    # The API's events, unnamed: the page's one ``message`` listener sees every type.
+    assert stream == re.sub(r"^event: .*\n", "", named, flags=re.MULTILINE)
+    assert "\nevent:" not in stream and stream.count('"type":"connector.succeeded"') == 1
     ids = re.findall(r"^id: (\S+)$", stream, flags=re.MULTILINE)
     _, rest = await browser.get(f"/dashboard/jobs/{job['id']}/events?after={ids[1]}")
     assert re.findall(r"^id: (\S+)$", rest, flags=re.MULTILINE) == ids[2:]
@@ -873,3 +876,110 @@ async def test_support_asks_in_the_browser_and_watches_the_answer_resume_the_req
         assert await page.evaluate("window.sameDocument") is True, "the page was reloaded"
         await page.screenshot(path=str(tmp_path / "dashboard-information.png"), full_page=True)
     assert problems == []
+
+
+async def test_support_decides_an_objection_from_the_job_page(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    crm = MemoryConnector("crm", objection_purposes=["analytics"])
+    api = await api_factory({"crm": crm}, worker=False)
+    _, _, objection = await api.request(
+        "POST", "/v1/objections", json={"purposes": ["analytics"], "reason": "not for me"}
+    )
+    job_id = objection["id"]
+    browser = await browser_factory(api)
+    await browser.sign_in("s1")
+    path = f"/dashboard/jobs/{job_id}"
+    _, page = await browser.get(path)
+    assert "data-purposes>analytics" in page and "Decide objection" in page
+    csrf = await browser.csrf(path)
+
+    response, _ = await browser.post(f"{path}/decide", {"csrf": csrf, "upheld": "false"})
+    assert "grounds" in await browser.follow(response)
+    response, _ = await browser.post(
+        f"{path}/decide",
+        {"csrf": csrf, "upheld": "false", "grounds": "abuse detection needs these analytics"},
+    )
+    page = await browser.follow(response)
+    assert "Objection rejected; the subject is told the grounds" in page
+    assert "data-job-status>refused" in page and "abuse detection needs these analytics" in page
+    assert "rejected by s1" in page and "Decide objection" not in page
+    entries = await api.resources.audit.entries(20)
+    actions = [(e["action"], e["actor"], e.get("via")) for e in entries if e["job"] == job_id]
+    assert ("objection.rejected", "s1", "dashboard") in actions
+
+
+async def test_support_approves_a_rectification_of_an_email_from_the_job_page(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    crm = MemoryConnector(
+        "crm",
+        records={"alice": {"contacts": [{"id": 1, "email": "alice@example.com"}]}},
+        rectifiable={"contacts.email": "email"},
+    )
+    api = await api_factory({"crm": crm})
+    fix = {"connector": "crm", "dataset": "contacts", "field": "email", "value": "a@new.example"}
+    _, _, job = await api.request("POST", "/v1/rectifications", json={"changes": [fix]})
+    assert job["status"] == "awaiting_confirmation", job
+    browser = await browser_factory(api)
+    await browser.sign_in("s1")
+    path = f"/dashboard/jobs/{job['id']}"
+    _, page = await browser.get(path)
+    assert "data-fields>crm/contacts.email" in page and "Decide rectification" in page
+    # Deciding staff see the new value they approve, only while it waits for them.
+    shown = page.split("data-new-values", 1)[1].split("</table>", 1)[0]
+    assert "contacts.email" in shown and "a@new.example" in shown
+    assert page.count("a@new.example") == 1 and 'name="verified_by"' in page
+    csrf = await browser.csrf(path)
+    response, _ = await browser.post(f"{path}/decide", {"csrf": csrf, "upheld": "true"})
+    assert "how the new value of the identity field was checked" in await browser.follow(response)
+    assert (await api.job(job["id"], sub="s1", roles=SUPPORT))["status"] == (
+        "awaiting_confirmation"
+    )
+    response, _ = await browser.post(
+        f"{path}/decide",
+        {"csrf": csrf, "upheld": "true", "verified_by": "mail to the new address answered"},
+    )
+    assert "Rectification upheld; it runs" in await browser.follow(response)
+    assert (await api.wait(job["id"]))["status"] == "succeeded"
+    assert crm.records["alice"]["contacts"][0]["email"] == "a@new.example"
+    _, page = await browser.get(path)
+    assert "a@new.example" not in page and "Decide rectification" not in page
+
+
+async def test_support_lifts_a_restriction_from_its_page_telling_the_subject_first(
+    api_factory: ApiFactory, browser_factory: BrowserFactory
+) -> None:
+    with mail_server() as (inbox, port):
+        api = await api_factory(
+            {"crm": crm()},
+            smtp_url=f"smtp://127.0.0.1:{port}",
+            mail_from="Platform privacy <privacy@platform.example>",
+            privacy_url="https://privacy.platform.example/requests/{job}",
+        )
+        _, _, restriction = await api.request("POST", "/v1/restrictions", json={})
+        assert (await api.wait(restriction["id"]))["status"] == "succeeded"
+        browser = await browser_factory(api)
+        await browser.sign_in("s1")
+        path = f"/dashboard/jobs/{restriction['id']}"
+        _, page = await browser.get(path)
+        assert "Lift restriction" in page
+        csrf = await browser.csrf(path)
+        response, _ = await browser.post(f"{path}/lift", {"csrf": csrf, "reason": "ok"})
+        assert "reason" in await browser.follow(response)
+        response, _ = await browser.post(
+            f"{path}/lift",
+            {
+                "csrf": csrf,
+                "reason": "your data was verified",
+                "email": "alice@example.com",
+                "verified_by": "the address on her account",
+            },
+        )
+        page = await browser.follow(response)
+        assert "The subject is told; job" in page and "data-lifted" in page
+        lift_id = (await api.job(restriction["id"]))["options"]["lifted_by"]
+        assert (await api.wait(lift_id, sub="s1", roles=SUPPORT))["status"] == "succeeded"
+    assert [m.message["X-Handover-Notice"] for m in inbox.received].count(
+        "restriction_lifting"
+    ) == 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Mapping
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -287,6 +287,30 @@ async def test_restriction_blocks_where_supported_and_records_where_not(
     assert status == 200
     analytics = next(c for c in receipt["connectors"] if c["connector"] == "analytics")
     assert analytics["supported"] is False and "no way to restrict" in analytics["note"]
+
+
+async def test_a_restriction_records_its_ground_and_until_when_in_the_receipt(
+    api: Api, tmp_path: Path
+) -> None:
+    until = (utcnow() + timedelta(days=30)).isoformat().replace("+00:00", "Z")
+    body = {"ground": "accuracy_contested", "until": until}
+    status, _, job = await api.request("POST", "/v1/restrictions", json=body)
+    assert status == 202, job
+    assert job["options"]["ground"] == "accuracy_contested"
+    assert datetime.fromisoformat(job["options"]["until"]) == datetime.fromisoformat(until)
+    assert (await api.wait(job["id"]))["status"] == "succeeded"
+    status, _, receipt = await api.request("GET", f"/v1/jobs/{job['id']}/receipt")
+    assert status == 200
+    assert (receipt["job"]["ground"], receipt["job"]["until"]) == ("accuracy_contested", until)
+
+    for bad, field in (
+        ({"ground": "because"}, "ground"),
+        ({"until": "2020-01-01T00:00:00Z"}, "until"),
+    ):
+        status, _, problem = await api.request("POST", "/v1/restrictions", json=bad)
+        assert status == 422 and problem["errors"][0]["field"] == field, problem
+    status, _, problem = await api.request("POST", "/v1/erasures", json={"ground": "legal_claims"})
+    assert status == 422 and problem["errors"][0]["field"] == "ground", problem
 
 
 async def test_verification_fails_the_job_naming_leftovers(api_factory: ApiFactory) -> None:

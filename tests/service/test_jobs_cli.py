@@ -25,9 +25,11 @@ from jobs.model import ConnectorRun, Job, JobKind, JobStatus
 from jobs.worker import create_worker
 from tests.conftest import free_port
 from tests.factories import options_for
-from tests.service.conftest import Api, ApiFactory
+from tests.mailserver import mail_server
+from tests.service.conftest import ALICE_EMAIL, Api, ApiFactory
 from tests.service.test_api import download_archive
 from tests.service.test_cli import handover
+from tests.service.test_notices_api import smtp, subject_headers
 
 SUPPORT = ("support",)
 FAILURE = "billing API down for maintenance"
@@ -548,3 +550,153 @@ async def test_an_extension_after_the_first_month_is_refused_naming_the_rule(
         "within 1 month of receipt (the first period), which ended "
     )
     assert result.stderr.count("\n") == 1
+
+
+async def test_object_files_an_objection_and_support_decides_the_rest(
+    api_factory: ApiFactory,
+) -> None:
+    crm = MemoryConnector("crm", objection_purposes=["direct_marketing", "analytics"])
+    api = await api_factory({"crm": crm})
+
+    result = await cli(
+        api,
+        "object",
+        "--purpose",
+        "direct_marketing",
+        "--purpose",
+        "analytics",
+        "--wait",
+        sub="alice",
+        roles=("subject",),
+    )
+
+    assert result.returncode == 0, result.stderr
+    first, second = result.stdout.splitlines()
+    marketing_id, _, purposes = first.split()
+    waiting_id, status, others = second.split()
+    assert (purposes, status, others) == ("direct_marketing", "awaiting_confirmation", "analytics")
+    assert (await api.job(marketing_id))["status"] == "succeeded"
+    result = await cli(api, "jobs", "decide", waiting_id, "--reject")
+    assert result.returncode == 1
+    assert result.stderr.startswith("handover: 422 Invalid request: grounds: ")
+    assert result.stderr.count("\n") == 1
+    result = await cli(api, "jobs", "decide", waiting_id, "--uphold")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{waiting_id} ")
+    assert (await api.wait(waiting_id))["status"] == "succeeded"
+    assert crm.objected == {("alice", "direct_marketing"), ("alice", "analytics")}
+    result = await cli(api, "object", "alice", "--purpose", "profiling")
+    assert result.returncode == 1
+    assert result.stderr.startswith("handover: 422 Invalid request: purposes: unknown purpose")
+    listed = await cli(api, "jobs", "list", "--kind", "objection", "--json")
+    assert sorted(orjson.loads(line)["id"] for line in listed.stdout.splitlines()) == sorted(
+        [marketing_id, waiting_id]
+    )
+
+
+async def test_rectify_files_a_rectification_and_names_a_bad_change(
+    api_factory: ApiFactory,
+) -> None:
+    crm = MemoryConnector(
+        "crm",
+        records={"alice": {"contacts": [{"id": 1, "name": "Alice Martin"}]}},
+        rectifiable={"contacts.name": "text", "contacts.visits": "integer"},
+    )
+    api = await api_factory({"crm": crm})
+
+    result = await cli(
+        api,
+        "rectify",
+        "alice",
+        "--change",
+        "crm/contacts.name=Alice Dupont",
+        "--change",
+        "crm/contacts.visits=3",
+        "--wait",
+    )
+
+    assert result.returncode == 0, result.stderr
+    job_id, status = result.stdout.splitlines()[0].split()
+    assert status == "queued"
+    assert crm.records["alice"]["contacts"] == [{"id": 1, "name": "Alice Dupont", "visits": 3}]
+    assert (await api.job(job_id, sub="s1", roles=SUPPORT))["kind"] == "rectification"
+    result = await cli(api, "rectify", "alice", "--change", "crm/contacts.visits=many")
+    assert result.returncode == 1
+    assert result.stderr == (
+        "handover: 422 Invalid request: changes[0].value: expected an integer, got text\n"
+    )
+    result = await cli(api, "rectify", "alice", "--change", "name=Alice")
+    assert result.returncode == 2
+    assert "is not CONNECTOR/DATASET.FIELD=VALUE" in result.stderr
+
+
+async def test_support_approves_an_email_change_saying_how_it_was_verified(
+    api_factory: ApiFactory,
+) -> None:
+    crm = MemoryConnector(
+        "crm",
+        records={"alice": {"contacts": [{"id": 1, "email": "alice@example.com"}]}},
+        rectifiable={"contacts.email": "email"},
+    )
+    api = await api_factory({"crm": crm})
+    result = await cli(api, "rectify", "alice", "--change", "crm/contacts.email=a@new.example")
+    assert result.returncode == 0, result.stderr
+    job_id, status = result.stdout.splitlines()[0].split()
+    assert status == "awaiting_confirmation"
+    shown = await cli(api, "jobs", "show", job_id, sub="s2")
+    assert shown.returncode == 0, shown.stderr
+    assert "crm/contacts.email = 'a@new.example' (identity: approve with --verified-by)" in (
+        shown.stdout
+    )
+    assert "a@new.example" not in (await cli(api, "jobs", "show", job_id)).stdout  # s1 asked
+    # s1 asked for it: another member of staff decides.
+    result = await cli(api, "jobs", "decide", job_id, "--uphold", "--verified-by", "called")
+    assert result.returncode == 1 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("handover: 409 "), result.stderr
+    result = await cli(api, "jobs", "decide", job_id, "--uphold", sub="s2")
+    assert result.returncode == 1
+    assert result.stderr.startswith("handover: 422 Invalid request: verified_by: ")
+    how = "confirmation mail to the new address answered"
+    result = await cli(api, "jobs", "decide", job_id, "--uphold", "--verified-by", how, sub="s2")
+    assert result.returncode == 0, result.stderr
+    assert (await api.wait(job_id))["status"] == "succeeded"
+    stored = await api.resources.store.get(job_id)
+    assert stored.rectification_options.decision is not None
+    assert stored.rectification_options.decision.verified_by == how
+
+
+async def test_jobs_lift_tells_the_subject_then_lifts_the_restriction(
+    api_factory: ApiFactory,
+) -> None:
+    with mail_server() as (inbox, port):
+        api = await api_factory(connectors(), **smtp(port))
+        status, _, restriction = await api.request(
+            "POST", "/v1/restrictions", sub=None, headers=subject_headers(api), json={}
+        )
+        assert status == 202, restriction
+        assert (await api.wait(restriction["id"]))["status"] == "succeeded"
+
+        result = await cli(
+            api,
+            "jobs",
+            "lift",
+            restriction["id"],
+            "--reason",
+            "your data was verified",
+            "--email",
+            ALICE_EMAIL,
+            "--verified-by",
+            "the address on her account",
+            "--wait",
+        )
+
+        assert result.returncode == 0, result.stderr
+        lift_id = result.stdout.splitlines()[0].split()[0]
+        assert [m.message["X-Handover-Notice"] for m in inbox.received].count(
+            "restriction_lifting"
+        ) == 1
+    lifted = await api.job(lift_id, sub="s1", roles=SUPPORT)
+    assert (lifted["kind"], lifted["status"]) == ("lift", "succeeded")
+    again = ("--reason", "again", "--email", ALICE_EMAIL, "--verified-by", "her account")
+    result = await cli(api, "jobs", "lift", restriction["id"], *again)
+    assert result.returncode == 1 and result.stderr.startswith("handover: 409 ")

@@ -24,9 +24,13 @@ from jsonschema import Draft202012Validator, FormatChecker
 from openapi_spec_validator import OpenAPIV31SpecValidator
 from openapi_spec_validator.validation.exceptions import OpenAPIValidationError
 
+from connectors.base import Connector
+from connectors.byhand import ManualConnector
 from connectors.errors import PermanentError
 from connectors.items import Item, Subject
 from connectors.testing import MemoryConnector
+from jobs.handoff import Handoffs
+from jobs.model import utcnow
 from service.api.operations import OPERATIONS
 from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory
@@ -60,10 +64,12 @@ class Profile(MemoryConnector):
         return {"email": profiles[0]["email"]} if profiles else {}
 
 
-def platform() -> dict[str, MemoryConnector]:
+def platform() -> dict[str, Connector]:
     """Connectors named and categorised like the demo platform the examples are written for.
 
     ``newsletter`` is keyed by email, which ``profile`` knows for alice and bob only.
+    ``paper-files`` is worked by hand: a job that asks it waits for staff, so only the
+    job made for the reply operations asks it.
     """
     newsletter = MemoryConnector(
         "newsletter",
@@ -80,6 +86,8 @@ def platform() -> dict[str, MemoryConnector]:
                 "bob": {"profile": [{"id": "bob", "email": "bob@example.com"}]},
             },
             datasets=[{"name": "profile", "category": "identification"}],
+            objection_purposes=["direct_marketing", "analytics"],
+            rectifiable={"profile.name": "text"},
         ),
         "devices": MemoryConnector(
             "devices",
@@ -100,7 +108,12 @@ def platform() -> dict[str, MemoryConnector]:
             records={"alice": {"invoices": [{"id": "INV-0001", "amount_cents": 1999}]}},
             datasets=[{"name": "invoices", "category": "economic"}],
         ),
+        "paper-files": ManualConnector("paper-files", identifiers=["id"], category="contact"),
     }
+
+
+#: Every connector a person does not serve: jobs that must end by themselves ask these.
+BY_ITSELF = {"connectors": ["newsletter", "profile", "devices", "billing"]}
 
 
 @dataclass
@@ -202,13 +215,18 @@ class Client:
         headers = {}
         if who is not None:
             headers["Authorization"] = f"Bearer {self.api.token(who[0], *who[1:])}"
-        if body is not None:
+        data = None
+        if isinstance(body, str):  # a body read as a stream
+            headers["Content-Type"] = "text/plain"
+            data = body.encode()
+        elif body is not None:
             headers["Content-Type"] = "application/json"
+            data = orjson.dumps(body)
         async with self.api.session.request(
             method,
             self.api.base + path,
             params=query,
-            data=None if body is None else orjson.dumps(body),
+            data=data,
             headers=headers,
             allow_redirects=False,
         ) as response:
@@ -284,8 +302,12 @@ class Request:
             elif parameter["in"] == "query":
                 query[parameter["name"]] = query_value(value)
         body = None
+        content = operation.get("requestBody", {}).get("content", {})
+        if "requestBody" in operation and "application/json" not in content:
+            (upload,) = content.values()  # a body read as a stream: its documented example
+            return cls(path, query, upload["example"])
         if "requestBody" in operation:
-            schema = operation["requestBody"]["content"]["application/json"]["schema"]
+            schema = content["application/json"]["schema"]
             body = documented.example(schema)
             assert body is not None, f"{operation['operationId']}: no example request body"
             errors = list(documented.validator(schema).iter_errors(body))
@@ -297,6 +319,8 @@ def caller(operation: Mapping[str, Any]) -> tuple[str, ...] | None:
     """A token of a role the operation serves (none when it needs none)."""
     if "security" not in operation:
         return None
+    if {"breaches", "disclosures"} & set(operation["tags"]):
+        return ("root", "admin")  # the registers are staff's; recording in them, an admin's
     if "support" in operation["tags"]:
         return ("support-1", "support")
     if operation["operationId"] == "confirm_job":
@@ -336,13 +360,15 @@ async def test_every_operation_answers_its_documented_example_as_documented(
     alice = ("alice", "subject")
 
     # Real jobs for the operations on a job: each in the state its operation needs.
-    exported = await client.create("/v1/exports", alice, {})
+    exported = await client.create("/v1/exports", alice, BY_ITSELF)
     assert (await client.ended(exported["id"], alice))["status"] == "succeeded"
     dave = ("dave", "subject")
-    refused = await client.create("/v1/exports", dave, {})
+    refused = await client.create("/v1/exports", dave, BY_ITSELF)
     assert (await client.ended(refused["id"], dave))["status"] == "failed"
     dry_run = await client.create("/v1/erasures", alice, {"dry_run": True})
     assert (await client.ended(dry_run["id"], alice))["status"] == "succeeded"
+    restriction = await client.create("/v1/restrictions", alice, BY_ITSELF)
+    assert (await client.ended(restriction["id"], alice))["status"] == "succeeded"
     waiting = {
         name: (await client.create("/v1/erasures", (subject, "subject"), {}), (subject, "subject"))
         for name, subject in (
@@ -357,6 +383,11 @@ async def test_every_operation_answers_its_documented_example_as_documented(
     }
     for job, _ in waiting.values():
         assert job["status"] == "awaiting_confirmation"
+    # An objection other than to direct marketing waits for support's decision.
+    objection = await client.create(
+        "/v1/objections", ("olga", "subject"), {"purposes": ["analytics"]}
+    )
+    assert objection["status"] == "awaiting_confirmation", objection
     # Asked for information; liam answers, offering an identifier for support to accept.
     support = ("support-1", "support")
     for name in ("answer", "resume"):
@@ -373,18 +404,33 @@ async def test_every_operation_answers_its_documented_example_as_documented(
     # Nobody knows erin's or frank's email: their exports wait for support.
     unknown = {}
     for name in ("erin", "frank"):
-        job = await client.create("/v1/exports", (name, "subject"), {})
+        job = await client.create("/v1/exports", (name, "subject"), BY_ITSELF)
         unknown[name] = await client.until(job["id"], (name, "subject"), "needs_attention")
         assert unknown[name]["connectors"]["newsletter"]["status"] == "unidentified"
+    # A task waiting on a person, and a reply link to it, for the reply operations.
+    nina = ("nina", "subject")
+    handed = await client.create("/v1/exports", nina, {"connectors": ["paper-files"]})
+    await eventually(
+        lambda: client.job(handed["id"], nina),
+        until=lambda job: job["connectors"]["paper-files"]["status"] == "waiting_on_processor",
+        timeout=30,
+        what="the paper-files task to wait",
+    )
+    resources = client.api.resources
+    stored = await resources.store.get(handed["id"])
+    nonce = (stored.connectors["paper-files"].handoff or {})["nonce"]
+    token = Handoffs(resources).link(stored, "paper-files", nonce, utcnow()).token(resources)
     status, headers, _ = await client.call("GET", f"/v1/jobs/{exported['id']}/download")
     assert status == 303
     link = urlsplit(headers["Location"])
 
-    real: dict[str, tuple[str, tuple[str, ...]]] = {
+    real: dict[str, tuple[str, tuple[str, ...] | None]] = {
         "confirm_job": (waiting["confirm"][0]["id"], ("root", "admin")),
         "cancel_job": (waiting["cancel"][0]["id"], waiting["cancel"][1]),
         "extend_job": (waiting["extend"][0]["id"], ("support-1", "support")),
         "refuse_job": (waiting["refuse"][0]["id"], ("support-1", "support")),
+        "decide_job": (objection["id"], ("support-1", "support")),
+        "lift_restriction": (restriction["id"], ("support-1", "support")),
         "ask_job": (waiting["ask"][0]["id"], ("support-1", "support")),
         "answer_job": (waiting["answer"][0]["id"], waiting["answer"][1]),
         "resume_job": (waiting["resume"][0]["id"], ("support-1", "support")),
@@ -395,7 +441,41 @@ async def test_every_operation_answers_its_documented_example_as_documented(
         "get_job": (exported["id"], alice),
         "list_events": (exported["id"], alice),
         "download": (exported["id"], alice),
+        "get_reply": (token, None),
+        "post_reply": (token, None),
     }
+    # A breach for the register's operations (the example record made one too, but its id
+    # is not known here); the notification's example falls within its 72 hours.
+    admin = ("root", "admin")
+    record = documented.operation("POST", "/v1/breaches")["requestBody"]["content"]
+    example = documented.example(record["application/json"]["schema"])
+    status, _, breach = await client.call("POST", "/v1/breaches", who=admin, body=example)
+    assert status == 201, breach
+    for name in (
+        "get_breach",
+        "update_breach",
+        "notify_authority",
+        "breach_report",
+        "breach_report_page",
+        "start_breach_notices",
+        "breach_notices",
+        "breach_notices_report",
+        "retry_breach_notices",
+    ):
+        real[name] = (breach["id"], admin)
+    notices = f"/v1/breaches/{breach['id']}/notices"
+    # A disclosure whose archive is ready, and a one-time link to it for the authority.
+    record = documented.operation("POST", "/v1/disclosures")["requestBody"]["content"]
+    example = documented.example(record["application/json"]["schema"])
+    status, _, disclosure = await client.call("POST", "/v1/disclosures", who=admin, body=example)
+    assert status == 202, disclosure
+    await client.until(disclosure["id"], admin, "succeeded")
+    for name in ("get_disclosure", "extend_disclosure", "issue_link"):
+        real[name] = (disclosure["id"], admin)
+    issued = f"/v1/disclosures/{disclosure['id']}/link"
+    status, _, authority = await client.call("POST", issued, who=admin, body={"hours": 1})
+    assert status == 200, authority
+    authority_link = urlsplit(authority["url"])
 
     for method, template, operation in documented.operations():
         name = operation["operationId"]
@@ -419,10 +499,23 @@ async def test_every_operation_answers_its_documented_example_as_documented(
             continue
         if name == "serve_object":  # the download link the API made
             path, owner, query = link.path, None, dict(parse_qsl(link.query))
+        elif name == "fetch_archive":  # the authority's link
+            path, owner = authority_link.path, None
+            query = dict(parse_qsl(authority_link.query))
         else:
             assert name in real, f"{name}: the test has no real job for its path parameters"
             job_id, owner = real[name]
-            path, query = template.replace("{job_id}", job_id), request.query
+            path = template.replace("{job_id}", job_id).replace("{breach_id}", job_id)
+            path = path.replace("{disclosure_id}", job_id)
+            path = path.replace("{token}", job_id)
+            query = request.query
+        if name == "retry_breach_notices":  # once every line has an outcome
+            await eventually(
+                lambda: client.call("GET", notices, who=admin),
+                until=lambda answer: answer[2]["state"] == "done",
+                timeout=30,
+                what="the breach's notices to be done",
+            )
         status, _, answer = await client.call(
             method, path, who=owner, query=query, body=request.body
         )

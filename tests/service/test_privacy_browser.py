@@ -82,7 +82,9 @@ async def test_a_subject_walks_the_privacy_center_in_french_with_no_accessibilit
     api_factory: ApiFactory, provider: LocalProvider, chromium: Path, tmp_path: Path
 ) -> None:
     crm = GatedConnector(
-        "crm", records={"alice": {"contacts": [{"id": "alice", "email": "alice@example.com"}]}}
+        "crm",
+        records={"alice": {"contacts": [{"id": "alice", "email": "alice@example.com"}]}},
+        objection_purposes=["direct_marketing"],
     )
     api = await api_factory(
         {"crm": crm},
