@@ -141,10 +141,16 @@ async def test_an_export_asks_the_processor_by_email_and_its_file_lands_in_the_a
         asked = [e for e in await events(api, job["id"]) if e["type"] == "processor.asked"]
         assert asked[0]["message_id"] == handoff["message_id"]
 
-        # Waiting holds no lease (so no worker), and the sweeper leaves the job be, however
+        # Waiting holds no lease (so no worker: the run's lease goes when its task returns,
+        # just after the run is recorded waiting), and the sweeper leaves the job be, however
         # long it waits.
         unit = f"|{job['id']}|{waiting['generation']}|"
-        assert not await api.resources.leases.any_live(unit)
+        await eventually(
+            lambda: api.resources.leases.any_live(unit),
+            until=lambda live: not live,
+            timeout=10,
+            what="the payroll run's lease to be released",
+        )
         ctx: dict[str, Any] = {"handover_pipelines": _pipelines(api)}
         for days in range(1, 4):
             assert await sweep(ctx, now=utcnow() + timedelta(days=days)) == 0
