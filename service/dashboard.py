@@ -22,7 +22,7 @@ Routes::
                                         its own form's CSRF token in the URL, checked
                                         before any file; no other route takes one there)
     GET  /dashboard/mail                the notices filed in the maildir (embedded mode)
-    GET  /dashboard/static/dashboard.css|js, /dashboard/icon.svg
+    GET  /dashboard/static/dashboard.css|js, /dashboard/static/live.js, /dashboard/icon.svg
 
 Session: the cookie holds the staff member's bearer token itself (HttpOnly,
 SameSite=Strict, Secure over https, path ``/dashboard``), verified on every
@@ -319,6 +319,7 @@ class Dashboard:
             ),
             web.get(f"{PREFIX}/static/dashboard.css", self.static),
             web.get(f"{PREFIX}/static/dashboard.js", self.static),
+            web.get(f"{PREFIX}/static/live.js", self.static),
             web.get(f"{PREFIX}/icon.svg", self.icon),
         ]
 

@@ -24,7 +24,7 @@ Routes::
     GET  /privacy/requests/{id}/receipt    the signed receipt, as a file
     POST /privacy/requests/{id}/confirm    confirm an erasure (fresh sign-in needed)
     POST /privacy/requests/{id}/cancel     cancel a request that has not ended
-    GET  /privacy/static/privacy.css|js
+    GET  /privacy/static/privacy.css|js, /privacy/static/live.js
 
 Sign-in: through the platform's OpenID provider (``HANDOVER_OIDC_*``), the ID token
 checked as the API checks its tokens; on the embedded demo (no Redis URL, no
@@ -47,7 +47,8 @@ Content-Security-Policy: nothing from elsewhere, no inline script or style.
 
 Language: the token's ``locale`` claim, else the browser's ``Accept-Language``, among
 en, fr, nl and de (gettext domain ``privacy``, ``service/locale``); else English.
-Pages work without JavaScript; ``privacy.js`` only follows a request live.
+Pages work without JavaScript; ``privacy.js`` (with ``live.js``, shared with the dashboard) only
+follows a request live.
 """
 
 from __future__ import annotations
@@ -234,6 +235,7 @@ class PrivacyCenter:
             web.post(f"{job}/cancel", subject(self.cancel)),
             web.get(f"{PREFIX}/static/privacy.css", self.static),
             web.get(f"{PREFIX}/static/privacy.js", self.static),
+            web.get(f"{PREFIX}/static/live.js", self.static),
         ]
 
     # Tokens and cookies.
