@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from arq.connections import ArqRedis
 
+from jobs import search
 from jobs.model import ConnectorRun, Job, JobKind, JobStatus
 from jobs.search import BadCursor, JobQuery
 from jobs.store import JobStore
@@ -61,6 +62,8 @@ def counts_down(job: Job) -> bool:
 
 def brute(jobs: list[Job], query: JobQuery) -> list[str]:
     def keep(job: Job) -> bool:
+        if job.kind in query.hidden_kinds:
+            return False
         if query.kind and job.kind is not query.kind:
             return False
         if query.status and job.status is not query.status:
@@ -121,6 +124,12 @@ QUERIES = [
         created_after=NOW - timedelta(days=10), created_before=NOW - timedelta(days=2), limit=9
     ),
     JobQuery(subject="nobody"),
+    JobQuery(kind=JobKind.LIFT, status=JobStatus.FAILED, limit=2),
+    JobQuery(subject="carol", hidden_kinds=frozenset({JobKind.DISCLOSURE}), limit=6),
+    JobQuery(at_risk=True, kind=JobKind.OBJECTION, hidden_kinds=frozenset({JobKind.EXPORT})),
+    # one job in seven, over all 400: a batch of 100 rarely fills a page of 20
+    JobQuery(hidden_kinds=frozenset(KINDS) - {JobKind.LIFT}, limit=20),
+    JobQuery(sort="due", hidden_kinds=frozenset(KINDS) - {JobKind.ERASURE}, limit=20),
 ]
 
 
@@ -129,6 +138,23 @@ async def test_search_matches_brute_force_across_pages(
     corpus: tuple[JobStore, list[Job]], query: JobQuery
 ) -> None:
     store, jobs = corpus
+    assert await walk(store, query) == brute(jobs, query)
+
+
+@pytest.mark.parametrize("scan_limit", [20_000, 40], ids=["calls", "pages"])
+@pytest.mark.parametrize("query", QUERIES, ids=[str(i) for i in range(len(QUERIES))])
+async def test_a_walk_cut_short_loses_and_repeats_nothing(
+    corpus: tuple[JobStore, list[Job]],
+    query: JobQuery,
+    scan_limit: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each call of the walk script does one batch (a search goes on over several calls)
+    and, with the scan limit under a batch, each page too (it goes on at the next page):
+    the pages, some of them short or empty, still add up to exactly the matching jobs."""
+    store, jobs = corpus
+    monkeypatch.setattr(search, "WALK_CALL_BUDGET", 1)
+    monkeypatch.setattr(search, "SEARCH_SCAN_LIMIT", scan_limit)
     assert await walk(store, query) == brute(jobs, query)
 
 
