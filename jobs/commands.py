@@ -68,7 +68,7 @@ from jobs.model import (
     iso,
     utcnow,
 )
-from jobs.notices import notify_subject
+from jobs.notices import notify_subject, queued_with_job
 from jobs.objection import known_purposes, split_purposes
 from jobs.pipeline import LIVE, Pipeline
 from jobs.rectification import approval_needed, checked_changes
@@ -162,11 +162,14 @@ class Commands:
             archive_password=password,
             jurisdiction=jurisdiction,
         )
-        # One step: the subject's one live export claimed, the job, its first task, its entry.
+        # One step: the subject's one live export claimed, the job, its first task, its entry
+        # and the subject's acknowledgement.
         await pipeline.submit(
-            job, claim_active=True, audit=self.audit_entry(actor, "export.requested", job)
+            job,
+            claim_active=True,
+            audit=self.audit_entry(actor, "export.requested", job),
+            alongside=[queued_with_job(self.resources, job, "acknowledged")],
         )
-        await notify_subject(self.resources, job, "acknowledged")
         return job
 
     def _export_options(
@@ -330,13 +333,13 @@ class Commands:
             jurisdiction=jurisdiction,
         )
         entry = self.audit_entry(actor, f"{kind.value}.requested", job, dry_run=dry_run)
-        await pipeline.submit(job, audit=entry)
         # Every request is acknowledged (CCPA: within 10 business days); an erasure that
         # waits for its confirmation also says so, a letter that may be skipped if the
         # subject confirms before it goes.
-        await notify_subject(self.resources, job, "acknowledged")
-        if confirm:
-            await notify_subject(self.resources, job, "awaiting_confirmation")
+        notices = ["acknowledged", *(["awaiting_confirmation"] if confirm else [])]
+        await pipeline.submit(
+            job, audit=entry, alongside=[queued_with_job(self.resources, job, *notices)]
+        )
         return job
 
     async def request_objection(
@@ -396,8 +399,8 @@ class Commands:
         for job in jobs:
             purposes_named = job.objection_options.purposes
             entry = self.audit_entry(actor, "objection.requested", job, purposes=purposes_named)
-            await pipeline.submit(job, audit=entry)
-            await notify_subject(self.resources, job, "acknowledged")
+            acknowledged = queued_with_job(self.resources, job, "acknowledged")
+            await pipeline.submit(job, audit=entry, alongside=[acknowledged])
             if job.status is JobStatus.AWAITING_CONFIRMATION:
                 await pipeline.notify(job, "job.awaiting_decision")
         return jobs
@@ -438,8 +441,8 @@ class Commands:
         job.new_values = values
         fields = [f"{ref.connector}/{ref.dataset}.{ref.field}" for ref in refs]
         entry = self.audit_entry(actor, "rectification.requested", job, fields=fields)
-        await pipeline.submit(job, audit=entry)
-        await notify_subject(self.resources, job, "acknowledged")
+        acknowledged = queued_with_job(self.resources, job, "acknowledged")
+        await pipeline.submit(job, audit=entry, alongside=[acknowledged])
         if needed:
             await pipeline.notify(job, "job.awaiting_decision")
         return job

@@ -17,7 +17,10 @@
                            (:mod:`jobs.disclosures`)                        disclosed_at
 
 :func:`notify_subject` queues one notice; the worker's task (:func:`deliver_notice`)
-writes and sends it. ``completed`` links to where the subject signs in
+writes and sends it. The notices a new request gets at once (``acknowledged``, an erasure's
+``awaiting_confirmation``) are queued by :func:`queued_with_job` in the very step that
+stores the job, so a request costs one round trip to Redis and its notice can't be lost
+between the two. ``completed`` links to where the subject signs in
 (``HANDOVER_PRIVACY_URL``, else the job's path under ``HANDOVER_PUBLIC_URL``), never
 to the archive itself: a forwarded or intercepted email downloads nothing.
 
@@ -96,7 +99,7 @@ from jobs.mail import (
 from jobs.model import ErasureOptions, Job, JobKind, JobStatus, utcnow
 from jobs.resources import Resources
 from jobs.settings import Settings
-from jobs.store import JobNotFound
+from jobs.store import Alongside, JobNotFound, QueuedTask
 
 log = logging.getLogger("handover.notices")
 
@@ -221,6 +224,31 @@ def _skip_reason(settings: Settings, job: Job, notice: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Queuing:
+    """One notice about to be queued: where its state goes, and what is written there."""
+
+    key: str
+    occasion: str
+    skip: str | None
+    language: str
+    letter: bytes
+
+
+def _queuing(
+    resources: Resources, job: Job, notice: str, occasion: str, details: Mapping[str, Any]
+) -> _Queuing:
+    values = _checked(notice, details)
+    occasion = occasion or _occasion(notice, values)
+    return _Queuing(
+        key=_state_key(resources, job.id, notice, job.generation, occasion),
+        occasion=occasion,
+        skip=_skip_reason(resources.settings, job, notice),
+        language=language_of(job.options.locale),
+        letter=orjson.dumps({"to": job.identity.identifiers.get("email"), "details": values}),
+    )
+
+
 async def notify_subject(
     resources: Resources, job: Job, notice: str, *, occasion: str = "", **details: Any
 ) -> None:
@@ -233,13 +261,11 @@ async def notify_subject(
     the notice's (see the module's table); datetimes become ISO 8601. An unknown
     notice or wrong details raise at once (a programming error), before anything is
     written. With no address, on a dry run, or with notices off, the timeline
-    records ``notice.skipped`` with the reason and nothing is queued.
+    records ``notice.skipped`` with the reason and nothing is queued. A notice about
+    a request being received is queued with the new job instead (:func:`queued_with_job`).
     """
-    values = _checked(notice, details)
-    occasion = occasion or _occasion(notice, values)
-    skip = _skip_reason(resources.settings, job, notice)
-    key = _state_key(resources, job.id, notice, job.generation, occasion)
-    letter = {"to": job.identity.identifiers.get("email"), "details": values}
+    queuing = _queuing(resources, job, notice, occasion, details)
+    key = queuing.key
     redis: Any = resources.redis  # redis-py types async results as sync-or-async unions
 
     async def record(pipe: Any) -> tuple[bool, str]:
@@ -247,18 +273,18 @@ async def notify_subject(
         if known is not None:
             await pipe.unwatch()
             return False, known.decode()
-        state = "skipped" if skip else "queued"
+        state = "skipped" if queuing.skip else "queued"
         pipe.multi()
-        pipe.hset(key, mapping={"state": state, "language": language_of(job.options.locale)})
+        pipe.hset(key, mapping={"state": state, "language": queuing.language})
         pipe.expire(key, STATE_TTL)
-        if not skip:
-            pipe.set(f"{key}:letter", orjson.dumps(letter), ex=LETTER_TTL)
+        if not queuing.skip:
+            pipe.set(f"{key}:letter", queuing.letter, ex=LETTER_TTL)
         return True, state
 
     new, state = await redis.transaction(record, key, value_from_callable=True)
-    if new and skip is not None:
+    if new and queuing.skip is not None:
         await resources.store.add_event(
-            job.id, "notice.skipped", "notices", {"notice": notice, "reason": skip}
+            job.id, "notice.skipped", "notices", {"notice": notice, "reason": queuing.skip}
         )
     if state == "queued":  # new, or queued before a crash: queuing again queues once
         await resources.redis.enqueue_job(
@@ -266,9 +292,37 @@ async def notify_subject(
             job.id,
             notice,
             job.generation,
-            occasion,
-            _job_id=_task_id(job.id, notice, job.generation, occasion),
+            queuing.occasion,
+            _job_id=_task_id(job.id, notice, job.generation, queuing.occasion),
         )
+
+
+def queued_with_job(resources: Resources, job: Job, *notices: str) -> Alongside:
+    """``notices`` (with no details) to a new ``job``'s subject, to be stored with the job
+    itself (:meth:`jobs.store.JobStore.create`): each one's state, letter and task, or its
+    ``notice.skipped`` event, as :func:`notify_subject` writes them.
+
+    The job and its notices are stored in one step, so a notice is queued exactly when
+    its job is: once (a job is stored once), and never lost to a crash in between.
+    """
+    commands: list[list[str]] = []
+    tasks: list[QueuedTask] = []
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    for notice in notices:
+        queuing = _queuing(resources, job, notice, "", {})
+        state = "skipped" if queuing.skip else "queued"
+        key = queuing.key
+        commands.append(["HSET", key, "state", state, "language", queuing.language])
+        commands.append(["EXPIRE", key, str(int(STATE_TTL.total_seconds()))])
+        if queuing.skip is not None:
+            events.append(("notice.skipped", "notices", {"notice": notice, "reason": queuing.skip}))
+            continue
+        letter_ttl = str(int(LETTER_TTL.total_seconds()))
+        commands.append(["SET", f"{key}:letter", queuing.letter.decode(), "EX", letter_ttl])
+        task_id = _task_id(job.id, notice, job.generation, queuing.occasion)
+        args = (job.id, notice, job.generation, queuing.occasion)
+        tasks.append(QueuedTask.now(resources.redis, NOTICE_TASK, *args, task_id=task_id))
+    return Alongside(commands=commands, tasks=tasks, events=events)
 
 
 async def notice_state(

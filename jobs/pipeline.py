@@ -49,8 +49,6 @@ from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
 from arq.jobs import Job as ArqJob
-from arq.jobs import serialize_job
-from arq.utils import timestamp_ms
 from arq.worker import Retry
 
 from connectors.base import Connector
@@ -84,7 +82,7 @@ from jobs.queue import QUEUE_NAME, REDIS_UNAVAILABLE, deserialize
 from jobs.resources import Resources
 from jobs.search import HIDDEN_FROM_SUBJECTS
 from jobs.storage.base import StorageError
-from jobs.store import QueuedTask
+from jobs.store import Alongside, QueuedTask
 from jobs.webhooks import DELIVER_TASK
 from jobs.webhooks import digest as webhook_digest
 
@@ -302,14 +300,20 @@ class Pipeline(ABC):
         )
 
     async def submit(
-        self, job: Job, *, claim_active: bool = False, audit: AuditEntry | None = None
+        self,
+        job: Job,
+        *,
+        claim_active: bool = False,
+        audit: AuditEntry | None = None,
+        alongside: Sequence[Alongside] = (),
     ) -> Job:
         """Store a new job with what begins it, in one step (:meth:`JobStore.create`).
 
         Its ``job.created`` webhooks, its first task if it is queued (the identity
         step, as :meth:`enqueue_runs` would queue it), the subject's one live job of its
-        kind with ``claim_active`` (:class:`~jobs.model.ActiveJobExists` otherwise) and
-        ``audit``'s entry, sealed into the chain in the background: all, or nothing.
+        kind with ``claim_active`` (:class:`~jobs.model.ActiveJobExists` otherwise),
+        ``audit``'s entry, sealed into the chain in the background, and what is stored
+        ``alongside`` it (the subject's notices): all, or nothing.
         """
         tasks = [
             self._task(DELIVER_TASK, *args, task_id=task_id)
@@ -320,17 +324,16 @@ class Pipeline(ABC):
             tasks.append(
                 self._task(RESOLVE_TASK, job.kind.value, job.id, job.generation, task_id=task_id)
             )
-        await self.resources.store.create(job, tasks=tasks, claim_active=claim_active, audit=audit)
+        await self.resources.store.create(
+            job, tasks=tasks, claim_active=claim_active, audit=audit, alongside=alongside
+        )
         if audit is not None:
             self.resources.audit.seal_soon()
         return job
 
     def _task(self, function: str, *args: Any, task_id: str) -> QueuedTask:
         """arq's task ``function(*args)`` as ``enqueue_job`` would queue it now, undeferred."""
-        redis = self.resources.redis
-        now = timestamp_ms()
-        payload = serialize_job(function, args, {}, None, now, serializer=redis.job_serializer)
-        return QueuedTask(task_id, QUEUE_NAME, payload, now, redis.expires_extra_ms)
+        return QueuedTask.now(self.resources.redis, function, *args, task_id=task_id)
 
     async def notify(self, job: Job, event: str) -> None:
         """Queue a signed webhook to every configured URL (once per job, event and generation)."""

@@ -18,10 +18,14 @@ Layout (``ns`` is the key namespace, ``handover:`` by default)::
 
 A new job is written by :meth:`JobStore.create` in one Lua script: the subject's
 live-job mark claimed (or nothing written), the record, its indexes, counts and
-``created`` event, the arq tasks that begin it and its audit entry, all or nothing,
-in one round trip. A retry of that script after its answer was lost finds the record
-and writes nothing twice. :meth:`JobStore.get` calls made in one turn of the event
-loop (an API answering many requests at once) read in one pipeline.
+``created`` event, the arq tasks that begin it, its audit entry and what is stored
+alongside it (the subject's acknowledgement, :func:`jobs.notices.queued_with_job`), all
+or nothing, in one round trip. When the connection drops before its answer is read, the
+script is sent once more: it finds the record, answers it as stored and writes nothing
+twice. A script cache found empty is loaded again once; empty again (a failover
+meanwhile), Redis counts as unavailable. The :meth:`JobStore.get` reads and the new jobs'
+scripts asked for in one turn of the event loop (an API answering many requests at
+once) go to Redis in one pipeline.
 
 Job records carry no TTL: a live job is never lost to expiry. A job that ends
 loses its identifiers' values in the same transaction (the evidence of their
@@ -47,8 +51,13 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
 
 from jobs.audit import AuditEntry
 from jobs.model import (
@@ -61,6 +70,7 @@ from jobs.model import (
     epoch_ms,
     utcnow,
 )
+from jobs.queue import QUEUE_NAME, REDIS_UNAVAILABLE
 from jobs.search import JobPage, JobQuery, JobSearch, job_indexes
 
 
@@ -102,15 +112,38 @@ class QueuedTask:
     score_ms: int
     expires_ms: int
 
+    @classmethod
+    def now(cls, redis: ArqRedis, function: str, *args: Any, task_id: str) -> QueuedTask:
+        """arq's task ``function(*args)`` as ``enqueue_job`` would queue it now, undeferred."""
+        now = timestamp_ms()
+        payload = serialize_job(function, args, {}, None, now, serializer=redis.job_serializer)
+        return cls(task_id, QUEUE_NAME, payload, now, redis.expires_extra_ms)
+
+
+@dataclass(frozen=True)
+class Alongside:
+    """What another module stores with a new job, in the same step (:meth:`JobStore.create`).
+
+    ``commands`` are Redis commands, each as its words; ``tasks`` are arq tasks queued
+    as the job's own are; ``events`` go on the job's timeline after its ``created``
+    event, each as its type, actor and data (:func:`jobs.notices.queued_with_job`).
+    """
+
+    commands: Sequence[Sequence[str]] = ()
+    tasks: Sequence[QueuedTask] = ()
+    events: Sequence[tuple[str, str, dict[str, Any]]] = ()
+
 
 #: The whole of a new job, in one step (:meth:`JobStore.create`). KEYS[1]: its record;
 #: ARGV[1]: JSON (one argument packs faster than many): ``mark``, the live-job mark to
 #: claim ("" for none), ``id``, ``jobs`` (the prefix of job records), ``terminal`` (the
 #: statuses that end a job), ``arq`` (arq's job and result key prefixes), ``tasks``
 #: (each: task id, queue, payload, score, expiry in ms) and ``writes`` (each: a command's
-#: words). Nothing is written when the record exists (a retry) or the mark is taken.
+#: words). Nothing is written when the record exists (a retry: the answer holds the
+#: record) or the mark is taken. The tasks are queued last: Lua rolls nothing back, so a
+#: write that fails leaves no task behind to run for a job or notice that is not there.
 _CREATE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists'} end
+if redis.call('EXISTS', KEYS[1]) == 1 then return {'exists', redis.call('HGETALL', KEYS[1])} end
 local new = cjson.decode(ARGV[1])
 if new.mark ~= '' then
   local holder = redis.call('GET', new.mark)
@@ -125,6 +158,7 @@ if new.mark ~= '' then
   end
   redis.call('SET', new.mark, new.id)
 end
+for _, words in ipairs(new.writes) do redis.call(unpack(words)) end
 for _, task in ipairs(new.tasks) do
   local job_key, result_key = new.arq[1] .. task[1], new.arq[2] .. task[1]
   if redis.call('EXISTS', job_key, result_key) == 0 then
@@ -132,7 +166,6 @@ for _, task in ipairs(new.tasks) do
     redis.call('ZADD', task[2], task[4], task[1])
   end
 end
-for _, words in ipairs(new.writes) do redis.call(unpack(words)) end
 return {'created'}
 """
 
@@ -144,7 +177,7 @@ class _Writes:
         self.writes: list[list[str]] = []
 
     def _write(self, *words: Any) -> None:
-        self.writes.append([_word(word) for word in words])
+        self.writes.append([word if type(word) is str else _word(word) for word in words])
 
     def hset(
         self, key: str, field: str | None = None, value: Any = None, mapping: Any = None
@@ -176,40 +209,42 @@ def _word(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-class _Reads:
-    """``HGETALL`` of the keys asked for in one turn of the event loop, in one pipeline.
+class _Batch:
+    """The commands asked for in one turn of the event loop, sent in one pipeline.
 
-    Fifty requests answered at once cost one write to Redis and one read back, not
-    fifty of each. A key's error is its own asker's; a lost connection fails the batch.
+    Fifty requests answered at once (fifty reads of a job, fifty new jobs' scripts) cost
+    one write to Redis and one read back, not fifty of each. A command's error is its
+    own asker's; a lost connection fails the batch.
     """
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._waiting: list[tuple[str, asyncio.Future[dict[bytes, bytes]]]] = []
-        self._reading: set[asyncio.Task[None]] = set()
+        self._waiting: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._sending: set[asyncio.Task[None]] = set()
 
-    def hgetall(self, key: str) -> asyncio.Future[dict[bytes, bytes]]:
+    def call(self, *words: Any) -> asyncio.Future[Any]:
+        """``words`` run as a command (answered as redis-py answers it) with this turn's."""
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # a new loop (tests): what waited on another is void
             self._loop, self._waiting = loop, []
-        answer: asyncio.Future[dict[bytes, bytes]] = loop.create_future()
-        if not self._waiting:  # the first this turn: read them all once the turn is over
-            task = loop.create_task(self._read())
-            self._reading.add(task)
-            task.add_done_callback(self._reading.discard)
-        self._waiting.append((key, answer))
+        answer: asyncio.Future[Any] = loop.create_future()
+        if not self._waiting:  # the first this turn: send them all once the turn is over
+            task = loop.create_task(self._send())
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        self._waiting.append((words, answer))
         return answer
 
-    async def _read(self) -> None:
+    async def _send(self) -> None:
         batch, self._waiting = self._waiting, []
         try:
             if len(batch) == 1:
-                answers = [await self.redis.hgetall(batch[0][0])]
+                answers = [await self.redis.execute_command(*batch[0][0])]
             else:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    for key, _ in batch:
-                        pipe.hgetall(key)
+                    for words, _ in batch:
+                        pipe.execute_command(*words)
                     answers = await pipe.execute(raise_on_error=False)
         except asyncio.CancelledError:
             for _, answer in batch:
@@ -243,7 +278,7 @@ class JobStore:
         self.ns = namespace
         self._search = JobSearch(redis, namespace)
         self._create = self.redis.register_script(_CREATE)
-        self._reads = _Reads(self.redis)
+        self._batch = _Batch(self.redis)
 
     def _job_key(self, job_id: str) -> str:
         return f"{self.ns}job:{job_id}"
@@ -261,9 +296,11 @@ class JobStore:
         tasks: Sequence[QueuedTask] = (),
         claim_active: bool = False,
         audit: AuditEntry | None = None,
+        alongside: Sequence[Alongside] = (),
     ) -> Job:
-        """Store a new job, its indexes and its ``created`` event, with ``tasks`` queued and
-        ``audit`` recorded, all in one step (nothing is written when anything refuses).
+        """Store a new job, its indexes and its ``created`` event, with ``tasks`` queued,
+        ``audit`` recorded and what other modules store ``alongside`` it (a notice to the
+        subject), all in one step (nothing is written when anything refuses).
 
         With ``claim_active`` the job becomes the subject's one live job of its kind, or
         :class:`~jobs.model.ActiveJobExists` names the live one that is and nothing is
@@ -281,8 +318,14 @@ class JobStore:
             pipe.zadd(f"{self.ns}idx:connector:{name}", {job.id: created_ms})
         self._index(pipe, job, None, None)
         self._queue_event(pipe, job.id, "created", job.requested_by, {"status": job.status.value})
+        for extra in alongside:
+            for command in extra.commands:
+                pipe.writes.append([_word(word) for word in command])
+            for event, actor, data in extra.events:
+                self._queue_event(pipe, job.id, event, actor, data)
         if audit is not None:
             pipe.xadd(audit.stream, {"body": audit.body})
+        queued = [*tasks, *(task for extra in alongside for task in extra.tasks)]
         new = {
             "mark": f"{self.ns}active:{job.kind.value}:{job.subject}" if claim_active else "",
             "id": job.id,
@@ -291,33 +334,59 @@ class JobStore:
             "arq": [job_key_prefix, result_key_prefix],
             "tasks": [
                 [t.task_id, t.queue, _word(t.payload), str(t.score_ms), str(t.expires_ms)]
-                for t in tasks
+                for t in queued
             ],
             "writes": pipe.writes,
         }
-        answer = await self._create(keys=[self._job_key(job.id)], args=[orjson.dumps(new)])
+        call = ("EVALSHA", self._create.sha, 1, self._job_key(job.id), orjson.dumps(new))
+        try:
+            answer = await self._run_create(call)
+        except REDIS_UNAVAILABLE:  # the script may have run, its answer lost: ask once more
+            answer = await self._run_create(call)
         if answer[0] == b"active":
             raise ActiveJobExists(job.kind, answer[1].decode())
+        if answer[0] == b"exists":  # stored already (the first send ran): that job stands
+            stored = answer[1]
+            return self.decode(dict(zip(stored[::2], stored[1::2], strict=True)))
         return job
+
+    async def _run_create(self, call: tuple[Any, ...]) -> Any:
+        """The create script's answer to ``call``, sent with the other scripts and reads of
+        this turn of the event loop; the script loaded first if Redis has lost it."""
+        try:
+            return await self._batch.call(*call)
+        except NoScriptError:  # a Redis new or restarted: the script is loaded, and run
+            await self.redis.script_load(_CREATE)
+        try:
+            return await self._batch.call(*call)
+        except NoScriptError as exc:  # lost again (a failover meanwhile): Redis is not there yet
+            raise RedisConnectionError("Redis lost its scripts while a job was created") from exc
 
     async def get(self, job_id: str) -> Job:
         """The job with this id; :class:`JobNotFound` if there is none.
 
         Reads asked for in the same turn of the event loop go to Redis in one pipeline.
         """
-        raw = await self._reads.hgetall(self._job_key(job_id))
+        return self.decode(await self.record(job_id))
+
+    async def record(self, job_id: str) -> dict[bytes, bytes]:
+        """The job's record as stored (``core`` and a ``run:{name}`` per run), for a reader
+        that needs no :class:`Job` (the API's view of a job); read as :meth:`get` reads it.
+        :meth:`decode` makes the job of it."""
+        raw: dict[bytes, bytes] = await self._batch.call("HGETALL", self._job_key(job_id))
         if not raw:
             raise JobNotFound(job_id)
-        return self._decode(raw)
+        return raw
 
     async def _read_watched(self, pipe: Any, key: str, job_id: str) -> Job:
         """Read the job through ``pipe``, which watches its key (a transaction's attempt)."""
         raw = await pipe.hgetall(key)
         if not raw:
             raise JobNotFound(job_id)
-        return self._decode(raw)
+        return self.decode(raw)
 
-    def _decode(self, raw: dict[bytes, bytes]) -> Job:
+    def decode(self, raw: Mapping[bytes, bytes]) -> Job:
+        """The job a stored record (:meth:`record`) holds."""
         job = Job.model_validate_json(raw[b"core"])
         job.connectors = {
             key.decode()[4:]: ConnectorRun.model_validate_json(value)
@@ -591,7 +660,7 @@ class JobStore:
             raw, last = await pipe.execute()
         if not raw:
             return None
-        job = self._decode(raw)
+        job = self.decode(raw)
         if not job.status.terminal:
             return None
         return job, last_activity(job, _event(*last[0]).at if last else None)
@@ -626,7 +695,7 @@ class JobStore:
         async def attempt(pipe: Any) -> Job | None:
             raw = await pipe.hgetall(key)
             last = await pipe.xrevrange(events, count=1)
-            job = self._decode(raw) if raw else None
+            job = self.decode(raw) if raw else None
             if (
                 job is None
                 or not job.status.terminal
@@ -689,7 +758,7 @@ class JobStore:
             for job_id in job_ids:
                 pipe.hgetall(self._job_key(job_id))
             raws = await pipe.execute()
-        return [self._decode(raw) for raw in raws if raw]
+        return [self.decode(raw) for raw in raws if raw]
 
 
 def _event(entry_id: bytes, fields: dict[bytes, bytes]) -> Event:

@@ -63,15 +63,14 @@ def create_app(
 ) -> web.Application:
     """The Handover API; with ``run_worker`` a worker runs inside the same process."""
     settings = settings or Settings.load()
-    app = web.Application(
-        middlewares=[
-            forwarded_middleware,
-            problem_middleware,
-            rate_limit_middleware,
-            idempotency_middleware,
-        ],
-        client_max_size=MAX_BODY_BYTES,
-    )
+    # Each middleware wraps every request: one that has nothing to do is left out.
+    middlewares = [
+        *([forwarded_middleware] if settings.trusted_proxies else []),
+        problem_middleware,
+        *([rate_limit_middleware] if settings.rate_limit else []),
+        idempotency_middleware,
+    ]
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app.on_response_prepare.append(nosniff)
     app[SETTINGS] = settings
     secret = jwt_secret(settings)

@@ -1083,8 +1083,14 @@ OPERATIONS: list[Operation] = [
 
 
 def add_routes(app: web.Application) -> None:
-    """Register every operation."""
-    for operation in OPERATIONS:
+    """Register every operation, the shallower paths first.
+
+    aiohttp tries the paths that share a prefix (``/v1/jobs``) in the order they were
+    added, one match each, and a path can only match a pattern of its own depth (no
+    parameter spans a ``/`` but the object key, alone under its prefix): so
+    ``GET /v1/jobs/{job_id}`` is tried before its many sub-paths, not after them.
+    """
+    for operation in sorted(OPERATIONS, key=lambda operation: operation.path.count("/")):
         path = operation.path.replace("{key}", "{key:.+}")
         app.router.add_route(operation.method, path, operation.handler)
 

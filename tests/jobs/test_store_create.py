@@ -21,12 +21,13 @@ from typing import Any
 import pytest
 from arq.connections import ArqRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from connectors.testing import MemoryConnector
 from jobs.audit import AuditLog
 from jobs.commands import Actor, Commands
-from jobs.queue import API_RETRIES, QUEUE_NAME, connect
+from jobs.queue import API_RETRIES, QUEUE_NAME, REDIS_UNAVAILABLE, connect
 from jobs.resources import open_resources
 from jobs.settings import Settings
 from tests.conftest import REDIS_URL
@@ -265,3 +266,131 @@ async def test_a_create_whose_answer_was_lost_is_retried_into_one_job(
         if not proxy.cut:
             break
         cut_at += 1
+
+
+SUBJECTS = [f"s-batch-{number}" for number in range(4)]
+
+
+async def each_created_once(client: ArqRedis, subjects: list[str]) -> None:
+    """Each subject has one export, with one ``created`` event, one acknowledgement (its
+    ``notice.skipped``: no address) and its first task, queued once with its payload."""
+    redis: Any = client
+    queued = await redis.zrange(QUEUE_NAME, 0, -1)
+    for subject in subjects:
+        job_ids = await redis.zrange(f"{NS}idx:subject:{subject}", 0, -1)
+        assert len(job_ids) == 1, (subject, job_ids)
+        job_id = job_ids[0].decode()
+        events = [f[b"type"] for _, f in await redis.xrange(f"{NS}job:{job_id}:events")]
+        assert events == [b"created", b"notice.skipped"], (subject, events)
+        tasks = [task for task in queued if task.startswith(f"resolve:{job_id}".encode())]
+        assert len(tasks) == 1 and await redis.exists(b"arq:job:" + tasks[0]), (subject, tasks)
+    assert await redis.zcard(f"{NS}idx:created") == len(subjects)
+    assert await redis.hgetall(f"{NS}counts") == {b"export:queued": str(len(subjects)).encode()}
+
+
+async def test_a_batch_of_creates_whose_answers_were_lost_is_sent_again_into_one_job_each(
+    redis: ArqRedis, settings_factory: Callable[..., Settings]
+) -> None:
+    # A client that does not retry by itself: the store sends its creates once more.
+    upstream_port = int(REDIS_URL.split(":")[2].split("/")[0])
+    database = REDIS_URL.rsplit("/", 1)[1]
+    proxy = CuttingProxy(upstream_port)
+    await proxy.start()
+    connectors = {"crm": MemoryConnector("crm", records={})}
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(proxy.stop)
+        client = await connect(f"redis://127.0.0.1:{proxy.port}/{database}", retries=0)
+        stack.push_async_callback(client.aclose)
+        resources = await stack.enter_async_context(
+            open_resources(settings_factory(), redis=client, connectors=connectors)
+        )
+        commands = Commands(resources)
+        await client.ping()  # connected, the script loaded: the batch alone is counted
+        await client.script_load(resources.store._create.script)
+        cut_at = 0
+        while True:
+            await redis.flushdb()
+            await client.script_load(resources.store._create.script)
+            proxy.arm(cut_at, lost=False, stay_down=False)
+            await asyncio.gather(
+                *(
+                    commands.request_export(Actor("support-1", staff=True), subject=subject)
+                    for subject in SUBJECTS
+                )
+            )
+            proxy.disarm()
+            await each_created_once(redis, SUBJECTS)
+            if not proxy.cut:
+                break
+            cut_at += 1
+        assert cut_at >= len(SUBJECTS)  # the creates went in one pipeline, each one cut
+
+
+async def test_a_create_sent_again_answers_the_stored_job_and_writes_nothing(
+    redis: ArqRedis, resources_factory: Callable[..., Any]
+) -> None:
+    async with resources_factory({"crm": MemoryConnector("crm", records={})}) as resources:
+        job = await Commands(resources).request_export(
+            Actor("support-1", staff=True), subject=SUBJECTS[0]
+        )
+        before = {key: await redis.type(key) for key in await redis.keys("*")}
+        lengths = {key: await redis.xlen(key) for key, kind in before.items() if kind == b"stream"}
+        again = job.model_copy(deep=True)
+        again.requested_by = "someone-else"  # a create with the same id is not written
+        stored = await resources.store.create(again, claim_active=True)
+        assert stored == job and stored.requested_by == "support-1"
+        assert {key: await redis.type(key) for key in await redis.keys("*")} == before
+        assert {key: await redis.xlen(key) for key in lengths} == lengths
+        await each_created_once(redis, SUBJECTS[:1])
+
+
+async def test_creates_after_redis_lost_its_scripts_are_created_once_each(
+    redis: ArqRedis, resources_factory: Callable[..., Any]
+) -> None:
+    async with resources_factory({"crm": MemoryConnector("crm", records={})}) as resources:
+        commands = Commands(resources)
+        actor = Actor("support-1", staff=True)
+        first = await commands.request_export(actor, subject=SUBJECTS[0])
+        await redis.script_flush()
+        # A batch of creates and a read in one turn, all answered NOSCRIPT but the read.
+        *_, read = await asyncio.gather(
+            *(commands.request_export(actor, subject=subject) for subject in SUBJECTS[1:]),
+            resources.store.get(first.id),
+        )
+        assert read == first
+        await each_created_once(redis, SUBJECTS)
+
+
+async def test_a_script_lost_again_after_loading_it_is_redis_unavailable(
+    redis: ArqRedis, resources_factory: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with resources_factory({"crm": MemoryConnector("crm", records={})}) as resources:
+        store = resources.store
+        load = store.redis.script_load
+
+        async def load_then_fail_over(script: str) -> Any:  # a failover right after the load
+            sha = await load(script)
+            await redis.script_flush()
+            return sha
+
+        await redis.script_flush()
+        monkeypatch.setattr(store.redis, "script_load", load_then_fail_over)
+        with pytest.raises(REDIS_UNAVAILABLE):
+            await Commands(resources).request_export(
+                Actor("support-1", staff=True), subject=SUBJECTS[0]
+            )
+        assert await redis.keys(f"{NS}job:*") == []
+
+
+async def test_a_create_whose_write_fails_queues_no_task(
+    redis: ArqRedis, resources_factory: Callable[..., Any]
+) -> None:
+    # Lua rolls nothing back: a write that fails must come before any task is queued.
+    await redis.set(f"{NS}idx:subject:{SUBJECTS[0]}", "not a sorted set")
+    async with resources_factory({"crm": MemoryConnector("crm", records={})}) as resources:
+        with pytest.raises(ResponseError, match="WRONGTYPE"):
+            await Commands(resources).request_export(
+                Actor("support-1", staff=True), subject=SUBJECTS[0]
+            )
+    assert await redis.zcard(QUEUE_NAME) == 0
+    assert await redis.keys("arq:job:*") == []
