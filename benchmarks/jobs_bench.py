@@ -11,8 +11,10 @@
   started one after the other and polling before any job exists) run tiny exports
   (one ``bench-sleepy`` connector answering at once with three records) that this
   process creates through ``Commands.request_export``, 20 at a time, one subject each.
-  Each export is two arq tasks (the connector run and the finish), a staged object,
-  a signed archive, and the job's bookkeeping in Redis. Storage: S3 on moto's server.
+  Each export is three arq tasks (the identity step, the connector run and the finish),
+  four S3 requests (the staged object put and read back whole, its previews at its end;
+  the signed archive put; the staged object deleted) and the job's bookkeeping in Redis.
+  Storage: S3 on moto's server.
 
 Rate = jobs / wall time from the first enqueue (or create) to the moment every job
 is done (polled every 20 ms). Medians of three runs per row.

@@ -4,11 +4,13 @@ Each run reads its connector's export in batches (:meth:`~connectors.base.Connec
 a processor's pages as they come, or a one-record connector's records gathered) and
 encodes and deflates them into one staged object (:mod:`jobs.archive.staging`: the
 event loop renders, a thread of the run's own checksums and deflates); the
-connector's next batch is read while the last one is encoded. The finish step copies
-those bytes into the archive
-(:mod:`jobs.archive.writer`) without recompressing, signs the manifest and uploads the
-archive with a multipart upload. Staged objects live at deterministic keys, so a
-run that arq executes twice overwrites its own output and duplicates nothing. A
+connector's next batch is read while the last one is encoded; the datasets' previews
+for the archive's index (:mod:`jobs.archive.preview`) follow the data in the same object.
+The finish step copies those bytes into the archive (:mod:`jobs.archive.writer`) without
+recompressing, signs the manifest and uploads the archive (a small staged object is read
+once, whole, for its previews and its data; a larger one's data is copied by the store
+where it can). Staged objects live at deterministic keys, so a run that arq executes
+twice overwrites its own output and duplicates nothing. A
 staged object gone by the time the archive is written (the store lost it) is not
 retried as if it might come back: its connector runs again (:class:`~jobs.pipeline.StagingLost`).
 """
@@ -43,6 +45,7 @@ from jobs.model import (
     InvalidRequest,
     Job,
     JobKind,
+    JobStatus,
     Protection,
     RunStatus,
     StagedPart,
@@ -52,10 +55,17 @@ from jobs.model import (
 from jobs.notices import language_of, subject_link
 from jobs.pipeline import Outcome, Pipeline, StagingLost
 from jobs.settings import Settings
-from jobs.storage.base import ObjectMissing, ObjectWriter
+from jobs.storage.base import ObjectMissing, ObjectShort, ObjectWriter
 
 PREFETCHED = 2
 """Batches read ahead of the one being encoded."""
+HELD_OBJECT = 1 << 20
+"""A staged object this small is read whole at the finish, once, previews and data."""
+HELD_TOTAL = 8 << 20
+"""The most staged bytes one finish holds in memory so (:meth:`ExportPipeline._staged`)."""
+
+Previews = dict[tuple[str, str], dict[str, Any]]
+"""Each dataset's preview (:mod:`jobs.archive.preview`), by connector and dataset."""
 
 
 class ExportPipeline(Pipeline):
@@ -92,16 +102,14 @@ class ExportPipeline(Pipeline):
                         await _write(writer, await staging.add_rows(batch.dataset, batch.rows))
                 tail, parts = await staging.finish()
                 await _write(writer, tail)
+            # After the data, so the previews live and go as the staged data does.
+            await writer.write(orjson.dumps(stager.previews))
             await writer.complete()
         except BaseException:
             await writer.abort()
             raise
         finally:
             await batches.aclose()
-        # Beside the staged object, so it lives and goes as the staged data does.
-        await self.resources.storage.put(
-            preview_key(staged_key), orjson.dumps(stager.previews), "application/json"
-        )
         return parts
 
     async def complete(self, job: Job) -> Callable[[Job], None]:
@@ -112,6 +120,12 @@ class ExportPipeline(Pipeline):
         """
         try:
             result = await self._write_archive(job)
+        except ObjectShort as exc:
+            # Cut short: its data cannot be had, as if it were gone.
+            short = _staged_at(job, exc.key)
+            if not short:
+                raise
+            raise StagingLost(short) from exc
         except ObjectMissing as exc:
             missing = await self._missing_staging(job)
             if not missing:
@@ -125,21 +139,51 @@ class ExportPipeline(Pipeline):
 
         return record_result
 
-    async def _previews(self, job: Job) -> dict[tuple[str, str], dict[str, Any]]:
-        """Each dataset's preview, by connector and dataset, as staging left them.
+    async def _staged(self, job: Job) -> tuple[Previews, dict[str, bytes]]:
+        """Each dataset's preview, by connector and dataset, as staging left them after
+        each staged object's data; and the staged objects read whole meanwhile, by key.
 
-        A preview gone with its staged object is left out: the index then shows none.
+        A staged object whose data is :data:`HELD_OBJECT` bytes or less is read whole,
+        once, and held while those held come to :data:`HELD_TOTAL` or less, previews
+        included: the archive takes its data from memory. Of any other only the previews
+        are read. A staged object gone is left out (the index then shows none of its
+        previews; writing the archive finds it gone). One staged before previews followed
+        the data ends with its data: its previews are in :func:`old_preview_key`. One
+        whose previews do not parse, or that ends before its data does, was cut short or
+        is not the object staged: :class:`~jobs.pipeline.StagingLost`, as if gone.
         """
-        previews: dict[tuple[str, str], dict[str, Any]] = {}
+        previews: Previews = {}
+        held: dict[str, bytes] = {}
+        budget = HELD_TOTAL
+        storage = self.resources.storage
         for name, run in job.connectors.items():
             if not run.parts or not run.staged_key:
                 continue
+            key = run.staged_key
+            end = _data_end(run.parts)
             try:
-                stored = orjson.loads(await self.resources.storage.get(preview_key(run.staged_key)))
+                if end <= min(HELD_OBJECT, budget):
+                    whole = await storage.get(key)
+                    if len(whole) < end:
+                        raise StagingLost({name: key})
+                    if len(whole) <= budget:
+                        held[key] = whole
+                        budget -= len(whole)
+                    trailer = whole[end:]
+                else:
+                    trailer = b"".join([chunk async for chunk in storage.read(key, end)])
+                if not trailer:
+                    trailer = await storage.get(old_preview_key(key))
             except ObjectMissing:
                 continue
+            try:
+                stored = orjson.loads(trailer)
+            except orjson.JSONDecodeError as exc:
+                raise StagingLost({name: key}) from exc
+            if not isinstance(stored, dict):
+                raise StagingLost({name: key})
             previews.update(((name, dataset), preview) for dataset, preview in stored.items())
-        return previews
+        return previews, held
 
     async def _missing_staging(self, job: Job) -> dict[str, str]:
         """The connectors whose staged object is gone, and the key each was staged at."""
@@ -154,8 +198,18 @@ class ExportPipeline(Pipeline):
         return missing
 
     async def cleanup(self, job: Job) -> None:
-        """Staged parts are no longer needed once the archive exists (or the job was canceled)."""
-        await self.resources.storage.delete_prefix(self.resources.staging_prefix(job.id))
+        """Staged parts are no longer needed once the archive exists (or the job was canceled).
+
+        A job that succeeded at its first generation, with no by-hand processor's reply,
+        knows every object it staged (each run's one staged object, its previews at its
+        end; or, staged before that, beside it at :func:`old_preview_key`): those are
+        deleted without listing the prefix. Any other job's staging area
+        may hold more (an earlier generation's, a reply's files, a canceled run's): all
+        of it goes.
+        """
+        await self.resources.storage.delete_prefix(
+            self.resources.staging_prefix(job.id), holding=_staged_objects(job)
+        )
 
     def _statement(self, job: Job) -> Statement:
         resources = self.resources
@@ -195,6 +249,7 @@ class ExportPipeline(Pipeline):
         key = resources.archive_key(job.id)
         await resources.keyring.publish(resources.signer)
         protection = job.export_options.protection
+        previews, held = await self._staged(job)
         stored = ArchiveOutput(resources.storage, key)
         destination: ObjectWriter = stored
         if protection is not None and protection.kind == "age":
@@ -210,7 +265,8 @@ class ExportPipeline(Pipeline):
                 generated_at=generated_at,
                 expires_at=expires_at,
                 statement=self._statement(job),
-                previews=await self._previews(job),
+                previews=previews,
+                held=held,
                 password=job.archive_password,
                 **await self._addressing(job, generated_at),
             )
@@ -263,9 +319,20 @@ def statement_of(settings: Settings, job: Job, connectors: Sequence[Connector]) 
     )
 
 
-def preview_key(staged_key: str) -> str:
-    """Where the previews of a staged object's datasets are kept, beside it."""
+def old_preview_key(staged_key: str) -> str:
+    """Where an object staged before previews followed its data kept them, beside it."""
     return f"{staged_key.removesuffix('.bin')}.preview.json"
+
+
+def _staged_at(job: Job, key: str) -> dict[str, str]:
+    """The connector whose staged object is at ``key``, by name, as :class:`StagingLost`
+    takes it."""
+    return {name: key for name, run in job.connectors.items() if run.staged_key == key}
+
+
+def _data_end(parts: Sequence[StagedPart]) -> int:
+    """Where a staged object's data ends, and its previews begin."""
+    return max((start + length for part in parts for start, length in part.chunks), default=0)
 
 
 def checked_time_zone(name: str | None) -> str | None:
@@ -329,6 +396,23 @@ def period_statement(connector: Connector, job: Job, run: ConnectorRun) -> dict[
             "not_applied_to": sorted(d.name for d in held if not d.applies(asked)),
         }
     }
+
+
+def _staged_objects(job: Job) -> list[str] | None:
+    """Every object a succeeded first-generation job staged, or ``None`` when it may hold
+    others (see :meth:`ExportPipeline.cleanup`)."""
+    if job.status is not JobStatus.SUCCEEDED or job.generation != 1:
+        return None
+    staged = []
+    for run in job.connectors.values():
+        if run.handoff is not None or run.reply is not None:
+            return None
+        if run.status is RunStatus.SUCCEEDED and run.staged_key:
+            # The previews' own object too, for one staged before they followed the data.
+            staged += [run.staged_key, old_preview_key(run.staged_key)]
+        elif run.status is not RunStatus.NOT_ASKED:
+            return None
+    return staged
 
 
 def _record_count(parts: Sequence[StagedPart]) -> int:

@@ -34,6 +34,39 @@ from redis.exceptions import WatchError
 LEASE_SECONDS = 20.0
 HEARTBEAT_SECONDS = 5.0
 
+# Each a script, so that one round trip decides and writes: a WATCH on the shared lease
+# keys is spoilt by every other unit's acquire or release, and retried, under load.
+# KEYS: leases, owners, tasks. ARGV: unit, owner, now (ms), expiry (ms), task (JSON).
+_ACQUIRE = """
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+local holder = redis.call('HGET', KEYS[2], ARGV[1])
+if expiry and tonumber(expiry) > tonumber(ARGV[3]) and holder and holder ~= ARGV[2] then
+    return 0
+end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], ARGV[1], ARGV[5])
+return 1
+"""
+# ARGV: unit, owner, expiry (ms).
+_RENEW = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
+    return 0
+end
+redis.call('ZADD', KEYS[1], 'XX', ARGV[3], ARGV[1])
+return 1
+"""
+# ARGV: unit, owner.
+_RELEASE = """
+if redis.call('HGET', KEYS[2], ARGV[1]) ~= ARGV[2] then
+    return 0
+end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+redis.call('HDEL', KEYS[3], ARGV[1])
+return 1
+"""
+
 
 def owner_id() -> str:
     """This process's name as a lease owner."""
@@ -71,53 +104,30 @@ class Leases:
         self.ttl = ttl
         self.heartbeat = heartbeat
         self.clock = clock
+        self._keys = [self.key, self.owners, self.tasks]
+        self._acquire = self.redis.register_script(_ACQUIRE)
+        self._renew = self.redis.register_script(_RENEW)
+        self._release = self.redis.register_script(_RELEASE)
 
     def _expiry(self) -> int:
         return int((self.clock() + self.ttl) * 1000)
 
     async def acquire(self, unit: str, function: str, args: list[Any]) -> bool:
         """Take the lease on ``unit`` unless another owner holds a live one."""
-
-        async def attempt(pipe: Any) -> bool:
-            expiry = await pipe.zscore(self.key, unit)
-            holder = await pipe.hget(self.owners, unit)
-            now_ms = self.clock() * 1000
-            if expiry is not None and expiry > now_ms and holder not in (None, self.owner.encode()):
-                await pipe.unwatch()  # the refusal stands as read
-                return False
-            pipe.multi()
-            pipe.zadd(self.key, {unit: self._expiry()})
-            pipe.hset(self.owners, unit, self.owner)
-            pipe.hset(self.tasks, unit, orjson.dumps({"function": function, "args": args}))
-            return True
-
-        acquired: bool = await self.redis.transaction(
-            attempt, self.key, self.owners, value_from_callable=True
+        task = orjson.dumps({"function": function, "args": args})
+        now_ms = repr(self.clock() * 1000)
+        taken = await self._acquire(
+            keys=self._keys, args=[unit, self.owner, now_ms, self._expiry(), task]
         )
-        return acquired
+        return bool(taken)
 
     async def renew(self, unit: str) -> bool:
         """Extend our lease; ``False`` when it is no longer ours."""
-        holder = await self.redis.hget(self.owners, unit)
-        if holder != self.owner.encode():
-            return False
-        await self.redis.zadd(self.key, {unit: self._expiry()}, xx=True)
-        return True
+        return bool(await self._renew(keys=self._keys, args=[unit, self.owner, self._expiry()]))
 
     async def release(self, unit: str) -> None:
         """Give the lease up (only if it is still ours)."""
-
-        async def attempt(pipe: Any) -> None:
-            holder = await pipe.hget(self.owners, unit)
-            if holder != self.owner.encode():
-                await pipe.unwatch()  # the refusal stands as read
-                return
-            pipe.multi()
-            pipe.zrem(self.key, unit)
-            pipe.hdel(self.owners, unit)
-            pipe.hdel(self.tasks, unit)
-
-        await self.redis.transaction(attempt, self.owners)
+        await self._release(keys=self._keys, args=[unit, self.owner])
 
     @contextlib.asynccontextmanager
     async def hold(self, unit: str, function: str, args: list[Any]) -> AsyncIterator[bool]:

@@ -938,12 +938,28 @@ class Pipeline(ABC):
                 expect={JobStatus.RUNNING},
                 change=change,
             )
-            if ended is not None:
-                await self.cleanup(ended)
         else:
             return
         if ended is not None:
             await self.ended(ended)
+            if ended.status is JobStatus.SUCCEEDED:
+                await self._clean_up_after(ended)
+
+    async def _clean_up_after(self, job: Job) -> None:
+        """Delete what the succeeded job no longer needs (:meth:`cleanup`), after it ended:
+        a store failing here leaves objects behind, never the job unended. They are
+        the job's own (not orphans, :mod:`jobs.reconcile`), and go with its record
+        (:mod:`jobs.records`); the timeline says so (``cleanup.failed``)."""
+        try:
+            await self.cleanup(job)
+        except StorageError as exc:
+            log.warning("job %s: cleanup after it succeeded failed: %s", job.id, exc)
+            await self.resources.store.add_event(
+                job.id,
+                "cleanup.failed",
+                "worker",
+                {"error": error_text(exc), "error_class": "storage"},
+            )
 
     async def ended(self, job: Job) -> None:
         """The job has ended: tell the platform, free its subject, wake the jobs waiting for it."""

@@ -14,9 +14,9 @@ however large. What it keeps is bounded whatever the dataset's size:
   :data:`SERIES_CHARTED` are counted, not charted.
 
 The preview is a plain mapping. It holds the subject's data, so it lives exactly as
-long as the staged data does: the export pipeline keeps each connector's previews in
-an object beside its staged object (``<staged key>.preview.json``), deleted with it,
-never in the job record (:func:`jobs.export.preview_key`)::
+long as the staged data does: the export pipeline writes each connector's previews (JSON,
+by dataset) at the end of its staged object, after the data, deleted with it, never in
+the job record (:meth:`jobs.export.ExportPipeline._staged`)::
 
     {"columns": [...], "rows": [[cell, ...], ...], "columns_left_out": int,
      "series": {"time": str, "values": [...], "by": str | None,

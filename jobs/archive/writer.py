@@ -21,10 +21,11 @@ again when it can help it. On S3 (an :class:`~jobs.storage.base.AssemblingStore`
 archive is a multipart upload whose parts are the ZIP's headers, written here, and
 ranges of the staged objects, which S3 copies itself (``UploadPartCopy``): their bytes
 never pass through the worker, but for at most 5 MiB per range that S3's smallest
-part size needs (:class:`~jobs.storage.s3.S3Assembler`). Then no SHA-256 of the whole
-archive exists (computing one would mean reading it back): the signed manifest's
-per-file SHA-256 vouches for the content, and S3's full-object CRC-32 for the
-transport (:class:`ArchiveOutput`). A password-protected archive
+part size needs (:class:`~jobs.storage.s3.S3Assembler`); a small staged object the
+caller read whole (``held``) is written from memory instead. Once a range was copied,
+no SHA-256 of the whole archive exists (computing one would mean reading it back): the
+signed manifest's per-file SHA-256 vouches for the content, and S3's full-object CRC-32
+for the transport (:class:`ArchiveOutput`). A password-protected archive
 (every member encrypted here) and an age-encrypted one (the whole stream encrypted
 here), like any archive in the local store, are written byte by byte, and have both.
 Nothing is held whole in memory or on disk either way.
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,6 +51,7 @@ from jobs.model import Job, StagedPart, iso
 from jobs.storage.base import (
     AssemblingStore,
     ObjectAssembler,
+    ObjectShort,
     ObjectStore,
     ObjectWriter,
     StorageError,
@@ -188,6 +190,11 @@ class _Members:
         await self.end()
 
 
+async def _slice(data: bytes, start: int, length: int) -> AsyncIterator[bytes]:
+    """A range of bytes held in memory, as :meth:`ObjectStore.read` gives a stored one."""
+    yield data[start : start + length]
+
+
 def _merged_ranges(chunks: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
     merged: list[tuple[int, int]] = []
     for start, length in chunks:
@@ -214,6 +221,7 @@ async def write_archive(
     force_zip64: bool = False,
     recipient: Mapping[str, str] | None = None,
     disclosures: Sequence[Mapping[str, str]] = (),
+    held: Mapping[str, bytes] | None = None,
 ) -> list[dict[str, Any]]:
     """Stream the archive for ``job`` into ``destination`` (completed by the caller).
 
@@ -225,7 +233,9 @@ async def write_archive(
     (:mod:`jobs.archive.index`). ``recipient`` names the authority a compelled
     disclosure's archive is addressed to, and its order; ``disclosures`` are those the
     subject may be told of, listed among the recipients (:mod:`jobs.disclosures`); the
-    manifest has either key only when given. Returns the manifest's file list.
+    manifest has either key only when given. ``held``: staged objects the caller read
+    whole, by key, whose data is taken from there (neither copied nor read again).
+    Returns the manifest's file list.
     """
     out = destination
     copying = (
@@ -281,7 +291,8 @@ async def write_archive(
     for item in staged:
         part = item.part
         await members.begin(part.path, part.crc32, part.bytes, part.compressed_size)
-        if copying is not None:
+        whole = (held or {}).get(item.staged_key)
+        if copying is not None and whole is None:
             ranges = _merged_ranges(part.chunks)
             # The header above declares compressed_size: the ranges S3 copies must make it.
             if sum(length for _, length in ranges) != part.compressed_size:
@@ -295,14 +306,21 @@ async def write_archive(
             continue
         copied = 0
         for start, length in _merged_ranges(part.chunks):
-            async for chunk in storage.read(item.staged_key, start, length):
+            chunks = (
+                _slice(whole, start, length)
+                if whole is not None
+                else storage.read(item.staged_key, start, length)
+            )
+            async for chunk in chunks:
                 copied += len(chunk)
                 await members.data(chunk)
         await members.end()
         if copied != part.compressed_size:
-            raise StorageError(
+            # The object ends before the data it was staged with: cut short.
+            raise ObjectShort(
                 f"staged object {item.staged_key!r} gave {copied} bytes of {part.path!r}, "
-                f"expected {part.compressed_size}"
+                f"expected {part.compressed_size}",
+                item.staged_key,
             )
     await out.write(zip_writer.central_directory())
     return files

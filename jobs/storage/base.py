@@ -13,7 +13,7 @@ as the store computed it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol, runtime_checkable
@@ -64,6 +64,15 @@ class ObjectMissing(StorageError):
         super().__init__(message, transient=False)
 
 
+class ObjectShort(StorageError):
+    """The object at ``key`` holds fewer bytes than a read of it needs: it was cut short
+    (or is not the object written there). Permanent: reading again finds the same bytes."""
+
+    def __init__(self, message: str, key: str) -> None:
+        super().__init__(message, transient=False)
+        self.key = key
+
+
 class ObjectWriter(Protocol):
     """A streaming upload: ``write`` pieces, then ``complete`` (or ``abort``)."""
 
@@ -100,8 +109,15 @@ class ObjectStore(Protocol):
     async def delete(self, key: str) -> None:
         """Remove ``key``; no error when it is already gone."""
 
-    async def delete_prefix(self, prefix: str) -> int:
-        """Remove every object under ``prefix``; returns how many."""
+    async def delete_prefix(self, prefix: str, *, holding: Sequence[str] | None = None) -> int:
+        """Remove every object under ``prefix``; returns how many.
+
+        ``holding``: every key the caller knows the prefix holds, when it knows them all
+        (a job's own staged objects): a store may then delete those without listing
+        the prefix first (returning how many keys it was given), and deletes nothing
+        outside the prefix. A key the store refuses to delete fails the call
+        (:class:`StorageError`): no key is counted that was not deleted.
+        """
 
     def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
         """Every object whose key starts with ``prefix``, in key order."""

@@ -18,7 +18,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
@@ -201,7 +201,9 @@ class LocalStore:
         except OSError as exc:
             raise _error(exc, "delete", key) from exc
 
-    async def delete_prefix(self, prefix: str) -> int:
+    async def delete_prefix(self, prefix: str, *, holding: Sequence[str] | None = None) -> int:
+        """Remove the folder ``prefix`` names, and all in it (``holding`` needs no listing
+        here: removing the folder is one step, and leaves no empty folders behind)."""
         if not prefix:
             raise StorageError(
                 "refusing to delete an empty prefix (the whole store)", transient=False

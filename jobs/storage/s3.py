@@ -15,7 +15,7 @@ import asyncio
 import base64
 import contextlib
 import math
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from jobs.storage.base import (
     READ_CHUNK,
     ObjectAssembler,
     ObjectMissing,
+    ObjectShort,
     ObjectWriter,
     StorageError,
     StoredObject,
@@ -52,6 +53,8 @@ MIN_PART = 5 * 2**20
 MAX_PARTS = 10_000
 #: The most one copied part holds (S3 allows 5 GiB); larger ranges are split.
 COPY_PART = 256 * 2**20
+#: The most keys one ``DeleteObjects`` request names.
+DELETE_BATCH = 1000
 #: Copied parts in flight at once: each is one request, and holds no memory here.
 COPIES_IN_FLIGHT = 4
 
@@ -354,16 +357,13 @@ class S3Assembler(S3MultipartWriter):
         return self._crc32
 
     async def copy(self, key: str, start: int, length: int) -> None:
-        held = await self._source_size(key)
-        if start + length > held:
-            raise StorageError(
-                f"{key!r} holds {held:,} bytes, not the {start + length:,} "
-                f"that copying {length:,} from byte {start:,} needs"
-            )
         top_up = max(MIN_PART - self._filled, 0) if self._filled else 0
         if length - top_up < MIN_PART:
             await self._read_through(key, start, length)
             return
+        held = await self._source_size(key)
+        if start + length > held:
+            raise _past_the_end(key, held, start, length)
         await self._read_through(key, start, top_up)
         if self._filled:
             await self._start_part(self._take())
@@ -397,9 +397,16 @@ class S3Assembler(S3MultipartWriter):
         return self._sources[key]
 
     async def _read_through(self, key: str, start: int, length: int) -> None:
-        if length:
-            async for chunk in self._store.read(key, start, length):
-                await self.write(chunk)
+        """Read the range and write it; an object that gives fewer bytes fails the copy
+        (a range read past its end comes back short, without an error)."""
+        if not length:
+            return
+        read = 0
+        async for chunk in self._store.read(key, start, length):
+            read += len(chunk)
+            await self.write(chunk)
+        if read != length:
+            raise _past_the_end(key, start + read, start, length)
 
     async def _start_copy(self, key: str, start: int, length: int) -> None:
         await self._ensure_upload()
@@ -436,6 +443,19 @@ class S3Assembler(S3MultipartWriter):
             )
         finally:
             self._copy_slots.release()
+
+
+def _status(exc: ClientError) -> int:
+    """The HTTP status S3 answered an error with."""
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+
+
+def _past_the_end(key: str, held: int, start: int, length: int) -> ObjectShort:
+    return ObjectShort(
+        f"{key!r} holds {held:,} bytes, not the {start + length:,} "
+        f"that copying {length:,} from byte {start:,} needs",
+        key,
+    )
 
 
 def _completed(entry: Mapping[str, Any]) -> CompletedPartTypeDef:
@@ -519,7 +539,17 @@ class S3Store:
                     break
                 yield chunk
             body.close()
-        except (ClientError, BotoCoreError) as exc:
+        except ClientError as exc:
+            if _status(exc) == 416:
+                if length is None and start:
+                    return  # from the object's very end to its end: nothing, as on disk
+                # A range that starts at or past the end: the object is shorter than that.
+                raise ObjectShort(
+                    f"{key!r} ends before byte {start:,}, where a read of {length:,} begins",
+                    key,
+                ) from exc
+            raise _error(exc, key) from exc
+        except BotoCoreError as exc:
             raise _error(exc, key) from exc
 
     async def put(
@@ -556,27 +586,63 @@ class S3Store:
         except (ClientError, BotoCoreError) as exc:
             raise _error(exc, key) from exc
 
-    async def delete_prefix(self, prefix: str) -> int:
+    async def delete_prefix(self, prefix: str, *, holding: Sequence[str] | None = None) -> int:
         if not prefix:
             raise StorageError("refusing to delete an empty prefix (the whole bucket)")
+        if holding is not None:
+            return await self._delete_keys(prefix, holding)
         deleted = 0
         try:
             paginator = self.client.get_paginator("list_objects_v2")
             pages = await asyncio.to_thread(
                 lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=prefix))
             )
-            for page in pages:
-                keys: list[Any] = [{"Key": item["Key"]} for item in page.get("Contents", [])]
-                if keys:
-                    await asyncio.to_thread(
-                        self.client.delete_objects,
-                        Bucket=self.bucket,
-                        Delete={"Objects": keys, "Quiet": True},
-                    )
-                    deleted += len(keys)
         except (ClientError, BotoCoreError) as exc:
             raise _error(exc, prefix) from exc
+        for page in pages:
+            listed = [item["Key"] for item in page.get("Contents", [])]
+            for first in range(0, len(listed), DELETE_BATCH):
+                deleted += await self._delete_batch(prefix, listed[first : first + DELETE_BATCH])
         return deleted
+
+    async def _delete_keys(self, prefix: str, keys: Sequence[str]) -> int:
+        """Delete ``keys``, all under ``prefix``, without listing: one ``DeleteObjects``
+        per :data:`DELETE_BATCH` keys."""
+        outside = [key for key in keys if not key.startswith(prefix)]
+        if outside:
+            raise StorageError(
+                f"refusing to delete {outside[0]!r} with the prefix {prefix!r}", transient=False
+            )
+        deleted = 0
+        for first in range(0, len(keys), DELETE_BATCH):
+            deleted += await self._delete_batch(prefix, keys[first : first + DELETE_BATCH])
+        return deleted
+
+    async def _delete_batch(self, prefix: str, keys: Sequence[str]) -> int:
+        """One ``DeleteObjects`` of at most :data:`DELETE_BATCH` keys; returns how many.
+
+        S3 answers a request it took with 200 even when some keys were not deleted, and
+        names those in ``Errors``: any such key fails the deletion (a
+        :class:`StorageError`, so the caller tries again), none is counted as deleted.
+        """
+        if not keys:
+            return 0
+        try:
+            response = await asyncio.to_thread(
+                self.client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, prefix) from exc
+        errors = response.get("Errors", [])  # quiet: only the keys that failed are listed
+        if errors:
+            first = errors[0]
+            raise StorageError(
+                f"S3 {first.get('Code', 'error')} deleting {first.get('Key')!r} "
+                f"({len(errors)} of {len(keys)} key(s) not deleted): {first.get('Message', '')}"
+            )
+        return len(keys)
 
     async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}

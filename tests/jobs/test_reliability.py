@@ -528,8 +528,8 @@ async def test_staged_output_deleted_before_the_finish_is_staged_again_and_the_a
             timeout=20,
             what="crm to stage its output",
         )
-        # crm's staged data and its datasets' previews, staged beside it
-        assert await asyncio.to_thread(delete_staging, resources, job.id) == 2
+        # crm's one staged object: its data, then its datasets' previews
+        assert await asyncio.to_thread(delete_staging, resources, job.id) == 1
         gate.set()
         done = await ended(resources, job.id)
 
@@ -589,7 +589,7 @@ async def test_staged_output_that_keeps_vanishing_fails_the_job_after_the_restag
         MAX_RESTAGES,
     )
     assert run.error == f"permanent storage error: staged output {keys[-1]!r} gone"
-    assert proxy.forgotten == 2 * (MAX_RESTAGES + 1)  # each staging: its data and previews
+    assert proxy.forgotten == MAX_RESTAGES + 1  # each staging: one object, previews at its end
     assert "finish.retrying" not in types and types[-1] == "failed"
 
 

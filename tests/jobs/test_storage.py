@@ -260,6 +260,46 @@ async def test_delete_prefix(store: ObjectStore) -> None:
     assert await store.delete_prefix("staging/job1/") == 0
 
 
+async def test_delete_prefix_holding_deletes_the_keys_named(store: ObjectStore) -> None:
+    for key in ("staging/job1/1/crm.bin", "staging/job1/1/billing.bin", "staging/job10/a"):
+        await store.put(key, key.encode())
+    named = ["staging/job1/1/crm.bin", "staging/job1/1/billing.bin"]
+
+    assert await store.delete_prefix("staging/job1/", holding=named) == 2
+
+    assert [item.key async for item in store.list_objects("staging/job1/")] == []
+    assert await store.get("staging/job10/a") == b"staging/job10/a"
+
+
+async def test_s3_delete_prefix_holding_lists_nothing_and_deletes_nothing_else(
+    s3_store: S3Store,
+) -> None:
+    for key in ("staging/job1/1/crm.bin", "staging/job1/stray", "staging/job2/crm.bin"):
+        await s3_store.put(key, b"x")
+    sent: Counter[str] = Counter()  # every request the client sends, paginators' too
+
+    def note(model: Any, **_: Any) -> None:
+        sent[model.name] += 1
+
+    s3_store.client.meta.events.register("before-call.s3", note)
+
+    assert await s3_store.delete_prefix("staging/job1/", holding=["staging/job1/1/crm.bin"]) == 1
+    with pytest.raises(StorageError, match="staging/job2/crm.bin"):
+        await s3_store.delete_prefix("staging/job1/", holding=["staging/job2/crm.bin"])
+
+    assert sent == {"DeleteObjects": 1}
+    assert not await s3_store.exists("staging/job1/1/crm.bin")
+    assert await s3_store.exists("staging/job1/stray")  # not named: the lifecycle rule's
+    assert await s3_store.exists("staging/job2/crm.bin")
+
+
+async def test_reading_from_an_objects_end_gives_nothing(store: ObjectStore) -> None:
+    await store.put("staging/job/crm.bin", b"data")
+
+    assert [chunk async for chunk in store.read("staging/job/crm.bin", 4)] == []
+    assert b"".join([chunk async for chunk in store.read("staging/job/crm.bin", 2)]) == b"ta"
+
+
 async def test_empty_prefix_is_refused(store: ObjectStore) -> None:
     await store.put("keep", b"me")
 
