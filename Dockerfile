@@ -18,18 +18,13 @@ COPY service ./service
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM python:3.11-slim
-# MALLOC_MMAP_THRESHOLD_: glibc serves blocks of 4 MiB or more (S3 part buffers) from
-# their own mappings, returned to the system when freed, and stops raising that
-# threshold as it otherwise does after each big free (up to 32 MiB, after which such
-# blocks stay in the heap's free lists). glibc reads it when a process starts only,
-# hence here. Measured on a worker exporting 1 GB to S3: peak RSS 141 -> 135 MB, CPU
-# +3%; at 128 KiB it saved 12 MB but doubled the worker's CPU (README, "Running in
+# No MALLOC_* variable: a worker fixes glibc's mmap threshold itself when it starts
+# (service/cli/malloc.py), and one set here would take its place (README, "Running in
 # production").
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    MALLOC_MMAP_THRESHOLD_=4194304
+    PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # The project, its runtime dependencies and the drivers of the databases a sql
 # connector may read (docker-compose's platform database is PostgreSQL); not the dev extras.

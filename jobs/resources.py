@@ -41,7 +41,6 @@ from jobs.ratelimit import RateLimiter
 from jobs.settings import Settings, SettingsError
 from jobs.storage.base import ObjectStore, StorageError
 from jobs.storage.local import LocalStore, load_link_secret
-from jobs.storage.s3 import S3Store
 from jobs.store import JobStore
 
 log = logging.getLogger("handover.resources")
@@ -77,6 +76,10 @@ def open_storage(settings: Settings) -> ObjectStore:
             link_secret=load_link_secret(settings.data_dir / "link-secret"),
             base_url=settings.public_url or "http://127.0.0.1:8080",
         )
+    # boto3 and botocore are ~9 MB of a process's memory before any client: imported
+    # only by a process whose archives go to S3.
+    from jobs.storage.s3 import S3Store
+
     return S3Store(
         settings.s3_bucket,
         endpoint_url=settings.s3_endpoint_url,

@@ -4,4 +4,5 @@
 verify and audit. ``jobs`` holds ``handover jobs`` and ``handover export``, over the
 HTTP API through ``client``; ``connectors`` holds ``handover connectors list`` and
 ``check``, and ``scaffold`` its ``new``, written from the package data in ``templates/``.
+``malloc`` is how ``handover worker`` has glibc give large freed buffers back.
 """

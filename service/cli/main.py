@@ -47,20 +47,18 @@ from aiohttp.log import access_logger
 
 from connectors.errors import ConnectorLoadError
 from jobs.archive.signing import SignatureError
-from jobs.archive.verify import fetch_keys, load_keys, verify_file
 from jobs.audit import AuditLog
 from jobs.queue import API_RETRIES, connect
 from jobs.resources import NAMESPACE, StartupError, open_resources, probe_redis, reset_demo
 from jobs.settings import Settings, SettingsError, parse_duration
-from jobs.worker import create_worker
 from service import logs
-from service.app import create_app, jwt_secret
 from service.auth import Role, TokenAuthority
 from service.cli import breaches as breaches_cli
 from service.cli import connectors as connectors_cli
 from service.cli import disclosures as disclosures_cli
 from service.cli import epoch as epoch_cli
 from service.cli import jobs as jobs_cli
+from service.cli import malloc
 from service.cli import report as report_cli
 from service.cli import storage as storage_cli
 
@@ -159,6 +157,8 @@ def _banner(settings: Settings, base_url: str, *, tokens: bool) -> str:
         f"Handover is serving on {base_url}; API docs at {base_url}/docs\n"
         f"Keeping {_where(settings)}\n"
     )
+    from service.app import jwt_secret  # the API's modules: see _serve
+
     secret = jwt_secret(settings)
     if secret is None or not tokens:  # tokens come from the identity provider, or none asked
         return served
@@ -202,6 +202,10 @@ def _serve(settings: Settings, host: str, port: int, *, with_worker: bool) -> No
             "HANDOVER_REDIS_URL: `handover api` needs a shared Redis; "
             "`handover serve` runs on the embedded store"
         )
+    # The API's modules (routes, pages, OpenAPI) are imported by the commands that serve
+    # it, not by the module: a `handover worker` would keep them in memory unused.
+    from service.app import create_app
+
     listening = _bind(host, port)
     try:
         port = listening.getsockname()[1]  # the one the system chose for --port 0
@@ -236,6 +240,10 @@ async def _run_worker(settings: Settings, burst: bool) -> None:
     """A worker, once Redis, object storage and every connector have been found usable."""
     if settings.redis_url is None:
         raise CommandError("HANDOVER_REDIS_URL: a worker needs the shared Redis the API uses")
+    # The worker's modules (the pipelines, the archive writer), like the API's (see _serve),
+    # are imported by the commands that run them: every other command starts faster.
+    from jobs.worker import create_worker
+
     await probe_redis(settings.redis_url.reveal())
     redis = await connect(settings.redis_url.reveal())
     try:
@@ -267,11 +275,15 @@ def _token(
         raise CommandError("--ttl: must be at least one second")
     if email is not None and ("@" not in email or email != email.strip()):
         raise CommandError(f"--email: {email!r} is not an email address")
+    from service.app import jwt_secret  # the API's modules: see _serve
+
     authority = TokenAuthority.from_settings(settings, jwt_secret(settings))
     print(authority.issue(sub, roles or [Role.SUBJECT.value], seconds, email=email))
 
 
 def _verify(archive: Path, key: Path | None, keys_url: str | None) -> int:
+    from jobs.archive.verify import fetch_keys, load_keys, verify_file  # see _run_worker
+
     keys = load_keys(key) if key is not None else fetch_keys(keys_url or "")
     result = verify_file(archive, keys)
     if result.ok and result.report is not None:
@@ -346,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "api":
             _serve(settings, args.host, args.port, with_worker=False)
         elif args.command == "worker":
+            malloc.tune()
             asyncio.run(_run_worker(settings, args.burst))
         elif args.command == "demo":
             asyncio.run(_demo_reset(settings))

@@ -1,5 +1,7 @@
 """What a ``handover worker`` process loads: the SQL stack only when a ``sql`` connector is
-configured (SQLAlchemy and its drivers are about 10 MB of every worker's memory).
+configured (SQLAlchemy and its drivers are about 10 MB of every worker's memory), and
+never the API's own modules (its routes, pages and OpenAPI, about 4 MB), which only
+``handover serve`` and ``handover api`` import.
 
 Each case runs the real command, ``handover worker --burst``, under ``python -X
 importtime``, which names every module the process imported.
@@ -44,10 +46,21 @@ erase = "delete"
 """
 
 SQL_STACK = ("sqlalchemy", "asyncpg", "aiomysql", "pymysql", "aiosqlite")
+#: What only a process that serves the API needs (``service.app`` and what it routes to).
+API_MODULES = (
+    "service.app",
+    "service.dashboard",
+    "service.privacy",
+    "service.docs",
+    "service.openapi",
+    "service.replies",
+    "service.breach_pages",
+    "service.report_pages",
+)
 
 
 def imported_by_a_worker(tmp_path: Path, config: str) -> set[str]:
-    """The top-level packages a burst worker with ``config`` imported."""
+    """The modules a burst worker with ``config`` imported, by their full names."""
     path = tmp_path / "handover.toml"
     path.write_text(config)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
@@ -66,16 +79,29 @@ def imported_by_a_worker(tmp_path: Path, config: str) -> set[str]:
     )
     assert worker.returncode == 0, worker.stderr[-3000:]
     return {
-        found.group(1).split(".")[0]
+        found.group(1)
         for found in re.finditer(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)", worker.stderr, re.M)
     }
 
 
+def packages(modules: set[str]) -> set[str]:
+    """The top-level packages of ``modules``."""
+    return {module.split(".")[0] for module in modules}
+
+
 def test_a_worker_without_a_sql_connector_loads_no_sql_stack(tmp_path: Path) -> None:
-    imported = imported_by_a_worker(tmp_path, HTTP_CONNECTOR)
+    imported = packages(imported_by_a_worker(tmp_path, HTTP_CONNECTOR))
 
     assert "aiohttp" in imported, "the import log was read"
     assert not imported & set(SQL_STACK)
+
+
+def test_a_worker_loads_none_of_the_api(tmp_path: Path) -> None:
+    imported = imported_by_a_worker(tmp_path, HTTP_CONNECTOR)
+
+    assert "jobs.worker" in imported, "the import log was read"
+    served = {m for m in imported if m in API_MODULES or m.startswith("service.api.")}
+    assert served <= {"service.api.models"}  # the command line's choices come from it
 
 
 def test_a_worker_with_a_sql_connector_loads_it(tmp_path: Path) -> None:
@@ -83,6 +109,6 @@ def test_a_worker_with_a_sql_connector_loads_it(tmp_path: Path) -> None:
     with contextlib.closing(sqlite3.connect(database)) as db:
         db.execute("create table users (id text primary key, email text)")
 
-    imported = imported_by_a_worker(tmp_path, SQL_CONNECTOR.format(database=database))
+    imported = packages(imported_by_a_worker(tmp_path, SQL_CONNECTOR.format(database=database)))
 
     assert "sqlalchemy" in imported
