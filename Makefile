@@ -52,8 +52,10 @@ catalogs: install
 	$(BIN)/pybabel compile --statistics -D archive -d jobs/locale
 
 # Three pytest workers: much of the suite waits on processes, servers and deadlines.
+# worksteal: a worker that runs out takes queued tests from the busiest; tests marked
+# `slow` are collected first (tests/conftest.py), so none of them starts last.
 test: install services
-	$(BIN)/pytest -n 3 --dist load
+	$(BIN)/pytest -n 3 --dist worksteal
 
 bench: install services
 	$(BIN)/python benchmarks/run.py

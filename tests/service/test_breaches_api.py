@@ -206,6 +206,7 @@ async def test_bad_input_and_the_wrong_caller_are_refused_clearly(api: Api) -> N
     assert status == 404, problem
 
 
+@pytest.mark.slow
 async def test_the_command_line_records_updates_and_exports(api: Api, tmp_path: Path) -> None:
     env = {"HANDOVER_URL": api.base, "HANDOVER_TOKEN": api.token("admin-1", "admin")}
 

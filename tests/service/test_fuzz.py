@@ -18,6 +18,7 @@ import asyncio
 from typing import Any
 
 import hypothesis
+import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase
@@ -131,6 +132,7 @@ def _fuzz(
     return None
 
 
+@pytest.mark.slow
 async def test_every_operation_survives_fuzzing(api_factory: ApiFactory) -> None:
     crm = MemoryConnector("crm", records={"alice": {"contacts": [{"id": 1, "name": "Alice"}]}})
     api: Api = await api_factory({"crm": crm}, s3_bucket=None, rate_limit=0, subject_rate_limit=0)

@@ -31,6 +31,7 @@ async def purge(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[
     return await asyncio.to_thread(handover, "jobs", "purge", *args, env=env)
 
 
+@pytest.mark.slow
 async def test_purge_counts_with_dry_run_then_deletes_old_jobs_only(
     resources_factory: Callable[..., Any], redis: ArqRedis, s3_endpoint: str, bucket: str
 ) -> None:

@@ -264,6 +264,7 @@ def demo_rows(data_dir: Path) -> int:
         return count
 
 
+@pytest.mark.slow
 async def test_demo_reset_brings_the_demo_back_as_new(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     port = free_port()
