@@ -121,6 +121,14 @@ _IDENTIFIERS_DESCRIPTION = (
 )
 
 
+_SUBJECT_FIELD = Field(
+    None,
+    min_length=1,
+    max_length=256,
+    description="Whose data. A subject may only name themself (or omit it); "
+    "support and admin must name the subject.",
+    examples=["alice"],
+)
 _LOCALE_FIELD = Field(
     None,
     max_length=35,
@@ -135,14 +143,7 @@ _LOCALE_FIELD = Field(
 class ExportRequest(Strict):
     """Ask for a copy of everything held on a subject (GDPR Art. 15 and 20)."""
 
-    subject: str | None = Field(
-        None,
-        min_length=1,
-        max_length=256,
-        description="Whose data. A subject may only name themself (or omit it); "
-        "support and admin must name the subject.",
-        examples=["alice"],
-    )
+    subject: str | None = _SUBJECT_FIELD
     formats: list[Format] | None = Field(
         None,
         min_length=1,
@@ -263,14 +264,7 @@ class RestrictionRequest(ErasureRequest):
 class ObjectionRequest(Strict):
     """Object to processing for some purposes (GDPR Art. 21)."""
 
-    subject: str | None = Field(
-        None,
-        min_length=1,
-        max_length=256,
-        description="Whose data. A subject may only name themself (or omit it); "
-        "support and admin must name the subject.",
-        examples=["alice"],
-    )
+    subject: str | None = _SUBJECT_FIELD
     purposes: list[str] = Field(
         min_length=1,
         max_length=20,
@@ -315,14 +309,7 @@ class ChangeIn(Strict):
 class RectificationRequest(Strict):
     """Correct inaccurate personal data (GDPR Art. 16)."""
 
-    subject: str | None = Field(
-        None,
-        min_length=1,
-        max_length=256,
-        description="Whose data. A subject may only name themself (or omit it); "
-        "support and admin must name the subject.",
-        examples=["alice"],
-    )
+    subject: str | None = _SUBJECT_FIELD
     changes: list[ChangeIn] = Field(
         min_length=1,
         max_length=50,
