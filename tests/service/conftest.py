@@ -8,14 +8,19 @@ import io
 import zipfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import ClientSession, web
 from aiohttp.test_utils import TestServer
 from arq.connections import ArqRedis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from connectors.base import Connector
+from jobs.archive.signing import jwk_public_key
+from jobs.archive.verify import Verification, verify_receipt_file
 from jobs.resources import Resources
 from jobs.settings import Secret
 from jobs.worker import create_worker
@@ -46,6 +51,18 @@ class Api:
         """Headers with a subject token whose email claim is verified."""
         token = self.authority.issue(sub, ["subject"], 3600, email=email)
         return {"Authorization": f"Bearer {token}"}
+
+    async def published_keys(self) -> list[Ed25519PublicKey]:
+        """The signing keys ``GET /v1/keys`` publishes, as ``handover verify`` takes them."""
+        _, _, keyset = await self.request("GET", "/v1/keys", sub=None)
+        return [jwk_public_key(key) for key in keyset["keys"]]
+
+    async def verified(self, receipt: Mapping[str, Any], path: Path) -> Verification:
+        """``receipt`` written to ``path`` and checked with the published keys, as
+        ``handover verify`` checks a receipt file."""
+        keys = await self.published_keys()
+        await asyncio.to_thread(path.write_bytes, orjson.dumps(receipt))
+        return await asyncio.to_thread(verify_receipt_file, path, keys)
 
     async def archive(self, job_id: str, headers: dict[str, str]) -> zipfile.ZipFile:
         """The job's archive, downloaded the way its subject would."""

@@ -14,8 +14,6 @@ import pytest
 from connectors.items import Item, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector
-from jobs.archive.signing import jwk_public_key
-from jobs.archive.verify import verify_receipt_file
 from jobs.model import utcnow
 from jobs.queue import QUEUE_NAME
 from jobs.settings import RetentionConfig
@@ -143,14 +141,11 @@ async def test_erasure_waits_for_confirmation_then_erases_keeps_invoices_and_sig
     assert receipt["job"]["confirmed_at"]
     serialized = orjson.dumps(receipt)
     assert b"alice@example.com" not in serialized and b"closing my account" not in serialized
-    _, _, keyset = await api.request("GET", "/v1/keys", sub=None)
     path = tmp_path / "receipt.json"
-    path.write_bytes(serialized)
-    verified = verify_receipt_file(path, [jwk_public_key(k) for k in keyset["keys"]])
+    verified = await api.verified(receipt, path)
     assert verified.ok, verified.problems
     receipt["connectors"][0]["datasets"][0]["deleted"] += 1
-    path.write_bytes(orjson.dumps(receipt))
-    assert not verify_receipt_file(path, [jwk_public_key(k) for k in keyset["keys"]]).ok
+    assert not (await api.verified(receipt, path)).ok
 
     events = [
         e["type"]

@@ -19,8 +19,6 @@ from connectors.demo import demo_connector_configs, seed_demo_database
 from connectors.items import Subject
 from connectors.registry import build_connectors
 from connectors.testing import MemoryConnector
-from jobs.archive.signing import jwk_public_key
-from jobs.archive.verify import verify_receipt_file
 from jobs.settings import Secret
 from tests.jobs.test_webhooks import SECRET, Receiver
 from tests.mailserver import mail_server
@@ -66,10 +64,7 @@ async def receipt_of(api: Api, job_id: str, tmp_path: Path) -> dict[str, Any]:
     """The job's receipt, checked with the published keys as ``handover verify`` checks it."""
     status, _, receipt = await api.request("GET", f"/v1/jobs/{job_id}/receipt")
     assert status == 200, receipt
-    _, _, keyset = await api.request("GET", "/v1/keys", sub=None)
-    path = tmp_path / f"receipt-{job_id}.json"
-    path.write_bytes(orjson.dumps(receipt))
-    verified = verify_receipt_file(path, [jwk_public_key(k) for k in keyset["keys"]])
+    verified = await api.verified(receipt, tmp_path / f"receipt-{job_id}.json")
     assert verified.ok, verified.problems
     return receipt  # type: ignore[no-any-return]
 

@@ -19,8 +19,7 @@ from playwright.async_api import expect
 
 from connectors.byhand import NOT_ASKED_IN_DRY_RUN, EmailConnector, ManualConnector
 from connectors.testing import MemoryConnector
-from jobs.archive.signing import jwk_public_key
-from jobs.archive.verify import verify_archive, verify_receipt_file
+from jobs.archive.verify import verify_archive
 from jobs.handoff import Handoffs, ReplyLink, ReplyRefused, Statement
 from jobs.kinds import build_pipelines
 from jobs.model import utcnow
@@ -80,6 +79,14 @@ async def request_mail(inbox: Inbox, count: int = 1) -> Received:
     return found[count - 1]
 
 
+async def by_alice(api: Api, path: str, **body: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """``POST path`` by alice, signed in with her email address: her headers, and the job."""
+    headers = api.email_auth()
+    status, _, job = await api.request("POST", path, sub=None, headers=headers, json=body)
+    assert status == 202, job
+    return headers, job
+
+
 def token_in(mail: Received) -> str:
     found = re.search(r"https://handover\.platform\.example/reply/(\S+)", mail.text())
     assert found is not None, mail.text()
@@ -106,21 +113,12 @@ async def reply(
     return status, body
 
 
-async def keys(api: Api) -> list[Any]:
-    _, _, keyset = await api.request("GET", "/v1/keys", sub=None)
-    return [jwk_public_key(k) for k in keyset["keys"]]
-
-
 async def test_an_export_asks_the_processor_by_email_and_its_file_lands_in_the_archive(
     api_factory: ApiFactory,
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        headers = api.email_auth()
-        status, _, job = await api.request(
-            "POST", "/v1/exports", sub=None, headers=headers, json={}
-        )
-        assert status == 202, job
+        headers, job = await by_alice(api, "/v1/exports")
         waiting = await api.wait(job["id"], "running")
         mail = await request_mail(inbox)
         waiting = await eventually(
@@ -191,11 +189,7 @@ async def test_the_verified_archive_holds_the_processors_file(
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        headers = api.email_auth()
-        status, _, job = await api.request(
-            "POST", "/v1/exports", sub=None, headers=headers, json={}
-        )
-        assert status == 202, job
+        headers, job = await by_alice(api, "/v1/exports")
         token = token_in(await request_mail(inbox))
         await _waiting(api, job["id"])
         status, body = await reply(api, token, {"by": "Jane"}, [("payslip.pdf", PAYSLIP)])
@@ -208,7 +202,7 @@ async def test_the_verified_archive_holds_the_processors_file(
             data = await response.read()
         path = tmp_path / "export.zip"
         path.write_bytes(data)
-        result = verify_archive(path, await keys(api))
+        result = verify_archive(path, await api.published_keys())
         assert result.ok, result.problems
         assert zipfile.ZipFile(path).read("payroll/files/payslip.pdf") == PAYSLIP
 
@@ -218,11 +212,7 @@ async def test_an_erasure_completes_with_the_processors_statement_in_the_signed_
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        headers = api.email_auth()
-        status, _, job = await api.request(
-            "POST", "/v1/erasures", sub=None, headers=headers, json={}
-        )
-        assert status == 202, job
+        headers, job = await by_alice(api, "/v1/erasures")
         status, _, _ = await api.request(
             "POST", f"/v1/jobs/{job['id']}/confirm", sub=None, headers=headers
         )
@@ -266,9 +256,7 @@ async def test_an_erasure_completes_with_the_processors_statement_in_the_signed_
         assert kept["retained"] == 12 and kept["legal_basis"] == "tax law: 10 years"
         erased = next(d for d in payroll["datasets"] if d["dataset"] == "contact details")
         assert erased["deleted"] == 1
-        path = tmp_path / "receipt.json"
-        path.write_bytes(orjson.dumps(receipt))
-        assert verify_receipt_file(path, await keys(api)).ok
+        assert (await api.verified(receipt, tmp_path / "receipt.json")).ok
 
 
 async def test_reminders_then_escalation_to_support_when_the_processor_is_late(
@@ -276,10 +264,7 @@ async def test_reminders_then_escalation_to_support_when_the_processor_is_late(
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        status, _, job = await api.request(
-            "POST", "/v1/exports", sub=None, headers=api.email_auth(), json={}
-        )
-        assert status == 202
+        _, job = await by_alice(api, "/v1/exports")
         first = await request_mail(inbox)
         waiting = await _waiting(api, job["id"])
         # The wait counts towards the job's deadline: near it, the job is at risk.
@@ -321,11 +306,7 @@ async def test_bad_replies_are_refused_saying_why_and_keep_nothing(
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port, reply_max_bytes=1000)
-        headers = api.email_auth()
-        status, _, job = await api.request(
-            "POST", "/v1/exports", sub=None, headers=headers, json={}
-        )
-        assert status == 202
+        _, job = await by_alice(api, "/v1/exports")
         token = token_in(await request_mail(inbox))
         await _waiting(api, job["id"])
 
@@ -392,11 +373,7 @@ async def test_the_processors_person_replies_on_the_page_in_a_browser(
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        headers = api.email_auth()
-        status, _, job = await api.request(
-            "POST", "/v1/erasures", sub=None, headers=headers, json={}
-        )
-        assert status == 202, job
+        headers, job = await by_alice(api, "/v1/erasures")
         status, _, _ = await api.request(
             "POST", f"/v1/jobs/{job['id']}/confirm", sub=None, headers=headers
         )
@@ -486,9 +463,7 @@ async def test_a_manual_task_overdue_is_escalated_to_support_and_its_restriction
         entry = next(c for c in receipt["connectors"] if c["connector"] == "archive-room")
         assert entry["supported"] is True and entry["restricted"] == {"paper files": 3}
         assert entry["statement"]["given_by"] == "records office"
-        path = tmp_path / "receipt.json"
-        path.write_bytes(orjson.dumps(receipt))
-        assert verify_receipt_file(path, await keys(api)).ok
+        assert (await api.verified(receipt, tmp_path / "receipt.json")).ok
 
 
 async def test_an_objection_is_asked_by_purpose_and_answered_purpose_by_purpose(
@@ -543,9 +518,7 @@ async def test_an_objection_is_asked_by_purpose_and_answered_purpose_by_purpose(
             {"what": "direct_marketing", "outcome": "stopped", "records": 2}
         ]
         assert entry["purposes"][0]["verified"] is None
-        path = tmp_path / "receipt.json"
-        path.write_bytes(orjson.dumps(receipt))
-        assert verify_receipt_file(path, await keys(api)).ok
+        assert (await api.verified(receipt, tmp_path / "receipt.json")).ok
 
 
 async def test_an_overlapping_reply_refused_keeps_the_accepted_replys_files(
@@ -553,11 +526,7 @@ async def test_an_overlapping_reply_refused_keeps_the_accepted_replys_files(
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        headers = api.email_auth()
-        status, _, job = await api.request(
-            "POST", "/v1/exports", sub=None, headers=headers, json={}
-        )
-        assert status == 202, job
+        headers, job = await by_alice(api, "/v1/exports")
         token = token_in(await request_mail(inbox))
         await _waiting(api, job["id"])
         # A second reply through the same link is streaming its file (it passed the
@@ -589,11 +558,7 @@ async def test_a_dry_run_erasure_receipt_says_the_processor_was_not_asked(
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        headers = api.email_auth()
-        status, _, job = await api.request(
-            "POST", "/v1/erasures", sub=None, headers=headers, json={"dry_run": True}
-        )
-        assert status == 202, job
+        headers, job = await by_alice(api, "/v1/erasures", dry_run=True)
         done = await api.wait(job["id"])
         assert done["status"] == "succeeded", done
         assert done["connectors"]["payroll"]["status"] == "not_asked"
@@ -605,9 +570,7 @@ async def test_a_dry_run_erasure_receipt_says_the_processor_was_not_asked(
         assert payroll["asked"] is False
         assert payroll["not_asked_reason"] == NOT_ASKED_IN_DRY_RUN
         assert requests_to(inbox, "privacy@payroll.example") == []
-        path = tmp_path / "receipt.json"
-        path.write_bytes(orjson.dumps(receipt))
-        assert verify_receipt_file(path, await keys(api)).ok
+        assert (await api.verified(receipt, tmp_path / "receipt.json")).ok
 
 
 async def test_asking_the_subject_for_information_keeps_the_processors_request_open(
@@ -615,11 +578,7 @@ async def test_asking_the_subject_for_information_keeps_the_processors_request_o
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        headers = api.email_auth()
-        status, _, job = await api.request(
-            "POST", "/v1/exports", sub=None, headers=headers, json={}
-        )
-        assert status == 202, job
+        headers, job = await by_alice(api, "/v1/exports")
         token = token_in(await request_mail(inbox))
         before = await _waiting(api, job["id"])
         status, _, asked = await api.request(
@@ -653,11 +612,7 @@ async def test_an_erasure_statement_takes_only_an_erasures_outcomes_and_dates_in
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        headers = api.email_auth()
-        status, _, job = await api.request(
-            "POST", "/v1/erasures", sub=None, headers=headers, json={}
-        )
-        assert status == 202, job
+        headers, job = await by_alice(api, "/v1/erasures")
         status, _, _ = await api.request(
             "POST", f"/v1/jobs/{job['id']}/confirm", sub=None, headers=headers
         )
