@@ -308,12 +308,7 @@ async def test_a_second_export_while_one_is_under_way_leads_to_the_first(
 ) -> None:
     slow = GatedConnector("crm", records={"alice": {"contacts": [{"id": "alice"}]}})
     slow.gate.clear()
-    api = await api_factory(
-        {"crm": slow},
-        oidc_issuer=provider.issuer,
-        oidc_client_id=CLIENT_ID,
-        oidc_client_secret=Secret(CLIENT_SECRET),
-    )
+    api = await privacy_api(api_factory, provider, {"crm": slow})
     browser = browser_factory(api)
     await browser.sign_in()
     csrf = await browser.csrf("/privacy/export")
@@ -472,12 +467,7 @@ async def test_a_subject_objects_to_direct_marketing_and_it_stops_at_once(
         records={"alice": {"contacts": [{"id": "alice"}]}},
         objection_purposes=["direct_marketing"],
     )
-    api = await api_factory(
-        {"crm": crm},
-        oidc_issuer=provider.issuer,
-        oidc_client_id=CLIENT_ID,
-        oidc_client_secret=Secret(CLIENT_SECRET),
-    )
+    api = await privacy_api(api_factory, provider, {"crm": crm})
     browser = browser_factory(api)
     await browser.sign_in()
     _, form = await browser.go("/privacy/object")
@@ -505,12 +495,7 @@ async def test_a_subject_corrects_a_field_the_processor_declares_rectifiable(
         records={"alice": {"contacts": [{"id": "alice", "name": "Alice", "age": 30}]}},
         rectifiable={"contacts.name": "text", "contacts.age": "integer"},
     )
-    api = await api_factory(
-        {"crm": crm},
-        oidc_issuer=provider.issuer,
-        oidc_client_id=CLIENT_ID,
-        oidc_client_secret=Secret(CLIENT_SECRET),
-    )
+    api = await privacy_api(api_factory, provider, {"crm": crm})
     browser = browser_factory(api)
     await browser.sign_in()
     _, form = await browser.go("/privacy/rectify")

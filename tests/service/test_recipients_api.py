@@ -71,6 +71,22 @@ async def settled_receipt(api: Api, job_id: str, tmp_path: Path) -> dict[str, An
     )
 
 
+async def renamed(api: Api) -> dict[str, Any]:
+    """Alice's name corrected to "A. Dupont" at crm, at her request: the succeeded job."""
+    change = {"connector": "crm", "dataset": "contacts", "field": "name", "value": "A. Dupont"}
+    status, _, job = await api.request(
+        "POST",
+        "/v1/rectifications",
+        sub=None,
+        headers=api.email_auth(),
+        json={"changes": [change], "reason": "I married"},
+    )
+    assert status == 202, job
+    done = await api.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    return done
+
+
 async def timeline(api: Api, job_id: str) -> list[dict[str, Any]]:
     status, _, body = await api.request("GET", f"/v1/jobs/{job_id}/events", roles=("admin",))
     assert status == 200, body
@@ -82,16 +98,7 @@ async def test_a_rectification_is_told_to_each_recipient_and_the_receipt_says_ho
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        change = {"connector": "crm", "dataset": "contacts", "field": "name", "value": "A. Dupont"}
-        status, _, job = await api.request(
-            "POST",
-            "/v1/rectifications",
-            sub=None,
-            headers=api.email_auth(),
-            json={"changes": [change], "reason": "I married"},
-        )
-        assert status == 202, job
-        assert (await api.wait(job["id"]))["status"] == "succeeded"
+        job = await renamed(api)
 
         mail = await mail_to(inbox, "privacy@insurer.example")
         words = mail.words()
@@ -122,16 +129,7 @@ async def test_what_a_job_says_of_its_recipients_holds_whatever_is_configured_la
 ) -> None:
     with mail_server() as (inbox, port):
         api = await start(api_factory, port)
-        change = {"connector": "crm", "dataset": "contacts", "field": "name", "value": "A. Dupont"}
-        status, _, job = await api.request(
-            "POST",
-            "/v1/rectifications",
-            sub=None,
-            headers=api.email_auth(),
-            json={"changes": [change], "reason": "I married"},
-        )
-        assert status == 202, job
-        assert (await api.wait(job["id"]))["status"] == "succeeded"
+        job = await renamed(api)
         await mail_to(inbox, "privacy@insurer.example")
         receipt = await settled_receipt(api, job["id"], tmp_path)
     bank = RecipientConfig("bank", "privacy@bank.example", "The bank", ("email",))
