@@ -31,6 +31,7 @@ import jinja2
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from jobs.archive.formats import csv_cell
 from jobs.archive.receipt import canonical
 from jobs.archive.signing import SignatureError, Signer, refuse_repeated_keys, verify
 from jobs.model import iso
@@ -184,14 +185,9 @@ def register_csv(breaches: Iterable[Breach], now: datetime) -> str:
 
 
 def csv_cells(*values: object) -> list[str]:
-    """Cells as text; one a spreadsheet would run as a formula is quoted with ``'``."""
-    cells = []
-    for value in values:
-        text = "" if value is None else str(value)
-        if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-            text = "'" + text
-        cells.append(text)
-    return cells
+    """Cells as text, each neutralised by the archive's own rule (:func:`csv_cell`): one a
+    spreadsheet would run as a formula gets a ``'`` in front."""
+    return [csv_cell(value) for value in values]
 
 
 __all__ = ["FORMAT", "build_report", "csv_cells", "register_csv", "render_html", "verify_report"]

@@ -47,6 +47,11 @@ MAX_TRIES = 10
 
 #: Cloud metadata services by name (their addresses are link-local, refused anyway).
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata", "instance-data"})
+#: Cloud metadata services outside link-local, each by its one address: AWS's over IPv6,
+#: and Alibaba Cloud's (inside 100.64.0.0/10, carrier-grade NAT, which real networks use).
+METADATA_ADDRESSES = frozenset(
+    {ipaddress.ip_address("fd00:ec2::254"), ipaddress.ip_address("100.100.100.200")}
+)
 
 
 class DeliveryFailed(Exception):
@@ -70,14 +75,15 @@ def shown(url: str) -> str:
 
 def forbidden_address(address: str) -> bool:
     """Whether a webhook may not reach ``address``: link-local (cloud metadata lives
-    there), unspecified or multicast, IPv4 mapped into IPv6 included."""
+    there), a cloud metadata address elsewhere (:data:`METADATA_ADDRESSES`), unspecified
+    or multicast, IPv4 mapped into IPv6 included."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return False
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         ip = ip.ipv4_mapped
-    return ip.is_link_local or ip.is_unspecified or ip.is_multicast
+    return ip in METADATA_ADDRESSES or ip.is_link_local or ip.is_unspecified or ip.is_multicast
 
 
 def target_problem(url: str) -> str | None:

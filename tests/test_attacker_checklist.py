@@ -40,6 +40,8 @@ from tests.connectors.processor_servers import (
     ListingPage,
     serve,
 )
+from tests.jobs.test_webhooks import SECRET as WEBHOOK_SECRET
+from tests.jobs.test_webhooks import Receiver, receiver  # noqa: F401 (a fixture)
 from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory, api_factory  # noqa: F401 (a fixture)
 from tests.service.test_api import crm, download_archive
@@ -108,6 +110,33 @@ def test_r2_02_a_configured_name_cannot_put_a_file_outside_the_archive(tmp_path:
     # And whatever the caller, the ZIP writer refuses such a name rather than write it.
     with pytest.raises(ValueError, match="it has a .. segment"):
         ZipWriter(utcnow()).member_header("tickets/../../../../x.json", 0, 0, 0)
+
+
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("a\x00alice@example.com.png", "it holds a NUL"),
+        ("../alice@example.com/x", "it leads out of the connector's files/ folder"),
+    ],
+)
+async def test_r2_02_a_processors_unsafe_file_path_fails_its_export_naming_no_one(
+    api_factory: ApiFactory,  # noqa: F811
+    path: str,
+    problem: str,
+) -> None:
+    """A file path the ZIP writer would refuse fails the connector at staging, so the job
+    ends (never stuck running); the path, which may name the subject, reaches admins only."""
+    uploads = MemoryConnector("crm", files={"alice": {path: b"\x89PNG"}})
+    api = await api_factory({"crm": uploads})
+    job = await api.export()
+    await api.wait(job["id"], "failed")
+    seen = await api.job(job["id"], sub="support-1", roles=("support",))
+    assert (
+        seen["connectors"]["crm"]["error"] == f"connector 'crm' gave an unsafe file path: {problem}"
+    )
+    assert "alice@example.com" not in json.dumps(seen)
+    admin_seen = await api.job(job["id"], sub="admin-1", roles=("admin",))
+    assert admin_seen["connectors"]["crm"]["error_detail"] == f"file path {path!r}"
 
 
 @pytest.fixture
@@ -221,13 +250,14 @@ async def failed_export(
     api_factory: ApiFactory,  # noqa: F811
     fake: FakeTicketsApi,
     url: str,
+    **overrides: Any,
 ) -> tuple[str, dict[str, Any], dict[str, Any]]:
     """An export of alice's data that fails at the helpdesk: its error, and the job as
     support staff and as an admin see it."""
     connector = helpdesk(url)
     await connector.open()
     try:
-        api = await api_factory({"tickets": connector})
+        api = await api_factory({"tickets": connector}, **overrides)
         job = await api.export()
         await api.wait(job["id"], "failed")
         seen = await api.job(job["id"], sub="support-1", roles=("support",))
@@ -265,6 +295,37 @@ async def test_processor_r2_04_an_error_answer_reaches_no_staff_member(
     assert "error_detail" not in seen["connectors"]["tickets"]
     # An admin sees what the processor said, to find out what went wrong.
     assert "DE89370400440532013000" in admin_seen["connectors"]["tickets"]["error_detail"]
+
+
+async def test_processor_r2_04_an_error_answer_reaches_no_webhook(
+    api_factory: ApiFactory,  # noqa: F811
+    receiver: tuple[Receiver, str],  # noqa: F811
+) -> None:
+    fake = hostile_helpdesk()
+    leak = {
+        "error": "no tickets for alice@example.com",
+        "iban": "DE89370400440532013000",
+        "note": "<img src=x onerror=alert(1)>",
+    }
+    fake.fail_next(422, body=leak)
+    platform, hook = receiver
+    async with serve(fake) as url:
+        _, seen, _ = await failed_export(
+            api_factory, fake, url, webhook_urls=(hook,), webhook_secret=Secret(WEBHOOK_SECRET)
+        )
+        notices = await eventually(
+            lambda: list(platform.received),
+            until=lambda received: any(n["type"] == "job.failed" for n in received),
+            timeout=30,
+            what="the job.failed webhook",
+        )
+
+    assert seen["status"] == "failed" and platform.bad_signatures == 0
+    [failed] = [n for n in notices if n["type"] == "job.failed"]
+    assert failed["job"]["error"].endswith("(GET /users/{id}/tickets): HTTP 422")
+    sent = json.dumps(notices)
+    for personal in ("alice@example.com", "DE89370400440532013000", "onerror", "no tickets"):
+        assert personal not in sent
 
 
 async def test_processor_a_huge_answer_is_refused_unread(
@@ -492,6 +553,15 @@ async def test_r2_05_a_canceled_export_keeps_no_archive_password(
     assert (await api.resources.store.get(job["id"])).archive_password is not None
     status, _, canceled = await api.request("POST", f"/v1/jobs/{job['id']}/cancel")
     assert status == 200 and canceled["status"] == "canceled"
+    assert (await api.resources.store.get(job["id"])).archive_password is None
+
+
+async def test_r2_05_a_failed_export_keeps_no_archive_password(
+    api_factory: ApiFactory,  # noqa: F811
+) -> None:
+    api = await api_factory({"crm": MemoryConnector("crm", fail="the CRM is gone")})
+    job = await api.export(password="correct horse battery staple")
+    await api.wait(job["id"], "failed")
     assert (await api.resources.store.get(job["id"])).archive_password is None
 
 

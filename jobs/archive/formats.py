@@ -127,11 +127,13 @@ def _text(value: Any) -> str:
     return encoded.decode()
 
 
-def _cell(value: Any) -> str:
-    """A cell's text, neutralised against formula injection (see the module doc).
+def csv_cell(value: Any) -> str:
+    """A cell's text, neutralised against formula injection (see the module doc): Handover's
+    one prefix rule for every CSV it writes.
 
     Text is itself, ``None`` an empty cell, anything else its JSON text; a cell that a
-    spreadsheet would run as a formula gets a ``'`` in front (and quotes, from :class:`_Rows`).
+    spreadsheet would run as a formula gets a ``'`` in front (an export's CSV also quotes
+    it, through :class:`_Rows`).
     A number's text is a numeric literal (a float that is not finite is ``null``), so it
     is left as it is.
     """
@@ -164,7 +166,7 @@ class _Rows:
         self._writer = csv.writer(self._out, lineterminator="\r\n")
 
     def add(self, cells: list[str]) -> None:
-        """One row of :func:`_cell` texts."""
+        """One row of :func:`csv_cell` texts."""
         if "'" in "".join(cells):
             self._out.write(",".join(map(_quoted, cells)) + "\r\n")
         else:
@@ -189,7 +191,7 @@ class CsvRenderer(Renderer):
         if self.count == 0:
             if not self.fields:
                 self.fields = tuple(records[0])
-            rows.add([_cell(name) for name in self.fields])
+            rows.add([csv_cell(name) for name in self.fields])
         allowed = set(self.fields)
         for record in records:
             extra = record.keys() - allowed
@@ -198,7 +200,7 @@ class CsvRenderer(Renderer):
                     f"dataset {self.dataset!r}: field(s) {', '.join(sorted(map(str, extra)))} "
                     "are not among its columns; declare them in the dataset's fields"
                 )
-            rows.add([_cell(record.get(name)) for name in self.fields])
+            rows.add([csv_cell(record.get(name)) for name in self.fields])
         self.count += len(records)
         return rows.encoded()
 

@@ -43,6 +43,7 @@ from connectors.errors import PermanentError
 from connectors.items import Dataset, Record
 from jobs.archive.formats import RENDERERS, Renderer
 from jobs.archive.preview import Gatherer
+from jobs.archive.zipwriter import unsafe_name
 from jobs.model import StagedPart
 
 CHUNK_SIZE = 1 << 20
@@ -127,7 +128,10 @@ class Stager:
 
     def _open(self, path: str, dataset: Dataset, fmt: str) -> _Stream:
         if path in self._streams:
-            raise PermanentError(f"connector {self.connector!r} produced {path!r} twice")
+            raise PermanentError(
+                f"connector {self.connector!r} produced one file path twice",
+                detail=f"archive path {path!r}",
+            )
         part = StagedPart(
             path=path,
             connector=self.connector,
@@ -212,9 +216,21 @@ class Stager:
     def open_file(self, path: str, dataset: str) -> str:
         """Start a binary file; returns its archive path for :meth:`add_file_data`."""
         clean = posixpath.normpath(path.replace("\\", "/")).lstrip("/")
-        if not clean or clean == "." or clean.startswith("../") or clean == "..":
-            raise PermanentError(f"connector {self.connector!r} gave a bad file path {path!r}")
         archive_path = f"{self.connector}/files/{clean}"
+        problem: str | None
+        if clean in {"", "."}:
+            problem = "it names no file"
+        elif clean == ".." or clean.startswith("../"):
+            problem = "it leads out of the connector's files/ folder"
+        else:
+            problem = unsafe_name(archive_path)
+        if problem is not None:
+            # The path is the processor's (an object key, a file name): it may name the
+            # subject, so it goes to admins only.
+            raise PermanentError(
+                f"connector {self.connector!r} gave an unsafe file path: {problem}",
+                detail=f"file path {path!r}",
+            )
         self._open(archive_path, self._dataset(dataset), "binary")
         return archive_path
 

@@ -289,10 +289,28 @@ def test_file_paths_are_normalised(
     assert stager_factory().open_file(given, "uploads") == archive_path
 
 
-@pytest.mark.parametrize("path", ["../x", "/", "", ".", "..", "a/../../x", "..\\x"])
-def test_bad_file_path_is_refused(stager_factory: Callable[..., Stager], path: str) -> None:
-    with pytest.raises(PermanentError, match="bad file path"):
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("../x", "it leads out of the connector's files/ folder"),
+        ("..", "it leads out of the connector's files/ folder"),
+        ("a/../../x", "it leads out of the connector's files/ folder"),
+        ("..\\x", "it leads out of the connector's files/ folder"),
+        ("/", "it names no file"),
+        ("", "it names no file"),
+        (".", "it names no file"),
+        ("a\x00.png", "it holds a NUL"),
+        ("a\ud800.png", "it is not valid Unicode"),
+        ("a" * 70_000, "it is longer than 65535 bytes"),
+    ],
+)
+def test_unsafe_file_path_is_refused_naming_it_to_admins_only(
+    stager_factory: Callable[..., Stager], path: str, problem: str
+) -> None:
+    with pytest.raises(PermanentError) as refused:
         stager_factory().open_file(path, "uploads")
+    assert str(refused.value) == f"connector 'shop' gave an unsafe file path: {problem}"
+    assert refused.value.detail is not None and refused.value.detail.startswith("file path ")
 
 
 def test_undeclared_dataset_of_records_is_refused(stager_factory: Callable[..., Stager]) -> None:
@@ -312,8 +330,9 @@ def test_same_file_path_twice_is_refused(
     stager = stager_factory()
     stager.open_file("a.bin", "uploads")
 
-    with pytest.raises(PermanentError, match="produced 'shop/files/a.bin' twice"):
+    with pytest.raises(PermanentError, match="produced one file path twice") as refused:
         stager.open_file(second, "uploads")
+    assert refused.value.detail == "archive path 'shop/files/a.bin'"
 
 
 async def test_the_staging_thread_stages_what_the_stager_alone_does(

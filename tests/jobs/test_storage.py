@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import itertools
 import random
 import urllib.request
@@ -10,13 +11,15 @@ import zlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import boto3
 import pytest
+from botocore.auth import S3SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
 
 from jobs.storage import s3
 from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectStore, StorageError
@@ -327,6 +330,57 @@ async def test_s3_download_url_serves_an_attachment(s3_store: S3Store) -> None:
         disposition = response.headers["Content-Disposition"]
     assert body == data
     assert disposition.startswith("attachment")
+
+
+def signature_holds(store: S3Store, method: str, url: str) -> bool:
+    """Whether ``url``'s SigV4 query signature signs ``method`` on exactly that URL, as S3
+    checks it: recomputed by botocore with the store's credentials and the link's own date.
+
+    moto's server serves a presigned link without checking its signature or its expiry
+    (moto 5: only an ``Authorization`` header is ever verified, and only with
+    ``INITIAL_NO_AUTH_ACTION_COUNT`` set), so a request to it cannot tell a forged link."""
+    parts = urlsplit(url)
+    pairs = [pair.partition("=") for pair in parts.query.split("&")]
+    given = {key: value for key, _, value in pairs}
+    unsigned = "&".join(f"{k}={v}" for k, _, v in pairs if k != "X-Amz-Signature")
+    request = AWSRequest(method=method, url=urlunsplit(parts._replace(query=unsigned)))
+    request.context["timestamp"] = given["X-Amz-Date"]
+    credentials = boto3.session.Session().get_credentials()  # the tests' own, as the store's
+    assert credentials is not None
+    signer = S3SigV4QueryAuth(
+        credentials.get_frozen_credentials(), "s3", store.client.meta.region_name
+    )
+    wanted = signer.signature(
+        signer.string_to_sign(request, signer.canonical_request(request)), request
+    )
+    return hmac.compare_digest(wanted, given.get("X-Amz-Signature", ""))
+
+
+async def test_s3_download_url_signs_its_method_key_disposition_and_expiry(
+    s3_store: S3Store,
+) -> None:
+    await s3_store.put("archives/alice.zip", b"alice's data")
+    await s3_store.put("archives/bob.zip", b"bob's data")
+    url = await s3_store.download_url(
+        "archives/alice.zip", ttl=timedelta(minutes=5), filename="handover-export-01H.zip"
+    )
+    assert signature_holds(s3_store, "GET", url)
+
+    # Used for another method, another object, another disposition, or for longer: refused.
+    assert not signature_holds(s3_store, "PUT", url)
+    assert not signature_holds(s3_store, "DELETE", url)
+    assert not signature_holds(s3_store, "GET", url.replace("/alice.zip?", "/bob.zip?"))
+    inline = url.replace(
+        "response-content-disposition=attachment", "response-content-disposition=inline"
+    )
+    assert inline != url and not signature_holds(s3_store, "GET", inline)
+    longer = url.replace("X-Amz-Expires=300", "X-Amz-Expires=604800")
+    assert longer != url and not signature_holds(s3_store, "GET", longer)
+    # The expiry it signs is the TTL asked, counted from when it was made.
+    query = parse_qs(urlsplit(url).query)
+    made = datetime.strptime(query["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    assert abs(made - datetime.now(UTC)) < timedelta(minutes=1)
+    assert query["X-Amz-Expires"] == ["300"]
 
 
 async def test_s3_check(s3_store: S3Store, s3_endpoint: str) -> None:

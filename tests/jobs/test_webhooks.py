@@ -3,6 +3,7 @@ nowhere else: never a link-local or metadata address, never through a redirect."
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -26,6 +27,7 @@ from jobs.webhooks import (
     DeliveryFailed,
     GuardedResolver,
     Sender,
+    forbidden_address,
     sign,
     verify,
 )
@@ -224,6 +226,9 @@ async def test_a_token_in_a_webhook_url_stays_out_of_the_queue_and_the_logs(
         "http://[::ffff:169.254.169.254]/hooks",
         "http://metadata.google.internal/computeMetadata/v1/",
         "http://0.0.0.0/hooks",
+        "http://[fd00:ec2::254]/latest/meta-data/",
+        "http://100.100.100.200/latest/meta-data/",
+        "http://[::ffff:100.100.100.200]/latest/meta-data/",
     ],
 )
 def test_webhooks_to_link_local_or_metadata_addresses_stop_start_up(url: str) -> None:
@@ -234,11 +239,23 @@ def test_webhooks_to_link_local_or_metadata_addresses_stop_start_up(url: str) ->
     assert allowed.webhook_urls == (url,)
 
 
-async def test_a_name_resolving_to_a_link_local_address_is_refused_at_delivery() -> None:
+@pytest.mark.parametrize(
+    ("address", "family"),
+    [
+        ("169.254.169.254", socket.AF_INET),
+        ("100.100.100.200", socket.AF_INET),
+        ("fd00:ec2::254", socket.AF_INET6),
+    ],
+)
+async def test_a_name_resolving_to_a_link_local_or_metadata_address_is_refused_at_delivery(
+    address: str, family: socket.AddressFamily
+) -> None:
     resolver = GuardedResolver()
     with pytest.raises(OSError, match="resolves only to link-local"):
-        await resolver.resolve("169.254.169.254", 80)
+        await resolver.resolve(address, 80, family)
     assert [r["host"] for r in await resolver.resolve("127.0.0.1", 80)] == ["127.0.0.1"]
+    # Only the metadata address: its neighbours are ordinary (carrier-grade NAT, ULA) hosts.
+    assert not forbidden_address("100.100.100.201") and not forbidden_address("fd00:ec2::253")
     await resolver.close()
 
 
