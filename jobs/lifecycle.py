@@ -23,10 +23,12 @@ supervisory authority and to a judicial remedy), 12(5) (manifestly unfounded or
 excessive requests), 12(6) (information to confirm identity); EDPB Guidelines
 01/2022 on the right of access, which read the month by Regulation (EEC, Euratom)
 No 1182/71 and let the period start once the information asked for to identify
-the subject is received; UK GDPR Art. 12 and the ICO's guidance (the same
-computation); CCPA/CPRA, Cal. Civ. Code § 1798.130(a)(2) and 11 CCR § 7021
-(acknowledge within 10 business days, answer within 45 calendar days, extendable
-once by 45 with notice); LGPD Art. 19 II (a complete answer within 15 days).
+the subject is received (Handover applies the stricter reading below: the period
+is suspended while the request waits, not restarted); UK GDPR Art. 12 and the
+ICO's guidance (the same computation); CCPA/CPRA, Cal. Civ. Code
+§ 1798.130(a)(2) and 11 CCR § 7021 (acknowledge within 10 business days, answer
+within 45 calendar days, extendable once by 45 with notice); LGPD Art. 19 II (a
+complete answer within 15 days).
 
 How a due date is computed (:meth:`Jurisdiction.due_at`), in the controller's time
 zone (``HANDOVER_TIME_ZONE``): the day of receipt does not count; a period of
@@ -38,7 +40,12 @@ Saturday, Sunday or public holiday ends at the end of the next working day. It
 ends at the end of that day (23:59:59.999 local time), returned in UTC. An
 extension lengthens the period counted from receipt (GDPR: three months in all).
 Time the clock was paused waiting for the subject's information moves the start
-of the period by as much.
+of the period by as much (the pauses' lengths added up): the period is suspended
+while the request waits and runs on from where it stood, it does not start again
+when the answer comes. That is the cautious reading: the wait is never longer than
+the time from receipt to the answer, so the due date is never later than a period
+started afresh on the answer would give, and the days that ran before the question
+stay spent.
 
 Holidays: a profile's ``calendar`` (``BE``, Belgium's ten statutory public
 holidays, computed for any year; or ``none``) plus its ``holidays``, a list of
@@ -211,7 +218,11 @@ class Jurisdiction:
         extended: int = 0,
         paused: timedelta = timedelta(0),
     ) -> datetime:
-        """When the answer is due: the period, plus ``extended`` (in the extension's unit)."""
+        """When the answer is due: the period, plus ``extended`` (in the extension's unit).
+
+        ``paused``, the time the clock stood still, moves the start of the period by as
+        much: a suspension, not a restart (see the module docstring).
+        """
         period = Span(self.period.count + extended, self.period.unit)
         return self.ends(received + paused, period, zone, roll=self.next_working_day)
 

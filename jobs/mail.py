@@ -19,7 +19,9 @@ Handover's own words with the reply code, never the server's text, which often
 quotes the recipient's address.
 
 Embedded mode files each message in a maildir (:func:`file_in_maildir`), which the
-support dashboard lists (:func:`read_maildir`).
+support dashboard lists (:func:`read_maildir`); a purged job's messages are found by
+their ``X-Handover-Job`` header (:func:`maildir_keys_by_job`) and removed
+(:func:`remove_from_maildir`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import re
 import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
-from email.parser import BytesParser
+from email.parser import BytesHeaderParser, BytesParser
 from email.utils import parseaddr, parsedate_to_datetime
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -246,6 +248,38 @@ def read_maildir(path: Path, limit: int = 200) -> list[StoredMail]:
     return found[:limit]
 
 
+def maildir_keys_by_job(path: Path) -> dict[str, list[str]]:
+    """The keys of the messages in the maildir at ``path``, by the job their
+    ``X-Handover-Job`` header names (messages without one left out)."""
+    if not path.is_dir():
+        return {}
+    box = mailbox.Maildir(path, create=False)
+    parser = BytesHeaderParser(policy=email.policy.default)
+    found: dict[str, list[str]] = {}
+    for key in box.iterkeys():
+        try:
+            headers = parser.parsebytes(box.get_bytes(key))
+        except (KeyError, FileNotFoundError):  # removed since it was listed
+            continue
+        job = headers["X-Handover-Job"]
+        if job is not None:
+            found.setdefault(str(job), []).append(key)
+    return found
+
+
+def remove_from_maildir(path: Path, keys: list[str]) -> int:
+    """Remove the messages ``keys`` from the maildir at ``path``; how many were there."""
+    box = mailbox.Maildir(path, create=False)
+    removed = 0
+    for key in keys:
+        try:
+            box.remove(key)
+        except (KeyError, FileNotFoundError):  # removed already
+            continue
+        removed += 1
+    return removed
+
+
 def _header(message: EmailMessage, name: str) -> str | None:
     value = message[name]
     return str(value) if value is not None else None
@@ -266,7 +300,9 @@ __all__ = [
     "StoredMail",
     "file_in_maildir",
     "mail_address",
+    "maildir_keys_by_job",
     "read_maildir",
+    "remove_from_maildir",
     "send_smtp",
     "smtp_target",
     "usable_address",

@@ -21,6 +21,13 @@ limitation): :meth:`Records.purge_finished_jobs` deletes every job that ended mo
   archive has normally expired already; a failed job's staged parts have not). When
   storage fails, the run goes on without it and says how many jobs' objects it left:
   :mod:`jobs.reconcile` deletes them, since they now belong to no job.
+- In embedded mode, the messages filed for it in the maildir
+  (:func:`jobs.notices.maildir_path`: notices to the subject, messages to recipients and
+  processors), found by their ``X-Handover-Job`` header: they hold addresses, the job's
+  id and what staff wrote. The maildir is read once a run, at the first job purged, and a
+  job's messages removed right after its transaction. When the maildir fails, the run
+  goes on without it and says how many jobs' messages it left (the audit log's
+  ``job.purged`` entries name the jobs).
 
 What stays: the hash-chained audit log, which names jobs by id and subjects by keyed
 pseudonym only, and gets a ``job.purged`` entry per job in the transaction that purges
@@ -39,13 +46,16 @@ run finds nothing more to do. The log says counts, never ids.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import mailbox
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 from arq.constants import abort_jobs_ss
@@ -53,8 +63,10 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from jobs.audit import AuditLog
+from jobs.mail import maildir_keys_by_job, remove_from_maildir
 from jobs.metrics import Metrics
 from jobs.model import Job, JobStatus, utcnow
+from jobs.notices import maildir_path
 from jobs.pipeline import resolve_task_id, run_task_id
 from jobs.recipients import recipient_keys
 from jobs.reconcile import AREAS
@@ -101,6 +113,12 @@ class Purge:
     #: run does not ask it again), and the failure.
     objects_left: int = 0
     storage_error: str = ""
+    #: Whether notices are filed in a maildir (embedded mode), whose messages go too.
+    maildir: bool = False
+    messages: int = 0
+    #: Jobs purged whose messages the maildir could not remove, and the failure.
+    messages_left: int = 0
+    maildir_error: str = ""
 
     @property
     def count(self) -> int:
@@ -130,11 +148,19 @@ class Purge:
                 f"({self.storage_error}): `handover storage reconcile` deletes them, as they "
                 "belong to no job now"
             )
+        if self.maildir:
+            lines.append(f"deleted {self.messages} message(s) of theirs from the maildir")
+        if self.messages_left:
+            lines.append(
+                f"left the messages of {self.messages_left} job(s) in the maildir "
+                f"({self.maildir_error}): the audit log's job.purged entries name the jobs, "
+                "their X-Handover-Job header the messages"
+            )
         return lines
 
 
 class Records:
-    """Purges finished jobs past the retention, from Redis and object storage."""
+    """Purges finished jobs past the retention, from Redis, object storage and the maildir."""
 
     def __init__(
         self,
@@ -145,9 +171,12 @@ class Records:
         retention: timedelta,
         namespace: str = NAMESPACE,
         batch: int = PURGE_BATCH,
+        maildir: Path | None = None,
     ) -> None:
-        """``batch``: how many candidate jobs are read from an index at a time."""
+        """``batch``: how many candidate jobs are read from an index at a time; ``maildir``:
+        where messages are filed (embedded mode), None when they are not."""
         self.storage = storage
+        self.maildir = maildir
         self.batch = batch
         self.prefix = prefix
         self.retention = retention
@@ -165,6 +194,7 @@ class Records:
             prefix=resources.prefix,
             retention=resources.settings.record_retention,
             namespace=resources.store.ns,
+            maildir=maildir_path(resources.settings),
         )
 
     async def purge_finished_jobs(
@@ -177,8 +207,14 @@ class Records:
         :func:`open_records`).
         """
         now = now or utcnow()
-        result = Purge(dry_run=dry_run, retention=self.retention, cutoff=now - self.retention)
+        result = Purge(
+            dry_run=dry_run,
+            retention=self.retention,
+            cutoff=now - self.retention,
+            maildir=self.maildir is not None,
+        )
         once: list[str] | None = None
+        mail: dict[str, list[str]] | None = None  # the maildir's messages by job, read once
         for status in ENDED:
             kept = 0
             while True:
@@ -206,6 +242,8 @@ class Records:
                         continue
                     result.jobs[job.kind.value, job.status.value] += 1
                     await self._delete_objects(job, result)
+                    if self.maildir is not None:
+                        mail = await self._delete_messages(self.maildir, job, result, mail)
                 if len(batch) < self.batch:
                     break
         if result.count and not dry_run:
@@ -245,6 +283,26 @@ class Records:
             result.objects_left += 1
             result.storage_error = str(exc).replace(job.id, "<job id>")  # counts, not ids
 
+    async def _delete_messages(
+        self, maildir: Path, job: Job, result: Purge, mail: dict[str, list[str]] | None
+    ) -> dict[str, list[str]] | None:
+        """Remove the job's messages from the maildir, unless it failed already; ``mail``: its
+        messages by job, read here at the first call of a run. Returns it for the next."""
+        if result.maildir_error:
+            result.messages_left += 1
+            return mail
+        try:
+            if mail is None:
+                mail = await asyncio.to_thread(maildir_keys_by_job, maildir)
+            keys = mail.pop(job.id, [])
+            if keys:
+                result.messages += await asyncio.to_thread(remove_from_maildir, maildir, keys)
+        except (OSError, mailbox.Error) as exc:  # mailbox's own: the maildir vanished
+            result.messages_left += 1
+            reason = getattr(exc, "strerror", None) or type(exc).__name__
+            result.maildir_error = f"the maildir {maildir}: {reason}"
+        return mail
+
 
 @asynccontextmanager
 async def open_records(settings: Settings) -> AsyncIterator[Records]:
@@ -252,7 +310,11 @@ async def open_records(settings: Settings) -> AsyncIterator[Records]:
     try:
         async with shared_redis_and_storage(settings) as (redis, storage):
             yield Records(
-                redis, storage, prefix=settings.s3_prefix, retention=settings.record_retention
+                redis,
+                storage,
+                prefix=settings.s3_prefix,
+                retention=settings.record_retention,
+                maildir=maildir_path(settings),
             )
     except StartupError as exc:
         raise RecordsError(f"{exc}; nothing purged") from None

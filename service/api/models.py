@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.json_schema import SkipJsonSchema
 
 from jobs.model import JobKind, JobStatus, Options
 from jobs.search import JobQuery
@@ -690,7 +691,21 @@ class JobOut(BaseModel):
     kind: Literal[
         "export", "erasure", "restriction", "objection", "rectification", "lift", "disclosure"
     ]
-    status: JobStatusName
+    status: JobStatusName = Field(
+        description="Where the job stands. Live: `awaiting_confirmation` (waits for a "
+        "confirmation or a decision by staff, e.g. an erasure), `queued` (waits for a worker), "
+        "`running`, `needs_attention` (a processor cannot be asked: support adds identifiers "
+        "or goes without, and it is queued again), `awaiting_information` (support asked the "
+        "subject for information; where the jurisdiction pauses the clock, `deadline` is "
+        "`paused`; support's resume, or the subject's answer when support asked so, queues it "
+        "again, or returns it to `awaiting_confirmation` when asked before it was confirmed). "
+        "Ended: `succeeded`, `failed` (a retry queues it again), `canceled`, `expired` (an "
+        "export's archive gone, or the subject's data erased since), `refused` (support "
+        "refused it with grounds and a reason; the subject is told them and where to "
+        "complain). In any live state, support may ask for information or refuse, and the job "
+        "may be canceled. See the README's section 'The request lifecycle the law sets'.",
+        examples=["queued"],
+    )
     subject: str
     requested_by: str
     created_at: datetime
@@ -876,6 +891,73 @@ class KeySet(BaseModel):
     keys: list[Jwk]
 
 
+def _absent_when_unset(schema: dict[str, Any]) -> None:
+    """A member the API leaves out, rather than writing null: no null default in the schema."""
+    schema.pop("default", None)
+
+
+class InterruptedAttemptOut(BaseModel):
+    """An attempt of an erasure at one processor that never confirmed (``jobs/journal.py``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    attempt: int = Field(description="Which attempt of the run, counted from 1.")
+    started_at: datetime = Field(description="When it started.")
+    ended: str = Field(
+        description="`interrupted` (the process stopped), or `failed: ` and the class of "
+        "the error it ended with (`transient`, `permanent`...).",
+        examples=["interrupted"],
+    )
+    outcome: Literal["committed", "rolled back", "unknown"] = Field(
+        description="What became of its last planned step: `committed` (counted), `rolled "
+        "back` (the next attempt found those records still there; not counted) or `unknown` "
+        "(it could not be established; the counts leave that step out)."
+    )
+    last_step_planned: dict[str, dict[str, int]] = Field(
+        description="The counts its last step planned, by dataset; empty when it planned "
+        "none and what it changed could not be established."
+    )
+    note: str = Field(description="The same, in a sentence.")
+
+
+class ReceiptConnectorOut(BaseModel):
+    """One processor's entry in a receipt: whether it was asked, its report, its checks."""
+
+    model_config = ConfigDict(extra="allow")
+
+    connector: str = Field(description="The connector's name.")
+    interrupted_attempts: list[InterruptedAttemptOut] | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra=_absent_when_unset,
+        description="Erasures only, and only when some attempt at this processor never "
+        "confirmed (a crash, or an error): each such attempt and what became of its last "
+        "step. The entry's counts are those of every attempt together.",
+    )
+
+
+class HandoverCopyOut(BaseModel):
+    """One of Handover's own copies of the subject's data that an erasure deleted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job: str = Field(description="The earlier export's job id.")
+    kind: Literal["export"]
+    archive_deleted: bool = Field(description="Whether it had an archive, now deleted.")
+    status: JobStatusName = Field(
+        description="The export's status after: `expired` (it had ended), `canceled` (it was "
+        "live with data staged), or the one it had reached meanwhile."
+    )
+    staged_objects_deleted: int | None = Field(
+        description="How many of its staged objects were deleted; null when the erasure's "
+        "finish was interrupted while deleting this copy, and the count was not recorded."
+    )
+    note: str | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra=_absent_when_unset,
+        description="Only with a null `staged_objects_deleted`: says why it is not known.",
+    )
+
+
 class ReceiptOut(BaseModel):
     """A signed erasure, restriction, objection or rectification receipt; `handover verify`
     checks it."""
@@ -888,12 +970,31 @@ class ReceiptOut(BaseModel):
     job: dict[str, object]
     subject: dict[str, str]
     issued_at: datetime
-    connectors: list[dict[str, object]]
+    connectors: list[ReceiptConnectorOut]
+    handover_copies: list[HandoverCopyOut] | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra=_absent_when_unset,
+        description="Erasures only (a dry run's is empty): the subject's earlier exports "
+        "whose archives and staged objects Handover deleted, each journaled so that a finish "
+        "run again after a crash still lists it.",
+    )
     signature: dict[str, str]
 
 
+class ProblemErrorOut(BaseModel):
+    """One invalid input of a 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    field: str = Field(
+        description="Where: the dotted path of the field in the request, or `(body)`.",
+        examples=["jurisdiction"],
+    )
+    message: str = Field(description="What was wrong with it.")
+
+
 class ProblemOut(BaseModel):
-    """An RFC 9457 problem detail."""
+    """An RFC 9457 problem detail; the members below ``instance`` appear only where said."""
 
     model_config = ConfigDict(extra="allow")
 
@@ -902,3 +1003,30 @@ class ProblemOut(BaseModel):
     status: int
     detail: str
     instance: str
+    errors: list[ProblemErrorOut] | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra=_absent_when_unset,
+        description="On a 422 `invalid-request` about the request's fields (absent from the "
+        "others): each invalid input, and what was wrong with it (`detail` says the same in "
+        "one line).",
+    )
+    rule: str | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra=_absent_when_unset,
+        description="409 `Not allowed` only: the rule of the law or of Handover that refuses "
+        "the action now, as the last segment of `type` (e.g. `extension-too-late`, "
+        "`extension-not-allowed`, `extension-already-made`).",
+        examples=["extension-too-late"],
+    )
+    status_now: JobStatusName | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra=_absent_when_unset,
+        description="On a 409 about a job whose status does not allow the action (a "
+        "conflict, or `not-ready`): the status it has now.",
+    )
+    job_id: str | SkipJsonSchema[None] = Field(
+        None,
+        json_schema_extra=_absent_when_unset,
+        description="409 `active-job-exists` only: the live job of the same kind for the "
+        "subject (also in `Location`).",
+    )

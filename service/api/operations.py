@@ -1075,8 +1075,17 @@ OPERATIONS: list[Operation] = [
         "Ready to take work",
         "health",
         auth=False,
-        description="Redis and object storage reachable, a worker reported recently, "
-        "and Redis keeps everything (`maxmemory-policy noeviction`).",
+        description="`checks` names each check, `ok` or what is wrong; ready when all are "
+        "`ok`. `redis`: it answers and never evicts keys (`maxmemory-policy` unset or "
+        "`noeviction`); a Redis that refuses `CONFIG GET` (managed services) cannot be asked, "
+        "and counts as ready: `redis` reads `ok` and the process logs a warning once, to "
+        "check the policy by the provider's means. `worker`: a worker reported in the last "
+        "30 s. `epoch`: the epoch marker says Redis still holds this deployment's data. When "
+        "Redis lost it, every API answers 503: while the marker is gone (until a running "
+        "process records the loss), then while no operator has acknowledged the recorded "
+        "loss: `epoch` names what was lost, and `handover epoch acknowledge` makes them ready "
+        "again. An unreadable marker is not ready either. `worker` and `epoch` are not "
+        "checked when Redis does not answer. `storage`: the object store is usable.",
         responses={200: ("Ready.", None), 503: ("Not ready; `checks` says what failed.", None)},
     ),
 ]

@@ -4,13 +4,15 @@ Jobs are made the real way (commands, a worker in burst mode, the worker's crons
 real Redis and moto's S3, then aged: :func:`backdate` moves every time their records hold
 back, as the years would have. The purge is the worker's cron (:func:`jobs.worker.purge_records`),
 told what time it is where a bound is tested. A purged job is looked for everywhere in
-Redis (key names, values, members, fields, stream entries) and in storage; only the
-audit log may still name it. A subject whose every request was purged is found nowhere.
+Redis (key names, values, members, fields, stream entries), in storage and in the
+embedded maildir; only the audit log may still name it. A subject whose every request
+was purged is found nowhere.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -23,7 +25,8 @@ from jobs import notices
 from jobs.commands import Actor, Commands
 from jobs.epoch import Epochs
 from jobs.idempotency import KEPT_SECONDS
-from jobs.model import Job, JobKind, JobStatus, epoch_ms, utcnow
+from jobs.mail import read_maildir
+from jobs.model import Identity, Job, JobKind, JobStatus, epoch_ms, utcnow
 from jobs.reconcile import Reconciler
 from jobs.records import AUDIT_ACTION, Records
 from jobs.resources import Resources
@@ -319,6 +322,49 @@ async def test_objects_storage_could_not_delete_are_named_and_reconciled_later(
     await Epochs(redis, resources.store.ns).begin()
     await Reconciler.of(resources).run(min_age=timedelta(0), actor="test")
     assert await objects_of(resources, failed.id) == []
+
+
+async def test_a_purged_jobs_messages_leave_the_embedded_maildir_and_others_stay(
+    resources: Resources,
+    redis: ArqRedis,
+    ctx: dict[str, Any],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    maildir = notices.maildir_path(resources.settings)
+    assert maildir is not None  # the embedded store's settings, no SMTP URL
+    commands = Commands(resources)
+    jobs = {}
+    for subject in ("alice", "bob"):
+        jobs[subject] = await commands.request_export(
+            Actor(subject, staff=False),
+            subject=subject,
+            connectors=["crm"],
+            identity=Identity(identifiers={"email": f"{subject}@example.org"}),
+        )
+    old, recent = jobs["alice"], jobs["bob"]
+    await drain(redis, resources)
+
+    def filed(job: Job) -> list[str]:
+        return sorted(str(mail.notice) for mail in read_maildir(maildir) if mail.job == job.id)
+
+    assert filed(old) == filed(recent) == ["acknowledged", "completed"]
+    everything = read_maildir(maildir)
+    await backdate(resources, old.id, RETENTION + 10 * DAY)
+
+    dry = await Records.of(resources).purge_finished_jobs(actor="test", dry_run=True)
+    assert dry.count == 1
+    assert dry.lines()[-1] == "nothing deleted (dry run)"
+    assert read_maildir(maildir) == everything
+
+    with caplog.at_level(logging.INFO, logger="handover.records"):
+        assert await purge_records(ctx) == 1  # the worker's cron
+    assert caplog.messages[-1].endswith("; deleted 2 message(s) of theirs from the maildir")
+    assert filed(old) == []
+    assert all(
+        old.id not in mail.text and "alice@" not in mail.to for mail in read_maildir(maildir)
+    )
+    assert filed(recent) == ["acknowledged", "completed"]
+    assert (await resources.store.get(recent.id)).id == recent.id
 
 
 def test_the_retention_is_a_duration_of_30_days_at_least_never_off() -> None:

@@ -30,7 +30,8 @@ from connectors.errors import PermanentError
 from connectors.items import Item, Subject
 from connectors.testing import MemoryConnector
 from jobs.handoff import Handoffs
-from jobs.model import utcnow
+from jobs.journal import Interrupted
+from jobs.model import iso, utcnow
 from service.api.operations import OPERATIONS
 from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory
@@ -527,3 +528,103 @@ async def test_every_operation_answers_its_documented_example_as_documented(
         n for n, statuses in documented.seen.items() if not set(statuses) & set(SUCCESS)
     ]
     assert not unsuccessful, f"never answered with success: {unsuccessful}"
+
+
+def declared(documented: Documented, model: str) -> dict[str, Any]:
+    """The properties the document declares for the component schema ``model``."""
+    properties: dict[str, Any] = documented.spec["components"]["schemas"][model]["properties"]
+    return properties
+
+
+async def test_problems_declare_every_member_they_carry(client: Client) -> None:
+    """Real problems (each checked against its documented schema as it is received) carry
+    no member the document leaves undeclared, and the optional ones say when they appear."""
+    documented = client.documented
+    members = declared(documented, "ProblemOut")
+    pia, support = ("pia", "subject"), ("support-1", "support")
+    problems = []
+    status, _, problem = await client.call(
+        "POST", "/v1/exports", who=pia, body={"jurisdiction": "x"}
+    )
+    assert status == 422 and problem["errors"][0]["field"] == "jurisdiction", problem
+    problems.append(problem)
+    waiting = await client.create("/v1/exports", pia, {"connectors": ["paper-files"]})
+    status, _, problem = await client.call("POST", "/v1/exports", who=pia, body={})
+    assert status == 409 and problem["job_id"] == waiting["id"], problem
+    problems.append(problem)
+    erasure = await client.create("/v1/erasures", pia, {"jurisdiction": "lgpd"})
+    extend = f"/v1/jobs/{erasure['id']}/extend"
+    status, _, problem = await client.call("POST", extend, who=support, body={"reason": "many"})
+    assert status == 409 and problem["rule"] == "extension-not-allowed", problem
+    assert problem["type"].endswith("/extension-not-allowed")
+    problems.append(problem)
+    cancel = f"/v1/jobs/{erasure['id']}/cancel"
+    status, _, _ = await client.call("POST", cancel, who=pia, body={})
+    assert status == 200
+    status, _, problem = await client.call("POST", cancel, who=pia, body={})
+    assert status == 409 and problem["status_now"] == "canceled", problem
+    problems.append(problem)
+
+    for problem in problems:
+        assert set(problem) <= set(members), sorted(set(problem) - set(members))
+    for name in ("errors", "rule", "status_now", "job_id"):
+        assert members[name]["description"], name
+    assert "409" in members["rule"]["description"]
+    assert "extension-too-late" in members["rule"]["description"]
+    assert "422" in members["errors"]["description"]
+    required = documented.spec["components"]["schemas"]["ProblemOut"]["required"]
+    assert not {"errors", "rule", "status_now", "job_id"} & set(required)
+
+
+async def test_statuses_readiness_and_receipts_are_described_as_the_code_has_them(
+    client: Client,
+) -> None:
+    documented = client.documented
+    status = declared(documented, "JobOut")["status"]
+    for name in status["enum"]:
+        assert f"`{name}`" in status["description"], name
+    assert "The request lifecycle the law sets" in status["description"]
+
+    readyz = documented.operation("GET", "/readyz")["description"]
+    for check in ("redis", "worker", "epoch", "storage"):
+        assert f"`{check}`" in readyz, check
+    assert "`handover epoch acknowledge`" in readyz
+    assert "refuses `CONFIG GET`" in readyz and "counts as ready" in readyz
+    assert "noeviction" in readyz
+
+    receipt = declared(documented, "ReceiptOut")
+    assert receipt["handover_copies"]["description"]
+    entry = declared(documented, "ReceiptConnectorOut")
+    assert entry["interrupted_attempts"]["description"]
+    # What the journal writes of an interrupted attempt, for every way it can end.
+    attempt = documented.validator({"$ref": "#/components/schemas/InterruptedAttemptOut"})
+    planned = {"contacts": {"deleted": 2, "anonymised": 0, "retained": 0}}
+    for interrupted in (
+        Interrupted(1, iso(utcnow()), "unknown", {}, None),
+        Interrupted(2, iso(utcnow()), "committed", planned, "transient", recorded=True),
+        Interrupted(3, iso(utcnow()), "rolled back", planned, "permanent"),
+    ):
+        errors = [e.message for e in attempt.iter_errors(interrupted.statement())]
+        assert not errors, (interrupted, errors)
+
+    # A real erasure's receipt: the subject's earlier export, deleted, listed as the journal has it.
+    quinn, admin = ("quinn", "subject"), ("root", "admin")
+    asked = {"connectors": ["devices", "billing"]}  # neither needs an email nobody knows
+    export = await client.create("/v1/exports", quinn, asked)
+    assert (await client.ended(export["id"], quinn))["status"] == "succeeded"
+    erasure = await client.create("/v1/erasures", quinn, asked)
+    status, _, _ = await client.call(
+        "POST", f"/v1/jobs/{erasure['id']}/confirm", who=admin, body={}
+    )
+    assert status == 200
+    assert (await client.ended(erasure["id"], quinn))["status"] == "succeeded"
+    status, _, answer = await client.call("GET", f"/v1/jobs/{erasure['id']}/receipt", who=quinn)
+    assert status == 200, answer  # and its body matched the documented ReceiptOut
+    (copy,) = answer["handover_copies"]
+    assert (copy["job"], copy["kind"], copy["archive_deleted"], copy["status"]) == (
+        export["id"],
+        "export",
+        True,
+        "expired",
+    )
+    assert isinstance(copy["staged_objects_deleted"], int)

@@ -3,7 +3,8 @@
 On the real Redis and moto's S3: a job that ended over ``HANDOVER_RECORD_RETENTION`` ago
 (aged by :func:`tests.jobs.test_records.backdate`) is counted by ``--dry-run`` and kept,
 then purged with its archive while a recent one stays; ``handover audit verify`` still
-finds the chain intact. A retention of ``off`` or a Redis that does not answer each give
+finds the chain intact, and ``GET /v1/stats`` gives the same counts after the purge as
+before. A retention of ``off`` or a Redis that does not answer each give
 one line and a non-zero exit, and purge nothing.
 """
 
@@ -24,6 +25,7 @@ from jobs.store import JobNotFound
 from tests.conftest import REDIS_URL, free_port
 from tests.jobs.test_export import drain
 from tests.jobs.test_records import RETENTION, backdate, objects_of
+from tests.service.conftest import ApiFactory
 from tests.service.test_storage_cli import handover, one_line
 
 
@@ -77,6 +79,39 @@ async def test_purge_counts_with_dry_run_then_deletes_old_jobs_only(
         again = await purge(env=env)
         assert again.returncode == 0, again.stderr
         assert again.stdout.startswith("nothing to purge: no finished job ended before ")
+
+
+@pytest.mark.slow
+async def test_stats_over_http_count_the_same_before_and_after_a_purge(
+    api_factory: ApiFactory, s3_endpoint: str, bucket: str
+) -> None:
+    env = {
+        "HANDOVER_REDIS_URL": REDIS_URL,
+        "HANDOVER_S3_BUCKET": bucket,
+        "HANDOVER_S3_ENDPOINT_URL": s3_endpoint,
+    }
+    crm = MemoryConnector("crm", records={p: {"contacts": [{"id": p}]} for p in ("alice", "bob")})
+    api = await api_factory({"crm": crm})
+    old = await api.export(sub="alice")
+    recent = await api.export(sub="bob")
+    await api.wait(old["id"], sub="alice")
+    await api.wait(recent["id"], sub="bob")
+    await backdate(api.resources, old["id"], RETENTION + timedelta(days=10))
+
+    async def stats() -> Any:
+        """The counts (the queue's depth, also in the answer, moves with background tasks)."""
+        status, _, body = await api.request("GET", "/v1/stats", sub="s1", roles=("support",))
+        assert status == 200, body
+        return body["counts"]
+
+    before = await stats()
+    assert before["export"] == {"succeeded": 2}
+    done = await purge(env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("purged 1 finished job(s) that ended before ")
+    status, _, _ = await api.request("GET", f"/v1/jobs/{old['id']}", sub="s1", roles=("support",))
+    assert status == 404
+    assert await stats() == before
 
 
 async def test_purge_refuses_in_one_line_and_purges_nothing(redis: ArqRedis) -> None:
