@@ -24,19 +24,25 @@ from connectors.reports import (
 BATCH_ROWS = 1000
 """How many rows of a one-record :meth:`Connector.export` a derived batch gathers."""
 
-_journal: ContextVar[Callable[[ErasureReport], Awaitable[None]] | None] = ContextVar(
+_Record = Callable[[ErasureReport], Awaitable[None]]
+_Mark = Callable[[], Awaitable[None]]
+_journal: ContextVar[tuple[_Record, _Mark | None, _Mark | None] | None] = ContextVar(
     "handover_commit_journal", default=None
 )
 
 
 @contextmanager
-def journaling(record: Callable[[ErasureReport], Awaitable[None]]) -> Iterator[None]:
-    """Within this block, :meth:`Connector.before_commit` hands each plan to ``record``.
+def journaling(
+    record: _Record, committed: _Mark | None = None, withdrawn: _Mark | None = None
+) -> Iterator[None]:
+    """Within this block, :meth:`Connector.before_commit` hands each plan to ``record``,
+    :meth:`Connector.after_commit` tells ``committed`` that the last plan was committed,
+    and :meth:`Connector.withdraw` tells ``withdrawn`` that it was not.
 
-    Handover wraps every erasure in it; ``record`` writes the plan
-    durably and returns only once it is written.
+    Handover wraps every erasure in it; each callable writes durably and returns only
+    once it is written.
     """
-    token = _journal.set(record)
+    token = _journal.set((record, committed, withdrawn))
     try:
         yield
     finally:
@@ -87,7 +93,8 @@ class Connector(ABC):
     #: The fields the subject may have corrected (GDPR Art. 16), each with its value type;
     #: set from configuration. Handover asks :meth:`rectify` for these only.
     rectifiable: tuple[Rectifiable, ...] = ()
-    #: Whether :meth:`erase` calls :meth:`before_commit` before every change it commits.
+    #: Whether :meth:`erase` calls :meth:`before_commit` before every change it commits
+    #: (and :meth:`withdraw` for a planned step it then did not commit).
     #: Only then can Handover tell, after a crash, what an interrupted attempt changed;
     #: otherwise the receipt says that it cannot.
     journals_commits: ClassVar[bool] = False
@@ -212,9 +219,36 @@ class Connector(ABC):
         several steps calls it once per step, with that step's counts only. Not
         called in a dry run. Connectors that call it set ``journals_commits = True``.
         """
-        record = _journal.get()
-        if record is not None:
-            await record(planned)
+        hooks = _journal.get()
+        if hooks is not None:
+            await hooks[0](planned)
+
+    async def after_commit(self) -> None:
+        """From :meth:`erase`: the step last planned with :meth:`before_commit` was committed.
+
+        Call it as soon as the commit returned (the transaction committed, the processor
+        answered that it deleted). Handover records it, so a crash after this point
+        leaves nothing to judge; without it, the next attempt's findings decide whether
+        the step was committed (see :meth:`before_commit`). If recording fails this
+        raises; the step stays planned, and the findings decide.
+        """
+        hooks = _journal.get()
+        if hooks is not None and hooks[1] is not None:
+            await hooks[1]()
+
+    async def withdraw(self) -> None:
+        """From :meth:`erase`: the step last planned with :meth:`before_commit` changed nothing.
+
+        Call it when the commit did not happen and :meth:`erase` goes on: the processor
+        answered that it holds none of what was planned (a 404 for a deletion), so the
+        report counts zero for the step. Handover drops the plan, so a crash later in the
+        attempt does not count it. If recording fails this raises; then the plan stays,
+        and the connector must not go on as if it were withdrawn (let the error end
+        :meth:`erase`: the next attempt's findings judge the step).
+        """
+        hooks = _journal.get()
+        if hooks is not None and hooks[2] is not None:
+            await hooks[2]()
 
     async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:
         """Mark the subject's data restricted (Art. 18) where the processor supports it."""

@@ -58,8 +58,10 @@ What the contract checks:
   anonymised per dataset, and what was retained with the rule's legal basis;
 - a second erasure succeeds and reports nothing new deleted or anonymised;
 - a connector that sets ``journals_commits`` calls ``before_commit`` in every real
-  erasure with counts adding up to its report, and never in a dry run; one that
-  does not set it never calls it;
+  erasure with counts adding up to its report (steps it then ``withdraw``-s aside),
+  and never in a dry run; one that does not set it never calls it; ``after_commit``
+  and ``withdraw`` each settle the step last planned, once, and a connector that
+  settles any step settles every one;
 - erasing one subject leaves another subject's data alone;
 - a restriction answers a :class:`~connectors.reports.RestrictionReport` and,
   with ``dry_run``, changes nothing;
@@ -110,7 +112,7 @@ from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Literal, TypeVar
 
 import orjson
 
@@ -332,16 +334,45 @@ def _check_erasure_report(connector: Connector, report: object) -> ErasureReport
     return report
 
 
+_Journaled = list[ErasureReport | Literal["committed", "withdrawn"]]
+"""What an erasure journaled, in order: each plan, and each step's mark."""
+
+
 def _check_plans(
-    connector: Connector, plans: Sequence[ErasureReport], report: ErasureReport, *, dry_run: bool
+    connector: Connector, journaled: _Journaled, report: ErasureReport, *, dry_run: bool
 ) -> None:
-    """``before_commit`` was called as :attr:`Connector.journals_commits` promises."""
-    if plans and dry_run:
-        raise AssertionError("erase called before_commit in a dry run, which commits nothing")
-    if plans and not connector.journals_commits:
+    """``before_commit`` was called as :attr:`Connector.journals_commits` promises, and
+    ``after_commit`` and ``withdraw`` each settled the step last planned."""
+    if journaled and dry_run:
+        plans_made = any(isinstance(event, ErasureReport) for event in journaled)
+        called = "before_commit" if plans_made else "after_commit or withdraw"
+        raise AssertionError(f"erase called {called} in a dry run, which commits nothing")
+    plans: list[ErasureReport] = []
+    settled: list[bool] = []  # by plan: whether after_commit or withdraw settled it
+    for event in journaled:
+        if isinstance(event, ErasureReport):
+            plans.append(event)
+            settled.append(False)
+            continue
+        call = "after_commit" if event == "committed" else "withdraw"
+        if not settled or settled[-1]:
+            raise AssertionError(
+                f"erase called {call} with no step planned since the last one was settled: "
+                "call before_commit first, and settle each step once"
+            )
+        settled[-1] = True
+        if event == "withdrawn":
+            plans.pop()
+            settled.pop()
+    if journaled and not connector.journals_commits:
         raise AssertionError("erase calls before_commit: set journals_commits = True")
     if dry_run or not connector.journals_commits:
         return
+    if any(isinstance(e, str) for e in journaled) and not all(settled):
+        raise AssertionError(
+            "erase settles some planned steps (after_commit or withdraw) but not others: "
+            "settle each step once its commit returned, or none"
+        )
     for dataset in dict.fromkeys(entry.dataset for entry in report.datasets):
         for count in ("deleted", "anonymised"):
             planned = sum(getattr(plan.dataset(dataset), count) for plan in plans)
@@ -349,7 +380,8 @@ def _check_plans(
             if planned != reported:
                 raise AssertionError(
                     f"journals_commits: before_commit planned {planned} {count} in "
-                    f"{dataset!r}, but erase reported {reported}"
+                    f"{dataset!r}, but erase reported {reported} (a step planned and then "
+                    "not committed is withdrawn: withdraw)"
                 )
 
 
@@ -532,18 +564,24 @@ class ConnectorContract(ABC):
     async def _erase(
         self, connector: Connector, subject: Subject, *, dry_run: bool
     ) -> ErasureReport:
-        plans: list[ErasureReport] = []
+        journaled: _Journaled = []
 
         async def record(planned: ErasureReport) -> None:
-            plans.append(_check_erasure_report(connector, planned))
+            journaled.append(_check_erasure_report(connector, planned))
 
-        with journaling(record):
+        async def committed() -> None:
+            journaled.append("committed")
+
+        async def withdrawn() -> None:
+            journaled.append("withdrawn")
+
+        with journaling(record, committed, withdrawn):
             report = await _guarded(
                 f"erase of {subject.id!r}",
                 connector.erase(subject, dry_run=dry_run, retention=self.retention()),
             )
         report = _check_erasure_report(connector, report)
-        _check_plans(connector, plans, report, dry_run=dry_run)
+        _check_plans(connector, journaled, report, dry_run=dry_run)
         return report
 
     async def _holding_of_subject(self, connector: Connector) -> _Holding:

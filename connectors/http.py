@@ -60,7 +60,11 @@ next-page URL it was already given, and at a page that repeats the one before it
 one batch (:class:`~connectors.items.Records`), as the processor sent them.
 
 Erasure counts what each dataset holds first (one export pass), then calls the
-erase endpoints; a repeat finds nothing and reports zero. A dataset may carry its
+erase endpoints; a repeat finds nothing and reports zero. Each deleting call is one
+journaled step (:meth:`~connectors.base.Connector.before_commit` with the counts it
+deletes, :meth:`~connectors.base.Connector.after_commit` once the processor answered
+that it did, :meth:`~connectors.base.Connector.withdraw` when it answered that it held
+nothing), so a receipt after a crash counts what was deleted. A dataset may carry its
 own ``erase`` table (same keys) for a processor that deletes collection by
 collection; the top-level ``erase`` removes the whole subject and is required
 unless every dataset has its own. A dataset named in the job's retention rules is
@@ -91,7 +95,7 @@ import re
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, urljoin
 
 from connectors.base import Connector
@@ -323,6 +327,8 @@ class HttpConnector(Connector):
     proves the API answers; it names no subject, so it takes no variables).
     ``identifiers`` are the variables the templates use.
     """
+
+    journals_commits: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -772,12 +778,34 @@ class HttpConnector(Connector):
             name = spec.dataset.name
             if spec.erase is None or name in kept:
                 continue
-            if not await self._call(spec.erase, values, f"erase {name}"):
+            if not await self._erase_step(
+                spec.erase, values, f"erase {name}", {name: deleted[name]}
+            ):
                 deleted[name] = 0
-        if subject_wide is not None and not await self._call(subject_wide, values, "erase"):
-            deleted.update({spec.dataset.name: 0 for spec in self._specs if spec.erase is None})
+        if subject_wide is not None:  # then nothing is kept: every dataset is in ``deleted``
+            wide = {s.dataset.name: deleted[s.dataset.name] for s in self._specs if not s.erase}
+            if not await self._erase_step(subject_wide, values, "erase", wide):
+                deleted.update(dict.fromkeys(wide, 0))
         if kept and self._restrict is not None:
             await self._call(self._restrict, values, "restrict")
+
+    async def _erase_step(
+        self,
+        endpoint: _Endpoint,
+        values: Mapping[str, str],
+        operation: str,
+        planned: Mapping[str, int],
+    ) -> bool:
+        """One deleting call, journaled: its counts planned before it is sent, then marked
+        committed once the processor answered that it deleted, or withdrawn when it
+        answered that it held nothing (the report counts zero); :meth:`_call`'s answer."""
+        entries = tuple(DatasetErasure(name, deleted=n) for name, n in planned.items() if n)
+        if entries:
+            await self.before_commit(ErasureReport(entries))
+        held = await self._call(endpoint, values, operation)
+        if entries:
+            await (self.after_commit() if held else self.withdraw())
+        return held
 
     @staticmethod
     def _retained(name: str, count: int, rule: RetentionRule) -> DatasetErasure:

@@ -26,7 +26,9 @@ Endpoints used, as HubSpot documents them:
   which "permanently deletes a contact and all associated content to follow GDPR"
   (https://developers.hubspot.com/docs/api-reference/crm-contacts-v3/basic/post-crm-v3-objects-contacts-gdpr-delete).
   The connector deletes by id, after the search found the contact: a GDPR delete by an
-  email HubSpot does not know would put that address on a blocklist instead.
+  email HubSpot does not know would put that address on a blocklist instead. Each
+  delete (one contact) is one journaled step, so a receipt after a crash counts it; a
+  404 (the contact is gone already) withdraws the step, which then counts nothing.
 - objection (GDPR Art. 21): the subject's email subscription statuses are read with
   ``GET /communication-preferences/v3/status/email/{emailAddress}``
   (https://developers.hubspot.com/docs/api-reference/legacy/communication-preferences/v3/get-subscription),
@@ -113,6 +115,7 @@ class HubSpotConnector(Connector):
     """
 
     categories: ClassVar[frozenset[str]] = frozenset({"contact"})
+    journals_commits: ClassVar[bool] = True
     identifiers: frozenset[str] = frozenset({"email", CONTACT_ID_IDENTITY})
     #: HubSpot is a US company: what the archive's index says unless configuration does.
     processing: Mapping[str, str] = {
@@ -230,7 +233,8 @@ class HubSpotConnector(Connector):
                 (DatasetErasure("contact", deleted=len(ids)),), note="dry run: nothing was erased"
             )
         deleted = 0
-        for contact_id in ids:
+        for contact_id in ids:  # one journaled step per contact: one call deletes one
+            await self.before_commit(ErasureReport((DatasetErasure("contact", deleted=1),)))
             status, _ = await self._request(
                 "POST",
                 "/crm/v3/objects/contacts/gdpr-delete",
@@ -238,8 +242,11 @@ class HubSpotConnector(Connector):
                 json={"objectId": contact_id},
                 accept=(404,),
             )
-            if status != 404:
-                deleted += 1
+            if status == 404:  # gone already: this step deleted nothing
+                await self.withdraw()
+                continue
+            deleted += 1
+            await self.after_commit()
         note = (
             "HubSpot permanently deleted the contact and its associated content (GDPR delete)"
             if deleted

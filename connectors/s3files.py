@@ -235,7 +235,8 @@ class S3FilesConnector(Connector):
 
         Empty "folder" markers under the prefix go too; only files are counted. The
         listing is streamed: each page is deleted (or tagged) before the next is read,
-        and each batch is journaled (:meth:`before_commit`) before it is deleted.
+        and each batch is journaled (:meth:`before_commit`) before it is deleted, and
+        marked committed (:meth:`after_commit`) once S3 answered that it was.
         """
         rule = retention.get(DATASET)
         listed = files = 0
@@ -254,6 +255,7 @@ class S3FilesConnector(Connector):
                 # Journaled first: a retry after a crash still counts this batch.
                 await self.before_commit(ErasureReport((DatasetErasure(DATASET, deleted=counted),)))
                 await self._delete(batch)
+                await self.after_commit()
         if not listed:
             return ErasureReport()
         if rule is not None:

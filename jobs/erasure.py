@@ -111,8 +111,14 @@ class ErasurePipeline(Pipeline):
         async def record(planned: ErasureReport) -> None:
             await journal.plan(job.id, connector.name, attempt, planned)
 
+        async def committed() -> None:
+            await journal.commit(job.id, connector.name, attempt)
+
+        async def withdrawn() -> None:
+            await journal.withdraw(job.id, connector.name, attempt)
+
         try:
-            with journaling(record):
+            with journaling(record, committed, withdrawn):
                 report = await connector.erase(job.subject_view, dry_run=False, retention=retention)
         except ConnectorError as exc:
             await journal.fail(job.id, connector.name, attempt, classify(exc))

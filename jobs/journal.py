@@ -8,13 +8,21 @@ durable journal (a Redis list per job and connector, AOF-persisted like the jobs
 - ``planned`` with a step's counts, from :meth:`connectors.base.Connector.before_commit`,
   before the connector commits that step (a connector that commits in steps plans
   each one after the previous commit returned);
+- ``committed``, from :meth:`connectors.base.Connector.after_commit`, as soon as that
+  step's commit returned; or ``withdrawn``, from
+  :meth:`connectors.base.Connector.withdraw`, when the step was not committed and the
+  connector went on (the processor answered that it held none of it): the step's plan
+  is dropped, as if it had never been made;
 - ``confirmed`` with the attempt's report, once :meth:`~connectors.base.Connector.erase`
   returned; or ``failed`` with the error's class, when it raised one.
 
 :func:`tally` turns the journal into what the erasure did across all its attempts.
 A confirmed attempt counts as reported. Of an interrupted attempt (no
-``confirmed``), every planned step but the last was committed (the connector went
-on); the last one is judged by what the next attempt found in its datasets:
+``confirmed``), every planned step but the last, withdrawn ones aside, was committed
+(the connector went on); so was the last one if it is marked ``committed``
+(``recorded``). Otherwise, the process died between the plan and the mark (or the
+connector does not mark its commits, as journals written before the mark existed), and
+the last step is judged by what the next attempt found in its datasets:
 
 - nothing left in any of them: the step was committed (``committed``);
 - at least as much as planned in each, and it was the attempt's only step: it was
@@ -74,6 +82,8 @@ class Attempt:
     confirmed: Counts | None = None
     #: The class of the error it ended with (``transient``, ``permanent``…), if any.
     failed: str | None = None
+    #: Whether the last planned step was recorded committed once its commit returned.
+    last_committed: bool = False
 
     @property
     def findings(self) -> Counts | None:
@@ -92,11 +102,16 @@ class Interrupted:
     outcome: Outcome
     planned: Counts
     failed: str | None = None
+    #: The outcome was recorded when the commit returned, not judged from findings.
+    recorded: bool = False
 
     def statement(self) -> dict[str, Any]:
         """The attempt as receipts state it."""
         if not self.planned:
             text = "what it changed at the processor could not be established"
+        elif self.recorded:
+            text = "its last step was committed, as recorded when the commit returned, and "
+            text += "it is counted"
         else:
             text = {
                 "committed": "its last step was committed: the next attempt found none of "
@@ -171,10 +186,16 @@ def tally(attempts: Sequence[Attempt], *, journals_commits: bool) -> Tally:
         done.extend(certain)
         if not any(_changes(counts) for counts in last.values()):
             continue  # the step changed nothing, committed or not
-        outcome: Outcome = "unknown" if later is None else _judge(last, not certain, later)
+        outcome: Outcome = "committed"
+        if not attempt.last_committed:
+            outcome = "unknown" if later is None else _judge(last, not certain, later)
         if outcome == "committed":
             done.append(last)
-        interrupted.append(Interrupted(number, attempt.started_at, outcome, last, attempt.failed))
+        interrupted.append(
+            Interrupted(
+                number, attempt.started_at, outcome, last, attempt.failed, attempt.last_committed
+            )
+        )
     return Tally(_sum(done), tuple(interrupted))
 
 
@@ -207,6 +228,16 @@ class ErasureJournal:
     async def plan(self, job_id: str, connector: str, attempt: str, report: ErasureReport) -> None:
         """Record a step about to be committed."""
         entry = {"attempt": attempt, "event": "planned", "counts": counts_of(report)}
+        await self._append(self._key(job_id, connector), entry)
+
+    async def commit(self, job_id: str, connector: str, attempt: str) -> None:
+        """Record that the step last planned was committed."""
+        entry = {"attempt": attempt, "event": "committed"}
+        await self._append(self._key(job_id, connector), entry)
+
+    async def withdraw(self, job_id: str, connector: str, attempt: str) -> None:
+        """Record that the step last planned was not committed (and is not counted)."""
+        entry = {"attempt": attempt, "event": "withdrawn"}
         await self._append(self._key(job_id, connector), entry)
 
     async def confirm(
@@ -251,8 +282,9 @@ class ErasureJournal:
         return copies
 
     async def attempts(self, job_id: str, connector: str) -> list[Attempt]:
-        """Every attempt recorded for the run, oldest first."""
+        """Every attempt recorded for the run, oldest first (withdrawn plans left out)."""
         attempts: dict[str, Attempt] = {}
+        marks: dict[str, list[bool]] = {}  # by attempt: whether each plan is marked committed
         for raw in await self.redis.lrange(self._key(job_id, connector), 0, -1):
             entry = orjson.loads(raw)
             if entry["event"] == "started":
@@ -261,10 +293,18 @@ class ErasureJournal:
             attempt = attempts.get(entry["attempt"])
             if attempt is None:
                 continue  # its start was written by a journal that has since expired
+            marked = marks.setdefault(attempt.id, [])
             if entry["event"] == "planned":
                 attempt.plans.append(entry["counts"])
+                marked.append(False)
+            elif entry["event"] == "committed" and marked:
+                marked[-1] = True
+            elif entry["event"] == "withdrawn" and marked and not marked[-1]:
+                attempt.plans.pop()
+                marked.pop()
             elif entry["event"] == "confirmed":
                 attempt.confirmed = entry["counts"]
             elif entry["event"] == "failed":
                 attempt.failed = entry["error_class"]
+            attempt.last_committed = bool(marked) and marked[-1]
         return list(attempts.values())

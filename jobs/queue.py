@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import dataclasses
 import logging
 import uuid
@@ -13,10 +14,11 @@ import orjson
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import Job
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
-from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError, RedisError, TimeoutError, WatchError
+from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError, WatchError
 
 QUEUE_NAME = "handover:queue"
 #: What Redis raises when it cannot be reached: callers answer "try again shortly".
@@ -220,9 +222,46 @@ async def probe(url: str) -> str:
     settings = dataclasses.replace(redis_settings(url, retries=0), conn_retries=0)
     where = describe(settings)
     client = _client(settings)
-    await _first_ping(client, settings)  # closes the client when it raises
+    try:
+        await _first_ping(client, settings)  # closes the client when it raises
+    except MasterNotFoundError:
+        raise ConnectionError(await _why_no_primary(settings)) from None
     await client.aclose()
     return where
+
+
+async def _why_no_primary(settings: RedisSettings) -> str:
+    """Why the Sentinels named no primary, each Sentinel's part in a few words."""
+    assert isinstance(settings.host, list)
+    causes = []
+    for host, port in settings.host:
+        sentinel = Redis(
+            host=host,
+            port=port,
+            socket_connect_timeout=settings.conn_timeout,
+            socket_timeout=settings.conn_timeout,
+        )
+        try:
+            await sentinel.execute_command(  # type: ignore[no-untyped-call]
+                "SENTINEL", "MASTER", settings.sentinel_master
+            )
+            causes.append(f"{host}:{port} knows it but names no primary that is up")
+        except (RedisError, OSError) as exc:
+            causes.append(f"{host}:{port} {_sentinel_failure(exc)}")
+        finally:
+            await sentinel.aclose()
+    return "no Sentinel named its primary (" + "; ".join(causes) + ")"
+
+
+def _sentinel_failure(exc: BaseException) -> str:
+    """What went wrong asking one Sentinel, in a few words."""
+    if isinstance(exc, ResponseError):
+        return "does not know that master" if "no such master" in str(exc).lower() else "refused"
+    if isinstance(exc, TimeoutError | builtins.TimeoutError):
+        return "did not answer in time"
+    if isinstance(exc.__context__, ConnectionRefusedError):
+        return "refused the connection"
+    return "cannot be reached"
 
 
 def _client(settings: RedisSettings) -> QueueClient:

@@ -850,3 +850,24 @@ async def test_the_stack_serves_alices_export_from_the_platform_database(
 
     for process in started:
         assert process.stop() == 0, process.output()[-3000:]
+
+
+def test_make_demo_installs_the_runtime_only_and_serves_on_the_port_given() -> None:
+    """``make demo PORT=…`` (dry run, every step shown): pip installs Handover without
+    the dev extra, and ``handover serve`` listens on that port."""
+    if shutil.which("make") is None:
+        pytest.fail("make is not installed")
+    shown = subprocess.run(
+        ["make", "-n", "-B", "demo", "PORT=9123"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    commands = [shlex.split(line) for line in shown.splitlines() if line.strip()]
+    installs = [c for c in commands if Path(c[0]).name == "pip" and "install" in c]
+    assert not any("dev" in word for c in installs for word in c), installs
+    assert any("-e" in c and c[c.index("-e") + 1] == "." for c in installs), installs
+    (serve,) = [c for c in commands if "serve" in c]
+    assert Path(serve[serve.index("serve") - 1]).name == "handover"
+    assert serve[serve.index("--port") + 1] == "9123", serve

@@ -273,6 +273,8 @@ class SqlConnector(Connector):
                         await transaction.rollback()
                     else:
                         await self.before_commit(report)  # raising rolls everything back
+        if not dry_run:
+            await self.after_commit()
         return report
 
     async def restrict(self, subject: Subject, *, dry_run: bool) -> RestrictionReport:

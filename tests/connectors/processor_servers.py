@@ -93,6 +93,7 @@ class FakeProcessor(ABC):
         self.release = asyncio.Event()
         self.streamed: list[int] = []  # bytes each streamed answer got out before it ended
         self.trickled = 0  # bytes trickled so far
+        self.after: list[tuple[str, str, Callable[[], None]]] = []
 
     def fail_next(
         self,
@@ -110,6 +111,11 @@ class FakeProcessor(ABC):
         extra = {"Content-Type": "application/json"} if body is not None else {}
         for _ in range(times):
             self.faults.append(Fault(status, {**extra, **(headers or {})}, payload, method=method))
+
+    def after_next(self, method: str, path_end: str, action: Callable[[], None]) -> None:
+        """Run ``action`` once the next ``method`` request whose path ends with ``path_end``
+        was handled, before its answer is sent (e.g. kill the client)."""
+        self.after.append((method, path_end, action))
 
     def hang_next(self) -> None:
         """Never answer the next request (until the server shuts down)."""
@@ -217,7 +223,15 @@ class FakeProcessor(ABC):
             if fault.hang:
                 await self.release.wait()
             return web.Response(status=fault.status, headers=fault.headers, body=fault.body)
-        return await handler(request)
+        response = await handler(request)
+        hook = next(
+            (h for h in self.after if h[0] == request.method and request.path.endswith(h[1])),
+            None,
+        )
+        if hook is not None:
+            self.after.remove(hook)
+            hook[2]()
+        return response
 
 
 @asynccontextmanager

@@ -22,6 +22,7 @@ from connectors.reports import RetentionRule
 from connectors.testing import ConnectorContract
 from jobs.commands import Actor, Commands
 from tests.conftest import free_port
+from tests.connectors.journaled import journal_events
 from tests.connectors.processor_servers import Bystander, FakeClock, FakeTicketsApi, serve
 from tests.jobs.test_export import archive_of, drain
 
@@ -448,6 +449,30 @@ async def test_without_retention_the_subject_wide_erase_runs_too(
         "/users/alice",
     ]
     assert report.note is None
+
+
+async def test_each_deleting_call_is_journaled_and_one_answered_absent_is_withdrawn(
+    api: tuple[FakeTicketsApi, str],
+) -> None:
+    fake, url = api
+    # Once the events are deleted, the notes' DELETE answers 404: none held (any more).
+    fake.after_next("DELETE", "/events", lambda: fake.fail_next(404, method="DELETE"))
+    async with opened(HttpConnector("helpdesk", **collection_settings(url))) as connector:
+        with journal_events() as events:
+            report = await connector.erase(ALICE, dry_run=False, retention={})
+    assert events == [
+        "plan events=5",
+        "commit",
+        "plan notes=5",
+        "withdraw",
+        "plan tickets=5",
+        "commit",
+    ]
+    assert {e.dataset: e.deleted for e in report.datasets} == {
+        "tickets": 5,
+        "events": 5,
+        "notes": 0,
+    }
 
 
 async def test_restrict_calls_the_restrict_endpoint_with_its_body(

@@ -18,6 +18,7 @@ from connectors.registry import load_type
 from connectors.reports import FieldChange, RetentionRule
 from connectors.testing import ConnectorContract
 from tests.conftest import free_port
+from tests.connectors.journaled import journal_events
 from tests.connectors.processor_servers import Bystander, FakeHubSpot, serve
 
 ALICE = Subject("alice", "alice@example.com")
@@ -162,6 +163,23 @@ async def test_erase_gdpr_deletes_by_id_and_a_repeat_reports_zero(
     assert [json.loads(s.body) for s in fake.seen("/gdpr-delete")] == [{"objectId": "501"}]
     assert fake.blocklist == set()
     assert await export(connector, ALICE) == []
+
+
+async def test_each_gdpr_delete_is_journaled_and_one_answered_404_is_withdrawn(
+    hubspot: tuple[FakeHubSpot, str], connector: HubSpotConnector
+) -> None:
+    fake, _ = hubspot
+    second = fake.add_contact("alice@example.com", firstname="Alice (again)")
+
+    def first_goes() -> None:  # once the search found both: its delete answers 404
+        del fake.contacts["501"]
+
+    fake.after_next("POST", "/search", first_goes)
+    with journal_events() as events:
+        report = await connector.erase(ALICE, dry_run=False, retention={})
+    assert events == ["plan contact=1", "withdraw", "plan contact=1", "commit"]
+    assert report.dataset("contact").deleted == 1
+    assert fake.gdpr_deleted == [second]
 
 
 async def test_erase_by_a_contact_id_already_gone_reports_zero(

@@ -25,6 +25,7 @@ from connectors.registry import ConnectorConfig, build_connectors
 from connectors.s3files import S3FilesConnector
 from connectors.testing import ConnectorContract
 from tests.conftest import free_port
+from tests.connectors.journaled import journal_events
 from tests.connectors.processor_servers import FakeS3Listing, ListingPage, serve
 
 ALICE = Subject("alice")
@@ -168,6 +169,21 @@ async def test_erasure_pages_through_many_files(
     assert report.dataset("files").deleted == 7
     assert keys(s3_endpoint, bucket) == set()
     await files.close()
+
+
+async def test_each_delete_batch_is_journaled_and_marked_committed(
+    s3_endpoint: str, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3files, "_DELETE_BATCH", 3)
+    client = s3(s3_endpoint)
+    for n in range(7):
+        client.put_object(Bucket=bucket, Key=f"uploads/alice/{n}.txt", Body=str(n).encode())
+    files = connector(s3_endpoint, bucket)
+    with journal_events() as events:
+        report = await files.erase(ALICE, dry_run=False, retention={})
+    await files.close()
+    assert events == ["plan files=3", "commit", "plan files=3", "commit", "plan files=1", "commit"]
+    assert report.dataset("files").deleted == 7
 
 
 async def test_retained_and_restricted_files_are_tagged_keeping_their_tags(

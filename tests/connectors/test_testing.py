@@ -328,6 +328,44 @@ class JournalsWithoutSaying(MemoryConnector):
         return report
 
 
+class JournalsInSteps(MemoryConnector):
+    """Journals its erasure as one committed step, then a step the processor refuses
+    (it answers that it holds none of it): ``settle`` says how each step is settled."""
+
+    journals_commits: ClassVar[bool] = True
+
+    async def settle(self, *, committed: bool) -> None:
+        await (self.after_commit() if committed else self.withdraw())
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        report = await super().erase(subject, dry_run=dry_run, retention=retention)
+        if dry_run:
+            return report
+        await self.before_commit(report)
+        await self.settle(committed=True)
+        await self.before_commit(ErasureReport((DatasetErasure("contacts", deleted=1),)))
+        await self.settle(committed=False)
+        return report
+
+
+class MarksTwice(JournalsInSteps):
+    """Marks a step committed, then withdraws it too."""
+
+    async def settle(self, *, committed: bool) -> None:
+        await self.after_commit()
+        await self.withdraw()
+
+
+class SettlesSomeSteps(JournalsInSteps):
+    """Marks its first step committed and leaves the refused one as planned."""
+
+    async def settle(self, *, committed: bool) -> None:
+        if committed:
+            await self.after_commit()
+
+
 class SilentWhenDown(MemoryConnector):
     """Its processor is down, and it answers "nothing held" instead of failing."""
 
@@ -533,6 +571,16 @@ BROKEN = {
         "test_erasure_leaves_only_retained_data",
         "before_commit planned 0 deleted in 'contacts', but erase reported 1",
     ),
+    "settles a step twice": (
+        broken(MarksTwice),
+        "test_erasure_leaves_only_retained_data",
+        "erase called withdraw with no step planned since the last one was settled",
+    ),
+    "settles some steps only": (
+        broken(SettlesSomeSteps),
+        "test_erasure_leaves_only_retained_data",
+        "settles some planned steps .after_commit or withdraw. but not others",
+    ),
     "journals without saying": (
         broken(JournalsWithoutSaying),
         "test_dry_run_erasure_changes_nothing",
@@ -594,6 +642,12 @@ def test_the_contract_catches_a_broken_connector(
 ) -> None:
     with pytest.raises(AssertionError, match=message):
         getattr(probe(make), test)()
+
+
+def test_a_step_withdrawn_is_left_out_of_the_plans_that_add_up_to_the_report() -> None:
+    contract = probe(broken(JournalsInSteps))
+    contract.test_erasure_leaves_only_retained_data()
+    contract.test_erasure_is_idempotent()
 
 
 def test_a_connector_that_cannot_restrict_at_all_may_say_so_for_anyone() -> None:

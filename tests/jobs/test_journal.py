@@ -15,7 +15,7 @@ from arq.connections import ArqRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from connectors.items import Subject
-from connectors.reports import ErasureReport, RetentionRule
+from connectors.reports import DatasetErasure, ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector
 from jobs.journal import Attempt, Counts, ErasureJournal, tally
 from tests.service.conftest import ApiFactory, api_factory  # noqa: F401 (a fixture)
@@ -160,6 +160,101 @@ async def test_a_receipt_counts_datasets_only_an_earlier_attempt_found(
     assert [(e["dataset"], e["deleted"]) for e in report["datasets"]] == [("contacts", 2)]
     assert [i["outcome"] for i in report["interrupted_attempts"]] == ["committed"]
     assert done["connectors"]["crm"]["records"] == 2
+
+
+class CommitsThenRowsReturn(MemoryConnector):
+    """Journals its erasure and marks it committed; then, before the attempt ends, as many
+    new rows for the subject arrive as it deleted, and Handover's Redis fails (once)."""
+
+    journals_commits: ClassVar[bool] = True
+    failed = False
+
+    async def erase(
+        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
+    ) -> ErasureReport:
+        if dry_run:
+            return await super().erase(subject, dry_run=True, retention=retention)
+        planned = await super().erase(subject, dry_run=True, retention=retention)
+        if planned.datasets:
+            await self.before_commit(planned)
+        report = await super().erase(subject, dry_run=False, retention=retention)
+        if planned.datasets:
+            await self.after_commit()
+        if not self.failed:
+            self.failed = True
+            self.records[subject.id] = {"contacts": [{"id": 3}, {"id": 4}]}
+            raise RedisConnectionError("Redis failed after the commit was recorded (injected)")
+        return report
+
+
+async def test_a_step_recorded_committed_counts_though_as_many_rows_came_back(
+    api_factory: ApiFactory,  # noqa: F811
+) -> None:
+    # By counts alone, an only step whose rows are all there again looks rolled back.
+    crm = CommitsThenRowsReturn("crm", records={"alice": {"contacts": [{"id": 1}, {"id": 2}]}})
+    api = await api_factory({"crm": crm}, erasure_grace=timedelta(0))
+    status, _, job = await api.request("POST", "/v1/erasures", json={})
+    assert status == 202, job
+    assert (
+        await api.request("POST", f"/v1/jobs/{job['id']}/confirm", sub="root", roles=("admin",))
+    )[0] == 200
+    done = await api.wait(job["id"])
+    assert done["status"] == "succeeded", done
+    report = done["connectors"]["crm"]["report"]
+    # Rows 1 and 2 by the first attempt, 3 and 4 by the retry.
+    assert [(e["dataset"], e["deleted"]) for e in report["datasets"]] == [("contacts", 4)]
+    (interrupted,) = report["interrupted_attempts"]
+    assert interrupted["outcome"] == "committed"
+    assert "as recorded when the commit returned" in interrupted["note"]
+
+
+async def test_a_journal_without_the_committed_mark_is_judged_by_counts(redis: ArqRedis) -> None:
+    # Entries as journals written before the mark existed hold them.
+    journal = ErasureJournal(redis, "handover:")
+    first = await journal.start("J", "crm")
+    await journal.plan("J", "crm", first, ErasureReport((DatasetErasure("rows", deleted=2),)))
+    second = await journal.start("J", "crm")
+    found = ErasureReport((DatasetErasure("rows", deleted=2),))
+    await journal.plan("J", "crm", second, found)
+    await journal.confirm("J", "crm", second, found)
+    unmarked = tally(await journal.attempts("J", "crm"), journals_commits=True)
+    assert [i.outcome for i in unmarked.interrupted] == ["rolled back"]
+    assert unmarked.counts == {"rows": {"deleted": 2, "anonymised": 0}}
+    # The same attempts, the first one's step marked committed when its commit returned.
+    await redis.delete("handover:journal:J:crm")
+    first = await journal.start("J", "crm")
+    await journal.plan("J", "crm", first, ErasureReport((DatasetErasure("rows", deleted=2),)))
+    await journal.commit("J", "crm", first)
+    second = await journal.start("J", "crm")
+    await journal.plan("J", "crm", second, found)
+    await journal.confirm("J", "crm", second, found)
+    marked = tally(await journal.attempts("J", "crm"), journals_commits=True)
+    assert [(i.outcome, i.recorded) for i in marked.interrupted] == [("committed", True)]
+    assert marked.counts == {"rows": {"deleted": 4, "anonymised": 0}}
+
+
+async def test_a_withdrawn_step_is_not_counted_after_an_interrupted_attempt(
+    redis: ArqRedis,
+) -> None:
+    # The notes' DELETE answered "none held" (withdrawn); the worker died during the next
+    # step's call; the next attempt found nothing left.
+    journal = ErasureJournal(redis, "handover:")
+    first = await journal.start("J", "helpdesk")
+    await journal.plan("J", "helpdesk", first, ErasureReport((DatasetErasure("notes", deleted=3),)))
+    await journal.withdraw("J", "helpdesk", first)
+    tickets = ErasureReport((DatasetErasure("tickets", deleted=5),))
+    await journal.plan("J", "helpdesk", first, tickets)
+    second = await journal.start("J", "helpdesk")
+    nothing = ErasureReport((DatasetErasure("tickets"), DatasetErasure("notes")))
+    await journal.confirm("J", "helpdesk", second, nothing)
+    total = tally(await journal.attempts("J", "helpdesk"), journals_commits=True)
+    assert total.counts == {
+        "tickets": {"deleted": 5, "anonymised": 0},
+        "notes": {"deleted": 0, "anonymised": 0},
+    }
+    assert [(i.outcome, i.planned) for i in total.interrupted] == [
+        ("committed", {"tickets": {"deleted": 5, "anonymised": 0}})
+    ]
 
 
 async def test_own_copies_planned_but_not_recorded_done_say_so(redis: ArqRedis) -> None:

@@ -101,6 +101,12 @@ def redis_down(request: pytest.FixtureRequest, tmp_path: Path) -> Environ:
     return {"HANDOVER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0", "HANDOVER_JWT_SECRET": JWT}
 
 
+def sentinels_down(request: pytest.FixtureRequest, tmp_path: Path) -> Environ:
+    # Ports 1 and 2: privileged, nothing listens there.
+    url = "redis+sentinel://127.0.0.1:1,127.0.0.1:2/mymaster/0"
+    return {"HANDOVER_REDIS_URL": url, "HANDOVER_JWT_SECRET": JWT}
+
+
 def redis_malformed(request: pytest.FixtureRequest, tmp_path: Path) -> Environ:
     return {"HANDOVER_REDIS_URL": "redis://host:notaport", "HANDOVER_JWT_SECRET": JWT}
 
@@ -143,9 +149,16 @@ WORKER = ["worker"]
 
 REDIS_DOWN = "HANDOVER_REDIS_URL: Redis at 127.0.0.1:"
 MALFORMED = "HANDOVER_REDIS_URL: "
+SENTINELS_DOWN = (
+    "HANDOVER_REDIS_URL: Redis at master 'mymaster' of Sentinels 127.0.0.1:1,127.0.0.1:2 "
+    "cannot be used: no Sentinel named its primary (127.0.0.1:1 refused the connection; "
+    "127.0.0.1:2 refused the connection)\n"
+)
 CASES: dict[str, tuple[list[str], EnvFactory, str]] = {
     "redis unreachable, serve": (SERVE, redis_down, REDIS_DOWN),
     "redis unreachable, worker": (WORKER, redis_down, REDIS_DOWN),
+    "sentinels unreachable, worker": (WORKER, sentinels_down, SENTINELS_DOWN),
+    "sentinels unreachable, serve": (SERVE, sentinels_down, SENTINELS_DOWN),
     "redis url malformed, serve": (SERVE, redis_malformed, MALFORMED),
     "redis url malformed, worker": (WORKER, redis_malformed, MALFORMED),
     "s3 unreachable, serve": (SERVE, s3_down, "HANDOVER_S3_ENDPOINT_URL: http://127.0.0.1:"),
@@ -187,6 +200,7 @@ def test_a_start_up_problem_stops_the_process_with_one_line(
     assert result.returncode != 0, result
     assert result.stderr.startswith(f"handover: {message}"), result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
+    assert len(result.stderr) < 240, f"a line to read, not a dump: {result.stderr}"
     assert result.stdout == "", "nothing printed, no banner, no token"
     assert seconds < PROMPTLY, f"took {seconds:.1f} s"
 
