@@ -9,7 +9,8 @@ default text compresses ~10:1 and would flatter deflate):
   and once to the local store. Input MB/s is the uncompressed NDJSON bytes the job
   recorded divided by its wall time from ``created_at`` to ``succeeded``
   (``updated_at``); the worker is started and polling before the job is created.
-  Peak RSS is the worker's own, from ``wait4`` after it is stopped.
+  Peak RSS is the worker's own ``VmHWM``, read just before it is stopped (not
+  ``wait4``'s, which counts the benchmark's own peak too: see ``harness.Ended``).
 - **L_pipeline**, what Handover must do per byte, at its fastest: the same records,
   generated beforehand (generation is not timed), rendered as NDJSON
   (``orjson.dumps(row) + b"\n"``), hashed (SHA-256), checksummed (CRC-32, isal) and
@@ -337,8 +338,10 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
             f"One subject, `SyntheticConnector` telemetry ({RECORD_BYTES}-byte records, "
             f"`entropy = {ENTROPY}`), `ndjson`, through one `handover worker` process "
             "(default settings) into the signed archive. MB/s = uncompressed NDJSON bytes "
-            "per second of job wall time (created → succeeded); RSS = the process's peak "
-            '(`wait4`). **L_pipeline** = render (`orjson.dumps(row) + b"\\n"`) + SHA-256 '
+            "per second of job wall time (created → succeeded); RSS = the process's own peak "
+            "(`VmHWM` just before it is stopped; `wait4` would report at least the peak of "
+            "the benchmark process that started it). **L_pipeline** = render "
+            '(`orjson.dumps(row) + b"\\n"`) + SHA-256 '
             "+ CRC-32 + deflate (isal level 1) of pre-generated records in one thread, no "
             "I/O: what Handover must do per byte. **L_source** = the connector alone, its "
             "`export()` iterated in one thread (synthetic or replayed): no export from it "

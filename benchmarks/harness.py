@@ -95,7 +95,14 @@ def base_environment(**handover: str) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Ended:
-    """How a process ended: exit code, peak RSS (``wait4``) and CPU seconds used."""
+    """How a process ended: exit code, peak RSS and CPU seconds used.
+
+    The peak is the process's own ``VmHWM`` (``/proc/<pid>/status``), last read while it
+    ran: not ``wait4``'s ``ru_maxrss``, which Linux starts, at ``exec``, from the peak of
+    the memory the process replaced, and a child started by ``vfork`` (as
+    ``subprocess`` does) replaces its parent's: every child would read at least this
+    benchmark process's own peak. ``ru_maxrss`` only where ``/proc`` could not be read.
+    """
 
     exit_code: int
     peak_rss_mb: float
@@ -110,6 +117,7 @@ class Process:
         self.popen = popen
         self.log = log
         self.ended: Ended | None = None
+        self._peak_kb = 0  # the largest VmHWM read while it ran
 
     @property
     def pid(self) -> int:
@@ -120,13 +128,26 @@ class Process:
         """Whether the process still runs (reaping it, with its figures, if it has ended)."""
         return self.ended is None and self._reap() is None
 
+    def _read_peak(self) -> None:
+        """Note the process's ``VmHWM`` (see :class:`Ended`), while it has one."""
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                self._peak_kb = max(self._peak_kb, int(line.split()[1]))
+                return
+
     def _reap(self) -> Ended | None:
+        self._read_peak()
         pid, status, usage = os.wait4(self.pid, os.WNOHANG)
         if not pid:
             return None
         code = os.waitstatus_to_exitcode(status)
         self.popen.returncode = code
-        self.ended = Ended(code, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime)
+        peak_kb = self._peak_kb or usage.ru_maxrss
+        self.ended = Ended(code, peak_kb / 1024, usage.ru_utime + usage.ru_stime)
         return self.ended
 
     def log_tail(self, limit: int = 3000) -> str:
@@ -159,6 +180,7 @@ class Process:
         """SIGTERM, then SIGKILL if it lingers past ``timeout``; returns how it ended."""
         if self.ended is not None:
             return self.ended
+        self._read_peak()
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGTERM)
         try:

@@ -373,7 +373,7 @@ class Settings(BaseSettings):
     s3_endpoint_url: _Url = None
     s3_public_endpoint_url: _Url = None
     s3_sse: _Text = None
-    s3_part_size: Annotated[int, _parsed(parse_size)] = 8 * 2**20
+    s3_part_size: Annotated[int, _parsed(parse_size)] = 5 * 2**20
     jwt_secret: _SecretText = None
     jwks_url: Annotated[str | None, _parsed(_jwks_url)] = None
     jwt_issuer: _Text = None
@@ -461,8 +461,8 @@ class Settings(BaseSettings):
             raise SettingsError(
                 "HANDOVER_REPLY_LINK_TTL and HANDOVER_REPLY_MAX_BYTES: must be above zero"
             )
-        if self.s3_part_size < 5 * 2**20:
-            raise SettingsError("HANDOVER_S3_PART_SIZE: S3 needs parts of at least 5MiB")
+        if not 5 * 2**20 <= self.s3_part_size <= 5 * 2**30:
+            raise SettingsError("HANDOVER_S3_PART_SIZE: S3 needs parts of 5MiB to 5GiB")
         if self.link_ttl <= timedelta(0):
             raise SettingsError("HANDOVER_LINK_TTL: must be longer than zero")
         if self.archive_ttl <= timedelta(0):

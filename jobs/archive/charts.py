@@ -4,31 +4,25 @@ The SVG is meant to sit inside an HTML page read offline: no script (pygal's
 tooltip configuration is taken out), no external stylesheet or font, and an
 accessible name (``role="img"`` and ``aria-label``). Labels along the time axis are
 moments written by the caller (in the reader's language and time zone).
+
+pygal is imported when the first chart is drawn (or :data:`STYLE` first read), not
+with this module: a worker whose exports hold no series never loads it (~1.6 MB).
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pygal
-from pygal.etree import etree
-from pygal.style import Style
+if TYPE_CHECKING:
+    from pygal.style import Style
 
-#: Dark ink on white, so that every label keeps WCAG AA contrast (also the dashboard's charts).
-STYLE = Style(
-    background="#ffffff",
-    plot_background="#ffffff",
-    foreground="#222222",
-    foreground_strong="#111111",
-    foreground_subtle="#555555",
-    colors=("#1f5fa8", "#a8321f", "#2f7d32", "#6a3fa0"),
-    font_family="system-ui, sans-serif",
-    label_font_size=12,
-    major_label_font_size=12,
-    title_font_size=14,
-)
+    #: Dark ink on white, so that every label keeps WCAG AA contrast (also the
+    #: dashboard's charts); built on first use, by :func:`__getattr__`.
+    STYLE: Style
+
 WIDTH = 720
 HEIGHT = 260
 
@@ -46,8 +40,10 @@ def line_chart(
     ``moment`` writes the time axis' labels, ``value`` the values' axis labels;
     ``time_label`` titles the time axis (e.g. that its times are as held, zone unknown).
     """
+    import pygal
+
     chart = pygal.DateTimeLine(
-        style=STYLE,
+        style=_style(),
         width=WIDTH,
         height=HEIGHT,
         js=[],
@@ -72,6 +68,8 @@ def markup(chart: Any, label: str) -> str:
     pygal writes its tooltips' configuration as a script whatever ``js`` says, and a
     ``<title>`` per point: both go, the chart's accessible name stays.
     """
+    from pygal.etree import etree
+
     tree = chart.render_tree()
     for parent in list(tree.iter()):
         for child in list(parent):
@@ -84,6 +82,31 @@ def markup(chart: Any, label: str) -> str:
         tree.remove(comment)
     text: str = etree.tostring(tree, encoding="unicode")
     return text
+
+
+@functools.cache
+def _style() -> Style:
+    from pygal.style import Style
+
+    return Style(
+        background="#ffffff",
+        plot_background="#ffffff",
+        foreground="#222222",
+        foreground_strong="#111111",
+        foreground_subtle="#555555",
+        colors=("#1f5fa8", "#a8321f", "#2f7d32", "#6a3fa0"),
+        font_family="system-ui, sans-serif",
+        label_font_size=12,
+        major_label_font_size=12,
+        title_font_size=14,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """:data:`STYLE`, built (and pygal imported) when first read."""
+    if name == "STYLE":
+        return _style()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _local(tag: object) -> str:

@@ -49,8 +49,12 @@ if TYPE_CHECKING:
 
 #: S3's smallest part (the last part of an upload may be smaller).
 MIN_PART = 5 * 2**20
+#: S3's largest part.
+MAX_PART = 5 * 2**30
 #: S3's largest number of parts in one upload.
 MAX_PARTS = 10_000
+#: Written parts keep one size for this many parts; the next ones are twice as large.
+PARTS_PER_SIZE = 500
 #: The most one copied part holds (S3 allows 5 GiB); larger ranges are split.
 COPY_PART = 256 * 2**20
 #: The most keys one ``DeleteObjects`` request names.
@@ -79,6 +83,18 @@ MISCONFIGURED = (
     ParamValidationError,
     InvalidRegionError,
 )
+
+
+def written_part_size(first: int, number: int) -> int:
+    """The size of written part ``number`` (from 1) of an upload whose first part is
+    ``first`` bytes: doubled every :data:`PARTS_PER_SIZE` parts, up to :data:`MAX_PART`.
+
+    So an upload holds two parts of ``first`` bytes in memory up to
+    ``first`` × :data:`PARTS_PER_SIZE` (2.4 GiB from 5 MiB), and larger ones only for
+    larger objects: from 5 MiB, 10,000 parts hold S3's largest object, 5 TiB, with
+    parts of 5 GiB at most (a 100 GB object's last parts are 160 MiB).
+    """
+    return min(first << ((number - 1) // PARTS_PER_SIZE), MAX_PART)
 
 
 def _error(exc: Exception, key: str) -> StorageError:
@@ -112,8 +128,9 @@ class S3MultipartWriter:
     next, at most ``max_in_flight`` + 1 of them, grown as they are first filled: a
     long upload holds that many parts' worth whatever its size, does not ask the
     allocator for a new part-sized block per part, and a small object holds only its
-    own size. Parts are ``part_size`` each, the last excepted. An object that never
-    fills a part goes up in one ``put_object``.
+    own size. Parts are the store's ``part_size`` at first, doubled every
+    :data:`PARTS_PER_SIZE` parts (:func:`written_part_size`), the last excepted. An
+    object that never fills a part goes up in one ``put_object``.
 
     One part in flight is the default: a 1 GB export's staged object (replayed
     source, moto) staged as fast with one as with two (7.6–8.5 s against 9.4 s), and
@@ -148,12 +165,13 @@ class S3MultipartWriter:
         self._size += len(data)
         view = memoryview(data)
         while view:
-            piece = view[: self._store.part_size - self._filled]
+            size = written_part_size(self._store.part_size, len(self._parts) + 1)
+            piece = view[: size - self._filled]
             # Overwrites a reused buffer, and grows a new one (a slice past its end appends).
             self._buffer[self._filled : self._filled + len(piece)] = piece
             self._filled += len(piece)
             view = view[len(piece) :]
-            if self._filled == self._store.part_size:
+            if self._filled == size:
                 await self._start_part(None)
 
     def _take(self) -> bytes:
@@ -185,7 +203,7 @@ class S3MultipartWriter:
     def _next_part(self) -> dict[str, Any]:
         if len(self._parts) >= MAX_PARTS:
             raise StorageError(
-                f"{self._key!r} would need more than {MAX_PARTS:,} parts of "
+                f"{self._key!r} would need more than {MAX_PARTS:,} parts, the first of "
                 f"{self._store.part_size:,} bytes; raise HANDOVER_S3_PART_SIZE",
                 transient=False,
             )
@@ -487,7 +505,7 @@ class S3Store:
         *,
         endpoint_url: str | None = None,
         public_endpoint_url: str | None = None,
-        part_size: int = 8 << 20,
+        part_size: int = MIN_PART,
         server_side_encryption: str | None = None,
         max_attempts: int = 5,
     ) -> None:

@@ -42,7 +42,7 @@ def test_defaults_without_configuration() -> None:
     assert settings.redis_url is None
     assert settings.s3_bucket is None
     assert settings.s3_prefix == "handover/"
-    assert settings.s3_part_size == 8 * 2**20
+    assert settings.s3_part_size == 5 * 2**20
     assert settings.jwt_secret is None
     assert settings.archive_ttl == timedelta(days=7)
     assert settings.link_ttl == timedelta(minutes=15)
@@ -183,6 +183,7 @@ def test_bad_sizes_are_refused(text: object) -> None:
         ("HANDOVER_ARCHIVE_TTL", "0s"),
         ("HANDOVER_LINK_TTL", "0"),
         ("HANDOVER_S3_PART_SIZE", "1MiB"),
+        ("HANDOVER_S3_PART_SIZE", "6GiB"),
         ("HANDOVER_S3_PART_SIZE", "lots"),
         ("HANDOVER_REDIS_URL", "http://x"),
         ("HANDOVER_REDIS_URL", "not a url"),

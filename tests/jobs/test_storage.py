@@ -769,3 +769,32 @@ async def test_s3_assembler_copying_from_a_missing_object_says_which(s3_store: S
     with pytest.raises(ObjectMissing, match="staging/job/gone.bin"):
         await assembler.copy("staging/job/gone.bin", 0, 10 * MiB)
     await assembler.abort()
+
+
+def test_s3_parts_from_the_smallest_hold_s3s_largest_object_in_its_part_limit() -> None:
+    sizes = [s3.written_part_size(MIN_PART, number) for number in range(1, s3.MAX_PARTS + 1)]
+
+    assert sum(sizes) >= 5 * 2**40, "S3's largest object, 5 TiB, fits in 10,000 parts"
+    assert max(sizes) == 5 * 2**30, "no part over S3's largest, 5 GiB"
+    assert sum(sizes[: s3.PARTS_PER_SIZE]) > 2 * 2**30, "2 GiB go up in parts of 5 MiB"
+    assert set(sizes[: s3.PARTS_PER_SIZE]) == {MIN_PART}
+
+
+async def test_s3_writer_parts_grow_as_the_object_does(
+    s3_store: S3Store, s3_client: Any, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(s3, "PARTS_PER_SIZE", 2)  # double every 2 parts, not 500: MiBs, not GiBs
+    part = s3_store.part_size
+    data = payload(2 * part + 2 * 2 * part + 3 * part)
+
+    assert await write_object(s3_store, "staging/job/crm.bin", data) == len(data)
+
+    first = s3_client.head_object(Bucket=bucket, Key="staging/job/crm.bin", PartNumber=1)
+    sizes = [first["ContentLength"]] + [
+        s3_client.head_object(Bucket=bucket, Key="staging/job/crm.bin", PartNumber=number)[
+            "ContentLength"
+        ]
+        for number in range(2, first["PartsCount"] + 1)
+    ]
+    assert sizes == [part, part, 2 * part, 2 * part, 3 * part], "the last part short of 4"
+    assert await s3_store.get("staging/job/crm.bin") == data

@@ -1,7 +1,8 @@
 """What a ``handover worker`` process loads: the SQL stack only when a ``sql`` connector is
 configured (SQLAlchemy and its drivers are about 10 MB of every worker's memory), and
 never the API's own modules (its routes, pages and OpenAPI, about 4 MB), which only
-``handover serve`` and ``handover api`` import.
+``handover serve`` and ``handover api`` import, and the chart library only once an archive
+has a chart to draw.
 
 Each case runs the real command, ``handover worker --burst``, under ``python -X
 importtime``, which names every module the process imported.
@@ -102,6 +103,13 @@ def test_a_worker_loads_none_of_the_api(tmp_path: Path) -> None:
     assert "jobs.worker" in imported, "the import log was read"
     served = {m for m in imported if m in API_MODULES or m.startswith("service.api.")}
     assert served <= {"service.api.models"}  # the command line's choices come from it
+
+
+def test_a_worker_loads_no_chart_library_until_it_draws_a_chart(tmp_path: Path) -> None:
+    imported = packages(imported_by_a_worker(tmp_path, HTTP_CONNECTOR))
+
+    assert "jobs" in imported, "the import log was read"
+    assert "pygal" not in imported  # about 1.6 MB; imported by the first archive with a chart
 
 
 def test_a_worker_with_a_sql_connector_loads_it(tmp_path: Path) -> None:
