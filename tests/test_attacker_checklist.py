@@ -275,16 +275,19 @@ def hostile_helpdesk() -> FakeTicketsApi:
     return fake
 
 
+#: A processor's error answer quoting a subject's email, an IBAN and markup.
+HOSTILE_ERROR = {
+    "error": "no tickets for alice@example.com",
+    "iban": "DE89370400440532013000",
+    "note": "<img src=x onerror=alert(1)>",
+}
+
+
 async def test_processor_r2_04_an_error_answer_reaches_no_staff_member(
     api_factory: ApiFactory,  # noqa: F811
 ) -> None:
     fake = hostile_helpdesk()
-    leak = {
-        "error": "no tickets for alice@example.com",
-        "iban": "DE89370400440532013000",
-        "note": "<img src=x onerror=alert(1)>",
-    }
-    fake.fail_next(422, body=leak)
+    fake.fail_next(422, body=HOSTILE_ERROR)
     async with serve(fake) as url:
         error, seen, admin_seen = await failed_export(api_factory, fake, url)
 
@@ -302,12 +305,7 @@ async def test_processor_r2_04_an_error_answer_reaches_no_webhook(
     receiver: tuple[Receiver, str],  # noqa: F811
 ) -> None:
     fake = hostile_helpdesk()
-    leak = {
-        "error": "no tickets for alice@example.com",
-        "iban": "DE89370400440532013000",
-        "note": "<img src=x onerror=alert(1)>",
-    }
-    fake.fail_next(422, body=leak)
+    fake.fail_next(422, body=HOSTILE_ERROR)
     platform, hook = receiver
     async with serve(fake) as url:
         _, seen, _ = await failed_export(

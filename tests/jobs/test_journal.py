@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from arq.connections import ArqRedis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,7 +18,7 @@ from connectors.items import Subject
 from connectors.reports import DatasetErasure, ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector
 from jobs.journal import Attempt, Counts, ErasureJournal, tally
-from tests.service.conftest import ApiFactory, api_factory  # noqa: F401 (a fixture)
+from tests.service.conftest import Api, ApiFactory, api_factory  # noqa: F401 (a fixture)
 
 
 def counts(**datasets: int) -> Counts:
@@ -144,18 +144,24 @@ class CommitsThenRedisFails(MemoryConnector):
         return report
 
 
-async def test_a_receipt_counts_datasets_only_an_earlier_attempt_found(
-    api_factory: ApiFactory,  # noqa: F811
-) -> None:
-    crm = CommitsThenRedisFails("crm", records={"alice": {"contacts": [{"id": 1}, {"id": 2}]}})
-    api = await api_factory({"crm": crm}, erasure_grace=timedelta(0))
+async def erased(api: Api) -> dict[str, Any]:
+    """Alice's erasure, asked, confirmed by an admin and succeeded: the job as she sees it."""
     status, _, job = await api.request("POST", "/v1/erasures", json={})
     assert status == 202, job
     assert (
         await api.request("POST", f"/v1/jobs/{job['id']}/confirm", sub="root", roles=("admin",))
     )[0] == 200
-    done = await api.wait(job["id"])
+    done: dict[str, Any] = await api.wait(job["id"])
     assert done["status"] == "succeeded", done
+    return done
+
+
+async def test_a_receipt_counts_datasets_only_an_earlier_attempt_found(
+    api_factory: ApiFactory,  # noqa: F811
+) -> None:
+    crm = CommitsThenRedisFails("crm", records={"alice": {"contacts": [{"id": 1}, {"id": 2}]}})
+    api = await api_factory({"crm": crm}, erasure_grace=timedelta(0))
+    done = await erased(api)
     report = done["connectors"]["crm"]["report"]
     assert [(e["dataset"], e["deleted"]) for e in report["datasets"]] == [("contacts", 2)]
     assert [i["outcome"] for i in report["interrupted_attempts"]] == ["committed"]
@@ -193,13 +199,7 @@ async def test_a_step_recorded_committed_counts_though_as_many_rows_came_back(
     # By counts alone, an only step whose rows are all there again looks rolled back.
     crm = CommitsThenRowsReturn("crm", records={"alice": {"contacts": [{"id": 1}, {"id": 2}]}})
     api = await api_factory({"crm": crm}, erasure_grace=timedelta(0))
-    status, _, job = await api.request("POST", "/v1/erasures", json={})
-    assert status == 202, job
-    assert (
-        await api.request("POST", f"/v1/jobs/{job['id']}/confirm", sub="root", roles=("admin",))
-    )[0] == 200
-    done = await api.wait(job["id"])
-    assert done["status"] == "succeeded", done
+    done = await erased(api)
     report = done["connectors"]["crm"]["report"]
     # Rows 1 and 2 by the first attempt, 3 and 4 by the retry.
     assert [(e["dataset"], e["deleted"]) for e in report["datasets"]] == [("contacts", 4)]

@@ -33,15 +33,20 @@ async def purge(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[
     return await asyncio.to_thread(handover, "jobs", "purge", *args, env=env)
 
 
-@pytest.mark.slow
-async def test_purge_counts_with_dry_run_then_deletes_old_jobs_only(
-    resources_factory: Callable[..., Any], redis: ArqRedis, s3_endpoint: str, bucket: str
-) -> None:
-    env = {
+def shared_env(s3_endpoint: str, bucket: str) -> dict[str, str]:
+    """What `handover jobs purge` needs to reach the tests' Redis and S3."""
+    return {
         "HANDOVER_REDIS_URL": REDIS_URL,
         "HANDOVER_S3_BUCKET": bucket,
         "HANDOVER_S3_ENDPOINT_URL": s3_endpoint,
     }
+
+
+@pytest.mark.slow
+async def test_purge_counts_with_dry_run_then_deletes_old_jobs_only(
+    resources_factory: Callable[..., Any], redis: ArqRedis, s3_endpoint: str, bucket: str
+) -> None:
+    env = shared_env(s3_endpoint, bucket)
     crm = MemoryConnector("crm", records={p: {"contacts": [{"id": p}]} for p in ("alice", "bob")})
     async with resources_factory({"crm": crm}) as resources:
         commands = Commands(resources)
@@ -85,11 +90,7 @@ async def test_purge_counts_with_dry_run_then_deletes_old_jobs_only(
 async def test_stats_over_http_count_the_same_before_and_after_a_purge(
     api_factory: ApiFactory, s3_endpoint: str, bucket: str
 ) -> None:
-    env = {
-        "HANDOVER_REDIS_URL": REDIS_URL,
-        "HANDOVER_S3_BUCKET": bucket,
-        "HANDOVER_S3_ENDPOINT_URL": s3_endpoint,
-    }
+    env = shared_env(s3_endpoint, bucket)
     crm = MemoryConnector("crm", records={p: {"contacts": [{"id": p}]} for p in ("alice", "bob")})
     api = await api_factory({"crm": crm})
     old = await api.export(sub="alice")
