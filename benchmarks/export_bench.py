@@ -24,6 +24,12 @@ default text compresses ~10:1 and would flatter deflate):
   faster than its L_source, a replayed one is held to L_pipeline.
 - **(b) the naive baseline**: every record in a list, ``json.dumps``, ``zipfile``
   into a ``BytesIO``, one ``put_object``; in a child process for its own peak RSS.
+- **Bundling CPU**: the worker's CPU seconds from the moment the job record shows
+  every connector run finished to the job's end (``Process.cpu_seconds``, sampled
+  when the record, polled every 10 ms, first shows each), for the 1 GB replayed
+  export to S3 with server-side copy (the default) against, as its reference, one
+  more such export with ``HANDOVER_S3_SERVER_SIDE_COPY=false``, bundled through the
+  worker.
 
 Three repeats at 100 MB (medians), one at 1 GB (a run of 10-40 s averages itself).
 
@@ -194,6 +200,9 @@ class ExportRun:
     bundle_seconds: float
     peak_rss_mb: float
     cpu_seconds: float
+    #: From every run finished to the job's end; None if the job record first showed the
+    #: runs finished once the job had ended (bundling was not seen starting).
+    bundle_cpu_seconds: float | None
 
     @property
     def mb_per_second(self) -> float:
@@ -204,7 +213,9 @@ class ExportRun:
         return self.records / self.seconds
 
 
-def _export_run(job: Job, peak_rss_mb: float, cpu_seconds: float) -> ExportRun:
+def _export_run(
+    job: Job, peak_rss_mb: float, cpu_seconds: float, bundle_cpu_seconds: float | None
+) -> ExportRun:
     run = job.connectors["telemetry"]
     assert run.started_at and run.finished_at and job.result
     return ExportRun(
@@ -217,6 +228,7 @@ def _export_run(job: Job, peak_rss_mb: float, cpu_seconds: float) -> ExportRun:
         bundle_seconds=(job.updated_at - run.finished_at).total_seconds(),
         peak_rss_mb=peak_rss_mb,
         cpu_seconds=cpu_seconds,
+        bundle_cpu_seconds=bundle_cpu_seconds,
     )
 
 
@@ -225,7 +237,8 @@ class Case:
     """One way through Handover: a connector type, a store (S3 when ``s3``) and its target.
 
     ``reference`` names what the throughput target is a share of (``pipeline`` or
-    ``source``); ``rss`` holds the case to the memory targets at the larger size.
+    ``source``); ``rss`` holds the case to the memory targets at the larger size;
+    ``server_side_copy`` is ``HANDOVER_S3_SERVER_SIDE_COPY``.
     """
 
     label: str
@@ -234,6 +247,7 @@ class Case:
     reference: str
     share: float
     rss: bool = False
+    server_side_copy: bool = True
 
 
 CASES = (
@@ -255,6 +269,21 @@ CASES = (
     ),
 )
 SOURCES = {"synthetic": "SyntheticConnector", "bench-replay": "bench-replay"}
+#: The export whose bundling CPU is held to its reference's.
+BUNDLED_BY_S3 = CASES[2]
+#: The reference: the same export, bundled through the worker.
+BUNDLED_BY_WORKER = Case(
+    "Handover → S3 (moto), source replayed, HANDOVER_S3_SERVER_SIDE_COPY=false",
+    "bench-replay",
+    s3=True,
+    reference="pipeline",
+    share=0.7,
+    server_side_copy=False,
+)
+#: Bundling with server-side copy may cost the worker this share of bundling through it.
+BUNDLE_CPU_SHARE = 0.05
+#: How often the job record is read while an export runs (for the bundling CPU's start).
+POLL_SECONDS = 0.01
 
 
 async def export_through_worker(
@@ -275,6 +304,8 @@ async def export_through_worker(
     )
     data_dir = workdir / "data"
     storage = {"s3_bucket": s3[1], "s3_endpoint_url": s3[0]} if case.s3 else {}
+    if not case.server_side_copy:
+        storage["s3_server_side_copy"] = "false"
     env = base_environment(
         config=str(config), redis_url=REDIS_URL, data_dir=str(data_dir), **storage
     )
@@ -287,18 +318,35 @@ async def export_through_worker(
                 Actor("benchmark", staff=False), subject=SUBJECT, formats=["ndjson"]
             )
 
+            cpu_when: dict[str, float] = {}
+
             async def ended() -> bool:
-                return (await resources.store.get(job.id)).status.terminal
+                """Whether the job ended; the worker's CPU seconds noted when every run
+                has finished (bundling starts) and when the job ends."""
+                seen = await resources.store.get(job.id)
+                if seen.status.terminal:
+                    cpu_when["ended"] = worker.cpu_seconds()
+                    return True
+                runs = seen.connectors.values()
+                if "runs finished" not in cpu_when and all(r.finished_at for r in runs):
+                    cpu_when["runs finished"] = worker.cpu_seconds()
+                return False
 
             await wait_until(
-                ended, "waiting for the export", 30 + records / 5000, interval=0.1, watch=[worker]
+                ended,
+                "waiting for the export",
+                30 + records / 5000,
+                interval=POLL_SECONDS,
+                watch=[worker],
             )
             stopped = worker.stop()
             done = await resources.store.get(job.id)
             if done.status is not JobStatus.SUCCEEDED or done.result is None:
                 raise BenchmarkError(f"export {done.status}: {done.error}\n{worker.log_tail()}")
             await resources.storage.delete(done.result.key)
-            return _export_run(done, stopped.peak_rss_mb, stopped.cpu_seconds)
+            started = cpu_when.get("runs finished")
+            bundle_cpu = None if started is None else cpu_when["ended"] - started
+            return _export_run(done, stopped.peak_rss_mb, stopped.cpu_seconds, bundle_cpu)
     finally:
         shutil.rmtree(data_dir, ignore_errors=True)
         if case.s3:
@@ -391,6 +439,11 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
                     runs[case].append(
                         await export_through_worker(group, redis, workdir, records, case, s3)
                     )
+            bundled_by_worker = (
+                await export_through_worker(group, redis, workdir, records, BUNDLED_BY_WORKER, s3)
+                if size > 100 * MB
+                else None
+            )
             line_bytes = median([x["bytes"] / x["records"] for x in pipelines])
             pipeline_mbs = median([x["bytes"] / MB / x["seconds"] for x in pipelines])
             pipeline_rps = median([x["records"] / x["seconds"] for x in pipelines])
@@ -485,6 +538,12 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
                         verdict(ok),
                     ]
                 )
+            if bundled_by_worker is not None:
+                mbs = bundled_by_worker.mb_per_second
+                shares = (_share(mbs, pipeline_mbs), _share(mbs, source_mbs["bench-replay"]))
+                table.rows.extend(
+                    _bundling_rows(label, runs[BUNDLED_BY_S3], bundled_by_worker, shares)
+                )
             table.notes.append(
                 f"{label}: {records:,} records; archive deflated {ratio:.2f}:1; "
                 f"repeats: {repeats} (references {len(pipelines)}). Vs L_source: against the "
@@ -500,7 +559,59 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
         "'Source replayed' = the same records from a pool generated once at start "
         "(`bench-replay`), which isolates Handover's own cost from the connector's."
     )
+    table.notes.append(
+        "Bundling CPU (1 GB, S3, source replayed): the worker's CPU seconds "
+        "(`/proc/<pid>/stat` utime + stime, in 10 ms ticks) from the moment the job record "
+        f"shows every connector run finished to the job's end, each read when the record, "
+        f"polled every {POLL_SECONDS * 1000:.0f} ms, first shows it. The finish task starts "
+        "at the worker's next poll of the queue (every 50 ms), so the first reading mostly "
+        "comes before bundling does; the worker idles once the job has ended. Server-side "
+        "copy = the replayed S3 row's own export; its reference = one more export of the "
+        "same records with `HANDOVER_S3_SERVER_SIDE_COPY=false`, every archive byte read "
+        "from S3 and written by the worker, which computes SHA-256 and CRC-32."
+    )
     return table
+
+
+def _bundling_rows(
+    label: str, by_s3: list[ExportRun], by_worker: ExportRun, shares: tuple[str, str]
+) -> list[list[str]]:
+    """The bundling CPU rows: the reference (bundled through the worker, its export's
+    throughput ``shares`` of L_pipeline and L_source), then server-side copy's, held to
+    at most :data:`BUNDLE_CPU_SHARE` of it."""
+    measured = [run.bundle_cpu_seconds for run in by_s3]
+    if by_worker.bundle_cpu_seconds is None or None in measured:
+        raise BenchmarkError("an export ended before its record showed its runs finished")
+    reference = by_worker.bundle_cpu_seconds
+    cpu = median([seconds for seconds in measured if seconds is not None])
+    split = " / ".join(
+        f"{getattr(by_worker, part):.2f}"
+        for part in ("wait_seconds", "stage_seconds", "bundle_seconds")
+    )
+    name = "bundling CPU, S3: through the worker (`HANDOVER_S3_SERVER_SIDE_COPY=false`)"
+    mbs, rps = by_worker.mb_per_second, by_worker.records_per_second
+    copied_split = " / ".join(
+        f"{median([getattr(r, part) for r in by_s3]):.2f}"
+        for part in ("wait_seconds", "stage_seconds", "bundle_seconds")
+    )
+    return [
+        [
+            *_row(label, name, mbs, rps, shares, f"{by_worker.peak_rss_mb:.0f}"),
+            split,
+            f"{reference:.2f} s bundling",
+            "reference",
+            "",
+        ],
+        [
+            label,
+            "bundling CPU, S3: server-side copy (default; the replayed S3 row's export)",
+            *[""] * 5,
+            copied_split,
+            f"{cpu:.2f} s bundling = {_share(cpu, reference)}",
+            f"≤ {BUNDLE_CPU_SHARE:.0%} of bundling through the worker",
+            verdict(reference > 0 and cpu <= BUNDLE_CPU_SHARE * reference),
+        ],
+    ]
 
 
 def main() -> None:

@@ -78,9 +78,12 @@ def open_storage(settings: Settings) -> ObjectStore:
         )
     # boto3 and botocore are ~9 MB of a process's memory before any client: imported
     # only by a process whose archives go to S3.
-    from jobs.storage.s3 import S3Store
+    from jobs.storage.s3 import S3PlainStore, S3Store
 
-    return S3Store(
+    # Without server-side copy the store is no AssemblingStore: archives are written
+    # byte by byte, and their SHA-256 and CRC-32 computed by the worker.
+    store = S3Store if settings.s3_server_side_copy else S3PlainStore
+    return store(
         settings.s3_bucket,
         endpoint_url=settings.s3_endpoint_url,
         public_endpoint_url=settings.s3_public_endpoint_url,

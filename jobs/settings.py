@@ -374,6 +374,7 @@ class Settings(BaseSettings):
     s3_public_endpoint_url: _Url = None
     s3_sse: _Text = None
     s3_part_size: Annotated[int, _parsed(parse_size)] = 5 * 2**20
+    s3_server_side_copy: bool = True
     jwt_secret: _SecretText = None
     jwks_url: Annotated[str | None, _parsed(_jwks_url)] = None
     jwt_issuer: _Text = None

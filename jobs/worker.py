@@ -57,7 +57,7 @@ from jobs.resources import Resources, open_resources
 from jobs.search import JobQuery
 from jobs.settings import Settings
 from jobs.storage.base import ObjectMissing
-from jobs.storage.s3 import S3Store
+from jobs.storage.s3 import S3PlainStore
 from jobs.webhooks import DELIVER_TASK, DeliveryFailed, Sender, encode, payload, shown
 from jobs.webhooks import MAX_TRIES as WEBHOOK_TRIES
 from jobs.webhooks import backoff as webhook_backoff
@@ -506,7 +506,7 @@ class WorkerContext:
             resources = await stack.enter_async_context(
                 open_resources(self.settings, redis=self.redis, connectors=self.connectors)
             )
-        if isinstance(resources.storage, S3Store):
+        if isinstance(resources.storage, S3PlainStore):  # S3Store too
             await resources.storage.ensure_lifecycle(resources.prefix, self.settings.archive_ttl)
         watch = await _join_epoch(resources) if self.watch_epoch else None
         await resources.keyring.publish(resources.signer)

@@ -2,8 +2,12 @@
 
 Writes stream through :class:`S3MultipartWriter`: S3 multipart with a bounded number
 of parts in flight, aborted on failure, so nothing is ever held whole in memory.
-:class:`S3Assembler` also appends ranges of objects already in the bucket, which S3
-copies itself (``UploadPartCopy``), and reports the full-object CRC-32 S3 computed.
+:class:`S3Store`'s :class:`S3Assembler` also appends ranges of objects already in the
+bucket, which S3 copies itself (``UploadPartCopy``), and reports the full-object CRC-32
+S3 computed. :class:`S3PlainStore` is the same store without it, for an S3-compatible
+store that has no ``UploadPartCopy`` or full-object CRC-32
+(``HANDOVER_S3_SERVER_SIDE_COPY=false``): every byte of its objects is written by
+Handover.
 boto3's errors leave as :class:`~jobs.storage.base.StorageError`, classified transient
 or permanent in :func:`_error` (or :class:`~jobs.storage.base.ObjectMissing` for a key
 that holds nothing).
@@ -142,7 +146,7 @@ class S3MultipartWriter:
 
     def __init__(
         self,
-        store: S3Store,
+        store: S3PlainStore,
         key: str,
         content_type: str,
         *,
@@ -496,8 +500,13 @@ def _full_object_crc32(response: Mapping[str, Any]) -> str | None:
     return digest.hex() if len(digest) == 4 else None
 
 
-class S3Store:
-    """An S3 bucket (or a prefix of one) through boto3, run in worker threads."""
+class S3PlainStore:
+    """An S3 bucket (or a prefix of one) through boto3, run in worker threads.
+
+    Every byte of an object is written by this process, and no upload asks S3 for a
+    checksum of it: what any S3-compatible store serves. :class:`S3Store` also
+    assembles objects.
+    """
 
     def __init__(
         self,
@@ -533,11 +542,6 @@ class S3Store:
 
     def writer(self, key: str, content_type: str = "application/octet-stream") -> ObjectWriter:
         return S3MultipartWriter(self, key, content_type)
-
-    def assembler(
-        self, key: str, content_type: str = "application/octet-stream"
-    ) -> ObjectAssembler:
-        return S3Assembler(self, key, content_type)
 
     async def read(
         self, key: str, start: int = 0, length: int | None = None
@@ -749,3 +753,16 @@ class S3Store:
         self.client.close()
         if self._presigner is not self.client:
             self._presigner.close()
+
+
+class S3Store(S3PlainStore):
+    """An S3 bucket that also assembles objects from ranges of those it holds: an
+    :class:`~jobs.storage.base.AssemblingStore`. The bucket's store must support
+    ``UploadPartCopy`` and full-object CRC-32 checksums (AWS S3 does, MinIO since 2025).
+    """
+
+    def assembler(
+        self, key: str, content_type: str = "application/octet-stream"
+    ) -> ObjectAssembler:
+        """A writer for ``key`` whose :meth:`~S3Assembler.copy` S3 carries out itself."""
+        return S3Assembler(self, key, content_type)

@@ -43,6 +43,7 @@ def test_defaults_without_configuration() -> None:
     assert settings.s3_bucket is None
     assert settings.s3_prefix == "handover/"
     assert settings.s3_part_size == 5 * 2**20
+    assert settings.s3_server_side_copy
     assert settings.jwt_secret is None
     assert settings.archive_ttl == timedelta(days=7)
     assert settings.link_ttl == timedelta(minutes=15)
@@ -83,6 +84,25 @@ def test_environment_values_are_parsed() -> None:
     assert settings.data_dir == Path("/var/lib/handover")
     assert not settings.embedded_redis
     assert settings.s3_bucket is not None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("false", False), ("0", False), ("off", False), ("true", True), ("1", True), ("on", True)],
+)
+def test_server_side_copy_parses_like_the_other_switches(value: str, expected: bool) -> None:
+    settings = Settings.load({"HANDOVER_S3_SERVER_SIDE_COPY": value})
+
+    assert settings.s3_server_side_copy is expected
+
+
+def test_server_side_copy_from_the_file(config_file: Callable[[str], dict[str, str]]) -> None:
+    assert not Settings.load(config_file("s3_server_side_copy = false\n")).s3_server_side_copy
+    with pytest.raises(SettingsError) as raised:
+        Settings.load(config_file('s3_server_side_copy = "sometimes"\n'))
+
+    assert str(raised.value).startswith("HANDOVER_S3_SERVER_SIDE_COPY: ")
+    assert "\n" not in str(raised.value)
 
 
 def test_environment_wins_over_the_file(config_file: Callable[[str], dict[str, str]]) -> None:
@@ -185,6 +205,8 @@ def test_bad_sizes_are_refused(text: object) -> None:
         ("HANDOVER_S3_PART_SIZE", "1MiB"),
         ("HANDOVER_S3_PART_SIZE", "6GiB"),
         ("HANDOVER_S3_PART_SIZE", "lots"),
+        ("HANDOVER_S3_SERVER_SIDE_COPY", "sometimes"),
+        ("HANDOVER_S3_SERVER_SIDE_COPY", ""),
         ("HANDOVER_REDIS_URL", "http://x"),
         ("HANDOVER_REDIS_URL", "not a url"),
         ("HANDOVER_S3_ENDPOINT_URL", "localhost:9000"),
