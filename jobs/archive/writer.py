@@ -33,6 +33,7 @@ Nothing is held whole in memory or on disk either way.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import zlib
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -62,6 +63,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.json.sig"
 INDEX = "index.html"
+CHECKSUM_APART = 1 << 16
+"""Bytes from which :class:`ArchiveOutput` takes a write's checksums on a thread."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,12 @@ class ArchiveOutput:
     computed here. Once a range went to :meth:`copy`, :attr:`sha256` is ``None`` (no
     SHA-256 of the whole exists without reading the archive back) and :attr:`crc32` is
     the one the store computed over the object it holds, ``None`` if it gave none.
+
+    A large write's checksums are taken on a thread (hashlib and isal release the GIL)
+    while it is written and the caller reads the next bytes: SHA-256 is the slowest
+    step of writing the archive byte by byte (1 GB/s, against several for reading
+    and writing a file). The next write waits for them, so they are taken in order,
+    and :meth:`complete` for the last.
     """
 
     def __init__(
@@ -92,6 +101,7 @@ class ArchiveOutput:
         self._sha256 = hashlib.sha256()
         self._crc32 = 0
         self._copied = False
+        self._checksumming: asyncio.Future[None] | None = None
         self.size = 0
 
     @property
@@ -100,10 +110,24 @@ class ArchiveOutput:
         return self._assembler is not None
 
     async def write(self, data: bytes) -> None:
+        await self._checksummed()
+        self.size += len(data)
+        if len(data) >= CHECKSUM_APART and isinstance(data, bytes):  # bytes: no one changes them
+            loop = asyncio.get_running_loop()
+            self._checksumming = loop.run_in_executor(None, self._checksum, data)
+        else:
+            self._checksum(data)
+        await self.target.write(data)
+
+    def _checksum(self, data: bytes) -> None:
         self._sha256.update(data)
         self._crc32 = isal_zlib.crc32(data, self._crc32)
-        self.size += len(data)
-        await self.target.write(data)
+
+    async def _checksummed(self) -> None:
+        """Once the checksums of the last write are taken."""
+        if self._checksumming is not None:
+            checksumming, self._checksumming = self._checksumming, None
+            await checksumming
 
     async def copy(self, key: str, start: int, length: int) -> None:
         """Append ``length`` bytes of the stored object ``key`` from ``start``."""
@@ -114,14 +138,23 @@ class ArchiveOutput:
         await self._assembler.copy(key, start, length)
 
     async def complete(self) -> int:
+        await self._checksummed()
         return await self.target.complete()
 
     async def abort(self) -> None:
-        await self.target.abort()
+        try:
+            await self._checksummed()  # no thread left reading a write's bytes
+        finally:
+            await self.target.abort()
+
+    def _taken(self) -> None:
+        if self._checksumming is not None:
+            raise RuntimeError("the archive's checksums are still being taken: complete it first")
 
     @property
     def sha256(self) -> str | None:
         """The whole archive's SHA-256 (hex), if every byte passed through here."""
+        self._taken()
         return None if self._copied else self._sha256.hexdigest()
 
     @property
@@ -129,6 +162,7 @@ class ArchiveOutput:
         """The whole archive's CRC-32 (8 hex digits): computed here, or by the store."""
         if self._copied:
             return self._assembler.crc32 if self._assembler is not None else None
+        self._taken()
         return f"{self._crc32:08x}"
 
 

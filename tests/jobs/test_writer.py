@@ -12,9 +12,11 @@ accepts.
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import shutil
 import subprocess
+import threading
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -29,10 +31,12 @@ from arq.connections import ArqRedis
 from connectors.base import Connector
 from connectors.testing import MemoryConnector
 from jobs.archive.verify import verify_archive
-from jobs.archive.writer import write_archive
+from jobs.archive.writer import CHECKSUM_APART, ArchiveOutput, write_archive
 from jobs.commands import Actor, Commands
 from jobs.model import Job, JobStatus
 from jobs.resources import Resources
+from jobs.storage import local
+from jobs.storage.local import LocalWriter
 from jobs.storage.s3 import MIN_PART, S3Store
 from tests.jobs.test_export import drain
 from tests.jobs.test_storage import watch_traffic
@@ -166,3 +170,78 @@ async def test_an_age_archive_is_written_byte_by_byte(
         plain = path.with_suffix(".plain.zip")
         plain.write_bytes(pyrage.decrypt(path.read_bytes(), [identity]))
         assert_valid_zip(plain)
+
+
+async def test_the_local_archive_is_checksummed_while_it_is_written(
+    resources_factory: Callable[..., Any], redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each large write's SHA-256 is taken on a thread while the store writes those very
+    bytes, not on the loop before it; the job records the checksums of the bytes stored."""
+    written: list[bytes] = []
+    seen = threading.Condition()
+    alongside: list[bool] = []
+    write = LocalWriter.write
+
+    async def writing(self: LocalWriter, data: bytes) -> None:
+        with seen:
+            written.append(data)
+            seen.notify_all()
+        await write(self, data)
+
+    class Gated:
+        """SHA-256 whose large updates wait (5 s at most) for the store to take their bytes."""
+
+        def __init__(self) -> None:
+            self._sha = hashlib.sha256()
+
+        def update(self, data: bytes) -> None:
+            if len(data) >= CHECKSUM_APART:
+                with seen:
+                    taken = seen.wait_for(lambda: any(w is data for w in written), timeout=5)
+                alongside.append(taken)
+            self._sha.update(data)
+
+        def hexdigest(self) -> str:
+            return self._sha.hexdigest()
+
+    start = ArchiveOutput.__init__
+
+    def gated(self: ArchiveOutput, *args: Any, **kwargs: Any) -> None:
+        start(self, *args, **kwargs)
+        self._sha256 = Gated()  # type: ignore[assignment]
+
+    monkeypatch.setattr(LocalWriter, "write", writing)
+    monkeypatch.setattr(ArchiveOutput, "__init__", gated)
+    async with resources_factory(connectors(), s3_bucket=None) as resources:
+        done, path = await exported(resources, redis)
+
+    assert alongside and all(alongside), alongside  # the photo's deflated 12 MiB, in pieces
+    assert done.result is not None
+    assert done.result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert done.result.crc32 == checksum(path)
+    assert_valid_zip(path)
+
+
+async def test_the_local_store_flushes_to_disk_while_it_writes(
+    resources_factory: Callable[..., Any], redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The staged object and the archive begin going to disk while they are written
+    (every ``WRITEBACK`` bytes), so completing them waits for little; nothing changes
+    in what is stored."""
+    flushed: list[int] = []  # the file's size at each flush begun
+    datasync = local._datasync
+
+    def flushing(fd: int) -> None:
+        flushed.append(os.fstat(fd).st_size)
+        datasync(fd)
+
+    monkeypatch.setattr(local, "_datasync", flushing)
+    monkeypatch.setattr(local, "WRITEBACK", MiB)
+    async with resources_factory(connectors(), s3_bucket=None) as resources:
+        done, path = await exported(resources, redis)
+
+    # The photo's 12 MiB, deflated to as much, in the staged object and in the archive.
+    assert len(flushed) >= 2 and min(flushed) >= MiB, flushed
+    assert done.result is not None
+    assert done.result.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert_valid_zip(path)
