@@ -75,6 +75,7 @@ from harness import (
     empty_bucket,
     fresh_redis,
     median,
+    process_peak_rss_mb,
     start_worker,
     timer,
     verdict,
@@ -184,7 +185,12 @@ def measure_naive(records: int, endpoint: str, bucket: str) -> dict[str, float]:
         client = boto3.client("s3", endpoint_url=endpoint)
         client.put_object(Bucket=bucket, Key="naive/export.zip", Body=buffer.getvalue())
     client.delete_object(Bucket=bucket, Key="naive/export.zip")
-    return {"seconds": elapsed(), "bytes": size, "records": records}
+    return {
+        "seconds": elapsed(),
+        "bytes": size,
+        "records": records,
+        "peak_rss_mb": process_peak_rss_mb(),
+    }
 
 
 @dataclass(frozen=True)
@@ -482,7 +488,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
                     "`benchmarks/export_bench.py --naive-1gb` measures it."
                 )
             elif _available_memory() > NAIVE_MEMORY_FACTOR * size:
-                naive, ended = child_result(_child("naive", str(records), *s3), environ, 900)
+                naive, _ = child_result(_child("naive", str(records), *s3), environ, 900)
                 naive_mbs = naive["bytes"] / MB / naive["seconds"]
                 name = "(b) naive: in memory, one put_object"
                 shares = (
@@ -492,7 +498,7 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
                 rps = records / naive["seconds"]
                 table.rows.append(
                     [
-                        *_row(label, name, naive_mbs, rps, shares, f"{ended.peak_rss_mb:,.0f}"),
+                        *_row(label, name, naive_mbs, rps, shares, f"{naive['peak_rss_mb']:,.0f}"),
                         "",
                         "",
                         "contrast",

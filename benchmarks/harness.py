@@ -346,7 +346,11 @@ def sixteen_cores(per_unit: Mapping[str, float], scaled: str, unit: str) -> str:
 
 
 def process_peak_rss_mb() -> float:
-    """This process's own peak RSS so far."""
+    """This process's own peak RSS so far: its ``VmHWM`` (``ru_maxrss`` would start from
+    the peak of the process that started it: see :class:`Ended`)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

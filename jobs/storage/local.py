@@ -10,6 +10,7 @@ signature and expiry check out.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import errno
 import hashlib
@@ -30,6 +31,9 @@ LINK_PATH = "/v1/objects/"
 WRITEBACK = 16 << 20
 """Bytes a writer writes between two flushes to disk begun while it goes on writing."""
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
+#: The threads those flushes run on: their own, so that writers flushing to a slow disk
+#: never hold the threads every other file read and write of the process waits for.
+_FLUSHES = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="flush")
 
 #: What a disk answers that stays until someone acts: full, over quota, read-only, forbidden.
 PERMANENT_ERRNOS = frozenset(
@@ -123,7 +127,7 @@ class LocalWriter:
                 await self._flushed()  # done: raises the disk's error, if it gave one
                 self._unflushed = 0
                 fd = self._handle.fileno()
-                self._flushing = asyncio.get_running_loop().run_in_executor(None, _datasync, fd)
+                self._flushing = asyncio.get_running_loop().run_in_executor(_FLUSHES, _datasync, fd)
         except OSError as exc:
             await self.abort()
             raise _error(exc, "write", self._key) from exc
@@ -151,14 +155,29 @@ class LocalWriter:
         return self._size
 
     async def abort(self) -> None:
-        with contextlib.suppress(OSError):  # not closed under a flush still running
-            await self._flushed()
-        if self._handle is not None:
-            handle, self._handle = self._handle, None
-            with contextlib.suppress(OSError):  # a full disk fails the flush on close too
-                handle.close()
-        with contextlib.suppress(OSError):
-            self._temporary.unlink()
+        handle, self._handle = self._handle, None
+        flushing, self._flushing = self._flushing, None
+        try:
+            if flushing is not None:
+                with contextlib.suppress(OSError):
+                    await asyncio.shield(flushing)
+        finally:  # canceled meanwhile too: the partial file goes, its file closed
+            if handle is not None:
+                if flushing is None or flushing.done():
+                    _close_quietly(handle)
+                else:  # never closed under the flush's thread: once it lets go
+                    flushing.add_done_callback(lambda done: _close_quietly(handle, done))
+            with contextlib.suppress(OSError):
+                self._temporary.unlink()
+
+
+def _close_quietly(handle: IO[bytes], flushed: asyncio.Future[None] | None = None) -> None:
+    """Close ``handle`` of an aborted write; a full disk fails the flush on close too, and
+    the flush's own error (``flushed``'s) is of no more use."""
+    if flushed is not None and not flushed.cancelled():
+        flushed.exception()  # retrieved: not logged as never retrieved
+    with contextlib.suppress(OSError):
+        handle.close()
 
 
 class LocalStore:
