@@ -132,8 +132,9 @@ class S3MultipartWriter:
     next, at most ``max_in_flight`` + 1 of them, grown as they are first filled: a
     long upload holds that many parts' worth (of the part size reached, since parts
     grow: a copy of the last part besides), does not ask the allocator for a new
-    part-sized block per part, and a small object holds only its own size. Parts are the store's ``part_size`` at first, doubled every
-    :data:`PARTS_PER_SIZE` parts (:func:`written_part_size`), the last excepted. An
+    part-sized block per part, and a small object holds only its own size. Parts are
+    the store's ``part_size`` at first, doubled every :data:`PARTS_PER_SIZE` parts
+    (:func:`written_part_size`), the last excepted. An
     object that never fills a part goes up in one ``put_object``.
 
     One part in flight is the default: a 1 GB export's staged object (replayed
