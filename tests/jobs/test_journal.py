@@ -127,6 +127,10 @@ class CommitsThenRedisFails(MemoryConnector):
     finds nothing left and reports no dataset at all."""
 
     journals_commits: ClassVar[bool] = True
+    #: Whether it marks its commit (``after_commit``) before Redis fails.
+    marks: ClassVar[bool] = False
+    #: The subject's rows that arrive after the commit, before Redis fails.
+    arriving: ClassVar[Mapping[str, list[dict[str, Any]]] | None] = None
     failed = False
 
     async def erase(
@@ -138,8 +142,12 @@ class CommitsThenRedisFails(MemoryConnector):
         if planned.datasets:
             await self.before_commit(planned)
         report = await super().erase(subject, dry_run=False, retention=retention)
+        if self.marks and planned.datasets:
+            await self.after_commit()
         if not self.failed:
             self.failed = True
+            if self.arriving is not None:
+                self.records[subject.id] = dict(self.arriving)
             raise RedisConnectionError("Redis failed right after the commit (injected)")
         return report
 
@@ -168,29 +176,14 @@ async def test_a_receipt_counts_datasets_only_an_earlier_attempt_found(
     assert done["connectors"]["crm"]["records"] == 2
 
 
-class CommitsThenRowsReturn(MemoryConnector):
+class CommitsThenRowsReturn(CommitsThenRedisFails):
     """Journals its erasure and marks it committed; then, before the attempt ends, as many
     new rows for the subject arrive as it deleted, and Handover's Redis fails (once)."""
 
-    journals_commits: ClassVar[bool] = True
-    failed = False
-
-    async def erase(
-        self, subject: Subject, *, dry_run: bool, retention: Mapping[str, RetentionRule]
-    ) -> ErasureReport:
-        if dry_run:
-            return await super().erase(subject, dry_run=True, retention=retention)
-        planned = await super().erase(subject, dry_run=True, retention=retention)
-        if planned.datasets:
-            await self.before_commit(planned)
-        report = await super().erase(subject, dry_run=False, retention=retention)
-        if planned.datasets:
-            await self.after_commit()
-        if not self.failed:
-            self.failed = True
-            self.records[subject.id] = {"contacts": [{"id": 3}, {"id": 4}]}
-            raise RedisConnectionError("Redis failed after the commit was recorded (injected)")
-        return report
+    marks: ClassVar[bool] = True
+    arriving: ClassVar[Mapping[str, list[dict[str, Any]]] | None] = {
+        "contacts": [{"id": 3}, {"id": 4}]
+    }
 
 
 async def test_a_step_recorded_committed_counts_though_as_many_rows_came_back(
