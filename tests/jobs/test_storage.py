@@ -6,7 +6,9 @@ import asyncio
 import errno
 import hmac
 import itertools
+import os
 import random
+import threading
 import urllib.request
 import zlib
 from collections import Counter
@@ -27,6 +29,7 @@ from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectStore, StorageErr
 from jobs.storage.local import LINK_PATH, LocalStore
 from jobs.storage.s3 import MIN_PART, S3Store
 from tests.conftest import free_port
+from tests.polling import eventually
 
 MiB = 2**20
 BIG = 12 * MiB
@@ -229,6 +232,53 @@ async def test_local_flush_failing_fails_the_write_and_leaves_no_file(
     assert failed.value.transient
     assert not await local_store.exists("archives/refused.zip")
     assert list(local_store.root.rglob("*.partial")) == []
+
+
+async def test_local_abort_canceled_during_a_flush_leaves_no_file_and_closes_it_after(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An abort canceled while a flush to disk runs (a job canceled as its export fails)
+    still removes the partial file, and closes it only once the flush's thread lets go."""
+    flushing = threading.Event()
+    release = threading.Event()
+    seen: list[int] = []
+
+    def slow(fd: int) -> None:
+        seen.append(fd)
+        flushing.set()
+        release.wait(10)
+        os.fstat(fd)  # the file is still open under the flush: raises EBADF otherwise
+
+    monkeypatch.setattr(local, "_datasync", slow)
+    monkeypatch.setattr(local, "WRITEBACK", 1024)
+    writer = local_store.writer("archives/aborted.zip")
+    await writer.write(b"x" * 1024)  # starts the flush
+    await eventually(flushing.is_set, timeout=5, what="the flush to start")
+    partial = list(local_store.root.rglob("*.partial"))
+    assert len(partial) == 1
+
+    aborting = asyncio.create_task(writer.abort())
+    await asyncio.sleep(0)  # the abort waits for the flush
+    aborting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await aborting
+
+    assert not partial[0].exists()
+    os.fstat(seen[0])  # not closed while the flush's thread holds it
+    release.set()
+    await eventually(
+        lambda: _closed(seen[0], partial[0]),
+        timeout=5,
+        what="the file closed once the flush ended",
+    )
+
+
+def _closed(fd: int, path: Path) -> bool:
+    """Whether descriptor ``fd`` no longer names ``path`` (closed, or its number reused)."""
+    try:
+        return path.name not in os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return True
 
 
 async def test_local_object_is_invisible_until_complete(local_store: LocalStore) -> None:
