@@ -8,18 +8,26 @@ Everything runs on 127.0.0.1, bounded in count and time, and stops with the test
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import random
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import boto3
 from aiohttp import ClientSession, web
 
-from tests.conftest import free_port, wait_for_port
+from jobs.kinds import build_pipelines
+from jobs.leases import Leases
+from jobs.model import Job
+from jobs.resources import NAMESPACE, Resources
+from jobs.worker import watchdog
+from tests.conftest import REDIS_URL, free_port, wait_for_port
+from tests.polling import eventually
 
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
@@ -244,3 +252,52 @@ class HandoverProcess:
         code = self.popen.wait(timeout=timeout)
         self._handle.close()
         return code
+
+
+def worker_env(config: Path, data_dir: Path) -> dict[str, str]:
+    """The environment of the ``handover worker`` processes a crash test runs and kills:
+    this one's without its ``HANDOVER_*``, the test Redis, erasures without a grace
+    period, and a 50 ms poll of the queue."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
+    env.update(
+        HANDOVER_CONFIG=str(config),
+        HANDOVER_REDIS_URL=REDIS_URL,
+        HANDOVER_DATA_DIR=str(data_dir),
+        HANDOVER_JWT_SECRET="journal-secret-" + "j" * 40,
+        HANDOVER_ERASURE_GRACE="0s",
+        HANDOVER_WORKER_POLL_DELAY="50ms",
+    )
+    return env
+
+
+async def died(worker: HandoverProcess, what: str) -> None:
+    """Once ``worker`` has exited (killed where the test arranged it)."""
+    await eventually(
+        lambda: worker.popen.poll(),
+        until=lambda code: code is not None,
+        timeout=60,
+        what=what,
+        diagnose=lambda: worker.log.read_text()[-2000:],
+    )
+
+
+async def another_worker_takes_over(
+    resources: Resources, env: dict[str, str], log: Path
+) -> HandoverProcess:
+    """After a worker died mid-job: the watchdog, as it runs once the dead worker's lease
+    has expired, queues its work again, and a new worker (logging to ``log``) starts."""
+    late = Leases(resources.redis, NAMESPACE, clock=lambda: time.time() + 3600)
+    watched = dataclasses.replace(resources, leases=late)
+    assert await watchdog({"handover_pipelines": build_pipelines(watched)}) >= 1
+    return HandoverProcess(env, log, logs_only=True)
+
+
+async def ended(resources: Resources, job_id: str, workers: list[HandoverProcess]) -> Job:
+    """The job once it has ended (the workers' logs said if it never does)."""
+    return await eventually(
+        lambda: resources.store.get(job_id),
+        until=lambda job: job.status.terminal,
+        timeout=60,
+        what=f"job {job_id} to end",
+        diagnose=lambda: "\n".join(w.log.read_text()[-2000:] for w in workers),
+    )

@@ -12,9 +12,6 @@ journaled sequence itself (plan, commit, withdraw) is checked in each connector'
 
 from __future__ import annotations
 
-import dataclasses
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +20,9 @@ from arq.connections import ArqRedis
 
 from connectors.registry import ConnectorConfig
 from jobs.commands import Actor, Commands
-from jobs.kinds import build_pipelines
-from jobs.leases import Leases
-from jobs.model import Identity, Job, JobKind, JobStatus
-from jobs.resources import NAMESPACE, open_resources
+from jobs.model import Identity, JobKind, JobStatus
+from jobs.resources import open_resources
 from jobs.settings import Settings
-from jobs.worker import watchdog
-from tests.conftest import REDIS_URL
 from tests.connectors.processor_servers import (
     FakeHubSpot,
     FakeProcessor,
@@ -37,8 +30,7 @@ from tests.connectors.processor_servers import (
     serve,
 )
 from tests.factories import connectors_toml
-from tests.faults import HandoverProcess
-from tests.polling import eventually
+from tests.faults import HandoverProcess, another_worker_takes_over, died, ended, worker_env
 
 TOKEN = "tk_live_crash_0123456789"
 
@@ -148,18 +140,9 @@ async def test_a_receipt_after_a_kill_counts_what_the_processor_deleted(
             )
         )
         (tmp_path / "handover.toml").write_text(connectors_toml([config]))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
-        env.update(
-            HANDOVER_CONFIG=str(tmp_path / "handover.toml"),
-            HANDOVER_REDIS_URL=REDIS_URL,
-            HANDOVER_DATA_DIR=str(tmp_path / "data"),
-            HANDOVER_JWT_SECRET="journal-secret-" + "j" * 40,
-            HANDOVER_ERASURE_GRACE="0s",
-            HANDOVER_WORKER_POLL_DELAY="50ms",
-        )
-        settings = Settings.load(env)
+        env = worker_env(tmp_path / "handover.toml", tmp_path / "data")
         try:
-            async with open_resources(settings, redis=redis) as resources:
+            async with open_resources(Settings.load(env), redis=redis) as resources:
                 commands = Commands(resources)
                 actor = Actor("alice", staff=False)
                 workers.append(HandoverProcess(env, tmp_path / "worker-1.log", logs_only=True))
@@ -170,31 +153,11 @@ async def test_a_receipt_after_a_kill_counts_what_the_processor_deleted(
                     identity=Identity(identifiers={"email": "alice@example.com"}),
                 )
                 await commands.confirm(actor, job.id)
-                await eventually(
-                    lambda: workers[0].popen.poll(),
-                    until=lambda code: code is not None,
-                    timeout=60,
-                    what="the worker to be killed after the delete call",
-                    diagnose=lambda: workers[0].log.read_text()[-2000:],
+                await died(workers[0], "the worker to be killed after the delete call")
+                workers.append(
+                    await another_worker_takes_over(resources, env, tmp_path / "worker-2.log")
                 )
-                # The watchdog, as it runs once the dead worker's lease has expired.
-                late = Leases(redis, NAMESPACE, clock=lambda: time.time() + 3600)
-                watched = dataclasses.replace(resources, leases=late)
-                assert await watchdog({"handover_pipelines": build_pipelines(watched)}) >= 1
-                workers.append(HandoverProcess(env, tmp_path / "worker-2.log", logs_only=True))
-
-                async def current() -> Job:
-                    found = await resources.store.get(job.id)
-                    assert found is not None
-                    return found
-
-                done = await eventually(
-                    current,
-                    until=lambda j: j.status.terminal,
-                    timeout=60,
-                    what="the erasure to end",
-                    diagnose=lambda: "\n".join(w.log.read_text()[-2000:] for w in workers),
-                )
+                done = await ended(resources, job.id, workers)
         finally:
             for worker in workers:
                 if worker.alive:

@@ -69,14 +69,20 @@ class RefusingDeletes(S3FaultProxy):
         return await super()._forward(request)
 
 
+def moto(resources: Resources) -> tuple[Any, str]:
+    """A client of the S3 server itself (not through Handover's store), and the bucket."""
+    storage = resources.storage
+    assert isinstance(storage, S3Store)
+    return boto3.client("s3", endpoint_url=resources.settings.s3_endpoint_url), storage.bucket
+
+
 def raw_get(resources: Resources, key: str) -> bytes:
     """The object's bytes as the store itself holds them (moto, or the file on disk)."""
     storage = resources.storage
     if isinstance(storage, LocalStore):
         return (storage.root / key).read_bytes()
-    assert isinstance(storage, S3Store)
-    client = boto3.client("s3", endpoint_url=resources.settings.s3_endpoint_url)
-    body: bytes = client.get_object(Bucket=storage.bucket, Key=key)["Body"].read()
+    client, bucket = moto(resources)
+    body: bytes = client.get_object(Bucket=bucket, Key=key)["Body"].read()
     return body
 
 
@@ -88,18 +94,16 @@ def raw_put(resources: Resources, key: str, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         return
-    assert isinstance(storage, S3Store)
-    client = boto3.client("s3", endpoint_url=resources.settings.s3_endpoint_url)
-    client.put_object(Bucket=storage.bucket, Key=key, Body=data)
+    client, bucket = moto(resources)
+    client.put_object(Bucket=bucket, Key=key, Body=data)
 
 
 def raw_exists(resources: Resources, key: str) -> bool:
     storage = resources.storage
     if isinstance(storage, LocalStore):
         return (storage.root / key).exists()
-    assert isinstance(storage, S3Store)
-    client = boto3.client("s3", endpoint_url=resources.settings.s3_endpoint_url)
-    listed = client.list_objects_v2(Bucket=storage.bucket, Prefix=key).get("Contents", [])
+    client, bucket = moto(resources)
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=key).get("Contents", [])
     return any(item["Key"] == key for item in listed)
 
 

@@ -192,24 +192,27 @@ def whole_or_nothing(found: Stored) -> str:
 Attempt = Callable[..., Awaitable[tuple[CuttingProxy, str]]]
 
 
+async def cutting_proxy(stack: contextlib.AsyncExitStack) -> tuple[CuttingProxy, str]:
+    """A :class:`CuttingProxy` in front of the test Redis, stopped with ``stack``, and the
+    URL of the test database through it."""
+    proxy = CuttingProxy(int(REDIS_URL.split(":")[2].split("/")[0]))
+    await proxy.start()
+    stack.push_async_callback(proxy.stop)
+    return proxy, f"redis://127.0.0.1:{proxy.port}/{REDIS_URL.rsplit('/', 1)[1]}"
+
+
 @pytest.fixture
 async def attempt(
     redis: ArqRedis, settings_factory: Callable[..., Settings]
 ) -> AsyncIterator[Attempt]:
     """Requests an export through a :class:`CuttingProxy` cutting at a given command;
     returns the proxy and the outcome. One client and one proxy serve every attempt."""
-    upstream_port = int(REDIS_URL.split(":")[2].split("/")[0])
-    database = REDIS_URL.rsplit("/", 1)[1]
-    proxy = CuttingProxy(upstream_port)
-    await proxy.start()
     connectors = {"crm": MemoryConnector("crm", records={})}
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(proxy.stop)
+        proxy, url = await cutting_proxy(stack)
         clients = {}
         for retries in (0, API_RETRIES):
-            clients[retries] = await connect(
-                f"redis://127.0.0.1:{proxy.port}/{database}", retries=retries
-            )
+            clients[retries] = await connect(url, retries=retries)
             stack.push_async_callback(clients[retries].aclose)
         commands = {
             retries: Commands(
@@ -292,14 +295,10 @@ async def test_a_batch_of_creates_whose_answers_were_lost_is_sent_again_into_one
     redis: ArqRedis, settings_factory: Callable[..., Settings]
 ) -> None:
     # A client that does not retry by itself: the store sends its creates once more.
-    upstream_port = int(REDIS_URL.split(":")[2].split("/")[0])
-    database = REDIS_URL.rsplit("/", 1)[1]
-    proxy = CuttingProxy(upstream_port)
-    await proxy.start()
     connectors = {"crm": MemoryConnector("crm", records={})}
     async with contextlib.AsyncExitStack() as stack:
-        stack.push_async_callback(proxy.stop)
-        client = await connect(f"redis://127.0.0.1:{proxy.port}/{database}", retries=0)
+        proxy, url = await cutting_proxy(stack)
+        client = await connect(url, retries=0)
         stack.push_async_callback(client.aclose)
         resources = await stack.enter_async_context(
             open_resources(settings_factory(), redis=client, connectors=connectors)

@@ -12,10 +12,8 @@ right after the commit) still ends in a receipt that counts exactly what was rem
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import os
-import time
 import uuid
 import zipfile
 from collections.abc import AsyncIterator
@@ -34,15 +32,11 @@ from jobs.archive.signing import jwk_public_key
 from jobs.archive.verify import verify_receipt_file
 from jobs.commands import Actor, Commands
 from jobs.keyring import KeyRing
-from jobs.kinds import build_pipelines
-from jobs.leases import Leases
 from jobs.model import JobKind, JobStatus
 from jobs.resources import NAMESPACE, open_resources
 from jobs.settings import RetentionConfig, Settings
-from jobs.worker import watchdog
-from tests.conftest import REDIS_URL
 from tests.factories import connectors_toml
-from tests.faults import HandoverProcess
+from tests.faults import HandoverProcess, another_worker_takes_over, died, ended, worker_env
 from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory
 
@@ -279,15 +273,7 @@ async def test_a_receipt_after_a_crash_counts_exactly_what_the_erasure_removed(
     ]
     config = tmp_path / "handover.toml"
     config.write_text(connectors_toml(configs))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
-    env.update(
-        HANDOVER_CONFIG=str(config),
-        HANDOVER_REDIS_URL=REDIS_URL,
-        HANDOVER_DATA_DIR=str(tmp_path / "data"),
-        HANDOVER_JWT_SECRET="journal-secret-" + "j" * 40,
-        HANDOVER_ERASURE_GRACE="0s",
-        HANDOVER_WORKER_POLL_DELAY="50ms",
-    )
+    env = worker_env(config, tmp_path / "data")
     settings = Settings.load(env)
     workers: list[HandoverProcess] = []
     try:
@@ -309,28 +295,14 @@ async def test_a_receipt_after_a_crash_counts_exactly_what_the_erasure_removed(
             job = await commands.request_erasure(actor, JobKind.ERASURE, subject="alice")
             await commands.confirm(actor, job.id)
             if crash == "kill":
-                await eventually(
-                    lambda: workers[0].popen.poll(),
-                    until=lambda code: code is not None,
-                    timeout=60,
-                    what="the worker to die at the injected crash",
-                    diagnose=lambda: workers[0].log.read_text()[-2000:],
-                )
+                await died(workers[0], "the worker to die at the injected crash")
                 assert not marker.exists()
                 rows = await alices_rows(platform_db)
                 assert rows == (before if crash_at == "before_commit" else dict.fromkeys(rows, 0))
-                # The watchdog, as it runs once the dead worker's lease has expired.
-                late = Leases(redis, NAMESPACE, clock=lambda: time.time() + 3600)
-                watched = dataclasses.replace(resources, leases=late)
-                assert await watchdog({"handover_pipelines": build_pipelines(watched)}) >= 1
-                workers.append(HandoverProcess(env, tmp_path / "worker-2.log", logs_only=True))
-            done = await eventually(
-                lambda: resources.store.get(job.id),
-                until=lambda j: j.status.terminal,
-                timeout=60,
-                what="the erasure to end",
-                diagnose=lambda: "\n".join(w.log.read_text()[-2000:] for w in workers),
-            )
+                workers.append(
+                    await another_worker_takes_over(resources, env, tmp_path / "worker-2.log")
+                )
+            done = await ended(resources, job.id, workers)
     finally:
         for worker in workers:
             if worker.alive:
