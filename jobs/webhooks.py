@@ -7,7 +7,8 @@ replays), and delivered by a worker task retried with exponential backoff and
 jitter. Targets are checked twice: at start-up a URL naming a link-local or cloud metadata
 address is refused (unless ``HANDOVER_WEBHOOK_ALLOW_LINK_LOCAL``), and at delivery
 the host's resolved addresses are checked again (a name that resolves there is
-refused) and redirects are not followed. Tasks and logs name a URL by its digest or
+refused) and redirects are not followed (:mod:`jobs.webhook_sender`, the HTTP side, which
+only a delivery imports). Tasks and logs name a URL by its digest or
 without its query, so a token in a webhook URL never reaches a log. Event types::
 
     job.created  job.succeeded  job.failed  job.canceled  job.refused
@@ -27,16 +28,12 @@ import hashlib
 import hmac
 import ipaddress
 import random
-import socket
 import time
 import uuid
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import aiohttp
 import orjson
-from aiohttp.abc import AbstractResolver, ResolveResult
 
 from jobs.model import Job, iso, utcnow
 
@@ -94,29 +91,6 @@ def target_problem(url: str) -> str | None:
     return None
 
 
-class GuardedResolver(AbstractResolver):
-    """Resolves as usual, then refuses a host whose addresses are all forbidden."""
-
-    def __init__(self, *, allow_link_local: bool = False) -> None:
-        self._resolver = aiohttp.ThreadedResolver()
-        self.allow_link_local = allow_link_local
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        results = [
-            result
-            for result in await self._resolver.resolve(host, port, family)
-            if self.allow_link_local or not forbidden_address(result["host"])
-        ]
-        if not results:
-            raise OSError(f"{host} resolves only to link-local or forbidden addresses")
-        return results
-
-    async def close(self) -> None:
-        await self._resolver.close()
-
-
 def payload(job: Job, event: str) -> dict[str, Any]:
     """What a notification says: the event and the job's public state, no personal data."""
     return {
@@ -158,43 +132,17 @@ def backoff(attempt: int, base: float = 2.0, cap: float = 600.0) -> float:
     return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
-@dataclass(frozen=True)
-class Sender:
-    """Posts signed notifications over one HTTP session."""
+async def send(url: str, body: bytes, secret: str, *, allow_link_local: bool = False) -> None:
+    """One delivery attempt of ``body`` to ``url``, signed with ``secret``, over a session
+    of its own; :class:`DeliveryFailed` unless the receiver answers 2xx.
 
-    session: aiohttp.ClientSession
-    secret: str
-    timeout: float = 10.0
-    allow_link_local: bool = False
+    The HTTP side (:mod:`jobs.webhook_sender`, aiohttp) is imported here, with the first
+    delivery: a worker that delivers no webhook never loads it (about 10 MB).
+    """
+    from jobs.webhook_sender import Sender, session
 
-    async def send(self, url: str, body: bytes) -> None:
-        """One delivery attempt; :class:`DeliveryFailed` unless the receiver answers 2xx."""
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self.secret, body, int(time.time())),
-            "User-Agent": "Handover-Webhooks/1",
-        }
-        problem = None if self.allow_link_local else target_problem(url)
-        if problem is not None:
-            raise DeliveryFailed(problem)
-        try:
-            async with self.session.post(
-                url,
-                data=body,
-                headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self.timeout),
-                allow_redirects=False,  # a redirect could lead anywhere: not followed
-            ) as response:
-                if not 200 <= response.status < 300:
-                    raise DeliveryFailed(f"{shown(url)} answered {response.status}")
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            raise DeliveryFailed(f"{shown(url)} unreachable: {type(exc).__name__}") from exc
-
-
-def session(*, allow_link_local: bool = False) -> aiohttp.ClientSession:
-    """An HTTP session for deliveries, resolving names through :class:`GuardedResolver`."""
-    resolver = GuardedResolver(allow_link_local=allow_link_local)
-    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(resolver=resolver))
+    async with session(allow_link_local=allow_link_local) as http:
+        await Sender(http, secret, allow_link_local=allow_link_local).send(url, body)
 
 
 def encode(document: dict[str, Any]) -> bytes:

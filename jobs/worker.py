@@ -56,13 +56,12 @@ from jobs.records import Records
 from jobs.resources import Resources, open_resources
 from jobs.search import JobQuery
 from jobs.settings import Settings
-from jobs.storage.base import ObjectMissing
-from jobs.storage.s3 import S3PlainStore
-from jobs.webhooks import DELIVER_TASK, DeliveryFailed, Sender, encode, payload, shown
+from jobs.storage.base import ExpiringStore, ObjectMissing
+from jobs.webhooks import DELIVER_TASK, DeliveryFailed, encode, payload, shown
 from jobs.webhooks import MAX_TRIES as WEBHOOK_TRIES
 from jobs.webhooks import backoff as webhook_backoff
 from jobs.webhooks import digest as webhook_digest
-from jobs.webhooks import session as webhook_session
+from jobs.webhooks import send as webhook_send
 
 log = logging.getLogger("handover.worker")
 
@@ -333,8 +332,7 @@ async def deliver_webhook(ctx: dict[str, Any], target: str, job_id: str, event: 
     body = encode(payload(await _resources(ctx).store.get(job_id), event))
     allow = settings.webhook_allow_link_local
     try:
-        async with webhook_session(allow_link_local=allow) as session:
-            await Sender(session, secret.reveal(), allow_link_local=allow).send(url, body)
+        await webhook_send(url, body, secret.reveal(), allow_link_local=allow)
     except DeliveryFailed as exc:
         attempt = ctx["job_try"]
         if attempt >= WEBHOOK_TRIES:
@@ -361,9 +359,7 @@ async def deliver_breach_webhook(
     body = encode(breach_webhook_payload(breach, event, utcnow()))
     allow = settings.webhook_allow_link_local
     try:
-        async with webhook_session(allow_link_local=allow) as session:
-            sender = Sender(session, settings.webhook_secret.reveal(), allow_link_local=allow)
-            await sender.send(url, body)
+        await webhook_send(url, body, settings.webhook_secret.reveal(), allow_link_local=allow)
     except DeliveryFailed as exc:
         attempt = ctx["job_try"]
         if attempt >= WEBHOOK_TRIES:
@@ -506,7 +502,7 @@ class WorkerContext:
             resources = await stack.enter_async_context(
                 open_resources(self.settings, redis=self.redis, connectors=self.connectors)
             )
-        if isinstance(resources.storage, S3PlainStore):  # S3Store too
+        if isinstance(resources.storage, ExpiringStore):  # an S3 bucket
             await resources.storage.ensure_lifecycle(resources.prefix, self.settings.archive_ttl)
         watch = await _join_epoch(resources) if self.watch_epoch else None
         await resources.keyring.publish(resources.signer)

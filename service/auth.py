@@ -40,7 +40,6 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -54,6 +53,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jobs.identity import claim_identifiers
 from jobs.settings import Settings, SettingsError
 from service.problems import Problem
+from service.roles import Role
 
 log = logging.getLogger("handover.auth")
 
@@ -72,14 +72,8 @@ JWKS_MAX_BYTES = 256 * 1024
 TOKEN_CACHE_SECONDS = 30.0
 #: How many verified tokens a process knows at once; the oldest is forgotten first.
 TOKEN_CACHE_SIZE = 10_000
-
-
-class Role(StrEnum):
-    """What a token's holder may do."""
-
-    SUBJECT = "subject"
-    SUPPORT = "support"
-    ADMIN = "admin"
+#: The roles that make their holder staff (:attr:`Principal.is_staff`).
+STAFF_ROLES = frozenset({Role.SUPPORT, Role.ADMIN})
 
 
 @dataclass(frozen=True)
@@ -101,7 +95,7 @@ class Principal:
     @property
     def is_staff(self) -> bool:
         """Support or admin: may see every job's metadata."""
-        return bool(self.roles & {Role.SUPPORT, Role.ADMIN})
+        return not self.roles.isdisjoint(STAFF_ROLES)
 
     @property
     def is_admin(self) -> bool:

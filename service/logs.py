@@ -6,35 +6,23 @@ are named by id, and where a subject must be named, by a keyed hash
 (:meth:`jobs.archive.signing.Signer.pseudonym`). As a second line of defence, a
 redaction step removes bearer tokens, JWTs, URL signatures and tokens, and email
 addresses from every line; a malformed request is logged as its error's class, not
-its raw request line; and the access log records the matched route, never the raw
-path or query.
-
-The access log is written straight to the JSON handler's stream, the same fields
-in the same order as structlog renders them, without a ``LogRecord`` or the
-processor chain: it is one line per request, on the API's hot path. The lines of the
-requests one turn of the event loop answered go out in one write at the end of that
-turn, and before any other line, so the order of lines stays the order of events.
-Where another handler listens (a test capturing logs), the line goes through
-``logging`` as any other.
+its raw request line; and the access log (:mod:`service.accesslog`) records the
+matched route, never the raw path or query.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime
-import functools
 import logging
 import re
 import sys
-import time
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO, TypeGuard
 
-import orjson
 import structlog
-from aiohttp import web
-from aiohttp.abc import AbstractAccessLogger
-from aiohttp.http_exceptions import HttpProcessingError
+
+if TYPE_CHECKING:
+    from aiohttp.http_exceptions import HttpProcessingError
 
 _SECRETS = [
     (re.compile(r"(?i)bearer\s+[A-Za-z0-9._~+/=-]+"), "Bearer [redacted]"),
@@ -64,13 +52,21 @@ def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
-class _MalformedRequests(logging.Filter):
+def _malformed_request(error: BaseException | None) -> TypeGuard[HttpProcessingError]:
+    """Whether ``error`` is aiohttp's for a malformed request. Its class is looked up where
+    aiohttp keeps it, not imported: a process that never loaded aiohttp (a worker) has no
+    such error to log, and logging does not load aiohttp into it."""
+    exceptions = sys.modules.get("aiohttp.http_exceptions")
+    return exceptions is not None and isinstance(error, exceptions.HttpProcessingError)
+
+
+class MalformedRequests(logging.Filter):
     """aiohttp logs a malformed request with its raw request line (a path may hold an
     email): keep one line naming the error's class, without the bytes."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        if isinstance(error, HttpProcessingError):
+        if _malformed_request(error):
             record.msg, record.args = (
                 "malformed request refused (%s %s)",
                 (
@@ -81,10 +77,6 @@ class _MalformedRequests(logging.Filter):
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"  # the client's fault
         return True
-
-
-#: Request methods logged as they are; any other is redacted first, like any logged text.
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
@@ -113,7 +105,7 @@ def configure(level: int = logging.INFO, stream: TextIO | None = None) -> None:
     )
     handler = JsonLinesHandler(stream or sys.stderr)
     handler.setFormatter(formatter)
-    handler.addFilter(_MalformedRequests())
+    handler.addFilter(MalformedRequests())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -168,70 +160,3 @@ class JsonLinesHandler(logging.StreamHandler[TextIO]):
             finally:
                 self.release()
         super().emit(record)
-
-
-class AccessLogger(AbstractAccessLogger):
-    """One line per request: method, route template, status, duration; no path, no query."""
-
-    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
-        if not self.logger.isEnabledFor(logging.INFO):
-            return
-        route = "unmatched"
-        try:
-            match_info = getattr(request, "match_info", None)
-        except AssertionError:  # a malformed request never reached the router
-            match_info = None
-        resource = getattr(getattr(match_info, "route", None), "resource", None)
-        if resource is not None and resource.canonical:
-            route = resource.canonical
-        method = request.method if request.method in _METHODS else redact(request.method)
-        seconds = round(time, 4)
-        handlers = self._json_handlers()
-        if handlers is None:
-            extra = {"method": method, "route": route, "status": response.status}
-            self.logger.info("request", extra={**extra, "seconds": seconds})
-            return
-        line = (
-            '{"event": "request", "level": "info", "logger": '
-            f"{_json(self.logger.name)}, "
-            f'"timestamp": "{_now()}", "method": {_json(method)}, '
-            f'"route": {_json(route)}, "status": {response.status}, "seconds": {seconds!r}}}'
-        )
-        for handler in handlers:
-            handler.write_soon(line)
-
-    def _json_handlers(self) -> list[JsonLinesHandler] | None:
-        """The handlers an info line of this logger reaches, if :func:`configure` made
-        them all; ``None`` (log it the ordinary way) if any other would see it, a
-        filter could change it, or bound context variables belong in it."""
-        if self.logger.filters or structlog.contextvars.get_contextvars():
-            return None
-        logger: logging.Logger | None = self.logger
-        found: list[JsonLinesHandler] = []
-        while logger is not None:
-            for handler in logger.handlers:
-                if not isinstance(handler, JsonLinesHandler) or not all(
-                    isinstance(f, _MalformedRequests) for f in handler.filters
-                ):
-                    return None
-                if handler.level <= logging.INFO:
-                    found.append(handler)
-            logger = logger.parent if logger.propagate else None
-        return found
-
-
-def _json(text: str) -> str:
-    return orjson.dumps(text).decode()
-
-
-def _now() -> str:
-    """The time as structlog's ``TimeStamper(fmt="iso", utc=True)`` writes it, the date and
-    time of day formatted once a second (a line per request is on the hot path)."""
-    seconds, micro = divmod(time.time_ns() // 1000, 1_000_000)
-    return f"{_second(seconds)}.{micro:06d}Z" if micro else f"{_second(seconds)}Z"
-
-
-@functools.lru_cache(maxsize=1)
-def _second(seconds: int) -> str:
-    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
-    return moment.isoformat().removesuffix("+00:00")

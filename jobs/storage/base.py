@@ -8,7 +8,8 @@ keep; a store reports its failures as :class:`StorageError`, transient or perman
 A store that can also assemble an object from ranges of objects it already holds,
 without their bytes passing through Handover (S3's ``UploadPartCopy``), offers
 :class:`AssemblingStore`; its :class:`ObjectAssembler` reports the whole object's CRC-32
-as the store computed it.
+as the store computed it. A store that expires what it holds by rules of its own (an S3
+bucket's lifecycle) offers :class:`ExpiringStore`, which a worker sets up at start.
 """
 
 from __future__ import annotations
@@ -161,3 +162,12 @@ class AssemblingStore(Protocol):
         self, key: str, content_type: str = "application/octet-stream"
     ) -> ObjectAssembler:
         """A writer for ``key`` that can also :meth:`~ObjectAssembler.copy` ranges."""
+
+
+@runtime_checkable
+class ExpiringStore(Protocol):
+    """A store that expires objects by rules of its own: a backstop behind the cleanup job."""
+
+    async def ensure_lifecycle(self, prefix: str, archive_ttl: timedelta) -> None:
+        """Make the store's rules expire what Handover keeps under ``prefix``: archives
+        some time after ``archive_ttl``, staging data and unfinished uploads sooner."""

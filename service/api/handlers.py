@@ -31,9 +31,10 @@ from jobs.storage.local import LocalStore
 from service.api import models
 from service.api.views import accepted, job_view, json_response, record_view, stream_events
 from service.appkeys import AUTHORITY, COMMANDS, RESOURCES, SETTINGS
-from service.auth import Principal, Role
+from service.auth import Principal
 from service.problems import Problem
 from service.ratelimit import limit_subject
+from service.roles import Role
 
 M = TypeVar("M", bound=BaseModel)
 MAX_BODY_BYTES = 64 * 1024

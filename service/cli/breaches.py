@@ -31,10 +31,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
-from service.cli.client import DEFAULT_URL, TIMEOUT, ApiClient, CliError, Connection
+from service.cli.client import DEFAULT_URL, ApiClient, CliError, Connection, open_client
 from service.cli.connectors import table
 
 Command = Callable[[ApiClient, argparse.Namespace], Awaitable[int]]
@@ -333,8 +332,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def _run(connection: Connection, command: Command, args: argparse.Namespace) -> int:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        return await command(ApiClient(session, connection), args)
+    async with open_client(connection) as client:
+        return await command(client, args)
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:

@@ -24,20 +24,24 @@ import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-import aiohttp
 import orjson
 from yarl import URL
 
 from jobs.settings import Secret
 
+if TYPE_CHECKING:
+    import aiohttp
+
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 DOWNLOAD_CHUNK = 1 << 20
-TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+#: Seconds to connect to the API, and to wait for each read from it.
+CONNECT_SECONDS = 10
+READ_SECONDS = 60
 
 # The API's JSON as decoded: a job (models.JobOut) and a timeline entry (models.EventOut).
 Job = dict[str, Any]
@@ -139,6 +143,8 @@ class ApiClient:
         self, method: str, url: str | URL, *, auth: bool = True, **kwargs: Any
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         headers = {**(self._auth if auth else {}), **kwargs.pop("headers", {})}
+        import aiohttp  # loaded already: the session is aiohttp's (see open_client)
+
         origin = self.base if auth else str(URL(url).origin())
         try:
             async with self.session.request(
@@ -151,8 +157,7 @@ class ApiClient:
             reason = _one_line(str(exc)) or type(exc).__name__
             raise Unreachable(f"lost the connection to {origin}: {reason}") from None
         except TimeoutError:
-            seconds = TIMEOUT.sock_read
-            raise Unreachable(f"no answer from {origin} within {seconds:g}s") from None
+            raise Unreachable(f"no answer from {origin} within {READ_SECONDS:g}s") from None
 
     async def call(
         self,
@@ -273,6 +278,22 @@ class ApiClient:
             raise
         await asyncio.to_thread(partial.replace, target)
         return size
+
+
+@contextlib.asynccontextmanager
+async def open_client(connection: Connection) -> AsyncIterator[ApiClient]:
+    """An :class:`ApiClient` over a session of its own, closed on the way out.
+
+    aiohttp is imported here, by the commands that call the API: the other commands
+    (a ``handover worker`` among them) never load it.
+    """
+    import aiohttp
+
+    timeout = aiohttp.ClientTimeout(
+        total=None, sock_connect=CONNECT_SECONDS, sock_read=READ_SECONDS
+    )
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        yield ApiClient(session, connection)
 
 
 def job_path(job_id: str, action: str = "") -> str:

@@ -25,16 +25,14 @@ import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import aiohttp
-
 from service.cli.breaches import _moment
 from service.cli.client import (
     DEFAULT_URL,
-    TIMEOUT,
     ApiClient,
     CliError,
     Connection,
     UsageError,
+    open_client,
 )
 
 Command = Callable[[ApiClient, argparse.Namespace], Awaitable[int]]
@@ -168,8 +166,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def _run(connection: Connection, command: Command, args: argparse.Namespace) -> int:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        return await command(ApiClient(session, connection), args)
+    async with open_client(connection) as client:
+        return await command(client, args)
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:

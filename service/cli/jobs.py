@@ -53,18 +53,17 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO, get_args
+from typing import Any, TextIO
 
-import aiohttp
 import orjson
 
+from jobs.archive.formats import FORMATS
+from jobs.lifecycle import RefusalGrounds
 from jobs.model import JobStatus, RunStatus
 from jobs.records import RecordsError, purge
 from jobs.settings import Settings
-from service.api import models
 from service.cli.client import (
     DEFAULT_URL,
-    TIMEOUT,
     ApiClient,
     CliError,
     Connection,
@@ -72,6 +71,7 @@ from service.cli.client import (
     Job,
     JobUnsuccessful,
     job_path,
+    open_client,
 )
 from service.cli.connectors import table
 
@@ -666,7 +666,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     actions = jobs.add_subparsers(dest="jobs_command", required=True, metavar="ACTION")
 
     listing = actions.add_parser("list", parents=[api], help="jobs as a table, newest first")
-    listing.add_argument("--status", choices=get_args(models.JobStatusName))
+    listing.add_argument("--status", choices=[status.value for status in JobStatus])
     listing.add_argument(
         "--kind",
         choices=[
@@ -728,7 +728,9 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "refuse", parents=[api], help="refuse a request, telling the subject why"
     )
     refuse.add_argument("id", metavar="ID")
-    refuse.add_argument("--grounds", required=True, choices=get_args(models.RefusalGroundsName))
+    refuse.add_argument(
+        "--grounds", required=True, choices=[grounds.value for grounds in RefusalGrounds]
+    )
     refuse.add_argument("--reason", required=True, help="why; the subject is told")
     refuse.set_defaults(jobs_run=refuse_job)
 
@@ -802,9 +804,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     export.add_argument(
         "subject", nargs="?", metavar="SUBJECT", help="whose data (a subject's token may omit it)"
     )
-    export.add_argument(
-        "--format", action="append", choices=get_args(models.Format), help="repeatable"
-    )
+    export.add_argument("--format", action="append", choices=FORMATS, help="repeatable")
     export.add_argument("--connector", action="append", help="only these (repeatable)")
     export.add_argument("--category", action="append", help="only these (repeatable)")
     export.add_argument(
@@ -859,8 +859,8 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 async def _run(connection: Connection, command: Command, args: argparse.Namespace) -> int:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        return await command(ApiClient(session, connection), args)
+    async with open_client(connection) as client:
+        return await command(client, args)
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:

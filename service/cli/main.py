@@ -40,10 +40,8 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-from aiohttp import web
-from aiohttp.log import access_logger
 
 from connectors.errors import ConnectorLoadError
 from jobs.archive.signing import SignatureError
@@ -52,7 +50,6 @@ from jobs.queue import API_RETRIES, connect
 from jobs.resources import NAMESPACE, StartupError, open_resources, probe_redis, reset_demo
 from jobs.settings import Settings, SettingsError, parse_duration
 from service import logs
-from service.auth import Role, TokenAuthority
 from service.cli import breaches as breaches_cli
 from service.cli import connectors as connectors_cli
 from service.cli import disclosures as disclosures_cli
@@ -61,6 +58,10 @@ from service.cli import jobs as jobs_cli
 from service.cli import malloc
 from service.cli import report as report_cli
 from service.cli import storage as storage_cli
+from service.roles import Role
+
+if TYPE_CHECKING:
+    from aiohttp import web
 
 EXIT_USAGE = 2
 #: Files 0600, directories 0700.
@@ -158,6 +159,7 @@ def _banner(settings: Settings, base_url: str, *, tokens: bool) -> str:
         f"Keeping {_where(settings)}\n"
     )
     from service.app import jwt_secret  # the API's modules: see _serve
+    from service.auth import TokenAuthority
 
     secret = jwt_secret(settings)
     if secret is None or not tokens:  # tokens come from the identity provider, or none asked
@@ -221,11 +223,16 @@ def _serve(settings: Settings, host: str, port: int, *, with_worker: bool) -> No
 
 async def _run_app(app: web.Application, listening: socket.socket, banner: str) -> None:
     """Start everything, then listen and print the banner; stop on SIGTERM or SIGINT."""
+    from aiohttp import web  # the API's modules: see _serve
+    from aiohttp.log import access_logger
+
+    from service.accesslog import AccessLogger
+
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stopping.set)
-    runner = web.AppRunner(app, access_log_class=logs.AccessLogger, access_log=access_logger)
+    runner = web.AppRunner(app, access_log_class=AccessLogger, access_log=access_logger)
     try:
         await runner.setup()
         await web.SockSite(runner, listening).start()
@@ -276,6 +283,7 @@ def _token(
     if email is not None and ("@" not in email or email != email.strip()):
         raise CommandError(f"--email: {email!r} is not an email address")
     from service.app import jwt_secret  # the API's modules: see _serve
+    from service.auth import TokenAuthority
 
     authority = TokenAuthority.from_settings(settings, jwt_secret(settings))
     print(authority.issue(sub, roles or [Role.SUBJECT.value], seconds, email=email))

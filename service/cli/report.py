@@ -23,10 +23,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
-from service.cli.client import DEFAULT_URL, TIMEOUT, ApiClient, CliError, Connection
+from service.cli.client import DEFAULT_URL, ApiClient, CliError, Connection, open_client
 from service.cli.connectors import table
 
 REPORTS = "/v1/reports"
@@ -105,8 +104,8 @@ async def _report(client: ApiClient, args: argparse.Namespace) -> bytes:
 
 
 async def _run(connection: Connection, args: argparse.Namespace) -> bytes:
-    async with aiohttp.ClientSession(timeout=TIMEOUT) as session:
-        return await _report(ApiClient(session, connection), args)
+    async with open_client(connection) as client:
+        return await _report(client, args)
 
 
 def run(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> int:

@@ -22,16 +22,9 @@ from jobs.export import ExportPipeline
 from jobs.kinds import build_pipelines
 from jobs.model import JobKind, JobStatus
 from jobs.settings import Secret, Settings, SettingsError
-from jobs.webhooks import (
-    SIGNATURE_HEADER,
-    DeliveryFailed,
-    GuardedResolver,
-    Sender,
-    forbidden_address,
-    sign,
-    verify,
-)
-from jobs.webhooks import session as webhook_session
+from jobs.webhook_sender import GuardedResolver, Sender
+from jobs.webhook_sender import session as webhook_session
+from jobs.webhooks import SIGNATURE_HEADER, DeliveryFailed, forbidden_address, sign, verify
 from jobs.worker import create_worker, watch_deadlines
 from tests.factories import options_for
 

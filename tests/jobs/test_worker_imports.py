@@ -2,7 +2,9 @@
 configured (SQLAlchemy and its drivers are about 10 MB of every worker's memory), and
 never the API's own modules (its routes, pages and OpenAPI, about 4 MB), which only
 ``handover serve`` and ``handover api`` import, and the chart library only once an archive
-has a chart to draw.
+has a chart to draw. aiohttp (about 10 MB) only with a connector that speaks HTTP, and
+otherwise with the first webhook it delivers; boto3 (about 9 MB before its client) only
+when archives go to S3.
 
 Each case runs the real command, ``handover worker --burst``, under ``python -X
 importtime``, which names every module the process imported.
@@ -17,6 +19,8 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+
+import boto3
 
 from tests.conftest import REDIS_URL
 
@@ -46,6 +50,13 @@ subject_column = "id"
 erase = "delete"
 """
 
+MANUAL_CONNECTOR = """
+[connectors.archives]
+type = "manual"
+checklist = ["Search the cabinets"]
+identifiers = ["id"]
+"""
+
 SQL_STACK = ("sqlalchemy", "asyncpg", "aiomysql", "pymysql", "aiosqlite")
 #: What only a process that serves the API needs (``service.app`` and what it routes to).
 API_MODULES = (
@@ -60,8 +71,9 @@ API_MODULES = (
 )
 
 
-def imported_by_a_worker(tmp_path: Path, config: str) -> set[str]:
-    """The modules a burst worker with ``config`` imported, by their full names."""
+def imported_by_a_worker(tmp_path: Path, config: str, **settings: str) -> set[str]:
+    """The modules a burst worker with ``config`` (and ``HANDOVER_<setting>`` for each of
+    ``settings``) imported, by their full names."""
     path = tmp_path / "handover.toml"
     path.write_text(config)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("HANDOVER_")}
@@ -70,6 +82,7 @@ def imported_by_a_worker(tmp_path: Path, config: str) -> set[str]:
         "HANDOVER_REDIS_URL": REDIS_URL,
         "HANDOVER_DATA_DIR": str(tmp_path / "data"),
     }
+    environ |= {f"HANDOVER_{name.upper()}": value for name, value in settings.items()}
     worker = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "service.cli", "worker", "--burst"],
         env=environ,
@@ -102,7 +115,41 @@ def test_a_worker_loads_none_of_the_api(tmp_path: Path) -> None:
 
     assert "jobs.worker" in imported, "the import log was read"
     served = {m for m in imported if m in API_MODULES or m.startswith("service.api.")}
-    assert served <= {"service.api.models"}  # the command line's choices come from it
+    assert not served
+
+
+def test_a_worker_with_nothing_to_reach_over_http_loads_no_aiohttp(tmp_path: Path) -> None:
+    imported = imported_by_a_worker(tmp_path, MANUAL_CONNECTOR)
+
+    assert "jobs.worker" in imported, "the import log was read"
+    assert "aiohttp" not in packages(imported)
+
+
+def test_a_worker_on_the_local_store_loads_no_boto3(tmp_path: Path) -> None:
+    imported = packages(imported_by_a_worker(tmp_path, MANUAL_CONNECTOR))
+
+    assert "jobs" in imported, "the import log was read"
+    assert not imported & {"boto3", "botocore", "s3transfer"}
+
+
+def test_a_worker_on_s3_loads_boto3_and_sets_the_buckets_expiry_rules_at_start(
+    tmp_path: Path, s3_endpoint: str, bucket: str
+) -> None:
+    imported = packages(
+        imported_by_a_worker(
+            tmp_path, MANUAL_CONNECTOR, s3_bucket=bucket, s3_endpoint_url=s3_endpoint
+        )
+    )
+
+    assert "boto3" in imported
+    rules = boto3.client("s3", endpoint_url=s3_endpoint).get_bucket_lifecycle_configuration(
+        Bucket=bucket
+    )["Rules"]
+    assert {rule["ID"] for rule in rules} == {
+        "handover-archives-handover/",
+        "handover-staging-handover/",
+        "handover-multipart-handover/",
+    }
 
 
 def test_a_worker_loads_no_chart_library_until_it_draws_a_chart(tmp_path: Path) -> None:

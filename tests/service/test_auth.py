@@ -31,7 +31,8 @@ from connectors.testing import MemoryConnector
 from jobs.settings import Secret, Settings, SettingsError
 from service.app import create_app, jwt_secret
 from service.appkeys import AUTHORITY
-from service.auth import JwksClient, Principal, Role, TokenAuthority, VerifiedTokens
+from service.auth import JwksClient, Principal, TokenAuthority, VerifiedTokens
+from service.roles import Role
 from tests.conftest import REDIS_URL
 from tests.polling import eventually
 

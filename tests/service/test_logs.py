@@ -17,6 +17,7 @@ from aiohttp.log import access_logger
 from aiohttp.test_utils import make_mocked_request
 
 from service import logs
+from service.accesslog import AccessLogger
 from service.logs import redact
 from tests.conftest import free_port, wait_for_port
 from tests.faults import HandoverProcess
@@ -153,7 +154,7 @@ async def test_access_lines_are_written_directly_with_the_fields_structlog_would
 
     logging.setLogRecordFactory(counted)
     try:
-        access = logs.AccessLogger(access_logger, "")
+        access = AccessLogger(access_logger, "")
         access.log(request, response, 0.012345)
         assert made == []  # written straight to the stream: no record, no processor chain
         # The same line through logging and structlog, as a test's log capture would get it.
