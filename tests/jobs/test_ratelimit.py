@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
@@ -61,3 +62,30 @@ async def test_hits_arriving_while_counts_are_on_their_way_to_redis_do_not_pass_
     are not let through as if nobody had counted them."""
     waits = await asyncio.gather(*(limiter.hit("burst", 3600, 10) for _ in range(40)))
     assert sum(wait == 0 for wait in waits) <= 10
+
+
+async def test_a_flush_adds_only_the_windows_counted_in_and_forgets_those_ended(
+    limiter: RateLimiter, redis: ArqRedis
+) -> None:
+    """A flush sends only the windows with hits since the last one, not every window
+    this process has seen; an ended window is forgotten once its counts are in Redis."""
+    for number in range(50):
+        await limiter.hit(f"subject:{number}", WINDOW, 20)
+    await limiter.hit("short", 1, 20)
+    await limiter.flush()
+    await limiter.hit("subject:0", WINDOW, 20)
+    counted: list[str] = []
+    real_add = limiter._add
+
+    async def add(batch: dict[str, Any]) -> dict[str, int]:
+        counted.extend(batch)
+        return await real_add(batch)
+
+    limiter._add = add  # type: ignore[method-assign]
+    await asyncio.sleep(1.1)  # the one-second window ends
+    await limiter.flush()
+    window = int(time.time()) // WINDOW
+    assert counted == [f"handover:rate:subject:0:{window}"]
+    assert await redis.get(f"handover:rate:subject:0:{window}") == b"2"
+    assert not any(":short:" in key for key in limiter._windows)
+    assert len(limiter._windows) == 50
