@@ -109,6 +109,21 @@ class Signer:
         self._private_key = private_key
         self.public_key = private_key.public_key()
         self.key_id = key_id(self.public_key)
+        self._keys: dict[bytes, bytes] = {}
+
+    def _key(self, purpose: bytes) -> bytes:
+        """The HMAC key for ``purpose``, derived from the private key once per process."""
+        key = self._keys.get(purpose)
+        if key is None:
+            raw = self._private_key.private_bytes(
+                serialization.Encoding.Raw,
+                serialization.PrivateFormat.Raw,
+                serialization.NoEncryption(),
+            )
+            key = self._keys[purpose] = hmac.new(
+                raw, b"handover " + purpose, hashlib.sha256
+            ).digest()
+        return key
 
     def sign(self, data: bytes) -> bytes:
         """The detached signature document for ``data``."""
@@ -130,24 +145,15 @@ class Signer:
         Keyed with a value derived from the private key, so it cannot be reversed by
         hashing guessed ids, and every process sharing the key agrees on it.
         """
-        raw = self._private_key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
+        return (
+            "s_"
+            + hmac.new(self._key(b"pseudonym"), subject.encode(), hashlib.sha256).hexdigest()[:20]
         )
-        key = hmac.new(raw, b"handover pseudonym", hashlib.sha256).digest()
-        return "s_" + hmac.new(key, subject.encode(), hashlib.sha256).hexdigest()[:20]
 
     def mac(self, purpose: bytes, data: bytes) -> str:
         """A keyed hash (HMAC-SHA-256, hex) of ``data`` for ``purpose``, keyed like
         :meth:`pseudonym`: every process sharing the key agrees, nobody else can make one."""
-        raw = self._private_key.private_bytes(
-            serialization.Encoding.Raw,
-            serialization.PrivateFormat.Raw,
-            serialization.NoEncryption(),
-        )
-        key = hmac.new(raw, b"handover " + purpose, hashlib.sha256).digest()
-        return hmac.new(key, data, hashlib.sha256).hexdigest()
+        return hmac.new(self._key(purpose), data, hashlib.sha256).hexdigest()
 
     @classmethod
     def from_file(cls, path: Path, *, create: bool) -> Signer:
