@@ -225,11 +225,15 @@ class ProcessGroup:
         return process
 
     def start_moto(self) -> str:
-        """moto's S3 server in its own process; returns its endpoint URL."""
+        """moto's S3 server in its own process; returns its endpoint URL.
+
+        It keeps HTTP/1.1 connections alive as S3 does (``moto_server.py``): moto's own
+        ``python -m moto.server`` closes every connection after one request.
+        """
         port = free_port()
         process = self.start(
             "moto",
-            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            [sys.executable, str(BENCH_DIR / "moto_server.py"), str(port)],
             base_environment(),
         )
         wait_for_port(port, process)

@@ -14,7 +14,8 @@
   Each export is three arq tasks (the identity step, the connector run and the finish),
   four S3 requests (the staged object put and read back whole, its previews at its end;
   the signed archive put; the staged object deleted) and the job's bookkeeping in Redis.
-  Storage: S3 on moto's server.
+  Storage: S3 on moto's server, keeping connections alive as S3 does
+  (``harness.ProcessGroup.start_moto``; moto's own server closes each one).
 
 Rate = jobs / wall time from the first enqueue (or create) to the moment every job
 is done (polled every 20 ms). Medians of three runs per row.
