@@ -1,7 +1,8 @@
 """Prometheus metrics kept in Redis, so any API process can serve them for every worker.
 
-Counters and histograms are Redis hashes updated with ``HINCRBY``; gauges are
-read at scrape time from the job store's counts and indexes. ``/metrics``
+Counters and histograms are Redis hashes updated with ``HINCRBY``, a histogram's
+observation by one Lua script (:data:`_OBSERVE`: its buckets and sum in one step, one
+round trip); gauges are read at scrape time from the job store's counts and indexes. ``/metrics``
 renders them in the Prometheus text format (version 0.0.4).
 """
 
@@ -34,6 +35,14 @@ COUNTERS = {
 }
 
 
+#: One observation of a histogram. KEYS[1]: its hash; ARGV[1]: the series' sum field,
+#: ARGV[2]: the seconds observed, then the bucket fields the observation falls in.
+_OBSERVE = """
+for i = 3, #ARGV do redis.call('HINCRBY', KEYS[1], ARGV[i], 1) end
+redis.call('HINCRBYFLOAT', KEYS[1], ARGV[1], ARGV[2])
+"""
+
+
 def _labels(labels: Mapping[str, str]) -> str:
     inner = ",".join(
         f'{key}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
@@ -48,18 +57,16 @@ class Metrics:
     def __init__(self, redis: Redis, namespace: str) -> None:
         self.redis: Any = redis
         self.ns = f"{namespace}metrics:"
+        self._observe = self.redis.register_script(_OBSERVE)
 
     async def observe(self, name: str, seconds: float, **labels: str) -> None:
         """Add one observation to histogram ``name``."""
         series = _labels(labels)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            key = f"{self.ns}{name}"
-            for bound in DURATION_BUCKETS:
-                if seconds <= bound:
-                    pipe.hincrby(key, f"{series}|{bound}", 1)
-            pipe.hincrby(key, f"{series}|+Inf", 1)
-            pipe.hincrbyfloat(key, f"{series}|sum", max(seconds, 0.0))
-            await pipe.execute()
+        buckets = [f"{series}|{bound}" for bound in DURATION_BUCKETS if seconds <= bound]
+        await self._observe(
+            keys=[f"{self.ns}{name}"],
+            args=[f"{series}|sum", repr(max(seconds, 0.0)), *buckets, f"{series}|+Inf"],
+        )
 
     async def count(self, name: str, amount: int = 1, **labels: str) -> None:
         """Add ``amount`` to counter ``name``."""

@@ -265,27 +265,28 @@ async def notify_subject(
     a request being received is queued with the new job instead (:func:`queued_with_job`).
     """
     queuing = _queuing(resources, job, notice, occasion, details)
-    key = queuing.key
-    redis: Any = resources.redis  # redis-py types async results as sync-or-async unions
-
-    async def record(pipe: Any) -> tuple[bool, str]:
-        known = await pipe.hget(key, "state")
-        if known is not None:
-            await pipe.unwatch()
-            return False, known.decode()
-        state = "skipped" if queuing.skip else "queued"
-        pipe.multi()
-        pipe.hset(key, mapping={"state": state, "language": queuing.language})
-        pipe.expire(key, STATE_TTL)
-        if not queuing.skip:
-            pipe.set(f"{key}:letter", queuing.letter, ex=LETTER_TTL)
-        return True, state
-
-    new, state = await redis.transaction(record, key, value_from_callable=True)
-    if new and queuing.skip is not None:
-        await resources.store.add_event(
+    skipped = (
+        resources.store.event_command(
             job.id, "notice.skipped", "notices", {"notice": notice, "reason": queuing.skip}
         )
+        if queuing.skip is not None
+        else []
+    )
+    redis: Any = resources.redis  # redis-py types async results as sync-or-async unions
+    script = redis.register_script(_RECORD)
+    state = (
+        await script(
+            keys=[queuing.key],
+            args=[
+                "skipped" if queuing.skip else "queued",
+                queuing.language,
+                int(STATE_TTL.total_seconds()),
+                int(LETTER_TTL.total_seconds()),
+                "" if queuing.skip else queuing.letter,  # the address goes nowhere unsent
+                *skipped,
+            ],
+        )
+    ).decode()
     if state == "queued":  # new, or queued before a crash: queuing again queues once
         await resources.redis.enqueue_job(
             NOTICE_TASK,
@@ -295,6 +296,24 @@ async def notify_subject(
             queuing.occasion,
             _job_id=_task_id(job.id, notice, job.generation, queuing.occasion),
         )
+
+
+#: :func:`notify_subject`'s record of a notice, once. KEYS[1]: the notice's state;
+#: ARGV: its state (``queued`` or ``skipped``), language, the state's and the letter's
+#: TTL (seconds), the letter, then (when skipped) the ``notice.skipped`` event's ``XADD``
+#: words. A notice recorded before keeps its state, and nothing is written: the answer.
+_RECORD = """
+local known = redis.call('HGET', KEYS[1], 'state')
+if known then return known end
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'language', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+if ARGV[1] == 'queued' then
+  redis.call('SET', KEYS[1] .. ':letter', ARGV[5], 'EX', ARGV[4])
+elseif #ARGV > 5 then
+  redis.call(unpack(ARGV, 6, #ARGV))
+end
+return ARGV[1]
+"""
 
 
 def queued_with_job(resources: Resources, job: Job, *notices: str) -> Alongside:

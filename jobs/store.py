@@ -544,10 +544,17 @@ class JobStore:
     async def add_event(
         self, job_id: str, event: str, actor: str, data: dict[str, Any] | None = None
     ) -> None:
-        """Append an event that changes no state (e.g. a download)."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            self._queue_event(pipe, job_id, event, actor, data or {})
-            await pipe.execute()
+        """Append an event that changes no state (e.g. a download): one ``XADD``."""
+        await self.redis.execute_command(*self.event_command(job_id, event, actor, data))
+
+    def event_command(
+        self, job_id: str, event: str, actor: str, data: dict[str, Any] | None = None
+    ) -> list[str]:
+        """The ``XADD`` words that append an event, for another module's script to run
+        in the step that makes it true (:func:`jobs.notices.notify_subject`)."""
+        writes = _Writes()
+        self._queue_event(writes, job_id, event, actor, data or {})
+        return writes.writes[0]
 
     def _queue_event(
         self, pipe: Any, job_id: str, event: str, actor: str, data: dict[str, Any]

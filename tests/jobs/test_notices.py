@@ -250,6 +250,28 @@ async def test_on_a_shared_redis_without_smtp_notices_are_off_and_said_to_be(
     ]
 
 
+async def test_a_skipped_notice_is_recorded_once_with_its_one_timeline_entry(
+    resources_factory: Callable[..., Any], redis: ArqRedis
+) -> None:
+    """The skip and its ``notice.skipped`` entry are written in one step, once: asked
+    again (a task run twice), the notice is known and nothing more is written."""
+    async with resources_factory(crm(), redis_url=REDIS_URL) as resources:
+        job = await Commands(resources).request_erasure(
+            SUBJECT, JobKind.ERASURE, subject="alice", identity=identity()
+        )
+        for _ in range(2):
+            await notify_subject(resources, job, "awaiting_confirmation")
+            await notify_subject(resources, job, "awaiting_confirmation", occasion="again")
+        events = await notices(resources, job.id)
+        queued = [key async for key in redis.scan_iter(match="arq:*notice:*")]
+    assert queued == []
+    assert [(e.type, e.data["notice"]) for e in events] == [
+        ("notice.skipped", "acknowledged"),
+        ("notice.skipped", "awaiting_confirmation"),
+        ("notice.skipped", "awaiting_confirmation"),  # the occasion "again"
+    ]
+
+
 async def test_the_queue_never_holds_the_address_and_a_notice_goes_once(
     resources_factory: Callable[..., Any], redis: ArqRedis
 ) -> None:
