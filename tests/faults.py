@@ -8,6 +8,7 @@ Everything runs on 127.0.0.1, bounded in count and time, and stops with the test
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import random
@@ -16,6 +17,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -268,6 +270,18 @@ def worker_env(config: Path, data_dir: Path) -> dict[str, str]:
         HANDOVER_WORKER_POLL_DELAY="50ms",
     )
     return env
+
+
+@contextlib.contextmanager
+def killed_at_the_end(workers: list[HandoverProcess]) -> Iterator[None]:
+    """Every one of ``workers`` (the test adds them as it starts them) still running when
+    the block ends, however it ends, is killed."""
+    try:
+        yield
+    finally:
+        for worker in workers:
+            if worker.alive:
+                worker.kill()
 
 
 async def died(worker: HandoverProcess, what: str) -> None:

@@ -30,7 +30,14 @@ from tests.connectors.processor_servers import (
     serve,
 )
 from tests.factories import connectors_toml
-from tests.faults import HandoverProcess, another_worker_takes_over, died, ended, worker_env
+from tests.faults import (
+    HandoverProcess,
+    another_worker_takes_over,
+    died,
+    ended,
+    killed_at_the_end,
+    worker_env,
+)
 
 TOKEN = "tk_live_crash_0123456789"
 
@@ -141,7 +148,7 @@ async def test_a_receipt_after_a_kill_counts_what_the_processor_deleted(
         )
         (tmp_path / "handover.toml").write_text(connectors_toml([config]))
         env = worker_env(tmp_path / "handover.toml", tmp_path / "data")
-        try:
+        with killed_at_the_end(workers):
             async with open_resources(Settings.load(env), redis=redis) as resources:
                 commands = Commands(resources)
                 actor = Actor("alice", staff=False)
@@ -158,10 +165,6 @@ async def test_a_receipt_after_a_kill_counts_what_the_processor_deleted(
                     await another_worker_takes_over(resources, env, tmp_path / "worker-2.log")
                 )
                 done = await ended(resources, job.id, workers)
-        finally:
-            for worker in workers:
-                if worker.alive:
-                    worker.kill()
     assert done.status is JobStatus.SUCCEEDED, done.error
     after = held(fake)
     deleted_by_processor = {name: before[name] - after[name] - vanished[name] for name in before}

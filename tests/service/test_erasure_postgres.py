@@ -36,8 +36,14 @@ from jobs.model import JobKind, JobStatus
 from jobs.resources import NAMESPACE, open_resources
 from jobs.settings import RetentionConfig, Settings
 from tests.factories import connectors_toml
-from tests.faults import HandoverProcess, another_worker_takes_over, died, ended, worker_env
-from tests.polling import eventually
+from tests.faults import (
+    HandoverProcess,
+    another_worker_takes_over,
+    died,
+    ended,
+    killed_at_the_end,
+    worker_env,
+)
 from tests.service.conftest import Api, ApiFactory
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -276,20 +282,14 @@ async def test_a_receipt_after_a_crash_counts_exactly_what_the_erasure_removed(
     env = worker_env(config, tmp_path / "data")
     settings = Settings.load(env)
     workers: list[HandoverProcess] = []
-    try:
+    with killed_at_the_end(workers):
         async with open_resources(settings, redis=redis) as resources:
             commands = Commands(resources)
             actor = Actor("alice", staff=False)
             workers.append(HandoverProcess(env, tmp_path / "worker-1.log", logs_only=True))
             # An earlier export: its archive is Handover's own copy, which the erasure deletes.
             export = await commands.request_export(actor, subject="alice")
-            exported = await eventually(
-                lambda: resources.store.get(export.id),
-                until=lambda j: j.status.terminal,
-                timeout=60,
-                what="the export to end",
-                diagnose=lambda: workers[0].log.read_text()[-2000:],
-            )
+            exported = await ended(resources, export.id, workers)
             assert exported.status is JobStatus.SUCCEEDED, exported.error
             marker.touch()
             job = await commands.request_erasure(actor, JobKind.ERASURE, subject="alice")
@@ -303,10 +303,6 @@ async def test_a_receipt_after_a_crash_counts_exactly_what_the_erasure_removed(
                     await another_worker_takes_over(resources, env, tmp_path / "worker-2.log")
                 )
             done = await ended(resources, job.id, workers)
-    finally:
-        for worker in workers:
-            if worker.alive:
-                worker.kill()
     assert done.status is JobStatus.SUCCEEDED, done.error
     assert await alices_rows(platform_db) == {"devices": 0, "telemetry": 0}
     assert done.receipt is not None
