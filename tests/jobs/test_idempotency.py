@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 
 import orjson
@@ -9,6 +10,8 @@ import pytest
 from arq.connections import ArqRedis
 
 from jobs.idempotency import KEPT_SECONDS, PENDING_SECONDS, IdempotencyStore, StoredResponse
+from jobs.queue import API_RETRIES, connect
+from tests.faults import cutting_proxy
 
 
 @pytest.fixture
@@ -53,6 +56,23 @@ async def test_a_released_key_can_be_claimed_again(keys: IdempotencyStore) -> No
     assert await keys.claim("alice", "k-1", "fp-1")
 
 
+async def test_a_claim_whose_answer_was_lost_is_the_callers_when_the_client_sends_it_again(
+    keys: IdempotencyStore,
+) -> None:
+    # As in a failover: Redis claimed the key, the connection died before its answer came
+    # back, and the client sent the claim again. Found claimed by someone else, the request
+    # would have answered 409 "still being processed" for a minute, to its own retries.
+    async with contextlib.AsyncExitStack() as stack:
+        proxy, url = await cutting_proxy(stack)
+        client = await connect(url, retries=API_RETRIES)
+        stack.push_async_callback(client.aclose)
+        through = IdempotencyStore(client, "handover:")
+        proxy.arm(0, lost=False, stay_down=False)
+        assert await through.claim("alice", "k-1", "fp-1")
+        assert proxy.cut
+    assert not await keys.claim("alice", "k-1", "fp-1")  # another request with it: a repeat
+
+
 async def test_keys_belong_to_their_caller(keys: IdempotencyStore) -> None:
     assert await keys.claim("alice", "k-1", "fp-1")
     assert await keys.claim("bob", "k-1", "fp-1")
@@ -72,10 +92,9 @@ async def test_entries_keep_the_layout_earlier_versions_wrote(
     keys: IdempotencyStore, redis: ArqRedis
 ) -> None:
     await keys.claim("alice", "k-1", "fp-1")
-    assert orjson.loads(await redis.get(slot("alice", "k-1"))) == {
-        "fingerprint": "fp-1",
-        "state": "pending",
-    }
+    pending = orjson.loads(await redis.get(slot("alice", "k-1")))
+    assert pending == {"fingerprint": "fp-1", "state": "pending", "claim": pending["claim"]}
+    assert len(pending["claim"]) == 16
     written_before = {
         "fingerprint": "fp-1",
         "state": "done",

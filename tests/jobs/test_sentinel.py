@@ -237,6 +237,7 @@ class Submitter:
             interval=0.1,
             what=f"the API to accept an export for {subject}",
             ignoring=(ClientError,),
+            diagnose=lambda: f"refusals so far, by status: {dict(self.refused)}",
         )
 
     async def keep_submitting(self, count: int) -> None:

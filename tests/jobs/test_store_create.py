@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -30,104 +30,10 @@ from jobs.commands import Actor, Commands
 from jobs.queue import API_RETRIES, QUEUE_NAME, REDIS_UNAVAILABLE, connect
 from jobs.resources import open_resources
 from jobs.settings import Settings
-from tests.conftest import REDIS_URL
+from tests.faults import CuttingProxy, cutting_proxy
 
 NS = "handover:"
 SUBJECT = "s-7d21"
-
-
-def _command(buffer: bytearray) -> bytes | None:
-    """The first whole RESP command in ``buffer``, taken out of it; ``None`` if incomplete."""
-    if not buffer:
-        return None
-    if not buffer.startswith(b"*"):
-        raise AssertionError(f"not a RESP array: {bytes(buffer[:40])!r}")
-    end = buffer.find(b"\r\n")
-    if end < 0:
-        return None
-    at = end + 2
-    for _ in range(int(buffer[1:end])):
-        line_end = buffer.find(b"\r\n", at)
-        if line_end < 0:
-            return None
-        length = int(buffer[at + 1 : line_end])
-        at = line_end + 2 + length + 2
-        if at > len(buffer):
-            return None
-    command = bytes(buffer[:at])
-    del buffer[:at]
-    return command
-
-
-@dataclass
-class CuttingProxy:
-    """Forwards whole commands to Redis; once armed, at command ``cut_at`` the connection fails.
-
-    Commands are counted from :meth:`arm`. ``lost``: that command never reaches Redis;
-    otherwise Redis runs it and its answer never comes back. With ``stay_down``, every
-    later connection is refused at once, until :meth:`disarm`.
-    """
-
-    upstream_port: int
-    port: int = 0
-    armed: bool = False
-    cut_at: int = 0
-    lost: bool = True
-    stay_down: bool = True
-    commands: int = 0
-    cut: bool = False
-    _server: asyncio.Server | None = None
-    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self._server.sockets[0].getsockname()[1]
-
-    def arm(self, cut_at: int, *, lost: bool, stay_down: bool) -> None:
-        self.armed, self.cut, self.commands = True, False, 0
-        self.cut_at, self.lost, self.stay_down = cut_at, lost, stay_down
-
-    def disarm(self) -> None:
-        self.armed = False
-
-    async def stop(self) -> None:
-        assert self._server is not None
-        self._server.close()
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.armed and self.cut and self.stay_down:
-            writer.close()
-            return
-        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
-        answering = asyncio.create_task(self._answers(up_reader, writer))
-        self._tasks.add(answering)
-        buffer = bytearray()
-        try:
-            while data := await reader.read(65536):
-                buffer += data
-                while (command := _command(buffer)) is not None:
-                    if self.armed and self.commands == self.cut_at and not self.cut:
-                        self.cut = True
-                        if not self.lost:
-                            answering.cancel()  # Redis runs it; nobody hears the answer
-                            up_writer.write(command)
-                            await up_writer.drain()
-                        return
-                    self.commands += self.armed
-                    up_writer.write(command)
-                await up_writer.drain()
-        finally:
-            answering.cancel()
-            writer.close()
-            up_writer.close()
-
-    async def _answers(self, up_reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        while data := await up_reader.read(65536):
-            writer.write(data)
-            await writer.drain()
 
 
 @dataclass(frozen=True)
@@ -190,15 +96,6 @@ def whole_or_nothing(found: Stored) -> str:
 
 
 Attempt = Callable[..., Awaitable[tuple[CuttingProxy, str]]]
-
-
-async def cutting_proxy(stack: contextlib.AsyncExitStack) -> tuple[CuttingProxy, str]:
-    """A :class:`CuttingProxy` in front of the test Redis, stopped with ``stack``, and the
-    URL of the test database through it."""
-    proxy = CuttingProxy(int(REDIS_URL.split(":")[2].split("/")[0]))
-    await proxy.start()
-    stack.push_async_callback(proxy.stop)
-    return proxy, f"redis://127.0.0.1:{proxy.port}/{REDIS_URL.rsplit('/', 1)[1]}"
 
 
 @pytest.fixture
