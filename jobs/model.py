@@ -312,10 +312,11 @@ class ArchiveResult(Record):
     """Where the finished archive lives and how to check it.
 
     ``sha256`` is the whole archive's, when its bytes passed through the worker;
-    ``None`` when the object store assembled it from the staged objects (S3), where
-    the signed manifest's per-file SHA-256 vouches for the content. ``crc32`` (8 hex
-    digits) is the whole archive's either way: computed by the worker, or S3's
-    full-object checksum (``None`` for an archive written before it was recorded, or
+    ``None`` when the object store assembled it from the staged objects (S3's server-side
+    copies, the local store's kernel copies), where the signed manifest's per-file
+    SHA-256 vouches for the content. ``crc32`` (8 hex digits) is the whole archive's
+    either way: computed by the worker (of what it wrote and what the local store
+    copied), or S3's full-object checksum (``None`` for an archive written before it was recorded, or
     by a store that keeps none).
     """
 

@@ -1,8 +1,8 @@
 """Checking what Handover hands out, with nothing but the service's public keys.
 
 - an export archive: every file against the manifest's SHA-256, the manifest against its
-  signature (that is what vouches for the content: an archive S3 assembled has no
-  SHA-256 of its own, and its job records S3's full-object CRC-32 instead, which
+  signature (that is what vouches for the content: an archive its store assembled has
+  no SHA-256 of its own, and its job records the whole archive's CRC-32 instead, which
   :attr:`Verification.crc32`, computed here, can be compared with); a member name
   used twice (a forged copy can stand before the signed one, and unzip tools disagree
   on which they keep) or one that could be written outside the extraction directory

@@ -21,13 +21,14 @@ again when it can help it. On S3 (an :class:`~jobs.storage.base.AssemblingStore`
 archive is a multipart upload whose parts are the ZIP's headers, written here, and
 ranges of the staged objects, which S3 copies itself (``UploadPartCopy``): their bytes
 never pass through the worker, but for at most 5 MiB per range that S3's smallest
-part size needs (:class:`~jobs.storage.s3.S3Assembler`); a small staged object the
-caller read whole (``held``) is written from memory instead. Once a range was copied,
-no SHA-256 of the whole archive exists (computing one would mean reading it back): the
-signed manifest's per-file SHA-256 vouches for the content, and S3's full-object CRC-32
-for the transport (:class:`ArchiveOutput`). A password-protected archive
-(every member encrypted here) and an age-encrypted one (the whole stream encrypted
-here), like any archive in the local store, are written byte by byte, and have both.
+part size needs (:class:`~jobs.storage.s3.S3Assembler`). In the local store the kernel
+copies the ranges, file to file (:class:`~jobs.storage.local.LocalAssembler`). A small
+staged object the caller read whole (``held``) is written from memory instead. Once a
+range was copied, no SHA-256 of the whole archive exists (computing one would mean
+reading it back): the signed manifest's per-file SHA-256 vouches for the content, and
+the store's CRC-32 of the whole for the transport (:class:`ArchiveOutput`). A
+password-protected archive (every member encrypted here) and an age-encrypted one
+(the whole stream encrypted here) are written byte by byte, and have both.
 Nothing is held whole in memory or on disk either way.
 """
 

@@ -4,7 +4,8 @@ Same shape as :class:`~jobs.storage.s3.S3Store`, for ``handover serve`` with no 
 configured. Objects are written to a temporary file and renamed into place on
 completion, so a reader never sees half an object. Download links point at the
 API itself (``/v1/objects/...``), which serves them only while the link's
-signature and expiry check out.
+signature and expiry check out. Like S3, it assembles an object from ranges of files
+it holds (:class:`LocalAssembler`): the kernel copies them, file to file.
 """
 
 from __future__ import annotations
@@ -25,7 +26,16 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import quote, urlencode
 
-from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectWriter, StorageError, StoredObject
+from isal import isal_zlib
+
+from jobs.storage.base import (
+    READ_CHUNK,
+    ObjectMissing,
+    ObjectShort,
+    ObjectWriter,
+    StorageError,
+    StoredObject,
+)
 
 LINK_PATH = "/v1/objects/"
 WRITEBACK = 16 << 20
@@ -34,6 +44,11 @@ _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 #: The threads those flushes run on: their own, so that writers flushing to a slow disk
 #: never hold the threads every other file read and write of the process waits for.
 _FLUSHES = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="flush")
+
+#: What ``copy_file_range`` answers where the kernel or the file system cannot copy
+#: between these two files (another file system, an old kernel): the bytes are read and
+#: written instead.
+_NO_KERNEL_COPY = frozenset({errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL})
 
 #: What a disk answers that stays until someone acts: full, over quota, read-only, forbidden.
 PERMANENT_ERRNOS = frozenset(
@@ -116,21 +131,32 @@ class LocalWriter:
 
     async def write(self, data: bytes) -> None:
         try:
-            if self._handle is None:
-                # Subjects' data: readable by Handover's own user only, whatever the umask.
-                self._target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                self._handle = await asyncio.to_thread(_private_file, self._temporary)
-            self._size += len(data)
-            await asyncio.to_thread(self._handle.write, data)
-            self._unflushed += len(data)
-            if self._unflushed >= WRITEBACK and (self._flushing is None or self._flushing.done()):
-                await self._flushed()  # done: raises the disk's error, if it gave one
-                self._unflushed = 0
-                fd = self._handle.fileno()
-                self._flushing = asyncio.get_running_loop().run_in_executor(_FLUSHES, _datasync, fd)
+            handle = await self._opened()
+            await asyncio.to_thread(handle.write, data)
+            await self._wrote(len(data))
         except OSError as exc:
             await self.abort()
             raise _error(exc, "write", self._key) from exc
+
+    async def _opened(self) -> IO[bytes]:
+        """The temporary file, created at the first write."""
+        if self._handle is None:
+            # Subjects' data: readable by Handover's own user only, whatever the umask.
+            self._target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._handle = await asyncio.to_thread(_private_file, self._temporary)
+        return self._handle
+
+    async def _wrote(self, size: int) -> None:
+        """Count ``size`` more bytes in the file; begin a flush to disk every
+        :data:`WRITEBACK` bytes."""
+        assert self._handle is not None
+        self._size += size
+        self._unflushed += size
+        if self._unflushed >= WRITEBACK and (self._flushing is None or self._flushing.done()):
+            await self._flushed()  # done: raises the disk's error, if it gave one
+            self._unflushed = 0
+            fd = self._handle.fileno()
+            self._flushing = asyncio.get_running_loop().run_in_executor(_FLUSHES, _datasync, fd)
 
     async def _flushed(self) -> None:
         """Once the flush to disk begun last has ended."""
@@ -171,6 +197,113 @@ class LocalWriter:
                 self._temporary.unlink()
 
 
+class LocalAssembler(LocalWriter):
+    """An :class:`~jobs.storage.base.ObjectAssembler`: written bytes, and ranges of the
+    store's files copied by the kernel (``copy_file_range``), file to file: their bytes
+    never pass through this process, and no SHA-256 of the whole is taken (the signed
+    manifest's per-file SHA-256 vouches for the content, as on S3).
+
+    The whole object's CRC-32 is computed here, as S3 computes it there: of the written
+    bytes as they are written, of a copied range as it is copied (read from the page
+    cache the copy left it in, then combined, ``crc32_combine``), so that a download can
+    still be checked end to end. A range goes :data:`WRITEBACK` bytes at a time, each
+    followed by the flush to disk any write of as many bytes begins.
+    """
+
+    def __init__(self, store: LocalStore, target: Path, key: str) -> None:
+        super().__init__(target, key)
+        self._store = store
+        self._crc = 0
+        self._copied = 0
+        #: The copy running on a thread, if any: an abort waits for it to let go of the file.
+        self._copying: asyncio.Future[tuple[int, int]] | None = None
+
+    @property
+    def copied(self) -> int:
+        return self._copied
+
+    @property
+    def crc32(self) -> str | None:
+        return f"{self._crc:08x}"
+
+    async def write(self, data: bytes) -> None:
+        self._crc = isal_zlib.crc32(data, self._crc)
+        await super().write(data)
+
+    async def copy(self, key: str, start: int, length: int) -> None:
+        source = self._store._path(key)
+        try:
+            handle = await self._opened()
+            done = 0
+            while done < length:
+                piece = min(WRITEBACK, length - done)
+                self._copying = asyncio.get_running_loop().run_in_executor(
+                    None, _copy_range, source, handle, start + done, piece
+                )
+                copied, crc = await asyncio.shield(self._copying)
+                self._copying = None
+                self._crc = isal_zlib.crc32_combine(self._crc, crc, copied)
+                self._copied += copied
+                done += copied
+                await self._wrote(copied)
+                if copied < piece:
+                    raise ObjectShort(
+                        f"{key!r} holds {start + done:,} bytes, not the {start + length:,} "
+                        f"that copying {length:,} from byte {start:,} needs",
+                        key,
+                    )
+        except FileNotFoundError:
+            await self.abort()
+            raise ObjectMissing(f"no object at {key!r}") from None
+        except OSError as exc:
+            await self.abort()
+            raise _error(exc, "write", self._key) from exc
+        except ObjectShort:
+            await self.abort()
+            raise
+
+    async def abort(self) -> None:
+        copying, self._copying = self._copying, None
+        if copying is not None:  # canceled while copying: the thread still writes
+            with contextlib.suppress(Exception):
+                await asyncio.shield(copying)
+        await super().abort()
+
+
+def _copy_range(source: Path, handle: IO[bytes], start: int, length: int) -> tuple[int, int]:
+    """Append up to ``length`` bytes of the file ``source`` from ``start`` to ``handle``;
+    how many there were (fewer where the file ends) and their CRC-32."""
+    handle.flush()  # what was written before goes first
+    target = handle.fileno()
+    done = 0
+    with open(source, "rb", buffering=0) as file:
+        fd = file.fileno()
+        while done < length:
+            try:
+                copied = os.copy_file_range(fd, target, length - done, start + done)
+            except OSError as exc:
+                if exc.errno not in _NO_KERNEL_COPY:
+                    raise
+                data = memoryview(os.pread(fd, min(length - done, READ_CHUNK), start + done))
+                copied = len(data)
+                while data:
+                    data = data[os.write(target, data) :]
+            if not copied:
+                break  # the file ends here
+            done += copied
+        handle.seek(0, os.SEEK_END)  # the buffered file, told where the copies left it
+        crc = 0
+        view = memoryview(bytearray(min(done, READ_CHUNK)))
+        at = 0
+        while at < done:
+            read = os.preadv(fd, [view[: done - at]], start + at)
+            if not read:
+                raise OSError(errno.EIO, "the copied range could not be read back")
+            crc = isal_zlib.crc32(view[:read], crc)
+            at += read
+    return done, crc
+
+
 def _close_quietly(handle: IO[bytes], flushed: asyncio.Future[None] | None = None) -> None:
     """Close ``handle`` of an aborted write; a full disk fails the flush on close too, and
     the flush's own error (``flushed``'s) is of no more use."""
@@ -196,6 +329,9 @@ class LocalStore:
 
     def writer(self, key: str, content_type: str = "application/octet-stream") -> ObjectWriter:
         return LocalWriter(self._path(key), key)
+
+    def assembler(self, key: str, content_type: str = "application/octet-stream") -> LocalAssembler:
+        return LocalAssembler(self, self._path(key), key)
 
     async def read(
         self, key: str, start: int = 0, length: int | None = None

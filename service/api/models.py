@@ -606,8 +606,8 @@ class ArchiveInfo(BaseModel):
     size: int
     sha256: str | None = Field(
         description="SHA-256 of the whole archive, when its bytes passed through the worker; "
-        "null when the object store assembled it (S3), where manifest.json's signed "
-        "per-file SHA-256 vouches for the content."
+        "null when the object store assembled it (S3, or the local store's kernel copies), "
+        "where manifest.json's signed per-file SHA-256 vouches for the content."
     )
     crc32: str | None = Field(
         default=None,

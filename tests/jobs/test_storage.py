@@ -25,7 +25,7 @@ from botocore.auth import S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 
 from jobs.storage import local, s3
-from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectStore, StorageError
+from jobs.storage.base import READ_CHUNK, ObjectMissing, ObjectShort, ObjectStore, StorageError
 from jobs.storage.local import LINK_PATH, LocalStore
 from jobs.storage.s3 import MIN_PART, S3Store
 from tests.conftest import free_port
@@ -279,6 +279,119 @@ def _closed(fd: int, path: Path) -> bool:
         return path.name not in os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return True
+
+
+async def test_local_assembler_has_the_kernel_copy_ranges_between_writes(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = payload(5 * MiB)
+    await local_store.put("staging/job/crm.bin", source)
+    copies: list[tuple[int, int]] = []  # (count asked, source offset)
+    copy_file_range = os.copy_file_range
+
+    def counted(src: int, dst: int, count: int, offset_src: int, *rest: Any) -> int:
+        copies.append((count, offset_src))
+        return copy_file_range(src, dst, count, offset_src, *rest)
+
+    monkeypatch.setattr(os, "copy_file_range", counted)
+    monkeypatch.setattr(local, "WRITEBACK", 2 * MiB)  # a range goes in pieces of as much
+    assembler = local_store.assembler("archives/job.zip")
+
+    await assembler.write(b"H" * 100)
+    await assembler.copy("staging/job/crm.bin", 1000, 4 * MiB + 7)
+    await assembler.write(b"middle")
+    await assembler.copy("staging/job/crm.bin", 0, 10)
+    await assembler.write(b"the central directory")
+    size = await assembler.complete()
+
+    expected = b"H" * 100 + source[1000 : 1000 + 4 * MiB + 7] + b"middle" + source[:10]
+    expected += b"the central directory"
+    assert size == len(expected)
+    assert await local_store.get("archives/job.zip") == expected
+    assert copies[:3] == [(2 * MiB, 1000), (2 * MiB, 1000 + 2 * MiB), (7, 1000 + 4 * MiB)]
+    assert assembler.copied == 4 * MiB + 17
+    assert assembler.crc32 == crc32_of(expected)
+    assert list(local_store.root.rglob("*.partial")) == []
+
+
+async def test_local_assembler_reads_and_writes_where_the_kernel_cannot_copy(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = payload(3 * MiB)
+    await local_store.put("staging/job/crm.bin", source)
+
+    def across(*_: Any) -> int:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", across)
+    assembler = local_store.assembler("archives/job.zip")
+    await assembler.write(b"head")
+    await assembler.copy("staging/job/crm.bin", 5, 3 * MiB - 5)
+    await assembler.complete()
+
+    assert await local_store.get("archives/job.zip") == b"head" + source[5:]
+    assert assembler.crc32 == crc32_of(b"head" + source[5:])
+
+
+@pytest.mark.parametrize(
+    ("key", "failure", "message"),
+    [
+        ("staging/job/crm.bin", ObjectShort, "holds 1,048,576 bytes, not the 1,048,586"),
+        ("staging/job/gone.bin", ObjectMissing, "no object at 'staging/job/gone.bin'"),
+    ],
+)
+async def test_local_assembler_refuses_a_range_it_cannot_copy_whole_and_leaves_nothing(
+    local_store: LocalStore, key: str, failure: type[StorageError], message: str
+) -> None:
+    await local_store.put("staging/job/crm.bin", payload(MiB))
+    assembler = local_store.assembler("archives/job.zip")
+    await assembler.write(b"head")
+
+    with pytest.raises(failure, match=message) as refused:
+        await assembler.copy(key, 10, MiB)
+
+    assert not refused.value.transient
+    assert not await local_store.exists("archives/job.zip")
+    assert list(local_store.root.rglob("*.partial")) == []
+
+
+async def test_local_assembler_aborted_while_copying_closes_the_file_after_the_copy(
+    local_store: LocalStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy canceled mid-way (its job canceled) leaves its thread copying; the abort
+    that follows removes the partial file and closes it only once that thread lets go."""
+    await local_store.put("staging/job/crm.bin", payload(MiB))
+    copying = threading.Event()
+    release = threading.Event()
+    still_open: list[bool] = []
+    copy_file_range = os.copy_file_range
+
+    def slow(src: int, dst: int, *rest: Any) -> int:
+        copying.set()
+        release.wait(10)
+        try:
+            os.fstat(dst)
+        except OSError:  # EBADF: closed under the copy
+            still_open.append(False)
+            raise
+        still_open.append(True)
+        return copy_file_range(src, dst, *rest)
+
+    monkeypatch.setattr(os, "copy_file_range", slow)
+    assembler = local_store.assembler("archives/job.zip")
+    copy = asyncio.create_task(assembler.copy("staging/job/crm.bin", 0, MiB))
+    await eventually(copying.is_set, timeout=5, what="the copy to start")
+    copy.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await copy
+    aborting = asyncio.create_task(assembler.abort())
+    await asyncio.sleep(0)  # an abort that did not wait would close the file now
+
+    release.set()
+    await aborting
+    assert still_open == [True]
+    assert not await local_store.exists("archives/job.zip")
+    assert list(local_store.root.rglob("*.partial")) == []
 
 
 async def test_local_object_is_invisible_until_complete(local_store: LocalStore) -> None:
