@@ -316,8 +316,8 @@ class ArchiveResult(Record):
     copies, the local store's kernel copies), where the signed manifest's per-file
     SHA-256 vouches for the content. ``crc32`` (8 hex digits) is the whole archive's
     either way: computed by the worker (of what it wrote and what the local store
-    copied), or S3's full-object checksum (``None`` for an archive written before it was recorded, or
-    by a store that keeps none).
+    copied), or S3's full-object checksum (``None`` for an archive written before it
+    was recorded, or by a store that keeps none).
     """
 
     key: str

@@ -8,8 +8,9 @@ keep; a store reports its failures as :class:`StorageError`, transient or perman
 A store that can also assemble an object from ranges of objects it already holds,
 without their bytes passing through Handover (S3's ``UploadPartCopy``, the local
 store's ``copy_file_range``), offers :class:`AssemblingStore`; its
-:class:`ObjectAssembler` reports the whole object's CRC-32 as the store computed it. A store that expires what it holds by rules of its own (an S3
-bucket's lifecycle) offers :class:`ExpiringStore`, which a worker sets up at start.
+:class:`ObjectAssembler` reports the whole object's CRC-32 as the store computed it. A
+store that expires what it holds by rules of its own (an S3 bucket's lifecycle) offers
+:class:`ExpiringStore`, which a worker sets up at start.
 """
 
 from __future__ import annotations
