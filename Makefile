@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+BOTOCORE_DATA := jobs/storage/botocore-data/STAMP.json
 # `make demo HOST=0.0.0.0 PORT=9000`
 HOST ?= 127.0.0.1
 PORT ?= 8080
@@ -9,13 +10,19 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: install format lint test bench demo services clean catalogs
 
-install: $(VENV)/.installed
+install: $(VENV)/.installed $(BOTOCORE_DATA)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
+
+# The S3 clients' botocore data cut to the store's operations (jobs/storage/s3model.py,
+# about 12 MB less per process), made again from the botocore just installed and whenever
+# the generator or the store's operation list (jobs/storage/s3.py) changes. Not in git.
+$(BOTOCORE_DATA): $(VENV)/.installed jobs/storage/s3model.py jobs/storage/s3.py
+	$(BIN)/python -m jobs.storage.s3model
 
 format: install
 	$(BIN)/ruff format .

@@ -10,7 +10,9 @@ store that has no ``UploadPartCopy`` or full-object CRC-32
 Handover.
 boto3's errors leave as :class:`~jobs.storage.base.StorageError`, classified transient
 or permanent in :func:`_error` (or :class:`~jobs.storage.base.ObjectMissing` for a key
-that holds nothing).
+that holds nothing). The clients are built on botocore's data cut to :data:`OPERATIONS`
+(:mod:`jobs.storage.s3model`), about 12 MB less per process, when the installed botocore's
+cut is there; on botocore's full data otherwise.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-import boto3
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -35,6 +36,7 @@ from botocore.exceptions import (
     PartialCredentialsError,
 )
 
+from jobs.storage import s3model
 from jobs.storage.base import (
     READ_CHUNK,
     ObjectAssembler,
@@ -65,6 +67,27 @@ COPY_PART = 256 * 2**20
 DELETE_BATCH = 1000
 #: Copied parts in flight at once: each is one request, and holds no memory here.
 COPIES_IN_FLIGHT = 4
+
+#: Every S3 operation the store's clients call, presigned and paginated ones included:
+#: their S3 model is cut to these (:mod:`jobs.storage.s3model`), and a client has no
+#: method for any other. ``CreateSession`` is botocore's own call for a directory bucket.
+OPERATIONS = (
+    "AbortMultipartUpload",
+    "CompleteMultipartUpload",
+    "CreateMultipartUpload",
+    "CreateSession",
+    "DeleteObject",
+    "DeleteObjects",
+    "GetBucketLifecycleConfiguration",
+    "GetObject",
+    "HeadBucket",
+    "HeadObject",
+    "ListObjectsV2",
+    "PutBucketLifecycleConfiguration",
+    "PutObject",
+    "UploadPart",
+    "UploadPartCopy",
+)
 
 #: S3 error codes that may pass on their own (throttling, timeouts, an upload S3 forgot).
 TRANSIENT_CODES = frozenset(
@@ -528,7 +551,7 @@ class S3PlainStore:
             response_checksum_validation="when_required",
             max_pool_connections=20,
         )
-        session = boto3.session.Session()
+        session = s3model.session(OPERATIONS)
         self.client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
         self._presigner: S3Client = (
             session.client("s3", endpoint_url=public_endpoint_url, config=config)
