@@ -178,8 +178,8 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
     table.notes += [
         "Split: first start = created → the first connector run starts (arq's poll of the "
         "queue, every `HANDOVER_WORKER_POLL_DELAY`, 50 ms); connectors = first start → last "
-        "finish; bundle = last finish → succeeded (the finish task's wait for the next poll, "
-        "then the archive).",
+        "finish; bundle = last finish → succeeded (the finish task, queued by the last run "
+        "and started at once by the worker that ran it, then the archive).",
         "A worker process runs at most HANDOVER_WORKER_CONCURRENCY tasks at once, so N "
         "connectors need processes × concurrency ≥ N to run in one wave.",
     ]

@@ -17,6 +17,18 @@ and knows whether the job is its to run; when even that read fails, it runs noth
 gives the claim back (if it was applied) once Redis answers. A job it could not claim
 stays in the queue for the next poll. Tasks that lose Redis mid-way are handled by the
 tasks themselves (``jobs/worker.py``), enqueues by the client (``jobs/queue.py``).
+
+It polls every ``poll_delay`` (``HANDOVER_WORKER_POLL_DELAY``), and at once when code in
+its own process queues a task due now on its queue (told by the client,
+:meth:`jobs.queue.QueueClient.queued_due`): a task that queues the next step of a chain
+(a connector run, then the finish) does not leave it waiting half a poll delay. Wakes
+coalesce: those that come while it polls make one more poll, straight after. With every
+slot taken it does not poll for them, but as soon as a slot frees, as it does when its
+last poll found more due jobs than free slots. arq's loop is handed a ``poll_delay`` of 0
+and goes round at once; the wait is :meth:`PatientWorker._poll_iteration`'s, measured from
+the start of the previous poll as arq's is, so an idle worker polls as often as before, and
+burst mode, the Redis-away backoff, abort requests, health checks and cron jobs (queued
+ahead by twice the configured delay, as arq does) are as they were.
 """
 
 from __future__ import annotations
@@ -25,13 +37,18 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from datetime import datetime
 from functools import cached_property
 from typing import Any
 
+from arq.connections import ArqRedis
 from arq.constants import abort_job_max_age, abort_jobs_ss, in_progress_key_prefix
 from arq.utils import timestamp_ms
 from arq.worker import Worker
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError, WatchError
+
+from jobs.queue import QueueClient
 
 log = logging.getLogger("handover.worker")
 
@@ -48,10 +65,45 @@ return 0
 
 
 class PatientWorker(Worker):
-    """An arq ``Worker`` whose polling loop survives Redis restarts and failovers."""
+    """An arq ``Worker`` whose polling loop survives Redis restarts and failovers, and that
+    polls at once when a task due now is queued on its queue through its own Redis client
+    (``redis_pool``) or ``enqueuers`` (the clients its tasks queue with, when others)."""
 
     _failed_polls = 0
     _away_since = 0.0
+
+    def __init__(self, *args: Any, enqueuers: Sequence[ArqRedis] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The configured ``poll_delay``. arq's loop is given 0 and goes round at once:
+        #: :meth:`_await_turn` waits, and a wake (:meth:`_queued`) cuts the wait short.
+        self.poll_interval = self.poll_delay_s
+        self.poll_delay_s = 0
+        self._enqueuers = enqueuers
+        self._wake = asyncio.Event()
+        self._wake_pending = False
+        self._next_poll_at = 0.0
+
+    async def main(self) -> None:
+        """arq's ``main``, told of the tasks due now that this process queues meanwhile."""
+        clients: list[QueueClient] = []
+        for client in (self._pool, *self._enqueuers):
+            if isinstance(client, QueueClient) and all(client is not c for c in clients):
+                clients.append(client)
+        stops: list[Callable[[], None]] = [c.on_queued_due(self._queued) for c in clients]
+        try:
+            await super().main()
+        finally:
+            for stop in stops:
+                stop()
+
+    def _queued(self, queue_name: str) -> None:
+        """A task due now was queued on ``queue_name``: if it is this worker's queue, poll
+        at once, or as soon as a slot frees when none is free."""
+        if queue_name != self.queue_name:
+            return
+        self._wake_pending = True
+        if self.allow_pick_jobs and self.job_counter < self.max_jobs:
+            self._wake.set()
 
     async def stop(self, main: asyncio.Task[None], grace: float) -> None:
         """Stop a worker run with ``handle_signals=False`` as a SIGTERM stops one.
@@ -73,11 +125,15 @@ class PatientWorker(Worker):
         await self.close()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
-        """For each job id, claim the job and run it, as arq does, holding a slot while it runs."""
+        """For each job id, claim the job and run it, as arq does, holding a slot while it runs.
+
+        Due jobs left for want of a free slot have the worker poll again once one frees.
+        """
         for job_id_b in job_ids:
             await self.sem.acquire()
             if self.job_counter >= self.max_jobs:
                 self.sem.release()
+                self._wake_pending = True
                 return
             self.job_counter += 1
             job_id = job_id_b.decode()
@@ -148,8 +204,11 @@ class PatientWorker(Worker):
     def _release_slot(self) -> None:
         self.job_counter -= 1
         self.sem.release()
+        if self._wake_pending and self.allow_pick_jobs:
+            self._wake.set()
 
     async def _poll_iteration(self) -> None:
+        await self._await_turn()
         try:
             await self._settle_claims()
             await self._poll_queue()
@@ -157,6 +216,32 @@ class PatientWorker(Worker):
             await self._redis_away(exc)
         else:
             self._redis_back()
+
+    async def _await_turn(self) -> None:
+        """Wait until ``poll_interval`` has passed since the last poll began, or a wake.
+
+        The first poll waits for nothing, as in arq's loop; nor does one after a Redis
+        backoff that outlasted the delay. Wakes that came before this one are all answered
+        by the poll that follows.
+        """
+        loop = asyncio.get_running_loop()
+        delay = self._next_poll_at - loop.time()
+        if delay > 0 and not self._wake.is_set():
+            timer = loop.call_later(delay, self._wake.set)
+            try:
+                await self._wake.wait()
+            finally:
+                timer.cancel()
+        self._wake.clear()
+        self._wake_pending = False
+        self._next_poll_at = loop.time() + self.poll_interval
+
+    async def heart_beat(self) -> None:
+        """arq's, with the cron jobs queued ahead by the configured poll delay, as arq does
+        (its own ``poll_delay_s`` is 0 here)."""
+        now = datetime.now(tz=self.timezone)
+        await self.record_health()
+        await self.run_cron(now, max(self.poll_interval, 0.5))
 
     async def _poll_queue(self) -> None:
         """arq's poll (``Worker._poll_iteration``) in one round trip, not two.

@@ -1,4 +1,10 @@
-"""The work queue: arq on Redis, with JSON payloads and connections that survive outages."""
+"""The work queue: arq on Redis, with JSON payloads and connections that survive outages.
+
+A client tells the workers of its own process when it has queued a task due now
+(:meth:`QueueClient.queued_due`): a worker listening polls at once instead of at its next
+turn, so that a chain of tasks (an export's runs, then its finish) does not wait half a
+poll delay at each hop. Workers in other processes find the task at their next poll.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,9 @@ import builtins
 import dataclasses
 import logging
 import uuid
+from collections.abc import Callable
+from datetime import datetime
+from functools import cached_property
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
@@ -14,6 +23,7 @@ import orjson
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import Job
+from arq.utils import timestamp_ms, to_ms, to_unix_ms
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
@@ -168,7 +178,29 @@ class QueueClient(ArqRedis):
             job: Job | None = await self.enqueue_retry.call_with_retry(attempt, _nothing)
         except WatchError as exc:
             raise ConnectionError(f"Redis went away while {function} was enqueued") from exc
+        if job is not None and _due_now(kwargs.get("_defer_until"), kwargs.get("_defer_by")):
+            self.queued_due(kwargs.get("_queue_name") or self.default_queue_name)
         return job
+
+    def on_queued_due(self, listener: Callable[[str], None]) -> Callable[[], None]:
+        """Have ``listener(queue_name)`` called each time this client queues a task due now
+        (:meth:`queued_due`); returns what stops it. A worker of this process listens, to
+        poll at once rather than at its next turn (:mod:`jobs.arqworker`)."""
+        self._due_listeners.append(listener)
+        return lambda: self._due_listeners.remove(listener)
+
+    def queued_due(self, queue_name: str) -> None:
+        """Tell the listeners that a task due now was queued on ``queue_name``.
+
+        :meth:`enqueue_job` tells them itself; code that queues tasks in a script or a
+        transaction of its own (:meth:`jobs.store.JobStore.create`) calls this once they are.
+        """
+        for listener in list(self._due_listeners):
+            listener(queue_name)
+
+    @cached_property
+    def _due_listeners(self) -> list[Callable[[str], None]]:
+        return []
 
     async def _known(self, job_id: str) -> bool:
         found: int = await self.exists(job_key_prefix + job_id, result_key_prefix + job_id)
@@ -177,6 +209,13 @@ class QueueClient(ArqRedis):
 
 async def _nothing(error: Exception) -> None:
     """What a failed enqueue attempt needs before the next: nothing but the backoff."""
+
+
+def _due_now(defer_until: datetime | None, defer_by: Any) -> bool:
+    """Whether arq queues a task enqueued with these ``_defer_until``/``_defer_by`` to run now."""
+    if defer_until is not None:
+        return to_unix_ms(defer_until) <= timestamp_ms()
+    return (to_ms(defer_by) or 0) <= 0
 
 
 class SentinelConnection(SentinelManagedConnection):

@@ -22,10 +22,11 @@ live-job mark claimed (or nothing written), the record, its indexes, counts and
 alongside it (the subject's acknowledgement, :func:`jobs.notices.queued_with_job`), all
 or nothing, in one round trip. When the connection drops before its answer is read, the
 script is sent once more: it finds the record, answers it as stored and writes nothing
-twice. A script cache found empty is loaded again once; empty again (a failover
-meanwhile), Redis counts as unavailable. The :meth:`JobStore.get` reads and the new jobs'
-scripts asked for in one turn of the event loop (an API answering many requests at
-once) go to Redis in one pipeline.
+twice. Once the tasks are queued, a worker of the same process (``handover serve``) is told
+(:meth:`jobs.queue.QueueClient.queued_due`), so that it polls at once. A script cache found
+empty is loaded again once; empty again (a failover meanwhile), Redis counts as unavailable.
+The :meth:`JobStore.get` reads and the new jobs' scripts asked for in one turn of the
+event loop (an API answering many requests at once) go to Redis in one pipeline.
 
 Job records carry no TTL: a live job is never lost to expiry. A job that ends
 loses its identifiers' values in the same transaction (the evidence of their
@@ -70,7 +71,7 @@ from jobs.model import (
     epoch_ms,
     utcnow,
 )
-from jobs.queue import QUEUE_NAME, REDIS_UNAVAILABLE
+from jobs.queue import QUEUE_NAME, REDIS_UNAVAILABLE, QueueClient
 from jobs.search import JobPage, JobQuery, JobSearch, job_indexes
 
 
@@ -348,6 +349,10 @@ class JobStore:
         if answer[0] == b"exists":  # stored already (the first send ran): that job stands
             stored = answer[1]
             return self.decode(dict(zip(stored[::2], stored[1::2], strict=True)))
+        if isinstance(self.redis, QueueClient):  # a worker of this process polls at once
+            now = timestamp_ms()
+            for queue in {task.queue for task in queued if task.score_ms <= now}:
+                self.redis.queued_due(queue)
         return job
 
     async def _run_create(self, call: tuple[Any, ...]) -> Any:

@@ -551,6 +551,8 @@ def create_worker(
 
     ``watch_epoch=False`` leaves noticing a Redis that lost its data to the API the
     worker runs inside (``handover serve``), which watches for the whole process.
+    A task due now that the process queues through ``redis`` or ``resources.redis`` (the
+    API's own, in ``handover serve``) has the worker poll at once (:mod:`jobs.arqworker`).
     """
     context = WorkerContext(
         settings,
@@ -630,6 +632,7 @@ def create_worker(
         ],
         queue_name=QUEUE_NAME,
         redis_pool=redis,
+        enqueuers=[] if resources is None else [resources.redis],
         on_startup=context.on_startup,
         on_shutdown=context.on_shutdown,
         max_jobs=settings.worker_concurrency,

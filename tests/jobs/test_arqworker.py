@@ -2,24 +2,31 @@
 
 The restarts themselves are in ``tests/jobs/test_redis_restart.py`` (worker processes,
 a Redis killed under load); this covers the one step a restart cannot hit on purpose:
-``EXEC``'s reply lost, and the read-back of the claim lost too; and its poll, one round
-trip that still starts due jobs and cancels aborted ones.
+``EXEC``'s reply lost, and the read-back of the claim lost too; its poll, one round
+trip that still starts due jobs and cancels aborted ones; and its wake: a task due now
+queued in its own process starts at once, not at the next poll, while an idle worker
+still polls only every ``poll_delay``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
-from arq.worker import func
+from arq.worker import Function, func
 from redis.asyncio.connection import AbstractConnection
 
 from jobs.arqworker import PatientWorker
-from jobs.queue import QUEUE_NAME, deserialize, serialize
+from jobs.queue import QUEUE_NAME, connect, deserialize, serialize
+from tests.conftest import REDIS_URL
+from tests.polling import eventually
 
 
 async def noop(ctx: dict[str, object]) -> None:
@@ -89,3 +96,138 @@ async def test_a_poll_is_one_round_trip_that_starts_due_jobs_and_cancels_aborted
         await asyncio.wait_for(cancelled.wait(), 10)
     finally:
         await worker.stop(main, grace=0)
+
+
+def patient_worker(redis: ArqRedis, *functions: Function, **options: Any) -> PatientWorker:
+    """A worker on Handover's queue, as ``create_worker`` makes one, with ``options``."""
+    return PatientWorker(
+        functions=functions,
+        redis_pool=redis,
+        queue_name=QUEUE_NAME,
+        handle_signals=False,
+        job_serializer=serialize,
+        job_deserializer=deserialize,
+        **options,
+    )
+
+
+def count_polls(worker: PatientWorker, monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """When each of the worker's polls of the queue begins, as it happens."""
+    polls: list[float] = []
+    poll_queue = worker._poll_queue
+
+    async def counted() -> None:
+        polls.append(time.monotonic())
+        await poll_queue()
+
+    monkeypatch.setattr(worker, "_poll_queue", counted)
+    return polls
+
+
+@pytest.fixture
+async def other_client() -> AsyncIterator[ArqRedis]:
+    """A second client of the test database: the API's own, in ``handover serve``."""
+    client = await connect(REDIS_URL)
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.parametrize("through", ["its own client", "the client its tasks use"])
+async def test_a_task_that_queues_a_due_task_has_its_worker_start_it_at_once(
+    redis: ArqRedis, other_client: ArqRedis, through: str
+) -> None:
+    queued_at: list[float] = []
+    started_at: list[float] = []
+    tasks_client = redis if through == "its own client" else other_client
+
+    async def first(ctx: dict[str, Any]) -> None:
+        queued_at.append(time.monotonic())
+        await tasks_client.enqueue_job("second", _queue_name=QUEUE_NAME)
+
+    async def second(ctx: dict[str, Any]) -> None:
+        started_at.append(time.monotonic())
+
+    worker = patient_worker(
+        redis,
+        func(first, name="first"),
+        func(second, name="second"),
+        poll_delay=5,
+        enqueuers=[] if tasks_client is redis else [tasks_client],
+    )
+    await redis.enqueue_job("first", _queue_name=QUEUE_NAME)  # found by the first poll
+    main = asyncio.create_task(worker.main())
+    try:
+        await eventually(lambda: started_at, timeout=10, what="the task queued by a task to start")
+    finally:
+        await worker.stop(main, grace=0)
+    assert started_at[0] - queued_at[0] < 1, "at once, not at the next poll, 5 s on"
+
+
+async def test_an_idle_worker_polls_every_poll_delay_unwoken_by_deferred_or_foreign_tasks(
+    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = patient_worker(redis, func(noop, name="noop"), poll_delay=0.2)
+    polls = count_polls(worker, monkeypatch)
+    main = asyncio.create_task(worker.main())
+    try:
+        await eventually(lambda: len(polls) >= 2, timeout=10, what="two polls")
+        await redis.enqueue_job("noop", _queue_name=QUEUE_NAME, _defer_by=60)
+        await redis.enqueue_job("noop", _queue_name="elsewhere")
+        await eventually(lambda: len(polls) >= 6, timeout=10, what="six polls")
+    finally:
+        await worker.stop(main, grace=0)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(polls)]
+    assert min(gaps) > 0.19, f"a poll every 0.2 s, no sooner: {gaps}"
+
+
+async def test_tasks_queued_while_every_slot_is_taken_start_as_slots_free_one_poll_each(
+    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    polled_meanwhile: list[int] = []
+    fanned_out_at: list[float] = []
+    leaves_done: list[float] = []
+    running = most_running = 0
+
+    async def fan_out(ctx: dict[str, Any]) -> None:
+        before = len(polls)
+        for _ in range(20):
+            await ctx["redis"].enqueue_job("leaf", _queue_name=QUEUE_NAME)
+        polled_meanwhile.append(len(polls) - before)
+        fanned_out_at.append(time.monotonic())
+
+    async def leaf(ctx: dict[str, Any]) -> None:
+        nonlocal running, most_running
+        running += 1
+        most_running = max(most_running, running)
+        await asyncio.sleep(0.01)  # long enough for a second leaf to start, were it let
+        running -= 1
+        leaves_done.append(time.monotonic())
+
+    worker = patient_worker(
+        redis, func(fan_out, name="fan_out"), func(leaf, name="leaf"), poll_delay=5, max_jobs=1
+    )
+    polls = count_polls(worker, monkeypatch)
+    await redis.enqueue_job("fan_out", _queue_name=QUEUE_NAME)
+    main = asyncio.create_task(worker.main())
+    try:
+        await eventually(lambda: len(leaves_done) == 20, timeout=10, what="the 20 tasks to run")
+    finally:
+        await worker.stop(main, grace=0)
+    assert polled_meanwhile == [0], "its one slot taken, the worker does not poll for nothing"
+    assert len(polls) == 21, "the first poll, then one each time the slot freed, no more"
+    assert leaves_done[-1] - fanned_out_at[0] < 2.5, "each at once, none at a poll 5 s on"
+    assert most_running == 1
+
+
+async def test_cron_jobs_are_still_queued_ahead_by_twice_the_configured_poll_delay(
+    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    worker = patient_worker(redis, func(noop, name="noop"), poll_delay=5)
+    windows: list[float] = []
+
+    async def run_cron(now: object, delay: float, num_windows: int = 2) -> None:
+        windows.append(delay * num_windows)
+
+    monkeypatch.setattr(worker, "run_cron", run_cron)
+    await worker.heart_beat()
+    assert windows == [10], "as arq does for a worker polling every 5 s (its loop is told 0)"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from arq.connections import ArqRedis
 
-from jobs.queue import SENTINEL_PORT, Queue, describe, redis_settings
+from jobs.model import utcnow
+from jobs.queue import QUEUE_NAME, SENTINEL_PORT, Queue, QueueClient, describe, redis_settings
 
 
 async def test_depth_counts_waiting_and_deferred_tasks(redis: ArqRedis) -> None:
@@ -19,6 +22,25 @@ async def test_depth_is_of_its_own_queue_only(redis: ArqRedis) -> None:
     await redis.enqueue_job("run_connector", "job-1", _queue_name="elsewhere")
     assert await Queue(redis).depth() == 0
     assert await Queue(redis, "elsewhere").depth() == 1
+
+
+async def test_an_enqueue_due_now_is_told_to_the_listeners_and_no_other(redis: ArqRedis) -> None:
+    assert isinstance(redis, QueueClient)
+    told: list[str] = []
+    stop = redis.on_queued_due(told.append)
+
+    await redis.enqueue_job("run_connector", "job-1", _job_id="due")
+    await redis.enqueue_job("run_connector", "job-1", _job_id="due")  # queued already
+    await redis.enqueue_job("run_connector", "job-2", _queue_name="elsewhere")
+    await redis.enqueue_job("run_connector", "job-3", _defer_by=timedelta(0))
+    await redis.enqueue_job("run_connector", "job-4", _defer_until=utcnow() - timedelta(seconds=1))
+    await redis.enqueue_job("run_connector", "job-5", _defer_by=3600)
+    await redis.enqueue_job("run_connector", "job-6", _defer_until=utcnow() + timedelta(hours=1))
+    assert told == [QUEUE_NAME, "elsewhere", QUEUE_NAME, QUEUE_NAME]
+
+    stop()
+    await redis.enqueue_job("run_connector", "job-7")
+    assert len(told) == 4
 
 
 def test_a_sentinel_url_names_the_sentinels_the_master_and_the_database() -> None:

@@ -23,7 +23,8 @@ from jobs.model import (
     StagedPart,
     utcnow,
 )
-from jobs.store import JobNotFound, JobStore
+from jobs.queue import QUEUE_NAME, QueueClient
+from jobs.store import JobNotFound, JobStore, QueuedTask
 from tests.factories import options_for
 
 CONNECTORS = ("crm", "billing", "devices", "analytics", "support")
@@ -113,6 +114,23 @@ async def test_create_and_get_round_trip(store: JobStore, job_factory: Callable[
 
     assert returned is job
     assert await store.get(job.id) == job
+
+
+async def test_a_create_that_queues_tasks_tells_the_queue_listeners_once(
+    redis: ArqRedis, store: JobStore, job_factory: Callable[..., Job]
+) -> None:
+    assert isinstance(redis, QueueClient)
+    told: list[str] = []
+    redis.on_queued_due(told.append)
+    job = job_factory()
+    tasks = [QueuedTask.now(redis, "resolve", job.id, task_id=f"t-{n}") for n in range(3)]
+
+    await store.create(job, tasks=tasks)
+    assert told == [QUEUE_NAME]  # a worker of this process polls once, at once
+
+    await store.create(job, tasks=tasks)  # stored already: nothing queued
+    await store.create(job_factory())  # no task
+    assert told == [QUEUE_NAME]
 
 
 async def test_result_and_error_round_trip(
