@@ -10,10 +10,15 @@ Memory stays bounded by the chunk size per open file, whatever the export's size
 :class:`Stager` is the work itself, without I/O or threads. :class:`StagingThread`
 drives it for the export pipeline: the event loop renders records (orjson holds the
 GIL, so another thread would not render faster), and one long-lived thread per
-connector run does SHA-256, CRC-32 and deflate, which release the GIL, on about
+connector run does CRC-32 and deflate, which release the GIL, on about
 :data:`FEED_SIZE` of rendered bytes at a time, while the loop reads and renders the
 next batch. At most :data:`IN_FLIGHT` pieces wait for that thread, so memory stays
-flat whatever the connector's pace.
+flat whatever the connector's pace. A piece's SHA-256 goes to whichever of the two is
+free first: the loop takes it while it would otherwise wait for the thread (a fast
+source: a replayed one's staging went from 1.6–1.9 to 1.3–1.8 s for 463 MB, its two
+threads' CPU from 0.8 + 1.4–1.6 to 1.0 + 0.8–1.1 s), the thread after a piece's
+deflate when the loop has not (a slow source, whose loop is busy producing rows); each
+file's pieces are hashed in order, one taker at a time.
 
 That thread needs the GIL back after each call that released it (three or four times
 a piece), and while the loop runs Python without pause (a connector generating its
@@ -71,9 +76,17 @@ class _Stream:
         self.opening = b""  # rendered bytes that go before the first records (a JSON "[")
 
     def feed(self, data: bytes | memoryview) -> None:
+        self.digest(data)
+        self.deflate(data)
+
+    def digest(self, data: bytes | memoryview) -> None:
+        """Add ``data`` to the SHA-256 (in order, one caller at a time)."""
+        self._sha.update(data)
+
+    def deflate(self, data: bytes | memoryview) -> None:
+        """Count ``data`` and add it to the CRC-32 and the deflate stream."""
         if not data:
             return
-        self._sha.update(data)
         self._crc = isal_zlib.crc32(data, self._crc)
         self.part.bytes += len(data)
         self._push(self._deflate.compress(data))
@@ -96,10 +109,11 @@ class Stager:
     in order. Called from one thread, it does everything; :class:`StagingThread`
     splits it in two, each half called from one thread only: rendering
     (:meth:`render_rows`, :meth:`open_file`, :meth:`end_records`) from the event
-    loop, and everything that checksums, deflates or appends (:meth:`feed`,
+    loop, and everything that checksums, deflates or appends (:meth:`deflate`,
     :meth:`close_file`, :meth:`close_records`) from the staging thread, in the order
-    the loop handed them over. The halves share no state but the parts, whose
-    fields each writes its own of (records; sizes, checksums and chunks).
+    the loop handed them over; :meth:`digest` from either, one at a time, in order.
+    The halves share no state but the parts, whose fields each writes its own of
+    (records; sizes, checksums and chunks) and the SHA-256 :meth:`digest` updates.
     """
 
     def __init__(
@@ -195,6 +209,17 @@ class Stager:
         stream = self._streams[path]
         stream.feed(data)
         return self._drain(stream, self._chunk_size)
+
+    def deflate(self, path: str, data: bytes | memoryview) -> list[bytes]:
+        """:meth:`feed` but for the SHA-256, which :meth:`digest` takes apart."""
+        stream = self._streams[path]
+        stream.deflate(data)
+        return self._drain(stream, self._chunk_size)
+
+    def digest(self, path: str, data: bytes | memoryview) -> None:
+        """Add bytes of ``path`` to its SHA-256: every byte :meth:`deflate` took, in the
+        same order, before the file is closed; one caller at a time."""
+        self._streams[path].digest(data)
 
     def _record_paths(self, name: str) -> list[str]:
         paths = self._record_streams.get(name)
@@ -295,8 +320,9 @@ class StagingThread:
 
     The loop renders (:meth:`Stager.render_rows`) and gathers each archive file's
     bytes until about ``feed_size`` of them; then one long-lived thread of this
-    run's own feeds them to the file's SHA-256, CRC-32 and deflate
-    (:meth:`Stager.feed`). Every method returns the staged bytes the thread has
+    run's own feeds them to the file's CRC-32 and deflate (:meth:`Stager.deflate`), and
+    their SHA-256 (:meth:`Stager.digest`) is taken by the loop while it waits for the
+    thread, or else by the thread. Every method returns the staged bytes the thread has
     finished so far, in the order they belong in the staged object, and waits only
     while ``in_flight`` pieces are still with the thread. Use it as an async context
     manager: leaving it stops the thread, whatever happened.
@@ -323,6 +349,9 @@ class StagingThread:
         self._failure: BaseException | None = None
         self._lock = threading.Lock()
         self._waiter: asyncio.Future[None] | None = None
+        #: Each open archive file's pieces whose SHA-256 is still to take, by path.
+        self._unhashed: dict[str, _Unhashed] = {}
+        self._pieces = 0
         self._thread = threading.Thread(
             target=self._work, name=f"handover-staging-{stager.connector}", daemon=True
         )
@@ -359,9 +388,7 @@ class StagingThread:
             batch = rows if len(rows) <= step else rows[start : start + step]
             for path, data in self._stager.render_rows(dataset, batch):
                 if self._gather(path, data):
-                    out.extend(
-                        await self._hand_over(partial(self._stager.feed, path, self._take(path)))
-                    )
+                    out.extend(await self._hand_over_piece(path, self._take(path)))
         return out
 
     def open_file(self, path: str, dataset: str) -> str:
@@ -374,14 +401,13 @@ class StagingThread:
         view = memoryview(data)
         for start in range(0, len(view), self._feed_size):
             if self._gather(archive_path, view[start : start + self._feed_size]):
-                piece = self._take(archive_path)
-                out.extend(await self._hand_over(partial(self._stager.feed, archive_path, piece)))
+                out.extend(await self._hand_over_piece(archive_path, self._take(archive_path)))
         return out
 
     async def close_file(self, archive_path: str) -> list[bytes]:
         """Finish a binary file; staged bytes so far."""
         out = await self._flush(archive_path)
-        out.extend(await self._hand_over(partial(self._stager.close_file, archive_path)))
+        out.extend(await self._hand_over(self._closing(archive_path, self._stager.close_file)))
         return out
 
     async def finish(self) -> tuple[list[bytes], list[StagedPart]]:
@@ -390,7 +416,7 @@ class StagingThread:
         for path, data in self._stager.end_records():
             self._gather(path, data)
             out.extend(await self._flush(path))
-            out.extend(await self._hand_over(partial(self._stager.close_records, path)))
+            out.extend(await self._hand_over(self._closing(path, self._stager.close_records)))
         out.extend(await self._ready(0))
         return out, self._stager.parts
 
@@ -409,7 +435,56 @@ class StagingThread:
     async def _flush(self, path: str) -> list[bytes]:
         if path not in self._gathered:
             return []
-        return await self._hand_over(partial(self._stager.feed, path, self._take(path)))
+        return await self._hand_over_piece(path, self._take(path))
+
+    async def _hand_over_piece(self, path: str, piece: bytes | memoryview) -> list[bytes]:
+        """Hand a piece of ``path`` to the thread to deflate; its SHA-256 waits apart, for
+        whichever thread takes it first (:meth:`_digest_one`, :meth:`_deflate`)."""
+        self._pieces += 1
+        unhashed = self._unhashed.get(path)
+        if unhashed is None:
+            unhashed = self._unhashed[path] = _Unhashed(path)
+        unhashed.pieces.append((self._pieces, piece))
+        return await self._hand_over(partial(self._deflate, unhashed, self._pieces, piece))
+
+    def _deflate(self, unhashed: _Unhashed, number: int, piece: bytes | memoryview) -> list[bytes]:
+        """The thread's part of a piece: its deflate, then the SHA-256 of the pieces up to it
+        that the loop has not taken, unless the loop is taking one now (with more than
+        ``in_flight`` of them waiting, it waits for the loop, so that memory stays flat)."""
+        staged = self._stager.deflate(unhashed.path, piece)
+        if unhashed.lock.acquire(blocking=len(unhashed.pieces) > self._in_flight):
+            try:
+                while unhashed.pieces and unhashed.pieces[0][0] <= number:
+                    self._stager.digest(unhashed.path, unhashed.pieces.popleft()[1])
+            finally:
+                unhashed.lock.release()
+        return staged
+
+    def _closing(self, path: str, close: Callable[[str], list[bytes]]) -> Callable[[], list[bytes]]:
+        """The thread's work closing ``path``: the SHA-256 of every piece left, then ``close``."""
+        unhashed = self._unhashed.pop(path, None)
+
+        def closing() -> list[bytes]:
+            if unhashed is not None:
+                with unhashed.lock:
+                    while unhashed.pieces:
+                        self._stager.digest(path, unhashed.pieces.popleft()[1])
+            return close(path)
+
+        return closing
+
+    def _digest_one(self) -> bool:
+        """On the loop, which would wait for the thread otherwise: the SHA-256 of one piece
+        handed over and not hashed yet; whether there was one to take."""
+        for unhashed in self._unhashed.values():
+            if unhashed.pieces and unhashed.lock.acquire(blocking=False):
+                try:
+                    if unhashed.pieces:
+                        self._stager.digest(unhashed.path, unhashed.pieces.popleft()[1])
+                        return True
+                finally:
+                    unhashed.lock.release()
+        return False
 
     async def _hand_over(self, work: Callable[[], list[bytes]]) -> list[bytes]:
         """Queue ``work`` for the thread; what it has finished, once few enough pieces wait."""
@@ -430,6 +505,8 @@ class StagingThread:
                 raise self._failure
             if self._pending <= most:
                 return out
+            if self._digest_one():
+                continue
             with self._lock:
                 if self._done:
                     continue
@@ -452,6 +529,18 @@ class StagingThread:
                     self._loop.call_soon_threadsafe(_wake, waiter)
             if self._failure is not None:
                 return
+
+
+class _Unhashed:
+    """One archive file's pieces handed to the thread whose SHA-256 is still to take, in
+    order, with their numbers; whoever takes them holds ``lock``, so one at a time."""
+
+    __slots__ = ("lock", "path", "pieces")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.pieces: collections.deque[tuple[int, bytes | memoryview]] = collections.deque()
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

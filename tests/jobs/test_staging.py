@@ -349,13 +349,15 @@ async def test_the_staging_thread_stages_what_the_stager_alone_does(
 
 
 class GatedStager(Stager):
-    """A Stager whose checksumming half waits for ``gate``, counting the pieces it got."""
+    """A Stager whose deflating half waits for ``gate``, counting the pieces it got, and
+    noting which thread took each piece's SHA-256."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.gate = threading.Event()
         self.fed = 0
         self.rendered = 0
+        self.digested_on: list[str] = []
 
     def render_rows(
         self, dataset: str, rows: Sequence[Mapping[str, Any]]
@@ -363,10 +365,14 @@ class GatedStager(Stager):
         self.rendered += 1
         return super().render_rows(dataset, rows)
 
-    def feed(self, path: str, data: bytes | memoryview) -> list[bytes]:
+    def deflate(self, path: str, data: bytes | memoryview) -> list[bytes]:
         self.fed += 1
         assert self.gate.wait(timeout=30), "the test never opened the gate"
-        return super().feed(path, data)
+        return super().deflate(path, data)
+
+    def digest(self, path: str, data: bytes | memoryview) -> None:
+        self.digested_on.append(threading.current_thread().name)
+        super().digest(path, data)
 
 
 async def test_the_loop_waits_while_the_thread_holds_enough(connector: MemoryConnector) -> None:
@@ -385,6 +391,8 @@ async def test_the_loop_waits_while_the_thread_holds_enough(connector: MemoryCon
         for _ in range(100):  # the loop runs freely; only the thread could wake the task
             await asyncio.sleep(0)
         assert (stager.rendered, staging.in_flight, task.done()) == (3, 3, False)
+        # Waiting, the loop took the SHA-256 of the pieces the stuck thread holds.
+        assert stager.digested_on == [threading.main_thread().name] * 3
         stager.gate.set()
         out = await task
         last, [part] = await staging.finish()
@@ -392,6 +400,24 @@ async def test_the_loop_waits_while_the_thread_holds_enough(connector: MemoryCon
     lines = inflate(b"".join(out + last)).splitlines()
     assert [json.loads(line) for line in lines] == [visit(n) for n in range(10)]
     assert part.records == 10
+
+
+async def test_each_sha256_is_the_same_whichever_thread_takes_its_pieces(
+    connector: MemoryConnector,
+) -> None:
+    """The loop takes a piece's SHA-256 only while it waits for the thread, the thread
+    those the loop left: pieces of one file hashed by both, in order, give its digest."""
+    alone = Stager(connector.name, connector.dataset, ["ndjson", "csv"], chunk_size=1024)
+    stage_interleaved(alone)
+    threaded = GatedStager(connector.name, connector.dataset, ["ndjson", "csv"], chunk_size=1024)
+    threaded.gate.set()
+    await stage_interleaved_on_a_thread(threaded)
+
+    assert [(p.path, p.bytes, p.sha256) for p in threaded.parts] == [
+        (p.path, p.bytes, p.sha256) for p in alone.parts
+    ]
+    takers = set(threaded.digested_on)
+    assert takers == {threading.main_thread().name, f"handover-staging-{CONNECTOR}"}, takers
 
 
 async def test_a_failure_on_the_staging_thread_is_raised_in_the_loop(
