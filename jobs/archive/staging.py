@@ -56,7 +56,9 @@ COMPRESSION_LEVEL = 1
 FEED_SIZE = 1 << 20
 """Rendered bytes of one archive file gathered before they go to the staging thread."""
 IN_FLIGHT = 4
-"""Pieces handed to the staging thread and not yet done, at most."""
+"""Pieces handed to the staging thread and not yet done, at most. A piece the thread has
+done but whose SHA-256 is still to take (the loop was taking another's) is kept until it
+is taken: at most as many again per archive file, in practice none for long."""
 RENDER_ROWS = 2000
 """Rows rendered at a time: a larger batch is rendered in slices of this many."""
 SWITCH_INTERVAL = 0.001
@@ -506,6 +508,7 @@ class StagingThread:
             if self._pending <= most:
                 return out
             if self._digest_one():
+                await asyncio.sleep(0)  # the loop's other tasks (other runs) go first
                 continue
             with self._lock:
                 if self._done:

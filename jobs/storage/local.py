@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import quote, urlencode
 
 from isal import isal_zlib
@@ -132,11 +132,15 @@ class LocalWriter:
     async def write(self, data: bytes) -> None:
         try:
             handle = await self._opened()
-            await asyncio.to_thread(handle.write, data)
+            await asyncio.to_thread(self._put, handle, data)
             await self._wrote(len(data))
         except OSError as exc:
             await self.abort()
             raise _error(exc, "write", self._key) from exc
+
+    def _put(self, handle: IO[bytes], data: bytes) -> None:
+        """On a thread: write ``data``."""
+        handle.write(data)
 
     async def _opened(self) -> IO[bytes]:
         """The temporary file, created at the first write."""
@@ -182,19 +186,21 @@ class LocalWriter:
 
     async def abort(self) -> None:
         handle, self._handle = self._handle, None
-        flushing, self._flushing = self._flushing, None
+        busy = self._threads()
         try:
-            if flushing is not None:
-                with contextlib.suppress(OSError):
-                    await asyncio.shield(flushing)
+            for running in busy:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(running)
         finally:  # canceled meanwhile too: the partial file goes, its file closed
             if handle is not None:
-                if flushing is None or flushing.done():
-                    _close_quietly(handle)
-                else:  # never closed under the flush's thread: once it lets go
-                    flushing.add_done_callback(lambda done: _close_quietly(handle, done))
+                _close_after(handle, busy)  # never under a thread that still uses it
             with contextlib.suppress(OSError):
                 self._temporary.unlink()
+
+    def _threads(self) -> list[asyncio.Future[Any]]:
+        """What runs on a thread with the file (a flush to disk), taken for an abort."""
+        flushing, self._flushing = self._flushing, None
+        return [] if flushing is None else [flushing]
 
 
 class LocalAssembler(LocalWriter):
@@ -226,9 +232,9 @@ class LocalAssembler(LocalWriter):
     def crc32(self) -> str | None:
         return f"{self._crc:08x}"
 
-    async def write(self, data: bytes) -> None:
-        self._crc = isal_zlib.crc32(data, self._crc)
-        await super().write(data)
+    def _put(self, handle: IO[bytes], data: bytes) -> None:
+        handle.write(data)
+        self._crc = isal_zlib.crc32(data, self._crc)  # one write at a time: in order
 
     async def copy(self, key: str, start: int, length: int) -> None:
         source = self._store._path(key)
@@ -262,12 +268,9 @@ class LocalAssembler(LocalWriter):
             await self.abort()
             raise
 
-    async def abort(self) -> None:
-        copying, self._copying = self._copying, None
-        if copying is not None:  # canceled while copying: the thread still writes
-            with contextlib.suppress(Exception):
-                await asyncio.shield(copying)
-        await super().abort()
+    def _threads(self) -> list[asyncio.Future[Any]]:
+        copying, self._copying = self._copying, None  # canceled while copying: still runs
+        return super()._threads() + ([] if copying is None else [copying])
 
 
 def _copy_range(source: Path, handle: IO[bytes], start: int, length: int) -> tuple[int, int]:
@@ -276,14 +279,21 @@ def _copy_range(source: Path, handle: IO[bytes], start: int, length: int) -> tup
     handle.flush()  # what was written before goes first
     target = handle.fileno()
     done = 0
+    kernel = True
     with open(source, "rb", buffering=0) as file:
         fd = file.fileno()
         while done < length:
-            try:
-                copied = os.copy_file_range(fd, target, length - done, start + done)
-            except OSError as exc:
-                if exc.errno not in _NO_KERNEL_COPY:
-                    raise
+            copied = 0
+            if kernel:
+                try:
+                    copied = os.copy_file_range(fd, target, length - done, start + done)
+                except OSError as exc:
+                    if exc.errno not in _NO_KERNEL_COPY:
+                        raise
+                # None copied: the file ends here, or the file system copies nothing
+                # (some answer 0 rather than an error): read and write from now on.
+                kernel = copied > 0
+            if not copied:
                 data = memoryview(os.pread(fd, min(length - done, READ_CHUNK), start + done))
                 copied = len(data)
                 while data:
@@ -304,11 +314,17 @@ def _copy_range(source: Path, handle: IO[bytes], start: int, length: int) -> tup
     return done, crc
 
 
-def _close_quietly(handle: IO[bytes], flushed: asyncio.Future[None] | None = None) -> None:
-    """Close ``handle`` of an aborted write; a full disk fails the flush on close too, and
-    the flush's own error (``flushed``'s) is of no more use."""
-    if flushed is not None and not flushed.cancelled():
-        flushed.exception()  # retrieved: not logged as never retrieved
+def _close_after(handle: IO[bytes], threads: list[asyncio.Future[Any]]) -> None:
+    """Close ``handle`` of an aborted write once every one of ``threads`` has let go of it;
+    a full disk fails the flush on close too, and the threads' own errors are of no more
+    use."""
+    for running in threads:
+        if not running.done():
+            running.add_done_callback(lambda _: _close_after(handle, threads))
+            return
+    for ended in threads:
+        if not ended.cancelled():
+            ended.exception()  # retrieved: not logged as never retrieved
     with contextlib.suppress(OSError):
         handle.close()
 

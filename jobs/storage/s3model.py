@@ -12,7 +12,8 @@ files, a data directory holding:
   own extras are never merged into it;
 - ``endpoints.json``: every partition with its regions and defaults, its services cut to
   :data:`ENDPOINT_SERVICES`;
-- ``STAMP.json``: the botocore version it was cut from and the operations it holds.
+- ``STAMP.json``: the botocore version it was cut from, the operations it holds and how
+  it was cut (:data:`FORMAT`).
 
 Everything else, S3's endpoint rule set (never trimmed) included, comes from botocore's own
 data. :func:`session` puts the directory first on a new session's data path when its stamp
@@ -55,6 +56,9 @@ STAMP = "STAMP.json"
 ENDPOINT_SERVICES = frozenset({"s3", "sts", "sso", "sso-oidc", "signin"})
 #: S3's files :func:`build` cuts; the endpoint rule set is not one of them.
 SERVICE = "s3"
+#: How :func:`build` cuts them: raised with any change to what it writes, so that a
+#: directory written by an earlier Handover from the same botocore is written again.
+FORMAT = 1
 
 
 def _shapes_reached(model: Mapping[str, Any], operations: Sequence[str]) -> set[str]:
@@ -161,7 +165,7 @@ def _endpoints(loader: Loader) -> dict[str, Any]:
 
 
 def _stamp(operations: Sequence[str]) -> dict[str, Any]:
-    return {"botocore": botocore.__version__, "operations": sorted(operations)}
+    return {"format": FORMAT, "botocore": botocore.__version__, "operations": sorted(operations)}
 
 
 def build(directory: Path, operations: Sequence[str]) -> None:
@@ -221,6 +225,11 @@ def _unusable(directory: Path, operations: tuple[str, ...]) -> str | None:
         return (
             f"the trimmed botocore data at {directory} was made from botocore "
             f"{stamp.get('botocore')}, this is botocore {botocore.__version__}: {hint}"
+        )
+    if stamp.get("format") != FORMAT:
+        return (
+            f"the trimmed botocore data at {directory} was cut by another version of "
+            f"Handover: {hint}"
         )
     if stamp.get("operations") != sorted(operations):
         return f"the trimmed botocore data at {directory} holds other operations: {hint}"

@@ -67,6 +67,7 @@ async def test_a_claim_whose_answer_was_lost_is_the_callers_when_the_client_send
         client = await connect(url, retries=API_RETRIES)
         stack.push_async_callback(client.aclose)
         through = IdempotencyStore(client, "handover:")
+        assert await through.claim("bob", "k-0", "fp-0")  # the script cached: no NOSCRIPT
         proxy.arm(0, lost=False, stay_down=False)
         assert await through.claim("alice", "k-1", "fp-1")
         assert proxy.cut

@@ -117,8 +117,9 @@ def fallback_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
         (None, ["no trimmed botocore data at", "python -m jobs.storage.s3model"]),
         ({"botocore": "1.0.0"}, ["botocore 1.0.0", f"this is botocore {botocore.__version__}"]),
         ({"operations": ["GetObject"]}, ["holds other operations"]),
+        ({"format": 0}, ["cut by another version of Handover"]),
     ],
-    ids=["missing", "stale", "other-operations"],
+    ids=["missing", "stale", "other-operations", "other-format"],
 )
 def test_a_missing_or_stale_directory_falls_back_to_the_full_model_saying_why(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, stamp: dict[str, Any] | None, said: list[str]
@@ -190,7 +191,11 @@ def test_writing_it_twice_writes_the_same_readable_directory(tmp_path: Path) -> 
     assert [path.name for path in tmp_path.iterdir()] == ["botocore-data"], "nothing left over"
     assert {mode for _, mode in first.values()} == {0o644, 0o755}
     stamp = json.loads((directory / s3model.STAMP).read_text())
-    assert stamp == {"botocore": botocore.__version__, "operations": sorted(OPERATIONS)}
+    assert stamp == {
+        "format": s3model.FORMAT,
+        "botocore": botocore.__version__,
+        "operations": sorted(OPERATIONS),
+    }
     endpoints = json.loads((directory / "endpoints.json").read_text())
     assert {partition["partition"] for partition in endpoints["partitions"]} >= {"aws", "aws-cn"}
     assert all(

@@ -402,11 +402,15 @@ async def test_the_loop_waits_while_the_thread_holds_enough(connector: MemoryCon
     assert part.records == 10
 
 
+@pytest.mark.parametrize("loop_helps", [True, False], ids=["shared", "thread only"])
 async def test_each_sha256_is_the_same_whichever_thread_takes_its_pieces(
-    connector: MemoryConnector,
+    connector: MemoryConnector, monkeypatch: pytest.MonkeyPatch, loop_helps: bool
 ) -> None:
     """The loop takes a piece's SHA-256 only while it waits for the thread, the thread
-    those the loop left: pieces of one file hashed by both, in order, give its digest."""
+    those the loop left (or all, the loop never helping): each file's digest is the
+    Stager's alone. (The loop taking them all: the gated test above.)"""
+    if not loop_helps:
+        monkeypatch.setattr(StagingThread, "_digest_one", lambda self: False)
     alone = Stager(connector.name, connector.dataset, ["ndjson", "csv"], chunk_size=1024)
     stage_interleaved(alone)
     threaded = GatedStager(connector.name, connector.dataset, ["ndjson", "csv"], chunk_size=1024)
@@ -416,8 +420,8 @@ async def test_each_sha256_is_the_same_whichever_thread_takes_its_pieces(
     assert [(p.path, p.bytes, p.sha256) for p in threaded.parts] == [
         (p.path, p.bytes, p.sha256) for p in alone.parts
     ]
-    takers = set(threaded.digested_on)
-    assert takers == {threading.main_thread().name, f"handover-staging-{CONNECTOR}"}, takers
+    if not loop_helps:
+        assert set(threaded.digested_on) == {f"handover-staging-{CONNECTOR}"}
 
 
 async def test_a_failure_on_the_staging_thread_is_raised_in_the_loop(
