@@ -5,7 +5,8 @@ a Redis killed under load); this covers the one step a restart cannot hit on pur
 ``EXEC``'s reply lost, and the read-back of the claim lost too; its poll, one round
 trip that still starts due jobs and cancels aborted ones; and its wake: a task due now
 queued in its own process starts at once, not at the next poll, while an idle worker
-still polls only every ``poll_delay``.
+still polls only every ``poll_delay``, woken polls keep a minimum gap, and a wake owed
+while every slot is taken survives a timed poll meanwhile.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from arq.constants import in_progress_key_prefix
 from arq.worker import Function, func
 from redis.asyncio.connection import AbstractConnection
 
+from jobs import arqworker
 from jobs.arqworker import PatientWorker
 from jobs.queue import QUEUE_NAME, connect, deserialize, serialize
 from tests.conftest import REDIS_URL
@@ -231,3 +233,69 @@ async def test_cron_jobs_are_still_queued_ahead_by_twice_the_configured_poll_del
     monkeypatch.setattr(worker, "run_cron", run_cron)
     await worker.heart_beat()
     assert windows == [10], "as arq does for a worker polling every 5 s (its loop is told 0)"
+
+
+async def test_a_poll_owed_while_every_slot_was_taken_outlives_a_timed_poll_meanwhile(
+    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ran: dict[str, float] = {}
+
+    async def long(ctx: dict[str, Any]) -> None:
+        await ctx["redis"].enqueue_job("follow_up", _queue_name=QUEUE_NAME)
+        ran["long started"] = time.monotonic()
+        await asyncio.sleep(0.75)  # one timed poll, 0.5 s in, finds the one slot taken
+        ran["long ended"] = time.monotonic()
+
+    async def follow_up(ctx: dict[str, Any]) -> None:
+        ran["follow-up started"] = time.monotonic()
+
+    worker = patient_worker(
+        redis,
+        func(long, name="long"),
+        func(follow_up, name="follow_up"),
+        poll_delay=0.5,
+        max_jobs=1,
+    )
+    polls = count_polls(worker, monkeypatch)
+    await redis.enqueue_job("long", _queue_name=QUEUE_NAME)
+    main = asyncio.create_task(worker.main())
+    try:
+        await eventually(lambda: "follow-up started" in ran, timeout=10, what="the follow-up")
+    finally:
+        await worker.stop(main, grace=0)
+    assert any(ran["long started"] < p < ran["long ended"] for p in polls), "a timed poll came"
+    # Unwoken, it would wait for the next timed poll, 0.25 s after the long task ended.
+    assert ran["follow-up started"] - ran["long ended"] < 0.15, "polled as soon as the slot freed"
+
+
+async def test_a_burst_of_due_tasks_wakes_polls_spaced_by_the_minimum_gap(
+    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gap = 0.05  # ten times the real one, well apart from back-to-back polls on any machine
+    monkeypatch.setattr(arqworker, "MIN_POLL_GAP_SECONDS", gap)
+    fanned_out: list[float] = []
+    started: list[float] = []
+
+    async def fan_out(ctx: dict[str, Any]) -> None:
+        for _ in range(30):
+            await ctx["redis"].enqueue_job("leaf", _queue_name=QUEUE_NAME)
+            await asyncio.sleep(0.005)  # the burst spans a few gaps
+        fanned_out.append(time.monotonic())
+
+    async def leaf(ctx: dict[str, Any]) -> None:
+        started.append(time.monotonic())
+
+    worker = patient_worker(
+        redis, func(fan_out, name="fan_out"), func(leaf, name="leaf"), poll_delay=5, max_jobs=40
+    )
+    polls = count_polls(worker, monkeypatch)
+    await redis.enqueue_job("fan_out", _queue_name=QUEUE_NAME)
+    main = asyncio.create_task(worker.main())
+    try:
+        await eventually(lambda: len(started) == 30, timeout=10, what="the 30 tasks to start")
+    finally:
+        await worker.stop(main, grace=0)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(polls)]
+    assert len(polls) >= 3, "woken: the first poll, then more during the 150 ms burst"
+    assert min(gaps) > 0.99 * gap, f"no two polls closer than the gap: {gaps}"
+    assert started[-1] - fanned_out[0] < 1, "each at once, none at a poll 5 s on"
