@@ -33,6 +33,7 @@ import asyncio
 import collections
 import contextlib
 import hashlib
+import math
 import posixpath
 import queue
 import sys
@@ -456,8 +457,7 @@ class StagingThread:
         staged = self._stager.deflate(unhashed.path, piece)
         if unhashed.lock.acquire(blocking=len(unhashed.pieces) > self._in_flight):
             try:
-                while unhashed.pieces and unhashed.pieces[0][0] <= number:
-                    self._stager.digest(unhashed.path, unhashed.pieces.popleft()[1])
+                unhashed.digest(self._stager, through=number)
             finally:
                 unhashed.lock.release()
         return staged
@@ -469,8 +469,7 @@ class StagingThread:
         def closing() -> list[bytes]:
             if unhashed is not None:
                 with unhashed.lock:
-                    while unhashed.pieces:
-                        self._stager.digest(path, unhashed.pieces.popleft()[1])
+                    unhashed.digest(self._stager)
             return close(path)
 
         return closing
@@ -481,8 +480,7 @@ class StagingThread:
         for unhashed in self._unhashed.values():
             if unhashed.pieces and unhashed.lock.acquire(blocking=False):
                 try:
-                    if unhashed.pieces:
-                        self._stager.digest(unhashed.path, unhashed.pieces.popleft()[1])
+                    if unhashed.digest(self._stager, most=1):
                         return True
                 finally:
                     unhashed.lock.release()
@@ -544,6 +542,15 @@ class _Unhashed:
         self.path = path
         self.lock = threading.Lock()
         self.pieces: collections.deque[tuple[int, bytes | memoryview]] = collections.deque()
+
+    def digest(self, stager: Stager, *, through: float = math.inf, most: float = math.inf) -> int:
+        """Add the oldest pieces numbered ``through`` or less, ``most`` at most, to the
+        file's SHA-256 (the caller holds ``lock``); how many."""
+        taken = 0
+        while taken < most and self.pieces and self.pieces[0][0] <= through:
+            stager.digest(self.path, self.pieces.popleft()[1])
+            taken += 1
+        return taken
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -222,7 +222,7 @@ class LocalAssembler(LocalWriter):
         self._crc = 0
         self._copied = 0
         #: The copy running on a thread, if any: an abort waits for it to let go of the file.
-        self._copying: asyncio.Future[tuple[int, int]] | None = None
+        self._copying: asyncio.Future[tuple[int, int, int]] | None = None
 
     @property
     def copied(self) -> int:
@@ -246,10 +246,10 @@ class LocalAssembler(LocalWriter):
                 self._copying = asyncio.get_running_loop().run_in_executor(
                     None, _copy_range, source, handle, start + done, piece
                 )
-                copied, crc = await asyncio.shield(self._copying)
+                copied, by_kernel, crc = await asyncio.shield(self._copying)
                 self._copying = None
                 self._crc = isal_zlib.crc32_combine(self._crc, crc, copied)
-                self._copied += copied
+                self._copied += by_kernel
                 done += copied
                 await self._wrote(copied)
                 if copied < piece:
@@ -273,12 +273,13 @@ class LocalAssembler(LocalWriter):
         return super()._threads() + ([] if copying is None else [copying])
 
 
-def _copy_range(source: Path, handle: IO[bytes], start: int, length: int) -> tuple[int, int]:
+def _copy_range(source: Path, handle: IO[bytes], start: int, length: int) -> tuple[int, int, int]:
     """Append up to ``length`` bytes of the file ``source`` from ``start`` to ``handle``;
-    how many there were (fewer where the file ends) and their CRC-32."""
+    how many there were (fewer where the file ends), how many of them the kernel copied
+    (the others were read and written here) and their CRC-32."""
     handle.flush()  # what was written before goes first
     target = handle.fileno()
-    done = 0
+    done = by_kernel = 0
     kernel = True
     with open(source, "rb", buffering=0) as file:
         fd = file.fileno()
@@ -293,6 +294,7 @@ def _copy_range(source: Path, handle: IO[bytes], start: int, length: int) -> tup
                 # None copied: the file ends here, or the file system copies nothing
                 # (some answer 0 rather than an error): read and write from now on.
                 kernel = copied > 0
+                by_kernel += copied
             if not copied:
                 data = memoryview(os.pread(fd, min(length - done, READ_CHUNK), start + done))
                 copied = len(data)
@@ -311,7 +313,7 @@ def _copy_range(source: Path, handle: IO[bytes], start: int, length: int) -> tup
                 raise OSError(errno.EIO, "the copied range could not be read back")
             crc = isal_zlib.crc32(view[:read], crc)
             at += read
-    return done, crc
+    return done, by_kernel, crc
 
 
 def _close_after(handle: IO[bytes], threads: list[asyncio.Future[Any]]) -> None:

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -113,6 +113,15 @@ def patient_worker(redis: ArqRedis, *functions: Function, **options: Any) -> Pat
     )
 
 
+async def run_until(worker: PatientWorker, until: Callable[[], object], what: str) -> None:
+    """Run ``worker`` until ``until()`` holds (10 s at most), then stop it."""
+    main = asyncio.create_task(worker.main())
+    try:
+        await eventually(until, timeout=10, what=what)
+    finally:
+        await worker.stop(main, grace=0)
+
+
 def count_polls(worker: PatientWorker, monkeypatch: pytest.MonkeyPatch) -> list[float]:
     """When each of the worker's polls of the queue begins, as it happens."""
     polls: list[float] = []
@@ -157,11 +166,7 @@ async def test_a_task_that_queues_a_due_task_has_its_worker_start_it_at_once(
         enqueuers=[] if tasks_client is redis else [tasks_client],
     )
     await redis.enqueue_job("first", _queue_name=QUEUE_NAME)  # found by the first poll
-    main = asyncio.create_task(worker.main())
-    try:
-        await eventually(lambda: started_at, timeout=10, what="the task queued by a task to start")
-    finally:
-        await worker.stop(main, grace=0)
+    await run_until(worker, lambda: started_at, "the task queued by a task to start")
     assert started_at[0] - queued_at[0] < 1, "at once, not at the next poll, 5 s on"
 
 
@@ -210,11 +215,7 @@ async def test_tasks_queued_while_every_slot_is_taken_start_as_slots_free_one_po
     )
     polls = count_polls(worker, monkeypatch)
     await redis.enqueue_job("fan_out", _queue_name=QUEUE_NAME)
-    main = asyncio.create_task(worker.main())
-    try:
-        await eventually(lambda: len(leaves_done) == 20, timeout=10, what="the 20 tasks to run")
-    finally:
-        await worker.stop(main, grace=0)
+    await run_until(worker, lambda: len(leaves_done) == 20, "the 20 tasks to run")
     assert polled_meanwhile == [0], "its one slot taken, the worker does not poll for nothing"
     assert len(polls) == 21, "the first poll, then one each time the slot freed, no more"
     assert leaves_done[-1] - fanned_out_at[0] < 2.5, "each at once, none at a poll 5 s on"
@@ -258,11 +259,7 @@ async def test_a_poll_owed_while_every_slot_was_taken_outlives_a_timed_poll_mean
     )
     polls = count_polls(worker, monkeypatch)
     await redis.enqueue_job("long", _queue_name=QUEUE_NAME)
-    main = asyncio.create_task(worker.main())
-    try:
-        await eventually(lambda: "follow-up started" in ran, timeout=10, what="the follow-up")
-    finally:
-        await worker.stop(main, grace=0)
+    await run_until(worker, lambda: "follow-up started" in ran, "the follow-up")
     assert any(ran["long started"] < p < ran["long ended"] for p in polls), "a timed poll came"
     # Unwoken, it would wait for the next timed poll, about 0.5 s after the long task ended.
     assert ran["follow-up started"] - ran["long ended"] < 0.3, "polled as soon as the slot freed"
@@ -290,11 +287,7 @@ async def test_a_burst_of_due_tasks_wakes_polls_spaced_by_the_minimum_gap(
     )
     polls = count_polls(worker, monkeypatch)
     await redis.enqueue_job("fan_out", _queue_name=QUEUE_NAME)
-    main = asyncio.create_task(worker.main())
-    try:
-        await eventually(lambda: len(started) == 30, timeout=10, what="the 30 tasks to start")
-    finally:
-        await worker.stop(main, grace=0)
+    await run_until(worker, lambda: len(started) == 30, "the 30 tasks to start")
     gaps = [later - earlier for earlier, later in itertools.pairwise(polls)]
     assert len(polls) >= 3, "woken: the first poll, then more during the 150 ms burst"
     assert min(gaps) > 0.99 * gap, f"no two polls closer than the gap: {gaps}"

@@ -334,6 +334,7 @@ async def test_local_assembler_reads_and_writes_where_the_kernel_cannot_copy(
 
     assert await local_store.get("archives/job.zip") == b"head" + source[5:]
     assert assembler.crc32 == crc32_of(b"head" + source[5:])
+    assert assembler.copied == 0, "every byte read and written here"
 
 
 @pytest.mark.parametrize(
