@@ -9,10 +9,11 @@ Memory stays bounded by the chunk size per open file, whatever the export's size
 
 :class:`Stager` is the work itself, without I/O or threads. :class:`StagingThread`
 drives it for the export pipeline: the event loop renders records (orjson holds the
-GIL, so another thread would not render faster), and one long-lived thread per
-connector run does CRC-32 and deflate, which release the GIL, on about
-:data:`FEED_SIZE` of rendered bytes at a time, while the loop reads and renders the
-next batch. At most :data:`IN_FLIGHT` pieces wait for that thread, so memory stays
+GIL, so another thread would not render faster), and one thread per connector run
+(one the process keeps from run to run, :data:`IDLE_THREADS` at most) does CRC-32 and
+deflate, which release the GIL, on
+about :data:`FEED_SIZE` of rendered bytes at a time, while the loop reads and renders
+the next batch. At most :data:`IN_FLIGHT` pieces wait for that thread, so memory stays
 flat whatever the connector's pace. A piece's SHA-256 goes to whichever of the two is
 free first: the loop takes it while it would otherwise wait for the thread (a fast
 source: a replayed one's staging went from 1.6–1.9 to 1.3–1.8 s for 463 MB, its two
@@ -64,6 +65,45 @@ RENDER_ROWS = 2000
 """Rows rendered at a time: a larger batch is rendered in slices of this many."""
 SWITCH_INTERVAL = 0.001
 """The longest a thread waits for the GIL while another runs Python, in seconds."""
+IDLE_THREADS = 8
+"""Staging threads kept waiting for the next run once theirs ended, at most: starting a
+thread costs more than a tiny export's deflate."""
+
+
+class _Threads:
+    """The process's staging threads: each run borrows one that waits idle, or starts
+    one; a thread whose run ended waits for the next unless :data:`IDLE_THREADS` already
+    do, and then ends. A thread is named for the connector whose run it serves."""
+
+    def __init__(self) -> None:
+        self._idle: list[tuple[threading.Thread, queue.SimpleQueue[Callable[[], None]]]] = []
+        self._lock = threading.Lock()
+
+    def run(self, work: Callable[[], None], name: str) -> None:
+        """Run ``work`` on a staging thread named ``name`` meanwhile."""
+        with self._lock:  # a thread is named for what it does: idle while in the list
+            idle = self._idle.pop() if self._idle else None
+            if idle is not None:
+                idle[0].name = name
+        if idle is None:
+            inbox: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+            inbox.put(work)
+            threading.Thread(target=self._serve, args=(inbox,), name=name, daemon=True).start()
+        else:
+            idle[1].put(work)
+
+    def _serve(self, inbox: queue.SimpleQueue[Callable[[], None]]) -> None:
+        thread = threading.current_thread()
+        while True:
+            inbox.get()()
+            with self._lock:
+                if len(self._idle) >= IDLE_THREADS:
+                    return
+                thread.name = "handover-staging-idle"
+                self._idle.append((thread, inbox))
+
+
+_THREADS = _Threads()
 
 
 class _Stream:
@@ -322,13 +362,13 @@ class StagingThread:
     """Drives a :class:`Stager` from the event loop, with its checksums and deflate on a thread.
 
     The loop renders (:meth:`Stager.render_rows`) and gathers each archive file's
-    bytes until about ``feed_size`` of them; then one long-lived thread of this
-    run's own feeds them to the file's CRC-32 and deflate (:meth:`Stager.deflate`), and
+    bytes until about ``feed_size`` of them; then one thread, this run's own while it
+    lasts, feeds them to the file's CRC-32 and deflate (:meth:`Stager.deflate`), and
     their SHA-256 (:meth:`Stager.digest`) is taken by the loop while it waits for the
     thread, or else by the thread. Every method returns the staged bytes the thread has
     finished so far, in the order they belong in the staged object, and waits only
     while ``in_flight`` pieces are still with the thread. Use it as an async context
-    manager: leaving it stops the thread, whatever happened.
+    manager: leaving it lets the thread go, whatever happened.
     """
 
     def __init__(
@@ -355,14 +395,11 @@ class StagingThread:
         #: Each open archive file's pieces whose SHA-256 is still to take, by path.
         self._unhashed: dict[str, _Unhashed] = {}
         self._pieces = 0
-        self._thread = threading.Thread(
-            target=self._work, name=f"handover-staging-{stager.connector}", daemon=True
-        )
 
     async def __aenter__(self) -> StagingThread:
         if sys.getswitchinterval() > SWITCH_INTERVAL:
             sys.setswitchinterval(SWITCH_INTERVAL)
-        self._thread.start()
+        _THREADS.run(self._work, f"handover-staging-{self._stager.connector}")
         return self
 
     async def __aexit__(
@@ -371,7 +408,7 @@ class StagingThread:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        self._inbox.put(None)  # it ends once what it holds is done: a few pieces at most
+        self._inbox.put(None)  # its work ends once what it holds is done: a few pieces
 
     @property
     def previews(self) -> dict[str, dict[str, Any]]:

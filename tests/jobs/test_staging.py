@@ -22,7 +22,7 @@ from connectors.errors import PermanentError
 from connectors.items import Record
 from connectors.testing import MemoryConnector
 from jobs.archive.formats import FORMATS
-from jobs.archive.staging import SWITCH_INTERVAL, Stager, StagingThread
+from jobs.archive.staging import IDLE_THREADS, SWITCH_INTERVAL, Stager, StagingThread
 from jobs.model import StagedPart
 from tests.polling import eventually, eventually_sync
 
@@ -455,15 +455,46 @@ def staging_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == f"handover-staging-{CONNECTOR}"]
 
 
+def idle_staging_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "handover-staging-idle"]
+
+
 @pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed"])
-async def test_the_staging_thread_ends_with_its_block(
+async def test_the_staging_thread_is_let_go_with_its_block_and_serves_the_next_run(
     stager_factory: Callable[..., Stager], fails: bool
 ) -> None:
     with contextlib.suppress(KeyError):
         async with StagingThread(stager_factory()) as staging:
             await staging.add_rows("visits", [visit(1)])
-            assert len(staging_threads()) == 1
+            [thread] = staging_threads()
             if fails:
                 raise KeyError("the connector broke")
             await staging.finish()
-    eventually_sync(staging_threads, until=lambda t: t == [], timeout=5, what="the thread to end")
+    eventually_sync(staging_threads, until=lambda t: t == [], timeout=5, what="the thread to go")
+    assert thread.is_alive() and thread in idle_staging_threads()
+
+    async with StagingThread(stager_factory()) as staging:
+        await staging.add_rows("visits", [visit(2)])
+        assert staging_threads() == [thread]  # not a thread started for it
+        await staging.finish()
+
+
+async def test_at_most_idle_threads_stay_once_their_runs_end(
+    stager_factory: Callable[..., Stager],
+) -> None:
+    async with contextlib.AsyncExitStack() as runs:
+        for _ in range(IDLE_THREADS + 3):
+            staging = await runs.enter_async_context(StagingThread(stager_factory()))
+            await staging.add_rows("visits", [visit(1)])
+        assert len(staging_threads()) == IDLE_THREADS + 3
+
+    def every_staging_thread() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name.startswith("handover-staging-")]
+
+    eventually_sync(
+        every_staging_thread,
+        until=lambda t: len(t) == IDLE_THREADS,
+        timeout=5,
+        what="the others to end",
+    )
+    assert every_staging_thread() == idle_staging_threads()
