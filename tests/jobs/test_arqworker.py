@@ -100,6 +100,45 @@ async def test_a_poll_is_one_round_trip_that_starts_due_jobs_and_cancels_aborted
         await worker.stop(main, grace=0)
 
 
+async def test_a_poll_asks_redis_nothing_of_the_jobs_its_worker_is_running(
+    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def sleepy(ctx: dict[str, object]) -> None:
+        started.set()
+        await release.wait()
+
+    worker = patient_worker(redis, func(sleepy, name="sleepy"), poll_delay=60)
+    await redis.enqueue_job("sleepy", _queue_name=QUEUE_NAME, _job_id="running")
+    main = asyncio.create_task(worker.main())
+    try:
+        await asyncio.wait_for(started.wait(), 10)
+        assert await redis.zscore(QUEUE_NAME, "running")  # still queued while it runs
+        round_trips = 0
+        send = AbstractConnection.send_packed_command
+
+        async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+            nonlocal round_trips
+            round_trips += 1
+            await send(self, *args, **kwargs)
+
+        monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+        await worker._poll_queue()
+        monkeypatch.undo()
+        assert round_trips == 1, "the queue read, and no claim of the job it runs"
+        release.set()
+        await eventually(
+            lambda: redis.zscore(QUEUE_NAME, "running"),
+            until=lambda score: score is None,
+            timeout=10,
+            what="the job to end",
+        )
+    finally:
+        release.set()
+        await worker.stop(main, grace=0)
+
+
 def patient_worker(redis: ArqRedis, *functions: Function, **options: Any) -> PatientWorker:
     """A worker on Handover's queue, as ``create_worker`` makes one, with ``options``."""
     return PatientWorker(
