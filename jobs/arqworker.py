@@ -11,12 +11,14 @@ A ``ConnectionError`` (``BusyLoadingError`` while a restarted Redis loads its da
 that outlasts redis-py's retries escaped the loop the same way.
 
 :class:`PatientWorker` treats these as "Redis is away": it logs one warning per outage,
-backs off, and polls again, logging once more when Redis answers. It claims a job
-with a value of its own, so that when ``EXEC``'s reply is lost it reads the claim back
-and knows whether the job is its to run; when even that read fails, it runs nothing and
-gives the claim back (if it was applied) once Redis answers. A job it could not claim
-stays in the queue for the next poll. Tasks that lose Redis mid-way are handled by the
-tasks themselves (``jobs/worker.py``), enqueues by the client (``jobs/queue.py``).
+backs off, and polls again, logging once more when Redis answers. It claims a job in
+one script (arq's claim is four round trips), with a value of its own: sent again by the
+client after its answer was lost, the claim finds its own value and holds; when it
+fails with no answer, the worker runs nothing and gives the claim back (if it was
+applied) once Redis answers. A job it could not claim stays in the queue for the next
+poll; one it runs itself, which arq keeps in the queue until it ends, is not asked
+about. Tasks that lose Redis mid-way are handled by the tasks themselves
+(``jobs/worker.py``), enqueues by the client (``jobs/queue.py``).
 
 It polls every ``poll_delay`` (``HANDOVER_WORKER_POLL_DELAY``), and at once when code in
 its own process queues a task due now on its queue (told by the client,
@@ -65,6 +67,18 @@ MAX_BACKOFF_SECONDS = 5.0
 #: A poll's cost to Redis does not depend on ``poll_delay``, so neither does this bound:
 #: at most 200 woken polls a second, 10 times the idle rate at the default 50 ms.
 MIN_POLL_GAP_SECONDS = 0.005
+#: Claim a job due by ``ARGV[3]`` (ms) for ``ARGV[4]`` ms: its in-progress key
+#: (``KEYS[1]``) set to this worker's claim (``ARGV[1]``), unless another's holds it; the
+#: job's score in the queue (``KEYS[2]``), or nothing. A claim of this worker's own there
+#: already is this very claim sent again, its first answer lost: it holds.
+_CLAIM = """
+local held = redis.call('get', KEYS[1])
+if held and held ~= ARGV[1] then return false end
+local score = redis.call('zscore', KEYS[2], ARGV[2])
+if not score or tonumber(score) > tonumber(ARGV[3]) then return false end
+redis.call('psetex', KEYS[1], ARGV[4], ARGV[1])
+return score
+"""
 #: Delete an in-progress key only if it still holds this worker's claim.
 _RELEASE_IF_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
@@ -167,37 +181,30 @@ class PatientWorker(Worker):
     async def _claim(self, job_id: str) -> int | None:
         """The job's queue score once this worker holds its in-progress key; None if it can't.
 
-        None when the job is running elsewhere, gone from the queue, deferred, or
-        claimed by another worker meanwhile.
+        None when the job is running elsewhere, gone from the queue, deferred, or claimed
+        by another worker meanwhile. One script, one round trip (arq's claim under
+        ``WATCH`` takes four).
         """
         key = in_progress_key_prefix + job_id
-        claim = self._claim_value
-        async with self.pool.pipeline(transaction=True) as pipe:
-            await pipe.watch(key)
-            ongoing = await pipe.exists(key)
-            score = await pipe.zscore(self.queue_name, job_id)
-            if ongoing or not score or score > timestamp_ms():
-                return None
-            pipe.multi()  # type: ignore[no-untyped-call]
-            pipe.psetex(key, int(self.in_progress_timeout_s * 1000), claim)
-            try:
-                await pipe.execute()
-            except ResponseError:
-                return None
-            except WatchError:
-                # Another worker's claim changed the key, or the connection was lost
-                # with EXEC's reply: the key says which, and whether EXEC was applied.
-                try:
-                    mine = await self.pool.get(key) == claim
-                except REDIS_AWAY:
-                    # Not knowing, the job is not run; a claim of ours, if EXEC was
-                    # applied, is given back once Redis answers (it would otherwise
-                    # hold the job for the whole in-progress timeout).
-                    self._unsettled_claims.add(job_id)
-                    raise
-                if not mine:
-                    return None
-        return int(score)
+        timeout_ms = int(self.in_progress_timeout_s * 1000)
+        try:
+            score = await self._claim_script(
+                keys=[key, self.queue_name],
+                args=[self._claim_value, job_id, timestamp_ms(), timeout_ms],
+            )
+        except ResponseError:
+            return None
+        except REDIS_AWAY:
+            # Not knowing whether it was applied, the job is not run; a claim of ours,
+            # if it was, is given back once Redis answers (it would otherwise hold the job
+            # for the whole in-progress timeout).
+            self._unsettled_claims.add(job_id)
+            raise
+        return None if score is None else int(float(score))
+
+    @cached_property
+    def _claim_script(self) -> Any:
+        return self.pool.register_script(_CLAIM)
 
     async def _settle_claims(self) -> None:
         """Give back the claims made while Redis was going away and never acted on."""

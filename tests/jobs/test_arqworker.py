@@ -26,8 +26,9 @@ from redis.asyncio.connection import AbstractConnection
 
 from jobs import arqworker
 from jobs.arqworker import PatientWorker
-from jobs.queue import QUEUE_NAME, connect, deserialize, serialize
+from jobs.queue import API_RETRIES, QUEUE_NAME, connect, deserialize, serialize
 from tests.conftest import REDIS_URL
+from tests.faults import cutting_proxy
 from tests.polling import eventually
 
 
@@ -331,3 +332,31 @@ async def test_a_burst_of_due_tasks_wakes_polls_spaced_by_the_minimum_gap(
     assert len(polls) >= 3, "woken: the first poll, then more during the 150 ms burst"
     assert min(gaps) > 0.99 * gap, f"no two polls closer than the gap: {gaps}"
     assert started[-1] - fanned_out[0] < 1, "each at once, none at a poll 5 s on"
+
+
+async def test_a_claim_whose_answer_was_lost_holds_when_sent_again(redis: ArqRedis) -> None:
+    """Redis runs the claim, its answer is lost, the client sends it again: the claim
+    finds the worker's own value and holds (the job runs, not stuck for the in-progress
+    timeout); another worker's claim, a job not yet due or gone, are not claimed."""
+    async with contextlib.AsyncExitStack() as stack:
+        proxy, url = await cutting_proxy(stack)
+        client = await connect(url, retries=API_RETRIES)
+        stack.push_async_callback(client.aclose)
+        worker = patient_worker(client, func(noop, name="noop"))
+        job = await redis.enqueue_job("noop", _queue_name=QUEUE_NAME, _job_id="lost-answer")
+        assert job is not None
+        score = await redis.zscore(QUEUE_NAME, "lost-answer")
+        await redis.script_load(arqworker._CLAIM)  # the script's first command: its EVALSHA
+        proxy.arm(0, lost=False, stay_down=False)
+
+        assert await worker._claim("lost-answer") == score
+        assert proxy.cut, "the claim's answer was lost"
+        key = in_progress_key_prefix + "lost-answer"
+        assert await redis.get(key) == worker._claim_value
+
+        other = patient_worker(redis, func(noop, name="noop"))
+        assert await other._claim("lost-answer") is None  # held by the first
+        await redis.enqueue_job("noop", _queue_name=QUEUE_NAME, _job_id="later", _defer_by=60)
+        assert await other._claim("later") is None
+        assert await other._claim("gone") is None
+        assert await redis.exists(in_progress_key_prefix + "later") == 0
