@@ -14,7 +14,7 @@ import dataclasses
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Any, cast
 from urllib.parse import unquote, urlsplit
@@ -22,13 +22,13 @@ from urllib.parse import unquote, urlsplit
 import orjson
 from arq.connections import ArqRedis, RedisSettings
 from arq.constants import job_key_prefix, result_key_prefix
-from arq.jobs import Job
+from arq.jobs import Job, serialize_job
 from arq.utils import timestamp_ms, to_ms, to_unix_ms
 from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelManagedConnection
 from redis.backoff import ExponentialBackoff, NoBackoff
-from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError, WatchError
+from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
 QUEUE_NAME = "handover:queue"
 #: What Redis raises when it cannot be reached: callers answer "try again shortly".
@@ -146,41 +146,67 @@ def describe(settings: RedisSettings) -> str:
     return settings.unix_socket_path or f"{settings.host}:{settings.port}"
 
 
-class QueueClient(ArqRedis):
-    """arq's Redis client, whose enqueue survives a connection lost half-way.
+#: Queue an arq task as ``ArqRedis.enqueue_job`` does, in one step: KEYS[1] its job key,
+#: KEYS[2] its result key, KEYS[3] the queue; ARGV: the payload, its expiry (ms), the
+#: score (ms) and the task's id. 1 when queued; 0 when a task or a result of that id is
+#: there already, as one sent again after its answer was lost finds itself.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
 
-    arq's ``enqueue_job`` checks a job's keys under ``WATCH``. redis-py reports a
-    connection lost after ``WATCH`` as ``WatchError`` and never retries it: raised by
-    the check, it escaped; raised by ``EXEC``, arq took it for "the job was enqueued
-    meanwhile" and returned ``None`` with nothing queued. Here such an enqueue is tried
-    again, backing off like the connection's own retries; still failing, it raises
-    ``ConnectionError`` (Redis is away), which callers already answer.
+
+class QueueClient(ArqRedis):
+    """arq's Redis client, whose enqueue is one script, not a transaction under ``WATCH``.
+
+    arq's ``enqueue_job`` checks a job's keys under ``WATCH``: three round trips, and
+    redis-py reports a connection lost after ``WATCH`` as ``WatchError``, which it never
+    retries (raised by ``EXEC``, arq took it for "the job was enqueued meanwhile" and
+    returned ``None`` with nothing queued). Here the check and the writes are one script,
+    which the connection's own retries send again when Redis goes away; still failing, it
+    raises ``ConnectionError`` (Redis is away), which callers already answer.
     """
 
-    enqueue_retry = Retry(_backoff(PATIENT_RETRIES), PATIENT_RETRIES, (WatchError,))
+    async def enqueue_job(
+        self,
+        function: str,
+        *args: Any,
+        _job_id: str | None = None,
+        _queue_name: str | None = None,
+        _defer_until: datetime | None = None,
+        _defer_by: int | float | timedelta | None = None,
+        _expires: int | float | timedelta | None = None,
+        _job_try: int | None = None,
+        **kwargs: Any,
+    ) -> Job | None:
+        """arq's ``enqueue_job``, its arguments and answer: ``None`` only when a task or a
+        result with the id is there already (a task given no ``_job_id`` gets one here, so
+        that one sent again after its answer was lost is recognised, not queued twice)."""
+        if _defer_until and _defer_by:
+            raise RuntimeError("use either 'defer_until' or 'defer_by' or neither, not both")
+        job_id = _job_id or uuid.uuid4().hex
+        queue_name = _queue_name or self.default_queue_name
+        now = timestamp_ms()
+        if _defer_until is not None:
+            score = to_unix_ms(_defer_until)
+        else:
+            score = now + (to_ms(_defer_by) or 0)
+        expires = to_ms(_expires) or score - now + self.expires_extra_ms
+        payload = serialize_job(
+            function, args, kwargs, _job_try, now, serializer=self.job_serializer
+        )
+        keys = [job_key_prefix + job_id, result_key_prefix + job_id, queue_name]
+        if not await self._enqueue(keys=keys, args=[payload, expires, score, job_id]):
+            return None
+        if score <= timestamp_ms():
+            self.queued_due(queue_name)
+        return Job(job_id, redis=self, _queue_name=queue_name, _deserializer=self.job_deserializer)
 
-    async def enqueue_job(self, function: str, *args: Any, **kwargs: Any) -> Job | None:
-        """arq's ``enqueue_job``; ``None`` only when the job is really queued or done already.
-
-        A job given no ``_job_id`` gets one here, so that an attempt whose ``EXEC`` was
-        applied but whose reply was lost is recognised rather than queued twice.
-        """
-        job_id: str = kwargs.get("_job_id") or uuid.uuid4().hex
-        kwargs["_job_id"] = job_id
-
-        async def attempt() -> Job | None:
-            job = await ArqRedis.enqueue_job(self, function, *args, **kwargs)
-            if job is None and not await self._known(job_id):
-                raise WatchError("the connection was lost while the job was being enqueued")
-            return job
-
-        try:
-            job: Job | None = await self.enqueue_retry.call_with_retry(attempt, _nothing)
-        except WatchError as exc:
-            raise ConnectionError(f"Redis went away while {function} was enqueued") from exc
-        if job is not None and _due_now(kwargs.get("_defer_until"), kwargs.get("_defer_by")):
-            self.queued_due(kwargs.get("_queue_name") or self.default_queue_name)
-        return job
+    @cached_property
+    def _enqueue(self) -> Any:
+        return self.register_script(_ENQUEUE)
 
     def on_queued_due(self, listener: Callable[[str], None]) -> Callable[[], None]:
         """Have ``listener(queue_name)`` called each time this client queues a task due now
@@ -201,21 +227,6 @@ class QueueClient(ArqRedis):
     @cached_property
     def _due_listeners(self) -> list[Callable[[str], None]]:
         return []
-
-    async def _known(self, job_id: str) -> bool:
-        found: int = await self.exists(job_key_prefix + job_id, result_key_prefix + job_id)
-        return found > 0
-
-
-async def _nothing(error: Exception) -> None:
-    """What a failed enqueue attempt needs before the next: nothing but the backoff."""
-
-
-def _due_now(defer_until: datetime | None, defer_by: Any) -> bool:
-    """Whether arq queues a task enqueued with these ``_defer_until``/``_defer_by`` to run now."""
-    if defer_until is not None:
-        return to_unix_ms(defer_until) <= timestamp_ms()
-    return (to_ms(defer_by) or 0) <= 0
 
 
 class SentinelConnection(SentinelManagedConnection):
@@ -249,7 +260,6 @@ async def connect(url: str, retries: int = PATIENT_RETRIES) -> ArqRedis:
     client.job_serializer = serialize
     client.job_deserializer = deserialize
     client.default_queue_name = QUEUE_NAME
-    client.enqueue_retry = Retry(_backoff(retries), retries, (WatchError,))
     await _first_ping(client, settings)
     return client
 

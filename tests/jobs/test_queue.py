@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import timedelta
+from typing import Any
 
+import pytest
 from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import JobStatus
+from redis.asyncio.connection import AbstractConnection
 
+from jobs import queue
 from jobs.model import utcnow
-from jobs.queue import QUEUE_NAME, SENTINEL_PORT, Queue, QueueClient, describe, redis_settings
+from jobs.queue import (
+    API_RETRIES,
+    QUEUE_NAME,
+    SENTINEL_PORT,
+    Queue,
+    QueueClient,
+    connect,
+    describe,
+    redis_settings,
+)
+from tests.faults import cutting_proxy
 
 
 async def test_depth_counts_waiting_and_deferred_tasks(redis: ArqRedis) -> None:
@@ -41,6 +58,53 @@ async def test_an_enqueue_due_now_is_told_to_the_listeners_and_no_other(redis: A
     stop()
     await redis.enqueue_job("run_connector", "job-7")
     assert len(told) == 4
+
+
+async def test_an_enqueue_is_queued_as_arq_queues_it_in_one_round_trip(
+    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    round_trips = 0
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        nonlocal round_trips
+        round_trips += 1
+        await send(self, *args, **kwargs)
+
+    await redis.script_load(queue._ENQUEUE)
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    job = await redis.enqueue_job("run_connector", "job-1", 2, _job_id="t-1", _defer_by=60)
+    monkeypatch.undo()
+    assert round_trips == 1
+    assert job is not None and job.job_id == "t-1"
+    assert await job.status() is JobStatus.deferred
+    info = await job.info()
+    assert info is not None and (info.function, list(info.args)) == ("run_connector", ["job-1", 2])
+    assert info.job_try is None  # arq's own: None until a worker tries it
+    score = await redis.zscore(QUEUE_NAME, "t-1")
+    assert score == info.enqueue_time.timestamp() * 1000 + 60_000
+    ttl = await redis.pttl(job_key_prefix + "t-1")
+    assert 60_000 + redis.expires_extra_ms - 5_000 < ttl <= 60_000 + redis.expires_extra_ms
+    assert await redis.enqueue_job("run_connector", "job-1", _job_id="t-1") is None
+    await redis.set(result_key_prefix + "t-2", b"done")
+    assert await redis.enqueue_job("run_connector", "job-2", _job_id="t-2") is None
+    assert await redis.zcard(QUEUE_NAME) == 1
+    with pytest.raises(RuntimeError, match="defer_until"):
+        await redis.enqueue_job("run_connector", _defer_by=1, _defer_until=utcnow())
+
+
+async def test_an_enqueue_whose_answer_was_lost_is_sent_again_and_queued_once() -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        proxy, url = await cutting_proxy(stack)
+        client = await connect(url, retries=API_RETRIES)
+        stack.push_async_callback(client.aclose)
+        await client.script_load(queue._ENQUEUE)
+        proxy.arm(0, lost=False, stay_down=False)  # Redis queues it; the answer is lost
+
+        assert await client.enqueue_job("run_connector", "job-1", _job_id="t-lost") is None
+        assert proxy.cut
+        assert await client.zrange(QUEUE_NAME, 0, -1) == [b"t-lost"]
+        assert await client.exists(job_key_prefix + "t-lost") == 1
 
 
 def test_a_sentinel_url_names_the_sentinels_the_master_and_the_database() -> None:
