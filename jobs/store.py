@@ -171,6 +171,41 @@ return {'created'}
 """
 
 
+#: The subject's gate for a job (:meth:`JobStore.claim_subject`). KEYS[1]: the gate,
+#: KEYS[2]: its waiting set; ARGV[1]: the job's id, ARGV[2]: the prefix of job records,
+#: ARGV[3] on: the statuses that end a job. The live holder's id, the job then waiting;
+#: or nothing, the job holding the gate. Sent again after its answer was lost, it finds
+#: the gate as it left it, and answers the same.
+_CLAIM_SUBJECT = """
+local holder = redis.call('HGET', KEYS[1], 'holder')
+if holder and holder ~= ARGV[1] then
+  local core = redis.call('HGET', ARGV[2] .. holder, 'core')
+  local live = core ~= false
+  if live then
+    local status = cjson.decode(core)['status']
+    for i = 3, #ARGV do live = live and ARGV[i] ~= status end
+  end
+  if live then
+    redis.call('SADD', KEYS[2], ARGV[1])
+    return holder
+  end
+end
+redis.call('HSET', KEYS[1], 'holder', ARGV[1])
+redis.call('SREM', KEYS[2], ARGV[1])
+return false
+"""
+#: The gate freed by a job that ended (:meth:`JobStore.release_subject`): KEYS as above,
+#: ARGV[1] the job's id; the jobs that were waiting.
+_RELEASE_SUBJECT = """
+if redis.call('HGET', KEYS[1], 'holder') == ARGV[1] then redis.call('HDEL', KEYS[1], 'holder') end
+local waiting = redis.call('SMEMBERS', KEYS[2])
+redis.call('DEL', KEYS[2])
+return waiting
+"""
+#: The statuses that end a job, as the scripts take them.
+_TERMINAL = [status.value for status in JobStatus if status.terminal]
+
+
 class _Writes:
     """Writes recorded as a pipeline would queue them, to be run by a Lua script."""
 
@@ -279,6 +314,8 @@ class JobStore:
         self.ns = namespace
         self._search = JobSearch(redis, namespace)
         self._create = self.redis.register_script(_CREATE)
+        self._claim_subject = self.redis.register_script(_CLAIM_SUBJECT)
+        self._release_subject = self.redis.register_script(_RELEASE_SUBJECT)
         self._batch = _Batch(self.redis)
 
     def _job_key(self, job_id: str) -> str:
@@ -331,7 +368,7 @@ class JobStore:
             "mark": f"{self.ns}active:{job.kind.value}:{job.subject}" if claim_active else "",
             "id": job.id,
             "jobs": f"{self.ns}job:",
-            "terminal": [status.value for status in JobStatus if status.terminal],
+            "terminal": _TERMINAL,
             "arq": [job_key_prefix, result_key_prefix],
             "tasks": [
                 [t.task_id, t.queue, _word(t.payload), str(t.score_ms), str(t.expires_ms)]
@@ -615,21 +652,11 @@ class JobStore:
         that has ended without releasing (its worker died) no longer counts.
         """
         gate = self._gate_key(subject)
-
-        async def attempt(pipe: Any) -> str | None:
-            raw = await pipe.hget(gate, "holder")
-            holder: str | None = raw.decode() if raw else None
-            if holder and holder != job_id and await self._is_live(holder):
-                pipe.multi()
-                pipe.sadd(f"{gate}:waiting", job_id)
-                return holder
-            pipe.multi()
-            pipe.hset(gate, "holder", job_id)
-            pipe.srem(f"{gate}:waiting", job_id)
-            return None
-
-        running: str | None = await self.redis.transaction(attempt, gate, value_from_callable=True)
-        return running
+        holder: bytes | None = await self._claim_subject(
+            keys=[gate, f"{gate}:waiting"],
+            args=[job_id, self._job_key(""), *_TERMINAL],
+        )
+        return None if holder is None else holder.decode()
 
     async def subject_busy_with_another(self, subject: str, job_id: str) -> bool:
         """Whether a live job other than ``job_id`` holds the subject's gate."""
@@ -643,17 +670,8 @@ class JobStore:
     async def release_subject(self, subject: str, job_id: str) -> list[str]:
         """``job_id`` has ended: free the subject; returns the jobs that were waiting."""
         gate = self._gate_key(subject)
-
-        async def attempt(pipe: Any) -> None:
-            raw = await pipe.hget(gate, "holder")
-            pipe.multi()
-            if raw is not None and raw.decode() == job_id:
-                pipe.hdel(gate, "holder")
-            pipe.smembers(f"{gate}:waiting")
-            pipe.delete(f"{gate}:waiting")
-
-        results = await self.redis.transaction(attempt, gate)
-        return sorted(member.decode() for member in results[-2])
+        waiting = await self._release_subject(keys=[gate, f"{gate}:waiting"], args=[job_id])
+        return sorted(member.decode() for member in waiting)
 
     async def ids_created_before(
         self, status: JobStatus, moment: datetime, *, skip: int = 0, limit: int = 1000

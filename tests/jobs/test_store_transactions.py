@@ -7,17 +7,21 @@ claims hand the subject over as their docstrings say.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
+from redis.asyncio.connection import AbstractConnection
 
 from jobs.ids import new_ulid
 from jobs.model import ActiveJobExists, ConnectorRun, Job, JobKind, JobStatus, utcnow
+from jobs.queue import API_RETRIES, connect
 from jobs.store import JobStore
 from tests.factories import options_for
+from tests.faults import cutting_proxy
 
 
 @pytest.fixture
@@ -142,6 +146,39 @@ async def test_the_gate_lets_one_job_run_per_subject_and_hands_over_the_waiting(
     assert await store.subject_busy_with_another("alice", second.id)
     assert await store.release_subject("alice", first.id) == []
     assert await store.claim_subject("alice", second.id) is None
+
+
+async def test_the_gate_is_one_round_trip_each_way_and_answers_alike_when_sent_again(
+    store: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = await stored(store), await stored(store)
+    await store.claim_subject("alice", first.id)  # the scripts are loaded
+    await store.release_subject("alice", first.id)
+    round_trips = 0
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        nonlocal round_trips
+        round_trips += 1
+        await send(self, *args, **kwargs)
+
+    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
+    assert await store.claim_subject("alice", first.id) is None
+    assert await store.claim_subject("alice", second.id) == first.id
+    assert await store.release_subject("alice", first.id) == [second.id]
+    assert round_trips == 3
+    monkeypatch.undo()
+
+    async with contextlib.AsyncExitStack() as stack:
+        proxy, url = await cutting_proxy(stack)
+        client = await connect(url, retries=API_RETRIES)
+        stack.push_async_callback(client.aclose)
+        through = JobStore(client)
+        for job_id, answer in ((second.id, None), (first.id, second.id)):
+            proxy.arm(0, lost=False, stay_down=False)  # Redis runs it; its answer is lost
+            assert await through.claim_subject("alice", job_id) == answer
+            assert proxy.cut
+    assert await store.release_subject("alice", second.id) == [first.id]
 
 
 async def test_a_gate_held_by_an_ended_job_is_free(store: JobStore) -> None:
