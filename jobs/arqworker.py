@@ -152,7 +152,7 @@ class PatientWorker(Worker):
 
         Due jobs left for want of a free slot have the worker poll again once one frees.
         A job this worker runs stays in the queue until it ends: it is passed over without
-        asking Redis (arq asks, three round trips for each job running, at every poll),
+        asking Redis (arq asks, four round trips for each job running, at every poll),
         and without waiting for a slot.
         """
         for job_id_b in job_ids:

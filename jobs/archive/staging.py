@@ -11,9 +11,8 @@ Memory stays bounded by the chunk size per open file, whatever the export's size
 drives it for the export pipeline: the event loop renders records (orjson holds the
 GIL, so another thread would not render faster), and one thread per connector run
 (one the process keeps from run to run, :data:`IDLE_THREADS` at most) does CRC-32 and
-deflate, which release the GIL, on
-about :data:`FEED_SIZE` of rendered bytes at a time, while the loop reads and renders
-the next batch. At most :data:`IN_FLIGHT` pieces wait for that thread, so memory stays
+deflate, which release the GIL, on about :data:`FEED_SIZE` of rendered bytes at a time,
+while the loop reads and renders the next batch. At most :data:`IN_FLIGHT` pieces wait for that thread, so memory stays
 flat whatever the connector's pace. A piece's SHA-256 goes to whichever of the two is
 free first: the loop takes it while it would otherwise wait for the thread (a fast
 source: a replayed one's staging went from 1.6–1.9 to 1.3–1.8 s for 463 MB, its two
