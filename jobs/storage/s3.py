@@ -151,14 +151,15 @@ class S3MultipartWriter:
 
     Written pieces are copied into a part buffer as they come (each byte is copied
     once on its way out, and the piece can be freed at once); a full buffer is sent
-    and another one filled meanwhile. The buffers are reused from one part to the
-    next, at most ``max_in_flight`` + 1 of them, grown as they are first filled: a
-    long upload holds that many parts' worth (of the part size reached, since parts
-    grow: a copy of the last part besides), does not ask the allocator for a new
-    part-sized block per part, and a small object holds only its own size. Parts are
-    the store's ``part_size`` at first, doubled every :data:`PARTS_PER_SIZE` parts
-    (:func:`written_part_size`), the last excepted. An
-    object that never fills a part goes up in one ``put_object``.
+    and a new one filled meanwhile, grown as it fills, so a small object holds only its
+    own size. A sent part's buffer is let go as soon as S3 has it, not kept for the
+    next part: a part goes up faster than the next one fills, so the process mostly
+    holds one part and a part's worth of pieces, not ``max_in_flight`` + 1 parts for
+    the whole upload (a worker's peak during a 1 GB export to S3, moto: 114.5–117.2
+    against 110.7–112.4 MB). A buffer of a MiB or more is mapped on its own and given
+    back when freed (:mod:`service.cli.malloc`). Parts are the store's ``part_size`` at
+    first, doubled every :data:`PARTS_PER_SIZE` parts (:func:`written_part_size`), the
+    last excepted. An object that never fills a part goes up in one ``put_object``.
 
     One part in flight is the default: a 1 GB export's staged object (replayed
     source, moto) staged as fast with one as with two (7.6–8.5 s against 9.4 s), and
@@ -185,7 +186,6 @@ class S3MultipartWriter:
         self._parts: list[dict[str, Any]] = []
         self._in_flight: set[asyncio.Task[None]] = set()
         self._slots = asyncio.Semaphore(max_in_flight)
-        self._free: list[bytearray] = []
         self._size = 0
         self._crc32: str | None = None
 
@@ -195,7 +195,7 @@ class S3MultipartWriter:
         while view:
             size = written_part_size(self._store.part_size, len(self._parts) + 1)
             piece = view[: size - self._filled]
-            # Overwrites a reused buffer, and grows a new one (a slice past its end appends).
+            # Grows the buffer as it fills (a slice past its end appends).
             self._buffer[self._filled : self._filled + len(piece)] = piece
             self._filled += len(piece)
             view = view[len(piece) :]
@@ -253,16 +253,13 @@ class S3MultipartWriter:
         except BaseException:
             self._slots.release()
             raise
-        buffer: bytearray | None = None
-        if body is None:  # the full part buffer goes; a free one (or a new one) takes its place
-            buffer, self._buffer = self._buffer, self._free.pop() if self._free else bytearray()
+        payload: bytes | bytearray = body if body is not None else self._buffer
+        if body is None:  # the full part buffer goes; a new one takes its place
+            self._buffer = bytearray()
             self._filled = 0
-        payload = buffer if buffer is not None else body or b""
-        self._track(asyncio.create_task(self._upload_part(payload, buffer, entry)))
+        self._track(asyncio.create_task(self._upload_part(payload, entry)))
 
-    async def _upload_part(
-        self, body: bytes | bytearray, buffer: bytearray | None, entry: dict[str, Any]
-    ) -> None:
+    async def _upload_part(self, body: bytes | bytearray, entry: dict[str, Any]) -> None:
         try:
             response = await asyncio.to_thread(
                 self._store.client.upload_part,
@@ -279,8 +276,6 @@ class S3MultipartWriter:
         except (ClientError, BotoCoreError) as exc:
             entry["error"] = _error(exc, self._key)
         finally:
-            if buffer is not None:
-                self._free.append(buffer)
             self._slots.release()
 
     def _raise_failed(self) -> None:
@@ -314,7 +309,6 @@ class S3MultipartWriter:
             await self.abort()
             raise
         finally:
-            self._free.clear()
             self._buffer = bytearray()
         return self._size
 
@@ -350,7 +344,6 @@ class S3MultipartWriter:
             task.cancel()
         await asyncio.gather(*self._in_flight, return_exceptions=True)
         self._take()
-        self._free.clear()
         self._buffer = bytearray()
         if self._upload_id is None:
             return
