@@ -21,15 +21,17 @@ import fcntl
 import os
 import random
 import secrets
-import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from copy import deepcopy
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from connectors.registry import ConnectorConfig
+
+if TYPE_CHECKING:
+    import sqlite3
 
 DEMO_SUBJECTS = ("alice", "bob", "carol")
 """The user ids the demo database holds data on."""
@@ -364,6 +366,10 @@ def _hash_key(database: Path) -> str:
 
 
 def _seed(path: Path) -> None:
+    # Imported here: every process imports this module (the demo's names), and SQLite is
+    # about 1 MB of a worker's memory that only the demo, no configured connector, uses.
+    import sqlite3
+
     connection = sqlite3.connect(path, isolation_level=None, timeout=30)
     try:
         connection.execute("PRAGMA journal_mode = WAL")

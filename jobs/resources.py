@@ -76,7 +76,7 @@ def open_storage(settings: Settings) -> ObjectStore:
             link_secret=load_link_secret(settings.data_dir / "link-secret"),
             base_url=settings.public_url or "http://127.0.0.1:8080",
         )
-    # boto3 and botocore are ~9 MB of a process's memory before any client: imported
+    # botocore is ~6 MB of a process's memory before any client: imported
     # only by a process whose archives go to S3.
     from jobs.storage.s3 import S3PlainStore, S3Store
 

@@ -1,4 +1,4 @@
-"""S3 object storage through boto3 (AWS, MinIO, moto), run in worker threads.
+"""S3 object storage through botocore (AWS, MinIO, moto), run in worker threads.
 
 Writes stream through :class:`S3MultipartWriter`: S3 multipart with a bounded number
 of parts in flight, aborted on failure, so nothing is ever held whole in memory.
@@ -8,7 +8,7 @@ S3 computed. :class:`S3PlainStore` is the same store without it, for an S3-compa
 store that has no ``UploadPartCopy`` or full-object CRC-32
 (``HANDOVER_S3_SERVER_SIDE_COPY=false``): every byte of its objects is written by
 Handover.
-boto3's errors leave as :class:`~jobs.storage.base.StorageError`, classified transient
+botocore's errors leave as :class:`~jobs.storage.base.StorageError`, classified transient
 or permanent in :func:`_error` (or :class:`~jobs.storage.base.ObjectMissing` for a key
 that holds nothing). The clients are built on botocore's data cut to :data:`OPERATIONS`
 (:mod:`jobs.storage.s3model`), about 12 MB less per process, when the installed botocore's
@@ -23,7 +23,7 @@ import contextlib
 import math
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.config import Config
 from botocore.exceptions import (
@@ -125,7 +125,7 @@ def written_part_size(first: int, number: int) -> int:
 
 
 def _error(exc: Exception, key: str) -> StorageError:
-    """boto3's error as Handover's, transient or permanent, classified here once.
+    """botocore's error as Handover's, transient or permanent, classified here once.
 
     Transient: a 5xx, a 408 or 429, a throttling or timeout code, a connection
     refused or timed out. Permanent: a missing bucket, a denied access, bad
@@ -518,7 +518,7 @@ def _full_object_crc32(response: Mapping[str, Any]) -> str | None:
 
 
 class S3PlainStore:
-    """An S3 bucket (or a prefix of one) through boto3, run in worker threads.
+    """An S3 bucket (or a prefix of one) through botocore, run in worker threads.
 
     Every byte of an object is written by this process, and no upload asks S3 for a
     checksum of it: what any S3-compatible store serves. :class:`S3Store` also
@@ -545,9 +545,14 @@ class S3PlainStore:
             max_pool_connections=20,
         )
         session = s3model.session(OPERATIONS)
-        self.client: S3Client = session.client("s3", endpoint_url=endpoint_url, config=config)
-        self._presigner: S3Client = (
-            session.client("s3", endpoint_url=public_endpoint_url, config=config)
+        self.client = cast(
+            "S3Client", session.create_client("s3", endpoint_url=endpoint_url, config=config)
+        )
+        self._presigner = (
+            cast(
+                "S3Client",
+                session.create_client("s3", endpoint_url=public_endpoint_url, config=config),
+            )
             if public_endpoint_url
             else self.client
         )

@@ -39,7 +39,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import boto3
 import botocore
 import botocore.session
 from botocore.exceptions import DataNotFoundError
@@ -246,15 +245,19 @@ def usable(directory: Path, operations: tuple[str, ...]) -> bool:
     return reason is None
 
 
-def session(operations: Sequence[str], directory: Path = DIRECTORY) -> boto3.session.Session:
-    """A new boto3 session on the trimmed data at ``directory`` if :func:`usable`, else on
-    botocore's full data; an operator's ``AWS_DATA_PATH`` is left as it is."""
+def session(operations: Sequence[str], directory: Path = DIRECTORY) -> botocore.session.Session:
+    """A new botocore session on the trimmed data at ``directory`` if :func:`usable`, else
+    on botocore's full data; an operator's ``AWS_DATA_PATH`` is left as it is.
+
+    botocore's own, not boto3's: the store calls the client's operations and nothing of
+    boto3's (its resources, its managed transfers), and importing boto3 brings s3transfer
+    and ``multiprocessing``, about 2 MB of every process on S3."""
     core = botocore.session.get_session()
     if core.get_config_variable("data_path"):
         _operator_data_path(str(core.get_config_variable("data_path")))
     elif usable(directory, tuple(operations)):
         core.set_config_variable("data_path", str(directory))
-    return boto3.session.Session(botocore_session=core)
+    return core
 
 
 @functools.cache

@@ -28,12 +28,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import orjson
-from yarl import URL
 
 from jobs.settings import Secret
 
 if TYPE_CHECKING:
     import aiohttp
+    from yarl import URL
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 EXIT_FAILED = 1
@@ -88,6 +88,8 @@ class Connection:
         """Read ``--url``/``--token``, then ``HANDOVER_URL``/``HANDOVER_TOKEN``."""
         source = "--url" if args.url else "HANDOVER_URL"
         url = (args.url or environ.get("HANDOVER_URL") or DEFAULT_URL).rstrip("/")
+        from yarl import URL  # imported by the commands that call the API: see open_client
+
         try:
             parsed = URL(url)
         except ValueError:
@@ -144,6 +146,7 @@ class ApiClient:
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         headers = {**(self._auth if auth else {}), **kwargs.pop("headers", {})}
         import aiohttp  # loaded already: the session is aiohttp's (see open_client)
+        from yarl import URL
 
         origin = self.base if auth else str(URL(url).origin())
         try:
@@ -241,6 +244,8 @@ class ApiClient:
             location = response.headers.get("Location")
         if location is None:
             raise ApiError(response.status, "No download link", "the answer had no Location")
+        from yarl import URL  # loaded already, with aiohttp (see open_client)
+
         link = URL(location, encoded=True)
         if not link.is_absolute():
             link = URL(self.base).join(link)
@@ -284,8 +289,8 @@ class ApiClient:
 async def open_client(connection: Connection) -> AsyncIterator[ApiClient]:
     """An :class:`ApiClient` over a session of its own, closed on the way out.
 
-    aiohttp is imported here, by the commands that call the API: the other commands
-    (a ``handover worker`` among them) never load it.
+    aiohttp (and its yarl) is imported here, by the commands that call the API: the
+    other commands (a ``handover worker`` among them) never load it.
     """
     import aiohttp
 

@@ -130,7 +130,7 @@ def test_a_missing_or_stale_directory_falls_back_to_the_full_model_saying_why(
     caplog.set_level(logging.WARNING, logger="handover.storage")
 
     clients = [
-        s3model.session(OPERATIONS, directory).client("s3", region_name="us-east-1")
+        s3model.session(OPERATIONS, directory).create_client("s3", region_name="us-east-1")
         for _ in range(2)
     ]
 
@@ -145,7 +145,7 @@ def test_a_missing_or_stale_directory_falls_back_to_the_full_model_saying_why(
 def test_a_directory_made_here_is_used(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     directory = made_with(tmp_path / "botocore-data")
 
-    client = s3model.session(OPERATIONS, directory).client("s3", region_name="us-east-1")
+    client = s3model.session(OPERATIONS, directory).create_client("s3", region_name="us-east-1")
 
     assert operations_of(client) == set(OPERATIONS)
     assert client.can_paginate("list_objects_v2")
@@ -159,7 +159,7 @@ def test_an_operators_data_path_is_left_as_it_is(
     monkeypatch.setenv("AWS_DATA_PATH", str(tmp_path / "models"))
     caplog.set_level(logging.WARNING, logger="handover.storage")
 
-    client = s3model.session(OPERATIONS).client("s3", region_name="us-east-1")
+    client = s3model.session(OPERATIONS).create_client("s3", region_name="us-east-1")
 
     assert "ListBuckets" in operations_of(client)
     assert client._loader.search_paths[0] == str(tmp_path / "models")  # type: ignore[attr-defined]

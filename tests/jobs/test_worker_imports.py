@@ -2,9 +2,11 @@
 configured (SQLAlchemy and its drivers are about 10 MB of every worker's memory), and
 never the API's own modules (its routes, pages and OpenAPI, about 4 MB), which only
 ``handover serve`` and ``handover api`` import, and the chart library only once an archive
-has a chart to draw. aiohttp (about 10 MB) only with a connector that speaks HTTP, and
-otherwise with the first webhook it delivers; boto3 (about 9 MB before its client) only
-when archives go to S3.
+has a chart to draw; SQLite only for the demo (no connectors configured) or a ``sql``
+connector. aiohttp (about 10 MB) only with a connector that speaks HTTP, and
+otherwise with the first webhook it delivers; botocore (about 7 MB before its client) only
+when archives go to S3, and never boto3 (s3transfer and ``multiprocessing`` with it, about
+2 MB more): the store is built on botocore's own client.
 
 Each case runs the real command, ``handover worker --burst``, under ``python -X
 importtime``, which names every module the process imported.
@@ -122,7 +124,15 @@ def test_a_worker_with_nothing_to_reach_over_http_loads_no_aiohttp(tmp_path: Pat
     imported = imported_by_a_worker(tmp_path, MANUAL_CONNECTOR)
 
     assert "jobs.worker" in imported, "the import log was read"
-    assert "aiohttp" not in packages(imported)
+    # yarl too (about 1 MB with multidict and idna): the API client's (`handover export`).
+    assert not packages(imported) & {"aiohttp", "yarl", "multidict"}
+
+
+def test_a_worker_with_connectors_configured_loads_no_sqlite(tmp_path: Path) -> None:
+    imported = packages(imported_by_a_worker(tmp_path, MANUAL_CONNECTOR))
+
+    assert "jobs" in imported, "the import log was read"
+    assert "sqlite3" not in imported  # about 1 MB; the demo's database, run without connectors
 
 
 def test_a_worker_on_the_local_store_loads_no_boto3(tmp_path: Path) -> None:
@@ -132,7 +142,7 @@ def test_a_worker_on_the_local_store_loads_no_boto3(tmp_path: Path) -> None:
     assert not imported & {"boto3", "botocore", "s3transfer"}
 
 
-def test_a_worker_on_s3_loads_boto3_and_sets_the_buckets_expiry_rules_at_start(
+def test_a_worker_on_s3_loads_botocore_alone_and_sets_the_buckets_expiry_rules_at_start(
     tmp_path: Path, s3_endpoint: str, bucket: str
 ) -> None:
     imported = packages(
@@ -141,7 +151,8 @@ def test_a_worker_on_s3_loads_boto3_and_sets_the_buckets_expiry_rules_at_start(
         )
     )
 
-    assert "boto3" in imported
+    assert "botocore" in imported
+    assert not imported & {"boto3", "s3transfer", "multiprocessing"}
     rules = boto3.client("s3", endpoint_url=s3_endpoint).get_bucket_lifecycle_configuration(
         Bucket=bucket
     )["Rules"]
