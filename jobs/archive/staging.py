@@ -8,17 +8,17 @@ interleaved, to the connector's single staged object; every file remembers the
 Memory stays bounded by the chunk size per open file, whatever the export's size.
 
 :class:`Stager` is the work itself, without I/O or threads. :class:`StagingThread`
-drives it for the export pipeline: the event loop renders records (orjson holds the
-GIL, so another thread would not render faster), and one thread per connector run
-(one the process keeps from run to run, :data:`IDLE_THREADS` at most) does CRC-32 and
-deflate, which release the GIL, on about :data:`FEED_SIZE` of rendered bytes at a time,
-while the loop reads and renders the next batch. At most :data:`IN_FLIGHT` pieces wait for that thread, so memory stays
-flat whatever the connector's pace. A piece's SHA-256 goes to whichever of the two is
-free first: the loop takes it while it would otherwise wait for the thread (a fast
-source: a replayed one's staging went from 1.6–1.9 to 1.3–1.8 s for 463 MB, its two
-threads' CPU from 0.8 + 1.4–1.6 to 1.0 + 0.8–1.1 s), the thread after a piece's
-deflate when the loop has not (a slow source, whose loop is busy producing rows); each
-file's pieces are hashed in order, one taker at a time.
+drives it for the export pipeline: the event loop renders records (orjson holds the GIL,
+so another thread would not render faster), and one thread per connector run (one the
+process keeps from run to run, :data:`IDLE_THREADS` at most) does CRC-32 and deflate,
+which release the GIL, on about :data:`FEED_SIZE` of rendered bytes at a time, while the
+loop reads and renders the next batch. At most :data:`IN_FLIGHT` pieces wait for that
+thread, so memory stays flat whatever the connector's pace. A piece's SHA-256 goes to
+whichever of the two is free first: the loop takes it while it would otherwise wait for
+the thread (a fast source: a replayed one's staging went from 1.6–1.9 to 1.3–1.8 s for
+463 MB, its two threads' CPU from 0.8 + 1.4–1.6 to 1.0 + 0.8–1.1 s), the thread after a
+piece's deflate when the loop has not (a slow source, whose loop is busy producing
+rows); each file's pieces are hashed in order, one taker at a time.
 
 That thread needs the GIL back after each call that released it (three or four times
 a piece), and while the loop runs Python without pause (a connector generating its
