@@ -349,8 +349,14 @@ class Pipeline(ABC):
         it takes the subject and queues the runs. Task ids are deterministic, so
         queuing twice queues once. ``again`` queues a fresh copy even so: for a task
         lost with its worker before it took its lease (the lease makes a duplicate
-        harmless).
+        harmless). A job that cannot run now (waiting for the subject's information or
+        confirmation, ended) gets nothing: the step that lets it run queues it. A task
+        queued meanwhile would end at once, and its id, kept with its result, would
+        refuse that step's (a processor's reply taken while the subject was asked for
+        information left the resumed job queued until the sweeper came).
         """
+        if job.status not in {JobStatus.QUEUED, JobStatus.RUNNING}:
+            return
         nonce = f"|again|{uuid.uuid4().hex[:8]}" if again else ""
         if not job.identity.resolved or job.status is not JobStatus.RUNNING:
             await self.resources.redis.enqueue_job(

@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from arq.constants import job_key_prefix, result_key_prefix
 from playwright.async_api import expect
 
 from connectors.byhand import NOT_ASKED_IN_DRY_RUN, EmailConnector, ManualConnector
@@ -596,6 +597,11 @@ async def test_asking_the_subject_for_information_keeps_the_processors_request_o
         # The processor's link, sent before the question, still answers the request.
         status, body = await reply(api, token, {"by": "Jane"}, [("payslip.pdf", PAYSLIP)])
         assert status == 200, body
+        # Nothing queued while the job waits for the subject: a task run meanwhile would
+        # end at once, and its id, kept with its result, would refuse the resume's.
+        resolve = f"resolve:{job['id']}:{asked['generation']}"
+        redis = api.resources.redis
+        assert not await redis.exists(job_key_prefix + resolve, result_key_prefix + resolve)
         status, _, resumed = await api.request(
             "POST", f"/v1/jobs/{job['id']}/resume", sub="support-1", roles=("support",)
         )
