@@ -21,9 +21,11 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import boto3
 from aiohttp import ClientSession, web
+from redis.asyncio.connection import AbstractConnection
 
 from jobs.kinds import build_pipelines
 from jobs.leases import Leases
@@ -420,3 +422,27 @@ async def cutting_proxy(stack: contextlib.AsyncExitStack) -> tuple[CuttingProxy,
     await proxy.start()
     stack.push_async_callback(proxy.stop)
     return proxy, f"redis://127.0.0.1:{proxy.port}/{REDIS_URL.rsplit('/', 1)[1]}"
+
+
+@dataclass
+class RoundTrips:
+    """Commands, pipelines and scripts sent to Redis: a round trip each."""
+
+    count: int = 0
+
+
+@contextlib.contextmanager
+def counting_round_trips() -> Iterator[RoundTrips]:
+    """Count the round trips to Redis any client of this process makes inside the block."""
+    trips = RoundTrips()
+    send = AbstractConnection.send_packed_command
+
+    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
+        trips.count += 1
+        await send(self, *args, **kwargs)
+
+    AbstractConnection.send_packed_command = counted  # type: ignore[method-assign]
+    try:
+        yield trips
+    finally:
+        AbstractConnection.send_packed_command = send  # type: ignore[method-assign]

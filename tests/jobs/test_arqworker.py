@@ -22,13 +22,12 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 from arq.worker import Function, func
-from redis.asyncio.connection import AbstractConnection
 
 from jobs import arqworker
 from jobs.arqworker import PatientWorker
 from jobs.queue import API_RETRIES, QUEUE_NAME, connect, deserialize, serialize
 from tests.conftest import REDIS_URL
-from tests.faults import cutting_proxy
+from tests.faults import counting_round_trips, cutting_proxy
 from tests.polling import eventually
 
 
@@ -53,7 +52,7 @@ async def test_an_unconfirmed_claim_of_its_own_is_given_back_and_no_other(
 
 
 async def test_a_poll_is_one_round_trip_that_starts_due_jobs_and_cancels_aborted_ones(
-    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+    redis: ArqRedis,
 ) -> None:
     started, cancelled = asyncio.Event(), asyncio.Event()
 
@@ -76,18 +75,9 @@ async def test_a_poll_is_one_round_trip_that_starts_due_jobs_and_cancels_aborted
         job_deserializer=deserialize,
     )
     await worker._poll_iteration()  # arq writes its health key at the first poll
-    round_trips = 0
-    send = AbstractConnection.send_packed_command
-
-    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-        nonlocal round_trips
-        round_trips += 1
-        await send(self, *args, **kwargs)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    await worker._poll_iteration()
-    assert round_trips == 1, "the due jobs and the abort requests, read together"
-    monkeypatch.undo()
+    with counting_round_trips() as round_trips:
+        await worker._poll_iteration()
+    assert round_trips.count == 1, "the due jobs and the abort requests, read together"
 
     job = await redis.enqueue_job("sleepy", _queue_name=QUEUE_NAME)
     assert job is not None
@@ -101,9 +91,7 @@ async def test_a_poll_is_one_round_trip_that_starts_due_jobs_and_cancels_aborted
         await worker.stop(main, grace=0)
 
 
-async def test_a_poll_asks_redis_nothing_of_the_jobs_its_worker_is_running(
-    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_poll_asks_redis_nothing_of_the_jobs_its_worker_is_running(redis: ArqRedis) -> None:
     started, release = asyncio.Event(), asyncio.Event()
 
     async def sleepy(ctx: dict[str, object]) -> None:
@@ -116,18 +104,9 @@ async def test_a_poll_asks_redis_nothing_of_the_jobs_its_worker_is_running(
     try:
         await asyncio.wait_for(started.wait(), 10)
         assert await redis.zscore(QUEUE_NAME, "running")  # still queued while it runs
-        round_trips = 0
-        send = AbstractConnection.send_packed_command
-
-        async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-            nonlocal round_trips
-            round_trips += 1
-            await send(self, *args, **kwargs)
-
-        monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-        await worker._poll_queue()
-        monkeypatch.undo()
-        assert round_trips == 1, "the queue read, and no claim of the job it runs"
+        with counting_round_trips() as round_trips:
+            await worker._poll_queue()
+        assert round_trips.count == 1, "the queue read, and no claim of the job it runs"
         release.set()
         await eventually(
             lambda: redis.zscore(QUEUE_NAME, "running"),

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import contextlib
 from datetime import timedelta
-from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
 from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import JobStatus
-from redis.asyncio.connection import AbstractConnection
 
 from jobs import queue
 from jobs.model import utcnow
@@ -24,7 +22,7 @@ from jobs.queue import (
     describe,
     redis_settings,
 )
-from tests.faults import cutting_proxy
+from tests.faults import counting_round_trips, cutting_proxy
 
 
 async def test_depth_counts_waiting_and_deferred_tasks(redis: ArqRedis) -> None:
@@ -60,22 +58,11 @@ async def test_an_enqueue_due_now_is_told_to_the_listeners_and_no_other(redis: A
     assert len(told) == 4
 
 
-async def test_an_enqueue_is_queued_as_arq_queues_it_in_one_round_trip(
-    redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    round_trips = 0
-    send = AbstractConnection.send_packed_command
-
-    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-        nonlocal round_trips
-        round_trips += 1
-        await send(self, *args, **kwargs)
-
+async def test_an_enqueue_is_queued_as_arq_queues_it_in_one_round_trip(redis: ArqRedis) -> None:
     await redis.script_load(queue._ENQUEUE)
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    job = await redis.enqueue_job("run_connector", "job-1", 2, _job_id="t-1", _defer_by=60)
-    monkeypatch.undo()
-    assert round_trips == 1
+    with counting_round_trips() as round_trips:
+        job = await redis.enqueue_job("run_connector", "job-1", 2, _job_id="t-1", _defer_by=60)
+    assert round_trips.count == 1
     assert job is not None and job.job_id == "t-1"
     assert await job.status() is JobStatus.deferred
     info = await job.info()

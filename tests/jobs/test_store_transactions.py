@@ -14,14 +14,13 @@ from typing import Any
 
 import pytest
 from arq.connections import ArqRedis
-from redis.asyncio.connection import AbstractConnection
 
 from jobs.ids import new_ulid
 from jobs.model import ActiveJobExists, ConnectorRun, Job, JobKind, JobStatus, utcnow
 from jobs.queue import API_RETRIES, connect
 from jobs.store import JobStore
 from tests.factories import options_for
-from tests.faults import cutting_proxy
+from tests.faults import counting_round_trips, cutting_proxy
 
 
 @pytest.fixture
@@ -149,25 +148,16 @@ async def test_the_gate_lets_one_job_run_per_subject_and_hands_over_the_waiting(
 
 
 async def test_the_gate_is_one_round_trip_each_way_and_answers_alike_when_sent_again(
-    store: JobStore, monkeypatch: pytest.MonkeyPatch
+    store: JobStore,
 ) -> None:
     first, second = await stored(store), await stored(store)
     await store.claim_subject("alice", first.id)  # the scripts are loaded
     await store.release_subject("alice", first.id)
-    round_trips = 0
-    send = AbstractConnection.send_packed_command
-
-    async def counted(self: AbstractConnection, *args: Any, **kwargs: Any) -> None:
-        nonlocal round_trips
-        round_trips += 1
-        await send(self, *args, **kwargs)
-
-    monkeypatch.setattr(AbstractConnection, "send_packed_command", counted)
-    assert await store.claim_subject("alice", first.id) is None
-    assert await store.claim_subject("alice", second.id) == first.id
-    assert await store.release_subject("alice", first.id) == [second.id]
-    assert round_trips == 3
-    monkeypatch.undo()
+    with counting_round_trips() as round_trips:
+        assert await store.claim_subject("alice", first.id) is None
+        assert await store.claim_subject("alice", second.id) == first.id
+        assert await store.release_subject("alice", first.id) == [second.id]
+    assert round_trips.count == 3
 
     async with contextlib.AsyncExitStack() as stack:
         proxy, url = await cutting_proxy(stack)
