@@ -68,9 +68,10 @@ MAX_BACKOFF_SECONDS = 5.0
 #: at most 200 woken polls a second, 10 times the idle rate at the default 50 ms.
 MIN_POLL_GAP_SECONDS = 0.005
 #: Claim a job due by ``ARGV[3]`` (ms) for ``ARGV[4]`` ms: its in-progress key
-#: (``KEYS[1]``) set to this worker's claim (``ARGV[1]``), unless another's holds it; the
-#: job's score in the queue (``KEYS[2]``), or nothing. A claim of this worker's own there
-#: already is this very claim sent again, its first answer lost: it holds.
+#: (``KEYS[1]``) set to this claim's own value (``ARGV[1]``), unless another holds it; the
+#: job's score in the queue (``KEYS[2]``), or nothing. The same value there already is
+#: this claim sent again after its answer was lost: it holds. Any other, this worker's
+#: earlier claims' included (a cron job's kept a minute after it ran), refuses, as arq's.
 _CLAIM = """
 local held = redis.call('get', KEYS[1])
 if held and held ~= ARGV[1] then return false end
@@ -79,7 +80,7 @@ if not score or tonumber(score) > tonumber(ARGV[3]) then return false end
 redis.call('psetex', KEYS[1], ARGV[4], ARGV[1])
 return score
 """
-#: Delete an in-progress key only if it still holds this worker's claim.
+#: Delete an in-progress key only if it still holds the claim given.
 _RELEASE_IF_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
@@ -187,18 +188,18 @@ class PatientWorker(Worker):
         """
         key = in_progress_key_prefix + job_id
         timeout_ms = int(self.in_progress_timeout_s * 1000)
+        claim = self._claim_value + b":" + uuid.uuid4().hex.encode()
         try:
             score = await self._claim_script(
-                keys=[key, self.queue_name],
-                args=[self._claim_value, job_id, timestamp_ms(), timeout_ms],
+                keys=[key, self.queue_name], args=[claim, job_id, timestamp_ms(), timeout_ms]
             )
         except ResponseError:
             return None
         except REDIS_AWAY:
-            # Not knowing whether it was applied, the job is not run; a claim of ours,
-            # if it was, is given back once Redis answers (it would otherwise hold the job
-            # for the whole in-progress timeout).
-            self._unsettled_claims.add(job_id)
+            # Not knowing whether it was applied, the job is not run; the claim, if it
+            # was, is given back once Redis answers (it would otherwise hold the job for
+            # the whole in-progress timeout).
+            self._unsettled_claims[job_id] = claim
             raise
         return None if score is None else int(float(score))
 
@@ -209,18 +210,20 @@ class PatientWorker(Worker):
     async def _settle_claims(self) -> None:
         """Give back the claims made while Redis was going away and never acted on."""
         pool: Any = self.pool  # redis-py types async results as sync-or-async unions
-        for job_id in list(self._unsettled_claims):
+        for job_id, claim in list(self._unsettled_claims.items()):
             key = in_progress_key_prefix + job_id
-            await pool.eval(_RELEASE_IF_OURS, 1, key, self._claim_value)
-            self._unsettled_claims.discard(job_id)
+            await pool.eval(_RELEASE_IF_OURS, 1, key, claim)
+            del self._unsettled_claims[job_id]
 
     @cached_property
-    def _unsettled_claims(self) -> set[str]:
-        return set()
+    def _unsettled_claims(self) -> dict[str, bytes]:
+        """The claims that may have been applied, never acted on: each job's, by its id."""
+        return {}
 
     @cached_property
     def _claim_value(self) -> bytes:
-        """What this worker writes into the in-progress keys of the jobs it claims."""
+        """What this worker's claims write into the in-progress keys of the jobs it claims,
+        before each claim's own part."""
         return f"handover-worker-{uuid.uuid4().hex}".encode()
 
     def _release_slot(self) -> None:

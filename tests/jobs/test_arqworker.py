@@ -40,15 +40,16 @@ async def test_an_unconfirmed_claim_of_its_own_is_given_back_and_no_other(
 ) -> None:
     worker = PatientWorker(functions=[noop], redis_pool=redis, queue_name=QUEUE_NAME)
     ours, theirs = in_progress_key_prefix + "job-a", in_progress_key_prefix + "job-b"
-    await redis.set(ours, worker._claim_value, px=3_600_000)
+    claim = worker._claim_value + b":1"
+    await redis.set(ours, claim, px=3_600_000)
     await redis.set(theirs, b"handover-worker-someone-else", px=3_600_000)
-    worker._unsettled_claims.update({"job-a", "job-b"})
+    worker._unsettled_claims.update({"job-a": claim, "job-b": claim})
 
     await worker._settle_claims()
 
     assert await redis.exists(ours) == 0  # the job can be claimed again at once
     assert await redis.get(theirs) == b"handover-worker-someone-else"
-    assert worker._unsettled_claims == set()
+    assert worker._unsettled_claims == {}
 
 
 async def test_a_poll_is_one_round_trip_that_starts_due_jobs_and_cancels_aborted_ones(
@@ -331,7 +332,12 @@ async def test_a_claim_whose_answer_was_lost_holds_when_sent_again(redis: ArqRed
         assert await worker._claim("lost-answer") == score
         assert proxy.cut, "the claim's answer was lost"
         key = in_progress_key_prefix + "lost-answer"
-        assert await redis.get(key) == worker._claim_value
+        held = await redis.get(key)
+        assert held is not None and held.startswith(worker._claim_value + b":")
+
+        # A claim of the same worker's own kept there (a cron job's, a minute after it
+        # ran) refuses another, as arq's does: only the very claim sent again holds.
+        assert await worker._claim("lost-answer") is None
 
         other = patient_worker(redis, func(noop, name="noop"))
         assert await other._claim("lost-answer") is None  # held by the first
