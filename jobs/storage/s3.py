@@ -21,6 +21,7 @@ import asyncio
 import base64
 import contextlib
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -517,6 +518,79 @@ def _full_object_crc32(response: Mapping[str, Any]) -> str | None:
     return digest.hex() if len(digest) == 4 else None
 
 
+class _Deletions:
+    """Deletions asked for while one ``DeleteObjects`` is under way wait and go together
+    in the next, up to :data:`DELETE_BATCH` keys a request; each caller is answered for
+    its own keys. A lone deletion goes at once."""
+
+    def __init__(self, store: S3PlainStore) -> None:
+        self._store = store
+        self._waiting: deque[tuple[str, Sequence[str], asyncio.Future[int]]] = deque()
+        self._sending: asyncio.Task[None] | None = None
+
+    async def delete(self, prefix: str, keys: Sequence[str]) -> int:
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[int] = loop.create_future()
+        self._waiting.append((prefix, keys, answer))
+        sending = self._sending
+        if sending is None or sending.done() or sending.get_loop() is not loop:
+            # One loop at a time: what an earlier, closed one left waiting is dropped.
+            self._waiting = deque(w for w in self._waiting if w[2].get_loop() is loop)
+            self._sending = loop.create_task(self._send())
+        return await answer
+
+    async def _send(self) -> None:
+        waiting = self._waiting
+        while waiting:
+            batch = [waiting.popleft()]
+            size = len(batch[0][1])
+            while waiting and size + len(waiting[0][1]) <= DELETE_BATCH:
+                size += len(waiting[0][1])
+                batch.append(waiting.popleft())
+            try:
+                errors = await self._store._delete_objects(
+                    list(dict.fromkeys(k for _, keys, _ in batch for k in keys))
+                )
+            except (ClientError, BotoCoreError) as exc:
+                for prefix, _, answer in batch:
+                    if not answer.done():
+                        answer.set_exception(_error(exc, prefix))
+                continue
+            except BaseException as exc:
+                # Not the store's: every caller waiting is told (or, cancelled, cancelled).
+                for _, _, answer in [*batch, *waiting]:
+                    if answer.done():
+                        continue
+                    if isinstance(exc, Exception):
+                        answer.set_exception(exc)
+                    else:
+                        answer.cancel()
+                waiting.clear()
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            for _, keys, answer in batch:
+                if not answer.done():
+                    _answer(answer, keys, errors)
+
+
+def _answer(
+    answer: asyncio.Future[int], keys: Sequence[str], errors: Mapping[str, Mapping[str, Any]]
+) -> None:
+    """How many of ``keys`` were deleted, or the first of them S3 did not delete."""
+    failed = [errors[key] for key in keys if key in errors]
+    if not failed:
+        answer.set_result(len(keys))
+        return
+    first = failed[0]
+    answer.set_exception(
+        StorageError(
+            f"S3 {first.get('Code', 'error')} deleting {first.get('Key')!r} "
+            f"({len(failed)} of {len(keys)} key(s) not deleted): {first.get('Message', '')}"
+        )
+    )
+
+
 class S3PlainStore:
     """An S3 bucket (or a prefix of one) through botocore, run in worker threads.
 
@@ -558,6 +632,7 @@ class S3PlainStore:
         )
         self.bucket = bucket
         self.part_size = part_size
+        self._deletions = _Deletions(self)
         self.put_extra: dict[str, Any] = (
             {"ServerSideEncryption": server_side_encryption} if server_side_encryption else {}
         )
@@ -612,7 +687,18 @@ class S3PlainStore:
             raise _error(exc, key) from exc
 
     async def get(self, key: str) -> bytes:
-        return b"".join([chunk async for chunk in self.read(key)])
+        """The object whole, asked and read in one worker thread's turn (a small object's
+        ``read`` would take three)."""
+
+        def fetch() -> bytes:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            with contextlib.closing(response["Body"]) as body:
+                return body.read()
+
+        try:
+            return await asyncio.to_thread(fetch)
+        except (ClientError, BotoCoreError) as exc:
+            raise _error(exc, key) from exc
 
     async def exists(self, key: str) -> bool:
         try:
@@ -663,30 +749,28 @@ class S3PlainStore:
         return deleted
 
     async def _delete_batch(self, prefix: str, keys: Sequence[str]) -> int:
-        """One ``DeleteObjects`` of at most :data:`DELETE_BATCH` keys; returns how many.
+        """Delete at most :data:`DELETE_BATCH` keys; returns how many.
 
-        S3 answers a request it took with 200 even when some keys were not deleted, and
-        names those in ``Errors``: any such key fails the deletion (a
-        :class:`StorageError`, so the caller tries again), none is counted as deleted.
+        The deletions callers ask for while one ``DeleteObjects`` is under way go
+        together in the next (:class:`_Deletions`): a worker ending many jobs at once
+        deletes their staged objects in a request or two, not one each. S3 answers a
+        request it took with 200 even when some keys were not deleted, and names those
+        in ``Errors``: any such key fails its caller's deletion (a :class:`StorageError`,
+        so the caller tries again), none of its keys is counted as deleted.
         """
         if not keys:
             return 0
-        try:
-            response = await asyncio.to_thread(
-                self.client.delete_objects,
-                Bucket=self.bucket,
-                Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
-            )
-        except (ClientError, BotoCoreError) as exc:
-            raise _error(exc, prefix) from exc
-        errors = response.get("Errors", [])  # quiet: only the keys that failed are listed
-        if errors:
-            first = errors[0]
-            raise StorageError(
-                f"S3 {first.get('Code', 'error')} deleting {first.get('Key')!r} "
-                f"({len(errors)} of {len(keys)} key(s) not deleted): {first.get('Message', '')}"
-            )
-        return len(keys)
+        return await self._deletions.delete(prefix, keys)
+
+    async def _delete_objects(self, keys: Sequence[str]) -> dict[str, Mapping[str, Any]]:
+        """One ``DeleteObjects`` of ``keys``: the errors S3 names, by key."""
+        response = await asyncio.to_thread(
+            self.client.delete_objects,
+            Bucket=self.bucket,
+            Delete={"Objects": [{"Key": key} for key in keys], "Quiet": True},
+        )
+        # Quiet: only the keys that failed are listed.
+        return {error.get("Key", ""): error for error in response.get("Errors", [])}
 
     async def list_objects(self, prefix: str) -> AsyncIterator[StoredObject]:
         params: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}

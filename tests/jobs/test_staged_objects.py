@@ -50,8 +50,8 @@ KEY_REFUSED = (
 
 class RefusingDeletes(S3FaultProxy):
     """Forwards to moto, but answers a ``DeleteObjects`` naming a key under ``refuse`` as
-    S3 does when it may not delete some keys: 200, each such key in ``Errors``, and
-    nothing deleted."""
+    S3 does when it may not delete some keys: the others deleted, 200, each refused key
+    in ``Errors``."""
 
     def __init__(self, upstream: str, *, refuse: str) -> None:
         super().__init__(upstream)
@@ -62,13 +62,24 @@ class RefusingDeletes(S3FaultProxy):
         if request.method == "POST" and "delete" in request.query:
             keys = re.findall(r"<Key>(.*?)</Key>", (await request.read()).decode())
             refused = [key for key in keys if key.startswith(self.refuse)]
+        self.deletes = 0
             if refused:
                 self.refused += refused
                 body = DELETE_REFUSED.format("".join(KEY_REFUSED.format(k) for k in refused))
+            self.deletes += 1
                 return web.Response(status=200, body=body, content_type="application/xml")
         return await super()._forward(request)
 
 
+                others = [key for key in keys if key not in refused]
+                if others:
+                    bucket = request.path.strip("/").split("/")[0]
+                    client = boto3.client("s3", endpoint_url=self.upstream)
+                    await asyncio.to_thread(
+                        client.delete_objects,
+                        Bucket=bucket,
+                        Delete={"Objects": [{"Key": key} for key in others], "Quiet": True},
+                    )
 def moto(resources: Resources) -> tuple[Any, str]:
     """A client of the S3 server itself (not through Handover's store), and the bucket."""
     storage = resources.storage
@@ -307,7 +318,7 @@ async def test_a_listed_delete_s3_refuses_a_key_of_is_not_counted_as_done(
     finally:
         await proxy.stop()
 
-    assert left == ["area/a", "area/b"]  # the refused key and the one the proxy kept
+    assert left == ["area/b"]  # the refused key; S3 deleted the other
     assert proxy.refused == ["area/b", "area/b"]
 
 
@@ -316,6 +327,30 @@ async def test_what_the_finish_holds_in_memory_counts_the_previews_too(
 ) -> None:
     gate = asyncio.Event()
     crm = MemoryConnector("crm", records=ALICE)
+async def test_s3_deletions_asked_together_fail_only_the_caller_whose_key_failed(
+    s3_endpoint: str, bucket: str
+) -> None:
+    proxy = RefusingDeletes(s3_endpoint, refuse="area/b/")
+    await proxy.start()
+    try:
+        store = S3Store(bucket, endpoint_url=proxy.url)
+        for key in ("area/a/1", "area/b/1", "area/c/1"):
+            await store.put(key, b"x")
+        answers = await asyncio.gather(
+            *(store.delete_prefix(f"area/{name}/", holding=[f"area/{name}/1"]) for name in "abc"),
+            return_exceptions=True,
+        )
+        left = [item.key async for item in store.list_objects("area/")]
+    finally:
+        await proxy.stop()
+
+    assert answers[0] == 1 and answers[2] == 1
+    assert isinstance(answers[1], StorageError)
+    assert "AccessDenied deleting 'area/b/1' (1 of 1 key(s) not deleted)" in str(answers[1])
+    assert left == ["area/b/1"]
+    assert proxy.deletes == 1  # the three callers' keys went in one request
+
+
     async with (
         resources_factory({"crm": crm, "tickets": Gated("tickets", gate)}) as resources,
         worker_running(redis, resources),

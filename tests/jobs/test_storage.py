@@ -502,6 +502,29 @@ async def test_s3_delete_prefix_holding_lists_nothing_and_deletes_nothing_else(
     assert await s3_store.exists("staging/job2/crm.bin")
 
 
+async def test_s3_deletions_asked_together_go_in_one_request_each_answered_for_its_keys(
+    s3_store: S3Store,
+) -> None:
+    jobs = [f"staging/job{n}/" for n in range(12)]
+    for prefix in jobs:
+        await s3_store.put(f"{prefix}1/crm.bin", b"x")
+        await s3_store.put(f"{prefix}1/billing.bin", b"x")
+    sent: Counter[str] = Counter()
+
+    def note(model: Any, params: dict[str, Any], **_: Any) -> None:
+        sent[model.name] += 1
+        sent["keys"] += params["body"].count(b"<Key>")
+
+    s3_store.client.meta.events.register("before-call.s3", note)
+    holding = {prefix: [f"{prefix}1/crm.bin", f"{prefix}1/billing.bin"] for prefix in jobs}
+    counts = await asyncio.gather(
+        *(s3_store.delete_prefix(prefix, holding=holding[prefix]) for prefix in jobs)
+    )
+    assert counts == [2] * len(jobs)
+    assert sent == {"DeleteObjects": 1, "keys": 2 * len(jobs)}
+    assert [item.key async for item in s3_store.list_objects("staging/")] == []
+
+
 async def test_reading_from_an_objects_end_gives_nothing(store: ObjectStore) -> None:
     await store.put("staging/job/crm.bin", b"data")
 
