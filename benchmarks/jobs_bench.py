@@ -12,8 +12,9 @@
   (one ``bench-sleepy`` connector answering at once with three records) that this
   process creates through ``Commands.request_export``, 20 at a time, one subject each.
   Each export is three arq tasks (the identity step, the connector run and the finish),
-  four S3 requests (the staged object put and read back whole, its previews at its end;
-  the signed archive put; the staged object deleted) and the job's bookkeeping in Redis.
+  three S3 requests at most (the staged object put, its previews at its end, and kept by
+  the worker for its finish; the signed archive put; the staged object deleted, with
+  those of the jobs ending meanwhile) and the job's bookkeeping in Redis.
   Storage: S3 on moto's server, keeping connections alive as S3 does
   (``harness.ProcessGroup.start_moto``; moto's own server closes each one).
 

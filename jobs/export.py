@@ -8,8 +8,8 @@ connector's next batch is read while the last one is encoded; the datasets' prev
 for the archive's index (:mod:`jobs.archive.preview`) follow the data in the same object.
 The finish step copies those bytes into the archive (:mod:`jobs.archive.writer`) without
 recompressing, signs the manifest and uploads the archive (a small staged object is read
-once, whole, for its previews and its data; a larger one's data is copied by the store
-where it can). Staged objects live at deterministic keys, so a run that arq executes
+once, whole, for its previews and its data, or not at all when this process staged it:
+:class:`Kept`; a larger one's data is copied by the store where it can). Staged objects live at deterministic keys, so a run that arq executes
 twice overwrites its own output and duplicates nothing. A
 staged object gone by the time the archive is written (the store lost it) is not
 retried as if it might come back: its connector runs again (:class:`~jobs.pipeline.StagingLost`).
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -53,7 +54,8 @@ from jobs.model import (
     utcnow,
 )
 from jobs.notices import language_of, subject_link
-from jobs.pipeline import Outcome, Pipeline, StagingLost
+from jobs.pipeline import Outcome, Pipeline, RetryPolicy, StagingLost
+from jobs.resources import Resources
 from jobs.settings import Settings
 from jobs.storage.base import ObjectMissing, ObjectShort, ObjectWriter
 
@@ -63,6 +65,11 @@ HELD_OBJECT = 1 << 20
 """A staged object this small is read whole at the finish, once, previews and data."""
 HELD_TOTAL = 8 << 20
 """The most staged bytes one finish holds in memory so (:meth:`ExportPipeline._staged`)."""
+KEPT_OBJECT = HELD_OBJECT
+"""A staged object this small is kept by the process that staged it, for its own finish
+(:class:`Kept`)."""
+KEPT_FOR = 120.0
+"""Seconds a process keeps such an object."""
 
 Previews = dict[tuple[str, str], dict[str, Any]]
 """Each dataset's preview (:mod:`jobs.archive.preview`), by connector and dataset."""
@@ -73,6 +80,10 @@ class ExportPipeline(Pipeline):
     compels (:mod:`jobs.disclosures`): the same archive, addressed to the authority."""
 
     kinds = (JobKind.EXPORT, JobKind.DISCLOSURE)
+
+    def __init__(self, resources: Resources, retry_policy: RetryPolicy | None = None) -> None:
+        super().__init__(resources, retry_policy)
+        self.kept = Kept()
 
     async def work(self, connector: Connector, job: Job) -> Outcome:
         """Stage the connector's records and files for the archive."""
@@ -89,7 +100,7 @@ class ExportPipeline(Pipeline):
         options = job.export_options
         categories = set(options.categories)
         stager = Stager(connector.name, connector.dataset, options.formats)
-        writer = self.resources.storage.writer(staged_key)
+        writer = _Teed(self.resources.storage.writer(staged_key))
         batches = _read_ahead(connector, _asked_of(job))
         try:
             async with StagingThread(stager) as staging:
@@ -110,6 +121,8 @@ class ExportPipeline(Pipeline):
             raise
         finally:
             await batches.aclose()
+        if writer.kept is not None:
+            self.kept.keep(staged_key, parts, b"".join(writer.kept))
         return parts
 
     async def complete(self, job: Job) -> Callable[[Job], None]:
@@ -146,7 +159,8 @@ class ExportPipeline(Pipeline):
         A staged object whose data is :data:`HELD_OBJECT` bytes or less is read whole,
         once, and held while those held come to :data:`HELD_TOTAL` or less, previews
         included: the archive takes its data from memory. Of any other only the previews
-        are read. A staged object gone is left out (the index then shows none of its
+        are read. One this process staged itself and still keeps (:class:`Kept`) is not
+        read at all. A staged object gone is left out (the index then shows none of its
         previews; writing the archive finds it gone). One staged before previews followed
         the data ends with its data: its previews are in :func:`old_preview_key`. One
         whose previews do not parse, or that ends before its data does, was cut short or
@@ -161,9 +175,10 @@ class ExportPipeline(Pipeline):
                 continue
             key = run.staged_key
             end = _data_end(run.parts)
+            kept = self.kept.take(key, run.parts)
             try:
-                if end <= min(HELD_OBJECT, budget):
-                    whole = await storage.get(key)
+                if kept is not None or end <= min(HELD_OBJECT, budget):
+                    whole = kept if kept is not None else await storage.get(key)
                     if len(whole) < end:
                         raise StagingLost({name: key})
                     if len(whole) <= budget:
@@ -207,9 +222,9 @@ class ExportPipeline(Pipeline):
         may hold more (an earlier generation's, a reply's files, a canceled run's): all
         of it goes.
         """
-        await self.resources.storage.delete_prefix(
-            self.resources.staging_prefix(job.id), holding=_staged_objects(job)
-        )
+        prefix = self.resources.staging_prefix(job.id)
+        self.kept.forget(prefix)
+        await self.resources.storage.delete_prefix(prefix, holding=_staged_objects(job))
 
     def _statement(self, job: Job) -> Statement:
         resources = self.resources
@@ -434,6 +449,75 @@ async def _stage_file(staging: StagingThread, writer: ObjectWriter, item: File) 
         async for piece in item.content:
             await _write(writer, await staging.add_file_data(path, piece))
     await _write(writer, await staging.close_file(path))
+
+
+class Kept:
+    """Small objects this process staged, kept for its own finish: the worker that ran a
+    job's last connector also finishes it, at once, and then reads nothing back.
+
+    An object is given only to a finish whose record names the very parts it was
+    staged with (a run done twice, here and elsewhere, may have staged other bytes
+    there since), once; one not taken within :data:`KEPT_FOR` seconds, or past
+    :data:`HELD_TOTAL` bytes kept, the oldest first, is let go: the store still holds it.
+    """
+
+    def __init__(self) -> None:
+        self._objects: dict[str, tuple[float, list[StagedPart], bytes]] = {}
+        self._size = 0
+
+    def keep(self, key: str, parts: list[StagedPart], data: bytes) -> None:
+        self._drop(key)
+        self._objects[key] = (time.monotonic(), parts, data)
+        self._size += len(data)
+        oldest = time.monotonic() - KEPT_FOR
+        while self._objects:
+            first, (since, _, _) = next(iter(self._objects.items()))
+            if since >= oldest and self._size <= HELD_TOTAL:
+                break
+            self._drop(first)
+
+    def take(self, key: str, parts: Sequence[StagedPart]) -> bytes | None:
+        """The bytes staged at ``key`` with ``parts``, if kept; no longer kept after."""
+        kept = self._drop(key)
+        if kept is None or kept[1] != list(parts) or kept[0] < time.monotonic() - KEPT_FOR:
+            return None
+        return kept[2]
+
+    def forget(self, prefix: str) -> None:
+        for key in [key for key in self._objects if key.startswith(prefix)]:
+            self._drop(key)
+
+    def _drop(self, key: str) -> tuple[float, list[StagedPart], bytes] | None:
+        kept = self._objects.pop(key, None)
+        if kept is not None:
+            self._size -= len(kept[2])
+        return kept
+
+
+class _Teed:
+    """A staged object's writer that also keeps what it writes, while that comes to
+    :data:`KEPT_OBJECT` bytes or less (:class:`Kept`): ``kept``, ``None`` past that."""
+
+    def __init__(self, writer: ObjectWriter) -> None:
+        self.writer = writer
+        self.kept: list[bytes] | None = []
+        self._size = 0
+
+    async def write(self, data: bytes) -> None:
+        if self.kept is not None:
+            self._size += len(data)
+            if self._size <= KEPT_OBJECT:
+                self.kept.append(data)
+            else:
+                self.kept = None
+        await self.writer.write(data)
+
+    async def complete(self) -> int:
+        return await self.writer.complete()
+
+    async def abort(self) -> None:
+        self.kept = None
+        await self.writer.abort()
 
 
 async def _write(writer: ObjectWriter, chunks: list[bytes]) -> None:

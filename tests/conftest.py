@@ -24,6 +24,7 @@ import boto3
 import pytest
 from arq.connections import ArqRedis
 
+import jobs.export
 from connectors.base import Connector
 from jobs.queue import connect
 from jobs.resources import Resources, open_resources
@@ -210,6 +211,13 @@ def resources_factory(
         return open_resources(settings_factory(**overrides), redis=redis, connectors=connectors)
 
     return make
+
+
+@pytest.fixture
+def finish_reads_the_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Export runs keep nothing they staged (:class:`jobs.export.Kept`): a finish reads
+    every staged object from the store, as one finishing in another process does."""
+    monkeypatch.setattr(jobs.export, "KEPT_OBJECT", -1)
 
 
 @pytest.fixture

@@ -13,17 +13,19 @@ import orjson
 import pytest
 from arq.connections import ArqRedis
 
+import jobs.export
 from connectors.base import Connector
 from connectors.errors import PermanentError, RateLimited, TransientError
 from connectors.items import Dataset, Item, Record, Subject
 from connectors.reports import ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector, SyntheticConnector
 from jobs.commands import Actor, Commands
-from jobs.export import ExportPipeline
-from jobs.model import InvalidRequest, JobStatus, RunStatus
+from jobs.export import ExportPipeline, Kept
+from jobs.model import InvalidRequest, JobStatus, RunStatus, StagedPart
 from jobs.pipeline import RetryPolicy
 from jobs.resources import Resources
 from jobs.worker import create_worker
+from tests.jobs.test_storage import watch_traffic
 
 FAST_RETRIES = RetryPolicy(max_tries=4, base_delay=0.01, max_delay=0.05)
 
@@ -173,6 +175,90 @@ async def test_a_crash_after_staging_restages_without_duplicates(
         await drain(redis, resources)
         archive = await archive_of(resources, job.id)
         assert [r["id"] for r in orjson.loads(archive.read("crm/contacts.json"))] == list(range(10))
+
+
+@pytest.mark.parametrize("kept", [True, False], ids=["kept", "read from the store"])
+async def test_a_small_export_finished_where_it_was_staged_reads_nothing_back(
+    resources_factory: Callable[..., Any],
+    redis: ArqRedis,
+    monkeypatch: pytest.MonkeyPatch,
+    kept: bool,
+) -> None:
+    if not kept:  # as a finish in another process than the runs' reads them
+        monkeypatch.setattr(jobs.export, "KEPT_OBJECT", -1)
+    connectors = {
+        "crm": MemoryConnector(
+            "crm", records={"alice": {"contacts": [{"id": i} for i in range(10)]}}
+        ),
+        "telemetry": SyntheticConnector("telemetry", records=200),
+    }
+    async with resources_factory(connectors) as resources:
+        traffic = watch_traffic(resources.storage.client, monkeypatch)
+        job = await Commands(resources).request_export(
+            Actor("alice", staff=False), subject="alice", formats=["ndjson"]
+        )
+        await drain(redis, resources)
+        reads = traffic.calls["get_object"]
+        archive = await archive_of(resources, job.id)
+
+    assert reads == (0 if kept else 2)  # each connector's staged object, data and previews
+    assert [
+        orjson.loads(line)["id"] for line in archive.read("crm/contacts.ndjson").splitlines()
+    ] == list(range(10))
+    assert len(archive.read("telemetry/telemetry.ndjson").splitlines()) == 200
+    assert b"contacts" in archive.read("index.html")  # the previews, from the same bytes
+
+
+def _part(path: str, sha256: str = "0" * 64) -> StagedPart:
+    return StagedPart(
+        path=path,
+        connector="crm",
+        dataset="contacts",
+        category="identity",
+        format="json",
+        records=1,
+        bytes=10,
+        sha256=sha256,
+        crc32=0,
+        compressed_size=12,
+        chunks=[(0, 12)],
+    )
+
+
+def test_a_kept_object_goes_once_and_only_to_a_finish_naming_the_parts_it_was_staged_with(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    kept = Kept()
+    parts = [_part("crm/contacts.json")]
+    kept.keep("staging/j1/1/crm.bin", parts, b"staged")
+    # A run done again elsewhere staged other bytes there, and its parts are the record's.
+    assert kept.take("staging/j1/1/crm.bin", [_part("crm/contacts.json", "1" * 64)]) is None
+    assert kept.take("staging/j1/1/crm.bin", parts) is None  # let go with the refusal
+    kept.keep("staging/j1/1/crm.bin", parts, b"staged")
+    assert kept.take("staging/j1/1/crm.bin", [p.model_copy() for p in parts]) == b"staged"
+    assert kept.take("staging/j1/1/crm.bin", parts) is None  # once
+
+    kept.keep("staging/j2/1/crm.bin", parts, b"a")
+    kept.keep("staging/j20/1/crm.bin", parts, b"b")
+    kept.forget("staging/j2/")  # the job cleaned up, or canceled
+    assert kept.take("staging/j2/1/crm.bin", parts) is None
+    assert kept.take("staging/j20/1/crm.bin", parts) == b"b"
+
+    now = [1000.0]
+    monkeypatch.setattr("time.monotonic", lambda: now[0])
+    kept.keep("staging/old/1/crm.bin", parts, b"old")
+    now[0] += jobs.export.KEPT_FOR + 1
+    assert kept.take("staging/old/1/crm.bin", parts) is None  # its finish came too late
+    kept.keep("staging/old/1/crm.bin", parts, b"old")
+    now[0] += jobs.export.KEPT_FOR + 1
+    kept.keep("staging/new/1/crm.bin", parts, b"new")  # the old one goes as this comes
+    assert kept._objects.keys() == {"staging/new/1/crm.bin"}
+
+    monkeypatch.setattr(jobs.export, "HELD_TOTAL", 10)
+    kept.keep("staging/a/1/crm.bin", parts, b"x" * 6)
+    kept.keep("staging/b/1/crm.bin", parts, b"y" * 6)  # over the budget: the oldest go
+    assert list(kept._objects) == ["staging/b/1/crm.bin"]
+    assert kept._size == 6
 
 
 async def test_transient_errors_are_retried_then_succeed(

@@ -517,6 +517,7 @@ def delete_staging(resources: Resources, job_id: str) -> int:
     return len(listed)
 
 
+@pytest.mark.usefixtures("finish_reads_the_store")
 @pytest.mark.parametrize("store", ["s3", "local"])
 async def test_staged_output_deleted_before_the_finish_is_staged_again_and_the_archive_whole(
     resources_factory: Callable[..., Any], redis: ArqRedis, tmp_path: Path, store: str
@@ -565,6 +566,7 @@ async def test_staged_output_deleted_before_the_finish_is_staged_again_and_the_a
             assert b"7" in archive.read("tickets/tickets.json")
 
 
+@pytest.mark.usefixtures("finish_reads_the_store")
 async def test_staged_output_that_keeps_vanishing_fails_the_job_after_the_restages(
     resources_factory: Callable[..., Any], redis: ArqRedis, s3_endpoint: str, bucket: str
 ) -> None:

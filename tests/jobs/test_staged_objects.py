@@ -3,7 +3,8 @@ data, objects cut short or misaligned, and deletions S3 refuses key by key.
 
 Real moto S3 (behind :class:`tests.faults.S3FaultProxy` where S3 must refuse a delete)
 and the real local store; the objects are damaged in the store itself, between the
-runs and the finish.
+runs and the finish, and the finish reads them there (as one in another process than
+the runs' does).
 """
 
 from __future__ import annotations
@@ -41,6 +42,10 @@ from tests.jobs.test_reliability import (
 )
 from tests.polling import eventually
 
+# The objects are damaged where the finish reads them: in the store, not in the memory of
+# the process that staged them (jobs.export.Kept).
+pytestmark = pytest.mark.usefixtures("finish_reads_the_store")
+
 DELETE_REFUSED = """<?xml version="1.0" encoding="UTF-8"?>
 <DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">{}</DeleteResult>"""
 KEY_REFUSED = (
@@ -57,20 +62,15 @@ class RefusingDeletes(S3FaultProxy):
         super().__init__(upstream)
         self.refuse = refuse
         self.refused: list[str] = []
+        self.deletes = 0
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         if request.method == "POST" and "delete" in request.query:
+            self.deletes += 1
             keys = re.findall(r"<Key>(.*?)</Key>", (await request.read()).decode())
             refused = [key for key in keys if key.startswith(self.refuse)]
-        self.deletes = 0
             if refused:
                 self.refused += refused
-                body = DELETE_REFUSED.format("".join(KEY_REFUSED.format(k) for k in refused))
-            self.deletes += 1
-                return web.Response(status=200, body=body, content_type="application/xml")
-        return await super()._forward(request)
-
-
                 others = [key for key in keys if key not in refused]
                 if others:
                     bucket = request.path.strip("/").split("/")[0]
@@ -80,6 +80,11 @@ class RefusingDeletes(S3FaultProxy):
                         Bucket=bucket,
                         Delete={"Objects": [{"Key": key} for key in others], "Quiet": True},
                     )
+                body = DELETE_REFUSED.format("".join(KEY_REFUSED.format(k) for k in refused))
+                return web.Response(status=200, body=body, content_type="application/xml")
+        return await super()._forward(request)
+
+
 def moto(resources: Resources) -> tuple[Any, str]:
     """A client of the S3 server itself (not through Handover's store), and the bucket."""
     storage = resources.storage
@@ -322,11 +327,6 @@ async def test_a_listed_delete_s3_refuses_a_key_of_is_not_counted_as_done(
     assert proxy.refused == ["area/b", "area/b"]
 
 
-async def test_what_the_finish_holds_in_memory_counts_the_previews_too(
-    resources_factory: Callable[..., Any], redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    gate = asyncio.Event()
-    crm = MemoryConnector("crm", records=ALICE)
 async def test_s3_deletions_asked_together_fail_only_the_caller_whose_key_failed(
     s3_endpoint: str, bucket: str
 ) -> None:
@@ -351,6 +351,11 @@ async def test_s3_deletions_asked_together_fail_only_the_caller_whose_key_failed
     assert proxy.deletes == 1  # the three callers' keys went in one request
 
 
+async def test_what_the_finish_holds_in_memory_counts_the_previews_too(
+    resources_factory: Callable[..., Any], redis: ArqRedis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+    crm = MemoryConnector("crm", records=ALICE)
     async with (
         resources_factory({"crm": crm, "tickets": Gated("tickets", gate)}) as resources,
         worker_running(redis, resources),
