@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import orjson
@@ -10,6 +11,7 @@ import pytest
 from aiohttp import ClientTimeout
 
 from connectors.testing import MemoryConnector
+from tests.polling import eventually
 from tests.service.conftest import Api, ApiFactory
 
 SUPPORT = ("support",)
@@ -252,6 +254,12 @@ async def test_one_live_export_per_subject(api_factory: ApiFactory) -> None:
 async def test_rate_limits_answer_429_with_retry_after(api_factory: ApiFactory) -> None:
     api = await api_factory(connectors(), worker=False, rate_limit=5, subject_rate_limit=2)
     token = {"Authorization": f"Bearer {api.token('s1', 'support')}"}
+    # Far from a minute's and an hour's end, so that every request counts in one window.
+    await eventually(
+        lambda: time.time() % 60 < 50 and time.time() % 3600 < 3590,
+        timeout=15,
+        what="a fresh minute",
+    )
     answers = [
         (await api.request("GET", "/v1/stats", sub=None, headers=token))[0] for _ in range(7)
     ]
