@@ -47,6 +47,7 @@ import jinja2
 from babel.dates import format_datetime, format_timedelta
 from babel.numbers import format_decimal
 from babel.units import format_unit
+from markupsafe import Markup
 
 from jobs.archive.charts import line_chart
 from jobs.model import Job
@@ -106,7 +107,23 @@ def _environment(language: str) -> jinja2.Environment:
         lstrip_blocks=True,
     )
     environment.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+    environment.globals["_"] = _page_gettext(translations(language).gettext)
     return environment
+
+
+def _page_gettext(translate: Callable[[str], str]) -> Callable[..., Markup]:
+    """The page's ``_``: what Jinja's newstyle ``_`` gives (the translation, escaped as
+    markup, formatted with the variables), each text translated once. Jinja's own goes
+    through three of its context calls a text, the most of the page's time."""
+    translated: dict[str, Markup] = {}
+
+    def page_gettext(message: str, **variables: Any) -> Markup:
+        text = translated.get(message)
+        if text is None:
+            text = translated[message] = Markup(translate(message))
+        return text % variables
+
+    return page_gettext
 
 
 class Writer:
