@@ -44,6 +44,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
+from babel import Locale
 from babel.dates import format_datetime, format_timedelta
 from babel.numbers import format_decimal
 from babel.units import format_unit
@@ -131,22 +132,23 @@ class Writer:
 
     def __init__(self, language: str, zone: str) -> None:
         self.language = language
+        self.locale = Locale.parse(language)  # once: babel parses a name at every call
         self.zone = ZoneInfo(zone)
 
     def moment(self, value: datetime | float) -> str:
         """A moment to the minute: ``4 January 2027, 14:05``, ``4 janv. 2027, 14:05``…"""
         when = datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) else value
-        return format_datetime(when, "medium", tzinfo=self.zone, locale=self.language)
+        return format_datetime(when, "medium", tzinfo=self.zone, locale=self.locale)
 
     def short_moment(self, value: datetime) -> str:
         """A moment on a chart's axis: ``1/4/27, 2:05 PM``…"""
-        return format_datetime(value, "short", tzinfo=self.zone, locale=self.language)
+        return format_datetime(value, "short", tzinfo=self.zone, locale=self.locale)
 
     def held_moment(self, value: datetime | float, length: str = "medium") -> str:
         """A time held without a zone, written as held (``value``'s wall clock; a number
         is that wall clock counted as if it were UTC), never converted to a zone."""
         wall = datetime.fromtimestamp(value, UTC) if isinstance(value, int | float) else value
-        return format_datetime(wall.replace(tzinfo=UTC), length, tzinfo=UTC, locale=self.language)
+        return format_datetime(wall.replace(tzinfo=UTC), length, tzinfo=UTC, locale=self.locale)
 
     def short_held_moment(self, value: datetime) -> str:
         """A time held without a zone on a chart's axis, as held."""
@@ -154,20 +156,20 @@ class Writer:
 
     def number(self, value: float) -> str:
         """``1,234.5``, ``1 234,5``…"""
-        return format_decimal(value, locale=self.language)
+        return format_decimal(value, locale=self.locale)
 
     def size(self, count: int) -> str:
         """A size in bytes: ``512 bytes``, ``1.5 MB``, ``2,3 Go``…"""
         for threshold, unit in _SIZE_UNITS:
             if count >= threshold:
                 return format_unit(
-                    count / threshold, unit, length="short", format="#,##0.#", locale=self.language
+                    count / threshold, unit, length="short", format="#,##0.#", locale=self.locale
                 )
-        return format_unit(count, "digital-byte", length="long", locale=self.language)
+        return format_unit(count, "digital-byte", length="long", locale=self.locale)
 
     def duration(self, value: timedelta) -> str:
         """``10 years``, ``30 jours``…"""
-        return format_timedelta(value, threshold=1.0, locale=self.language)
+        return format_timedelta(value, threshold=1.0, locale=self.locale)
 
 
 def render(
