@@ -9,10 +9,11 @@ for the archive's index (:mod:`jobs.archive.preview`) follow the data in the sam
 The finish step copies those bytes into the archive (:mod:`jobs.archive.writer`) without
 recompressing, signs the manifest and uploads the archive (a small staged object is read
 once, whole, for its previews and its data, or not at all when this process staged it:
-:class:`Kept`; a larger one's data is copied by the store where it can). Staged objects live at deterministic keys, so a run that arq executes
-twice overwrites its own output and duplicates nothing. A
-staged object gone by the time the archive is written (the store lost it) is not
-retried as if it might come back: its connector runs again (:class:`~jobs.pipeline.StagingLost`).
+:class:`Kept`; a larger one's data is copied by the store where it can). Staged objects
+live at deterministic keys, so a run that arq executes twice overwrites its own output
+and duplicates nothing. A staged object gone by the time the archive is written (the
+store lost it) is not retried as if it might come back: its connector runs again
+(:class:`~jobs.pipeline.StagingLost`).
 """
 
 from __future__ import annotations
