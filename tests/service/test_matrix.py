@@ -117,10 +117,11 @@ EXPECTED: dict[tuple[str, str], dict[str, int]] = {
     ("POST", f"{BREACH}/authority-notification"): dict(
         zip(CALLERS, (401, 403, 403, 403, 200), strict=True)
     ),
+    # 409 for the admin: asked before the matrix's notices start (the next row); once
+    # started, the worker may be done with them before the retry, or not yet.
+    ("POST", f"{BREACH}/notices/retry"): dict(zip(CALLERS, (401, 403, 403, 403, 409), strict=True)),
     ("POST", f"{BREACH}/notices"): dict(zip(CALLERS, (401, 403, 403, 403, 202), strict=True)),
     ("GET", f"{BREACH}/notices"): dict(zip(CALLERS, (401, 403, 403, 200, 200), strict=True)),
-    # 409 for the admin: the matrix's notices are not done (no worker runs them).
-    ("POST", f"{BREACH}/notices/retry"): dict(zip(CALLERS, (401, 403, 403, 403, 409), strict=True)),
     ("GET", f"{BREACH}/notices/report.csv"): dict(
         zip(CALLERS, (401, 403, 403, 200, 200), strict=True)
     ),
