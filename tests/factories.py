@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from typing import Any
 
 from connectors.registry import ConnectorConfig
 from jobs.model import (
@@ -18,8 +19,30 @@ from jobs.model import (
     ObjectionOptions,
     Options,
     RectificationOptions,
+    StagedPart,
     utcnow,
 )
+
+
+def staged_part(path: str = "crm/contacts.json", **fields: Any) -> StagedPart:
+    """One archive file as a run records it staged (``connector/dataset.format``);
+    ``fields`` replace the defaults."""
+    connector, _, name = path.partition("/")
+    dataset, _, extension = name.rpartition(".")
+    defaults: dict[str, Any] = {
+        "path": path,
+        "connector": connector,
+        "dataset": dataset,
+        "category": "contact",
+        "format": extension,
+        "records": 1,
+        "bytes": 10,
+        "sha256": "ab" * 32,
+        "crc32": 1,
+        "compressed_size": 12,
+        "chunks": [(0, 12)],
+    }
+    return StagedPart(**{**defaults, **fields})
 
 
 def options_for(kind: JobKind, formats: Sequence[str] = ("json",)) -> Options:

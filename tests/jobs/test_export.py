@@ -21,10 +21,11 @@ from connectors.reports import ErasureReport, RetentionRule
 from connectors.testing import MemoryConnector, SyntheticConnector
 from jobs.commands import Actor, Commands
 from jobs.export import ExportPipeline, Kept
-from jobs.model import InvalidRequest, JobStatus, RunStatus, StagedPart
+from jobs.model import InvalidRequest, JobStatus, RunStatus
 from jobs.pipeline import RetryPolicy
 from jobs.resources import Resources
 from jobs.worker import create_worker
+from tests.factories import staged_part
 from tests.jobs.test_storage import watch_traffic
 
 FAST_RETRIES = RetryPolicy(max_tries=4, base_delay=0.01, max_delay=0.05)
@@ -209,30 +210,14 @@ async def test_a_small_export_finished_where_it_was_staged_reads_nothing_back(
     assert b"contacts" in archive.read("index.html")  # the previews, from the same bytes
 
 
-def _part(path: str, sha256: str = "0" * 64) -> StagedPart:
-    return StagedPart(
-        path=path,
-        connector="crm",
-        dataset="contacts",
-        category="identity",
-        format="json",
-        records=1,
-        bytes=10,
-        sha256=sha256,
-        crc32=0,
-        compressed_size=12,
-        chunks=[(0, 12)],
-    )
-
-
 def test_a_kept_object_goes_once_and_only_to_a_finish_naming_the_parts_it_was_staged_with(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     kept = Kept()
-    parts = [_part("crm/contacts.json")]
+    parts = [staged_part()]
     kept.keep("staging/j1/1/crm.bin", parts, b"staged")
     # A run done again elsewhere staged other bytes there, and its parts are the record's.
-    assert kept.take("staging/j1/1/crm.bin", [_part("crm/contacts.json", "1" * 64)]) is None
+    assert kept.take("staging/j1/1/crm.bin", [staged_part(sha256="1" * 64)]) is None
     assert kept.take("staging/j1/1/crm.bin", parts) is None  # let go with the refusal
     kept.keep("staging/j1/1/crm.bin", parts, b"staged")
     assert kept.take("staging/j1/1/crm.bin", [p.model_copy() for p in parts]) == b"staged"

@@ -10,10 +10,11 @@ the runs' does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import boto3
@@ -305,23 +306,33 @@ async def test_a_cleanup_s3_refuses_leaves_the_objects_but_the_job_ended(
     assert left
 
 
-async def test_a_listed_delete_s3_refuses_a_key_of_is_not_counted_as_done(
-    s3_endpoint: str, bucket: str
-) -> None:
-    proxy = RefusingDeletes(s3_endpoint, refuse="area/b")
+@contextlib.asynccontextmanager
+async def refusing_store(
+    s3_endpoint: str, bucket: str, refuse: str, keys: Sequence[str]
+) -> AsyncIterator[tuple[S3Store, RefusingDeletes]]:
+    """A store on the bucket through :class:`RefusingDeletes`, ``keys`` put in it."""
+    proxy = RefusingDeletes(s3_endpoint, refuse=refuse)
     await proxy.start()
     try:
         store = S3Store(bucket, endpoint_url=proxy.url)
-        for key in ("area/a", "area/b"):
+        for key in keys:
             await store.put(key, b"x")
+        yield store, proxy
+    finally:
+        await proxy.stop()
+
+
+async def test_a_listed_delete_s3_refuses_a_key_of_is_not_counted_as_done(
+    s3_endpoint: str, bucket: str
+) -> None:
+    refusing = refusing_store(s3_endpoint, bucket, "area/b", ["area/a", "area/b"])
+    async with refusing as (store, proxy):
         with pytest.raises(StorageError, match="AccessDenied") as raised:
             await store.delete_prefix("area/")
         assert raised.value.transient
         with pytest.raises(StorageError, match="AccessDenied"):
             await store.delete_prefix("area/", holding=["area/a", "area/b"])
         left = [item.key async for item in store.list_objects("area/")]
-    finally:
-        await proxy.stop()
 
     assert left == ["area/b"]  # the refused key; S3 deleted the other
     assert proxy.refused == ["area/b", "area/b"]
@@ -330,19 +341,13 @@ async def test_a_listed_delete_s3_refuses_a_key_of_is_not_counted_as_done(
 async def test_s3_deletions_asked_together_fail_only_the_caller_whose_key_failed(
     s3_endpoint: str, bucket: str
 ) -> None:
-    proxy = RefusingDeletes(s3_endpoint, refuse="area/b/")
-    await proxy.start()
-    try:
-        store = S3Store(bucket, endpoint_url=proxy.url)
-        for key in ("area/a/1", "area/b/1", "area/c/1"):
-            await store.put(key, b"x")
+    keys = ["area/a/1", "area/b/1", "area/c/1"]
+    async with refusing_store(s3_endpoint, bucket, "area/b/", keys) as (store, proxy):
         answers = await asyncio.gather(
             *(store.delete_prefix(f"area/{name}/", holding=[f"area/{name}/1"]) for name in "abc"),
             return_exceptions=True,
         )
         left = [item.key async for item in store.list_objects("area/")]
-    finally:
-        await proxy.stop()
 
     assert answers[0] == 1 and answers[2] == 1
     assert isinstance(answers[1], StorageError)

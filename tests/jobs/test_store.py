@@ -20,12 +20,11 @@ from jobs.model import (
     JobKind,
     JobStatus,
     RunStatus,
-    StagedPart,
     utcnow,
 )
 from jobs.queue import QUEUE_NAME, QueueClient
 from jobs.store import JobNotFound, JobStore, QueuedTask
-from tests.factories import options_for
+from tests.factories import options_for, staged_part
 
 CONNECTORS = ("crm", "billing", "devices", "analytics", "support")
 
@@ -94,15 +93,9 @@ async def test_create_and_get_round_trip(store: JobStore, job_factory: Callable[
         finished_at=utcnow(),
         staged_key="staging/x/crm",
         parts=[
-            StagedPart(
-                path="crm/contacts.json",
-                connector="crm",
-                dataset="contacts",
-                category="contact",
-                format="json",
+            staged_part(
                 records=12,
                 bytes=3400,
-                sha256="ab" * 32,
                 crc32=123456,
                 compressed_size=800,
                 chunks=[(0, 500), (900, 300)],

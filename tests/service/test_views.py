@@ -23,11 +23,10 @@ from jobs.model import (
     Refusal,
     RunStatus,
     StaffDecision,
-    StagedPart,
 )
 from jobs.store import JobStore
 from service.api.views import job_view, record_view
-from tests.factories import options_for
+from tests.factories import options_for, staged_part
 
 NOW = datetime(2026, 12, 6, 10, 48, 0, 227000, tzinfo=UTC)
 WHOLE_SECOND = datetime(2026, 12, 7, 9, 0, 0, tzinfo=UTC)
@@ -92,19 +91,7 @@ def a_job(kind: JobKind, status: JobStatus, *, filled: bool) -> Job:
         finished_at=WHOLE_SECOND,
         staged_key="staged/crm",
         parts=[
-            StagedPart(
-                path="crm/a.json",
-                connector="crm",
-                dataset="a",
-                category="contact",
-                format="json",
-                records=1,
-                bytes=5,
-                sha256="cd" * 32,
-                crc32=1,
-                compressed_size=4,
-                chunks=[(0, 4)],
-            )
+            staged_part("crm/a.json", bytes=5, sha256="cd" * 32, compressed_size=4, chunks=[(0, 4)])
         ],
         report={"deleted": 3, "at": "2026-12-06T10:48:00Z"},
         decision={"reason": "r", "by": "b", "at": "2026-12-06T10:48:00Z"},
