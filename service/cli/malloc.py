@@ -8,7 +8,10 @@ heap, whose freed space glibc keeps. :func:`tune` fixes the threshold at
 :data:`MMAP_THRESHOLD` through ``mallopt(3)``: a buffer that large is mapped on its
 own and unmapped, so given back, when freed. Measured (issue 16, README "Running in
 production"): peak RSS of 100 MB to S3 (moto) 138–142 → 133–134 MB, of 1 GB 138–141 →
-137–138 MB, of 1 GB to the local store 112 → 107 MB, for about 3 % more CPU.
+137–138 MB, of 1 GB to the local store 112 → 107 MB, for about 3 % more CPU. With the
+staging of issue 16's second round, a fifth of a synthetic export's speed: 1 GB to moto
+at 63–65 MB/s and 107–108 MB peak, against 77–81 MB/s and 117 MB with glibc's own
+threshold (README).
 
 Only on glibc: musl's and macOS's allocators are left as they are. An operator who
 tunes malloc through glibc's environment (``MALLOC_MMAP_THRESHOLD_`` and the other
