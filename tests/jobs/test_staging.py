@@ -459,6 +459,22 @@ def idle_staging_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "handover-staging-idle"]
 
 
+@pytest.fixture
+def no_run_being_staged() -> None:
+    """No staging thread serves a run: an earlier test's may still be on its way back to
+    the idle ones, under its connector's name, when the next test starts."""
+
+    def serving() -> list[threading.Thread]:
+        return [
+            t
+            for t in threading.enumerate()
+            if t.name.startswith("handover-staging-") and t.name != "handover-staging-idle"
+        ]
+
+    eventually_sync(serving, until=lambda t: t == [], timeout=5, what="earlier runs to end")
+
+
+@pytest.mark.usefixtures("no_run_being_staged")
 @pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed"])
 async def test_the_staging_thread_is_let_go_with_its_block_and_serves_the_next_run(
     stager_factory: Callable[..., Stager], fails: bool
@@ -479,6 +495,7 @@ async def test_the_staging_thread_is_let_go_with_its_block_and_serves_the_next_r
         await staging.finish()
 
 
+@pytest.mark.usefixtures("no_run_being_staged")
 async def test_at_most_idle_threads_stay_once_their_runs_end(
     stager_factory: Callable[..., Stager],
 ) -> None:
