@@ -183,10 +183,11 @@ async def test_a_small_export_finished_where_it_was_staged_reads_nothing_back(
     resources_factory: Callable[..., Any],
     redis: ArqRedis,
     monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
     kept: bool,
 ) -> None:
     if not kept:  # as a finish in another process than the runs' reads them
-        monkeypatch.setattr(jobs.export, "KEPT_OBJECT", -1)
+        request.getfixturevalue("finish_reads_the_store")
     connectors = {
         "crm": MemoryConnector(
             "crm", records={"alice": {"contacts": [{"id": i} for i in range(10)]}}
