@@ -29,8 +29,9 @@ default text compresses ~10:1 and would flatter deflate):
 - **(b) the naive baseline**: every record in a list, ``json.dumps``, ``zipfile``
   into a ``BytesIO``, one ``put_object``; in a child process for its own peak RSS.
 - **Bundling CPU**: the worker's CPU seconds from the moment the job record shows
-  every connector run finished to the job's end (``Process.cpu_seconds``, sampled
-  when the record, polled every 10 ms, first shows each), for the 1 GB replayed
+  every connector run finished to the job's end (:class:`CpuReading`: to the
+  nanosecond, or in ticks if a thread ended meanwhile; sampled when the record,
+  polled every 10 ms, first shows each), for the 1 GB replayed
   export to S3 with server-side copy (the default) against, as its reference, one
   more such export with ``HANDOVER_S3_SERVER_SIDE_COPY=false``, bundled through the
   worker. Both are also given, and the target held to them, less what the same worker
@@ -221,6 +222,8 @@ class ExportRun:
     #: From every run finished to the job's end; None if the job record first showed the
     #: runs finished once the job had ended (bundling was not seen starting).
     bundle_cpu_seconds: float | None
+    #: Whether ``bundle_cpu_seconds`` was read to the nanosecond (:meth:`CpuReading.since`).
+    bundle_cpu_precise: bool
     #: What the same worker, idle, spent over as long (its idle CPU per second, measured
     #: before the job, times the seconds between the two readings); None if not measured.
     bundle_idle_cpu_seconds: float | None = None
@@ -246,7 +249,7 @@ def _export_run(
     job: Job,
     peak_rss_mb: float,
     cpu_seconds: float,
-    bundle_cpu_seconds: float | None,
+    bundle_cpu: tuple[float, bool] | None,
     bundle_idle_cpu_seconds: float | None = None,
 ) -> ExportRun:
     run = job.connectors["telemetry"]
@@ -261,7 +264,8 @@ def _export_run(
         bundle_seconds=(job.updated_at - run.finished_at).total_seconds(),
         peak_rss_mb=peak_rss_mb,
         cpu_seconds=cpu_seconds,
-        bundle_cpu_seconds=bundle_cpu_seconds,
+        bundle_cpu_seconds=None if bundle_cpu is None else bundle_cpu[0],
+        bundle_cpu_precise=bundle_cpu is not None and bundle_cpu[1],
         bundle_idle_cpu_seconds=bundle_idle_cpu_seconds,
     )
 
@@ -336,6 +340,30 @@ def on_cpu_seconds(pid: int) -> float:
         with contextlib.suppress(FileNotFoundError, ProcessLookupError):
             total += int((task / "schedstat").read_text().split()[0])
     return total / 1e9
+
+
+@dataclass(frozen=True)
+class CpuReading:
+    """A process's CPU seconds so far, in 10 ms ticks (``/proc/<pid>/stat``, which keeps
+    the time of threads that have ended) and to the nanosecond (:func:`on_cpu_seconds`,
+    the threads running now), with the ids of those threads."""
+
+    ticks: float
+    precise: float
+    threads: frozenset[str]
+
+    @classmethod
+    def of(cls, process: Process) -> CpuReading:
+        threads = frozenset(task.name for task in Path(f"/proc/{process.pid}/task").iterdir())
+        return cls(process.cpu_seconds(), on_cpu_seconds(process.pid), threads)
+
+    def since(self, earlier: CpuReading) -> tuple[float, bool]:
+        """The CPU seconds from ``earlier`` to this reading, and whether to the nanosecond:
+        so when every thread of the first reading still runs (one that ended took its
+        time with it), in ticks otherwise."""
+        if earlier.threads <= self.threads:
+            return self.precise - earlier.precise, True
+        return self.ticks - earlier.ticks, False
 
 
 async def idle_cpu_per_second(pid: int, seconds: float) -> float:
@@ -416,20 +444,20 @@ async def export_through_worker(
                 connectors=["telemetry"],
             )
 
-            cpu_when: dict[str, float] = {}
+            cpu_when: dict[str, CpuReading] = {}
             when: dict[str, float] = {}
 
             async def ended() -> bool:
-                """Whether the job ended; the worker's CPU seconds noted when every run
-                has finished (bundling starts) and when the job ends."""
+                """Whether the job ended; the worker's CPU noted when every run has
+                finished (bundling starts) and when the job ends."""
                 seen = await resources.store.get(job.id)
                 if seen.status.terminal:
-                    cpu_when["ended"] = worker.cpu_seconds()
+                    cpu_when["ended"] = CpuReading.of(worker)
                     when["ended"] = time.monotonic()
                     return True
                 runs = seen.connectors.values()
                 if "runs finished" not in cpu_when and all(r.finished_at for r in runs):
-                    cpu_when["runs finished"] = worker.cpu_seconds()
+                    cpu_when["runs finished"] = CpuReading.of(worker)
                     when["runs finished"] = time.monotonic()
                 return False
 
@@ -446,7 +474,7 @@ async def export_through_worker(
                 raise BenchmarkError(f"export {done.status}: {done.error}\n{worker.log_tail()}")
             await resources.storage.delete(done.result.key)
             started = cpu_when.get("runs finished")
-            bundle_cpu = None if started is None else cpu_when["ended"] - started
+            bundle_cpu = None if started is None else cpu_when["ended"].since(started)
             idle_cpu = (
                 None
                 if started is None or idle_rate is None
@@ -672,9 +700,12 @@ async def measure(args: argparse.Namespace, workdir: Path) -> Table:
         "(`bench-replay`), which isolates Handover's own cost from the connector's."
     )
     table.notes.append(
-        "Bundling CPU (1 GB, S3, source replayed): the worker's CPU seconds "
-        "(`/proc/<pid>/stat` utime + stime, in 10 ms ticks) from the moment the job record "
-        f"shows every connector run finished to the job's end, each read when the record, "
+        "Bundling CPU (1 GB, S3, source replayed): the worker's CPU seconds from the moment "
+        "the job record shows every connector run finished to the job's end, read to the "
+        "nanosecond (the first field of each of its threads' `/proc/<pid>/task/*/schedstat`) "
+        "when every thread of the first reading still runs at the second (a thread that "
+        "ends takes its time with it), in 10 ms ticks otherwise (`/proc/<pid>/stat` utime "
+        "+ stime; the row says which); each read when the record, "
         f"polled every {POLL_SECONDS * 1000:.0f} ms, first shows it. The finish task is "
         "queued by the last connector run and started at once by the worker that ran it, so "
         f"the first reading may come up to {POLL_SECONDS * 1000:.0f} ms after bundling "
@@ -719,11 +750,15 @@ def _bundling_rows(
         f"{median([getattr(r, part) for r in by_s3]):.2f}"
         for part in ("wait_seconds", "stage_seconds", "bundle_seconds")
     )
+    precise = [run.bundle_cpu_precise for run in (by_worker, *by_s3)]
+    read = (
+        "to the ns" if all(precise) else f"in ticks: {precise.count(False)} of {len(precise)} runs"
+    )
     return [
         [
             *_row(label, name, mbs, rps, shares, f"{by_worker.peak_rss_mb:.0f}"),
             split,
-            f"{reference:.2f} s bundling over idle ({raw_reference:.2f} s raw)",
+            f"{reference:.3f} s bundling over idle ({raw_reference:.3f} s raw)",
             "reference",
             "",
         ],
@@ -732,8 +767,8 @@ def _bundling_rows(
             "bundling CPU, S3: server-side copy (default; the replayed S3 row's export)",
             *[""] * 5,
             copied_split,
-            f"{cpu:.2f} s bundling over idle = {_share(cpu, reference)} "
-            f"({raw:.2f} s raw = {_share(raw, raw_reference)})",
+            f"{cpu:.3f} s bundling over idle = {cpu / reference:.1%} "
+            f"({raw:.3f} s raw = {raw / raw_reference:.1%}; read {read})",
             f"≤ {BUNDLE_CPU_SHARE:.0%} of bundling through the worker",
             verdict(reference > 0 and cpu <= BUNDLE_CPU_SHARE * reference),
         ],
