@@ -271,8 +271,15 @@ async def test_a_worker_process_notices_the_loss_and_reports_in_again(
             timeout=10,
             what="the worker's heartbeat to be back",
         )
+        # The key is published again once the loss is recorded (after the line above),
+        # beside the heartbeat, not before it.
+        keys = await eventually(
+            KeyRing(redis, NAMESPACE, timedelta(days=7)).active,
+            timeout=10,
+            what="the worker to publish its key again",
+            diagnose=log.read_text,
+        )
         assert time.monotonic() - flushed < 12
-        keys = await KeyRing(redis, NAMESPACE, timedelta(days=7)).active()
         assert [key["kid"] for key in keys] == [signer.key_id]
         after = await marker(redis)
         assert after is not None and after.lost is not None and after.lost.epoch == before.id
