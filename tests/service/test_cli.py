@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -346,3 +347,33 @@ def test_verify_fetches_keys_over_https(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert result.stderr.startswith(f"handover: cannot fetch keys from {url}: "), result.stderr
     assert result.stderr.count("\n") == 1
+
+
+FREEZE_PROBE = """
+import gc, json
+from service.cli.main import freeze_startup_objects
+from service.app import create_app  # what `handover api` holds once started, in part
+
+started = len(gc.get_objects())
+freeze_startup_objects()
+print(json.dumps({
+    "started": started,
+    "frozen": gc.get_freeze_count(),
+    "walked": sum(len(gc.get_objects(generation)) for generation in range(3)),
+}))
+"""
+
+
+def test_a_started_process_keeps_its_objects_out_of_full_collections() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", FREEZE_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    found = json.loads(done.stdout)
+
+    assert found["started"] > 10_000
+    assert found["frozen"] >= found["started"] * 0.9
+    assert found["walked"] < 100, "a full collection still walks what starting made"
