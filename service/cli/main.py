@@ -250,9 +250,10 @@ def freeze_startup_objects() -> None:
     about 90,000 objects in the API's) out of the garbage collector's full passes.
 
     Each full pass walks every tracked object: 49 ms in a started API process, a pause of
-    whatever request is being answered (one came in 8 s of the API benchmark's GET load,
-    52 ms). Frozen after a collection of what starting left, they are never walked again
-    (``gc.freeze``); a full pass then walks only what the process made since.
+    whatever request is being answered; under the API benchmark's POST load, 62–86 ms
+    each, 1.3–5.2 ms once frozen (README). Frozen after a collection of what starting
+    left, they are never walked again (``gc.freeze``); a full pass then walks only what
+    the process made since.
     """
     gc.collect()
     gc.freeze()
