@@ -9,8 +9,8 @@ their requests over 10,000 jobs (created first through ``Commands.request_export
 one subject each), in a shuffled order, so no cache sees one job asked 50 times at
 once; the bare server routes the same paths. The ``GET`` floor is the bare server
 reading each job's record from Redis as the API does before it answers the same bytes:
-what any server showing a stored job must spend here, beside which the target can be
-judged. Runs alternate bare, Handover (and the floor), three of each; Redis is flushed
+what a server that reads each job it shows from Redis must spend here, beside which the
+target can be judged. Runs alternate bare, Handover (and the floor), three of each; Redis is flushed
 before each ``POST`` run. The server's CPU share during the run tells whether it (not
 the generator) was the bottleneck.
 

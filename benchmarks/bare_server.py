@@ -9,9 +9,9 @@ process, on the same event loop Handover's API uses.
 
 With ``--redis-url``, ``GET /floor/job/{id}`` also reads the job's record from that
 Redis, as ``GET /v1/jobs/{id}`` reads it (``JobStore.record``, over a client opened as
-the API opens its own), then answers the first ``--get-body``: the least any server
-that shows a stored job must do here, with no auth, view, log or middleware of
-Handover's. An unknown job is a 404.
+the API opens its own), then answers the first ``--get-body``: the least a server
+that reads each job it shows from Redis must do here, with no auth, view, log or
+middleware of Handover's. An unknown job is a 404.
 
     python benchmarks/bare_server.py --port 8081 --get-body job.json --post-body created.json
 """
